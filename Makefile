@@ -1,0 +1,38 @@
+# One-command entry points (see README). `make demo` sets up and runs the main job on the
+# built-in demo data; `make test` sets up and runs the test suite.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# CPU machines take the local CPU build of torch; set CONSTRAINTS= to use your own torch.
+CONSTRAINTS ?= requirements/cpu-constraints.txt
+PIP := $(BIN)/python -m pip install $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
+
+.PHONY: setup setup-test sysdeps demo test bench
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.setup: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
+	$(PIP) -e ".[napari,distributed]"
+	touch $@
+
+$(VENV)/.setup-test: $(VENV)/.setup
+	$(PIP) -e ".[test]"
+	touch $@
+
+setup: $(VENV)/.setup
+setup-test: $(VENV)/.setup-test
+
+sysdeps:
+	bash scripts/install-sysdeps.sh
+
+demo: setup
+	$(BIN)/alregions demo
+
+test: setup-test sysdeps
+	$(BIN)/python -m pytest
+
+bench: setup
+	$(BIN)/python benchmarks/bench_io.py
+	$(BIN)/python benchmarks/bench_selection.py

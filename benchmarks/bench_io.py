@@ -1,0 +1,133 @@
+"""I/O benchmark: patch reads through ``Slide.read_region`` vs. tifffile directly, and the
+peak memory of opening a large slide.
+
+    python benchmarks/bench_io.py [--size 8192] [--big 40960] [--patches 400]
+
+1. Random 256x256 patches from a JPEG pyramid (tile-aligned, and at arbitrary positions)
+   per second through ``read_region`` vs. decoding the same tiles with tifffile's own
+   ``TiffPage.decode`` on bytes read straight from the file (the floor of the work).
+   Goal: ratio >= 0.8.
+2. Peak RSS of a fresh process that opens a >= 40k x 40k synthetic slide, reads its
+   metadata and computes the tissue mask on a low-resolution level. Goal: < 300 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from napari_alregions.synthetic import make_slide_pool
+from napari_alregions.wsi import open_slide
+
+CACHE = Path(__file__).parent / ".cache"
+PATCH = 256
+
+
+def direct_reader(path: Path):
+    """Decode tiles of level 0 with tifffile alone and crop the requested patch."""
+    tif = tifffile.TiffFile(path)
+    page = tif.pages.first
+    fh = tif.filehandle
+    th, tw = page.tilelength, page.tilewidth
+    per_row = -(-page.imagewidth // tw)
+    offsets, counts = page.dataoffsets, page.databytecounts
+    tables = page.jpegtables
+    decode = page.decode  # resolve first: the property itself reads from the file
+
+    def read(x: int, y: int) -> np.ndarray:
+        out = np.empty((PATCH, PATCH, 3), np.uint8)
+        for ty in range(y // th, (y + PATCH - 1) // th + 1):
+            for tx in range(x // tw, (x + PATCH - 1) // tw + 1):
+                i = ty * per_row + tx
+                fh.seek(offsets[i])
+                tile = decode(fh.read(counts[i]), i, jpegtables=tables)[0][0]
+                y0, x0 = ty * th, tx * tw
+                ys, xs = max(y, y0), max(x, x0)
+                ye, xe = min(y + PATCH, y0 + th), min(x + PATCH, x0 + tw)
+                out[ys - y : ye - y, xs - x : xe - x] = tile[ys - y0 : ye - y0, xs - x0 : xe - x0]
+        return out
+
+    return read, tif
+
+
+def patches_per_second(fn, positions, repeats=3) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for x, y in positions:
+            fn(x, y)
+        best = min(best, time.perf_counter() - t)
+    return len(positions) / best
+
+
+def bench_reads(path: Path, n: int, rng: np.random.Generator) -> None:
+    with open_slide(path) as slide:
+        h, w = slide.shape
+        direct, tif = direct_reader(path)
+        ours = lambda x, y: slide.read_region(x, y, PATCH, PATCH)  # noqa: E731
+        # the two readers agree pixel for pixel
+        for x, y in [(0, 0), (300, 517), (w - PATCH, h - PATCH)]:
+            np.testing.assert_array_equal(ours(x, y), direct(x, y))
+        print(f"slide {path.name}: {w}x{h} px, JPEG tiles {slide.info.tile_shape}")
+        print(f"{'patches':<14}{'read_region /s':>16}{'tifffile /s':>14}{'ratio':>8}")
+        for label, aligned in (("tile-aligned", True), ("arbitrary", False)):
+            if aligned:
+                pos = [(int(x) * PATCH, int(y) * PATCH) for x, y in zip(rng.integers(0, w // PATCH, n), rng.integers(0, h // PATCH, n), strict=True)]
+            else:
+                pos = [(int(x), int(y)) for x, y in zip(rng.integers(0, w - PATCH, n), rng.integers(0, h - PATCH, n), strict=True)]
+            a = patches_per_second(ours, pos)
+            b = patches_per_second(direct, pos)
+            print(f"{label:<14}{a:>16.0f}{b:>14.0f}{a / b:>8.2f}")
+        tif.close()
+
+
+RSS_SCRIPT = """
+import json, resource, sys
+from napari_alregions.wsi import open_slide
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+slide = open_slide(sys.argv[1])
+opened = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+fraction = slide.tissue_fraction()
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"imports_kb": base, "open_kb": opened, "tissue_kb": after,
+                  "shape": slide.shape, "levels": slide.level_count, "tissue_level": slide.tissue_level,
+                  "tissue_fraction": fraction}))
+"""
+
+
+def bench_rss(path: Path) -> None:
+    res = subprocess.run([sys.executable, "-c", RSS_SCRIPT, str(path)], capture_output=True, text=True, check=True)
+    r = json.loads(res.stdout)
+    mb = lambda kb: kb / 1024  # noqa: E731  (Linux reports ru_maxrss in KiB)
+    h, w = r["shape"]
+    print(f"slide {path.name}: {w}x{h} px, {r['levels']} levels, tissue on level {r['tissue_level']} = {100 * r['tissue_fraction']:.1f}%")
+    print(f"peak RSS after imports {mb(r['imports_kb']):.0f} MB, after open_slide {mb(r['open_kb']):.0f} MB, "
+          f"after tissue mask {mb(r['tissue_kb']):.0f} MB (goal < 300 MB)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", type=int, default=8192, help="side of the read benchmark slide")
+    ap.add_argument("--big", type=int, default=40960, help="side of the RSS benchmark slide")
+    ap.add_argument("--patches", type=int, default=400)
+    args = ap.parse_args()
+    rng = np.random.default_rng(0)
+    t = time.perf_counter()
+    m = make_slide_pool(CACHE / f"io_{args.size}", n_slides=1, size=args.size, seed=7)
+    print(f"(slide ready in {time.perf_counter() - t:.1f} s)")
+    bench_reads(CACHE / f"io_{args.size}" / m["slides"][0]["image"], args.patches, rng)
+    t = time.perf_counter()
+    m = make_slide_pool(CACHE / f"io_{args.big}", n_slides=1, size=args.big, seed=7)
+    print(f"(big slide ready in {time.perf_counter() - t:.1f} s)")
+    bench_rss(CACHE / f"io_{args.big}" / m["slides"][0]["image"])
+
+
+if __name__ == "__main__":
+    main()

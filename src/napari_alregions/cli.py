@@ -1,0 +1,116 @@
+"""The ``alregions`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["main"]
+
+logger = logging.getLogger("napari_alregions")
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from .wsi import open_slide
+
+    with open_slide(args.slide) as slide:
+        info = slide.info
+        record = {
+            "path": info.path,
+            "format": info.format,
+            "width": info.shape[1],
+            "height": info.shape[0],
+            "mpp": info.mpp,
+            "pyramidal": info.pyramidal,
+            "tile": info.tile_shape,
+            "levels": [
+                {"level": i, "width": w, "height": h, "downsample": round(d, 4)}
+                for i, ((h, w), d) in enumerate(zip(info.level_shapes, info.downsamples, strict=True))
+            ],
+            "tissue_fraction": round(slide.tissue_fraction(), 4),
+        }
+    if args.json:
+        print(json.dumps(record, indent=2))
+        return 0
+    mpp = f"{record['mpp']:.4g} µm/px" if record["mpp"] else "unknown"
+    print(f"{record['path']}")
+    print(f"  format      {record['format']}{'' if info.pyramidal else ' (not pyramidal: levels computed)'}")
+    print(f"  size        {record['width']} x {record['height']} px, mpp {mpp}")
+    print(f"  tissue      {100 * record['tissue_fraction']:.1f}% of the slide")
+    for lvl in record["levels"]:
+        print(f"  level {lvl['level']}     {lvl['width']} x {lvl['height']} (downsample {lvl['downsample']:g})")
+    return 0
+
+
+def _progress(total: int, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="slide", file=sys.stderr, disable=None)
+
+
+def _cmd_make_demo_data(args: argparse.Namespace) -> int:
+    from .synthetic import make_slide_pool
+
+    with _progress(args.n_slides, "rendering slides") as bar:
+        manifest = make_slide_pool(
+            args.folder, n_slides=args.n_slides, size=args.size, seed=args.seed,
+            overwrite=args.overwrite, progress=lambda done, total: bar.update(1),
+        )
+    n_tumour = sum(s["has_tumour"] for s in manifest["slides"])
+    print(f"wrote {len(manifest['slides'])} slides ({n_tumour} with tumour) to {args.folder}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(Path(args.out), quick=args.quick)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="alregions",
+        description="Region-based active learning for whole-slide image annotation.",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("info", help="levels, sizes, mpp and tissue fraction of a slide")
+    s.add_argument("slide", help="pyramidal TIFF, OME-TIFF or SVS file")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(func=_cmd_info)
+
+    s = sub.add_parser("make-demo-data", help="write a synthetic slide pool with ground truth")
+    s.add_argument("folder")
+    s.add_argument("--n-slides", type=int, default=6)
+    s.add_argument("--size", type=int, default=4096, help="level-0 side in pixels (0.5 µm/px)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--overwrite", action="store_true", help="re-render existing slides")
+    s.set_defaults(func=_cmd_make_demo_data)
+
+    s = sub.add_parser("demo", help="the main job on built-in synthetic data")
+    s.add_argument("--out", default="alregions-demo", help="output folder")
+    s.add_argument("--quick", action="store_true", help="a smaller run (for smoke tests)")
+    s.set_defaults(func=_cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"alregions: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("alregions: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

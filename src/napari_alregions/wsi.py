@@ -1,0 +1,658 @@
+"""Whole-slide images: lazy pyramids from TIFF files (tifffile → zarr → dask).
+
+:func:`open_slide` reads only metadata; pixels are decoded tile by tile when a level is
+sliced. Level 0 is the full resolution; coordinates given to :meth:`Slide.read_region` are
+level-0 pixels ``(x, y)`` with sizes in pixels of the requested level, as in OpenSlide.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import tifffile
+
+from ._tiffzarr import open_level
+
+__all__ = ["Slide", "SlideError", "SlideInfo", "detect_tissue", "open_labels", "open_slide"]
+
+logger = logging.getLogger(__name__)
+
+#: Series that vendors store beside the slide (SVS label/macro/thumbnail images).
+_AUXILIARY_SERIES = {"label", "macro", "thumbnail", "overview"}
+#: A non-pyramidal image is coarsened by 2 until its longer side is at most this.
+_MIN_PYRAMID_SIDE = 1024
+#: The tissue mask is computed on the finest level whose longer side is at most this.
+_TISSUE_LEVEL_MAX_SIDE = 2048
+
+
+class SlideError(ValueError):
+    """A file that cannot be used as a whole-slide image; the message names file and reason."""
+
+
+@dataclass(frozen=True)
+class SlideInfo:
+    """What :func:`open_slide` learned from a file's metadata."""
+
+    path: str
+    format: str
+    shape: tuple[int, int]
+    level_shapes: tuple[tuple[int, int], ...]
+    downsamples: tuple[float, ...]
+    mpp: float | None
+    tile_shape: tuple[int, int] | None
+    pyramidal: bool
+
+
+# A level reader returns the (h, w, 3) uint8 pixels of rows y0:y1, cols x0:x1 of its level.
+_LevelReader = Callable[[int, int, int, int], np.ndarray]
+
+
+class Slide:
+    """A whole-slide image opened lazily; create with :func:`open_slide`.
+
+    Attributes
+    ----------
+    path : Path
+        The file.
+    levels : list of (H_i, W_i, 3) uint8 dask arrays
+        The pyramid, level 0 (full resolution) first.
+    shape : tuple of int
+        Level-0 ``(height, width)``.
+    downsamples : tuple of float
+        Level-0 pixels per pixel of each level.
+    mpp : float or None
+        Level-0 micrometres per pixel, None if the file does not say.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        levels: list[da.Array],
+        readers: list[_LevelReader],
+        info: SlideInfo,
+        tif: tifffile.TiffFile | None,
+    ) -> None:
+        self.path = path
+        self.levels = levels
+        self._readers = readers
+        self.info = info
+        self._tif = tif
+        self._tissue_cache: dict[int, np.ndarray] = {}
+
+    # -- metadata -------------------------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.info.shape
+
+    @property
+    def downsamples(self) -> tuple[float, ...]:
+        return self.info.downsamples
+
+    @property
+    def mpp(self) -> float | None:
+        return self.info.mpp
+
+    @property
+    def level_count(self) -> int:
+        return len(self.levels)
+
+    def __repr__(self) -> str:
+        h, w = self.shape
+        return f"Slide({str(self.path)!r}, {w}x{h} px, {self.level_count} levels, mpp={self.mpp})"
+
+    def best_level_for_downsample(self, downsample: float) -> int:
+        """Return the coarsest level whose downsample does not exceed ``downsample``."""
+        best = 0
+        for i, d in enumerate(self.downsamples):
+            if d <= downsample * (1 + 1e-6):
+                best = i
+        return best
+
+    def level_factor(self, level: int) -> float:
+        """Level-0 pixels per pixel of ``level`` for mapping coordinates.
+
+        Pyramids store rounded level sizes (2967 -> 1483 px), so the reported downsample
+        is slightly off the factor the levels were made with; within 1 % of an integer,
+        the integer is used.
+        """
+        ds = self.downsamples[level]
+        nearest = round(ds)
+        return float(nearest) if nearest >= 1 and abs(ds - nearest) <= 0.01 * nearest else ds
+
+    def _check_level(self, level: int) -> None:
+        if not isinstance(level, (int, np.integer)) or not 0 <= level < self.level_count:
+            raise SlideError(
+                f"{self.path}: level {level!r} does not exist; "
+                f"the slide has levels 0..{self.level_count - 1}"
+            )
+
+    # -- pixels ---------------------------------------------------------------------------
+    def read_region(
+        self, x: int, y: int, w: int, h: int, level: int = 0, *, fill: int | None = None
+    ) -> np.ndarray:
+        """Read a rectangle of pixels.
+
+        Parameters
+        ----------
+        x, y : int
+            Top-left corner in level-0 pixels.
+        w, h : int
+            Width and height in pixels of ``level``.
+        level : int
+            Pyramid level to read from.
+        fill : int, optional
+            Value for pixels outside the image. By default a region that is not entirely
+            inside the image raises :class:`SlideError`.
+
+        Returns
+        -------
+        (h, w, 3) uint8 ndarray
+
+        Examples
+        --------
+        >>> patch = slide.read_region(1024, 2048, 256, 256, level=0)  # doctest: +SKIP
+        """
+        self._check_level(level)
+        x, y, w, h = (int(v) for v in (x, y, w, h))
+        if w <= 0 or h <= 0:
+            raise SlideError(f"{self.path}: region size must be positive, got w={w}, h={h}")
+        ds = self.level_factor(level)
+        lh, lw = self.levels[level].shape[:2]
+        lx, ly = int(math.floor(x / ds)), int(math.floor(y / ds))
+        inside = 0 <= lx and 0 <= ly and lx + w <= lw and ly + h <= lh
+        if inside:
+            return self._read(level, ly, ly + h, lx, lx + w)
+        if fill is None:
+            raise SlideError(
+                f"{self.path}: region x={x}, y={y}, w={w}, h={h} at level {level} "
+                f"({lw}x{lh} px) is not inside the image; pass fill= to pad"
+            )
+        out = np.full((h, w, 3), fill, dtype=np.uint8)
+        y0, y1 = max(ly, 0), min(ly + h, lh)
+        x0, x1 = max(lx, 0), min(lx + w, lw)
+        if y0 < y1 and x0 < x1:
+            out[y0 - ly : y1 - ly, x0 - lx : x1 - lx] = self._read(level, y0, y1, x0, x1)
+        return out
+
+    def _read(self, level: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        try:
+            return self._readers[level](y0, y1, x0, x1)
+        except Exception as exc:  # decoding errors from codecs come in many types
+            raise SlideError(
+                f"{self.path}: cannot decode level {level} rows {y0}:{y1} cols {x0}:{x1} "
+                f"(corrupt or truncated tile data?): {exc}"
+            ) from exc
+
+    def tissue_mask(self, level: int | None = None) -> np.ndarray:
+        """Boolean tissue mask of one level (default: a low-resolution level).
+
+        Otsu threshold on saturation; white background and black (out-of-scan) areas are
+        both excluded. The result is cached per level. See :func:`detect_tissue`.
+        """
+        if level is None:
+            level = self.tissue_level
+        self._check_level(level)
+        if level not in self._tissue_cache:
+            lh, lw = self.levels[level].shape[:2]
+            self._tissue_cache[level] = detect_tissue(self._read(level, 0, lh, 0, lw))
+        return self._tissue_cache[level]
+
+    @property
+    def tissue_level(self) -> int:
+        """The level :meth:`tissue_mask` uses by default."""
+        for i, lvl in enumerate(self.levels):
+            if max(lvl.shape[:2]) <= _TISSUE_LEVEL_MAX_SIDE:
+                return i
+        return self.level_count - 1
+
+    def tissue_fraction(self) -> float:
+        """Fraction of the slide area covered by tissue."""
+        return float(self.tissue_mask().mean())
+
+    # -- lifetime -------------------------------------------------------------------------
+    def close(self) -> None:
+        if self._tif is not None:
+            self._tif.close()
+            self._tif = None
+
+    def __enter__(self) -> Slide:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# ---------------------------------------------------------------------------------------
+# Tissue detection (pure numpy / scikit-image)
+# ---------------------------------------------------------------------------------------
+def detect_tissue(
+    rgb: np.ndarray, *, min_saturation: float = 0.07, black_value: float = 0.15
+) -> np.ndarray:
+    """Tissue mask of an RGB image by Otsu's threshold on saturation.
+
+    Parameters
+    ----------
+    rgb : (M, N, 3) uint8 ndarray
+        A low-resolution view of the slide.
+    min_saturation : float
+        Pixels below this saturation are never tissue, whatever Otsu says; it keeps an
+        empty (all-background) slide empty.
+    black_value : float
+        Pixels whose brightest channel is below this fraction of full scale are treated as
+        out-of-scan black areas, not tissue.
+
+    Returns
+    -------
+    (M, N) bool ndarray
+
+    Examples
+    --------
+    >>> img = np.full((64, 64, 3), 240, np.uint8); img[16:48, 16:48] = (200, 120, 170)
+    >>> float(detect_tissue(img).mean())
+    0.25
+    """
+    from skimage import color, filters, morphology
+
+    rgb = np.asarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"rgb must have shape (M, N, 3), got {rgb.shape}")
+    if rgb.size == 0:
+        return np.zeros(rgb.shape[:2], dtype=bool)
+    hsv = color.rgb2hsv(rgb)
+    sat, val = hsv[..., 1], hsv[..., 2]
+    candidate = val > black_value
+    if not candidate.any():
+        return np.zeros(rgb.shape[:2], dtype=bool)
+    values = sat[candidate]
+    threshold = min_saturation
+    if values.max() - values.min() > 1e-3:
+        threshold = max(threshold, float(filters.threshold_otsu(values)))
+    mask = candidate & (sat > threshold)
+    # Remove specks (JPEG noise, dust) and fill small holes (nuclei-free lumen).
+    min_size = max(4, mask.size // 20000)
+    mask = morphology.remove_small_objects(mask, max_size=min_size)
+    mask = morphology.remove_small_holes(mask, max_size=min_size)
+    return mask
+
+
+# ---------------------------------------------------------------------------------------
+# Opening files
+# ---------------------------------------------------------------------------------------
+def open_slide(path: str | os.PathLike[str]) -> Slide:
+    """Open a whole-slide image lazily.
+
+    Supports tiled pyramidal TIFF and OME-TIFF (levels as SubIFDs or as series), Aperio
+    SVS, and generic TIFF; a non-pyramidal image gets a lazily coarsened pyramid. Only
+    metadata are read here.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        The slide file.
+
+    Returns
+    -------
+    Slide
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file does not exist.
+    SlideError
+        If the file is not a readable 8-bit RGB TIFF (the message says why).
+
+    Examples
+    --------
+    >>> with open_slide("slide.svs") as slide:  # doctest: +SKIP
+    ...     print(slide.shape, slide.downsamples, slide.mpp)
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    if not path.is_file():
+        raise SlideError(f"{path}: not a file")
+    if path.stat().st_size == 0:
+        raise SlideError(f"{path}: file is empty")
+    try:
+        tif = tifffile.TiffFile(path)
+    except Exception as exc:
+        raise SlideError(f"{path}: not a readable TIFF file ({exc})") from exc
+    try:
+        return _open_tiff(path, tif)
+    except Exception as exc:
+        tif.close()
+        if isinstance(exc, SlideError):
+            raise
+        raise SlideError(f"{path}: cannot read as a slide ({type(exc).__name__}: {exc})") from exc
+
+
+def _open_tiff(path: Path, tif: tifffile.TiffFile) -> Slide:
+    if not tif.series:
+        raise SlideError(f"{path}: the TIFF holds no image")
+    main = _main_series(path, tif)
+    series = tif.series[main]
+    axes = series.axes
+    _check_pixels(path, series.shape, axes, series.dtype)
+
+    # (series index, level index) of each pyramid level, finest first
+    level_refs = [(main, i) for i in range(len(series.levels))]
+    if len(level_refs) == 1:
+        level_refs += _pyramid_from_series(tif, main)
+    file_size = path.stat().st_size
+    for s, i in level_refs:
+        _check_not_truncated(path, tif.series[s].levels[i], file_size)
+
+    levels: list[da.Array] = []
+    readers: list[_LevelReader] = []
+    tile_shape = None
+    for s, i in level_refs:
+        lvl = tif.series[s].levels[i]
+        z = open_level(tif, series=s, level=i)
+        index, transpose = _normalise_axes(lvl.axes)
+        levels.append(_as_dask(z, index, transpose))
+        readers.append(_tile_reader(tif, lvl) or _zarr_reader(z, index, transpose))
+        if tile_shape is None and lvl.keyframe.is_tiled:
+            tile_shape = (int(lvl.keyframe.tilelength), int(lvl.keyframe.tilewidth))
+
+    pyramidal = len(levels) > 1
+    if not pyramidal:
+        levels, readers = _coarsened_pyramid(levels[0], readers[0])
+
+    h0, w0 = levels[0].shape[:2]
+    shapes = tuple((int(a.shape[0]), int(a.shape[1])) for a in levels)
+    downsamples = tuple(((h0 / h) + (w0 / w)) / 2 for h, w in shapes)
+    info = SlideInfo(
+        path=str(path),
+        format=_format_name(tif),
+        shape=(int(h0), int(w0)),
+        level_shapes=shapes,
+        downsamples=downsamples,
+        mpp=_read_mpp(tif),
+        tile_shape=tile_shape,
+        pyramidal=pyramidal,
+    )
+    return Slide(path, levels, readers, info, tif)
+
+
+def _main_series(path: Path, tif: tifffile.TiffFile) -> int:
+    """The largest series that is not a label/macro/thumbnail image."""
+    best, best_area = None, -1
+    for i, s in enumerate(tif.series):
+        if (s.name or "").strip().lower() in _AUXILIARY_SERIES:
+            continue
+        yx = [n for a, n in zip(s.axes, s.shape, strict=True) if a in "YX"]
+        area = math.prod(yx) if len(yx) == 2 else 0
+        if area > best_area:
+            best, best_area = i, area
+    if best is None:
+        raise SlideError(f"{path}: no image series besides label/macro/thumbnail")
+    return best
+
+
+def _check_pixels(path: Path, shape: tuple[int, ...], axes: str, dtype: np.dtype) -> None:
+    if "Y" not in axes or "X" not in axes:
+        raise SlideError(f"{path}: not a 2-D image (axes {axes!r})")
+    if any(n == 0 for n in shape):
+        raise SlideError(f"{path}: zero-sized image (shape {tuple(shape)})")
+    if np.dtype(dtype) != np.uint8:
+        bits = np.dtype(dtype).itemsize * 8
+        raise SlideError(
+            f"{path}: {bits}-bit {np.dtype(dtype).name} pixels are not supported; "
+            "expected an 8-bit RGB slide"
+        )
+    channels = 1
+    for a, n in zip(axes, shape, strict=True):
+        if a in "SC":
+            channels *= n
+        elif a not in "YX" and n != 1:
+            raise SlideError(
+                f"{path}: images with a {a!r} dimension of length {n} are not supported"
+            )
+    if channels not in (3, 4):
+        kind = "greyscale" if channels == 1 else f"{channels}-channel"
+        raise SlideError(f"{path}: {kind} image; expected an RGB (brightfield) slide")
+
+
+def _pyramid_from_series(tif: tifffile.TiffFile, main: int) -> list[tuple[int, int]]:
+    """Levels stored as separate series: same channels, each ~2^n smaller, same aspect."""
+    base = tif.series[main]
+    bh, bw = _yx(base.shape, base.axes)
+    found = []
+    for i, s in enumerate(tif.series):
+        if i == main or len(s.levels) != 1 or s.dtype != base.dtype:
+            continue
+        if (s.name or "").strip().lower() in _AUXILIARY_SERIES:
+            continue
+        if len(s.shape) != len(base.shape) or s.axes != base.axes:
+            continue
+        h, w = _yx(s.shape, s.axes)
+        if h >= bh or w >= bw:
+            continue
+        # Same aspect ratio up to the rounding of each dimension.
+        if abs(bh / h - bw / w) > max(bh / h, bw / w) * (2 / min(h, w) + 0.01):
+            continue
+        found.append((h * w, i))
+    return [(i, 0) for _, i in sorted(found, reverse=True)]
+
+
+def _yx(shape: tuple[int, ...], axes: str) -> tuple[int, int]:
+    return shape[axes.index("Y")], shape[axes.index("X")]
+
+
+def _check_not_truncated(path: Path, level: tifffile.TiffPageSeries, file_size: int) -> None:
+    """Tile offsets past the end of the file mean a truncated download or copy."""
+    for page in level.pages:
+        if page is None:
+            continue
+        offsets = np.asarray(page.dataoffsets, dtype=np.int64)
+        counts = np.asarray(page.databytecounts, dtype=np.int64)
+        if offsets.size and int((offsets + counts).max()) > file_size:
+            raise SlideError(
+                f"{path}: truncated file: image data extend to byte "
+                f"{int((offsets + counts).max())} but the file has {file_size} bytes"
+            )
+
+
+def _normalise_axes(axes: str) -> tuple[tuple[int | slice, ...], tuple[int, ...] | None]:
+    """Index that drops singleton axes and alpha, and the transpose to (Y, X, C)."""
+    index: list[int | slice] = []
+    kept = []
+    for a in axes:
+        if a in "YX":
+            index.append(slice(None))
+            kept.append(a)
+        elif a in "SC":
+            index.append(slice(0, 3))  # RGB, dropping alpha
+            kept.append("S")
+        else:
+            index.append(0)
+    order = tuple(kept.index(a) for a in "YXS")
+    return tuple(index), (None if order == (0, 1, 2) else order)
+
+
+def _as_dask(z: object, index: tuple, transpose: tuple[int, ...] | None) -> da.Array:
+    arr = da.from_zarr(z)[index]
+    return arr.transpose(transpose) if transpose else arr
+
+
+def _zarr_reader(z: object, index: tuple, transpose: tuple[int, ...] | None) -> _LevelReader:
+    yx = [i for i, s in enumerate(index) if isinstance(s, slice) and s.stop is None]
+
+    def read(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        sel = list(index)
+        sel[yx[0]], sel[yx[1]] = slice(y0, y1), slice(x0, x1)
+        out = np.asarray(z[tuple(sel)])  # type: ignore[index]
+        return np.ascontiguousarray(out.transpose(transpose)) if transpose else out
+
+    return read
+
+
+def _tile_reader(tif: tifffile.TiffFile, level: tifffile.TiffPageSeries) -> _LevelReader | None:
+    """Decode just the tiles a region touches with tifffile's own codec pipeline.
+
+    Patch reads dominate training and inference; going through the zarr store costs about
+    three times the decoding itself (benchmarks/bench_io.py), so regions of interleaved
+    RGB(A) tiled pages are read here. Other layouts return None and use zarr.
+    """
+    page = level.pages[0] if len(level.pages) == 1 else None
+    if (
+        page is None
+        or not isinstance(page, tifffile.TiffPage)
+        or not page.is_tiled
+        or level.axes != "YXS"
+        or page.planarconfig != tifffile.PLANARCONFIG.CONTIG
+        or page.tiledepth != 1
+    ):
+        return None
+    fh = tif.filehandle
+    th, tw = int(page.tilelength), int(page.tilewidth)
+    per_row = -(-int(page.imagewidth) // tw)
+    offsets, counts = page.dataoffsets, page.databytecounts
+    tables = page.jpegtables
+    decode = page.decode  # resolve once: the property reads from the file
+    samples = int(page.samplesperpixel)
+
+    def tile(i: int) -> np.ndarray:
+        if not counts[i]:  # a sparse file's missing tile reads as zeros, as in tifffile
+            return np.zeros((th, tw, samples), dtype=np.uint8)
+        with fh.lock:
+            fh.seek(offsets[i])
+            data = fh.read(counts[i])
+        return decode(data, i, jpegtables=tables)[0].reshape(th, tw, samples)
+
+    def read(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        rows = range(y0 // th, (y1 - 1) // th + 1)
+        cols = range(x0 // tw, (x1 - 1) // tw + 1)
+        if len(rows) == 1 and len(cols) == 1:  # one tile: no assembly
+            ty0, tx0 = rows[0] * th, cols[0] * tw
+            t = tile(rows[0] * per_row + cols[0])[y0 - ty0 : y1 - ty0, x0 - tx0 : x1 - tx0, :3]
+            return np.ascontiguousarray(t)
+        out = np.empty((y1 - y0, x1 - x0, 3), dtype=np.uint8)
+        for ty in rows:
+            for tx in cols:
+                t = tile(ty * per_row + tx)
+                ty0, tx0 = ty * th, tx * tw
+                ys, ye = max(y0, ty0), min(y1, ty0 + th)
+                xs, xe = max(x0, tx0), min(x1, tx0 + tw)
+                out[ys - y0 : ye - y0, xs - x0 : xe - x0] = t[ys - ty0 : ye - ty0, xs - tx0 : xe - tx0, :3]
+        return out
+
+    return read
+
+
+def _coarsened_pyramid(
+    level0: da.Array, reader0: _LevelReader
+) -> tuple[list[da.Array], list[_LevelReader]]:
+    """Lazy 2x mean-pooled levels for a file that stores only full resolution."""
+    levels, readers = [level0], [reader0]
+    current = level0
+    while max(current.shape[:2]) > _MIN_PYRAMID_SIDE:
+        h, w = current.shape[:2]
+        trimmed = current[: h - h % 2, : w - w % 2]
+        chunk = 2 * _MIN_PYRAMID_SIDE
+        trimmed = trimmed.rechunk((chunk, chunk, 3))
+        current = da.coarsen(np.mean, trimmed, {0: 2, 1: 2}).round().astype(np.uint8)
+        levels.append(current)
+        readers.append(_dask_reader(current))
+    return levels, readers
+
+
+def _dask_reader(arr: da.Array) -> _LevelReader:
+    def read(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        return np.asarray(arr[y0:y1, x0:x1].compute(scheduler="threads"))
+
+    return read
+
+
+def _format_name(tif: tifffile.TiffFile) -> str:
+    for flag in ("svs", "ome", "ndpi", "scn", "bif", "philips"):
+        if getattr(tif, f"is_{flag}", False):
+            return flag
+    return "tiff"
+
+
+def _read_mpp(tif: tifffile.TiffFile) -> float | None:
+    """Level-0 µm per pixel from SVS, OME or TIFF resolution metadata."""
+    page = tif.pages.first
+    try:
+        if tif.is_svs:
+            m = re.search(r"MPP\s*=\s*([0-9.eE+-]+)", page.description or "")
+            if m:
+                return _plausible_mpp(float(m.group(1)))
+        if tif.is_ome and tif.ome_metadata:
+            return _ome_mpp(tif.ome_metadata)
+        tags = page.tags
+        if "XResolution" in tags and "ResolutionUnit" in tags:
+            num, den = tags["XResolution"].value
+            unit = int(tags["ResolutionUnit"].value)
+            if num > 0 and den > 0:
+                per_unit = num / den  # pixels per unit
+                um_per_unit = {2: 25400.0, 3: 10000.0}.get(unit)
+                if um_per_unit is not None and per_unit > 1:
+                    return _plausible_mpp(um_per_unit / per_unit)
+    except (ValueError, KeyError, TypeError, ET.ParseError) as exc:
+        logger.debug("unreadable resolution metadata in %s: %s", tif.filename, exc)
+    return None
+
+
+def _ome_mpp(xml: str) -> float | None:
+    root = ET.fromstring(xml)
+    for el in root.iter():
+        if el.tag.endswith("Pixels") and "PhysicalSizeX" in el.attrib:
+            value = float(el.attrib["PhysicalSizeX"])
+            unit = el.attrib.get("PhysicalSizeXUnit", "µm")
+            scale = {"µm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}
+            return _plausible_mpp(value * scale.get(unit, 1.0))
+    return None
+
+
+def _plausible_mpp(mpp: float) -> float | None:
+    # Screen defaults (72 dpi ≈ 353 µm/px) are not microscope resolutions.
+    return mpp if 0 < mpp < 100 else None
+
+
+def open_labels(path: str | os.PathLike[str]) -> list[da.Array]:
+    """Open a pyramidal label mask (2-D integer TIFF) lazily, level 0 first.
+
+    Used for ground-truth masks such as those written by :mod:`napari_alregions.synthetic`.
+
+    Raises
+    ------
+    FileNotFoundError, SlideError
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        tif = tifffile.TiffFile(path)
+    except Exception as exc:
+        raise SlideError(f"{path}: not a readable TIFF file ({exc})") from exc
+    try:
+        main = _main_series(path, tif)
+        series = tif.series[main]
+        if np.dtype(series.dtype).kind not in "ub" or any(
+            a not in "YX" and n != 1 for a, n in zip(series.axes, series.shape, strict=True)
+        ):
+            raise SlideError(f"{path}: not a 2-D integer label image ({series.axes} {series.dtype})")
+        refs = [(main, i) for i in range(len(series.levels))]
+        if len(refs) == 1:
+            refs += _pyramid_from_series(tif, main)
+        levels = []
+        for s, i in refs:
+            _check_not_truncated(path, tif.series[s].levels[i], path.stat().st_size)
+            z = open_level(tif, series=s, level=i)
+            index = tuple(slice(None) if a in "YX" else 0 for a in tif.series[s].levels[i].axes)
+            levels.append(da.from_zarr(z)[index])
+        return levels
+    except Exception:
+        tif.close()
+        raise

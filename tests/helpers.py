@@ -1,0 +1,41 @@
+"""Test helpers that are independent of the code under test."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+
+def smooth_rgb(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """A deterministic RGB test image with structure at every scale."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    img = np.stack(
+        [
+            127 + 100 * np.sin(xx / 37.0 + c) * np.cos(yy / 23.0 - c) + rng.normal(0, 10, (h, w))
+            for c in range(3)
+        ],
+        axis=-1,
+    )
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def write_pyramid(path: Path, levels: list[np.ndarray], *, compression=None, tile=(256, 256), ome=False, mpp=None, **kw) -> None:
+    """Write a SubIFD pyramid with tifffile (independent of the code under test)."""
+    res = {}
+    if mpp is not None and not ome:
+        res = {"resolution": (1e4 / mpp, 1e4 / mpp), "resolutionunit": "CENTIMETER"}
+    meta = {"axes": "YXS", **({"PhysicalSizeX": mpp, "PhysicalSizeY": mpp} if mpp else {})} if ome else None
+    with tifffile.TiffWriter(path, ome=ome) as tif:
+        tif.write(levels[0], tile=tile, compression=compression, subifds=len(levels) - 1,
+                  photometric="rgb", metadata=meta, **res, **kw)
+        for lvl in levels[1:]:
+            tif.write(lvl, tile=tile, compression=compression, subfiletype=1, photometric="rgb", **kw)
+
+
+def downsample2(img: np.ndarray) -> np.ndarray:
+    h, w = img.shape[0] // 2 * 2, img.shape[1] // 2 * 2
+    a = img[:h, :w].astype(np.float64)
+    return ((a[0::2, 0::2] + a[1::2, 0::2] + a[0::2, 1::2] + a[1::2, 1::2]) / 4).round().astype(np.uint8)

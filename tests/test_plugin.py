@@ -1,0 +1,95 @@
+"""The npe2 contributions, imported and used the way napari does."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import napari_alregions
+
+MANIFEST = Path(napari_alregions.__file__).parent / "napari.yaml"
+
+
+def test_manifest_validates_and_every_python_name_imports():
+    from npe2 import PluginManifest
+
+    pm = PluginManifest.from_file(MANIFEST)
+    assert pm.name == "napari-alregions"
+    for command in pm.contributions.commands:
+        module, _, attr = command.python_name.partition(":")
+        assert callable(getattr(importlib.import_module(module), attr)), command.python_name
+
+
+def test_reader_rejects_other_files(tmp_path):
+    from napari_alregions._reader import get_reader
+
+    (tmp_path / "a.png").write_bytes(b"")
+    assert get_reader(str(tmp_path / "a.png")) is None
+    assert get_reader(str(tmp_path / "missing.tif")) is None
+
+
+def test_reader_layer_data(small_pool):
+    from napari_alregions._reader import get_reader
+
+    folder, manifest = small_pool
+    path = str(folder / manifest["slides"][0]["image"])
+    reader = get_reader(path)
+    [(data, kwargs, kind)] = reader(path)
+    assert kind == "image" and kwargs["multiscale"] and kwargs["rgb"]
+    assert [d.shape for d in data] == [(1024, 1024, 3), (512, 512, 3)]
+    assert kwargs["scale"] == (0.5, 0.5)
+
+
+def test_core_imports_no_gui():
+    """The headless engine never pulls in napari or Qt."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, napari_alregions.wsi, napari_alregions.synthetic, napari_alregions.cli, "
+        "napari_alregions.layers, napari_alregions._reader;"
+        "bad=[m for m in ('napari','qtpy','PyQt6','magicgui') if m in sys.modules];"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+@pytest.mark.gui
+def test_reader_in_viewer_gives_multiscale_layer(make_napari_viewer, small_pool, artifacts_dir):
+    folder, manifest = small_pool
+    viewer = make_napari_viewer(show=True)
+    layers = viewer.open(str(folder / manifest["slides"][0]["image"]), plugin="napari-alregions")
+    [layer] = layers
+    assert layer.multiscale and layer.rgb
+    assert len(layer.data) == 2
+    np.testing.assert_allclose(layer.scale, (0.5, 0.5))
+    viewer.window._qt_window.resize(900, 700)
+    viewer.reset_view()
+    shot = viewer.screenshot(canvas_only=True, flash=False)
+    _save_png(artifacts_dir / "reader_slide.png", shot)
+    # tissue is pink, background white: the picture is not blank
+    assert shot[..., :3].std() > 10
+
+
+@pytest.mark.gui
+def test_sample_data_opens_slide_and_tissue(make_napari_viewer, artifacts_dir):
+    viewer = make_napari_viewer(show=True)
+    viewer.open_sample("napari-alregions", "demo_slide")
+    image, tissue = viewer.layers
+    assert image.multiscale and image.rgb
+    assert tissue.data.dtype == np.uint8 and 0.05 < tissue.data.mean() < 0.9
+    # the tissue labels lie exactly over level 0: same world extent
+    np.testing.assert_allclose(image.extent.world[1], tissue.extent.world[1], atol=tissue.scale[0])
+    viewer.window._qt_window.resize(900, 700)
+    viewer.reset_view()
+    _save_png(artifacts_dir / "sample_data.png", viewer.screenshot(canvas_only=True, flash=False))
+
+
+def _save_png(path: Path, rgba: np.ndarray) -> None:
+    from skimage.io import imsave
+
+    imsave(path, rgba, check_contrast=False)

