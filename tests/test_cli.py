@@ -31,3 +31,44 @@ def test_make_demo_data(tmp_path, capsys):
     assert "wrote 2 slides" in capsys.readouterr().out
     manifest = json.loads((tmp_path / "d" / "manifest.json").read_text())
     assert [s["name"] for s in manifest["slides"]] == ["slide_000", "slide_001"]
+
+
+def test_suggest_on_saved_map_writes_qupath_geojson(tmp_path, capsys):
+    import numpy as np
+    import tifffile
+
+    from napari_alregions.io_qupath import read_regions
+
+    p = np.zeros((64, 64), np.float32)
+    p[10:20, 30:44] = 1.0
+    p[40:50, 5:15] = 0.5
+    np.save(tmp_path / "map.npy", p)
+    tifffile.imwrite(tmp_path / "map.tif", p)
+    for name in ("map.npy", "map.tif"):
+        out = tmp_path / f"{name}.geojson"
+        assert main(["suggest", str(tmp_path / name), "--method", "standard", "-l", "2560", "-k", "2",
+                     "--stride", "256", "--out", str(out), "--cycle", "1"]) == 0
+        regions = read_regions(out)
+        assert [(r.x, r.y, r.w, r.h) for r in regions] == [(30 * 256, 10 * 256, 2560, 2560), (5 * 256, 40 * 256, 2560, 2560)]
+        assert regions[0].method == "standard" and regions[0].cycle == 1 and regions[0].slide == "map"
+    # annotated regions are excluded on the next call
+    out2 = tmp_path / "next.geojson"
+    assert main(["suggest", str(tmp_path / "map.npy"), "--method", "standard", "-l", "2560", "-k", "1",
+                 "--annotated", str(tmp_path / "map.npy.geojson"), "--out", str(out2)]) == 0
+    [r] = read_regions(out2)
+    assert (r.x, r.y) not in {(30 * 256, 10 * 256), (5 * 256, 40 * 256)}
+    capsys.readouterr()
+
+
+def test_suggest_options_and_errors(tmp_path, capsys):
+    import numpy as np
+
+    np.save(tmp_path / "m.npy", np.random.default_rng(0).random((32, 32)))
+    assert main(["suggest", str(tmp_path / "m.npy"), "--method", "adaptive", "-l", "2048", "-k", "1",
+                 "--option", "max_steps=3", "--option", "tau_range=[97, 100]", "--out", str(tmp_path / "a.geojson")]) == 0
+    assert main(["suggest", str(tmp_path / "m.npy"), "--method", "nope", "-l", "2048", "--out", str(tmp_path / "b.geojson")]) == 2
+    assert "unknown method" in capsys.readouterr().err
+    assert main(["suggest", str(tmp_path / "m.npy"), "-l", "1000", "--out", str(tmp_path / "c.geojson")]) == 2
+    assert "multiple of stride" in capsys.readouterr().err
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object))
+    assert main(["suggest", str(tmp_path / "obj.npy"), "-l", "2048", "--out", str(tmp_path / "d.geojson")]) == 2

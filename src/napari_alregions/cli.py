@@ -96,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="alregions-demo", help="output folder")
     s.add_argument("--quick", action="store_true", help="a smaller run (for smoke tests)")
     s.set_defaults(func=_cmd_demo)
+
+    from .cli_suggest import add_suggest_parser
+
+    add_suggest_parser(sub)
     return p
 
 

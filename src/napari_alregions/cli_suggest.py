@@ -1,0 +1,114 @@
+"""``alregions suggest``: propose regions on a saved priority map."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["add_suggest_parser", "load_map"]
+
+#: Refuse maps with more pixels than this (a bound on untrusted input).
+MAX_MAP_PIXELS = 1 << 28
+
+
+def load_map(path: str | Path, *, what: str = "priority map") -> np.ndarray:
+    """A 2-D array from ``.npy`` (no pickles) or a single-channel ``.tif``."""
+    import tifffile
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    elif suffix in (".tif", ".tiff"):
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            if len(series.shape) == 3 and series.shape[-1] in (3, 4) and series.dtype == np.uint8:
+                raise ValueError(
+                    f"{path}: an RGB image, not a {what}; compute a priority map first "
+                    "(save it as .npy or a float TIFF with its stride)"
+                )
+            if np.prod(series.shape) > MAX_MAP_PIXELS:
+                raise ValueError(f"{path}: {what} too large ({series.shape})")
+            arr = series.asarray()
+    else:
+        raise ValueError(f"{path}: {what} must be a .npy or .tif file")
+    if np.prod(arr.shape) > MAX_MAP_PIXELS:
+        raise ValueError(f"{path}: {what} too large ({arr.shape})")
+    return np.asarray(arr)
+
+
+def _parse_option(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError:
+        parsed = value
+    if isinstance(parsed, list):
+        parsed = tuple(parsed)
+    return key.replace("-", "_"), parsed
+
+
+def _cmd_suggest(args: argparse.Namespace) -> int:
+    from .io_qupath import read_regions, write_regions
+    from .selection import METHODS, select
+
+    if args.method not in METHODS:
+        raise ValueError(f"unknown method {args.method!r}; choose one of {', '.join(METHODS)}")
+    priority = load_map(args.map)
+    options = dict(args.option or [])
+    tissue = load_map(args.tissue, what="tissue mask").astype(bool) if args.tissue else None
+    if args.embeddings:
+        options["embeddings"] = load_map_nd(args.embeddings)
+    if args.descriptors:
+        options["descriptors"] = load_map_nd(args.descriptors)
+    annotated = read_regions(args.annotated) if args.annotated else []
+    regions = select(
+        args.method, priority, stride=args.stride, region_size=args.region_size, k=args.k,
+        tissue=tissue, annotated=annotated, seed=args.seed, slide=args.slide or Path(args.map).stem,
+        cycle=args.cycle, **options,
+    )
+    out = write_regions(args.out, regions)
+    for r in regions:
+        print(f"#{r.rank + 1}  x={r.x} y={r.y} w={r.w} h={r.h}  score={r.score:.4g}")
+    print(f"{len(regions)} {args.method} region(s) written to {out}")
+    return 0
+
+
+def load_map_nd(path: str | Path) -> np.ndarray:
+    """An N-d float array from a ``.npy`` file (embeddings, descriptors)."""
+    path = Path(path)
+    if path.suffix.lower() != ".npy":
+        raise ValueError(f"{path}: expected a .npy file")
+    return np.load(path, allow_pickle=False)
+
+
+def add_suggest_parser(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser(
+        "suggest",
+        help="propose annotation regions on a priority map",
+        description="Propose k annotation regions on a priority map (.npy or float .tif) "
+        "of the given stride and write them as QuPath GeoJSON (level-0 pixels).",
+    )
+    s.add_argument("map", help="priority map: .npy or single-channel .tif, one value per map pixel")
+    s.add_argument("--method", default="adaptive", help="selector (see the selection registry)")
+    s.add_argument("-l", "--region-size", type=int, required=True, help="region side l, level-0 px")
+    s.add_argument("-k", type=int, default=5, help="number of regions")
+    s.add_argument("--stride", type=int, default=256, help="level-0 px per map pixel")
+    s.add_argument("--tissue", help="tissue mask at map resolution (.npy/.tif)")
+    s.add_argument("--annotated", help="GeoJSON of regions already annotated (never re-proposed)")
+    s.add_argument("--embeddings", help="diversity: (Gh, Gw, D) region embeddings .npy")
+    s.add_argument("--descriptors", help="focannot: (Gr, Gc, D) patch descriptors .npy")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--slide", help="slide name recorded on the regions (default: the map's name)")
+    s.add_argument("--cycle", type=int, help="active-learning cycle recorded on the regions")
+    s.add_argument("--option", action="append", type=_parse_option, metavar="KEY=VALUE",
+                   help="method option, e.g. --option max_steps=8 (repeatable)")
+    s.add_argument("--out", default="regions.geojson", help="output GeoJSON")
+    s.set_defaults(func=_cmd_suggest)

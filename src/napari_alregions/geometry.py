@@ -1,0 +1,279 @@
+"""Regions and coordinate frames (SPEC §3).
+
+A :class:`Region` is an integer, half-open rectangle in **level-0 pixels** ``(x, y, w, h)``,
+as in QuPath and the papers. A map of stride ``s`` has map pixel ``(r, c)`` covering the
+level-0 box ``[c*s, (c+1)*s) x [r*s, (r+1)*s)``. Two regions overlap iff their intersection
+has positive area: touching is not overlapping.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "Region",
+    "MapBox",
+    "intersection_area",
+    "map_box_to_region",
+    "overlaps",
+    "rasterize",
+    "region_to_map_box",
+    "union_area",
+]
+
+#: QuPath's class for regions of interest; used for proposed regions by default.
+REGION_CLASS = "Region*"
+DEFAULT_REGION_COLOR = (0, 0, 180)
+
+
+@dataclass(frozen=True)
+class Region:
+    """A proposed or annotated rectangle in level-0 pixels.
+
+    Parameters
+    ----------
+    x, y : int
+        Top-left corner (level-0 px).
+    w, h : int
+        Width and height (level-0 px), positive.
+    score : float
+        The selector's score (e.g. summed priority).
+    method : str
+        Name of the selector that proposed it.
+    rank : int
+        Position in the selector's output, 0 first.
+    slide : str, optional
+        Slide name or path.
+    cycle : int, optional
+        Active-learning cycle.
+    uid : str, optional
+        Stable identifier (the QuPath feature id when round-tripped).
+    """
+
+    x: int
+    y: int
+    w: int
+    h: int
+    score: float = 0.0
+    method: str = ""
+    rank: int = 0
+    slide: str | None = None
+    cycle: int | None = None
+    uid: str | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        for name in ("x", "y", "w", "h"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise TypeError(f"Region.{name} must be an integer, got {value!r}")
+            object.__setattr__(self, name, int(value))
+        if self.w <= 0 or self.h <= 0:
+            raise ValueError(f"Region size must be positive, got w={self.w}, h={self.h}")
+
+    @property
+    def x1(self) -> int:
+        return self.x + self.w
+
+    @property
+    def y1(self) -> int:
+        return self.y + self.h
+
+    @property
+    def area(self) -> int:
+        return self.w * self.h
+
+    @property
+    def center(self) -> tuple[float, float]:
+        return (self.x + self.w / 2, self.y + self.h / 2)
+
+    def with_(self, **changes: Any) -> Region:
+        """A copy with some fields changed."""
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Region:
+        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        return cls(**known)
+
+    # -- QuPath GeoJSON -----------------------------------------------------------------
+    def to_feature(
+        self,
+        *,
+        classification: str = REGION_CLASS,
+        color: Sequence[int] = DEFAULT_REGION_COLOR,
+        locked: bool = False,
+        name: str | None = None,
+    ) -> dict[str, Any]:
+        """This region as a QuPath annotation ``Feature`` (SPEC §7).
+
+        Coordinates are ``[x, y]`` level-0 pixels, the ring closed; QuPath needs a colour
+        with every classification.
+        """
+        ring = [[self.x, self.y], [self.x1, self.y], [self.x1, self.y1], [self.x, self.y1], [self.x, self.y]]
+        props: dict[str, Any] = {
+            "objectType": "annotation",
+            "name": name if name is not None else (f"{self.method} #{self.rank + 1}" if self.method else "region"),
+            "classification": {"name": classification, "color": [int(c) for c in color]},
+            "measurements": {"score": float(self.score), "rank": int(self.rank)},
+            "metadata": {"method": self.method},
+        }
+        if self.cycle is not None:
+            props["measurements"]["cycle"] = int(self.cycle)
+        if self.slide is not None:
+            props["metadata"]["slide"] = str(self.slide)
+        if locked:
+            props["isLocked"] = True
+        return {
+            "type": "Feature",
+            "id": self.uid or str(uuid.uuid4()),
+            "geometry": {"type": "Polygon", "coordinates": [ring]},
+            "properties": props,
+        }
+
+    @classmethod
+    def from_feature(cls, feature: dict[str, Any]) -> Region:
+        """The bounding box of a GeoJSON ``Feature`` (Polygon or MultiPolygon) as a Region.
+
+        Our own properties (score, rank, cycle, method, slide) are restored when present.
+
+        Raises
+        ------
+        ValueError
+            If the feature has no polygonal geometry or non-finite coordinates.
+        """
+        if not isinstance(feature, dict) or feature.get("type") != "Feature":
+            raise ValueError("feature must be a GeoJSON object with type 'Feature'")
+        xs, ys = _polygon_points(feature.get("geometry"))
+        x0, y0 = math.floor(min(xs)), math.floor(min(ys))
+        x1, y1 = math.ceil(max(xs)), math.ceil(max(ys))
+        if x1 <= x0 or y1 <= y0:
+            raise ValueError(f"feature {feature.get('id')!r} has an empty bounding box")
+        props = feature.get("properties") or {}
+        meas = _measurements(props.get("measurements"))
+        meta = props.get("metadata") or {}
+        cycle = meas.get("cycle")
+        return cls(
+            x=int(x0), y=int(y0), w=int(x1 - x0), h=int(y1 - y0),
+            score=float(meas.get("score", 0.0)),
+            method=str(meta.get("method", "")),
+            rank=int(meas.get("rank", 0)),
+            slide=meta.get("slide"),
+            cycle=None if cycle is None else int(cycle),
+            uid=feature.get("id"),
+        )
+
+
+def _measurements(m: Any) -> dict[str, Any]:
+    # QuPath writes measurements as a dict; older exports use a list of {name, value}.
+    if isinstance(m, dict):
+        return m
+    if isinstance(m, list):
+        return {e["name"]: e["value"] for e in m if isinstance(e, dict) and "name" in e and "value" in e}
+    return {}
+
+
+def _polygon_points(geometry: Any) -> tuple[list[float], list[float]]:
+    if not isinstance(geometry, dict):
+        raise ValueError("feature has no geometry")
+    kind, coords = geometry.get("type"), geometry.get("coordinates")
+    if kind == "Polygon":
+        polygons = [coords]
+    elif kind == "MultiPolygon":
+        polygons = coords
+    else:
+        raise ValueError(f"unsupported geometry type {kind!r}; expected Polygon or MultiPolygon")
+    xs: list[float] = []
+    ys: list[float] = []
+    try:
+        for poly in polygons:
+            for x, y, *_ in poly[0]:  # exterior ring bounds the polygon
+                xs.append(float(x))
+                ys.append(float(y))
+    except (TypeError, ValueError, IndexError) as exc:
+        raise ValueError(f"malformed {kind} coordinates: {exc}") from exc
+    if not xs or not all(math.isfinite(v) for v in xs + ys):
+        raise ValueError(f"{kind} has no finite coordinates")
+    return xs, ys
+
+
+# ---------------------------------------------------------------------------------------
+# Overlap and area
+# ---------------------------------------------------------------------------------------
+def intersection_area(a: Region, b: Region) -> int:
+    """Area of the intersection of two regions (0 if they only touch)."""
+    w = min(a.x1, b.x1) - max(a.x, b.x)
+    h = min(a.y1, b.y1) - max(a.y, b.y)
+    return w * h if w > 0 and h > 0 else 0
+
+
+def overlaps(a: Region, b: Region) -> bool:
+    """True iff the regions share positive area."""
+    return intersection_area(a, b) > 0
+
+
+def union_area(regions: Iterable[Region]) -> int:
+    """Exact area covered by the union of regions (coordinate compression)."""
+    regions = list(regions)
+    if not regions:
+        return 0
+    xs = np.unique([v for r in regions for v in (r.x, r.x1)])
+    ys = np.unique([v for r in regions for v in (r.y, r.y1)])
+    covered = np.zeros((len(ys) - 1, len(xs) - 1), dtype=bool)
+    for r in regions:
+        covered[np.searchsorted(ys, r.y) : np.searchsorted(ys, r.y1), np.searchsorted(xs, r.x) : np.searchsorted(xs, r.x1)] = True
+    cell = np.diff(ys)[:, None] * np.diff(xs)[None, :]
+    return int((cell * covered).sum())
+
+
+# ---------------------------------------------------------------------------------------
+# Map frame <-> level 0
+# ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MapBox:
+    """Half-open box in map pixels: rows ``r0:r1``, cols ``c0:c1``."""
+
+    r0: int
+    c0: int
+    r1: int
+    c1: int
+
+    @property
+    def slices(self) -> tuple[slice, slice]:
+        return slice(self.r0, self.r1), slice(self.c0, self.c1)
+
+    def overlaps(self, other: MapBox) -> bool:
+        return min(self.r1, other.r1) > max(self.r0, other.r0) and min(self.c1, other.c1) > max(self.c0, other.c0)
+
+
+def region_to_map_box(region: Region, stride: int, shape: tuple[int, int] | None = None) -> MapBox:
+    """Map pixels that a level-0 region touches (any overlap), clipped to ``shape``."""
+    r0, c0 = region.y // stride, region.x // stride
+    r1, c1 = -(-region.y1 // stride), -(-region.x1 // stride)
+    if shape is not None:
+        r0, r1 = max(0, min(r0, shape[0])), max(0, min(r1, shape[0]))
+        c0, c1 = max(0, min(c0, shape[1])), max(0, min(c1, shape[1]))
+    return MapBox(r0, c0, r1, c1)
+
+
+def map_box_to_region(box: MapBox, stride: int, **fields: Any) -> Region:
+    """The level-0 region a map box covers exactly."""
+    return Region(
+        x=box.c0 * stride, y=box.r0 * stride, w=(box.c1 - box.c0) * stride, h=(box.r1 - box.r0) * stride, **fields
+    )
+
+
+def rasterize(regions: Iterable[Region], shape: tuple[int, int], stride: int) -> np.ndarray:
+    """Boolean map (of ``shape``) of the map pixels that any region touches."""
+    out = np.zeros(shape, dtype=bool)
+    for r in regions:
+        out[region_to_map_box(r, stride, shape).slices] = True
+    return out

@@ -1,0 +1,136 @@
+"""Checkpoints: weights plus everything needed to use them, loaded with weights_only=True."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .networks import ARCHITECTURES, build_model
+
+__all__ = ["CheckpointError", "ModelSpec", "load_checkpoint", "save_checkpoint"]
+
+FORMAT = "napari-alregions checkpoint"
+VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message says why."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How a classifier was built and what it expects.
+
+    ``patch_size`` is in pixels of pyramid ``level`` (whose resolution is ``mpp`` µm/px when
+    known); ``mean``/``std`` normalise RGB in [0, 1].
+    """
+
+    arch: str = "compact"
+    classes: tuple[str, ...] = ("background", "tumour")
+    patch_size: int = 64
+    level: int = 1
+    mpp: float | None = None
+    mean: tuple[float, float, float] = (0.70, 0.55, 0.70)
+    std: tuple[float, float, float] = (0.15, 0.18, 0.13)
+    dropout: float = 0.0
+    width: int = 16
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHITECTURES:
+            raise ValueError(f"arch must be one of {ARCHITECTURES}, got {self.arch!r}")
+        if len(self.classes) < 2:
+            raise ValueError(f"classes needs at least two names, got {self.classes!r}")
+        if self.patch_size < 16:
+            raise ValueError(f"patch_size must be >= 16 px, got {self.patch_size}")
+        object.__setattr__(self, "classes", tuple(self.classes))
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+
+    def build(self) -> nn.Module:
+        return build_model(self.arch, len(self.classes), dropout=self.dropout, width=self.width)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["classes"] = list(self.classes)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelSpec:
+        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        for key in ("classes", "mean", "std"):
+            if key in known:
+                known[key] = tuple(known[key])
+        return cls(**known)
+
+
+def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, spec: ModelSpec, **info: Any) -> Path:
+    """Write weights and spec atomically (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "spec": spec.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "info": info,
+    }
+    tmp = path.with_name(f".{path.name}.part")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str], *, expect: ModelSpec | None = None, map_location: str | torch.device = "cpu"
+) -> tuple[nn.Module, ModelSpec, dict[str, Any]]:
+    """Load a checkpoint safely (``torch.load(weights_only=True)``: no code runs).
+
+    Parameters
+    ----------
+    expect : ModelSpec, optional
+        If given, the checkpoint's architecture and classes must match.
+
+    Returns
+    -------
+    model, spec, info
+
+    Raises
+    ------
+    FileNotFoundError
+    CheckpointError
+        Not a checkpoint of ours (e.g. a pickle or a bare state dict), another
+        architecture or class list than expected, or weights that do not fit.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # unpickling errors come in many types
+        raise CheckpointError(f"{path}: not a loadable weights-only checkpoint ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a napari-alregions checkpoint (no spec; a bare state dict?)")
+    if payload.get("version", 0) > VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {payload['version']} is newer than this program ({VERSION})")
+    try:
+        spec = ModelSpec.from_dict(payload["spec"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: invalid model spec ({exc})") from exc
+    if expect is not None and (spec.arch != expect.arch or spec.classes != expect.classes):
+        raise CheckpointError(
+            f"{path}: checkpoint is {spec.arch} for classes {list(spec.classes)}, "
+            f"expected {expect.arch} for {list(expect.classes)}"
+        )
+    model = spec.build()
+    try:
+        model.load_state_dict(payload["state_dict"], strict=True)
+    except (KeyError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: weights do not fit a {spec.arch} for {len(spec.classes)} classes ({exc})") from exc
+    return model, spec, dict(payload.get("info") or {})

@@ -1,0 +1,133 @@
+"""Training patches from labeled regions (adaptive paper §2.3; SPEC §6).
+
+Labels live in a mask at the model's working level: 0 unlabeled, ``i + 1`` for class i.
+A patch centred at (x, y) (working-level pixels) is a candidate when its centre area
+((d/2)², d the patch size) is entirely labeled; its label is the positive class if any
+centre pixel is positive (binary: class 1), else the majority class of the centre.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..wsi import Slide
+
+__all__ = ["PatchCandidates", "augment", "find_candidates", "read_patches", "to_tensor"]
+
+
+@dataclass
+class PatchCandidates:
+    """Candidate patch centres (working-level px) of one slide with their labels."""
+
+    slide: Slide
+    level: int
+    patch_size: int
+    centres: np.ndarray  # (N, 2) int: (y, x)
+    labels: np.ndarray  # (N,) int class index
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def find_candidates(
+    slide: Slide,
+    labels: np.ndarray,
+    *,
+    level: int,
+    patch_size: int,
+    step: int | None = None,
+    tissue: np.ndarray | None = None,
+    min_tissue: float = 0.01,
+) -> PatchCandidates:
+    """Candidate patches on a grid (``step`` px, default d/4) inside the labeled area.
+
+    Parameters
+    ----------
+    labels : (H_l, W_l) uint8 ndarray
+        Label mask at ``level`` (0 unlabeled).
+    tissue : (h, w) bool ndarray, optional
+        Tissue mask (any resolution covering the slide); patches with less than
+        ``min_tissue`` tissue are skipped.
+    """
+    labels = np.asarray(labels)
+    lh, lw = slide.levels[level].shape[:2]
+    if labels.shape != (lh, lw):
+        raise ValueError(f"labels must have the shape of level {level}, {(lh, lw)}, got {labels.shape}")
+    d = patch_size
+    step = step or max(1, d // 4)
+    half = d // 4  # centre area is d/2 wide: centre +- d/4
+    ys = np.arange(d // 2, lh - d // 2 + 1, step)
+    xs = np.arange(d // 2, lw - d // 2 + 1, step)
+    if ys.size == 0 or xs.size == 0 or not labels.any():
+        return PatchCandidates(slide, level, d, np.zeros((0, 2), int), np.zeros(0, int))
+    # centre-area statistics for every grid point via integral images
+    labeled = _box_sums((labels > 0).astype(np.float64), ys, xs, half)
+    positive = _box_sums((labels == 2).astype(np.float64), ys, xs, half)
+    full = labeled >= (2 * half) ** 2 - 0.5
+    n_classes = int(labels.max())
+    if n_classes <= 2:
+        cls = (positive > 0).astype(int)
+    else:
+        counts = np.stack([_box_sums((labels == v).astype(np.float64), ys, xs, half) for v in range(1, n_classes + 1)], -1)
+        cls = np.argmax(counts, axis=-1)
+    keep = full
+    if tissue is not None:
+        t = np.asarray(tissue, dtype=np.float64)
+        sy, sx = t.shape[0] / lh, t.shape[1] / lw
+        ty = np.clip((ys * sy).astype(int), 0, t.shape[0] - 1)
+        tx = np.clip((xs * sx).astype(int), 0, t.shape[1] - 1)
+        r = max(1, int(round(d / 2 * sy)))
+        frac = _box_sums(t, ty, tx, r) / float((2 * r) ** 2)
+        keep &= frac >= min_tissue
+    gy, gx = np.nonzero(keep)
+    centres = np.stack([ys[gy], xs[gx]], axis=1)
+    return PatchCandidates(slide, level, d, centres, cls[gy, gx])
+
+
+def _box_sums(a: np.ndarray, ys: np.ndarray, xs: np.ndarray, half: int) -> np.ndarray:
+    s = np.zeros((a.shape[0] + 1, a.shape[1] + 1))
+    s[1:, 1:] = a.cumsum(0).cumsum(1)
+    y0 = np.clip(ys - half, 0, a.shape[0])[:, None]
+    y1 = np.clip(ys + half, 0, a.shape[0])[:, None]
+    x0 = np.clip(xs - half, 0, a.shape[1])[None, :]
+    x1 = np.clip(xs + half, 0, a.shape[1])[None, :]
+    return s[y1, x1] - s[y0, x1] - s[y1, x0] + s[y0, x0]
+
+
+def read_patches(slide: Slide, centres: np.ndarray, *, level: int, patch_size: int) -> np.ndarray:
+    """(N, d, d, 3) uint8 patches centred at working-level (y, x) centres; white off-slide."""
+    factor = slide.level_factor(level)
+    d = patch_size
+    out = np.empty((len(centres), d, d, 3), dtype=np.uint8)
+    for i, (y, x) in enumerate(centres):
+        out[i] = slide.read_region(int((x - d // 2) * factor), int((y - d // 2) * factor), d, d, level=level, fill=255)
+    return out
+
+
+def to_tensor(patches: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """(N, d, d, 3) uint8 -> normalised (N, 3, d, d) float32."""
+    x = torch.from_numpy(np.ascontiguousarray(patches)).permute(0, 3, 1, 2).float().div_(255.0)
+    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    return (x - m) / s
+
+
+def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random flips, 90° rotations and stain (optical-density) jitter of uint8-range RGB in [0, 1].
+
+    ``x`` is (N, 3, d, d) in [0, 1] (before normalisation).
+    """
+    n = x.shape[0]
+    k = torch.randint(0, 4, (n,), generator=generator)
+    flip = torch.rand(n, generator=generator) < 0.5
+    out = torch.empty_like(x)
+    for i in range(n):
+        xi = torch.rot90(x[i], int(k[i]), dims=(1, 2))
+        out[i] = torch.flip(xi, dims=(2,)) if flip[i] else xi
+    od = -torch.log(out.clamp_min(1 / 255))
+    scale = 1 + 0.12 * (torch.rand((n, 3, 1, 1), generator=generator) - 0.5) * 2
+    shift = 0.04 * (torch.rand((n, 3, 1, 1), generator=generator) - 0.5) * 2
+    return torch.exp(-(od * scale + shift)).clamp(0, 1)
