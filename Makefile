@@ -36,3 +36,4 @@ test: setup-test sysdeps
 bench: setup
 	$(BIN)/python benchmarks/bench_io.py
 	$(BIN)/python benchmarks/bench_selection.py
+	$(BIN)/python benchmarks/bench_inference.py

@@ -49,7 +49,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def _progress(total: int, desc: str):
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="slide", file=sys.stderr, disable=None)
+    return tqdm(total=total, desc=desc, unit="slide", file=sys.stderr, disable=False, mininterval=1.0)
 
 
 def _cmd_make_demo_data(args: argparse.Namespace) -> int:
@@ -62,6 +62,31 @@ def _cmd_make_demo_data(args: argparse.Namespace) -> int:
         )
     n_tumour = sum(s["has_tumour"] for s in manifest["slides"])
     print(f"wrote {len(manifest['slides'])} slides ({n_tumour} with tumour) to {args.folder}")
+    return 0
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .simulate import SimConfig, results_table, run_simulation
+
+    sizes = [int(v) for v in args.region_size.split(",")]
+    ks = [int(v) for v in args.k.split(",")]
+    config = SimConfig(
+        methods=tuple(m.strip() for m in args.methods.split(",")),
+        settings=tuple((l_, k_) for l_ in sizes for k_ in ks),
+        cycles=args.cycles, seed=args.seed, stride=args.stride, level=args.level,
+        patch_size=args.patch_size, full_baseline=not args.no_baseline,
+    )
+    total = len(config.methods) * len(config.settings) * config.cycles + int(config.full_baseline)
+    with tqdm(total=total, desc="simulation", unit="cycle", file=sys.stderr, disable=False, mininterval=1.0) as bar:
+        def progress(msg: str) -> None:
+            bar.set_postfix_str(msg[-60:])
+            bar.update(1)
+
+        result = run_simulation(args.slides, config, out=args.out, progress=progress)
+    print(results_table(result))
+    print(f"results in {args.out}")
     return 0
 
 
@@ -91,6 +116,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--overwrite", action="store_true", help="re-render existing slides")
     s.set_defaults(func=_cmd_make_demo_data)
+
+    s = sub.add_parser("simulate", help="simulated active learning comparing selectors (ground-truth oracle)")
+    s.add_argument("--slides", required=True, help="pool folder with manifest.json (see make-demo-data)")
+    s.add_argument("--methods", default="random,standard,standard_nonsquare,adaptive")
+    s.add_argument("-l", "--region-size", default="384", help="region side(s) in level-0 px, comma-separated")
+    s.add_argument("-k", default="2", help="regions per slide and cycle, comma-separated")
+    s.add_argument("--cycles", type=int, default=5)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--stride", type=int, default=64, help="map stride, level-0 px")
+    s.add_argument("--level", type=int, default=1, help="working pyramid level of the model")
+    s.add_argument("--patch-size", type=int, default=64, help="patch side at the working level")
+    s.add_argument("--no-baseline", action="store_true", help="skip the full-annotation baseline")
+    s.add_argument("--out", default="simulation")
+    s.set_defaults(func=_cmd_simulate)
 
     s = sub.add_parser("demo", help="the main job on built-in synthetic data")
     s.add_argument("--out", default="alregions-demo", help="output folder")

@@ -31,7 +31,7 @@ _AUXILIARY_SERIES = {"label", "macro", "thumbnail", "overview"}
 #: A non-pyramidal image is coarsened by 2 until its longer side is at most this.
 _MIN_PYRAMID_SIDE = 1024
 #: The tissue mask is computed on the finest level whose longer side is at most this.
-_TISSUE_LEVEL_MAX_SIDE = 2048
+_TISSUE_LEVEL_MAX_SIDE = 1024
 
 
 class SlideError(ValueError):
@@ -214,6 +214,33 @@ class Slide:
                 return i
         return self.level_count - 1
 
+    def map_shape(self, stride: int) -> tuple[int, int]:
+        """Shape of a map with ``stride`` level-0 px per pixel (whole cells only)."""
+        if stride <= 0:
+            raise ValueError(f"stride must be positive, got {stride}")
+        return (self.shape[0] // stride, self.shape[1] // stride)
+
+    def tissue_map(self, stride: int, *, min_fraction: float = 0.01) -> np.ndarray:
+        """Boolean tissue mask at map resolution: cells with at least ``min_fraction`` tissue.
+
+        Map pixel (r, c) covers level-0 ``[c*s, (c+1)*s) x [r*s, (r+1)*s)``.
+        """
+        mask = self.tissue_mask()
+        f = self.level_factor(self.tissue_level)
+        h, w = self.map_shape(stride)
+        # cell edges in mask pixels; each cell keeps at least one mask pixel
+        ys = np.minimum((np.arange(h + 1) * stride / f).astype(np.int64), mask.shape[0])
+        xs = np.minimum((np.arange(w + 1) * stride / f).astype(np.int64), mask.shape[1])
+        ye = np.maximum(ys[1:], np.minimum(ys[:-1] + 1, mask.shape[0]))
+        xe = np.maximum(xs[1:], np.minimum(xs[:-1] + 1, mask.shape[1]))
+        integ = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1))
+        integ[1:, 1:] = mask.cumsum(0).cumsum(1)
+        y0, x0 = ys[:-1, None], xs[None, :-1]
+        y1, x1 = ye[:, None], xe[None, :]
+        area = np.maximum((y1 - y0) * (x1 - x0), 1)
+        frac = (integ[y1, x1] - integ[y0, x1] - integ[y1, x0] + integ[y0, x0]) / area
+        return frac >= min_fraction
+
     def tissue_fraction(self) -> float:
         """Fraction of the slide area covered by tissue."""
         return float(self.tissue_mask().mean())
@@ -336,6 +363,8 @@ def open_slide(path: str | os.PathLike[str]) -> Slide:
 
 
 def _open_tiff(path: Path, tif: tifffile.TiffFile) -> Slide:
+    # Reader threads (inference, dask) share one file handle: seek+read must be atomic.
+    tif.filehandle.set_lock(True)
     if not tif.series:
         raise SlideError(f"{path}: the TIFF holds no image")
     main = _main_series(path, tif)

@@ -22,7 +22,8 @@ def _block(cin: int, cout: int) -> nn.Sequential:
 
 
 class CompactCNN(nn.Module):
-    """Four conv blocks (16-32-64-128 channels), global average pooling, a linear head.
+    """A strided stem, three conv blocks (w-2w-4w-8w channels), global average pooling, a
+    linear head: about 13 M multiply-adds for a 64² patch, a few thousand patches/s on a CPU.
 
     Works for any patch size >= 16. ``dropout`` before the head enables MC-dropout sampling.
     """
@@ -30,7 +31,8 @@ class CompactCNN(nn.Module):
     def __init__(self, n_classes: int = 2, width: int = 16, dropout: float = 0.0) -> None:
         super().__init__()
         w = width
-        self.body = nn.Sequential(_block(3, w), _block(w, 2 * w), _block(2 * w, 4 * w), _block(4 * w, 8 * w))
+        stem = nn.Sequential(nn.Conv2d(3, w, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True))
+        self.body = nn.Sequential(stem, _block(w, 2 * w), _block(2 * w, 4 * w), _block(4 * w, 8 * w))
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(8 * w, n_classes)

@@ -1,0 +1,30 @@
+"""Patch classifiers, training and probability-map inference (torch lives here)."""
+
+from .checkpoint import CheckpointError, ModelSpec, load_checkpoint, save_checkpoint
+from .data import PatchCandidates, find_candidates, read_patches
+from .device import pick_device
+from .networks import ARCHITECTURES, CompactCNN, build_model
+from .predict import InferenceCancelled, predict_probability_map
+from .train import TrainConfig, TrainingCancelled, TrainResult, fine_tune, iter_train, train
+
+__all__ = [
+    "ARCHITECTURES",
+    "CheckpointError",
+    "CompactCNN",
+    "InferenceCancelled",
+    "ModelSpec",
+    "PatchCandidates",
+    "TrainConfig",
+    "TrainResult",
+    "TrainingCancelled",
+    "build_model",
+    "find_candidates",
+    "fine_tune",
+    "iter_train",
+    "load_checkpoint",
+    "pick_device",
+    "predict_probability_map",
+    "read_patches",
+    "save_checkpoint",
+    "train",
+]

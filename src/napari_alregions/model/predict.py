@@ -1,0 +1,211 @@
+"""Streaming probability-map inference over a slide (SPEC §6).
+
+Map pixel (r, c) (stride s level-0 px) gets the class probabilities of the patch of
+``spec.patch_size`` px at ``spec.level`` centred on the cell centre ((c + ½)s, (r + ½)s).
+Cells are read in blocks by background threads into a bounded queue (tissue blocks only),
+batched, and run through the model(s); outside tissue the map is NaN.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..wsi import Slide
+from .checkpoint import ModelSpec
+from .device import autocast, pick_device
+
+__all__ = ["InferenceCancelled", "predict_probability_map"]
+
+_DONE = object()
+
+
+class InferenceCancelled(RuntimeError):
+    """Raised when a cancel callback stopped inference."""
+
+
+def _blocks(tissue: np.ndarray, block: int) -> list[tuple[int, int, np.ndarray]]:
+    """(r0, c0, cell indices) of every block of cells that holds tissue."""
+    out = []
+    h, w = tissue.shape
+    for r0 in range(0, h, block):
+        for c0 in range(0, w, block):
+            cells = np.argwhere(tissue[r0 : r0 + block, c0 : c0 + block])
+            if cells.size:
+                out.append((r0, c0, cells))
+    return out
+
+
+def predict_probability_map(
+    slide: Slide,
+    model: nn.Module | Sequence[nn.Module],
+    spec: ModelSpec,
+    *,
+    stride: int,
+    batch_size: int = 128,
+    tissue: np.ndarray | None = None,
+    device: str | torch.device | None = None,
+    workers: int = 2,
+    prefetch: int = 8,
+    block: int = 8,
+    progress: Callable[[int, int], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> np.ndarray:
+    """Class probabilities on the map grid of ``stride`` level-0 px.
+
+    Parameters
+    ----------
+    slide : Slide
+    model : nn.Module or sequence of nn.Module
+        One model, or ensemble members sharing ``spec`` (each patch is read once).
+    spec : ModelSpec
+        Patch size, working level and normalisation.
+    stride : int
+        Level-0 px per map pixel; a multiple of the working level's downsample.
+    batch_size : int
+        Patches per forward pass; halved and retried on CUDA out-of-memory.
+    tissue : (H, W) bool ndarray, optional
+        Cells to predict (default ``slide.tissue_map(stride)``).
+    device : optional
+        Default: CUDA when available (autocast bf16/fp16, pinned memory), else CPU.
+    workers, prefetch, block
+        Reader threads, queue length (blocks) and block side (cells).
+    progress : callable, optional
+        ``progress(done_cells, total_cells)``.
+    cancel : callable, optional
+        Polled between batches; True stops with :class:`InferenceCancelled`.
+
+    Returns
+    -------
+    (H, W, C) float32 ndarray, or (E, H, W, C) for a sequence of models
+        ``H, W = slide.map_shape(stride)``; NaN outside tissue.
+    """
+    models = list(model) if isinstance(model, (list, tuple)) else [model]
+    if not models:
+        raise ValueError("model must be a module or a non-empty sequence of modules")
+    level = spec.level
+    if not 0 <= level < slide.level_count:
+        raise ValueError(f"the model works at level {level}, but {slide.path.name} has levels 0..{slide.level_count - 1}")
+    factor = slide.level_factor(level)
+    if stride % factor:
+        raise ValueError(f"stride ({stride}) must be a multiple of the level-{level} downsample ({factor:g})")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    h, w = slide.map_shape(stride)
+    n_classes = len(spec.classes)
+    out = np.full((len(models), h, w, n_classes), np.nan, dtype=np.float32)
+    if tissue is None:
+        tissue = slide.tissue_map(stride)
+    tissue = np.asarray(tissue, dtype=bool)
+    if tissue.shape != (h, w):
+        raise ValueError(f"tissue must have the map shape {(h, w)}, got {tissue.shape}")
+    total = int(tissue.sum())
+    if total == 0:
+        return out if len(models) > 1 else out[0]
+    dev = pick_device(device)
+    for m in models:
+        m.to(dev).eval()
+    d = spec.patch_size
+    step = int(stride // factor)  # cell pitch in working-level px
+    mean = torch.tensor(spec.mean, device=dev).view(1, 3, 1, 1)
+    std = torch.tensor(spec.std, device=dev).view(1, 3, 1, 1)
+
+    jobs = _blocks(tissue, block)
+    q: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    next_job = iter(range(len(jobs)))
+    job_lock = threading.Lock()
+
+    def reader() -> None:
+        try:
+            while not stop.is_set():
+                with job_lock:
+                    j = next(next_job, None)
+                if j is None:
+                    break
+                r0, c0, cells = jobs[j]
+                rows, cols = int(cells[:, 0].max()) + 1, int(cells[:, 1].max()) + 1
+                # One read per block: the union of its patches, white off the slide.
+                x0 = int(c0 * stride + stride / 2 - d * factor / 2)
+                y0 = int(r0 * stride + stride / 2 - d * factor / 2)
+                region = slide.read_region(x0, y0, (cols - 1) * step + d, (rows - 1) * step + d, level=level, fill=255)
+                patches = np.stack([region[r * step : r * step + d, c * step : c * step + d] for r, c in cells])
+                q.put((cells + (r0, c0), patches))
+        except BaseException as exc:  # surfaced in the consumer
+            errors.append(exc)
+        finally:
+            q.put(_DONE)
+
+    threads = [threading.Thread(target=reader, daemon=True) for _ in range(max(1, workers))]
+    for t in threads:
+        t.start()
+    finished, done_cells = 0, 0
+    pend_idx: list[np.ndarray] = []
+    pend_x: list[np.ndarray] = []
+
+    def run_batch(idx: np.ndarray, x: np.ndarray) -> None:
+        nonlocal batch_size
+        start = 0
+        while start < len(x):
+            chunk = x[start : start + batch_size]
+            t = torch.from_numpy(chunk)
+            if dev.type == "cuda":
+                t = t.pin_memory()
+            try:
+                xt = t.to(dev, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
+                xt = (xt - mean) / std
+                with torch.no_grad(), autocast(dev):
+                    probs = [torch.softmax(m(xt).float(), dim=1).cpu().numpy() for m in models]
+            except torch.OutOfMemoryError:
+                if batch_size == 1:
+                    raise
+                torch.cuda.empty_cache()
+                batch_size = max(1, batch_size // 2)
+                continue
+            sel = idx[start : start + len(chunk)]
+            for e, p in enumerate(probs):
+                out[e, sel[:, 0], sel[:, 1]] = p
+            start += len(chunk)
+
+    try:
+        while finished < len(threads):
+            item = q.get()
+            if item is _DONE:
+                finished += 1
+                continue
+            if cancel is not None and cancel():
+                raise InferenceCancelled("inference cancelled")
+            idx, patches = item
+            pend_idx.append(idx)
+            pend_x.append(patches)
+            if sum(len(i) for i in pend_idx) >= batch_size:
+                idx_all, x_all = np.concatenate(pend_idx), np.concatenate(pend_x)
+                pend_idx, pend_x = [], []
+                run_batch(idx_all, x_all)
+                done_cells += len(idx_all)
+                if progress is not None:
+                    progress(done_cells, total)
+        if errors:
+            raise errors[0]
+        if pend_idx:
+            idx_all, x_all = np.concatenate(pend_idx), np.concatenate(pend_x)
+            run_batch(idx_all, x_all)
+            done_cells += len(idx_all)
+            if progress is not None:
+                progress(done_cells, total)
+    finally:
+        stop.set()
+        while any(t.is_alive() for t in threads):  # unblock readers waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                pass
+            for t in threads:
+                t.join(timeout=0.01)
+    return out if len(models) > 1 else out[0]

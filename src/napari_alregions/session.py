@@ -1,0 +1,253 @@
+"""Annotation sessions on disk (SPEC §7).
+
+A session folder holds ``session.json`` (slides, classes, cycle history, parameters,
+versions), ``regions.geojson`` (proposed and accepted regions, QuPath-compatible),
+``labels/<slide>.zarr.zip`` (one uint8 zarr array per slide at the labeling level: 0
+unlabeled, ``i + 1`` for class i) and ``checkpoints/``. Every file is written to a
+temporary name and renamed into place, and ``session.json`` is written last: a crash in the
+middle of :meth:`Session.save` leaves the previous session readable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .geometry import Region
+from .io_qupath import read_regions, write_regions
+
+__all__ = ["Session", "SessionError", "SlideEntry"]
+
+SESSION_FILE = "session.json"
+REGIONS_FILE = "regions.geojson"
+FORMAT = "napari-alregions session"
+
+
+class SessionError(ValueError):
+    """A session folder that cannot be used; the message says why."""
+
+
+@dataclass
+class SlideEntry:
+    """A slide of the session. ``label_level`` is the pyramid level labels are stored at."""
+
+    name: str
+    path: str
+    label_level: int = 1
+    label_shape: tuple[int, int] | None = None
+    truth: str | None = None  # ground-truth mask (simulations)
+    group: str | None = None  # e.g. centre or scanner, for per-group selection
+
+
+@dataclass
+class Session:
+    """Labeled set, regions, model checkpoints and cycle history of one annotation project."""
+
+    folder: Path
+    classes: tuple[str, ...] = ("background", "tumour")
+    slides: dict[str, SlideEntry] = field(default_factory=dict)
+    regions: list[Region] = field(default_factory=list)  # proposed, not yet accepted
+    accepted: list[Region] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    params: dict[str, Any] = field(default_factory=dict)
+    checkpoint: str | None = None  # relative to folder
+    _labels: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    _dirty: set[str] = field(default_factory=set, repr=False)
+
+    # -- creation ----------------------------------------------------------------------
+    @classmethod
+    def create(cls, folder: str | os.PathLike[str], *, classes: tuple[str, ...] = ("background", "tumour"), **params: Any) -> Session:
+        """A new, empty session in ``folder`` (which must not hold a session yet)."""
+        folder = Path(folder)
+        if (folder / SESSION_FILE).exists():
+            raise SessionError(f"{folder}: already holds a session; open it with Session.open")
+        if len(classes) < 2:
+            raise ValueError(f"classes needs at least two names, got {classes!r}")
+        folder.mkdir(parents=True, exist_ok=True)
+        session = cls(folder=folder, classes=tuple(classes), params=dict(params))
+        session.save()
+        return session
+
+    @classmethod
+    def open(cls, folder: str | os.PathLike[str]) -> Session:
+        """Reopen a saved session exactly as it was last saved."""
+        folder = Path(folder)
+        path = folder / SESSION_FILE
+        if not path.is_file():
+            raise SessionError(f"{folder}: no {SESSION_FILE}; not a session folder")
+        try:
+            meta = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise SessionError(f"{path}: unreadable ({exc})") from exc
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise SessionError(f"{path}: not a napari-alregions session file")
+        slides = {}
+        for d in meta.get("slides", []):
+            if d.get("label_shape") is not None:
+                d["label_shape"] = tuple(d["label_shape"])
+            slides[d["name"]] = SlideEntry(**d)
+        all_regions = read_regions(folder / REGIONS_FILE) if (folder / REGIONS_FILE).exists() else []
+        accepted_ids = set(meta.get("accepted", []))
+        return cls(
+            folder=folder,
+            classes=tuple(meta.get("classes", ("background", "tumour"))),
+            slides=slides,
+            regions=[r for r in all_regions if r.uid not in accepted_ids],
+            accepted=[r for r in all_regions if r.uid in accepted_ids],
+            history=list(meta.get("history", [])),
+            params=dict(meta.get("params", {})),
+            checkpoint=meta.get("checkpoint"),
+        )
+
+    # -- slides and labels ---------------------------------------------------------------
+    def add_slide(self, name: str, path: str | os.PathLike[str], *, label_shape: tuple[int, int], label_level: int = 1,
+                  truth: str | os.PathLike[str] | None = None, group: str | None = None) -> SlideEntry:
+        if name in self.slides:
+            raise ValueError(f"slide {name!r} is already in the session")
+        entry = SlideEntry(name, str(path), label_level, tuple(label_shape), None if truth is None else str(truth), group)
+        self.slides[name] = entry
+        return entry
+
+    def labels(self, name: str) -> np.ndarray:
+        """The slide's label mask (a writable array; call :meth:`mark_labels_changed`)."""
+        if name not in self.slides:
+            raise KeyError(f"no slide {name!r} in the session")
+        if name not in self._labels:
+            path = self._label_path(name)
+            if path.exists():
+                self._labels[name] = _read_label_zip(path)
+            else:
+                shape = self.slides[name].label_shape
+                if shape is None:
+                    raise SessionError(f"slide {name!r} has no label shape")
+                self._labels[name] = np.zeros(shape, dtype=np.uint8)
+        return self._labels[name]
+
+    def set_labels(self, name: str, labels: np.ndarray) -> None:
+        labels = np.asarray(labels)
+        expected = self.slides[name].label_shape
+        if expected is not None and labels.shape != tuple(expected):
+            raise ValueError(f"labels for {name!r} must have shape {tuple(expected)}, got {labels.shape}")
+        if labels.size and int(labels.max()) > len(self.classes):
+            raise ValueError(f"label values must be 0 (unlabeled) to {len(self.classes)}, got {int(labels.max())}")
+        self._labels[name] = labels.astype(np.uint8)
+        self._dirty.add(name)
+
+    def mark_labels_changed(self, name: str) -> None:
+        self._dirty.add(name)
+
+    def _label_path(self, name: str) -> Path:
+        return self.folder / "labels" / f"{name}.zarr.zip"
+
+    # -- regions -------------------------------------------------------------------------
+    def accept(self, region: Region) -> Region:
+        """Move a proposed region (or a new one) into the labeled set."""
+        region = region if region.uid else region.with_(uid=_new_uid())
+        self.regions = [r for r in self.regions if r.uid != region.uid]
+        self.accepted.append(region)
+        return region
+
+    def propose(self, regions: list[Region]) -> list[Region]:
+        """Replace the proposals of the same slides and methods with new ones."""
+        regions = [r if r.uid else r.with_(uid=_new_uid()) for r in regions]
+        keys = {(r.slide, r.method) for r in regions}
+        self.regions = [r for r in self.regions if (r.slide, r.method) not in keys] + regions
+        return regions
+
+    def accepted_on(self, slide: str) -> list[Region]:
+        return [r for r in self.accepted if r.slide == slide]
+
+    @property
+    def cycle(self) -> int:
+        return len(self.history)
+
+    # -- persistence ---------------------------------------------------------------------
+    def checkpoint_path(self, name: str) -> Path:
+        return self.folder / "checkpoints" / name
+
+    def save(self) -> None:
+        """Write everything changed, atomically file by file; ``session.json`` last."""
+        (self.folder / "labels").mkdir(parents=True, exist_ok=True)
+        (self.folder / "checkpoints").mkdir(exist_ok=True)
+        for name in sorted(self._dirty):
+            _write_label_zip(self._label_path(name), self._labels[name])
+        write_regions(self.folder / REGIONS_FILE, [*self.accepted, *self.regions])
+        meta = {
+            "format": FORMAT,
+            "version": 1,
+            "software": {"napari-alregions": __version__, "python": platform.python_version()},
+            "classes": list(self.classes),
+            "slides": [_entry_dict(e) for e in self.slides.values()],
+            "accepted": [r.uid for r in self.accepted],
+            "history": self.history,
+            "params": self.params,
+            "checkpoint": self.checkpoint,
+        }
+        _atomic_write_text(self.folder / SESSION_FILE, json.dumps(meta, indent=1, default=_json_default))
+        self._dirty.clear()
+
+
+def _entry_dict(e: SlideEntry) -> dict[str, Any]:
+    d = asdict(e)
+    if d["label_shape"] is not None:
+        d["label_shape"] = list(d["label_shape"])
+    return d
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, (Path,)):
+        return str(o)
+    if isinstance(o, tuple):
+        return list(o)
+    raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
+
+
+def _new_uid() -> str:
+    import uuid
+
+    return str(uuid.uuid4())
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.part")
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _write_label_zip(path: Path, labels: np.ndarray) -> None:
+    import zarr
+    from zarr.storage import ZipStore
+
+    tmp = path.with_name(f".{path.name}.part")
+    store = ZipStore(tmp, mode="w")
+    try:
+        z = zarr.create_array(store, shape=labels.shape, chunks=(min(1024, labels.shape[0]), min(1024, labels.shape[1])), dtype="uint8", fill_value=0)
+        z[:] = labels
+    finally:
+        store.close()
+    os.replace(tmp, path)
+
+
+def _read_label_zip(path: Path) -> np.ndarray:
+    import zarr
+    from zarr.storage import ZipStore
+
+    store = ZipStore(path, mode="r")
+    try:
+        return np.asarray(zarr.open_array(store, mode="r")[:], dtype=np.uint8)
+    except Exception as exc:
+        raise SessionError(f"{path}: unreadable label array ({exc})") from exc
+    finally:
+        store.close()

@@ -1,0 +1,200 @@
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from napari_alregions.model import (
+    CheckpointError,
+    ModelSpec,
+    TrainConfig,
+    TrainingCancelled,
+    build_model,
+    find_candidates,
+    fine_tune,
+    load_checkpoint,
+    predict_probability_map,
+    save_checkpoint,
+    train,
+)
+from napari_alregions.wsi import open_labels, open_slide
+
+
+class MeanRedness(nn.Module):
+    """A model that is a known function of the pixels: logit of the patch's mean red."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        red = x[:, 0].mean(dim=(1, 2))  # spec mean 0, std 1: x is RGB in [0, 1]
+        p = red.clamp(1e-4, 1 - 1e-4)
+        return torch.stack([torch.log(1 - p), torch.log(p)], dim=1)
+
+
+def test_probability_map_equals_the_function_on_the_patches(small_pool):
+    folder, manifest = small_pool
+    slide = open_slide(folder / manifest["slides"][0]["image"])
+    spec = ModelSpec(level=1, patch_size=32, mean=(0, 0, 0), std=(1, 1, 1))
+    stride = 64
+    tissue = slide.tissue_map(stride)
+    prob = predict_probability_map(slide, MeanRedness(), spec, stride=stride, batch_size=7, workers=3)
+    assert prob.shape == (*slide.map_shape(stride), 2)
+    assert np.isnan(prob[~tissue]).all() and not np.isnan(prob[tissue]).any()
+    # independent expectation: read each cell's centred patch and compute mean red
+    level1 = slide.levels[1].compute()
+    for r, c in np.argwhere(tissue)[::7]:
+        cy, cx = (r * stride + stride // 2) // 2, (c * stride + stride // 2) // 2  # centre at level 1
+        y0, x0 = cy - 16, cx - 16
+        patch = np.full((32, 32, 3), 255, np.uint8)
+        ys, xs = max(y0, 0), max(x0, 0)
+        ye, xe = min(y0 + 32, level1.shape[0]), min(x0 + 32, level1.shape[1])
+        patch[ys - y0 : ye - y0, xs - x0 : xe - x0] = level1[ys:ye, xs:xe]
+        assert prob[r, c, 1] == pytest.approx(patch[..., 0].mean() / 255, abs=1e-5)
+
+
+def test_ensemble_maps_and_cancellation(small_pool):
+    folder, manifest = small_pool
+    slide = open_slide(folder / manifest["slides"][0]["image"])
+    spec = ModelSpec(level=1, patch_size=32, mean=(0, 0, 0), std=(1, 1, 1))
+    out = predict_probability_map(slide, [MeanRedness(), MeanRedness()], spec, stride=64)
+    assert out.shape[0] == 2
+    np.testing.assert_array_equal(out[0], out[1])
+    from napari_alregions.model import InferenceCancelled
+
+    with pytest.raises(InferenceCancelled):
+        predict_probability_map(slide, MeanRedness(), spec, stride=64, batch_size=1, cancel=lambda: True)
+    with pytest.raises(ValueError, match="multiple"):
+        predict_probability_map(slide, MeanRedness(), spec, stride=63)
+
+
+def _candidates(folder, manifest, names, level=1):
+    cands = []
+    for entry in manifest["slides"]:
+        if entry["name"] not in names:
+            continue
+        slide = open_slide(folder / entry["image"])
+        gt = np.asarray(open_labels(folder / entry["mask"])[level])
+        labels = np.where(gt == 2, 2, 1).astype(np.uint8)
+        cands.append(find_candidates(slide, labels, level=level, patch_size=64, tissue=gt > 0))
+    return cands
+
+
+def _auc(scores, labels):
+    order = np.argsort(scores, kind="stable")
+    ranks = np.empty(len(scores))
+    ranks[order] = np.arange(1, len(scores) + 1)
+    npos = labels.sum()
+    return (ranks[labels].sum() - npos * (npos + 1) / 2) / (npos * (len(labels) - npos))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from napari_alregions.synthetic import make_slide_pool
+
+    folder = tmp_path_factory.mktemp("trainpool")
+    manifest = make_slide_pool(folder, n_slides=4, size=2048, seed=5)
+    train_names = [s["name"] for s in manifest["slides"] if s["split"] == "train"]
+    spec = ModelSpec(level=1, patch_size=64)
+    torch.manual_seed(0)
+    res = train(spec, _candidates(folder, manifest, train_names), TrainConfig(epochs=8, patches_per_slide=48))
+    return folder, manifest, spec, res
+
+
+@pytest.mark.slow
+def test_training_beats_chance_on_held_out_slides(trained):
+    folder, manifest, spec, res = trained
+    test = [s for s in manifest["slides"] if s["split"] == "test" and s["has_tumour"]]
+    assert test
+    scores, labels = [], []
+    for entry in test:
+        slide = open_slide(folder / entry["image"])
+        prob = predict_probability_map(slide, res.model, spec, stride=64)[..., 1]
+        gt = np.asarray(open_labels(folder / entry["mask"])[0])
+        h, w = prob.shape
+        cells = (gt[: h * 64, : w * 64].reshape(h, 64, w, 64)[:, 16:48, :, 16:48] == 2).any(axis=(1, 3))
+        ok = ~np.isnan(prob)
+        scores.append(prob[ok])
+        labels.append(cells[ok])
+    auc = _auc(np.concatenate(scores), np.concatenate(labels))
+    assert auc > 0.8, auc  # reaches ~0.99; the bound leaves room for platform noise
+
+
+def test_checkpoint_round_trip_and_bad_checkpoints(tmp_path, trained):
+    _, _, spec, res = trained
+    res.model.cpu()
+    path = save_checkpoint(tmp_path / "m.pt", res.model, spec, cycle=3)
+    model, spec2, info = load_checkpoint(path, expect=spec)
+    assert spec2 == spec and info == {"cycle": 3}
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x), res.model.eval()(x))
+    with pytest.raises(CheckpointError, match="expected"):
+        load_checkpoint(path, expect=ModelSpec(classes=("a", "b", "c")))
+    torch.save(res.model.state_dict(), tmp_path / "bare.pt")
+    with pytest.raises(CheckpointError, match="not a napari-alregions checkpoint"):
+        load_checkpoint(tmp_path / "bare.pt")
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    (tmp_path / "evil.pt").write_bytes(pickle.dumps(Evil()))
+    with pytest.raises(CheckpointError, match="weights-only"):
+        load_checkpoint(tmp_path / "evil.pt")
+    payload = torch.load(path, weights_only=True)
+    payload["spec"]["classes"] = ["a", "b", "c"]
+    torch.save(payload, tmp_path / "mismatch.pt")
+    with pytest.raises(CheckpointError, match="do not fit"):
+        load_checkpoint(tmp_path / "mismatch.pt")
+
+
+def test_fine_tune_copies_and_cancel_leaves_model_untouched(trained):
+    folder, manifest, spec, res = trained
+    cands = _candidates(folder, manifest, [manifest["slides"][0]["name"]])
+    before = {k: v.clone() for k, v in res.model.state_dict().items()}
+    out = fine_tune(res.model, spec, cands, TrainConfig(epochs=3, patches_per_slide=32, max_steps=2))
+    assert out.steps == 2 and out.model is not res.model
+    for k, v in res.model.state_dict().items():
+        torch.testing.assert_close(v, before[k])
+    calls = []
+
+    def cancel():
+        calls.append(1)
+        return len(calls) > 1
+
+    from napari_alregions.model import iter_train
+
+    model = spec.build()
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(TrainingCancelled):
+        for _ in iter_train(model, spec, cands, TrainConfig(epochs=2, patches_per_slide=16), cancel=cancel):
+            pass
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, start[k])
+
+
+def test_empty_and_all_negative_labels(small_pool):
+    folder, manifest = small_pool
+    slide = open_slide(folder / manifest["slides"][0]["image"])
+    shape = slide.levels[1].shape[:2]
+    empty = find_candidates(slide, np.zeros(shape, np.uint8), level=1, patch_size=64)
+    assert len(empty) == 0
+    with pytest.raises(ValueError, match="no labeled patches"):
+        train(ModelSpec(), [empty], TrainConfig(epochs=1))
+    negatives = np.ones(shape, np.uint8)
+    c = find_candidates(slide, negatives, level=1, patch_size=64)
+    assert len(c) > 0 and (c.labels == 0).all()
+    res = train(ModelSpec(), [c], TrainConfig(epochs=2, patches_per_slide=32, max_steps=2))
+    assert res.steps == 2
+    with pytest.raises(ValueError, match="shape"):
+        find_candidates(slide, np.zeros((3, 3), np.uint8), level=1, patch_size=64)
+
+
+def test_build_model_errors():
+    with pytest.raises(ValueError, match="unknown architecture"):
+        build_model("vgg")
+    with pytest.raises(ValueError, match="n_classes"):
+        build_model("compact", 1)
+    x = torch.rand(3, 3, 48, 48)
+    assert build_model("compact", 3, dropout=0.2)(x).shape == (3, 3)

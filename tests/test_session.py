@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from napari_alregions.geometry import Region
+from napari_alregions.session import Session, SessionError
+
+
+def _filled(tmp_path):
+    s = Session.create(tmp_path / "s", classes=("background", "tumour"), region_size=512)
+    s.add_slide("a", "/data/a.tif", label_shape=(40, 50), label_level=1, group="centre-1")
+    lab = s.labels("a")
+    lab[5:10, 5:20] = 2
+    lab[20:30, 0:10] = 1
+    s.mark_labels_changed("a")
+    proposed = s.propose([Region(0, 0, 256, 256, score=2.0, method="adaptive", slide="a", cycle=1)])
+    s.accept(proposed[0])
+    s.propose([Region(512, 0, 256, 256, score=1.0, method="standard", slide="a", cycle=1)])
+    s.history.append({"cycle": 1, "miou": 0.5})
+    s.checkpoint = "checkpoints/cycle_001.pt"
+    s.save()
+    return s
+
+
+def test_round_trip_restores_identical_state(tmp_path):
+    s = _filled(tmp_path)
+    back = Session.open(s.folder)
+    assert back.classes == s.classes and back.params == {"region_size": 512}
+    assert back.slides == s.slides
+    assert back.accepted == s.accepted and [r.uid for r in back.accepted] == [r.uid for r in s.accepted]
+    assert back.regions == s.regions
+    assert back.history == s.history and back.checkpoint == s.checkpoint
+    np.testing.assert_array_equal(back.labels("a"), s.labels("a"))
+    assert back.cycle == 1
+
+
+def test_crash_mid_save_keeps_previous_session(tmp_path, monkeypatch):
+    s = _filled(tmp_path)
+    before = Session.open(s.folder)
+    s.labels("a")[:] = 1
+    s.mark_labels_changed("a")
+    s.history.append({"cycle": 2})
+    import napari_alregions.session as mod
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(mod, "_atomic_write_text", boom)  # dies before session.json
+    with pytest.raises(OSError):
+        s.save()
+    after = Session.open(s.folder)
+    assert after.history == before.history
+    # labels were replaced atomically: either old or new, never half-written
+    lab = after.labels("a")
+    assert lab.shape == (40, 50)
+    assert not list((s.folder).rglob("*.part")) or all(p.name.startswith(".") for p in s.folder.rglob("*.part"))
+
+
+def test_bad_folders_and_labels(tmp_path):
+    with pytest.raises(SessionError, match="not a session"):
+        Session.open(tmp_path)
+    (tmp_path / "session.json").write_text("{broken")
+    with pytest.raises(SessionError, match="unreadable"):
+        Session.open(tmp_path)
+    (tmp_path / "session.json").write_text(json.dumps({"format": "other"}))
+    with pytest.raises(SessionError, match="not a napari-alregions"):
+        Session.open(tmp_path)
+    s = Session.create(tmp_path / "new")
+    with pytest.raises(SessionError, match="already"):
+        Session.create(tmp_path / "new")
+    s.add_slide("x", "x.tif", label_shape=(4, 4))
+    with pytest.raises(ValueError, match="shape"):
+        s.set_labels("x", np.zeros((3, 3)))
+    with pytest.raises(ValueError, match="label values"):
+        s.set_labels("x", np.full((4, 4), 9))
+    with pytest.raises(ValueError, match="already"):
+        s.add_slide("x", "x.tif", label_shape=(4, 4))

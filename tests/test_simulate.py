@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_alregions.geometry import union_area
+from napari_alregions.simulate import SimConfig, annotated_fraction, reveal, run_simulation
+from napari_alregions.wsi import open_labels
+
+
+@pytest.fixture(scope="module")
+def sim_pool(tmp_path_factory):
+    from napari_alregions.synthetic import make_slide_pool
+
+    folder = tmp_path_factory.mktemp("simpool")
+    make_slide_pool(folder, n_slides=3, size=1536, seed=2)
+    return folder
+
+
+CONFIG = SimConfig(methods=("random", "adaptive"), settings=((256, 2),), cycles=2, initial_epochs=2,
+                   fine_tune_steps=4, patches_per_slide=8, full_baseline=False)
+
+
+@pytest.mark.slow
+def test_simulation_is_reproducible_and_writes_outputs(sim_pool, tmp_path):
+    a = run_simulation(sim_pool, CONFIG, out=tmp_path / "a")
+    b = run_simulation(sim_pool, CONFIG)
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "wall_s"} for r in rows]  # noqa: E731
+    assert strip(a["rows"]) == strip(b["rows"])
+    assert a["regions"] == b["regions"]
+    assert len(a["rows"]) == 2 * 2
+    for name in ("results.csv", "table.md", "area_vs_miou.png", "regions_adaptive_l256_k2.geojson"):
+        assert (tmp_path / "a" / name).exists()
+    assert "| adaptive |" in (tmp_path / "a" / "table.md").read_text()
+
+
+@pytest.mark.slow
+def test_annotated_area_matches_union_of_regions(sim_pool):
+    """Bookkeeping: the reported area equals tissue inside the union of the regions."""
+    res = run_simulation(sim_pool, CONFIG)
+    import json
+
+    manifest = json.loads((sim_pool / "manifest.json").read_text())
+    train = [s for s in manifest["slides"] if s["split"] == "train"]
+    final = res["regions"]["adaptive_l256_k2"]
+    tissue_in, tissue_total = 0, 0
+    for entry in train:
+        truth0 = np.asarray(open_labels(sim_pool / entry["mask"])[1]) > 0  # level 1, factor 2
+        mine = [r for r in final if r.slide == entry["name"]]
+        covered = np.zeros_like(truth0)
+        for r in mine:  # independent rasterisation at level 1
+            covered[r.y // 2 : -(-r.y1 // 2), r.x // 2 : -(-r.x1 // 2)] = True
+        tissue_in += int((covered & truth0).sum())
+        tissue_total += int(truth0.sum())
+        # regions never overlap: their union area is their summed area
+        assert union_area(mine) == sum(r.area for r in mine)
+    last = [r for r in res["rows"] if r["method"] == "adaptive"][-1]
+    assert last["annotated_area_pct"] == pytest.approx(100 * tissue_in / tissue_total, abs=1e-3)
+
+
+def test_reveal_and_fraction():
+    truth = np.zeros((20, 20), np.uint8)
+    truth[:, 10:] = 1
+    truth[0:4, 12:16] = 2
+    labels = np.zeros_like(truth)
+    from napari_alregions.geometry import Region
+
+    reveal(truth, labels, Region(20, 0, 16, 16), factor=2)  # level-0 region -> level-1 px 10..18
+    assert (labels[0:8, 10:18] > 0).all() and labels[:, :10].sum() == 0
+    assert (labels[0:4, 12:16] == 2).all()
+    assert annotated_fraction({"s": truth}, {"s": labels}, ["s"]) == pytest.approx(64 / 200)
+
+
+def test_bad_config(sim_pool):
+    with pytest.raises(ValueError, match="multiple of the stride"):
+        run_simulation(sim_pool, SimConfig(settings=((100, 1),)))
+    with pytest.raises(ValueError, match="needs embeddings"):
+        run_simulation(sim_pool, SimConfig(methods=("diversity",)))
