@@ -52,7 +52,7 @@ def main() -> None:
     ap.add_argument("--patch", type=int, default=64)
     ap.add_argument("--stride", type=int, default=64)
     ap.add_argument("--level", type=int, default=1)
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=None, help="reader threads (default: predict's)")
     args = ap.parse_args()
     device = pick_device(args.device)
     folder = CACHE / f"io_{args.size}"

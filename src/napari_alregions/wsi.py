@@ -550,12 +550,20 @@ def _tile_reader(tif: tifffile.TiffFile, level: tifffile.TiffPageSeries) -> _Lev
     decode = page.decode  # resolve once: the property reads from the file
     samples = int(page.samplesperpixel)
 
+    try:  # positional reads need no shared file position, hence no lock
+        fd = fh.filehandle.fileno() if getattr(fh, "_offset", None) == 0 else None
+    except (AttributeError, OSError, ValueError):
+        fd = None
+
     def tile(i: int) -> np.ndarray:
         if not counts[i]:  # a sparse file's missing tile reads as zeros, as in tifffile
             return np.zeros((th, tw, samples), dtype=np.uint8)
-        with fh.lock:
-            fh.seek(offsets[i])
-            data = fh.read(counts[i])
+        if fd is not None:
+            data = os.pread(fd, int(counts[i]), int(offsets[i]))
+        else:
+            with fh.lock:
+                fh.seek(offsets[i])
+                data = fh.read(counts[i])
         return decode(data, i, jpegtables=tables)[0].reshape(th, tw, samples)
 
     def read(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:

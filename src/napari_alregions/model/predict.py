@@ -8,6 +8,7 @@ batched, and run through the model(s); outside tissue the map is NaN.
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from collections.abc import Callable, Sequence
@@ -50,7 +51,7 @@ def predict_probability_map(
     batch_size: int = 128,
     tissue: np.ndarray | None = None,
     device: str | torch.device | None = None,
-    workers: int = 2,
+    workers: int | None = None,
     prefetch: int = 8,
     block: int = 8,
     progress: Callable[[int, int], None] | None = None,
@@ -74,7 +75,8 @@ def predict_probability_map(
     device : optional
         Default: CUDA when available (autocast bf16/fp16, pinned memory), else CPU.
     workers, prefetch, block
-        Reader threads, queue length (blocks) and block side (cells).
+        Reader threads (default: 2 on the CPU, which the model needs too; up to 8 with
+        a GPU), queue length (blocks) and block side (cells).
     progress : callable, optional
         ``progress(done_cells, total_cells)``.
     cancel : callable, optional
@@ -108,6 +110,8 @@ def predict_probability_map(
     if total == 0:
         return out if len(models) > 1 else out[0]
     dev = pick_device(device)
+    if workers is None:
+        workers = 2 if dev.type == "cpu" else max(2, min(8, (os.cpu_count() or 2) - 1))
     for m in models:
         m.to(dev).eval()
     d = spec.patch_size
@@ -185,15 +189,17 @@ def predict_probability_map(
             pend_idx.append(idx)
             pend_x.append(patches)
             if sum(len(i) for i in pend_idx) >= batch_size:
+                # run whole batches only: one input shape keeps the GPU kernels warm
                 idx_all, x_all = np.concatenate(pend_idx), np.concatenate(pend_x)
-                pend_idx, pend_x = [], []
-                run_batch(idx_all, x_all)
-                done_cells += len(idx_all)
+                n_full = len(idx_all) // batch_size * batch_size
+                pend_idx, pend_x = [idx_all[n_full:]], [x_all[n_full:]]
+                run_batch(idx_all[:n_full], x_all[:n_full])
+                done_cells += n_full
                 if progress is not None:
                     progress(done_cells, total)
         if errors:
             raise errors[0]
-        if pend_idx:
+        if pend_idx and sum(len(i) for i in pend_idx):
             idx_all, x_all = np.concatenate(pend_idx), np.concatenate(pend_x)
             run_batch(idx_all, x_all)
             done_cells += len(idx_all)
