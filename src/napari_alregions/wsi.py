@@ -20,6 +20,7 @@ import dask.array as da
 import numpy as np
 import tifffile
 
+from ._integral import box_sum, integral_image
 from ._tiffzarr import open_level
 
 __all__ = ["Slide", "SlideError", "SlideInfo", "detect_tissue", "open_labels", "open_slide"]
@@ -233,12 +234,10 @@ class Slide:
         xs = np.minimum((np.arange(w + 1) * stride / f).astype(np.int64), mask.shape[1])
         ye = np.maximum(ys[1:], np.minimum(ys[:-1] + 1, mask.shape[0]))
         xe = np.maximum(xs[1:], np.minimum(xs[:-1] + 1, mask.shape[1]))
-        integ = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1))
-        integ[1:, 1:] = mask.cumsum(0).cumsum(1)
         y0, x0 = ys[:-1, None], xs[None, :-1]
         y1, x1 = ye[:, None], xe[None, :]
         area = np.maximum((y1 - y0) * (x1 - x0), 1)
-        frac = (integ[y1, x1] - integ[y0, x1] - integ[y1, x0] + integ[y0, x0]) / area
+        frac = box_sum(integral_image(mask), y0, x0, y1, x1) / area
         return frac >= min_fraction
 
     def tissue_fraction(self) -> float:
@@ -343,16 +342,7 @@ def open_slide(path: str | os.PathLike[str]) -> Slide:
     ...     print(slide.shape, slide.downsamples, slide.mpp)
     """
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file")
-    if not path.is_file():
-        raise SlideError(f"{path}: not a file")
-    if path.stat().st_size == 0:
-        raise SlideError(f"{path}: file is empty")
-    try:
-        tif = tifffile.TiffFile(path)
-    except Exception as exc:
-        raise SlideError(f"{path}: not a readable TIFF file ({exc})") from exc
+    tif = _tiff_file(path)
     try:
         return _open_tiff(path, tif)
     except Exception as exc:
@@ -360,6 +350,20 @@ def open_slide(path: str | os.PathLike[str]) -> Slide:
         if isinstance(exc, SlideError):
             raise
         raise SlideError(f"{path}: cannot read as a slide ({type(exc).__name__}: {exc})") from exc
+
+
+def _tiff_file(path: Path) -> tifffile.TiffFile:
+    """Open a TIFF's metadata, with clear errors for missing, empty and non-TIFF files."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    if not path.is_file():
+        raise SlideError(f"{path}: not a file")
+    if path.stat().st_size == 0:
+        raise SlideError(f"{path}: file is empty")
+    try:
+        return tifffile.TiffFile(path)
+    except Exception as exc:
+        raise SlideError(f"{path}: not a readable TIFF file ({exc})") from exc
 
 
 def _open_tiff(path: Path, tif: tifffile.TiffFile) -> Slide:
@@ -667,12 +671,7 @@ def open_labels(path: str | os.PathLike[str]) -> list[da.Array]:
     FileNotFoundError, SlideError
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    try:
-        tif = tifffile.TiffFile(path)
-    except Exception as exc:
-        raise SlideError(f"{path}: not a readable TIFF file ({exc})") from exc
+    tif = _tiff_file(path)
     try:
         main = _main_series(path, tif)
         series = tif.series[main]

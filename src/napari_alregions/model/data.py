@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .._integral import box_sum, integral_image
 from ..wsi import Slide
 
 __all__ = ["PatchCandidates", "augment", "find_candidates", "read_patches", "to_tensor"]
@@ -88,13 +89,13 @@ def find_candidates(
 
 
 def _box_sums(a: np.ndarray, ys: np.ndarray, xs: np.ndarray, half: int) -> np.ndarray:
-    s = np.zeros((a.shape[0] + 1, a.shape[1] + 1))
-    s[1:, 1:] = a.cumsum(0).cumsum(1)
+    """Sums of ``a`` over the boxes of half-side ``half`` centred on the grid ys x xs."""
+    s = integral_image(a)
     y0 = np.clip(ys - half, 0, a.shape[0])[:, None]
     y1 = np.clip(ys + half, 0, a.shape[0])[:, None]
     x0 = np.clip(xs - half, 0, a.shape[1])[None, :]
     x1 = np.clip(xs + half, 0, a.shape[1])[None, :]
-    return s[y1, x1] - s[y0, x1] - s[y1, x0] + s[y0, x0]
+    return box_sum(s, y0, x0, y1, x1)
 
 
 def read_patches(slide: Slide, centres: np.ndarray, *, level: int, patch_size: int) -> np.ndarray:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._integral import integral_image
 from ..geometry import MapBox, Region, map_box_to_region, region_to_map_box
 
 __all__ = ["MapInput", "greedy_windows", "integral_image", "prepare", "window_sum"]
@@ -91,16 +92,6 @@ def _positive_int(value: object, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
         raise ValueError(f"{name} must be a positive integer (level-0 px), got {value!r}")
     return int(value)
-
-
-def integral_image(a: np.ndarray) -> np.ndarray:
-    """Summed-area table with a zero first row and column: ``S[r, c] = a[:r, :c].sum()``."""
-    s = np.zeros((a.shape[0] + 1, a.shape[1] + 1), dtype=np.float64)
-    np.cumsum(a, axis=1, dtype=np.float64, out=s[1:, 1:])
-    # Row by row: numpy's cumsum along axis 0 of a C-ordered array is several times slower.
-    for r in range(2, s.shape[0]):
-        np.add(s[r], s[r - 1], out=s[r])
-    return s
 
 
 #: Window sums are rounded to this many decimals so that sums equal up to floating-point
