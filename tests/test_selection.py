@@ -184,7 +184,27 @@ def test_median3x3_equals_scipy(shape):
 
     rng = np.random.default_rng(0)
     for a in (rng.random(shape), rng.integers(0, 3, shape).astype(float)):
-        np.testing.assert_array_equal(median3x3(a), ndimage.median_filter(a, 3, mode="nearest"))
+        expected = ndimage.median_filter(a, 3, mode="nearest")
+        np.testing.assert_array_equal(median3x3(a), expected)
+        np.testing.assert_array_equal(median3x3(a, band=4), expected)  # several row bands
+
+
+@pytest.mark.parametrize("with_tissue", [False, True])
+def test_top_percentiles_track_np_percentile_as_boxes_are_zeroed(with_tissue):
+    from napari_alregions.selection.adaptive import _TopPercentiles
+
+    rng = np.random.default_rng(3)
+    m = rng.random((60, 70)).astype(np.float32)
+    m[m < 0.3] = 0.0
+    m[10:20, 10:20] = 1.0  # a plateau of ties
+    tissue = rng.random(m.shape) < 0.7 if with_tissue else None
+    pct = _TopPercentiles(m, tissue, 98.0)
+    for box in [MapBox(10, 10, 20, 20), MapBox(0, 0, 60, 5), MapBox(30, 30, 60, 70)] * 2:
+        m[box.slices] = 0.0
+        pct.zero_box(box)
+        values = m[tissue] if with_tissue else m.ravel()
+        for q in (98.0, 98.7, 99.5, 100.0):
+            assert pct(q) == pytest.approx(float(np.percentile(values, q)), abs=1e-6)
 
 
 def test_adaptive_stops_when_nothing_is_left():
