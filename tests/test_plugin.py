@@ -43,8 +43,8 @@ def test_reader_layer_data(small_pool):
     assert kwargs["scale"] == (0.5, 0.5)
 
 
-def test_core_imports_no_gui():
-    """The headless engine never pulls in napari or Qt."""
+def test_core_imports_no_gui_and_no_torch():
+    """The headless engine never pulls in napari or Qt; torch stays in model/."""
     import subprocess
     import sys
 
@@ -56,6 +56,13 @@ def test_core_imports_no_gui():
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
+    code = (
+        "import sys, napari_alregions.wsi, napari_alregions.synthetic, napari_alregions.geometry, "
+        "napari_alregions.priority, napari_alregions.selection, napari_alregions.io_qupath;"
+        "sys.exit('torch' in sys.modules)"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, "a core module imported torch: " + res.stderr
 
 
 @pytest.mark.gui
