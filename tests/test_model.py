@@ -38,7 +38,8 @@ def test_probability_map_equals_the_function_on_the_patches(small_pool):
     spec = ModelSpec(level=1, patch_size=32, mean=(0, 0, 0), std=(1, 1, 1))
     stride = 64
     tissue = slide.tissue_map(stride)
-    prob = predict_probability_map(slide, MeanRedness(), spec, stride=stride, batch_size=7, workers=3)
+    # on the CPU: exact float32 arithmetic and CPU JPEG decoding, as the expectation uses
+    prob = predict_probability_map(slide, MeanRedness(), spec, stride=stride, batch_size=7, workers=3, device="cpu")
     assert prob.shape == (*slide.map_shape(stride), 2)
     assert np.isnan(prob[~tissue]).all() and not np.isnan(prob[tissue]).any()
     # independent expectation: read each cell's centred patch and compute mean red
@@ -57,7 +58,7 @@ def test_ensemble_maps_and_cancellation(small_pool):
     folder, manifest = small_pool
     slide = open_slide(folder / manifest["slides"][0]["image"])
     spec = ModelSpec(level=1, patch_size=32, mean=(0, 0, 0), std=(1, 1, 1))
-    out = predict_probability_map(slide, [MeanRedness(), MeanRedness()], spec, stride=64)
+    out = predict_probability_map(slide, [MeanRedness(), MeanRedness()], spec, stride=64, device="cpu")
     assert out.shape[0] == 2
     np.testing.assert_array_equal(out[0], out[1])
     from napari_alregions.model import InferenceCancelled
@@ -198,3 +199,16 @@ def test_build_model_errors():
         build_model("compact", 1)
     x = torch.rand(3, 3, 48, 48)
     assert build_model("compact", 3, dropout=0.2)(x).shape == (3, 3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (nvJPEG decode path)")
+def test_gpu_decode_matches_cpu_decode(small_pool):
+    folder, manifest = small_pool
+    slide = open_slide(folder / manifest["slides"][0]["image"])
+    spec = ModelSpec(level=1, patch_size=32, mean=(0, 0, 0), std=(1, 1, 1))
+    model = MeanRedness()
+    gpu = predict_probability_map(slide, model, spec, stride=64, device="cuda", gpu_decode=True, batch_size=16)
+    cpu = predict_probability_map(slide, model, spec, stride=64, device="cuda", gpu_decode=False, batch_size=16)
+    np.testing.assert_allclose(gpu, cpu, atol=2e-3, equal_nan=True)
+    with pytest.raises(ValueError, match="gpu_decode"):
+        predict_probability_map(slide, model, spec, stride=64, device="cpu", gpu_decode=True)

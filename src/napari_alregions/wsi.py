@@ -23,7 +23,7 @@ import tifffile
 from ._integral import box_sum, integral_image
 from ._tiffzarr import open_level
 
-__all__ = ["Slide", "SlideError", "SlideInfo", "detect_tissue", "open_labels", "open_slide"]
+__all__ = ["Slide", "SlideError", "SlideInfo", "TiledLevel", "detect_tissue", "open_labels", "open_slide"]
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +88,7 @@ class Slide:
         self.info = info
         self._tif = tif
         self._tissue_cache: dict[int, np.ndarray] = {}
+        self._tiled: list[TiledLevel | None] = [None] * len(levels)
 
     # -- metadata -------------------------------------------------------------------------
     @property
@@ -192,6 +193,11 @@ class Slide:
                 f"{self.path}: cannot decode level {level} rows {y0}:{y1} cols {x0}:{x1} "
                 f"(corrupt or truncated tile data?): {exc}"
             ) from exc
+
+    def tiled_level(self, level: int) -> TiledLevel | None:
+        """Direct tile access for ``level`` (None for coarsened or non-tiled levels)."""
+        self._check_level(level)
+        return self._tiled[level]
 
     def tissue_mask(self, level: int | None = None) -> np.ndarray:
         """Boolean tissue mask of one level (default: a low-resolution level).
@@ -386,13 +392,16 @@ def _open_tiff(path: Path, tif: tifffile.TiffFile) -> Slide:
 
     levels: list[da.Array] = []
     readers: list[_LevelReader] = []
+    tiled: list[TiledLevel | None] = []
     tile_shape = None
     for s, i in level_refs:
         lvl = tif.series[s].levels[i]
         z = open_level(tif, series=s, level=i)
         index, transpose = _normalise_axes(lvl.axes)
         levels.append(_as_dask(z, index, transpose))
-        readers.append(_tile_reader(tif, lvl) or _zarr_reader(z, index, transpose))
+        tl = TiledLevel.create(tif, lvl)
+        tiled.append(tl)
+        readers.append(tl.read if tl is not None else _zarr_reader(z, index, transpose))
         if tile_shape is None and lvl.keyframe.is_tiled:
             tile_shape = (int(lvl.keyframe.tilelength), int(lvl.keyframe.tilewidth))
 
@@ -413,7 +422,9 @@ def _open_tiff(path: Path, tif: tifffile.TiffFile) -> Slide:
         tile_shape=tile_shape,
         pyramidal=pyramidal,
     )
-    return Slide(path, levels, readers, info, tif)
+    slide = Slide(path, levels, readers, info, tif)
+    slide._tiled = tiled + [None] * (len(levels) - len(tiled))
+    return slide
 
 
 def _main_series(path: Path, tif: tifffile.TiffFile) -> int:
@@ -529,65 +540,88 @@ def _zarr_reader(z: object, index: tuple, transpose: tuple[int, ...] | None) -> 
     return read
 
 
-def _tile_reader(tif: tifffile.TiffFile, level: tifffile.TiffPageSeries) -> _LevelReader | None:
-    """Decode just the tiles a region touches with tifffile's own codec pipeline.
+class TiledLevel:
+    """Direct access to the tiles of one interleaved, tiled pyramid level.
 
     Patch reads dominate training and inference; going through the zarr store costs about
-    three times the decoding itself (benchmarks/bench_io.py), so regions of interleaved
-    RGB(A) tiled pages are read here. Other layouts return None and use zarr.
+    three times the decoding itself (benchmarks/bench_io.py), so regions are read here:
+    raw tile bytes by ``os.pread`` (no shared file position), decoded with tifffile's own
+    codec pipeline. :meth:`jpeg_stream` gives self-contained JPEG streams for decoders
+    outside tifffile (nvJPEG on a GPU).
     """
-    page = level.pages[0] if len(level.pages) == 1 else None
-    if (
-        page is None
-        or not isinstance(page, tifffile.TiffPage)
-        or not page.is_tiled
-        or level.axes != "YXS"
-        or page.planarconfig != tifffile.PLANARCONFIG.CONTIG
-        or page.tiledepth != 1
-    ):
-        return None
-    fh = tif.filehandle
-    th, tw = int(page.tilelength), int(page.tilewidth)
-    per_row = -(-int(page.imagewidth) // tw)
-    offsets, counts = page.dataoffsets, page.databytecounts
-    tables = page.jpegtables
-    decode = page.decode  # resolve once: the property reads from the file
-    samples = int(page.samplesperpixel)
 
-    try:  # positional reads need no shared file position, hence no lock
-        fd = fh.filehandle.fileno() if getattr(fh, "_offset", None) == 0 else None
-    except (AttributeError, OSError, ValueError):
-        fd = None
+    def __init__(self, tif: tifffile.TiffFile, page: tifffile.TiffPage) -> None:
+        self.fh = tif.filehandle
+        self.th, self.tw = int(page.tilelength), int(page.tilewidth)
+        self.height, self.width = int(page.imagelength), int(page.imagewidth)
+        self.per_row = -(-self.width // self.tw)
+        self.offsets, self.counts = page.dataoffsets, page.databytecounts
+        self.tables = page.jpegtables
+        self.decode = page.decode  # resolve once: the property reads from the file
+        self.samples = int(page.samplesperpixel)
+        self.is_jpeg = int(page.compression) == 7 and self.samples == 3
+        try:
+            self.fd = self.fh.filehandle.fileno() if getattr(self.fh, "_offset", None) == 0 else None
+        except (AttributeError, OSError, ValueError):
+            self.fd = None
 
-    def tile(i: int) -> np.ndarray:
-        if not counts[i]:  # a sparse file's missing tile reads as zeros, as in tifffile
-            return np.zeros((th, tw, samples), dtype=np.uint8)
-        if fd is not None:
-            data = os.pread(fd, int(counts[i]), int(offsets[i]))
-        else:
-            with fh.lock:
-                fh.seek(offsets[i])
-                data = fh.read(counts[i])
-        return decode(data, i, jpegtables=tables)[0].reshape(th, tw, samples)
+    @classmethod
+    def create(cls, tif: tifffile.TiffFile, level: tifffile.TiffPageSeries) -> TiledLevel | None:
+        page = level.pages[0] if len(level.pages) == 1 else None
+        if (
+            page is None
+            or not isinstance(page, tifffile.TiffPage)
+            or not page.is_tiled
+            or level.axes != "YXS"
+            or page.planarconfig != tifffile.PLANARCONFIG.CONTIG
+            or page.tiledepth != 1
+        ):
+            return None
+        return cls(tif, page)
 
-    def read(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-        rows = range(y0 // th, (y1 - 1) // th + 1)
-        cols = range(x0 // tw, (x1 - 1) // tw + 1)
+    def tile_index(self, ty: int, tx: int) -> int:
+        return ty * self.per_row + tx
+
+    def raw(self, i: int) -> bytes:
+        """The stored bytes of tile i (empty for a sparse file's missing tile)."""
+        if not self.counts[i]:
+            return b""
+        if self.fd is not None:
+            return os.pread(self.fd, int(self.counts[i]), int(self.offsets[i]))
+        with self.fh.lock:
+            self.fh.seek(self.offsets[i])
+            return self.fh.read(self.counts[i])
+
+    def jpeg_stream(self, i: int) -> bytes:
+        """Tile i as a complete JPEG stream (shared JPEGTables spliced in after SOI)."""
+        data = self.raw(i)
+        if self.tables is not None and len(self.tables) > 4 and data:
+            return data[:2] + self.tables[2:-2] + data[2:]
+        return data
+
+    def tile(self, i: int) -> np.ndarray:
+        data = self.raw(i)
+        if not data:  # missing tiles read as zeros, as in tifffile
+            return np.zeros((self.th, self.tw, self.samples), dtype=np.uint8)
+        return self.decode(data, i, jpegtables=self.tables)[0].reshape(self.th, self.tw, self.samples)
+
+    def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        rows = range(y0 // self.th, (y1 - 1) // self.th + 1)
+        cols = range(x0 // self.tw, (x1 - 1) // self.tw + 1)
+        th, tw = self.th, self.tw
         if len(rows) == 1 and len(cols) == 1:  # one tile: no assembly
             ty0, tx0 = rows[0] * th, cols[0] * tw
-            t = tile(rows[0] * per_row + cols[0])[y0 - ty0 : y1 - ty0, x0 - tx0 : x1 - tx0, :3]
+            t = self.tile(self.tile_index(rows[0], cols[0]))[y0 - ty0 : y1 - ty0, x0 - tx0 : x1 - tx0, :3]
             return np.ascontiguousarray(t)
         out = np.empty((y1 - y0, x1 - x0, 3), dtype=np.uint8)
         for ty in rows:
             for tx in cols:
-                t = tile(ty * per_row + tx)
+                t = self.tile(self.tile_index(ty, tx))
                 ty0, tx0 = ty * th, tx * tw
                 ys, ye = max(y0, ty0), min(y1, ty0 + th)
                 xs, xe = max(x0, tx0), min(x1, tx0 + tw)
                 out[ys - y0 : ye - y0, xs - x0 : xe - x0] = t[ys - ty0 : ye - ty0, xs - tx0 : xe - tx0, :3]
         return out
-
-    return read
 
 
 def _coarsened_pyramid(
