@@ -199,9 +199,9 @@ def run_simulation(
     """
     import torch
 
-    for m in config.methods:
-        from .selection import METHODS
+    from .selection import METHODS
 
+    for m in config.methods:
         if m not in METHODS:
             raise ValueError(f"unknown method {m!r}")
         if METHODS[m].needs:
@@ -211,7 +211,6 @@ def run_simulation(
     for l_, k_ in config.settings:
         if l_ % config.stride:
             raise ValueError(f"region size {l_} must be a multiple of the stride {config.stride}")
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     say = progress or (lambda msg: None)
     pool = Pool.load(pool_folder, level=config.level, stride=config.stride)
     measure = MEASURES[config.measure][0]
