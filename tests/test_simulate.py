@@ -76,3 +76,15 @@ def test_bad_config(sim_pool):
         run_simulation(sim_pool, SimConfig(settings=((100, 1),)))
     with pytest.raises(ValueError, match="needs embeddings"):
         run_simulation(sim_pool, SimConfig(methods=("diversity",)))
+
+
+@pytest.mark.slow
+def test_simulate_cli(sim_pool, tmp_path, capsys):
+    from napari_alregions.cli import main
+
+    out = tmp_path / "sim"
+    assert main(["simulate", "--slides", str(sim_pool), "--methods", "random,adaptive", "-l", "256", "-k", "1",
+                 "--cycles", "1", "--no-baseline", "--out", str(out)]) == 0
+    assert "| adaptive |" in capsys.readouterr().out
+    assert (out / "results.csv").read_text().count("\n") == 3  # header + one cycle per method
+    assert main(["simulate", "--slides", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
