@@ -22,7 +22,7 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from functools import lru_cache
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -553,8 +553,3 @@ def make_slide_pool(
     tmp.write_text(json.dumps(manifest, indent=2))
     os.replace(tmp, manifest_path)
     return manifest
-
-
-def spec_dict(spec: SlideSpec) -> dict:
-    """JSON-able form of a spec (for provenance)."""
-    return asdict(spec)

@@ -16,7 +16,7 @@ import torch
 from .._integral import box_sum, integral_image
 from ..wsi import Slide
 
-__all__ = ["PatchCandidates", "augment", "find_candidates", "read_patches", "to_tensor"]
+__all__ = ["PatchCandidates", "augment", "find_candidates", "normalise", "read_patches"]
 
 
 @dataclass
@@ -108,12 +108,11 @@ def read_patches(slide: Slide, centres: np.ndarray, *, level: int, patch_size: i
     return out
 
 
-def to_tensor(patches: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
-    """(N, d, d, 3) uint8 -> normalised (N, 3, d, d) float32."""
-    x = torch.from_numpy(np.ascontiguousarray(patches)).permute(0, 3, 1, 2).float().div_(255.0)
-    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-    return (x - m) / s
+def normalise(x01: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """(N, 3, d, d) RGB in [0, 1] -> model input, on the tensor's device."""
+    m = torch.tensor(mean, dtype=torch.float32, device=x01.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32, device=x01.device).view(1, 3, 1, 1)
+    return (x01 - m) / s
 
 
 def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -19,6 +19,7 @@ from torch import nn
 
 from ..wsi import Slide
 from .checkpoint import ModelSpec
+from .data import normalise
 from .device import autocast, pick_device
 
 __all__ = ["InferenceCancelled", "predict_probability_map"]
@@ -181,8 +182,6 @@ def predict_probability_map(
         m.to(dev).eval()
     d = spec.patch_size
     step = int(stride // factor)  # cell pitch in working-level px
-    mean = torch.tensor(spec.mean, device=dev).view(1, 3, 1, 1)
-    std = torch.tensor(spec.std, device=dev).view(1, 3, 1, 1)
 
     jobs = _blocks(tissue, block)
     q: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
@@ -238,7 +237,7 @@ def predict_probability_map(
                     if dev.type == "cuda":
                         t = t.pin_memory()
                     xt = t.to(dev, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
-                xt = (xt - mean) / std
+                xt = normalise(xt, spec.mean, spec.std)
                 with torch.no_grad(), autocast(dev):
                     probs = [torch.softmax(m(xt).float(), dim=1).cpu().numpy() for m in models]
             except torch.OutOfMemoryError:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .checkpoint import ModelSpec
-from .data import PatchCandidates, augment, read_patches
+from .data import PatchCandidates, augment, normalise, read_patches
 from .device import autocast, pick_device
 
 __all__ = ["TrainConfig", "TrainResult", "TrainingCancelled", "fine_tune", "iter_train", "train"]
@@ -99,18 +99,12 @@ def _load_batch(items, spec: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def _normalise(x01: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
-    m = torch.tensor(spec.mean, device=x01.device).view(1, 3, 1, 1)
-    s = torch.tensor(spec.std, device=x01.device).view(1, 3, 1, 1)
-    return (x01 - m) / s
-
-
 def _evaluate(model, val_batches, spec, device, loss_fn) -> float:
     model.eval()
     total, n = 0.0, 0
     with torch.no_grad():
         for x, y in val_batches:
-            xt = _normalise(torch.from_numpy(x).permute(0, 3, 1, 2).float().div(255).to(device), spec)
+            xt = normalise(torch.from_numpy(x).permute(0, 3, 1, 2).float().div(255).to(device), spec.mean, spec.std)
             with autocast(device):
                 logits = model(xt)
             total += float(loss_fn(logits.float(), torch.from_numpy(y).to(device))) * len(y)
@@ -174,7 +168,7 @@ def iter_train(
                     raise TrainingCancelled("training cancelled")
                 x, y = _load_batch(items[b : b + config.batch_size], spec)
                 xt = torch.from_numpy(x).permute(0, 3, 1, 2).float().div_(255)
-                xt = _normalise(augment(xt, gen).to(device, non_blocking=True), spec)
+                xt = normalise(augment(xt, gen).to(device, non_blocking=True), spec.mean, spec.std)
                 yt = torch.from_numpy(y).to(device)
                 with autocast(device):
                     logits = model(xt)

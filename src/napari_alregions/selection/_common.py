@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._integral import integral_image
+from .._integral import box_sum, integral_image
 from ..geometry import MapBox, Region, map_box_to_region, region_to_map_box
 
-__all__ = ["MapInput", "greedy_windows", "integral_image", "prepare", "window_sum"]
+__all__ = ["MapInput", "greedy_windows", "prepare"]
 
 
 @dataclass(frozen=True)
@@ -30,11 +30,6 @@ class MapInput:
 
     def region(self, box: MapBox, **fields: object) -> Region:
         return map_box_to_region(box, self.stride, **fields)
-
-    def tissue_fraction(self, box: MapBox) -> float:
-        if self.tissue is None:
-            return 1.0
-        return float(self.tissue[box.slices].mean())
 
 
 def prepare(
@@ -99,18 +94,6 @@ def _positive_int(value: object, name: str) -> int:
 SUM_DECIMALS = 9
 
 
-def window_sum(s: np.ndarray, r: np.ndarray, c: np.ndarray, h: int, w: int) -> np.ndarray:
-    """Sums of the h x w windows with top-left corners (r, c) from an integral image."""
-    return np.round(s[r + h, c + w] - s[r, c + w] - s[r + h, c] + s[r, c], SUM_DECIMALS)
-
-
-def _overlap_any(r: np.ndarray, c: np.ndarray, h: int, w: int, boxes: Sequence[MapBox]) -> np.ndarray:
-    hit = np.zeros(np.broadcast_shapes(r.shape, c.shape), dtype=bool)
-    for b in boxes:
-        hit |= (r < b.r1) & (r + h > b.r0) & (c < b.c1) & (c + w > b.c0)
-    return hit
-
-
 def greedy_windows(
     priority: np.ndarray,
     shapes: Sequence[tuple[int, int]],
@@ -162,7 +145,7 @@ def greedy_windows(
     def bound(si: np.ndarray, r0: np.ndarray, c0: np.ndarray, size: np.ndarray) -> np.ndarray:
         r_end = np.minimum(r0 + size, nr[si]) - 1 + hs[si]
         c_end = np.minimum(c0 + size, nc[si]) - 1 + ws[si]
-        return np.round(s[r_end, c_end] - s[r0, c_end] - s[r_end, c0] + s[r0, c0], SUM_DECIMALS)
+        return np.round(box_sum(s, r0, c0, r_end, c_end), SUM_DECIMALS)
 
     def valid(si: np.ndarray, r0: np.ndarray, c0: np.ndarray) -> np.ndarray:
         hit = np.zeros(si.shape, dtype=bool)

@@ -8,7 +8,8 @@ import numpy as np
 
 from ..geometry import MapBox, Region
 from ._cluster import apportion, kmeans
-from ._common import integral_image, prepare
+from .._integral import box_sum, integral_image
+from ._common import prepare
 
 __all__ = ["focannot", "focannot_grid", "wasserstein_sorted"]
 
@@ -101,13 +102,13 @@ def focannot(
     s = integral_image(inp.priority)
     rr, cc = rows[:, None], cols[None, :]
 
-    def box_sum(a: np.ndarray) -> np.ndarray:
-        return a[rr + l, cc + l] - a[rr, cc + l] - a[rr + l, cc] + a[rr, cc]
+    def patch_sums(table: np.ndarray) -> np.ndarray:
+        return box_sum(table, rr, cc, rr + l, cc + l)
 
-    iu = box_sum(s) / (l * l)
+    iu = patch_sums(s) / (l * l)
     ok = iu > 0
     if inp.tissue is not None:
-        ok &= box_sum(integral_image(inp.tissue.astype(np.float64))) / (l * l) >= min_tissue - 1e-12
+        ok &= patch_sums(integral_image(inp.tissue)) / (l * l) >= min_tissue - 1e-12
     boxes = [MapBox(int(r), int(c), int(r) + l, int(c) + l) for r in rows for c in cols]
     for a in inp.annotated:
         ok &= ~np.array([b.overlaps(a) for b in boxes]).reshape(ok.shape)

@@ -7,7 +7,8 @@ from collections.abc import Iterable
 import numpy as np
 
 from ..geometry import MapBox, Region
-from ._common import integral_image, prepare
+from .._integral import integral_image
+from ._common import prepare
 
 __all__ = ["random"]
 
