@@ -20,7 +20,7 @@ def _filled(tmp_path):
     s.accept(proposed[0])
     s.propose([Region(512, 0, 256, 256, score=1.0, method="standard", slide="a", cycle=1)])
     s.history.append({"cycle": 1, "miou": 0.5})
-    s.checkpoint = "checkpoints/cycle_001.pt"
+    s.checkpoints = ["checkpoints/cycle_001.pt"]
     s.save()
     return s
 
@@ -32,7 +32,7 @@ def test_round_trip_restores_identical_state(tmp_path):
     assert back.slides == s.slides
     assert back.accepted == s.accepted and [r.uid for r in back.accepted] == [r.uid for r in s.accepted]
     assert back.regions == s.regions
-    assert back.history == s.history and back.checkpoint == s.checkpoint
+    assert back.history == s.history and back.checkpoints == s.checkpoints
     np.testing.assert_array_equal(back.labels("a"), s.labels("a"))
     assert back.cycle == 1
 

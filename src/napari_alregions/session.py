@@ -57,7 +57,7 @@ class Session:
     accepted: list[Region] = field(default_factory=list)
     history: list[dict[str, Any]] = field(default_factory=list)
     params: dict[str, Any] = field(default_factory=dict)
-    checkpoint: str | None = None  # relative to folder
+    checkpoints: list[str] = field(default_factory=list)  # model (ensemble members), relative to folder
     _labels: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     _dirty: set[str] = field(default_factory=set, repr=False)
 
@@ -103,7 +103,7 @@ class Session:
             accepted=[r for r in all_regions if r.uid in accepted_ids],
             history=list(meta.get("history", [])),
             params=dict(meta.get("params", {})),
-            checkpoint=meta.get("checkpoint"),
+            checkpoints=list(meta.get("checkpoints", [])),
         )
 
     # -- slides and labels ---------------------------------------------------------------
@@ -188,7 +188,7 @@ class Session:
             "accepted": [r.uid for r in self.accepted],
             "history": self.history,
             "params": self.params,
-            "checkpoint": self.checkpoint,
+            "checkpoints": self.checkpoints,
         }
         _atomic_write_text(self.folder / SESSION_FILE, json.dumps(meta, indent=1, default=_json_default))
         self._dirty.clear()

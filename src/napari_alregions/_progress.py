@@ -1,0 +1,68 @@
+"""Turn a function that reports through a ``progress`` callback into a generator.
+
+napari's thread workers show progress and stop cleanly when the work is a generator that
+yields. :func:`iter_progress` runs a callback-style function (e.g.
+``predict_probability_map``) in a helper thread and yields what it reports, so the same
+core function serves the CLI (callbacks), scripts (plain calls) and the viewer (a worker).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Generator
+from typing import Any, TypeVar
+
+__all__ = ["iter_progress", "relay"]
+
+T = TypeVar("T")
+_DONE = object()
+
+
+def iter_progress(fn: Callable[..., T], *args: Any, cancel: Callable[[], bool] | None = None,
+                  **kwargs: Any) -> Generator[tuple, None, T]:
+    """Call ``fn(*args, progress=..., cancel=cancel, **kwargs)``; yield each progress report.
+
+    The generator's return value (``StopIteration.value``, or ``yield from``) is ``fn``'s
+    result; an exception raised by ``fn`` is raised from the generator. Closing the
+    generator early sets the cancel flag ``fn`` polls and waits for it to stop.
+    """
+    reports: queue.Queue = queue.Queue()
+    outcome: dict[str, Any] = {}
+    closed = threading.Event()
+
+    def should_stop() -> bool:
+        return closed.is_set() or (cancel is not None and bool(cancel()))
+
+    def target() -> None:
+        try:
+            outcome["value"] = fn(*args, progress=lambda *a: reports.put(a), cancel=should_stop, **kwargs)
+        except BaseException as exc:  # handed to the consumer
+            outcome["error"] = exc
+        finally:
+            reports.put(_DONE)
+
+    thread = threading.Thread(target=target, name=f"iter_progress-{getattr(fn, '__name__', 'fn')}", daemon=True)
+    thread.start()
+    try:
+        while (item := reports.get()) is not _DONE:
+            yield item
+    finally:
+        closed.set()
+        thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def relay(gen: Generator[Any, None, T], transform: Callable[[Any], Any]) -> Generator[Any, None, T]:
+    """Yield ``transform(item)`` for each item of ``gen``; return ``gen``'s return value."""
+    try:
+        while True:
+            try:
+                item = next(gen)
+            except StopIteration as stop:
+                return stop.value
+            yield transform(item)
+    finally:
+        gen.close()

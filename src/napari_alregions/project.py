@@ -1,0 +1,658 @@
+"""The interactive annotation loop, headless: what the napari widgets drive (SPEC §1, §2).
+
+An :class:`AnnotationProject` is a :class:`~napari_alregions.session.Session` with its
+slides opened, its model (one network or an ensemble) in memory and the current
+probability/priority maps. Every user action of the plugin is one method here:
+
+* ``add_slide`` / ``new_model`` / ``load_model``;
+* ``iter_priority`` (generator: predict -> priority map);
+* ``suggest`` / ``compare`` (selectors from :mod:`napari_alregions.selection`);
+* ``accept`` (proposal -> labeled set, labels prefilled), ``region_labels`` /
+  ``write_region_labels`` (painting happens inside accepted regions only);
+* ``iter_retrain`` (generator: fine-tune every member -> checkpoint -> new maps ->
+  refreshed proposals);
+* ``import_qupath`` / ``export_qupath``.
+
+Each change is saved at once (atomic writes), so a crash loses at most the action in
+flight. Long steps are generators yielding progress dicts, so they run in a napari thread
+worker, in a CLI loop with tqdm, or plainly via :func:`run`.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+from collections.abc import Callable, Generator, Iterable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._progress import iter_progress, relay
+from .geometry import REGION_CLASS, Region
+from .io_qupath import class_annotations, labels_to_features, rasterize_annotations, read_features, write_features
+from .priority import MEASURES
+from .selection import METHODS, select
+from .selection.compare import MethodSummary, compare_proposals
+from .session import Session, SessionError
+from .wsi import Slide, open_slide
+
+__all__ = ["AnnotationProject", "MapRecord", "region_size_px", "run"]
+
+#: Default class colours (RGB) for the first classes: background grey, tumour red.
+DEFAULT_COLORS = [(160, 160, 160), (220, 30, 30), (40, 160, 40), (30, 90, 220), (230, 160, 0), (150, 0, 200)]
+MAPS_DIR = "maps"
+
+
+@dataclass
+class MapRecord:
+    """A slide's latest prediction: probabilities and the priority map derived from them."""
+
+    probabilities: np.ndarray  # (E, H, W, C) float32, NaN outside tissue
+    priority: np.ndarray  # (H, W) float32 in [0, 1]
+    measure: str
+    stride: int
+    cycle: int
+
+
+def region_size_px(value: float, unit: str, *, mpp: float | None, stride: int) -> int:
+    """A region side in level-0 px, rounded to a multiple of ``stride`` (at least one cell).
+
+    Examples
+    --------
+    >>> region_size_px(500, "µm", mpp=0.5, stride=128)
+    1024
+    """
+    if not value > 0:
+        raise ValueError(f"region size must be positive, got {value}")
+    if unit in ("µm", "um"):
+        if not mpp:
+            raise ValueError("this slide has no pixel size (mpp); give the region size in px")
+        px = value / mpp
+    elif unit == "px":
+        px = value
+    else:
+        raise ValueError(f"unit must be 'µm' or 'px', got {unit!r}")
+    return max(1, round(px / stride)) * stride
+
+
+def run(gen: Generator[Any, None, Any], progress: Callable[[Any], None] | None = None) -> Any:
+    """Drive one of the project's generators to the end; return its result."""
+    while True:
+        try:
+            item = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if progress is not None:
+            progress(item)
+
+
+class AnnotationProject:
+    """A session being annotated: slides, model, maps and the active-learning loop."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.slides: dict[str, Slide] = {}
+        self.maps: dict[str, MapRecord] = {}
+        self.models: list = []
+        self.spec = None
+        self._tissue_labels: dict[str, np.ndarray] = {}
+
+    # -- creation ------------------------------------------------------------------------
+    @classmethod
+    def create(
+        cls,
+        folder: str | os.PathLike[str],
+        *,
+        classes: Sequence[str] = ("background", "tumour"),
+        colors: Sequence[Sequence[int]] | None = None,
+        arch: str = "compact",
+        patch_size: int = 64,
+        level: int = 1,
+        stride: int | None = None,
+        members: int = 1,
+    ) -> AnnotationProject:
+        """A new project in an empty folder, with an untrained model."""
+        classes = tuple(classes)
+        colors = [tuple(c) for c in (colors or DEFAULT_COLORS[: len(classes)])]
+        if len(colors) != len(classes):
+            raise ValueError(f"colors needs one colour per class ({len(classes)}), got {len(colors)}")
+        session = Session.create(folder, classes=classes, colors=[list(c) for c in colors])
+        project = cls(session)
+        project.new_model(arch=arch, patch_size=patch_size, level=level, stride=stride, members=members)
+        return project
+
+    @classmethod
+    def open(cls, folder: str | os.PathLike[str]) -> AnnotationProject:
+        """Reopen a project: slides, labels, regions, model and last maps as saved."""
+        from .model import CheckpointError, ModelSpec, load_checkpoint
+
+        session = Session.open(folder)
+        project = cls(session)
+        for name, entry in session.slides.items():
+            if not Path(entry.path).is_file():
+                raise SessionError(f"slide {name!r}: {entry.path} is missing (moved or deleted?)")
+            project.slides[name] = open_slide(entry.path)
+        spec = ModelSpec.from_dict(session.params.get("model", {}))
+        project.spec = spec
+        if session.checkpoints:
+            try:
+                project.models = [load_checkpoint(session.folder / p, expect=spec)[0] for p in session.checkpoints]
+            except (FileNotFoundError, CheckpointError) as exc:
+                raise SessionError(f"{folder}: the session's model cannot be loaded ({exc})") from exc
+        else:
+            project.models = [project._build(i) for i in range(project.n_members)]
+        for name in project.slides:
+            record = _load_map(session.folder / MAPS_DIR / f"{name}.npz")
+            if record is not None:
+                project.maps[name] = record
+        return project
+
+    # -- properties ------------------------------------------------------------------------
+    @property
+    def folder(self) -> Path:
+        return self.session.folder
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.session.classes
+
+    @property
+    def colors(self) -> list[tuple[int, int, int]]:
+        return [tuple(c) for c in self.session.params.get("colors", DEFAULT_COLORS[: len(self.classes)])]
+
+    @property
+    def stride(self) -> int:
+        """Level-0 px per map pixel: as set, else one patch footprint on the first slide."""
+        stride = self.session.params.get("stride")
+        if stride:
+            return int(stride)
+        factor = next((s.level_factor(self.label_level) for s in self.slides.values()), 2.0**self.label_level)
+        return int(round(self.spec.patch_size * factor))
+
+    @property
+    def n_members(self) -> int:
+        return int(self.session.params.get("members", 1))
+
+    @property
+    def trained(self) -> bool:
+        return bool(self.session.checkpoints)
+
+    @property
+    def cycle(self) -> int:
+        return self.session.cycle
+
+    @property
+    def device(self) -> str:
+        from .model import pick_device
+
+        return str(pick_device())
+
+    @property
+    def pending_regions(self) -> int:
+        """Accepted regions added since the model was last trained."""
+        return len(self.session.accepted) - int(self.session.params.get("trained_on_regions", 0))
+
+    # -- model ----------------------------------------------------------------------------
+    def _build(self, member: int):
+        import torch
+
+        torch.manual_seed(member)
+        return self.spec.build()
+
+    def new_model(self, *, arch: str = "compact", patch_size: int = 64, level: int = 1, stride: int | None = None,
+                  members: int = 1) -> None:
+        """Start over with an untrained model (labels and regions are kept)."""
+        from .model import ModelSpec
+
+        if members < 1:
+            raise ValueError(f"members must be >= 1, got {members}")
+        for name, slide in self.slides.items():
+            if level >= slide.level_count:
+                raise ValueError(f"level {level} does not exist on slide {name!r} (levels 0..{slide.level_count - 1})")
+        spec = ModelSpec(arch=arch, classes=self.classes, patch_size=patch_size, level=level)
+        for name, slide in self.slides.items():
+            factor = slide.level_factor(level)
+            if stride and stride % factor:
+                raise ValueError(f"stride ({stride}) must be a multiple of the level-{level} downsample of {name!r} ({factor:g})")
+        if self.session.slides and self.spec is not None and level != self.label_level:
+            raise ValueError(f"the session labels slides at level {self.label_level}; a new model must work there too")
+        self.spec = spec
+        self.session.params.update(model=spec.to_dict(), stride=int(stride) if stride else None, members=members,
+                                   trained_on_regions=0)
+        self.session.checkpoints = []
+        self.models = [self._build(i) for i in range(members)]
+        self._drop_maps()
+        self.session.save()
+
+    def load_model(self, path: str | os.PathLike[str]) -> None:
+        """Use a checkpoint (copied into the session); its classes must be the session's."""
+        import shutil
+
+        from .model import CheckpointError, load_checkpoint
+
+        model, spec, _ = load_checkpoint(path)
+        if spec.classes != self.classes:
+            raise CheckpointError(f"{path}: the checkpoint predicts {list(spec.classes)}, the session annotates {list(self.classes)}")
+        if self.session.slides and spec.level != self.label_level:
+            raise CheckpointError(f"{path}: the checkpoint works at level {spec.level}, the session labels level {self.label_level}")
+        target = self.session.checkpoint_path(f"loaded_{Path(path).name}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if Path(path).resolve() != target.resolve():
+            shutil.copyfile(path, target)
+        self.spec = spec
+        self.session.params.update(model=spec.to_dict(), stride=None, members=1, trained_on_regions=len(self.session.accepted))
+        self.session.checkpoints = [str(target.relative_to(self.folder))]
+        self.models = [model]
+        self._drop_maps()
+        self.session.save()
+
+    def _drop_maps(self) -> None:
+        self.maps.clear()
+        for f in (self.folder / MAPS_DIR).glob("*.npz"):
+            f.unlink()
+
+    # -- slides and labels ----------------------------------------------------------------
+    @property
+    def label_level(self) -> int:
+        """Pyramid level of the label masks: the slides' (fixed once a slide is added)."""
+        for entry in self.session.slides.values():
+            return int(entry.label_level)
+        return int(self.spec.level)
+
+    def add_slide(self, path: str | os.PathLike[str], *, name: str | None = None, group: str | None = None) -> str:
+        """Open a slide and add it to the session (labels at the model's working level)."""
+        slide = open_slide(path)
+        name = name or Path(path).name
+        if name in self.session.slides:
+            slide.close()
+            raise ValueError(f"a slide named {name!r} is already in the session")
+        level = self.label_level
+        if level >= slide.level_count:
+            slide.close()
+            raise ValueError(f"{name}: the model works at level {level}, but the slide has levels 0..{slide.level_count - 1}")
+        self.session.add_slide(name, Path(path).resolve(), label_shape=slide.levels[level].shape[:2], label_level=level, group=group)
+        self.slides[name] = slide
+        self.session.save()
+        return name
+
+    def _slide(self, name: str) -> Slide:
+        if name not in self.slides:
+            raise KeyError(f"no slide {name!r} in the session (slides: {', '.join(self.slides) or 'none'})")
+        return self.slides[name]
+
+    def label_factor(self, slide: str) -> float:
+        return self._slide(slide).level_factor(self.label_level)
+
+    def label_box(self, region: Region) -> tuple[int, int, int, int]:
+        """``(y0, x0, y1, x1)`` of a level-0 region in label pixels (rounded outwards)."""
+        f = self.label_factor(region.slide)
+        shape = self.session.slides[region.slide].label_shape
+        y0, x0 = int(region.y // f), int(region.x // f)
+        y1, x1 = min(shape[0], math.ceil(region.y1 / f)), min(shape[1], math.ceil(region.x1 / f))
+        return y0, x0, y1, x1
+
+    def tissue_labels(self, slide: str) -> np.ndarray:
+        """The tissue mask resampled to the labeling level (nearest neighbour; cached)."""
+        if slide not in self._tissue_labels:
+            s = self._slide(slide)
+            mask = s.tissue_mask()
+            shape = self.session.slides[slide].label_shape
+            ratio = self.label_factor(slide) / s.level_factor(s.tissue_level)
+            rows = np.minimum((np.arange(shape[0]) * ratio).astype(int), mask.shape[0] - 1)
+            cols = np.minimum((np.arange(shape[1]) * ratio).astype(int), mask.shape[1] - 1)
+            self._tissue_labels[slide] = mask[np.ix_(rows, cols)]
+        return self._tissue_labels[slide]
+
+    def annotated_pct(self, slide: str | None = None) -> float:
+        """Labeled share of the tissue, in %, of one slide or of all slides."""
+        names = [slide] if slide is not None else list(self.slides)
+        done = total = 0
+        for n in names:
+            t = self.tissue_labels(n)
+            done += int(((self.session.labels(n) > 0) & t).sum())
+            total += int(t.sum())
+        return 100.0 * done / total if total else 0.0
+
+    # -- maps -----------------------------------------------------------------------------
+    def iter_priority(self, slide: str, *, measure: str = "least_confidence",
+                      cancel: Callable[[], bool] | None = None) -> Generator[dict, None, MapRecord]:
+        """Predict the slide and derive the priority map; yields ``{"done", "total"}``."""
+        from .model import predict_probability_map
+
+        if measure not in MEASURES:
+            raise ValueError(f"unknown measure {measure!r}; choose one of {', '.join(MEASURES)}")
+        fn, needs_ensemble = MEASURES[measure]
+        if needs_ensemble and self.n_members < 2:
+            raise ValueError(f"{measure} needs an ensemble: make a model with 2 or more members")
+        s = self._slide(slide)
+        tissue = s.tissue_map(self.stride)
+        gen = iter_progress(predict_probability_map, s, self.models, self.spec, stride=self.stride, tissue=tissue, cancel=cancel)
+        prob = yield from relay(gen, lambda dt: {"phase": "predict", "slide": slide, "done": dt[0], "total": dt[1]})
+        prob = prob if prob.ndim == 4 else prob[None]
+        members = prob if needs_ensemble else prob.mean(axis=0)
+        priority = fn(members, tissue=tissue).astype(np.float32)
+        record = MapRecord(prob.astype(np.float32), priority, measure, self.stride, self.cycle)
+        self.maps[slide] = record
+        _save_map(self.folder / MAPS_DIR / f"{slide}.npz", record)
+        return record
+
+    def prediction(self, slide: str) -> np.ndarray:
+        """Mean probability of each class over members, (H, W, C); NaN outside tissue."""
+        if slide not in self.maps:
+            raise ValueError(f"no prediction for {slide!r} yet: compute a priority map first")
+        return self.maps[slide].probabilities.mean(axis=0)
+
+    # -- proposals ------------------------------------------------------------------------
+    def suggest(self, slide: str, method: str, *, region_size: int, k: int, seed: int | None = 0,
+                **options: Any) -> list[Region]:
+        """Propose k regions on ``slide``; replaces that method's earlier proposals there."""
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        s = self._slide(slide)
+        tissue = s.tissue_map(self.stride)
+        if method == "random":
+            priority = np.zeros(tissue.shape, np.float32)
+        elif slide in self.maps:
+            priority = self.maps[slide].priority
+        else:
+            raise ValueError(f"{method} needs a priority map: compute one first (or use random)")
+        if region_size % self.stride:
+            raise ValueError(f"region_size ({region_size} px) must be a multiple of the map stride ({self.stride} px)")
+        arrays = {need: self._needed_array(slide, need) for need in METHODS[method].needs}
+        regions = select(method, priority, stride=self.stride, region_size=region_size, k=k, tissue=tissue,
+                         annotated=self.session.accepted_on(slide), seed=seed, slide=slide, cycle=self.cycle,
+                         **arrays, **options)
+        regions = self.session.propose(regions) if regions else []
+        if not regions:
+            self.session.regions = [r for r in self.session.regions if not (r.slide == slide and r.method == method)]
+        plan = self.session.params.setdefault("suggest", {}).setdefault(slide, {})
+        plan[method] = {"region_size": int(region_size), "k": int(k), "seed": seed, "options": _jsonable(options)}
+        self.session.save()
+        return regions
+
+    def _needed_array(self, slide: str, need: str) -> np.ndarray:
+        # descriptors/embeddings per map cell: the current model's predictions for now
+        if slide not in self.maps:
+            raise ValueError(f"this method needs {need}: compute a priority map first")
+        return np.nan_to_num(self.prediction(slide))
+
+    def proposals(self, slide: str, method: str | None = None) -> list[Region]:
+        return [r for r in self.session.regions if r.slide == slide and (method is None or r.method == method)]
+
+    def compare(self, slide: str, methods: Iterable[str], *, region_size: int, k: int, seed: int | None = 0,
+                options: dict[str, dict[str, Any]] | None = None) -> tuple[dict[str, list[Region]], list[MethodSummary], np.ndarray]:
+        """Run several methods and summarise them side by side (see ``compare_proposals``)."""
+        methods = list(methods)
+        if not methods:
+            raise ValueError("choose at least one method to compare")
+        options = options or {}
+        out = {m: self.suggest(slide, m, region_size=region_size, k=k, seed=seed, **options.get(m, {})) for m in methods}
+        s = self._slide(slide)
+        priority = self.maps[slide].priority if slide in self.maps else np.zeros(s.map_shape(self.stride), np.float32)
+        summaries, overlap = compare_proposals(out, priority, stride=self.stride, tissue=s.tissue_map(self.stride))
+        return out, summaries, overlap
+
+    # -- labeling -------------------------------------------------------------------------
+    def accept(self, region: Region, *, prefill: str = "background") -> Region:
+        """Move a region into the labeled set and open it for painting.
+
+        Parameters
+        ----------
+        region : Region
+            A proposal (by ``uid``) or a new rectangle on one of the slides.
+        prefill : {"background", "prediction", "none"}
+            What unlabeled pixels inside the region become: the first class (the common
+            case: the pathologist paints only the tumour), the model's prediction (to
+            correct uncertain patches), or left unlabeled.
+        """
+        if prefill not in ("background", "prediction", "none"):
+            raise ValueError(f"prefill must be 'background', 'prediction' or 'none', got {prefill!r}")
+        if region.slide not in self.slides:
+            raise ValueError(f"region is on {region.slide!r}, which is not a slide of the session")
+        if any(a.uid == region.uid for a in self.session.accepted if region.uid):
+            return region
+        accepted = self.session.accept(region)
+        y0, x0, y1, x1 = self.label_box(accepted)
+        labels = self.session.labels(accepted.slide)
+        crop = labels[y0:y1, x0:x1]
+        if prefill == "background":
+            crop[crop == 0] = 1
+        elif prefill == "prediction":
+            crop[crop == 0] = self._predicted_labels(accepted)[crop == 0]
+        self.session.mark_labels_changed(accepted.slide)
+        self.session.save()
+        return accepted
+
+    def _predicted_labels(self, region: Region) -> np.ndarray:
+        """The model's class (label values) on the region's label pixels; background where unknown."""
+        prob = self.prediction(region.slide)
+        y0, x0, y1, x1 = self.label_box(region)
+        f = self.label_factor(region.slide)
+        rows = np.minimum((np.arange(y0, y1) * f // self.stride).astype(int), prob.shape[0] - 1)
+        cols = np.minimum((np.arange(x0, x1) * f // self.stride).astype(int), prob.shape[1] - 1)
+        p = prob[np.ix_(rows, cols)]
+        known = np.isfinite(p).all(axis=-1)
+        return np.where(known, np.argmax(np.nan_to_num(p), axis=-1) + 1, 1).astype(np.uint8)
+
+    def _accepted(self, region: Region) -> Region:
+        for a in self.session.accepted:
+            if a.uid == region.uid:
+                return a
+        raise ValueError("labels can only be painted inside accepted regions: accept the region first")
+
+    def region_labels(self, region: Region) -> np.ndarray:
+        """A copy of the labels inside an accepted region (labeling level)."""
+        region = self._accepted(region)
+        y0, x0, y1, x1 = self.label_box(region)
+        return self.session.labels(region.slide)[y0:y1, x0:x1].copy()
+
+    def write_region_labels(self, region: Region, data: np.ndarray) -> None:
+        """Store painted labels of an accepted region and save (autosave per stroke batch)."""
+        region = self._accepted(region)
+        y0, x0, y1, x1 = self.label_box(region)
+        data = np.asarray(data)
+        if data.shape != (y1 - y0, x1 - x0):
+            raise ValueError(f"labels of this region must have shape {(y1 - y0, x1 - x0)}, got {data.shape}")
+        if data.size and (data.min() < 0 or data.max() > len(self.classes)):
+            raise ValueError(f"label values must be 0 (unlabeled) to {len(self.classes)}, got {data.min()}..{data.max()}")
+        self.session.labels(region.slide)[y0:y1, x0:x1] = data
+        self.session.mark_labels_changed(region.slide)
+        self.session.save()
+
+    # -- training ---------------------------------------------------------------------------
+    def candidates(self) -> list:
+        from .model import find_candidates
+
+        out = []
+        for name, slide in self.slides.items():
+            labels = self.session.labels(name)
+            if not labels.any():
+                continue
+            c = find_candidates(slide, labels, level=self.label_level, patch_size=self.spec.patch_size,
+                                tissue=slide.tissue_mask())
+            if len(c):
+                out.append(c)
+        return out
+
+    def train_config(self):
+        from .model import TrainConfig
+
+        p = self.session.params.get("training", {})
+        if self.trained:  # incremental: bounded in steps and time
+            return TrainConfig(epochs=int(p.get("epochs", 50)), max_steps=int(p.get("fine_tune_steps", 120)),
+                               max_seconds=p.get("max_seconds", 120.0), patches_per_slide=int(p.get("patches_per_slide", 128)),
+                               patience=int(p.get("patience", 50)), seed=self.cycle)
+        return TrainConfig(epochs=int(p.get("initial_epochs", 6)), patches_per_slide=int(p.get("patches_per_slide", 128)),
+                           max_steps=p.get("initial_steps"), max_seconds=p.get("max_seconds", 300.0), seed=self.cycle)
+
+    def iter_retrain(self, *, cancel: Callable[[], bool] | None = None, refresh: bool = True,
+                     measure: str | None = None) -> Generator[dict, None, dict]:
+        """Train (first time) or fine-tune every member on all labels, then refresh.
+
+        Yields training records (``phase`` "train"/"epoch" with ``member``), then the
+        prediction progress of each slide that had a map. The old model stays in use until
+        every member finished: a cancelled retrain changes nothing.
+
+        Raises
+        ------
+        ValueError
+            If no labeled patch exists (paint labels in an accepted region first).
+        TrainingCancelled, InferenceCancelled
+            When ``cancel()`` returned True.
+        """
+        import torch
+
+        from .model import iter_train, save_checkpoint
+
+        cands = self.candidates()
+        if not cands:
+            raise ValueError("no labels to train on: accept a region and paint labels in it first")
+        config = self.train_config()
+        new_models, results = [], []
+        for i, model in enumerate(self.models):
+            torch.manual_seed(config.seed * 100 + i)
+            work = copy.deepcopy(model)
+            member_config = replace(config, seed=config.seed * 100 + i)
+            result = None
+            for rec in iter_train(work, self.spec, cands, member_config, cancel=cancel):
+                if rec.get("done"):
+                    result = rec["result"]
+                else:
+                    yield {**rec, "member": i, "members": len(self.models)}
+            new_models.append(result.model.cpu())
+            results.append(result)
+        cycle = self.cycle + 1
+        paths = [save_checkpoint(self.session.checkpoint_path(f"cycle_{cycle:03d}_m{i}.pt"), m, self.spec, cycle=cycle)
+                 for i, m in enumerate(new_models)]
+        self.models = new_models
+        self.session.checkpoints = [str(p.relative_to(self.folder)) for p in paths]
+        summary = {
+            "cycle": cycle,
+            "accepted_regions": len(self.session.accepted),
+            "annotated_pct": round(self.annotated_pct(), 4),
+            "train_steps": [r.steps for r in results],
+            "val_loss": [None if not math.isfinite(r.best_val_loss) else round(r.best_val_loss, 5) for r in results],
+            "n_candidates": sum(len(c) for c in cands),
+        }
+        self.session.history.append(summary)
+        self.session.params["trained_on_regions"] = len(self.session.accepted)
+        self.session.save()
+        if refresh:
+            for slide in list(self.maps):
+                yield from self.iter_priority(slide, measure=measure or self.maps[slide].measure, cancel=cancel)
+                self.refresh_suggestions(slide)
+        return summary
+
+    def refresh_suggestions(self, slide: str) -> dict[str, list[Region]]:
+        """Re-run every method last used on ``slide`` with its parameters (new map, new cycle)."""
+        plan = self.session.params.get("suggest", {}).get(slide, {})
+        return {m: self.suggest(slide, m, region_size=p["region_size"], k=p["k"], seed=p.get("seed"), **p.get("options", {}))
+                for m, p in list(plan.items())}
+
+    # -- QuPath -------------------------------------------------------------------------------
+    def export_qupath(self, path: str | os.PathLike[str], slide: str) -> Path:
+        """Regions (accepted and proposed) and labels of a slide as QuPath GeoJSON."""
+        self._slide(slide)
+        features = [r.to_feature(locked=False) for r in self.session.accepted_on(slide)]
+        features += [r.to_feature(classification=f"Proposal: {r.method}") for r in self.proposals(slide)]
+        labels = self.session.labels(slide)
+        rows, cols = np.nonzero(labels.any(axis=1))[0], np.nonzero(labels.any(axis=0))[0]
+        if rows.size:
+            f = self.label_factor(slide)
+            crop = labels[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+            features += labels_to_features(crop, classes=self.classes, colors=self.colors, factor=f,
+                                           origin=(int(cols[0] * f), int(rows[0] * f)), slide=slide)
+        return write_features(path, features)
+
+    def import_qupath(self, path: str | os.PathLike[str], slide: str) -> dict[str, int]:
+        """Read QuPath annotations: class polygons become labels, other polygons regions.
+
+        Every labeled polygon lies in an accepted region afterwards (its bounding box is
+        accepted when no region holds it). When the file has no annotation of the first
+        class (background), unlabeled pixels of imported regions become background, as
+        with :meth:`accept`. Our own proposals (``Proposal: <method>``) are skipped.
+        """
+        self._slide(slide)
+        try:
+            annotations = class_annotations(read_features(path))
+            regions = [a.region for a in annotations]
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from exc
+        labeled = [(a, r) for a, r in zip(annotations, regions) if a.classification in self.classes]
+        plain = [(a, r) for a, r in zip(annotations, regions)
+                 if a.classification not in self.classes and not str(a.classification or "").startswith("Proposal:")]
+        has_background = any(a.classification == self.classes[0] for a, _ in labeled)
+        shape = self.session.slides[slide].label_shape
+        f = self.label_factor(slide)
+        new = []
+        for a, r in plain:
+            new.append(self.session.accept(r.with_(slide=slide, method=r.method or "qupath", uid=None)))
+        for a, _ in labeled:
+            for poly in a.polygons:
+                r = _bounding_region(poly[0])
+                if not any(_contains(acc, r) for acc in self.session.accepted_on(slide)):
+                    new.append(self.session.accept(r.with_(method="qupath", slide=slide)))
+        labels = self.session.labels(slide)
+        if not has_background:
+            for r in new:
+                y0, x0, y1, x1 = self.label_box(r)
+                crop = labels[y0:y1, x0:x1]
+                crop[crop == 0] = 1
+        rasterize_annotations([a for a, _ in labeled], labels, classes=self.classes, factor=f)
+        # labels only inside accepted regions
+        inside = np.zeros(shape, dtype=bool)
+        for r in self.session.accepted_on(slide):
+            y0, x0, y1, x1 = self.label_box(r)
+            inside[y0:y1, x0:x1] = True
+        labels[~inside] = 0
+        self.session.mark_labels_changed(slide)
+        self.session.save()
+        return {"regions": len(new), "labeled_annotations": len(labeled), "skipped": len(annotations) - len(labeled) - len(plain)}
+
+    def close(self) -> None:
+        for s in self.slides.values():
+            s.close()
+
+
+def _bounding_region(ring: Sequence[tuple[float, float]]) -> Region:
+    xy = np.asarray(ring, dtype=np.float64)
+    x0, y0 = np.floor(xy.min(axis=0)).astype(int)
+    x1, y1 = np.ceil(xy.max(axis=0)).astype(int)
+    return Region(int(x0), int(y0), max(1, int(x1 - x0)), max(1, int(y1 - y0)))
+
+
+def _contains(outer: Region, inner: Region) -> bool:
+    return outer.x <= inner.x and outer.y <= inner.y and inner.x1 <= outer.x1 and inner.y1 <= outer.y1
+
+
+def _jsonable(options: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in options.items():
+        if isinstance(v, np.generic):
+            v = v.item()
+        if isinstance(v, tuple):
+            v = list(v)
+        if isinstance(v, (str, int, float, bool, list)) or v is None:
+            out[k] = v
+    return out
+
+
+def _save_map(path: Path, record: MapRecord) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.part.npz")
+    np.savez_compressed(tmp, probabilities=record.probabilities, priority=record.priority,
+                        measure=np.array(record.measure), stride=np.array(record.stride), cycle=np.array(record.cycle))
+    os.replace(tmp, path)
+
+
+def _load_map(path: Path) -> MapRecord | None:
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return MapRecord(z["probabilities"], z["priority"], str(z["measure"]), int(z["stride"]), int(z["cycle"]))
+    except (OSError, KeyError, ValueError):
+        return None  # a damaged cache: the map is recomputed on demand

@@ -1,0 +1,260 @@
+"""The headless annotation loop the widgets drive (napari_alregions.project)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from napari_alregions.geometry import Region
+from napari_alregions.project import AnnotationProject, region_size_px, run
+from napari_alregions.wsi import open_labels
+
+FAST = {"initial_steps": 12, "fine_tune_steps": 8, "patches_per_slide": 64}
+
+
+def _project(tmp_path, small_pool, *, members=1, name="s"):
+    folder, manifest = small_pool
+    p = AnnotationProject.create(tmp_path / name, patch_size=32, level=1, members=members)
+    p.session.params["training"] = dict(FAST)
+    entry = manifest["slides"][0]
+    slide = p.add_slide(folder / entry["image"])
+    truth = np.asarray(open_labels(folder / entry["mask"])[1])
+    return p, slide, truth
+
+
+def _paint_truth(p, region, truth):
+    """Paint like a pathologist: tumour where the ground truth is tumour (label 2)."""
+    y0, x0, y1, x1 = p.label_box(region)
+    lab = p.region_labels(region)
+    lab[truth[y0:y1, x0:x1] == 2] = 2
+    p.write_region_labels(region, lab)
+
+
+def test_region_size_px_units_and_rounding():
+    assert region_size_px(500, "µm", mpp=0.5, stride=128) == 1024
+    assert region_size_px(1000, "px", mpp=None, stride=128) == 1024  # nearest multiple
+    assert region_size_px(10, "px", mpp=None, stride=128) == 128  # at least one cell
+    with pytest.raises(ValueError, match="no pixel size"):
+        region_size_px(500, "µm", mpp=None, stride=128)
+    with pytest.raises(ValueError, match="positive"):
+        region_size_px(0, "px", mpp=None, stride=128)
+
+
+def test_loop_accept_paint_retrain_refresh_and_reopen(tmp_path, small_pool):
+    p, slide, truth = _project(tmp_path, small_pool)
+    l_ = 4 * p.stride
+    proposals = p.suggest(slide, "random", region_size=l_, k=3, seed=1)
+    assert len(proposals) == 3 and all(r.uid and r.w == l_ for r in proposals)
+    for r in proposals[:2]:
+        a = p.accept(r)
+        y0, x0, y1, x1 = p.label_box(a)
+        # accepting fills the region with background (label 1)
+        assert (p.session.labels(slide)[y0:y1, x0:x1] == 1).all()
+        _paint_truth(p, a, truth)
+    assert len(p.session.accepted) == 2 and len(p.proposals(slide)) == 1
+    assert p.pending_regions == 2
+    # labels are autosaved: a fresh open sees the strokes
+    np.testing.assert_array_equal(AnnotationProject.open(p.folder).session.labels(slide), p.session.labels(slide))
+
+    first = run(p.iter_priority(slide))
+    assert first.priority.shape == p.slides[slide].map_shape(p.stride)
+    p.suggest(slide, "standard", region_size=l_, k=2)
+    records = []
+    summary = run(p.iter_retrain(), records.append)
+    assert summary["cycle"] == 1 and p.cycle == 1 and p.trained and p.pending_regions == 0
+    assert {r["phase"] for r in records} >= {"train", "epoch", "predict"}
+    # the map was recomputed with the new model and the proposals refreshed for cycle 1
+    assert p.maps[slide].cycle == 1
+    assert not np.array_equal(p.maps[slide].priority, first.priority)
+    assert {r.cycle for r in p.proposals(slide)} == {1}
+    assert {r.method for r in p.proposals(slide)} == {"random", "standard"}
+    assert (p.folder / p.session.checkpoints[0]).is_file()
+
+    back = AnnotationProject.open(p.folder)
+    assert back.cycle == 1 and back.session.accepted == p.session.accepted
+    assert back.session.regions == p.session.regions
+    np.testing.assert_array_equal(back.maps[slide].priority, p.maps[slide].priority)
+    # the reloaded model predicts the same map
+    np.testing.assert_allclose(run(back.iter_priority(slide)).priority, p.maps[slide].priority, atol=1e-5)
+    back.close()
+    p.close()
+
+
+def test_painting_is_refused_outside_accepted_regions(tmp_path, small_pool):
+    p, slide, _ = _project(tmp_path, small_pool)
+    proposal = p.suggest(slide, "random", region_size=4 * p.stride, k=1)[0]
+    with pytest.raises(ValueError, match="accept the region first"):
+        p.write_region_labels(proposal, np.ones((128, 128), np.uint8))
+    a = p.accept(proposal)
+    with pytest.raises(ValueError, match="shape"):
+        p.write_region_labels(a, np.ones((3, 3), np.uint8))
+    with pytest.raises(ValueError, match="label values"):
+        p.write_region_labels(a, np.full(p.region_labels(a).shape, 7, np.uint8))
+    labels_before = p.session.labels(slide).copy()
+    assert (labels_before > 0).sum() == p.region_labels(a).size  # only the region is labeled
+    p.close()
+
+
+def test_retrain_without_labels_and_cancelled_retrain_change_nothing(tmp_path, small_pool):
+    p, slide, truth = _project(tmp_path, small_pool)
+    with pytest.raises(ValueError, match="no labels to train on"):
+        run(p.iter_retrain())
+    a = p.accept(p.suggest(slide, "random", region_size=4 * p.stride, k=1)[0])
+    _paint_truth(p, a, truth)
+    before = {k: v.clone() for k, v in p.models[0].state_dict().items()}
+    from napari_alregions.model import TrainingCancelled
+
+    calls = iter(range(1000))
+    with pytest.raises(TrainingCancelled):
+        run(p.iter_retrain(cancel=lambda: next(calls) >= 3))
+    assert p.cycle == 0 and not p.trained
+    after = p.models[0].state_dict()
+    assert all(np.array_equal(before[k].numpy(), after[k].numpy()) for k in before)
+    p.close()
+
+
+def test_checkpoint_for_other_classes_is_refused(tmp_path, small_pool):
+    from napari_alregions.model import CheckpointError, ModelSpec, save_checkpoint
+
+    p, _, _ = _project(tmp_path, small_pool)
+    spec = ModelSpec(classes=("a", "b", "c"), patch_size=32, level=1)
+    path = save_checkpoint(tmp_path / "other.pt", spec.build(), spec)
+    with pytest.raises(CheckpointError, match="predicts"):
+        p.load_model(path)
+    assert not p.trained
+    ours = ModelSpec(classes=p.classes, patch_size=32, level=1)
+    p.load_model(save_checkpoint(tmp_path / "ours.pt", ours.build(), ours))
+    assert p.trained and (p.folder / p.session.checkpoints[0]).is_file()
+    p.close()
+
+
+def test_ensemble_measures_need_members(tmp_path, small_pool):
+    p, slide, _ = _project(tmp_path, small_pool)
+    with pytest.raises(ValueError, match="needs an ensemble"):
+        run(p.iter_priority(slide, measure="ensemble_disagreement"))
+    p.new_model(patch_size=32, level=1, members=2)
+    rec = run(p.iter_priority(slide, measure="ensemble_disagreement"))
+    assert rec.probabilities.shape[0] == 2
+    # two differently initialised members disagree somewhere in the tissue
+    assert rec.priority.max() > 0
+    p.close()
+
+
+def test_prefill_with_prediction_uses_the_model_class(tmp_path, small_pool):
+    p, slide, _ = _project(tmp_path, small_pool)
+    rec = run(p.iter_priority(slide))
+    prob = rec.probabilities.mean(axis=0)
+    r = Region(0, 0, 4 * p.stride, 4 * p.stride, slide=slide, method="manual")
+    a = p.accept(r, prefill="prediction")
+    lab = p.region_labels(a)
+    cell = p.stride // 2  # label px per map cell (level 1)
+    for i in range(4):
+        for j in range(4):
+            q = prob[i, j]
+            want = 1 if not np.isfinite(q).all() else int(np.argmax(q)) + 1
+            assert (lab[i * cell : (i + 1) * cell, j * cell : (j + 1) * cell] == want).all()
+    p.close()
+
+
+def test_compare_overlap_matches_brute_force(tmp_path, small_pool):
+    p, slide, _ = _project(tmp_path, small_pool)
+    run(p.iter_priority(slide))
+    methods = ["standard", "adaptive", "random"]
+    out, summaries, overlap = p.compare(slide, methods, region_size=4 * p.stride, k=3)
+    assert [s.method for s in summaries] == methods
+    h, w = p.slides[slide].shape
+    masks = []
+    for m in methods:
+        mask = np.zeros((h, w), bool)
+        for r in out[m]:
+            mask[r.y : r.y1, r.x : r.x1] = True
+        masks.append(mask)
+    for i, s in enumerate(summaries):
+        assert s.count == len(out[methods[i]]) and s.area == masks[i].sum()
+        for j in range(len(methods)):
+            want = (masks[i] & masks[j]).sum() / (masks[i] | masks[j]).sum()
+            assert overlap[i, j] == pytest.approx(want)
+    p.close()
+
+
+QUPATH_FILE = {
+    "type": "FeatureCollection",
+    "features": [
+        {   # a region drawn in QuPath (rectangle, no class we know)
+            "type": "Feature", "id": "r1",
+            "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [256, 0], [256, 256], [0, 256], [0, 0]]]},
+            "properties": {"objectType": "annotation", "classification": {"name": "Region*", "color": [0, 0, 180]}},
+        },
+        {   # a tumour triangle inside it, with measurements as QuPath's old list form
+            "type": "Feature", "id": "t1",
+            "geometry": {"type": "Polygon", "coordinates": [[[32, 32], [161, 32], [32, 161], [32, 32]]]},
+            "properties": {"objectType": "annotation", "classification": {"name": "tumour", "color": [200, 0, 0]},
+                           "measurements": [{"name": "Area", "value": 8192}]},
+        },
+        {   # a tumour square with a hole, outside any region (MultiPolygon)
+            "type": "Feature", "id": "t2",
+            "geometry": {"type": "MultiPolygon", "coordinates": [[
+                [[512, 512], [640, 512], [640, 640], [512, 640], [512, 512]],
+                [[544, 544], [576, 544], [576, 576], [544, 576], [544, 544]],
+            ]]},
+            "properties": {"objectType": "annotation", "classification": {"name": "tumour", "color": [200, 0, 0]}},
+        },
+        {"type": "Feature", "id": "p", "geometry": {"type": "Point", "coordinates": [5, 5]}, "properties": {}},
+    ],
+}
+
+
+def test_import_hand_written_qupath_file(tmp_path, small_pool):
+    p, slide, _ = _project(tmp_path, small_pool)
+    path = tmp_path / "qupath.geojson"
+    path.write_text(json.dumps(QUPATH_FILE))
+    counts = p.import_qupath(path, slide)
+    assert counts["regions"] == 2 and counts["labeled_annotations"] == 2
+    boxes = sorted((r.x, r.y, r.w, r.h) for r in p.session.accepted)
+    assert boxes == [(0, 0, 256, 256), (512, 512, 128, 128)]
+    # expected labels at level 1 (factor 2), by hand: pixel centres inside the shapes
+    want = np.zeros(p.session.labels(slide).shape, np.uint8)
+    want[0:128, 0:128] = 1  # the region, background (the file has no background class)
+    yy, xx = np.mgrid[0:128, 0:128] + 0.5
+    tri = (xx >= 16) & (yy >= 16) & (xx + yy < 96.5)  # level-0 x + y < 193; no centre on an edge
+    want[0:128, 0:128][tri] = 2
+    want[256:320, 256:320] = 2
+    want[272:288, 272:288] = 1  # the hole is background of the accepted bounding box
+    np.testing.assert_array_equal(p.session.labels(slide), want)
+    p.close()
+
+
+def test_export_import_round_trip(tmp_path, small_pool):
+    p, slide, truth = _project(tmp_path, small_pool)
+    for r in p.suggest(slide, "random", region_size=4 * p.stride, k=3, seed=3):
+        _paint_truth(p, p.accept(r), truth)
+    lab = p.session.labels(slide)
+    r0 = p.session.accepted[0]
+    y0, x0, _, _ = p.label_box(r0)
+    lab[y0 : y0 + 5, x0 : x0 + 5] = 0  # some erased (unlabeled) pixels survive too
+    p.session.mark_labels_changed(slide)
+    out = p.export_qupath(tmp_path / "export.geojson", slide)
+    data = json.loads(out.read_text())
+    assert all(f["properties"]["classification"]["color"] for f in data["features"])
+    q, slide_q, _ = _project(tmp_path, small_pool, name="s2")
+    q.import_qupath(out, slide_q)
+    np.testing.assert_array_equal(q.session.labels(slide_q), p.session.labels(slide))
+    assert sorted((r.x, r.y, r.w, r.h) for r in q.session.accepted) == sorted((r.x, r.y, r.w, r.h) for r in p.session.accepted)
+    p.close()
+    q.close()
+
+
+def test_malformed_geojson_changes_nothing(tmp_path, small_pool):
+    p, slide, _ = _project(tmp_path, small_pool)
+    bad = tmp_path / "bad.geojson"
+    bad.write_text('{"type": "FeatureCollection", "features": [{"type": "Feature", "geometry": '
+                   '{"type": "Polygon", "coordinates": [[["a", 1]]]}}]}')
+    with pytest.raises(ValueError, match="bad.geojson"):
+        p.import_qupath(bad, slide)
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        p.import_qupath(bad, slide)
+    assert not p.session.accepted and not p.session.labels(slide).any()
+    p.close()
