@@ -50,7 +50,7 @@ def test_core_imports_no_gui_and_no_torch():
 
     code = (
         "import sys, napari_alregions.wsi, napari_alregions.synthetic, napari_alregions.cli, "
-        "napari_alregions.layers, napari_alregions._reader;"
+        "napari_alregions.layers, napari_alregions._reader, napari_alregions.project, napari_alregions.session;"
         "bad=[m for m in ('napari','qtpy','PyQt6','magicgui') if m in sys.modules];"
         "print(bad); sys.exit(1 if bad else 0)"
     )
@@ -58,7 +58,7 @@ def test_core_imports_no_gui_and_no_torch():
     assert res.returncode == 0, res.stdout + res.stderr
     code = (
         "import sys, napari_alregions.wsi, napari_alregions.synthetic, napari_alregions.geometry, "
-        "napari_alregions.priority, napari_alregions.selection, napari_alregions.io_qupath;"
+        "napari_alregions.priority, napari_alregions.selection, napari_alregions.io_qupath, napari_alregions.project;"
         "sys.exit('torch' in sys.modules)"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

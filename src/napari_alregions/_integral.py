@@ -8,9 +8,12 @@ __all__ = ["box_sum", "integral_image"]
 
 
 def integral_image(a: np.ndarray) -> np.ndarray:
-    """Summed-area table with a zero first row and column: ``S[r, c] = a[:r, :c].sum()``."""
+    """Summed-area table with a zero first row and column: ``S[r, c] = a[:r, :c].sum()``.
+
+    Trailing axes (e.g. feature channels) are summed independently.
+    """
     a = np.asarray(a)
-    s = np.zeros((a.shape[0] + 1, a.shape[1] + 1), dtype=np.float64)
+    s = np.zeros((a.shape[0] + 1, a.shape[1] + 1, *a.shape[2:]), dtype=np.float64)
     np.cumsum(a, axis=1, dtype=np.float64, out=s[1:, 1:])
     # Row by row: numpy's cumsum along axis 0 of a C-ordered array is several times slower.
     for r in range(2, s.shape[0]):

@@ -96,6 +96,7 @@ class AnnotationProject:
         self.session = session
         self.slides: dict[str, Slide] = {}
         self.maps: dict[str, MapRecord] = {}
+        self.embeddings: dict[str, np.ndarray] = {}
         self.models: list = []
         self.spec = None
         self._tissue_labels: dict[str, np.ndarray] = {}
@@ -361,10 +362,12 @@ class AnnotationProject:
             raise ValueError(f"{method} needs a priority map: compute one first (or use random)")
         if region_size % self.stride:
             raise ValueError(f"region_size ({region_size} px) must be a multiple of the map stride ({self.stride} px)")
-        arrays = {need: self._needed_array(slide, need) for need in METHODS[method].needs}
+        arrays = {need: self._needed_array(slide, need, region_size, options) for need in METHODS[method].needs}
         regions = select(method, priority, stride=self.stride, region_size=region_size, k=k, tissue=tissue,
                          annotated=self.session.accepted_on(slide), seed=seed, slide=slide, cycle=self.cycle,
                          **arrays, **options)
+        # one name per selector in the session (prototype records its base method itself)
+        regions = [r.with_(method=method) for r in regions]
         regions = self.session.propose(regions) if regions else []
         if not regions:
             self.session.regions = [r for r in self.session.regions if not (r.slide == slide and r.method == method)]
@@ -373,11 +376,26 @@ class AnnotationProject:
         self.session.save()
         return regions
 
-    def _needed_array(self, slide: str, need: str) -> np.ndarray:
-        # descriptors/embeddings per map cell: the current model's predictions for now
+    def _needed_array(self, slide: str, need: str, region_size: int, options: dict[str, Any]) -> np.ndarray:
+        """Per-region embeddings (diversity) or per-patch descriptors (focannot) of a slide."""
+        from .selection.diversity import region_embeddings
+        from .selection.focannot import focannot_descriptors
+
+        cells = self.cell_features(slide)
+        size = region_size // self.stride
+        if need == "embeddings":
+            return region_embeddings(cells, size=size)
+        if need == "descriptors":
+            return focannot_descriptors(cells, size=size, overlap=float(options.get("overlap", 0.5)))
+        raise ValueError(f"cannot provide {need!r}")  # pragma: no cover
+
+    def cell_features(self, slide: str) -> np.ndarray:
+        """(H, W, D) features per map cell: patch embeddings when computed, else the prediction."""
+        if slide in self.embeddings:
+            return self.embeddings[slide]
         if slide not in self.maps:
-            raise ValueError(f"this method needs {need}: compute a priority map first")
-        return np.nan_to_num(self.prediction(slide))
+            raise ValueError("this method needs patch features: compute a priority map or embeddings first")
+        return self.prediction(slide)
 
     def proposals(self, slide: str, method: str | None = None) -> list[Region]:
         return [r for r in self.session.regions if r.slide == slide and (method is None or r.method == method)]

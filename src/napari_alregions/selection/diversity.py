@@ -10,7 +10,32 @@ from ..geometry import MapBox, Region, region_to_map_box
 from ._cluster import kmeans
 from ._common import prepare
 
-__all__ = ["diversity", "diversity_pool"]
+__all__ = ["diversity", "diversity_pool", "region_embeddings"]
+
+
+def region_embeddings(cell_features: np.ndarray, *, size: int) -> np.ndarray:
+    """One embedding per l x l grid region: the mean of per-cell features, L2-normalised.
+
+    ``cell_features`` is (H, W, D); NaN cells (off tissue) are left out of the mean.
+    Returns (H // size, W // size, D), the grid :func:`diversity` expects.
+
+    Examples
+    --------
+    >>> region_embeddings(np.ones((8, 8, 4)), size=4).shape
+    (2, 2, 4)
+    """
+    f = np.asarray(cell_features, dtype=np.float64)
+    if f.ndim != 3:
+        raise ValueError(f"cell_features must have shape (H, W, D), got {f.shape}")
+    if size < 1:
+        raise ValueError(f"size must be >= 1 map px, got {size}")
+    gh, gw = f.shape[0] // size, f.shape[1] // size
+    blocks = f[: gh * size, : gw * size].reshape(gh, size, gw, size, -1)
+    valid = np.isfinite(blocks).all(axis=-1, keepdims=True)
+    total = np.where(valid, blocks, 0.0).sum(axis=(1, 3))
+    mean = total / np.maximum(valid.sum(axis=(1, 3)), 1)
+    norm = np.linalg.norm(mean, axis=-1, keepdims=True)
+    return np.divide(mean, norm, out=np.zeros_like(mean), where=norm > 0)
 
 
 def diversity_pool(

@@ -11,7 +11,7 @@ from ._cluster import apportion, kmeans
 from .._integral import box_sum, integral_image
 from ._common import prepare
 
-__all__ = ["focannot", "focannot_grid", "wasserstein_sorted"]
+__all__ = ["focannot", "focannot_descriptors", "focannot_grid", "wasserstein_sorted"]
 
 
 def focannot_grid(shape: tuple[int, int], size: int, overlap: float) -> tuple[np.ndarray, np.ndarray]:
@@ -22,6 +22,29 @@ def focannot_grid(shape: tuple[int, int], size: int, overlap: float) -> tuple[np
     rows = np.arange(0, shape[0] - size + 1, step)
     cols = np.arange(0, shape[1] - size + 1, step)
     return rows, cols
+
+
+def focannot_descriptors(cell_features: np.ndarray, *, size: int, overlap: float = 0.5) -> np.ndarray:
+    """Descriptors of the grid patches: the mean of per-cell features over each window.
+
+    ``cell_features`` is (H, W, D), one feature vector per map cell (e.g. channel means of
+    encoder features); NaN cells (off tissue) count as 0. Returns (Gr, Gc, D) for the
+    grid of :func:`focannot_grid` with window side ``size`` map px.
+
+    Examples
+    --------
+    >>> focannot_descriptors(np.ones((8, 8, 3)), size=4).shape
+    (3, 3, 3)
+    """
+    f = np.nan_to_num(np.asarray(cell_features, dtype=np.float64))
+    if f.ndim != 3:
+        raise ValueError(f"cell_features must have shape (H, W, D), got {f.shape}")
+    if size < 1:
+        raise ValueError(f"size must be >= 1 map px, got {size}")
+    rows, cols = focannot_grid(f.shape[:2], size, overlap)
+    s = integral_image(f)
+    rr, cc = rows[:, None], cols[None, :]
+    return box_sum(s, rr, cc, rr + size, cc + size) / float(size * size)
 
 
 def wasserstein_sorted(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -1,0 +1,123 @@
+"""One long task at a time in a napari thread worker, with a progress bar and cancel."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Generator
+from typing import Any
+
+from napari.qt.threading import create_worker
+from napari.utils import progress
+from qtpy.QtCore import QThreadPool
+
+__all__ = ["TaskRunner"]
+
+
+_CANCELLED = object()
+
+
+class TaskError(Exception):
+    """A runtime failure inside a task (e.g. CUDA), reported to the user."""
+
+
+def _alive(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A slot that does nothing once its Qt widgets are gone (viewer closed mid-task)."""
+    def slot(*args: Any) -> Any:
+        try:
+            return fn(*args)
+        except RuntimeError as exc:
+            if "has been deleted" not in str(exc):
+                raise
+            return None
+
+    return slot
+
+
+class TaskRunner:
+    """Runs a project generator (``make(cancel) -> generator``) off the GUI thread.
+
+    Progress records with ``done``/``total`` or ``step``/``total`` move a napari progress
+    bar. :meth:`cancel` sets the flag the core polls between batches, so a cancelled task
+    stops at a defined point and leaves the project unchanged.
+    """
+
+    def __init__(self, on_busy: Callable[[bool], None], on_message: Callable[[str, bool], None]) -> None:
+        self._on_busy = on_busy
+        self._on_message = on_message
+        self._cancel = threading.Event()
+        self.worker = None
+        self._bar: progress | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self.worker is not None
+
+    def start(self, make: Callable[[Callable[[], bool]], Generator[Any, None, Any]], *, desc: str,
+              on_done: Callable[[Any], None]) -> bool:
+        if self.busy:
+            self._on_message("another task is running; wait for it or cancel it", True)
+            return False
+        cancel = threading.Event()
+        self._cancel = cancel
+
+        from ..model import InferenceCancelled, TrainingCancelled
+
+        def work():
+            try:
+                return (yield from make(cancel.is_set))
+            except (TrainingCancelled, InferenceCancelled):
+                return _CANCELLED  # a defined end, not an error
+            except RuntimeError as exc:  # superqt would take it for a deleted worker and drop it
+                raise TaskError(str(exc)) from exc
+
+        def returned(value: Any) -> None:
+            if value is _CANCELLED:
+                self._on_message("cancelled: nothing was changed", False)
+            else:
+                on_done(value)
+
+        worker = create_worker(work, _start_thread=False, _ignore_errors=True)  # errors become messages
+        self._bar = progress(total=0, desc=desc)
+        worker.yielded.connect(_alive(self._update))
+        worker.returned.connect(_alive(returned))
+        worker.errored.connect(_alive(self._failed))
+        worker.finished.connect(_alive(self._finished))
+        self.worker = worker
+        self._on_busy(True)
+        worker.start()
+        return True
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    def wait(self, msecs: int = 30000) -> None:
+        """Block until the running task ended (used when the viewer closes)."""
+        self._cancel.set()
+        QThreadPool.globalInstance().waitForDone(msecs)
+
+    def _update(self, rec: Any) -> None:
+        bar = self._bar  # updating the bar may run queued slots, _finished among them
+        if bar is None or not isinstance(rec, dict):
+            return
+        total = rec.get("total")
+        done = rec.get("done", rec.get("step"))
+        if total:
+            bar.total = int(total)
+        if done is not None:
+            bar.n = int(done)
+        phase = rec.get("phase", "")
+        if "member" in rec and rec.get("members", 1) > 1:
+            phase = f"{phase} member {rec['member'] + 1}/{rec['members']}"
+        if phase:
+            bar.set_description(phase)
+        bar.refresh()
+
+    def _failed(self, exc: BaseException) -> None:
+        self._on_message(str(exc) or type(exc).__name__, True)
+
+    def _finished(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        self.worker = None
+        self._on_busy(False)

@@ -1,0 +1,596 @@
+"""The AL Regions dock widget: session, model, suggestions, annotation and correction.
+
+A thin shell over :class:`napari_alregions.project.AnnotationProject`: every button calls
+one project method (long ones through :class:`TaskRunner`) and then redraws layers from
+the project's state. No algorithm lives here.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from magicgui import widgets as mw
+from napari.utils.colormaps import Colormap
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import QListWidget, QTabWidget, QVBoxLayout, QWidget
+
+from ..cli_suggest import _parse_option
+from ..geometry import Region
+from ..layers import METHOD_COLORS, overlay_kwargs, priority_colors, region_labels_layer, regions_layer, slide_image_layer, slide_scale
+from ..priority import MEASURES
+from ..project import AnnotationProject, region_size_px
+from ..selection import METHODS
+from ._runner import TaskRunner
+
+__all__ = ["ALRegionsWidget"]
+
+_UNIT = ("µm", "px")
+
+
+def _button(text: str, tooltip: str = "") -> mw.PushButton:
+    return mw.PushButton(text=text, tooltip=tooltip)
+
+
+def _option_widget(name: str, default: Any, help_: str) -> mw.Widget:
+    """A control for one selector option, typed by its default."""
+    if isinstance(default, bool):
+        return mw.CheckBox(name=name, value=default, tooltip=help_)
+    if isinstance(default, int):
+        return mw.SpinBox(name=name, value=default, min=0, max=10**7, tooltip=help_)
+    if isinstance(default, float):
+        return mw.FloatSpinBox(name=name, value=default, min=0.0, max=1e7, step=0.05, tooltip=help_)
+    text = "" if default is None else (str(default) if isinstance(default, str) else repr(list(default)))
+    return mw.LineEdit(name=name, value=text, tooltip=f"{help_} (empty: default)")
+
+
+class ALRegionsWidget(QWidget):
+    """Region-based active learning in the viewer (SPEC §1)."""
+
+    def __init__(self, napari_viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.project: AnnotationProject | None = None
+        self.runner = TaskRunner(self._set_busy, self._message)
+        self._region_layers: dict[str, Any] = {}
+        self._busy_buttons: list[mw.PushButton] = []
+        self._unsaved: set[str] = set()
+        self._autosave = QTimer(self)
+        self._autosave.setSingleShot(True)
+        self._autosave.setInterval(250)
+        self._autosave.timeout.connect(self.flush_labels)
+
+        self.message = mw.Label(value="Create or open a session to start.")
+        self.status = mw.Label(value="")
+        tabs = QTabWidget()
+        tabs.addTab(self._session_tab().native, "Session")
+        tabs.addTab(self._model_tab().native, "Model")
+        tabs.addTab(self._suggest_tab().native, "Suggest")
+        tabs.addTab(self._annotate_tab().native, "Annotate")
+        tabs.addTab(self._correct_tab().native, "Correct")
+        self.tabs = tabs
+        self.cancel_btn = _button("Cancel", "stop the running task; nothing is changed")
+        self.cancel_btn.enabled = False
+        self.cancel_btn.changed.connect(self.runner.cancel)
+        layout = QVBoxLayout(self)
+        layout.addWidget(tabs)
+        layout.addWidget(self.cancel_btn.native)
+        layout.addWidget(self.status.native)
+        layout.addWidget(self.message.native)
+        self.message.native.setWordWrap(True)
+        runner = self.runner
+        self.destroyed.connect(lambda *_: runner.wait())  # closing the viewer stops the worker first
+
+    # ------------------------------------------------------------------ tabs
+    def _session_tab(self) -> mw.Container:
+        self.folder = mw.FileEdit(label="Session folder", mode="d")
+        self.classes = mw.LineEdit(label="Classes", value="background, tumour")
+        new, open_ = _button("New session"), _button("Open session")
+        new.changed.connect(self.new_session)
+        open_.changed.connect(self.open_session)
+        self.slide_file = mw.FileEdit(label="Slide file", mode="r", filter="*.tif *.tiff *.svs")
+        add = _button("Add slide", "open a slide file and add it to the session")
+        add.changed.connect(self.add_slide_file)
+        add_layer = _button("Add selected image layer", "add the slide behind the selected image layer")
+        add_layer.changed.connect(self.add_slide_layer)
+        self.slide = mw.ComboBox(label="Current slide", choices=[])
+        self.slide.changed.connect(self._slide_changed)
+        return mw.Container(widgets=[self.folder, self.classes, mw.Container(widgets=[new, open_], layout="horizontal", labels=False),
+                                     self.slide_file, add, add_layer, self.slide])
+
+    def _model_tab(self) -> mw.Container:
+        from ..model import ARCHITECTURES
+
+        self.arch = mw.ComboBox(label="Architecture", choices=list(ARCHITECTURES), value="compact")
+        self.patch_size = mw.SpinBox(label="Patch size (px)", value=64, min=16, max=1024, step=16)
+        self.level = mw.SpinBox(label="Working level", value=1, min=0, max=10)
+        self.members = mw.SpinBox(label="Ensemble members", value=1, min=1, max=10)
+        new = _button("New model", "an untrained model; labels and regions are kept")
+        new.changed.connect(self.new_model)
+        self.checkpoint = mw.FileEdit(label="Checkpoint", mode="r", filter="*.pt")
+        load = _button("Load checkpoint")
+        load.changed.connect(self.load_checkpoint)
+        self.device = mw.Label(label="Device", value="")
+        self.measure = mw.ComboBox(label="Priority measure", choices=list(MEASURES), value="least_confidence")
+        self.compute_btn = _button("Compute priority map")
+        self.compute_btn.changed.connect(self.compute_priority)
+        self._busy_buttons.append(self.compute_btn)
+        return mw.Container(widgets=[self.arch, self.patch_size, self.level, self.members, new, self.checkpoint, load,
+                                     self.device, self.measure, self.compute_btn])
+
+    def _suggest_tab(self) -> mw.Container:
+        self.method = mw.ComboBox(label="Method", choices=[(m.title, m.name) for m in METHODS.values()], value="adaptive")
+        self.options = mw.Container(labels=True)
+        self.method.changed.connect(self._rebuild_options)
+        self.method.changed.connect(self._refill_lists)
+        self.region_size = mw.FloatSpinBox(label="Region size l", value=512.0, min=1.0, max=1e6, step=64)
+        self.unit = mw.ComboBox(label="Unit", choices=list(_UNIT), value="µm")
+        self.k = mw.SpinBox(label="Regions k", value=5, min=1, max=1000)
+        self.seed = mw.SpinBox(label="Seed", value=0, min=0, max=2**31 - 1)
+        suggest = _button("Suggest")
+        suggest.changed.connect(self.suggest)
+        self.compare_methods = mw.Select(label="Compare", choices=list(METHODS),
+                                         value=["random", "standard", "standard_nonsquare", "adaptive"])
+        compare = _button("Compare methods")
+        compare.changed.connect(self.compare)
+        self.table = mw.Table(value={"method": [], "count": [], "area (mm²)": [], "tissue %": [], "mean priority": []})
+        self.proposal_list = QListWidget()
+        self.proposal_list.currentRowChanged.connect(self._go_to_proposal)
+        prev, nxt = _button("◀ Previous"), _button("Next ▶")
+        prev.changed.connect(lambda: self._step_proposal(-1))
+        nxt.changed.connect(lambda: self._step_proposal(1))
+        accept = _button("Accept region", "add the selected proposal to the labeled set and paint in it")
+        accept.changed.connect(self.accept_selected)
+        box = mw.Container(widgets=[self.method, self.options, self.region_size, self.unit, self.k, self.seed, suggest,
+                                    self.compare_methods, compare, self.table,
+                                    mw.Container(widgets=[prev, nxt], layout="horizontal", labels=False), accept])
+        box.native.layout().insertWidget(len(box) - 2, self.proposal_list)
+        self._rebuild_options()
+        return box
+
+    def _annotate_tab(self) -> mw.Container:
+        hint = mw.Label(value="Paint in an accepted region's labels layer; outside accepted regions "
+                              "nothing can be painted. Unpainted pixels of a region are background.")
+        hint.native.setWordWrap(True)
+        self.accepted_list = QListWidget()
+        self.accepted_list.currentRowChanged.connect(self._go_to_accepted)
+        self.retrain_btn = _button("Retrain", "fine-tune on all labels, then refresh the map and proposals")
+        self.retrain_btn.changed.connect(self.retrain)
+        self._busy_buttons.append(self.retrain_btn)
+        self.auto_retrain = mw.CheckBox(label="Auto-retrain", value=False)
+        self.auto_after = mw.SpinBox(label="after N accepted regions", value=3, min=1, max=100)
+        self.qupath_file = mw.FileEdit(label="QuPath GeoJSON", mode="w", filter="*.geojson *.json")
+        export, import_ = _button("Export to QuPath"), _button("Import from QuPath")
+        export.changed.connect(self.export_qupath)
+        import_.changed.connect(self.import_qupath)
+        box = mw.Container(widgets=[hint, self.retrain_btn, self.auto_retrain, self.auto_after, self.qupath_file,
+                                    mw.Container(widgets=[export, import_], layout="horizontal", labels=False)])
+        box.native.layout().insertWidget(1, self.accepted_list)
+        return box
+
+    def _correct_tab(self) -> mw.Container:
+        self.n_uncertain = mw.SpinBox(label="Patches N", value=10, min=1, max=500)
+        find = _button("Find uncertain patches", "the model's most uncertain patches, with its prediction shown")
+        find.changed.connect(self.find_uncertain)
+        self.uncertain_list = QListWidget()
+        self.uncertain_list.currentRowChanged.connect(lambda i: self._go_to(self._layer_regions("top_patches"), i))
+        correct = _button("Correct selected patch", "labels prefilled with the model's prediction, to correct")
+        correct.changed.connect(self.correct_selected)
+        box = mw.Container(widgets=[self.n_uncertain, find, correct])
+        box.native.layout().insertWidget(2, self.uncertain_list)
+        return box
+
+    # ------------------------------------------------------------------ plumbing
+    def _message(self, text: str, error: bool = False) -> None:
+        self.message.value = text
+        (show_error if error else show_info)(text)
+
+    def _set_busy(self, busy: bool) -> None:
+        self.cancel_btn.enabled = busy
+        for b in self._busy_buttons:
+            b.enabled = not busy
+
+    def _guard(self, fn, *args, **kwargs) -> Any:
+        """Run a quick project call; a bad input becomes a message, not a traceback."""
+        if self.project is None:
+            self._message("create or open a session first", True)
+            return None
+        try:
+            return fn(*args, **kwargs)
+        except (ValueError, KeyError, OSError) as exc:
+            self._message(str(exc), True)
+            return None
+
+    def _refresh_status(self) -> None:
+        p = self.project
+        if p is None:
+            self.status.value = ""
+            return
+        saved = time.strftime("%H:%M:%S")
+        self.status.value = (f"cycle {p.cycle} · annotated {p.annotated_pct():.2f}% of tissue · "
+                             f"{len(p.session.accepted)} accepted · autosaved {saved}")
+        self.device.value = p.device
+
+    @property
+    def current(self) -> str | None:
+        return self.slide.value or None
+
+    def _scale(self, name: str) -> float:
+        return slide_scale(self.project.slides[name])
+
+    # ------------------------------------------------------------------ session
+    def new_session(self) -> None:
+        folder = Path(self.folder.value)
+        classes = [c.strip() for c in self.classes.value.split(",") if c.strip()]
+        try:
+            project = AnnotationProject.create(folder, classes=classes, arch=self.arch.value, patch_size=self.patch_size.value,
+                                               level=self.level.value, members=self.members.value)
+        except (ValueError, OSError) as exc:
+            self._message(str(exc), True)
+            return
+        self._set_project(project)
+        self._message(f"new session in {folder}")
+
+    def open_session(self) -> None:
+        try:
+            project = AnnotationProject.open(Path(self.folder.value))
+        except (ValueError, OSError) as exc:
+            self._message(str(exc), True)
+            return
+        self._set_project(project)
+        for name in project.slides:
+            self._show_slide(name)
+            if name in project.maps:
+                self._show_priority(name)
+            for method in {r.method for r in project.proposals(name)}:
+                self._show_proposals(name, method)
+            self._show_accepted(name)
+            for r in project.session.accepted_on(name):
+                self._open_region_labels(r)
+        self._message(f"opened {project.folder}: {len(project.slides)} slide(s), cycle {project.cycle}")
+
+    def _set_project(self, project: AnnotationProject) -> None:
+        if self.project is not None:
+            self.project.close()
+        self.project = project
+        self.classes.value = ", ".join(project.classes)
+        spec = project.spec
+        self.arch.value, self.patch_size.value, self.level.value = spec.arch, spec.patch_size, spec.level
+        self.members.value = project.n_members
+        self.slide.choices = list(project.slides)
+        self._refresh_status()
+
+    def add_slide_file(self) -> None:
+        self._add_slide(Path(self.slide_file.value))
+
+    def add_slide_layer(self) -> None:
+        layer = self.viewer.layers.selection.active
+        path = getattr(layer, "metadata", {}).get("slide_path") if layer is not None else None
+        if not path:
+            self._message("select an image layer opened with the AL Regions reader", True)
+            return
+        self._add_slide(Path(path), layer=layer)
+
+    def _add_slide(self, path: Path, layer=None) -> None:
+        name = self._guard(self.project.add_slide if self.project else None, path)
+        if name is None:
+            return
+        if layer is not None:
+            layer.name = name
+        self.slide.choices = list(self.project.slides)
+        self.slide.value = name
+        self._show_slide(name)
+        self._refresh_status()
+        self._message(f"added {name}")
+
+    def _slide_changed(self, *_: Any) -> None:
+        self._refill_lists()
+
+    # ------------------------------------------------------------------ layers
+    def _layer(self, name: str):
+        return self.viewer.layers[name] if name in self.viewer.layers else None
+
+    def _show_slide(self, name: str) -> None:
+        if self._layer(name) is None:
+            data, kwargs, _ = slide_image_layer(self.project.slides[name])
+            kwargs["name"] = name
+            self.viewer.add_image(data, **kwargs)
+
+    def _show_priority(self, name: str) -> None:
+        rec = self.project.maps[name]
+        lname = f"{name} priority"
+        layer = self._layer(lname)
+        if layer is None:
+            kwargs = overlay_kwargs(self.project.slides[name], rec.stride)
+            cmap = Colormap(priority_colors(), name="alregions priority")
+            self.viewer.add_image(rec.priority, name=lname, colormap=cmap, opacity=0.7, contrast_limits=(0.0, 1.0),
+                                  metadata={"measure": rec.measure}, **kwargs)
+        else:
+            layer.data = rec.priority
+        self._layer(lname).metadata.update(measure=rec.measure, cycle=rec.cycle)
+
+    def _show_regions(self, name: str, lname: str, regions: list[Region], color=None) -> None:
+        old = self._layer(lname)
+        visible = old.visible if old is not None else True
+        if old is not None:
+            self.viewer.layers.remove(old)
+        data, kwargs, _ = regions_layer(regions, name=lname, slide=self.project.slides[name], color=color)
+        layer = self.viewer.add_shapes(data, **kwargs)
+        layer.visible = visible
+
+    def _show_proposals(self, name: str, method: str) -> None:
+        self._show_regions(name, f"{name} {method}", self.project.proposals(name, method))
+
+    def _show_accepted(self, name: str) -> None:
+        self._show_regions(name, f"{name} accepted", self.project.session.accepted_on(name), METHOD_COLORS["accepted"])
+
+    def _layer_regions(self, method: str) -> list[Region]:
+        layer = self._layer(f"{self.current} {method}") if self.current else None
+        return list(layer.metadata.get("regions", [])) if layer is not None else []
+
+    def _open_region_labels(self, region: Region) -> Any:
+        p = self.project
+        lname = f"{region.slide} labels {region.method} {region.uid[:8]}"
+        if lname in self._region_layers and lname in self.viewer.layers:
+            return self.viewer.layers[lname]
+        data, kwargs, _ = region_labels_layer(p.region_labels(region), p.label_box(region), factor=p.label_factor(region.slide),
+                                              name=lname, colors=p.colors, slide=p.slides[region.slide])
+        layer = self.viewer.add_labels(data, metadata={"region": region}, **kwargs)
+        layer.selected_label = len(p.classes)  # the last class (tumour) is what gets painted most
+        layer.events.paint.connect(lambda event, lname=lname: self._painted(lname))
+        self._region_layers[lname] = layer
+        return layer
+
+    def _painted(self, lname: str) -> None:
+        # napari reports a stroke before its pixels are stored: save on the next event-loop
+        # turn, batching the strokes of that moment (a crash loses at most this batch)
+        self._unsaved.add(lname)
+        self._autosave.start()
+
+    def flush_labels(self) -> None:
+        """Save the painted labels of every region layer changed since the last save."""
+        pending, self._unsaved = self._unsaved, set()
+        for lname in pending:
+            layer = self._region_layers.get(lname)
+            if layer is not None and self.project is not None:
+                self._guard(self.project.write_region_labels, layer.metadata["region"], layer.data)
+        if pending:
+            self._refresh_status()
+
+    # ------------------------------------------------------------------ navigation
+    def _refill_lists(self) -> None:
+        p, name = self.project, self.current
+        self.proposal_list.clear()
+        self.accepted_list.clear()
+        if p is None or name is None:
+            return
+        for r in self._layer_regions(self.method.value):
+            self.proposal_list.addItem(f"{r.method} #{r.rank + 1}  score {r.score:.3g}  ({r.w}×{r.h} px)")
+        for r in p.session.accepted_on(name):
+            self.accepted_list.addItem(f"{r.method or 'manual'}  ({r.x}, {r.y})  {r.w}×{r.h} px")
+
+    def _go_to(self, regions: list[Region], i: int) -> None:
+        if not 0 <= i < len(regions):
+            return
+        r, s = regions[i], self._scale(regions[i].slide)
+        self.viewer.scene.camera.center = ((r.y + r.h / 2) * s, (r.x + r.w / 2) * s)
+        canvas = getattr(self.viewer, "_canvas_size", (600, 800))
+        self.viewer.scene.camera.zoom = 0.8 * min(canvas[0] / (r.h * s), canvas[1] / (r.w * s))
+
+    def _go_to_proposal(self, i: int) -> None:
+        self._go_to(self._layer_regions(self.method.value), i)
+
+    def _go_to_accepted(self, i: int) -> None:
+        if self.project and self.current:
+            self._go_to(self.project.session.accepted_on(self.current), i)
+
+    def _step_proposal(self, delta: int) -> None:
+        n = self.proposal_list.count()
+        if n:
+            self.proposal_list.setCurrentRow((self.proposal_list.currentRow() + delta) % n)
+
+    # ------------------------------------------------------------------ model
+    def new_model(self) -> None:
+        if self._guard(self.project.new_model if self.project else None, arch=self.arch.value, patch_size=self.patch_size.value,
+                       level=self.level.value, members=self.members.value) is None and self.project is not None:
+            self._refresh_status()
+            self._message(f"new untrained {self.arch.value} model ({self.members.value} member(s))")
+
+    def load_checkpoint(self) -> None:
+        from ..model import CheckpointError
+
+        if self.project is None:
+            self._message("create or open a session first", True)
+            return
+        try:
+            self.project.load_model(Path(self.checkpoint.value))
+        except (CheckpointError, FileNotFoundError) as exc:
+            self._message(str(exc), True)
+            return
+        self._refresh_status()
+        self._message(f"loaded {Path(self.checkpoint.value).name}")
+
+    def compute_priority(self) -> None:
+        p, name = self.project, self.current
+        if p is None or name is None:
+            self._message("add a slide first", True)
+            return
+        measure = self.measure.value
+
+        def done(_: Any) -> None:
+            self._show_priority(name)
+            self._message(f"priority map ({measure}) for {name}")
+
+        self.runner.start(lambda cancel: p.iter_priority(name, measure=measure, cancel=cancel),
+                          desc="priority map", on_done=done)
+
+    # ------------------------------------------------------------------ suggest
+    def _rebuild_options(self, *_: Any) -> None:
+        self.options.clear()
+        for o in METHODS[self.method.value].options:
+            self.options.append(_option_widget(o.name, o.default, o.help))
+
+    def _method_options(self) -> dict[str, Any]:
+        out = {}
+        for w in self.options:
+            if isinstance(w, mw.LineEdit):
+                if w.value.strip():
+                    out.update([_parse_option(f"{w.name}={w.value.strip()}")])
+            else:
+                out[w.name] = w.value
+        return out
+
+    def _region_px(self, name: str) -> int:
+        p = self.project
+        return region_size_px(self.region_size.value, self.unit.value, mpp=p.slides[name].mpp, stride=p.stride)
+
+    def suggest(self) -> None:
+        name = self.current
+        if self.project is None or name is None:
+            self._message("add a slide first", True)
+            return
+        method = self.method.value
+        l_ = self._guard(self._region_px, name)
+        if l_ is None:
+            return
+        regions = self._guard(self.project.suggest, name, method, region_size=l_, k=self.k.value, seed=self.seed.value,
+                              **self._method_options())
+        if regions is None:
+            return
+        self._show_proposals(name, method)
+        self._refill_lists()
+        short = "" if len(regions) == self.k.value else f" (only {len(regions)} fit)"
+        self._message(f"{METHODS[method].title}: {len(regions)} region(s) of {l_} px{short}")
+
+    def compare(self) -> None:
+        name = self.current
+        if self.project is None or name is None:
+            self._message("add a slide first", True)
+            return
+        l_ = self._guard(self._region_px, name)
+        result = self._guard(self.project.compare, name, list(self.compare_methods.value), region_size=l_, k=self.k.value,
+                             seed=self.seed.value) if l_ else None
+        if result is None:
+            return
+        out, summaries, overlap = result
+        for m in out:
+            self._show_proposals(name, m)
+        mm2 = (self.project.slides[name].mpp or 0) ** 2 / 1e6
+        table = {"method": [s.method for s in summaries], "count": [s.count for s in summaries],
+                 "area (mm²)" if mm2 else "area (px²)": [round(s.area * mm2, 3) if mm2 else s.area for s in summaries],
+                 "tissue %": [round(s.tissue_pct, 2) for s in summaries],
+                 "mean priority": [round(s.mean_priority, 3) for s in summaries]}
+        for j, s in enumerate(summaries):
+            table[f"IoU {s.method}"] = [round(float(v), 3) for v in overlap[:, j]]
+        self.table.value = table
+        self._refill_lists()
+        self._message(f"compared {len(out)} methods on {name}")
+
+    def accept_selected(self) -> None:
+        regions = self._layer_regions(self.method.value)
+        i = self.proposal_list.currentRow()
+        if not 0 <= i < len(regions):
+            self._message("select a proposal in the list first", True)
+            return
+        self._accept(regions[i], "background")
+
+    def _accept(self, region: Region, prefill: str) -> None:
+        accepted = self._guard(self.project.accept, region, prefill=prefill)
+        if accepted is None:
+            return
+        name = accepted.slide
+        self._show_proposals(name, region.method)
+        self._show_accepted(name)
+        layer = self._open_region_labels(accepted)
+        self.viewer.layers.selection.active = layer
+        layer.mode = "paint"
+        self._refill_lists()
+        self._refresh_status()
+        self._message(f"accepted {region.method} #{region.rank + 1}: paint in layer '{layer.name}'")
+        if self.auto_retrain.value and self.project.pending_regions >= self.auto_after.value:
+            self.retrain()
+
+    # ------------------------------------------------------------------ retrain
+    def retrain(self) -> None:
+        p = self.project
+        if p is None:
+            self._message("create or open a session first", True)
+            return
+        t0 = time.perf_counter()
+
+        def done(summary: dict) -> None:
+            for name in p.slides:
+                if name in p.maps:
+                    self._show_priority(name)
+                for method in {r.method for r in p.proposals(name)}:
+                    self._show_proposals(name, method)
+            self._refill_lists()
+            self._refresh_status()
+            self._message(f"cycle {summary['cycle']}: trained on {summary['n_candidates']} patches, maps and proposals "
+                          f"refreshed in {time.perf_counter() - t0:.1f} s")
+
+        self.runner.start(lambda cancel: p.iter_retrain(cancel=cancel, measure=self.measure.value), desc="retrain",
+                          on_done=done)
+
+    # ------------------------------------------------------------------ correct (UGA)
+    def find_uncertain(self) -> None:
+        p, name = self.project, self.current
+        if p is None or name is None:
+            self._message("add a slide first", True)
+            return
+        regions = self._guard(p.suggest, name, "top_patches", region_size=p.stride, k=self.n_uncertain.value)
+        if regions is None:
+            return
+        self._show_prediction(name)
+        self._show_proposals(name, "top_patches")
+        self.uncertain_list.clear()
+        for r in regions:
+            self.uncertain_list.addItem(f"#{r.rank + 1}  uncertainty {r.score:.3f}  at ({r.x}, {r.y})")
+        self._message(f"{len(regions)} uncertain patch(es); select one and correct the prediction")
+
+    def _show_prediction(self, name: str) -> None:
+        prob = self.project.prediction(name)[..., -1]
+        lname = f"{name} prediction"
+        layer = self._layer(lname)
+        if layer is None:
+            self.viewer.add_image(np.nan_to_num(prob), name=lname, colormap="red", opacity=0.4, contrast_limits=(0.0, 1.0),
+                                  blending="additive", **overlay_kwargs(self.project.slides[name], self.project.stride))
+        else:
+            layer.data = np.nan_to_num(prob)
+
+    def correct_selected(self) -> None:
+        regions = self._layer_regions("top_patches")
+        i = self.uncertain_list.currentRow()
+        if not 0 <= i < len(regions):
+            self._message("select an uncertain patch first", True)
+            return
+        self._accept(regions[i], "prediction")
+
+    # ------------------------------------------------------------------ QuPath
+    def export_qupath(self) -> None:
+        name = self.current
+        if self.project is None or name is None:
+            self._message("add a slide first", True)
+            return
+        path = self._guard(self.project.export_qupath, Path(self.qupath_file.value), name)
+        if path is not None:
+            self._message(f"exported regions and labels of {name} to {path}")
+
+    def import_qupath(self) -> None:
+        name = self.current
+        if self.project is None or name is None:
+            self._message("add a slide first", True)
+            return
+        counts = self._guard(self.project.import_qupath, Path(self.qupath_file.value), name)
+        if counts is None:
+            return
+        self._show_accepted(name)
+        for r in self.project.session.accepted_on(name):
+            layer = self._open_region_labels(r)
+            layer.data = self.project.region_labels(r)
+        self._refill_lists()
+        self._refresh_status()
+        self._message(f"imported {counts['regions']} region(s) and {counts['labeled_annotations']} labeled annotation(s)")

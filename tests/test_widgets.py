@@ -1,0 +1,239 @@
+"""The AL Regions dock widget in a real napari viewer (under Xvfb): click what a user clicks."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.gui
+
+FAST = {"initial_steps": 12, "fine_tune_steps": 8, "patches_per_slide": 64}
+
+
+def _click(widget, text: str) -> None:
+    from qtpy.QtWidgets import QPushButton
+
+    buttons = [b for b in widget.findChildren(QPushButton) if b.text() == text]
+    assert len(buttons) == 1, f"no single button {text!r}"
+    assert buttons[0].isEnabled(), f"button {text!r} is disabled"
+    buttons[0].click()
+
+
+def _wait(qtbot, w, timeout=120_000) -> None:
+    qtbot.waitUntil(lambda: not w.runner.busy, timeout=timeout)
+
+
+def _start(make_napari_viewer, tmp_path, small_pool, *, name="sess"):
+    from napari_alregions._widgets import ALRegionsWidget
+
+    folder, manifest = small_pool
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1400, 900)
+    w = ALRegionsWidget(viewer)
+    viewer.window.add_dock_widget(w, name="AL Regions")
+    w.folder.value = str(tmp_path / name)
+    w.patch_size.value = 32
+    w.level.value = 1
+    _click(w, "New session")
+    assert w.project is not None, w.message.value
+    w.project.session.params["training"] = dict(FAST)
+    w.slide_file.value = str(folder / manifest["slides"][0]["image"])
+    _click(w, "Add slide")
+    return viewer, w, w.current
+
+
+def _compute(qtbot, w):
+    _click(w, "Compute priority map")
+    _wait(qtbot, w)
+
+
+def test_loop_in_viewer_suggest_accept_paint_retrain_reopen(make_napari_viewer, qtbot, tmp_path, small_pool, artifacts_dir):
+    from napari_alregions.selection import METHODS
+    from napari_alregions.session import Session
+
+    viewer, w, slide = _start(make_napari_viewer, tmp_path, small_pool)
+    assert slide in viewer.layers and viewer.layers[slide].multiscale
+    _compute(qtbot, w)
+    prio = viewer.layers[f"{slide} priority"]
+    stride = w.project.stride
+    # the coarse overlay lines up with level 0 (µm units: mpp 0.5)
+    np.testing.assert_allclose(prio.scale, [stride * 0.5] * 2)
+    np.testing.assert_allclose(prio.translate, [(stride - 1) / 2 * 0.5] * 2)
+    np.testing.assert_array_equal(prio.data, w.project.maps[slide].priority)
+
+    w.region_size.value, w.unit.value, w.k.value = 4 * stride, "px", 3
+    for method in METHODS:
+        w.method.value = method
+        _click(w, "Suggest")
+        layer = viewer.layers[f"{slide} {method}"]
+        assert layer.nshapes >= 1, (method, w.message.value)
+        assert set(layer.features.columns) >= {"method", "score", "rank", "cycle"}
+        assert (layer.features["method"] == method).all() and list(layer.features["rank"]) == list(range(1, layer.nshapes + 1))
+        corners = layer.data[0]
+        assert corners.shape == (4, 2)
+
+    w.method.value = "adaptive"
+    w.proposal_list.setCurrentRow(0)
+    region = w._layer_regions("adaptive")[0]
+    # the list jumps the camera to the region
+    np.testing.assert_allclose(viewer.scene.camera.center[-2:], [(region.y + region.h / 2) * 0.5, (region.x + region.w / 2) * 0.5])
+    _click(w, "Accept region")
+    labels = [lay for lay in viewer.layers if lay.name.startswith(f"{slide} labels adaptive")]
+    assert len(labels) == 1
+    lab = labels[0]
+    assert (lab.data == 1).all()  # accepted: background until painted
+    # paint a tumour stroke in the middle of the region, like a brush click
+    lab.brush_size = 6
+    cy, cx = lab.data.shape[0] // 2, lab.data.shape[1] // 2
+    lab.paint((cy, cx), 2)
+    assert (lab.data == 2).any()
+    qtbot.waitUntil(lambda: not w._unsaved, timeout=5000)
+    on_disk = Session.open(w.project.folder).labels(slide)
+    y0, x0, y1, x1 = w.project.label_box(region)
+    np.testing.assert_array_equal(on_disk[y0:y1, x0:x1], lab.data)  # autosaved per stroke
+    assert "annotated" in w.status.value
+
+    before = prio.data.copy()
+    _click(w, "Retrain")
+    assert w.runner.busy
+    _wait(qtbot, w)
+    assert w.project.cycle == 1, w.message.value
+    assert not np.array_equal(viewer.layers[f"{slide} priority"].data, before)
+    assert (w.project.folder / w.project.session.checkpoints[0]).is_file()
+    assert set(viewer.layers[f"{slide} adaptive"].features["cycle"]) == {1}
+    viewer.reset_view()
+    shot = viewer.screenshot(canvas_only=True, flash=False)
+    assert shot.std() > 5  # something is drawn
+    from skimage.io import imsave
+
+    imsave(artifacts_dir / "widget_loop.png", shot, check_contrast=False)
+
+    # reopen the session in a fresh viewer: layers, regions, labels and model come back
+    from napari_alregions._widgets import ALRegionsWidget
+
+    viewer2 = make_napari_viewer(show=True)
+    w2 = ALRegionsWidget(viewer2)
+    viewer2.window.add_dock_widget(w2)
+    w2.folder.value = str(w.project.folder)
+    _click(w2, "Open session")
+    assert w2.project.cycle == 1 and w2.project.trained
+    names = [lay.name for lay in viewer2.layers]
+    assert slide in names and f"{slide} priority" in names and f"{slide} accepted" in names
+    relab = [lay for lay in viewer2.layers if lay.name.startswith(f"{slide} labels adaptive")]
+    np.testing.assert_array_equal(relab[0].data, lab.data)
+
+
+def test_cancel_and_close_during_retrain_change_nothing(make_napari_viewer, qtbot, tmp_path, small_pool):
+    viewer, w, slide = _start(make_napari_viewer, tmp_path, small_pool)
+    w.region_size.value, w.unit.value, w.k.value = 4 * w.project.stride, "px", 1
+    w.method.value = "random"
+    _click(w, "Suggest")
+    w.proposal_list.setCurrentRow(0)
+    _click(w, "Accept region")
+    w.project.session.params["training"] = {"initial_steps": 100_000, "initial_epochs": 1000}
+    _click(w, "Retrain")
+    qtbot.wait(300)
+    assert w.runner.busy
+    _click(w, "Cancel")
+    _wait(qtbot, w)
+    assert "cancelled" in w.message.value and w.project.cycle == 0 and not w.project.trained
+    # closing the viewer while a worker runs: the worker stops, the session stays as saved
+    _click(w, "Retrain")
+    qtbot.wait(300)
+    folder = w.project.folder
+    viewer.close()
+    from napari_alregions.project import AnnotationProject
+
+    back = AnnotationProject.open(folder)
+    assert back.cycle == 0 and len(back.session.accepted) == 1
+    back.close()
+
+
+def test_bad_input_gives_messages_and_loses_nothing(make_napari_viewer, qtbot, tmp_path, small_pool):
+    viewer, w, slide = _start(make_napari_viewer, tmp_path, small_pool)
+    _click(w, "Retrain")
+    _wait(qtbot, w)
+    assert "no labels to train on" in w.message.value
+    w.method.value = "standard"
+    w.region_size.value, w.unit.value = 256, "px"
+    _click(w, "Suggest")
+    assert "needs a priority map" in w.message.value
+    # a malformed GeoJSON: an error message, nothing imported
+    bad = tmp_path / "bad.geojson"
+    bad.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [[[0, 0], ["x", 1]]]}}]}))
+    w.qupath_file.value = str(bad)
+    _click(w, "Import from QuPath")
+    assert "bad.geojson" in w.message.value and not w.project.session.accepted
+    # a checkpoint for other classes
+    from napari_alregions.model import ModelSpec, save_checkpoint
+
+    spec = ModelSpec(classes=("a", "b", "c"), patch_size=32, level=1)
+    w.checkpoint.value = str(save_checkpoint(tmp_path / "other.pt", spec.build(), spec))
+    _click(w, "Load checkpoint")
+    assert "predicts" in w.message.value and not w.project.trained
+    # painting outside the accepted region does not reach the labels
+    w.method.value = "random"
+    _click(w, "Suggest")
+    w.proposal_list.setCurrentRow(0)
+    _click(w, "Accept region")
+    lab = next(lay for lay in viewer.layers if " labels " in lay.name)
+    before = w.project.session.labels(slide).copy()
+    lab.paint((-50, -50), 2)  # a click far outside the region's extent
+    np.testing.assert_array_equal(w.project.session.labels(slide), before)
+
+
+def test_slide_without_mpp_needs_px(make_napari_viewer, qtbot, tmp_path, small_pool):
+    from tests.helpers import downsample2, smooth_rgb, write_pyramid
+
+    viewer, w, _ = _start(make_napari_viewer, tmp_path, small_pool)
+    img = smooth_rgb(512, 512)
+    path = tmp_path / "nompp.tif"
+    write_pyramid(path, [img, downsample2(img)])
+    w.slide_file.value = str(path)
+    _click(w, "Add slide")
+    assert w.current == "nompp.tif"
+    w.method.value, w.unit.value = "random", "µm"
+    _click(w, "Suggest")
+    assert "no pixel size" in w.message.value
+    w.unit.value = "px"
+    _click(w, "Suggest")
+    assert viewer.layers["nompp.tif random"].nshapes >= 1
+
+
+def test_qupath_round_trip_through_the_widget(make_napari_viewer, qtbot, tmp_path, small_pool):
+    viewer, w, slide = _start(make_napari_viewer, tmp_path, small_pool)
+    w.method.value, w.unit.value, w.region_size.value, w.k.value = "random", "px", 256, 2
+    _click(w, "Suggest")
+    for i in range(2):
+        w.proposal_list.setCurrentRow(0)
+        _click(w, "Accept region")
+    lab = [lay for lay in viewer.layers if " labels " in lay.name]
+    lab[0].paint((20, 20), 2)
+    w.flush_labels()
+    out = tmp_path / "export.geojson"
+    w.qupath_file.value = str(out)
+    _click(w, "Export to QuPath")
+    assert out.is_file(), w.message.value
+    viewer2, w2, slide2 = _start(make_napari_viewer, tmp_path, small_pool, name="sess2")
+    w2.qupath_file.value = str(out)
+    _click(w2, "Import from QuPath")
+    np.testing.assert_array_equal(w2.project.session.labels(slide2), w.project.session.labels(slide))
+    assert len([lay for lay in viewer2.layers if " labels " in lay.name]) == 2
+
+
+def test_correct_uncertain_patches_prefills_prediction(make_napari_viewer, qtbot, tmp_path, small_pool):
+    viewer, w, slide = _start(make_napari_viewer, tmp_path, small_pool)
+    _compute(qtbot, w)
+    w.n_uncertain.value = 4
+    _click(w, "Find uncertain patches")
+    assert f"{slide} prediction" in viewer.layers and w.uncertain_list.count() >= 1
+    w.uncertain_list.setCurrentRow(0)
+    _click(w, "Correct selected patch")
+    lab = next(lay for lay in viewer.layers if lay.name.startswith(f"{slide} labels top_patches"))
+    region = lab.metadata["region"]
+    prob = w.project.prediction(slide)
+    r, c = region.y // w.project.stride, region.x // w.project.stride
+    assert (lab.data == int(np.argmax(prob[r, c])) + 1).all()  # one map cell: the model's class
