@@ -22,7 +22,7 @@ def _click(widget, text: str) -> None:
 
 
 def _wait(qtbot, w, timeout=120_000) -> None:
-    qtbot.waitUntil(lambda: not w.runner.busy, timeout=timeout)
+    qtbot.waitUntil(lambda: not w.busy, timeout=timeout)
 
 
 def _start(make_napari_viewer, tmp_path, small_pool, *, name="sess"):

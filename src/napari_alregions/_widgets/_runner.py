@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Generator
 from typing import Any
 
@@ -47,6 +48,7 @@ class TaskRunner:
         self._cancel = threading.Event()
         self.worker = None
         self._bar: progress | None = None
+        self._last_update = 0.0
 
     @property
     def busy(self) -> bool:
@@ -99,6 +101,10 @@ class TaskRunner:
         bar = self._bar  # updating the bar may run queued slots, _finished among them
         if bar is None or not isinstance(rec, dict):
             return
+        now = time.monotonic()
+        if now - self._last_update < 0.1:  # repainting per batch would slow the task down
+            return
+        self._last_update = now
         total = rec.get("total")
         done = rec.get("done", rec.get("step"))
         if total:

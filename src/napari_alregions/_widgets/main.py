@@ -58,6 +58,7 @@ class ALRegionsWidget(QWidget):
         self._region_layers: dict[str, Any] = {}
         self._busy_buttons: list[mw.PushButton] = []
         self._unsaved: set[str] = set()
+        self._redrawing = False
         self._autosave = QTimer(self)
         self._autosave.setSingleShot(True)
         self._autosave.setInterval(250)
@@ -313,13 +314,21 @@ class ALRegionsWidget(QWidget):
         self._layer(lname).metadata.update(measure=rec.measure, cycle=rec.cycle)
 
     def _show_regions(self, name: str, lname: str, regions: list[Region], color=None) -> None:
-        old = self._layer(lname)
-        visible = old.visible if old is not None else True
-        if old is not None:
-            self.viewer.layers.remove(old)
         data, kwargs, _ = regions_layer(regions, name=lname, slide=self.project.slides[name], color=color)
-        layer = self.viewer.add_shapes(data, **kwargs)
-        layer.visible = visible
+        layer = self._layer(lname)
+        if layer is not None and layer.nshapes and data:
+            # update in place: re-creating a Shapes layer with text stalls the viewer ~0.5 s
+            with layer.events.blocker_all():
+                layer.data = [(d, "rectangle") for d in data]
+            layer.features = kwargs["features"]
+            layer.edge_color = kwargs["edge_color"]
+            layer.edge_width = kwargs["edge_width"]
+            layer.metadata["regions"] = kwargs["metadata"]["regions"]
+            layer.refresh()
+            return
+        if layer is not None:
+            self.viewer.layers.remove(layer)
+        self.viewer.add_shapes(data, **kwargs)
 
     def _show_proposals(self, name: str, method: str) -> None:
         self._show_regions(name, f"{name} {method}", self.project.proposals(name, method))
@@ -522,18 +531,31 @@ class ALRegionsWidget(QWidget):
         t0 = time.perf_counter()
 
         def done(summary: dict) -> None:
+            # one layer per event-loop turn, so the viewer keeps responding while they redraw
+            steps = []
             for name in p.slides:
                 if name in p.maps:
-                    self._show_priority(name)
-                for method in {r.method for r in p.proposals(name)}:
-                    self._show_proposals(name, method)
-            self._refill_lists()
-            self._refresh_status()
-            self._message(f"cycle {summary['cycle']}: trained on {summary['n_candidates']} patches, maps and proposals "
-                          f"refreshed in {time.perf_counter() - t0:.1f} s")
+                    steps.append(lambda name=name: self._show_priority(name))
+                steps += [lambda name=name, m=m: self._show_proposals(name, m) for m in sorted({r.method for r in p.proposals(name)})]
+            steps += [self._refill_lists, self._refresh_status,
+                      lambda: self._message(f"cycle {summary['cycle']}: trained on {summary['n_candidates']} patches, maps and "
+                                            f"proposals refreshed in {time.perf_counter() - t0:.1f} s")]
+            self._run_steps(steps)
 
         self.runner.start(lambda cancel: p.iter_retrain(cancel=cancel, measure=self.measure.value), desc="retrain",
                           on_done=done)
+
+    def _run_steps(self, steps: list) -> None:
+        self._redrawing = bool(steps)
+        if not steps:
+            return
+        steps[0]()
+        QTimer.singleShot(0, lambda: self._run_steps(steps[1:]))
+
+    @property
+    def busy(self) -> bool:
+        """A task runs or its results are still being drawn."""
+        return self.runner.busy or self._redrawing
 
     # ------------------------------------------------------------------ correct (UGA)
     def find_uncertain(self) -> None:
