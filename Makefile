@@ -33,7 +33,8 @@ demo: setup
 test: setup-test sysdeps
 	$(BIN)/python -m pytest
 
-bench: setup
+bench: setup-test
 	$(BIN)/python benchmarks/bench_io.py
 	$(BIN)/python benchmarks/bench_selection.py
 	$(BIN)/python benchmarks/bench_inference.py
+	$(BIN)/python benchmarks/bench_ui.py

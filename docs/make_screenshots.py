@@ -1,0 +1,79 @@
+"""Take the user guide's screenshots from a real viewer on the demo slide.
+
+Run: ``python docs/make_screenshots.py`` (starts Xvfb when there is no display; a few
+minutes on a 2-core CPU). Writes ``docs/images/*.png``.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE.parent / "benchmarks"))
+from _viewer import click, demo_viewer, ensure_display, paint_truth, wait_idle  # noqa: E402
+
+
+def shot(viewer, name: str, *, canvas_only: bool = False) -> None:
+    from skimage.io import imsave
+
+    from qtpy.QtWidgets import QApplication
+
+    for _ in range(10):
+        QApplication.processEvents()
+    img = viewer.screenshot(canvas_only=canvas_only, flash=False)
+    out = HERE / "images" / f"{name}.png"
+    out.parent.mkdir(exist_ok=True)
+    imsave(out, img, check_contrast=False)
+    print(f"wrote {out.relative_to(HERE.parent)} {img.shape[1]}x{img.shape[0]}")
+
+
+def main() -> int:
+    display = ensure_display()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            viewer, w, folder, manifest = demo_viewer(Path(tmp) / "session")
+            slide = w.current
+            viewer.layers[slide].visible = True
+            click(w, "Compute priority map")
+            wait_idle(w)
+            w.method.value, w.unit.value, w.region_size.value, w.k.value = "random", "µm", 512, 3
+            click(w, "Suggest")
+            for _ in range(3):
+                w.proposal_list.setCurrentRow(0)
+                click(w, "Accept region")
+                paint_truth(w, folder, manifest, viewer.layers.selection.active)
+            click(w, "Retrain")
+            wait_idle(w)
+            w.tabs.setCurrentIndex(2)
+            w.region_size.value = 256
+            w.compare_methods.value = ["standard", "standard_nonsquare", "adaptive"]
+            click(w, "Compare methods")
+            viewer.layers[f"{slide} random"].visible = False
+            viewer.reset_view()
+            shot(viewer, "compare")
+            w.method.value = "adaptive"
+            w.proposal_list.setCurrentRow(0)
+            click(w, "Accept region")
+            layer = viewer.layers.selection.active
+            paint_truth(w, folder, manifest, layer)
+            w.tabs.setCurrentIndex(3)
+            shot(viewer, "annotate")
+            w.tabs.setCurrentIndex(4)
+            w.n_uncertain.value = 6
+            click(w, "Find uncertain patches")
+            viewer.layers[f"{slide} priority"].visible = False
+            for m in ("standard", "standard_nonsquare", "adaptive"):
+                viewer.layers[f"{slide} {m}"].visible = False
+            viewer.reset_view()
+            shot(viewer, "correct")
+            viewer.close()
+    finally:
+        if display is not None:
+            display.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
