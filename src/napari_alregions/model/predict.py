@@ -22,7 +22,7 @@ from .checkpoint import ModelSpec
 from .data import normalise
 from .device import autocast, pick_device
 
-__all__ = ["InferenceCancelled", "predict_probability_map"]
+__all__ = ["InferenceCancelled", "map_patches", "predict_probability_map"]
 
 _DONE = object()
 
@@ -149,6 +149,41 @@ def predict_probability_map(
         ``H, W = slide.map_shape(stride)``; NaN outside tissue.
     """
     models = list(model) if isinstance(model, (list, tuple)) else [model]
+    out = map_patches(
+        slide, models, spec, head=lambda m, x: torch.softmax(m(x).float(), dim=1), n_out=len(spec.classes),
+        stride=stride, batch_size=batch_size, tissue=tissue, device=device, workers=workers, prefetch=prefetch,
+        block=block, progress=progress, cancel=cancel, gpu_decode=gpu_decode,
+    )
+    return out if len(models) > 1 else out[0]
+
+
+def map_patches(
+    slide: Slide,
+    models: Sequence[nn.Module],
+    spec,
+    *,
+    head: Callable[[nn.Module, torch.Tensor], torch.Tensor],
+    n_out: int,
+    stride: int,
+    batch_size: int = 128,
+    tissue: np.ndarray | None = None,
+    device: str | torch.device | None = None,
+    workers: int | None = None,
+    prefetch: int = 8,
+    block: int = 8,
+    progress: Callable[[int, int], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+    gpu_decode: bool | None = None,
+) -> np.ndarray:
+    """Stream the map grid's patches through ``head(model, x)`` for every model.
+
+    The engine behind :func:`predict_probability_map` (head: softmax of the logits) and
+    :func:`napari_alregions.embed.embed_slide` (head: normalised features). ``spec`` gives
+    ``level``, ``patch_size``, ``mean`` and ``std``; ``head`` returns (N, ``n_out``).
+    Returns (E, H, W, n_out) float32, NaN outside tissue. Other parameters as for
+    :func:`predict_probability_map`.
+    """
+    models = list(models)
     if not models:
         raise ValueError("model must be a module or a non-empty sequence of modules")
     level = spec.level
@@ -160,8 +195,7 @@ def predict_probability_map(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     h, w = slide.map_shape(stride)
-    n_classes = len(spec.classes)
-    out = np.full((len(models), h, w, n_classes), np.nan, dtype=np.float32)
+    out = np.full((len(models), h, w, n_out), np.nan, dtype=np.float32)
     if tissue is None:
         tissue = slide.tissue_map(stride)
     tissue = np.asarray(tissue, dtype=bool)
@@ -169,7 +203,7 @@ def predict_probability_map(
         raise ValueError(f"tissue must have the map shape {(h, w)}, got {tissue.shape}")
     total = int(tissue.sum())
     if total == 0:
-        return out if len(models) > 1 else out[0]
+        return out
     dev = pick_device(device)
     if workers is None:
         workers = 2 if dev.type == "cpu" else max(2, min(8, (os.cpu_count() or 2) - 1))
@@ -239,7 +273,7 @@ def predict_probability_map(
                     xt = t.to(dev, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
                 xt = normalise(xt, spec.mean, spec.std)
                 with torch.no_grad(), autocast(dev):
-                    probs = [torch.softmax(m(xt).float(), dim=1).cpu().numpy() for m in models]
+                    probs = [head(m, xt).float().cpu().numpy() for m in models]
             except torch.OutOfMemoryError:
                 if batch_size == 1:
                     raise
@@ -300,4 +334,4 @@ def predict_probability_map(
                 pass
             for t in threads:
                 t.join(timeout=0.01)
-    return out if len(models) > 1 else out[0]
+    return out
