@@ -258,3 +258,50 @@ def test_malformed_geojson_changes_nothing(tmp_path, small_pool):
         p.import_qupath(bad, slide)
     assert not p.session.accepted and not p.session.labels(slide).any()
     p.close()
+
+
+def test_prototype_similarity_and_pool_methods(tmp_path, small_pool):
+    from napari_alregions.embed import embed_patches
+    from napari_alregions.model import read_patches
+    from napari_alregions.prototypes import PrototypeSet, save_prototypes
+
+    p, slide, truth = _project(tmp_path, small_pool)
+    folder, manifest = small_pool
+    p.add_slide(folder / manifest["slides"][1]["image"], group="centre-b")
+    p.session.slides[slide].group = "centre-a"
+    emb = run(p.iter_embed(slide))
+    assert emb.shape[:2] == p.slides[slide].map_shape(p.stride)
+    assert (p.folder / "embeddings" / f"{slide}.npy").is_file()
+    # prototypes: the encoder's own embedding of one patch of the slide -> similarity 1 there
+    r, c = np.argwhere(np.isfinite(emb).all(-1))[5]
+    s = p.stride
+    centre = np.array([[(r * s + s // 2) // 2, (c * s + s // 2) // 2]])  # level-1 px
+    patch = read_patches(p.slides[slide], centre, level=1, patch_size=32)
+    protos = PrototypeSet({"tumour": embed_patches(patch, p.encoder())}, {"source": "test"})
+    p.set_prototypes(save_prototypes(tmp_path / "protos.npz", protos))
+    sim = run(p.iter_similarity(slide))
+    assert sim[r, c] == pytest.approx(1.0, abs=1e-4) and sim.argmax() == r * sim.shape[1] + c
+    regions = p.suggest(slide, "prototype", region_size=s, k=1, base="standard")
+    assert (regions[0].y // s, regions[0].x // s) == (r, c)
+    back = AnnotationProject.open(p.folder)
+    assert back.prototypes is not None and slide in back.embeddings
+    # wrong dimension: a clear error
+    p.set_prototypes(save_prototypes(tmp_path / "bad.npz", PrototypeSet({"tumour": np.ones((2, 3))})))
+    with pytest.raises(ValueError, match="dimension"):
+        run(p.iter_similarity(slide))
+    # diversity over the pool, and UGA top patches per group
+    for name in p.slides:
+        run(p.iter_priority(name))
+    chosen = p.suggest_pool_diversity(region_size=4 * s, n_per_slide=2)
+    assert all(len(v) == 2 for v in chosen.values())
+    with pytest.raises(ValueError):
+        p.suggest_pool_diversity(region_size=4 * s, n_per_slide=1000)
+    by_group = p.uncertain_by_group(n=3)
+    assert set(by_group) == {"centre-a", "centre-b"}
+    for group, regs in by_group.items():
+        names = {n for n, e in p.session.slides.items() if e.group == group}
+        assert {r.slide for r in regs} <= names and len(regs) == 3
+        scores = [r.score for r in regs]
+        assert scores == sorted(scores, reverse=True)
+    back.close()
+    p.close()

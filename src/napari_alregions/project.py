@@ -44,6 +44,8 @@ __all__ = ["AnnotationProject", "MapRecord", "region_size_px", "run"]
 #: Default class colours (RGB) for the first classes: background grey, tumour red.
 DEFAULT_COLORS = [(160, 160, 160), (220, 30, 30), (40, 160, 40), (30, 90, 220), (230, 160, 0), (150, 0, 200)]
 MAPS_DIR = "maps"
+EMBED_DIR = "embeddings"
+PROTOTYPES_FILE = "prototypes.npz"
 
 
 @dataclass
@@ -96,7 +98,9 @@ class AnnotationProject:
         self.session = session
         self.slides: dict[str, Slide] = {}
         self.maps: dict[str, MapRecord] = {}
-        self.embeddings: dict[str, np.ndarray] = {}
+        self.embeddings: dict[str, np.ndarray] = {}  # (H, W, D) per slide, cached in embeddings/
+        self.similarity: dict[str, np.ndarray] = {}  # prototype similarity maps
+        self.prototypes = None  # PrototypeSet
         self.models: list = []
         self.spec = None
         self._tissue_labels: dict[str, np.ndarray] = {}
@@ -149,6 +153,13 @@ class AnnotationProject:
             record = _load_map(session.folder / MAPS_DIR / f"{name}.npz")
             if record is not None:
                 project.maps[name] = record
+            emb = session.folder / EMBED_DIR / f"{name}.npy"
+            if emb.is_file():
+                project.embeddings[name] = np.load(emb, allow_pickle=False)
+        if (session.folder / PROTOTYPES_FILE).is_file():
+            from .prototypes import load_prototypes
+
+            project.prototypes = load_prototypes(session.folder / PROTOTYPES_FILE)
         return project
 
     # -- properties ------------------------------------------------------------------------
@@ -346,6 +357,57 @@ class AnnotationProject:
             raise ValueError(f"no prediction for {slide!r} yet: compute a priority map first")
         return self.maps[slide].probabilities.mean(axis=0)
 
+    def encoder(self):
+        """The default patch encoder: the current classifier's penultimate layer."""
+        from .embed import load_encoder
+
+        return load_encoder(self.models[0], spec=self.spec)
+
+    def iter_embed(self, slide: str, *, encoder=None, cancel: Callable[[], bool] | None = None) -> Generator[dict, None, np.ndarray]:
+        """Patch embeddings of a slide on the map grid (cached in the session); yields progress."""
+        from .embed import embed_slide
+
+        s = self._slide(slide)
+        encoder = encoder or self.encoder()
+        gen = iter_progress(embed_slide, s, encoder, stride=self.stride, tissue=s.tissue_map(self.stride), cancel=cancel)
+        emb = yield from relay(gen, lambda dt: {"phase": "embed", "slide": slide, "done": dt[0], "total": dt[1]})
+        self.embeddings[slide] = emb
+        path = self.folder / EMBED_DIR / f"{slide}.npy"
+        path.parent.mkdir(exist_ok=True)
+        tmp = path.with_name(f".{path.stem}.part.npy")
+        np.save(tmp, emb)
+        os.replace(tmp, path)
+        self.similarity.pop(slide, None)
+        return emb
+
+    def set_prototypes(self, path: str | os.PathLike[str]) -> None:
+        """Use a prototype set (copied into the session as ``prototypes.npz``)."""
+        import shutil
+
+        from .prototypes import load_prototypes
+
+        protos = load_prototypes(path)
+        target = self.folder / PROTOTYPES_FILE
+        if Path(path).resolve() != target.resolve():
+            tmp = target.with_name(f".{target.stem}.part.npz")
+            shutil.copyfile(path, tmp)
+            os.replace(tmp, target)
+        self.prototypes = protos
+        self.similarity.clear()
+
+    def iter_similarity(self, slide: str, *, cls: str | None = None,
+                        cancel: Callable[[], bool] | None = None) -> Generator[dict, None, np.ndarray]:
+        """Max cosine similarity to the prototypes (embeds the slide first if needed)."""
+        from .embed import similarity_map
+
+        if self.prototypes is None:
+            raise ValueError("load a prototype set first")
+        if slide not in self.embeddings:
+            yield from self.iter_embed(slide, cancel=cancel)
+        sim = similarity_map(self.embeddings[slide], self.prototypes.of(cls))
+        self.similarity[slide] = sim * self._slide(slide).tissue_map(self.stride)
+        return self.similarity[slide]
+
     # -- proposals ------------------------------------------------------------------------
     def suggest(self, slide: str, method: str, *, region_size: int, k: int, seed: int | None = 0,
                 **options: Any) -> list[Region]:
@@ -356,6 +418,10 @@ class AnnotationProject:
         tissue = s.tissue_map(self.stride)
         if method == "random":
             priority = np.zeros(tissue.shape, np.float32)
+        elif method == "prototype":
+            if slide not in self.similarity:
+                raise ValueError("prototype selection needs a similarity map: load prototypes and compute it first")
+            priority = self.similarity[slide]
         elif slide in self.maps:
             priority = self.maps[slide].priority
         else:
@@ -396,6 +462,41 @@ class AnnotationProject:
         if slide not in self.maps:
             raise ValueError("this method needs patch features: compute a priority map or embeddings first")
         return self.prediction(slide)
+
+    def suggest_pool_diversity(self, *, region_size: int, n_per_slide: int, seed: int | None = 0) -> dict[str, list[Region]]:
+        """Diversity over all slides: k-means of region embeddings into N·n clusters."""
+        from .selection import diversity_pool
+        from .selection.diversity import region_embeddings
+
+        names = list(self.slides)
+        if not names:
+            raise ValueError("add slides first")
+        size = region_size // self.stride
+        # one kind of feature for the whole pool: embeddings when every slide has them
+        cells = [self.embeddings[n] for n in names] if all(n in self.embeddings for n in names) else [self.prediction(n) for n in names]
+        emb = [region_embeddings(c, size=size) for c in cells]
+        chosen = diversity_pool(emb, stride=self.stride, region_size=region_size, n_per_slide=n_per_slide,
+                                tissue=[self.slides[n].tissue_map(self.stride) for n in names],
+                                annotated=[self.session.accepted_on(n) for n in names], rng=seed, slide_names=names)
+        out = {}
+        for n, regions in zip(names, chosen):
+            regions = [r.with_(slide=n, cycle=self.cycle, method="diversity") for r in regions]
+            out[n] = self.session.propose(regions) if regions else []
+        self.session.save()
+        return out
+
+    def uncertain_by_group(self, *, n: int, region_size: int | None = None) -> dict[str, list[Region]]:
+        """UGA: the n most uncertain patches of each slide group (``SlideEntry.group``)."""
+        from .selection.top_patches import top_patches_by_group
+
+        missing = [s for s in self.slides if s not in self.maps]
+        if missing:
+            raise ValueError(f"compute priority maps first (missing: {', '.join(missing)})")
+        return top_patches_by_group(
+            {s: self.maps[s].priority for s in self.slides}, {s: e.group for s, e in self.session.slides.items()},
+            stride=self.stride, region_size=region_size or self.stride, n=n,
+            tissue={s: self.slides[s].tissue_map(self.stride) for s in self.slides},
+            annotated={s: self.session.accepted_on(s) for s in self.slides})
 
     def proposals(self, slide: str, method: str | None = None) -> list[Region]:
         return [r for r in self.session.regions if r.slide == slide and (method is None or r.method == method)]

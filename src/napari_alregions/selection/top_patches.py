@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 
 from ..geometry import MapBox, Region
 from ._common import prepare
 
-__all__ = ["top_patches"]
+__all__ = ["top_patches", "top_patches_by_group"]
 
 
 def top_patches(
@@ -77,3 +77,47 @@ def top_patches(
         box = MapBox(i * l, j * l, (i + 1) * l, (j + 1) * l)
         regions.append(inp.region(box, score=float(score[i, j]), method="top_patches", rank=len(regions)))
     return regions
+
+
+def top_patches_by_group(
+    priorities: Mapping[str, np.ndarray],
+    groups: Mapping[str, str | None],
+    *,
+    stride: int,
+    region_size: int,
+    n: int,
+    tissue: Mapping[str, np.ndarray] | None = None,
+    annotated: Mapping[str, Iterable[Region]] | None = None,
+    **options,
+) -> dict[str, list[Region]]:
+    """The n most uncertain patches of each group of slides (e.g. per centre or scanner).
+
+    Each slide's candidates are its own top-n cells (:func:`top_patches`, so the
+    background filter applies); a group keeps the n best of its slides' candidates,
+    which equals the top n of all its cells. Slides without a group form group ``""``.
+
+    Returns
+    -------
+    dict group -> list of Region
+        Best first, ``Region.slide`` set, ranks within the group.
+
+    Examples
+    --------
+    >>> p = {"a": np.ones((4, 4)), "b": 2 * np.ones((4, 4))}
+    >>> out = top_patches_by_group(p, {"a": "c1", "b": "c1"}, stride=1, region_size=2, n=2)
+    >>> [r.slide for r in out["c1"]]
+    ['b', 'b']
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    pooled: dict[str, list[Region]] = {}
+    for slide, prio in priorities.items():
+        cands = top_patches(prio, stride=stride, region_size=region_size, k=n,
+                            tissue=None if tissue is None else tissue.get(slide),
+                            annotated=() if annotated is None else annotated.get(slide, ()), **options)
+        pooled.setdefault(groups.get(slide) or "", []).extend(r.with_(slide=slide) for r in cands)
+    out = {}
+    for group, cands in pooled.items():
+        best = sorted(cands, key=lambda r: -r.score)[:n]  # stable: slide order, then rank
+        out[group] = [r.with_(rank=i) for i, r in enumerate(best)]
+    return out
