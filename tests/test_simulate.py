@@ -74,8 +74,54 @@ def test_reveal_and_fraction():
 def test_bad_config(sim_pool):
     with pytest.raises(ValueError, match="multiple of the stride"):
         run_simulation(sim_pool, SimConfig(settings=((100, 1),)))
-    with pytest.raises(ValueError, match="needs embeddings"):
-        run_simulation(sim_pool, SimConfig(methods=("diversity",)))
+    with pytest.raises(ValueError, match="needs a prototype set"):
+        run_simulation(sim_pool, SimConfig(initial=("prototype",)))
+    with pytest.raises(ValueError, match="unknown initial"):
+        run_simulation(sim_pool, SimConfig(initial=("kmeans",)))
+
+
+@pytest.mark.slow
+def test_initial_set_strategies_and_embedding_methods(sim_pool, tmp_path):
+    """The prototype paper's comparison: random vs diversity vs prototype initial sets."""
+    import json
+
+    from napari_alregions.embed import embed_patches, load_encoder
+    from napari_alregions.model import read_patches
+    from napari_alregions.prototypes import PrototypeSet, save_prototypes
+    from napari_alregions.wsi import open_slide
+
+    # prototypes: tumour patches of the test slide (never labeled), same random encoder
+    manifest = json.loads((sim_pool / "manifest.json").read_text())
+    test = next(s for s in manifest["slides"] if s["split"] == "test" and s["has_tumour"])
+    truth = np.asarray(open_labels(sim_pool / test["mask"])[1])
+    ys, xs = np.nonzero(truth[32:-32, 32:-32] == 2)
+    pick = np.linspace(0, len(ys) - 1, 8).astype(int)
+    enc = load_encoder("random", patch_size=64, level=1)
+    with open_slide(sim_pool / test["image"]) as slide:
+        patches = read_patches(slide, np.stack([ys[pick] + 32, xs[pick] + 32], 1), level=1, patch_size=64)
+    protos = save_prototypes(tmp_path / "p.npz", PrototypeSet({"tumour": embed_patches(patches, enc)}))
+    cfg = SimConfig(methods=("diversity", "focannot"), settings=((256, 2),), cycles=2, initial_epochs=2,
+                    fine_tune_steps=4, patches_per_slide=8, full_baseline=False,
+                    initial=("random", "diversity", "prototype"), prototypes=str(protos))
+    res = run_simulation(sim_pool, cfg, out=tmp_path / "out")
+    labels = {r["method"] for r in res["rows"]}
+    assert labels == {f"{m} (init {i})" for m in cfg.methods for i in cfg.initial}
+    assert len(res["rows"]) == 2 * 3 * 2
+    # each initial strategy labels k regions per training slide at cycle 0
+    first = [r for r in res["rows"] if r["cycle"] == 0]
+    n_train = sum(s["split"] == "train" for s in manifest["slides"])
+    assert all(r["n_regions"] == 2 * n_train for r in first)
+    # the prototype initial set lands on tumour more often than the random one
+    def tumour_share(init):
+        regs = [r for r in res["regions"][f"diversity_init_{init}_l256_k2"] if r.cycle == 0]
+        hit = 0
+        for r in regs:
+            e = next(s for s in manifest["slides"] if s["name"] == r.slide)
+            t = np.asarray(open_labels(sim_pool / e["mask"])[1])
+            hit += int((t[r.y // 2 : r.y1 // 2, r.x // 2 : r.x1 // 2] == 2).any())
+        return hit / len(regs)
+    assert tumour_share("prototype") >= tumour_share("random")
+    assert "| diversity (init prototype) |" in (tmp_path / "out" / "table.md").read_text()
 
 
 @pytest.mark.slow

@@ -77,8 +77,9 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         settings=tuple((l_, k_) for l_ in sizes for k_ in ks),
         cycles=args.cycles, seed=args.seed, stride=args.stride, level=args.level,
         patch_size=args.patch_size, full_baseline=not args.no_baseline,
+        initial=tuple(m.strip() for m in args.initial.split(",")), prototypes=args.prototypes, encoder=args.encoder,
     )
-    total = len(config.methods) * len(config.settings) * config.cycles + int(config.full_baseline)
+    total = len(config.methods) * len(config.initial) * len(config.settings) * config.cycles + int(config.full_baseline)
     with tqdm(total=total, desc="simulation", unit="cycle", file=sys.stderr, disable=False, mininterval=1.0) as bar:
         def progress(msg: str) -> None:
             bar.set_postfix_str(msg[-60:])
@@ -129,6 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--patch-size", type=int, default=64, help="patch side at the working level")
     s.add_argument("--no-baseline", action="store_true", help="skip the full-annotation baseline")
     s.add_argument("--out", default="simulation")
+    s.add_argument("--initial", default="random",
+                   help="initial labeled set(s), comma-separated: random, diversity, prototype (each runs every method)")
+    s.add_argument("--prototypes", help="prototype set (.npz from `alregions prototypes`) for prototype selection")
+    s.add_argument("--encoder", default="random",
+                   help="patch encoder for diversity/focannot/prototype: our checkpoint, torchvision:<arch>[:weights], "
+                        "an exported program (.pt2), or random[:seed] (untrained, default)")
     s.set_defaults(func=_cmd_simulate)
 
     s = sub.add_parser("demo", help="the main job on built-in synthetic data")
@@ -136,9 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quick", action="store_true", help="a smaller run (for smoke tests)")
     s.set_defaults(func=_cmd_demo)
 
+    from .cli_embed import add_embed_parsers
     from .cli_suggest import add_suggest_parser
 
     add_suggest_parser(sub)
+    add_embed_parsers(sub)
     return p
 
 

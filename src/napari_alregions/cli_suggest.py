@@ -68,6 +68,16 @@ def _cmd_suggest(args: argparse.Namespace) -> int:
         options["embeddings"] = load_map_nd(args.embeddings)
     if args.descriptors:
         options["descriptors"] = load_map_nd(args.descriptors)
+    if args.cell_features:
+        # per-patch embeddings (alregions embed) pooled to the grid the method needs
+        from .selection.diversity import region_embeddings
+        from .selection.focannot import focannot_descriptors
+
+        cells, size = load_map_nd(args.cell_features), args.region_size // args.stride
+        if args.method == "diversity":
+            options.setdefault("embeddings", region_embeddings(cells, size=size))
+        elif args.method == "focannot":
+            options.setdefault("descriptors", focannot_descriptors(cells, size=size, overlap=float(options.get("overlap", 0.5))))
     annotated = read_regions(args.annotated) if args.annotated else []
     regions = select(
         args.method, priority, stride=args.stride, region_size=args.region_size, k=args.k,
@@ -105,6 +115,8 @@ def add_suggest_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--annotated", help="GeoJSON of regions already annotated (never re-proposed)")
     s.add_argument("--embeddings", help="diversity: (Gh, Gw, D) region embeddings .npy")
     s.add_argument("--descriptors", help="focannot: (Gr, Gc, D) patch descriptors .npy")
+    s.add_argument("--cell-features", help="diversity/focannot: (H, W, D) patch embeddings from `alregions embed`, "
+                                           "pooled to the region grid")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--slide", help="slide name recorded on the regions (default: the map's name)")
     s.add_argument("--cycle", type=int, help="active-learning cycle recorded on the regions")

@@ -79,6 +79,7 @@ def load_encoder(
     source
         * an ``nn.Module`` of ours (with ``spec``): its penultimate layer;
         * a path to one of our checkpoints (``.pt`` with a spec): its penultimate layer;
+        * ``"random"`` or ``"random:<seed>"``: an untrained, seeded compact CNN;
         * ``"torchvision:<arch>[:<weights file>]"``, e.g. ``torchvision:resnet18:/w/r18.pth``:
           the backbone without its classifier (ImageNet normalisation);
         * a path to an exported program (``torch.export.save``, ``.pt2``) or a TorchScript
@@ -97,6 +98,13 @@ def load_encoder(
     """
     from .model.networks import features as classifier_features
 
+    if isinstance(source, str) and (source == "random" or source.startswith("random:")):
+        # no pretrained weights offline: a seeded, untrained compact CNN ("random features")
+        seed = int(source.split(":", 1)[1]) if ":" in source else 0
+        geometry = spec or ModelSpec(patch_size=patch_size or 64, level=1 if level is None else level)
+        torch.manual_seed(seed)
+        source, spec = ModelSpec(arch="compact", patch_size=patch_size or geometry.patch_size,
+                                 level=geometry.level if level is None else level).build(), geometry
     if isinstance(source, nn.Module):
         if spec is None:
             raise ValueError("a module needs its ModelSpec (patch size, level, normalisation)")

@@ -52,6 +52,9 @@ class SimConfig:
     patches_per_slide: int = 48
     target: float = 0.95
     full_baseline: bool = True
+    initial: tuple[str, ...] = ("random",)  # initial labeled set: random, diversity, prototype
+    prototypes: str | None = None  # .npz prototype set (prototype initial set or method)
+    encoder: str = "random"  # patch encoder for diversity/focannot/prototype (see embed.load_encoder)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -171,6 +174,74 @@ class _Trainer:
                                        tissue=self.pool.tissue[name])[..., 1]
 
 
+INITIAL = ("random", "diversity", "prototype")
+
+
+class _Features:
+    """Patch embeddings (one encoder, computed once per slide) and prototype similarity maps."""
+
+    def __init__(self, pool: Pool, config: SimConfig) -> None:
+        self.pool, self.config = pool, config
+        self._emb: dict[str, np.ndarray] = {}
+        self._sim: dict[str, np.ndarray] = {}
+        self._protos = None
+
+    def embeddings(self, name: str) -> np.ndarray:
+        if name not in self._emb:
+            from .embed import embed_slide, load_encoder
+
+            enc = load_encoder(self.config.encoder, patch_size=self.config.patch_size, level=self.config.level)
+            self._emb[name] = embed_slide(self.pool.slides[name], enc, stride=self.pool.stride, tissue=self.pool.tissue[name])
+        return self._emb[name]
+
+    def similarity(self, name: str) -> np.ndarray:
+        if name not in self._sim:
+            from .embed import similarity_map
+            from .prototypes import load_prototypes
+
+            if self._protos is None:
+                self._protos = load_prototypes(self.config.prototypes)
+            self._sim[name] = similarity_map(self.embeddings(name), self._protos.of()) * self.pool.tissue[name]
+        return self._sim[name]
+
+    def map_for(self, method: str, name: str, priority: np.ndarray) -> np.ndarray:
+        return self.similarity(name) if method == "prototype" else priority
+
+    def arrays(self, method: str, name: str, region_size: int) -> dict[str, np.ndarray]:
+        from .selection.diversity import region_embeddings
+        from .selection.focannot import focannot_descriptors
+
+        size = region_size // self.pool.stride
+        if method == "diversity":
+            return {"embeddings": region_embeddings(self.embeddings(name), size=size)}
+        if method == "focannot":
+            return {"descriptors": focannot_descriptors(self.embeddings(name), size=size)}
+        return {}
+
+    def initial(self, strategy: str, l_: int, k_: int) -> dict[str, list[Region]]:
+        """The initial labeled regions of every training slide (cycle 0)."""
+        from .selection import diversity_pool
+        from .selection.diversity import region_embeddings
+
+        pool, cfg = self.pool, self.config
+        if strategy == "diversity":
+            chosen = diversity_pool([region_embeddings(self.embeddings(n), size=l_ // pool.stride) for n in pool.train],
+                                    stride=pool.stride, region_size=l_, n_per_slide=k_,
+                                    tissue=[pool.tissue[n] for n in pool.train], rng=cfg.seed, slide_names=pool.train,
+                                    strict=False)
+            return {n: [r.with_(slide=n, cycle=0) for r in regs] for n, regs in zip(pool.train, chosen)}
+        out = {}
+        for i, n in enumerate(pool.train):
+            t = pool.tissue[n]
+            if strategy == "prototype":
+                out[n] = select("prototype", self.similarity(n), stride=pool.stride, region_size=l_, k=k_, tissue=t,
+                                seed=cfg.seed * 1000 + i, slide=n, cycle=0)
+            else:
+                out[n] = select("random", np.zeros(t.shape), stride=pool.stride, region_size=l_, k=k_,
+                                tissue=t, seed=cfg.seed * 1000 + i, slide=n, cycle=0)
+        return out
+
+
 def _evaluate(trainer: _Trainer, pool: Pool) -> tuple[float, float]:
     ious, dices = [], []
     for n in pool.test:
@@ -204,8 +275,11 @@ def run_simulation(
     for m in config.methods:
         if m not in METHODS:
             raise ValueError(f"unknown method {m!r}")
-        if METHODS[m].needs:
-            raise ValueError(f"method {m!r} needs {', '.join(METHODS[m].needs)} and is not simulated here")
+    for init in config.initial:
+        if init not in INITIAL:
+            raise ValueError(f"unknown initial strategy {init!r}; choose from {', '.join(INITIAL)}")
+    if ("prototype" in config.methods or "prototype" in config.initial) and not config.prototypes:
+        raise ValueError("prototype selection needs a prototype set (--prototypes FILE.npz)")
     if config.measure not in MEASURES or MEASURES[config.measure][1]:
         raise ValueError(f"measure must be a single-model measure, got {config.measure!r}")
     for l_, k_ in config.settings:
@@ -213,6 +287,7 @@ def run_simulation(
             raise ValueError(f"region size {l_} must be a multiple of the stride {config.stride}")
     say = progress or (lambda msg: None)
     pool = Pool.load(pool_folder, level=config.level, stride=config.stride)
+    features = _Features(pool, config)
     measure = MEASURES[config.measure][0]
     rows: list[dict[str, Any]] = []
     final_regions: dict[str, list[Region]] = {}
@@ -226,42 +301,41 @@ def run_simulation(
             trainer.fit(labels, pool.train, seed=config.seed)
             full["miou"], full["dice"] = _evaluate(trainer, pool)
         for l_, k_ in config.settings:
-            # the same initial random regions for every method
-            initial = {}
-            for i, n in enumerate(pool.train):
-                t = pool.tissue[n]
-                initial[n] = select("random", np.zeros(t.shape), stride=config.stride, region_size=l_, k=k_,
-                                    tissue=t, seed=config.seed * 1000 + i, slide=n, cycle=0)
-            for method in config.methods:
-                trainer = _Trainer(pool, config)
-                regions = {n: list(initial[n]) for n in pool.train}
-                labels = {n: np.zeros(pool.truth[n].shape, np.uint8) for n in pool.train}
-                for cycle in range(config.cycles):
-                    t0 = time.perf_counter()
-                    for n in pool.train:
-                        f = pool.slides[n].level_factor(config.level)
-                        for r in regions[n]:
-                            reveal(pool.truth[n], labels[n], r, f)
-                    torch.manual_seed(config.seed * 100 + cycle)
-                    fit = trainer.fit(labels, pool.train, seed=config.seed * 100 + cycle)
-                    miou, dice = _evaluate(trainer, pool)
-                    area = annotated_fraction(pool.truth, labels, pool.train)
-                    rows.append({
-                        "method": method, "region_size": l_, "k": k_, "cycle": cycle,
-                        "annotated_area_pct": round(100 * area, 4), "miou_tumour": round(miou, 6),
-                        "dice_tumour": round(dice, 6), "n_regions": sum(len(v) for v in regions.values()),
-                        "train_steps": fit["steps"], "wall_s": round(time.perf_counter() - t0, 2),
-                    })
-                    say(f"{method} l={l_} k={k_} cycle {cycle}: area {100 * area:.2f}%  mIoU {miou:.3f}")
-                    if cycle == config.cycles - 1:
-                        break
-                    for i, n in enumerate(pool.train):
-                        prio = measure(trainer.predict(n), tissue=pool.tissue[n])
-                        new = select(method, prio, stride=config.stride, region_size=l_, k=k_, tissue=pool.tissue[n],
-                                     annotated=regions[n], seed=config.seed * 1000 + 97 * (cycle + 1) + i,
-                                     slide=n, cycle=cycle + 1)
-                        regions[n].extend(new)
-                final_regions[f"{method}_l{l_}_k{k_}"] = [r for n in pool.train for r in regions[n]]
+            for init in config.initial:
+                # the same initial regions for every method
+                initial = features.initial(init, l_, k_)
+                for method in config.methods:
+                    label = method if len(config.initial) == 1 else f"{method} (init {init})"
+                    trainer = _Trainer(pool, config)
+                    regions = {n: list(initial[n]) for n in pool.train}
+                    labels = {n: np.zeros(pool.truth[n].shape, np.uint8) for n in pool.train}
+                    for cycle in range(config.cycles):
+                        t0 = time.perf_counter()
+                        for n in pool.train:
+                            f = pool.slides[n].level_factor(config.level)
+                            for r in regions[n]:
+                                reveal(pool.truth[n], labels[n], r, f)
+                        torch.manual_seed(config.seed * 100 + cycle)
+                        fit = trainer.fit(labels, pool.train, seed=config.seed * 100 + cycle)
+                        miou, dice = _evaluate(trainer, pool)
+                        area = annotated_fraction(pool.truth, labels, pool.train)
+                        rows.append({
+                            "method": label, "initial": init, "region_size": l_, "k": k_, "cycle": cycle,
+                            "annotated_area_pct": round(100 * area, 4), "miou_tumour": round(miou, 6),
+                            "dice_tumour": round(dice, 6), "n_regions": sum(len(v) for v in regions.values()),
+                            "train_steps": fit["steps"], "wall_s": round(time.perf_counter() - t0, 2),
+                        })
+                        say(f"{label} l={l_} k={k_} cycle {cycle}: area {100 * area:.2f}%  mIoU {miou:.3f}")
+                        if cycle == config.cycles - 1:
+                            break
+                        for i, n in enumerate(pool.train):
+                            prio = measure(trainer.predict(n), tissue=pool.tissue[n])
+                            new = select(method, features.map_for(method, n, prio), stride=config.stride, region_size=l_,
+                                         k=k_, tissue=pool.tissue[n], annotated=regions[n],
+                                         seed=config.seed * 1000 + 97 * (cycle + 1) + i, slide=n, cycle=cycle + 1,
+                                         **features.arrays(method, n, l_))
+                            regions[n].extend(new)
+                    final_regions[f"{label.replace(' ', '_').replace('(', '').replace(')', '')}_l{l_}_k{k_}"] = [r for n in pool.train for r in regions[n]]
     finally:
         pool.close()
     result = {"rows": rows, "full": full, "regions": final_regions, "config": config.to_dict()}
@@ -278,6 +352,11 @@ def area_to_reach(rows: Sequence[dict], method: str, l_: int, k_: int, goal: flo
     return None
 
 
+def _labels(result: dict[str, Any]) -> list[str]:
+    """Method labels in run order (a method per initial strategy when there are several)."""
+    return list(dict.fromkeys(r["method"] for r in result["rows"])) or list(result["config"]["methods"])
+
+
 def results_table(result: dict[str, Any]) -> str:
     """Markdown table like the adaptive paper's Table 1."""
     cfg = result["config"]
@@ -292,7 +371,7 @@ def results_table(result: dict[str, Any]) -> str:
         head,
         "|" + "---|" * (len(settings) + 1),
     ]
-    for m in cfg["methods"]:
+    for m in _labels(result):
         cells = []
         for l_, k_ in settings:
             a = area_to_reach(rows, m, l_, k_, goal)
@@ -333,7 +412,7 @@ def _plot(result: dict[str, Any], path: Path) -> Path:
     settings = [tuple(s) for s in cfg["settings"]]
     fig, axes = plt.subplots(1, len(settings), figsize=(5 * len(settings), 4), squeeze=False)
     for ax, (l_, k_) in zip(axes[0], settings, strict=True):
-        for m in cfg["methods"]:
+        for m in _labels(result):
             pts = sorted((r["annotated_area_pct"], r["miou_tumour"]) for r in result["rows"]
                          if r["method"] == m and r["region_size"] == l_ and r["k"] == k_)
             if pts:
