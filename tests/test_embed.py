@@ -181,3 +181,40 @@ def test_retrieve_top_n_by_cosine():
     np.testing.assert_array_equal(ps.of("tumour"), img[[0, 1]])
     with pytest.raises(ValueError, match="dimension"):
         retrieve(img, np.ones(3), top_n=1)
+
+
+def test_cli_embed_prototypes_similarity_suggest(planted, tmp_path, capsys):
+    from skimage.io import imsave
+
+    from napari_alregions.cli import main
+    from napari_alregions.io_qupath import read_regions
+
+    path, proto = planted
+    (tmp_path / "imgs").mkdir()
+    imsave(tmp_path / "imgs" / "p.png", proto)
+    imsave(tmp_path / "imgs" / "n.png", np.zeros((32, 32, 3), np.uint8), check_contrast=False)
+    pd.DataFrame({"image_path": ["imgs/p.png", "imgs/n.png"],
+                  "caption": ["Tumour, lymph node", "normal lymph node"]}).to_csv(tmp_path / "caps.csv", index=False)
+    enc = ["--encoder", "random:0", "--patch-size", str(D), "--level", "0"]
+    assert main(["embed", str(path), "--stride", str(D), *enc, "--out", str(tmp_path / "emb.npy")]) == 0
+    assert main(["prototypes", "keyword", str(tmp_path / "caps.csv"), "--with", "tumour,tumor", "--with", "lymph node",
+                 "--without", "normal", *enc, "--out", str(tmp_path / "p.npz")]) == 0
+    assert "1 of 2 captions match" in capsys.readouterr().out
+    assert main(["similarity", str(tmp_path / "emb.npy"), str(tmp_path / "p.npz"), "--out", str(tmp_path / "sim.npy")]) == 0
+    sim = np.load(tmp_path / "sim.npy")
+    for r, c in PLANTED:
+        assert sim[r, c] == pytest.approx(1.0, abs=1e-4)
+    assert main(["suggest", str(tmp_path / "sim.npy"), "--method", "prototype", "-l", str(D), "--stride", str(D),
+                 "-k", "3", "--option", "base=standard", "--out", str(tmp_path / "r.geojson")]) == 0
+    assert sorted((r.y // D, r.x // D) for r in read_regions(tmp_path / "r.geojson")) == sorted(PLANTED)
+    for method in ("diversity", "focannot"):
+        assert main(["suggest", str(tmp_path / "sim.npy"), "--method", method, "--cell-features", str(tmp_path / "emb.npy"),
+                     "-l", str(4 * D), "--stride", str(D), "-k", "2", "--out", str(tmp_path / f"{method}.geojson")]) == 0
+        assert len(read_regions(tmp_path / f"{method}.geojson")) == 2
+    # bad input: a clear message and exit code 2
+    assert main(["prototypes", "keyword", str(tmp_path / "caps.csv"), "--with", "melanoma", *enc,
+                 "--out", str(tmp_path / "q.npz")]) == 2
+    assert "would be empty" in capsys.readouterr().err
+    np.save(tmp_path / "other.npy", np.ones((4, 4, 7), np.float32))
+    assert main(["similarity", str(tmp_path / "other.npy"), str(tmp_path / "p.npz"), "--out", str(tmp_path / "x.npy")]) == 2
+    assert "does not match" in capsys.readouterr().err
