@@ -237,3 +237,37 @@ def test_correct_uncertain_patches_prefills_prediction(make_napari_viewer, qtbot
     prob = w.project.prediction(slide)
     r, c = region.y // w.project.stride, region.x // w.project.stride
     assert (lab.data == int(np.argmax(prob[r, c])) + 1).all()  # one map cell: the model's class
+
+
+def test_prototype_similarity_and_pool_diversity_in_viewer(make_napari_viewer, qtbot, tmp_path, small_pool):
+    from napari_alregions.embed import embed_patches
+    from napari_alregions.model import read_patches
+    from napari_alregions.prototypes import PrototypeSet, save_prototypes
+
+    viewer, w, slide = _start(make_napari_viewer, tmp_path, small_pool)
+    p = w.project
+    _click(w, "Compute embeddings")
+    _wait(qtbot, w)
+    emb = p.embeddings[slide]
+    r, c = np.argwhere(np.isfinite(emb).all(-1))[3]
+    s = p.stride
+    patch = read_patches(p.slides[slide], np.array([[(r * s + s // 2) // 2, (c * s + s // 2) // 2]]), level=1, patch_size=32)
+    path = save_prototypes(tmp_path / "protos.npz", PrototypeSet({"tumour": embed_patches(patch, p.encoder())}))
+    w.prototypes_file.value = str(path)
+    _click(w, "Similarity map")
+    _wait(qtbot, w)
+    sim = viewer.layers[f"{slide} similarity"].data
+    assert sim[r, c] == pytest.approx(1.0, abs=1e-4)
+    w.method.value, w.unit.value, w.region_size.value, w.k.value = "prototype", "px", s, 1
+    w.options["base"].value = "standard"
+    _click(w, "Suggest")
+    region = viewer.layers[f"{slide} prototype"].metadata["regions"][0]
+    assert (region.y // s, region.x // s) == (r, c)
+    _click(w, "Compute priority map")
+    _wait(qtbot, w)
+    w.region_size.value, w.k.value = 4 * s, 2
+    _click(w, "Diversity over all slides")
+    assert viewer.layers[f"{slide} diversity"].nshapes == 2, w.message.value
+    w.n_uncertain.value = 3
+    _click(w, "Per slide group")
+    assert w.uncertain_list.count() == 3

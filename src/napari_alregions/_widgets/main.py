@@ -118,9 +118,14 @@ class ALRegionsWidget(QWidget):
         self.measure = mw.ComboBox(label="Priority measure", choices=list(MEASURES), value="least_confidence")
         self.compute_btn = _button("Compute priority map")
         self.compute_btn.changed.connect(self.compute_priority)
-        self._busy_buttons.append(self.compute_btn)
+        embed = _button("Compute embeddings", "patch embeddings of the current slide (the model's penultimate layer)")
+        embed.changed.connect(self.compute_embeddings)
+        self.prototypes_file = mw.FileEdit(label="Prototypes", mode="r", filter="*.npz")
+        sim = _button("Similarity map", "load the prototype set and show each patch's similarity to it")
+        sim.changed.connect(self.compute_similarity)
+        self._busy_buttons += [self.compute_btn, embed, sim]
         return mw.Container(widgets=[self.arch, self.patch_size, self.level, self.members, new, self.checkpoint, load,
-                                     self.device, self.measure, self.compute_btn])
+                                     self.device, self.measure, self.compute_btn, embed, self.prototypes_file, sim])
 
     def _suggest_tab(self) -> mw.Container:
         self.method = mw.ComboBox(label="Method", choices=[(m.title, m.name) for m in METHODS.values()], value="adaptive")
@@ -137,6 +142,8 @@ class ALRegionsWidget(QWidget):
                                          value=["random", "standard", "standard_nonsquare", "adaptive"])
         compare = _button("Compare methods")
         compare.changed.connect(self.compare)
+        pool = _button("Diversity over all slides", "k regions per slide that together cover the pool's variety")
+        pool.changed.connect(self.pool_diversity)
         self.table = mw.Table(value={"method": [], "count": [], "area (mm²)": [], "tissue %": [], "mean priority": []})
         self.proposal_list = QListWidget()
         self.proposal_list.currentRowChanged.connect(self._go_to_proposal)
@@ -145,7 +152,7 @@ class ALRegionsWidget(QWidget):
         nxt.changed.connect(lambda: self._step_proposal(1))
         accept = _button("Accept region", "add the selected proposal to the labeled set and paint in it")
         accept.changed.connect(self.accept_selected)
-        box = mw.Container(widgets=[self.method, self.options, self.region_size, self.unit, self.k, self.seed, suggest,
+        box = mw.Container(widgets=[self.method, self.options, self.region_size, self.unit, self.k, self.seed, suggest, pool,
                                     self.compare_methods, compare, self.table,
                                     mw.Container(widgets=[prev, nxt], layout="horizontal", labels=False), accept])
         box.native.layout().insertWidget(len(box) - 2, self.proposal_list)
@@ -178,9 +185,12 @@ class ALRegionsWidget(QWidget):
         find.changed.connect(self.find_uncertain)
         self.uncertain_list = QListWidget()
         self.uncertain_list.currentRowChanged.connect(lambda i: self._go_to(self._layer_regions("top_patches"), i))
+        groups = _button("Per slide group", "the N most uncertain patches of each group of slides (centre, scanner)")
+        groups.changed.connect(self.find_uncertain_by_group)
         correct = _button("Correct selected patch", "labels prefilled with the model's prediction, to correct")
         correct.changed.connect(self.correct_selected)
-        box = mw.Container(widgets=[self.n_uncertain, find, correct])
+        box = mw.Container(widgets=[self.n_uncertain, mw.Container(widgets=[find, groups], layout="horizontal", labels=False),
+                                    correct])
         box.native.layout().insertWidget(2, self.uncertain_list)
         return box
 
@@ -436,6 +446,38 @@ class ALRegionsWidget(QWidget):
         self.runner.start(lambda cancel: p.iter_priority(name, measure=measure, cancel=cancel),
                           desc="priority map", on_done=done)
 
+    def compute_embeddings(self) -> None:
+        p, name = self.project, self.current
+        if p is None or name is None:
+            self._message("add a slide first", True)
+            return
+        self.runner.start(lambda cancel: p.iter_embed(name, cancel=cancel), desc="embeddings",
+                          on_done=lambda emb: self._message(f"{int(np.isfinite(emb).all(-1).sum())} patch embeddings "
+                                                            f"(D={emb.shape[-1]}) for {name}"))
+
+    def compute_similarity(self) -> None:
+        p, name = self.project, self.current
+        if p is None or name is None:
+            self._message("add a slide first", True)
+            return
+        if self.prototypes_file.value and Path(self.prototypes_file.value).is_file():
+            if self._guard(p.set_prototypes, Path(self.prototypes_file.value)) is None and p.prototypes is None:
+                return
+        if p.prototypes is None:
+            self._message("choose a prototype set (.npz from `alregions prototypes`)", True)
+            return
+
+        def done(sim: np.ndarray) -> None:
+            lname = f"{name} similarity"
+            if self._layer(lname) is None:
+                self.viewer.add_image(sim, name=lname, colormap=Colormap(priority_colors(), name="alregions similarity"),
+                                      opacity=0.7, contrast_limits=(0.0, 1.0), **overlay_kwargs(p.slides[name], p.stride))
+            else:
+                self._layer(lname).data = sim
+            self._message(f"prototype similarity for {name} (max {float(sim.max()):.3f}); suggest with 'Prototype similarity'")
+
+        self.runner.start(lambda cancel: p.iter_similarity(name, cancel=cancel), desc="similarity", on_done=done)
+
     # ------------------------------------------------------------------ suggest
     def _rebuild_options(self, *_: Any) -> None:
         self.options.clear()
@@ -497,6 +539,21 @@ class ALRegionsWidget(QWidget):
         self.table.value = table
         self._refill_lists()
         self._message(f"compared {len(out)} methods on {name}")
+
+    def pool_diversity(self) -> None:
+        name = self.current
+        if self.project is None or name is None:
+            self._message("add a slide first", True)
+            return
+        l_ = self._guard(self._region_px, name)
+        out = self._guard(self.project.suggest_pool_diversity, region_size=l_, n_per_slide=self.k.value,
+                          seed=self.seed.value) if l_ else None
+        if out is None:
+            return
+        for slide in out:
+            self._show_proposals(slide, "diversity")
+        self._refill_lists()
+        self._message(f"diversity over {len(out)} slide(s): " + ", ".join(f"{s}: {len(r)}" for s, r in out.items()))
 
     def accept_selected(self) -> None:
         regions = self._layer_regions(self.method.value)
@@ -572,6 +629,20 @@ class ALRegionsWidget(QWidget):
         for r in regions:
             self.uncertain_list.addItem(f"#{r.rank + 1}  uncertainty {r.score:.3f}  at ({r.x}, {r.y})")
         self._message(f"{len(regions)} uncertain patch(es); select one and correct the prediction")
+
+    def find_uncertain_by_group(self) -> None:
+        p = self.project
+        if p is None or not p.slides:
+            self._message("add slides first", True)
+            return
+        groups = self._guard(p.uncertain_by_group, n=self.n_uncertain.value)
+        if groups is None:
+            return
+        self.uncertain_list.clear()
+        for group, regions in groups.items():
+            for r in regions:
+                self.uncertain_list.addItem(f"[{group or 'no group'}] #{r.rank + 1} {r.slide} uncertainty {r.score:.3f} at ({r.x}, {r.y})")
+        self._message(f"most uncertain patches of {len(groups)} group(s); set groups when adding slides")
 
     def _show_prediction(self, name: str) -> None:
         prob = self.project.prediction(name)[..., -1]
