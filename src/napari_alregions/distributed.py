@@ -1,0 +1,204 @@
+"""Per-slide work over a slide pool on dask.distributed (SPEC §1.7; issue #7).
+
+:func:`run_pool` maps one job (a probability map, or patch embeddings) over many slides,
+on a ``dask.distributed`` cluster when given a client (``tcp://`` scheduler or a
+``LocalCluster``), else in this process — the same task function either way, so the
+results are identical. The model travels to the workers once (``scatter``, broadcast).
+Each slide's result is written to ``out/<slide>.<job>.npy`` atomically as soon as it is
+done; a rerun skips slides whose result exists for the same job parameters (a manifest
+records them), so a crash or a dead worker costs only the slides in flight. Tasks are
+retried (a worker that dies mid-task, a transient error).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["PoolJob", "local_client", "run_pool"]
+
+MANIFEST = "pool_results.json"
+
+
+@dataclass(frozen=True)
+class PoolJob:
+    """What to compute per slide: ``kind`` "predict" (class probabilities) or "embed"."""
+
+    kind: str
+    stride: int
+    batch_size: int = 128
+    threads: int = 1  # torch threads per task: workers x threads should not exceed the cores
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("predict", "embed"):
+            raise ValueError(f"kind must be 'predict' or 'embed', got {self.kind!r}")
+        if self.stride < 1:
+            raise ValueError(f"stride must be >= 1, got {self.stride}")
+
+
+def model_payload(model, spec) -> bytes:
+    """A classifier (or an embedding encoder's classifier) as bytes: spec + weights."""
+    import torch
+
+    buf = io.BytesIO()
+    torch.save({"spec": spec.to_dict(), "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}, buf)
+    return buf.getvalue()
+
+
+def _load_payload(payload: bytes):
+    import torch
+
+    from .model import ModelSpec
+
+    d = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    spec = ModelSpec.from_dict(d["spec"])
+    model = spec.build()
+    model.load_state_dict(d["state_dict"])
+    return model.eval(), spec
+
+
+def slide_task(path: str, payload: bytes, job: PoolJob, out: str) -> str:
+    """Compute one slide's result and write it atomically; returns the output path.
+
+    Runs on a worker (or in this process); deterministic for a given payload and job.
+    """
+    import torch
+
+    from .embed import embed_slide, load_encoder
+    from .model import predict_probability_map
+    from .wsi import open_slide
+
+    torch.set_num_threads(max(1, job.threads))
+    model, spec = _load_payload(payload)
+    with open_slide(path) as slide:
+        tissue = slide.tissue_map(job.stride)
+        if job.kind == "predict":
+            result = predict_probability_map(slide, model, spec, stride=job.stride, batch_size=job.batch_size,
+                                             tissue=tissue, device="cpu", workers=1)
+        else:
+            result = embed_slide(slide, load_encoder(model, spec=spec), stride=job.stride, tissue=tissue,
+                                 batch_size=job.batch_size, device="cpu")
+    target = Path(out)
+    tmp = target.with_name(f".{target.stem}.part.npy")
+    np.save(tmp, result.astype(np.float32))
+    os.replace(tmp, target)
+    return str(target)
+
+
+def _job_key(payload: bytes, job: PoolJob) -> str:
+    h = hashlib.sha256(payload)
+    h.update(json.dumps(asdict(job), sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+def _slide_name(path: Path) -> str:
+    name = path.name
+    for suffix in (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".svs"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def run_pool(
+    slides: Sequence[str | os.PathLike[str]],
+    model,
+    spec,
+    job: PoolJob,
+    out: str | os.PathLike[str],
+    *,
+    client=None,
+    retries: int = 2,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> dict[str, Path]:
+    """Run ``job`` on every slide; results ``out/<slide>.<kind>.npy``, name -> path.
+
+    Parameters
+    ----------
+    slides : sequence of paths
+    model, spec
+        The classifier and its ModelSpec (for "embed": its penultimate layer).
+    job : PoolJob
+    out : folder
+        Results and the manifest that makes reruns skip finished slides.
+    client : distributed.Client, optional
+        Where to run; None runs the same tasks in this process.
+    retries : int
+        Extra attempts per slide (a worker that died, a transient error).
+    progress : callable, optional
+        ``progress(slide, done, total)`` as slides finish.
+
+    Returns
+    -------
+    dict of slide name -> result path (every slide; skipped ones included)
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [Path(s) for s in slides]
+    names = [_slide_name(p) for p in paths]
+    if len(set(names)) != len(names):
+        raise ValueError("slide names must be unique within a pool")
+    for p in paths:
+        if not p.is_file():
+            raise FileNotFoundError(f"{p}: no such slide")
+    payload = model_payload(model, spec)
+    key = _job_key(payload, job)
+    manifest_path = out / MANIFEST
+    manifest: dict[str, Any] = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    done = {n: Path(v["file"]) for n, v in manifest.get("slides", {}).items()
+            if v.get("key") == key and (out / Path(v["file"]).name).is_file()}
+    results = {n: out / f.name for n, f in done.items()}
+    todo = [(n, p) for n, p in zip(names, paths) if n not in results]
+    total, finished = len(names), len(results)
+    if progress is not None:
+        for n in results:
+            progress(n, finished, total)
+
+    def record(name: str, file: str) -> None:
+        nonlocal finished
+        manifest.setdefault("slides", {})[name] = {"file": Path(file).name, "key": key, "job": asdict(job)}
+        tmp = manifest_path.with_name(f".{MANIFEST}.part")
+        tmp.write_text(json.dumps(manifest, indent=1))
+        os.replace(tmp, manifest_path)
+        results[name] = Path(file)
+        finished += 1
+        if progress is not None:
+            progress(name, finished, total)
+
+    targets = {n: str(out / f"{n}.{job.kind}.npy") for n, _ in todo}
+    if client is None:
+        for n, p in todo:
+            for attempt in range(retries + 1):
+                try:
+                    file = slide_task(str(p), payload, job, targets[n])
+                    break
+                except Exception:
+                    if attempt == retries:
+                        raise
+            record(n, file)
+        return {n: results[n] for n in names}
+
+    from distributed import as_completed
+
+    shared = client.scatter(payload, broadcast=True)
+    futures = {client.submit(slide_task, str(p), shared, job, targets[n], key=f"alregions-{job.kind}-{n}-{key}",
+                             retries=retries, pure=False): n for n, p in todo}
+    for fut in as_completed(futures):
+        record(futures[fut], fut.result())
+    return {n: results[n] for n in names}
+
+
+def local_client(n_workers: int, *, threads_per_worker: int = 1):
+    """A ``Client`` on a new LocalCluster of processes (close it when done)."""
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True,
+                           dashboard_address=":0")  # any free port: several clusters can coexist
+    return Client(cluster)
