@@ -120,3 +120,19 @@ def test_bad_input(pool4, model, tmp_path):
         PoolJob("classify", stride=64)
     with pytest.raises(FileNotFoundError):
         run_pool([tmp_path / "missing.tif"], m, spec, PoolJob("predict", stride=64), tmp_path)
+
+
+def test_simulation_through_the_cluster_matches_in_process(tmp_path_factory, client):
+    from napari_alregions.simulate import SimConfig, run_simulation
+    from napari_alregions.synthetic import make_slide_pool
+
+    folder = tmp_path_factory.mktemp("simpool")
+    make_slide_pool(folder, n_slides=3, size=1024, seed=2)
+    cfg = SimConfig(methods=("adaptive",), settings=((256, 1),), cycles=2, initial_epochs=1, fine_tune_steps=2,
+                    patches_per_slide=8, full_baseline=False)
+    serial = run_simulation(folder, cfg)
+    address = client.scheduler.address
+    dist = run_simulation(folder, SimConfig(**{**cfg.to_dict(), "scheduler": address}))
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "wall_s"} for r in rows]  # noqa: E731
+    assert strip(dist["rows"]) == strip(serial["rows"])
+    assert dist["regions"] == serial["regions"]

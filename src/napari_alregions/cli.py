@@ -78,6 +78,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         cycles=args.cycles, seed=args.seed, stride=args.stride, level=args.level,
         patch_size=args.patch_size, full_baseline=not args.no_baseline,
         initial=tuple(m.strip() for m in args.initial.split(",")), prototypes=args.prototypes, encoder=args.encoder,
+        scheduler=args.scheduler, local_cluster=args.local_cluster,
     )
     total = len(config.methods) * len(config.initial) * len(config.settings) * config.cycles + int(config.full_baseline)
     with tqdm(total=total, desc="simulation", unit="cycle", file=sys.stderr, disable=False, mininterval=1.0) as bar:
@@ -136,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--encoder", default="random",
                    help="patch encoder for diversity/focannot/prototype: our checkpoint, torchvision:<arch>[:weights], "
                         "an exported program (.pt2), or random[:seed] (untrained, default)")
+    from .cli_pool import add_cluster_args
+
+    add_cluster_args(s)
     s.set_defaults(func=_cmd_simulate)
 
     s = sub.add_parser("demo", help="the main job on built-in synthetic data")
@@ -144,10 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_demo)
 
     from .cli_embed import add_embed_parsers
+    from .cli_pool import add_pool_parser
     from .cli_suggest import add_suggest_parser
 
     add_suggest_parser(sub)
     add_embed_parsers(sub)
+    add_pool_parser(sub)
     return p
 
 

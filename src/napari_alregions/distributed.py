@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["PoolJob", "local_client", "run_pool"]
+__all__ = ["PoolJob", "close", "connect", "local_client", "pool_slides", "run_pool"]
 
 MANIFEST = "pool_results.json"
 
@@ -99,7 +99,9 @@ def _job_key(payload: bytes, job: PoolJob) -> str:
     return h.hexdigest()[:16]
 
 
-def _slide_name(path: Path) -> str:
+def slide_name(path: str | os.PathLike[str]) -> str:
+    """A slide's name in pool results: its file name without the image suffix."""
+    path = Path(path)
     name = path.name
     for suffix in (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".svs"):
         if name.lower().endswith(suffix):
@@ -142,7 +144,7 @@ def run_pool(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = [Path(s) for s in slides]
-    names = [_slide_name(p) for p in paths]
+    names = [slide_name(p) for p in paths]
     if len(set(names)) != len(names):
         raise ValueError("slide names must be unique within a pool")
     for p in paths:
@@ -202,3 +204,41 @@ def local_client(n_workers: int, *, threads_per_worker: int = 1):
     cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True,
                            dashboard_address=":0")  # any free port: several clusters can coexist
     return Client(cluster)
+
+
+def connect(scheduler: str | None = None, local_cluster: int = 0, *, threads_per_worker: int = 1):
+    """A client for ``--scheduler tcp://host:port`` or ``--local-cluster N``; None for neither."""
+    if scheduler and local_cluster:
+        raise ValueError("give either a scheduler address or a local cluster size, not both")
+    if scheduler:
+        from distributed import Client
+
+        return Client(scheduler)
+    if local_cluster:
+        if local_cluster < 1:
+            raise ValueError(f"local_cluster must be >= 1 worker, got {local_cluster}")
+        return local_client(local_cluster, threads_per_worker=threads_per_worker)
+    return None
+
+
+def close(client) -> None:
+    """Close a client and, for a LocalCluster we started, the cluster."""
+    if client is None:
+        return
+    cluster = getattr(client, "cluster", None)
+    client.close()
+    if cluster is not None:
+        cluster.close()
+
+
+def pool_slides(source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """Slide files of a pool: the images of a ``manifest.json`` folder, a folder's slides, or paths."""
+    if isinstance(source, (str, os.PathLike)):
+        folder = Path(source)
+        if (folder / "manifest.json").is_file():
+            return [folder / s["image"] for s in json.loads((folder / "manifest.json").read_text())["slides"]]
+        if folder.is_dir():
+            return sorted(p for p in folder.iterdir()
+                          if p.suffix.lower() in (".tif", ".tiff", ".svs") and not p.stem.endswith("_mask"))
+        return [folder]
+    return [Path(p) for p in source]

@@ -55,6 +55,8 @@ class SimConfig:
     initial: tuple[str, ...] = ("random",)  # initial labeled set: random, diversity, prototype
     prototypes: str | None = None  # .npz prototype set (prototype initial set or method)
     encoder: str = "random"  # patch encoder for diversity/focannot/prototype (see embed.load_encoder)
+    scheduler: str | None = None  # per-slide prediction on this dask scheduler ...
+    local_cluster: int = 0  # ... or on a LocalCluster of N workers (0: in this process)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -86,7 +88,8 @@ class Pool:
             slide = open_slide(folder / entry["image"])
             if level >= slide.level_count:
                 raise ValueError(f"{name}: working level {level} does not exist ({slide.level_count} levels)")
-            gt = np.asarray(open_labels(folder / entry["mask"])[level])
+            # local threads: a distributed Client in this process must not receive file handles
+            gt = np.asarray(open_labels(folder / entry["mask"])[level].compute(scheduler="threads"))
             slides[name], truth[name] = slide, gt
             tissue[name] = slide.tissue_map(stride)
             (test if entry.get("split") == "test" else train).append(name)
@@ -138,12 +141,13 @@ def _metrics(prob: np.ndarray, truth_cells: np.ndarray) -> tuple[float, float]:
 class _Trainer:
     """Trains, fine-tunes and predicts with one model across cycles."""
 
-    def __init__(self, pool: Pool, config: SimConfig) -> None:
+    def __init__(self, pool: Pool, config: SimConfig, client=None) -> None:
         from .model import ModelSpec
 
         self.pool, self.config = pool, config
         self.spec = ModelSpec(level=config.level, patch_size=config.patch_size)
         self.model = None
+        self.client = client
 
     def fit(self, labels: dict[str, np.ndarray], names: Sequence[str], seed: int, cancel=None) -> dict:
         from .model import TrainConfig, find_candidates, fine_tune, train
@@ -172,6 +176,19 @@ class _Trainer:
 
         return predict_probability_map(self.pool.slides[name], self.model, self.spec, stride=self.pool.stride,
                                        tissue=self.pool.tissue[name])[..., 1]
+
+    def predict_many(self, names: Sequence[str]) -> dict[str, np.ndarray]:
+        """Tumour probability maps of several slides; on the cluster when there is a client."""
+        if self.client is None:
+            return {n: self.predict(n) for n in names}
+        import tempfile
+
+        from .distributed import PoolJob, run_pool, slide_name
+
+        with tempfile.TemporaryDirectory(prefix="alregions-sim-") as tmp:
+            files = run_pool([self.pool.slides[n].path for n in names], self.model, self.spec,
+                             PoolJob("predict", stride=self.pool.stride), tmp, client=self.client)
+            return {n: np.load(files[slide_name(self.pool.slides[n].path)])[..., 1] for n in names}
 
 
 INITIAL = ("random", "diversity", "prototype")
@@ -244,11 +261,11 @@ class _Features:
 
 def _evaluate(trainer: _Trainer, pool: Pool) -> tuple[float, float]:
     ious, dices = [], []
-    for n in pool.test:
+    scored = [n for n in pool.test if pool.truth_cells(n).any()]
+    probs = trainer.predict_many(scored)
+    for n in scored:
         cells = pool.truth_cells(n)
-        if not cells.any():
-            continue
-        iou, dice = _metrics(trainer.predict(n), cells)
+        iou, dice = _metrics(probs[n], cells)
         ious.append(iou)
         dices.append(dice)
     return (float(np.mean(ious)) if ious else float("nan")), (float(np.mean(dices)) if dices else float("nan"))
@@ -288,6 +305,9 @@ def run_simulation(
     say = progress or (lambda msg: None)
     pool = Pool.load(pool_folder, level=config.level, stride=config.stride)
     features = _Features(pool, config)
+    from .distributed import close, connect
+
+    client = connect(config.scheduler, config.local_cluster)
     measure = MEASURES[config.measure][0]
     rows: list[dict[str, Any]] = []
     final_regions: dict[str, list[Region]] = {}
@@ -295,7 +315,7 @@ def run_simulation(
     try:
         if config.full_baseline:
             say("full annotation baseline")
-            trainer = _Trainer(pool, config)
+            trainer = _Trainer(pool, config, client)
             labels = {n: np.where(pool.truth[n] == TUMOUR, 2, 1).astype(np.uint8) for n in pool.train}
             torch.manual_seed(config.seed)
             trainer.fit(labels, pool.train, seed=config.seed)
@@ -306,7 +326,7 @@ def run_simulation(
                 initial = features.initial(init, l_, k_)
                 for method in config.methods:
                     label = method if len(config.initial) == 1 else f"{method} (init {init})"
-                    trainer = _Trainer(pool, config)
+                    trainer = _Trainer(pool, config, client)
                     regions = {n: list(initial[n]) for n in pool.train}
                     labels = {n: np.zeros(pool.truth[n].shape, np.uint8) for n in pool.train}
                     for cycle in range(config.cycles):
@@ -328,8 +348,9 @@ def run_simulation(
                         say(f"{label} l={l_} k={k_} cycle {cycle}: area {100 * area:.2f}%  mIoU {miou:.3f}")
                         if cycle == config.cycles - 1:
                             break
+                        probs = trainer.predict_many(pool.train)
                         for i, n in enumerate(pool.train):
-                            prio = measure(trainer.predict(n), tissue=pool.tissue[n])
+                            prio = measure(probs[n], tissue=pool.tissue[n])
                             new = select(method, features.map_for(method, n, prio), stride=config.stride, region_size=l_,
                                          k=k_, tissue=pool.tissue[n], annotated=regions[n],
                                          seed=config.seed * 1000 + 97 * (cycle + 1) + i, slide=n, cycle=cycle + 1,
@@ -338,6 +359,7 @@ def run_simulation(
                     final_regions[f"{label.replace(' ', '_').replace('(', '').replace(')', '')}_l{l_}_k{k_}"] = [r for n in pool.train for r in regions[n]]
     finally:
         pool.close()
+        close(client)
     result = {"rows": rows, "full": full, "regions": final_regions, "config": config.to_dict()}
     if out is not None:
         write_outputs(result, Path(out))
