@@ -189,7 +189,8 @@ def run_pool(
 
     from distributed import as_completed
 
-    shared = client.scatter(payload, broadcast=True)
+    # hash=False: a unique key, so a release from an earlier run cannot race this one
+    shared = client.scatter(payload, broadcast=True, hash=False)
     futures = {client.submit(slide_task, str(p), shared, job, targets[n], key=f"alregions-{job.kind}-{n}-{key}",
                              retries=retries, pure=False): n for n, p in todo}
     for fut in as_completed(futures):
