@@ -305,3 +305,23 @@ def test_prototype_similarity_and_pool_methods(tmp_path, small_pool):
         assert scores == sorted(scores, reverse=True)
     back.close()
     p.close()
+
+
+def test_encoder_choice_and_stale_classifier_embeddings(tmp_path, small_pool):
+    p, slide, truth = _project(tmp_path, small_pool)
+    emb = run(p.iter_embed(slide))
+    assert p.encoder_source == "classifier" and emb.shape[-1] == 128
+    a = p.accept(p.suggest(slide, "random", region_size=4 * p.stride, k=1)[0])
+    _paint_truth(p, a, truth)
+    run(p.iter_retrain(refresh=False))
+    # the classifier changed: its old embeddings are gone (memory and disk)
+    assert slide not in p.embeddings and not list((p.folder / "embeddings").glob("*.npy"))
+    p.set_encoder("random:3")
+    fixed = run(p.iter_embed(slide))
+    run(p.iter_retrain(refresh=False))
+    assert slide in p.embeddings  # a fixed encoder's embeddings survive retraining
+    np.testing.assert_array_equal(AnnotationProject.open(p.folder).embeddings[slide], fixed)
+    with pytest.raises(ValueError, match="no such file"):
+        p.set_encoder(str(tmp_path / "missing.pt"))
+    assert p.encoder_source == "random:3"
+    p.close()

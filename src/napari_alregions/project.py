@@ -237,6 +237,7 @@ class AnnotationProject:
         self.session.checkpoints = []
         self.models = [self._build(i) for i in range(members)]
         self._drop_maps()
+        self._model_changed()
         self.session.save()
 
     def load_model(self, path: str | os.PathLike[str]) -> None:
@@ -259,6 +260,7 @@ class AnnotationProject:
         self.session.checkpoints = [str(target.relative_to(self.folder))]
         self.models = [model]
         self._drop_maps()
+        self._model_changed()
         self.session.save()
 
     def _drop_maps(self) -> None:
@@ -357,11 +359,40 @@ class AnnotationProject:
             raise ValueError(f"no prediction for {slide!r} yet: compute a priority map first")
         return self.maps[slide].probabilities.mean(axis=0)
 
+    @property
+    def encoder_source(self) -> str:
+        """Where patch embeddings come from: "classifier" (default) or a source of ``load_encoder``."""
+        return str(self.session.params.get("encoder", "classifier"))
+
+    def set_encoder(self, source: str) -> None:
+        """Embed with another encoder (e.g. the one a prototype set was made with)."""
+        if source != "classifier":
+            self._load_encoder(source)  # fails here, with its message, if unusable
+        self.session.params["encoder"] = source
+        self._drop_embeddings()
+        self.session.save()
+
     def encoder(self):
-        """The default patch encoder: the current classifier's penultimate layer."""
+        """The patch encoder in use (see :attr:`encoder_source`)."""
+        return self._load_encoder(self.encoder_source)
+
+    def _load_encoder(self, source: str):
         from .embed import load_encoder
 
-        return load_encoder(self.models[0], spec=self.spec)
+        if source == "classifier":  # the current classifier's penultimate layer
+            return load_encoder(self.models[0], spec=self.spec)
+        return load_encoder(source, spec=self.spec if source.startswith("random") else None)
+
+    def _drop_embeddings(self) -> None:
+        self.embeddings.clear()
+        self.similarity.clear()
+        for f in (self.folder / EMBED_DIR).glob("*.npy"):
+            f.unlink()
+
+    def _model_changed(self) -> None:
+        """Maps are recomputed on demand; classifier embeddings are stale now."""
+        if self.encoder_source == "classifier":
+            self._drop_embeddings()
 
     def iter_embed(self, slide: str, *, encoder=None, cancel: Callable[[], bool] | None = None) -> Generator[dict, None, np.ndarray]:
         """Patch embeddings of a slide on the map grid (cached in the session); yields progress."""
@@ -647,6 +678,7 @@ class AnnotationProject:
         paths = [save_checkpoint(self.session.checkpoint_path(f"cycle_{cycle:03d}_m{i}.pt"), m, self.spec, cycle=cycle)
                  for i, m in enumerate(new_models)]
         self.models = new_models
+        self._model_changed()
         self.session.checkpoints = [str(p.relative_to(self.folder)) for p in paths]
         summary = {
             "cycle": cycle,

@@ -118,14 +118,19 @@ class ALRegionsWidget(QWidget):
         self.measure = mw.ComboBox(label="Priority measure", choices=list(MEASURES), value="least_confidence")
         self.compute_btn = _button("Compute priority map")
         self.compute_btn.changed.connect(self.compute_priority)
-        embed = _button("Compute embeddings", "patch embeddings of the current slide (the model's penultimate layer)")
+        self.encoder_src = mw.LineEdit(label="Encoder", value="classifier",
+                                       tooltip="classifier (the model's penultimate layer), random[:seed], a checkpoint "
+                                               "path, torchvision:<arch>[:weights] or an exported program (.pt2): "
+                                               "the encoder your prototypes were made with")
+        embed = _button("Compute embeddings", "patch embeddings of the current slide with the encoder above")
         embed.changed.connect(self.compute_embeddings)
         self.prototypes_file = mw.FileEdit(label="Prototypes", mode="r", filter="*.npz")
         sim = _button("Similarity map", "load the prototype set and show each patch's similarity to it")
         sim.changed.connect(self.compute_similarity)
         self._busy_buttons += [self.compute_btn, embed, sim]
         return mw.Container(widgets=[self.arch, self.patch_size, self.level, self.members, new, self.checkpoint, load,
-                                     self.device, self.measure, self.compute_btn, embed, self.prototypes_file, sim])
+                                     self.device, self.measure, self.compute_btn, self.encoder_src, embed,
+                                     self.prototypes_file, sim])
 
     def _suggest_tab(self) -> mw.Container:
         self.method = mw.ComboBox(label="Method", choices=[(m.title, m.name) for m in METHODS.values()], value="adaptive")
@@ -271,6 +276,7 @@ class ALRegionsWidget(QWidget):
         spec = project.spec
         self.arch.value, self.patch_size.value, self.level.value = spec.arch, spec.patch_size, spec.level
         self.members.value = project.n_members
+        self.encoder_src.value = project.encoder_source
         self.slide.choices = list(project.slides)
         self._refresh_status()
 
@@ -446,10 +452,23 @@ class ALRegionsWidget(QWidget):
         self.runner.start(lambda cancel: p.iter_priority(name, measure=measure, cancel=cancel),
                           desc="priority map", on_done=done)
 
+    def _apply_encoder(self) -> bool:
+        source = self.encoder_src.value.strip() or "classifier"
+        if source == self.project.encoder_source:
+            return True
+        try:
+            self.project.set_encoder(source)
+        except (ValueError, OSError) as exc:
+            self._message(str(exc), True)
+            return False
+        return True
+
     def compute_embeddings(self) -> None:
         p, name = self.project, self.current
         if p is None or name is None:
             self._message("add a slide first", True)
+            return
+        if not self._apply_encoder():
             return
         self.runner.start(lambda cancel: p.iter_embed(name, cancel=cancel), desc="embeddings",
                           on_done=lambda emb: self._message(f"{int(np.isfinite(emb).all(-1).sum())} patch embeddings "
@@ -465,6 +484,8 @@ class ALRegionsWidget(QWidget):
                 return
         if p.prototypes is None:
             self._message("choose a prototype set (.npz from `alregions prototypes`)", True)
+            return
+        if not self._apply_encoder():
             return
 
         def done(sim: np.ndarray) -> None:
