@@ -402,7 +402,7 @@ class ALRegionsWidget(QWidget):
             return
         r, s = regions[i], self._scale(regions[i].slide)
         self.viewer.scene.camera.center = ((r.y + r.h / 2) * s, (r.x + r.w / 2) * s)
-        canvas = getattr(self.viewer, "_canvas_size", (600, 800))
+        canvas = tuple(getattr(self.viewer.canvas, "size", None) or (600, 800))
         self.viewer.scene.camera.zoom = 0.8 * min(canvas[0] / (r.h * s), canvas[1] / (r.w * s))
 
     def _go_to_proposal(self, i: int) -> None:
@@ -592,6 +592,7 @@ class ALRegionsWidget(QWidget):
         self._show_proposals(name, region.method)
         self._show_accepted(name)
         layer = self._open_region_labels(accepted)
+        self._go_to([accepted], 0)  # show the region to paint
         self.viewer.layers.selection.active = layer
         layer.mode = "paint"
         self._refill_lists()
