@@ -54,7 +54,9 @@ class ALRegionsWidget(QWidget):
         super().__init__()
         self.viewer = napari_viewer
         self.project: AnnotationProject | None = None
-        self.runner = TaskRunner(self._set_busy, self._message)
+        self.progress = mw.ProgressBar(value=0, min=0, max=0, label="")
+        self.progress.visible = False
+        self.runner = TaskRunner(self._set_busy, self._message, self.progress)
         self._region_layers: dict[str, Any] = {}
         self._busy_buttons: list[mw.PushButton] = []
         self._unsaved: set[str] = set()
@@ -78,6 +80,7 @@ class ALRegionsWidget(QWidget):
         self.cancel_btn.changed.connect(self.runner.cancel)
         layout = QVBoxLayout(self)
         layout.addWidget(tabs)
+        layout.addWidget(self.progress.native)
         layout.addWidget(self.cancel_btn.native)
         layout.addWidget(self.status.native)
         layout.addWidget(self.message.native)
