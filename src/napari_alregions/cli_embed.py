@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ._atomic import save_npy
+
 __all__ = ["add_embed_parsers"]
 
 
@@ -27,16 +29,6 @@ def _add_encoder_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--level", type=int, help="pyramid level the encoder reads")
 
 
-def _atomic_save(path: Path, arr: np.ndarray) -> Path:
-    import os
-
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.part.npy")
-    np.save(tmp, arr)
-    os.replace(tmp, path)
-    return path
-
-
 def _cmd_embed(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -51,7 +43,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
             bar.refresh()
 
         emb = embed_slide(slide, encoder, stride=args.stride, progress=progress)
-    out = _atomic_save(args.out, emb)
+    out = save_npy(args.out, emb)
     n = int(np.isfinite(emb).all(-1).sum())
     print(f"{n} patch embeddings ({emb.shape[0]}x{emb.shape[1]} map, D={emb.shape[2]}, {encoder.name}) written to {out}")
     return 0
@@ -98,7 +90,7 @@ def _cmd_similarity(args: argparse.Namespace) -> int:
 
     emb = np.load(args.embeddings, allow_pickle=False)
     sim = similarity_map(emb, load_prototypes(args.prototypes).of(args.cls))
-    out = _atomic_save(args.out, sim)
+    out = save_npy(args.out, sim)
     print(f"similarity map {sim.shape[0]}x{sim.shape[1]} (max {sim.max():.3f}) written to {out}")
     return 0
 

@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from ._atomic import save_npy, write_text
+
 __all__ = ["PoolJob", "close", "connect", "local_client", "pool_slides", "run_pool"]
 
 MANIFEST = "pool_results.json"
@@ -86,11 +88,7 @@ def slide_task(path: str, payload: bytes, job: PoolJob, out: str) -> str:
         else:
             result = embed_slide(slide, load_encoder(model, spec=spec), stride=job.stride, tissue=tissue,
                                  batch_size=job.batch_size, device="cpu")
-    target = Path(out)
-    tmp = target.with_name(f".{target.stem}.part.npy")
-    np.save(tmp, result.astype(np.float32))
-    os.replace(tmp, target)
-    return str(target)
+    return str(save_npy(out, result.astype(np.float32)))
 
 
 def _job_key(payload: bytes, job: PoolJob) -> str:
@@ -166,9 +164,7 @@ def run_pool(
     def record(name: str, file: str) -> None:
         nonlocal finished
         manifest.setdefault("slides", {})[name] = {"file": Path(file).name, "key": key, "job": asdict(job)}
-        tmp = manifest_path.with_name(f".{MANIFEST}.part")
-        tmp.write_text(json.dumps(manifest, indent=1))
-        os.replace(tmp, manifest_path)
+        write_text(manifest_path, json.dumps(manifest, indent=1))
         results[name] = Path(file)
         finished += 1
         if progress is not None:

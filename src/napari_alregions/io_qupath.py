@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ._atomic import write_text
 from .geometry import DEFAULT_REGION_COLOR, REGION_CLASS, Region
 
 #: Class colours for QuPath (r, g, b): background grey, tumour red, then others.
@@ -62,12 +63,7 @@ def write_regions(path: str | os.PathLike[str], regions: Iterable[Region], **kwa
 
 def write_features(path: str | os.PathLike[str], features: Iterable[dict[str, Any]]) -> Path:
     """Write GeoJSON features as a ``FeatureCollection``, atomically."""
-    path = Path(path)
-    data = json.dumps({"type": "FeatureCollection", "features": list(features)}, indent=1)
-    tmp = path.with_name(f".{path.name}.part")
-    tmp.write_text(data)
-    os.replace(tmp, path)
-    return path
+    return write_text(path, json.dumps({"type": "FeatureCollection", "features": list(features)}, indent=1))
 
 
 def read_regions(path: str | os.PathLike[str]) -> list[Region]:

@@ -30,8 +30,9 @@ from typing import Any
 
 import numpy as np
 
+from ._atomic import atomic_path, save_npy
 from ._progress import iter_progress, relay
-from .geometry import REGION_CLASS, Region
+from .geometry import Region
 from .io_qupath import class_annotations, labels_to_features, rasterize_annotations, read_features, write_features
 from .priority import MEASURES
 from .selection import METHODS, select
@@ -403,11 +404,8 @@ class AnnotationProject:
         gen = iter_progress(embed_slide, s, encoder, stride=self.stride, tissue=s.tissue_map(self.stride), cancel=cancel)
         emb = yield from relay(gen, lambda dt: {"phase": "embed", "slide": slide, "done": dt[0], "total": dt[1]})
         self.embeddings[slide] = emb
-        path = self.folder / EMBED_DIR / f"{slide}.npy"
-        path.parent.mkdir(exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.part.npy")
-        np.save(tmp, emb)
-        os.replace(tmp, path)
+        (self.folder / EMBED_DIR).mkdir(exist_ok=True)
+        save_npy(self.folder / EMBED_DIR / f"{slide}.npy", emb)
         self.similarity.pop(slide, None)
         return emb
 
@@ -420,9 +418,8 @@ class AnnotationProject:
         protos = load_prototypes(path)
         target = self.folder / PROTOTYPES_FILE
         if Path(path).resolve() != target.resolve():
-            tmp = target.with_name(f".{target.stem}.part.npz")
-            shutil.copyfile(path, tmp)
-            os.replace(tmp, target)
+            with atomic_path(target) as tmp:
+                shutil.copyfile(path, tmp)
         self.prototypes = protos
         self.similarity.clear()
 
@@ -793,10 +790,9 @@ def _jsonable(options: dict[str, Any]) -> dict[str, Any]:
 
 def _save_map(path: Path, record: MapRecord) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.part.npz")
-    np.savez_compressed(tmp, probabilities=record.probabilities, priority=record.priority,
-                        measure=np.array(record.measure), stride=np.array(record.stride), cycle=np.array(record.cycle))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        np.savez_compressed(tmp, probabilities=record.probabilities, priority=record.priority,
+                            measure=np.array(record.measure), stride=np.array(record.stride), cycle=np.array(record.cycle))
 
 
 def _load_map(path: Path) -> MapRecord | None:

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from ._atomic import atomic_path
+
 __all__ = [
     "PrototypeSet",
     "center_crop",
@@ -76,9 +78,8 @@ def save_prototypes(path: str | os.PathLike[str], protos: PrototypeSet) -> Path:
     path = Path(path)
     arrays = {f"class:{c}": np.asarray(e, np.float32) for c, e in protos.embeddings.items()}
     arrays["provenance"] = np.array(json.dumps(protos.provenance, default=str))
-    tmp = path.with_name(f".{path.stem}.part.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        np.savez(tmp, **arrays)
     return path
 
 

@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 
 from . import __version__
+from ._atomic import atomic_path
+from ._atomic import write_text as _atomic_write_text  # a module name: tests simulate a crash here
 from .geometry import Region
 from .io_qupath import read_regions, write_regions
 
@@ -190,7 +192,7 @@ class Session:
             "params": self.params,
             "checkpoints": self.checkpoints,
         }
-        _atomic_write_text(self.folder / SESSION_FILE, json.dumps(meta, indent=1, default=_json_default))
+        _atomic_write_text(self.folder / SESSION_FILE, json.dumps(meta, indent=1, default=_json_default), fsync=True)
         self._dirty.clear()
 
 
@@ -217,27 +219,17 @@ def _new_uid() -> str:
     return str(uuid.uuid4())
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.part")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def _write_label_zip(path: Path, labels: np.ndarray) -> None:
     import zarr
     from zarr.storage import ZipStore
 
-    tmp = path.with_name(f".{path.name}.part")
-    store = ZipStore(tmp, mode="w")
-    try:
-        z = zarr.create_array(store, shape=labels.shape, chunks=(min(1024, labels.shape[0]), min(1024, labels.shape[1])), dtype="uint8", fill_value=0)
-        z[:] = labels
-    finally:
-        store.close()
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        store = ZipStore(tmp, mode="w")
+        try:
+            z = zarr.create_array(store, shape=labels.shape, chunks=(min(1024, labels.shape[0]), min(1024, labels.shape[1])), dtype="uint8", fill_value=0)
+            z[:] = labels
+        finally:
+            store.close()
 
 
 def _read_label_zip(path: Path) -> np.ndarray:

@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
+from ._atomic import write_text
+
 __all__ = [
     "BACKGROUND",
     "TISSUE",
@@ -549,7 +551,5 @@ def make_slide_pool(
         "labels": {"background": BACKGROUND, "tissue": TISSUE, "tumour": TUMOUR},
         "slides": entries,
     }
-    tmp = manifest_path.with_name(MANIFEST + ".part")
-    tmp.write_text(json.dumps(manifest, indent=2))
-    os.replace(tmp, manifest_path)
+    write_text(manifest_path, json.dumps(manifest, indent=2))
     return manifest

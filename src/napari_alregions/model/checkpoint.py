@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._atomic import atomic_path
 from .networks import ARCHITECTURES, build_model
 
 __all__ = ["CheckpointError", "ModelSpec", "load_checkpoint", "save_checkpoint"]
@@ -81,9 +82,8 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, spec: ModelS
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "info": info,
     }
-    tmp = path.with_name(f".{path.name}.part")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
     return path
 
 
