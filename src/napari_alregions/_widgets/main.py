@@ -237,6 +237,13 @@ class ALRegionsWidget(QWidget):
     def current(self) -> str | None:
         return self.slide.value or None
 
+    def _slide_or_say(self) -> str | None:
+        """The current slide, or None after telling the user to add one."""
+        if self.project is None or self.current is None:
+            self._message("add a slide first", True)
+            return None
+        return self.current
+
     def _scale(self, name: str) -> float:
         return slide_scale(self.project.slides[name])
 
@@ -442,9 +449,8 @@ class ALRegionsWidget(QWidget):
         self._message(f"loaded {Path(self.checkpoint.value).name}")
 
     def compute_priority(self) -> None:
-        p, name = self.project, self.current
-        if p is None or name is None:
-            self._message("add a slide first", True)
+        p, name = self.project, self._slide_or_say()
+        if name is None:
             return
         measure = self.measure.value
 
@@ -467,9 +473,8 @@ class ALRegionsWidget(QWidget):
         return True
 
     def compute_embeddings(self) -> None:
-        p, name = self.project, self.current
-        if p is None or name is None:
-            self._message("add a slide first", True)
+        p, name = self.project, self._slide_or_say()
+        if name is None:
             return
         if not self._apply_encoder():
             return
@@ -478,9 +483,8 @@ class ALRegionsWidget(QWidget):
                                                             f"(D={emb.shape[-1]}) for {name}"))
 
     def compute_similarity(self) -> None:
-        p, name = self.project, self.current
-        if p is None or name is None:
-            self._message("add a slide first", True)
+        p, name = self.project, self._slide_or_say()
+        if name is None:
             return
         if self.prototypes_file.value and Path(self.prototypes_file.value).is_file():
             if self._guard(p.set_prototypes, Path(self.prototypes_file.value)) is None and p.prototypes is None:
@@ -523,9 +527,8 @@ class ALRegionsWidget(QWidget):
         return region_size_px(self.region_size.value, self.unit.value, mpp=p.slides[name].mpp, stride=p.stride)
 
     def suggest(self) -> None:
-        name = self.current
-        if self.project is None or name is None:
-            self._message("add a slide first", True)
+        name = self._slide_or_say()
+        if name is None:
             return
         method = self.method.value
         l_ = self._guard(self._region_px, name)
@@ -541,9 +544,8 @@ class ALRegionsWidget(QWidget):
         self._message(f"{METHODS[method].title}: {len(regions)} region(s) of {l_} px{short}")
 
     def compare(self) -> None:
-        name = self.current
-        if self.project is None or name is None:
-            self._message("add a slide first", True)
+        name = self._slide_or_say()
+        if name is None:
             return
         l_ = self._guard(self._region_px, name)
         result = self._guard(self.project.compare, name, list(self.compare_methods.value), region_size=l_, k=self.k.value,
@@ -565,9 +567,8 @@ class ALRegionsWidget(QWidget):
         self._message(f"compared {len(out)} methods on {name}")
 
     def pool_diversity(self) -> None:
-        name = self.current
-        if self.project is None or name is None:
-            self._message("add a slide first", True)
+        name = self._slide_or_say()
+        if name is None:
             return
         l_ = self._guard(self._region_px, name)
         out = self._guard(self.project.suggest_pool_diversity, region_size=l_, n_per_slide=self.k.value,
@@ -641,9 +642,8 @@ class ALRegionsWidget(QWidget):
 
     # ------------------------------------------------------------------ correct (UGA)
     def find_uncertain(self) -> None:
-        p, name = self.project, self.current
-        if p is None or name is None:
-            self._message("add a slide first", True)
+        p, name = self.project, self._slide_or_say()
+        if name is None:
             return
         regions = self._guard(p.suggest, name, "top_patches", region_size=p.stride, k=self.n_uncertain.value)
         if regions is None:
@@ -689,18 +689,16 @@ class ALRegionsWidget(QWidget):
 
     # ------------------------------------------------------------------ QuPath
     def export_qupath(self) -> None:
-        name = self.current
-        if self.project is None or name is None:
-            self._message("add a slide first", True)
+        name = self._slide_or_say()
+        if name is None:
             return
         path = self._guard(self.project.export_qupath, Path(self.qupath_file.value), name)
         if path is not None:
             self._message(f"exported regions and labels of {name} to {path}")
 
     def import_qupath(self) -> None:
-        name = self.current
-        if self.project is None or name is None:
-            self._message("add a slide first", True)
+        name = self._slide_or_say()
+        if name is None:
             return
         counts = self._guard(self.project.import_qupath, Path(self.qupath_file.value), name)
         if counts is None:
