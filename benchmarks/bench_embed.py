@@ -13,6 +13,7 @@ similarity map is timed against a straightforward reference (one prototype at a 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -20,28 +21,20 @@ import numpy as np
 import torch
 
 from napari_alregions.embed import embed_slide, load_encoder, similarity_map
-from napari_alregions.model.device import autocast, pick_device
+from napari_alregions.model.device import pick_device
 from napari_alregions.synthetic import make_slide_pool
 from napari_alregions.wsi import open_slide
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _ceiling import ceiling  # noqa: E402
 
 CACHE = Path(__file__).parent / ".cache"
 
 
 def encoder_only(enc, batch: int, n_patches: int, device: torch.device) -> float:
-    x = torch.rand(batch, 3, enc.patch_size, enc.patch_size, device=device).contiguous(memory_format=torch.channels_last)
     module = enc.module.to(device).eval()
-    with torch.no_grad(), autocast(device):
-        for _ in range(3):
-            enc.head(module, x)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        n = max(1, n_patches // batch)
-        t = time.perf_counter()
-        for _ in range(n):
-            enc.head(module, x).cpu()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-    return n * batch / (time.perf_counter() - t)
+    return ceiling(lambda x: enc.head(module, x).cpu(), batch=batch, patch=enc.patch_size, n_patches=n_patches,
+                   device=device)
 
 
 def naive_similarity(emb: np.ndarray, protos: np.ndarray) -> np.ndarray:

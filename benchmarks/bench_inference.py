@@ -12,6 +12,7 @@ device, same batch size. Goal: ratio >= 0.7 on a CPU, >= 0.6 on a GPU.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -19,28 +20,19 @@ import numpy as np
 import torch
 
 from napari_alregions.model import ModelSpec, predict_probability_map
-from napari_alregions.model.device import autocast, pick_device
+from napari_alregions.model.device import pick_device
 from napari_alregions.synthetic import make_slide_pool
 from napari_alregions.wsi import open_slide
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _ceiling import ceiling  # noqa: E402
 
 CACHE = Path(__file__).parent / ".cache"
 
 
 def model_only(model, spec: ModelSpec, batch: int, n_patches: int, device: torch.device) -> float:
-    # channels-last, as the pipeline feeds it (NHWC patches permuted): the faster layout
-    x = torch.rand(batch, 3, spec.patch_size, spec.patch_size, device=device).contiguous(memory_format=torch.channels_last)
-    with torch.no_grad(), autocast(device):
-        for _ in range(3):
-            torch.softmax(model(x).float(), 1)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        n = max(1, n_patches // batch)
-        t = time.perf_counter()
-        for _ in range(n):
-            torch.softmax(model(x).float(), 1)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-    return n * batch / (time.perf_counter() - t)
+    return ceiling(lambda x: torch.softmax(model(x).float(), 1), batch=batch, patch=spec.patch_size,
+                   n_patches=n_patches, device=device)
 
 
 def main() -> None:

@@ -1,0 +1,30 @@
+"""The model-only ceiling shared by the throughput benchmarks: a forward function on random
+tensors already on the device, batch after batch, in channels-last (the layout the pipeline
+feeds)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+
+from napari_alregions.model.device import autocast
+
+
+def ceiling(forward: Callable[[torch.Tensor], torch.Tensor], *, batch: int, patch: int, n_patches: int,
+            device: torch.device) -> float:
+    """Patches/s of ``forward`` on random (batch, 3, patch, patch) inputs."""
+    x = torch.rand(batch, 3, patch, patch, device=device).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad(), autocast(device):
+        for _ in range(3):
+            forward(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        n = max(1, n_patches // batch)
+        t = time.perf_counter()
+        for _ in range(n):
+            forward(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    return n * batch / (time.perf_counter() - t)
