@@ -202,13 +202,16 @@ class _Features:
         self._emb: dict[str, np.ndarray] = {}
         self._sim: dict[str, np.ndarray] = {}
         self._protos = None
+        self._encoder = None
 
     def embeddings(self, name: str) -> np.ndarray:
         if name not in self._emb:
             from .embed import embed_slide, load_encoder
 
-            enc = load_encoder(self.config.encoder, patch_size=self.config.patch_size, level=self.config.level)
-            self._emb[name] = embed_slide(self.pool.slides[name], enc, stride=self.pool.stride, tissue=self.pool.tissue[name])
+            if self._encoder is None:
+                self._encoder = load_encoder(self.config.encoder, patch_size=self.config.patch_size, level=self.config.level)
+            self._emb[name] = embed_slide(self.pool.slides[name], self._encoder, stride=self.pool.stride,
+                                          tissue=self.pool.tissue[name])
         return self._emb[name]
 
     def similarity(self, name: str) -> np.ndarray:
