@@ -201,18 +201,22 @@ def embed_slide(
     *,
     stride: int,
     tissue: np.ndarray | None = None,
-    batch_size: int = 128,
+    batch_size: int | str | None = None,
     device: str | torch.device | None = None,
     progress: Callable[[int, int], None] | None = None,
     cancel: Callable[[], bool] | None = None,
+    compile: bool | str = False,
 ) -> np.ndarray:
     """(H, W, D) float32 L2-normalised patch embeddings on the map grid; NaN off tissue.
 
     Map pixel (r, c) embeds the patch centred on the cell centre, as for the probability
-    map (``stride`` level-0 px per map pixel).
+    map (``stride`` level-0 px per map pixel). ``batch_size`` ("auto" tunes it; default
+    "auto" on CUDA, 128 on the CPU), ``device`` and ``compile`` as for
+    :func:`~napari_alregions.model.predict_probability_map`.
     """
     return map_patches(slide, [encoder.module], encoder, head=encoder.head, n_out=encoder.dim, stride=stride,
-                       tissue=tissue, batch_size=batch_size, device=device, progress=progress, cancel=cancel)[0]
+                       tissue=tissue, batch_size=batch_size, device=device, progress=progress, cancel=cancel,
+                       compile=compile)[0]
 
 
 def embed_patches(images: np.ndarray, encoder: Encoder, *, batch_size: int = 64,

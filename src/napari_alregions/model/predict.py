@@ -2,100 +2,32 @@
 
 Map pixel (r, c) (stride s level-0 px) gets the class probabilities of the patch of
 ``spec.patch_size`` px at ``spec.level`` centred on the cell centre ((c + ½)s, (r + ½)s).
-Cells are read in blocks by background threads into a bounded queue (tissue blocks only),
-batched, and run through the model(s); outside tissue the map is NaN.
+Tissue cells stream through reader threads, a staging thread (batches; on CUDA the copy
+or nvJPEG decode on a side stream) and the model (:mod:`._stream`); outside tissue the
+map is NaN.
 """
 
 from __future__ import annotations
 
 import os
-import queue
-import threading
 from collections.abc import Callable, Sequence
+from contextlib import closing
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..wsi import Slide
+from ._stream import nvjpeg, stream_batches
+from .batching import resolve_batch_size
 from .checkpoint import ModelSpec
-from .data import normalise
-from .device import autocast, pick_device
+from .device import autocast, compiled, pick_device
 
 __all__ = ["InferenceCancelled", "map_patches", "predict_probability_map"]
-
-_DONE = object()
 
 
 class InferenceCancelled(RuntimeError):
     """Raised when a cancel callback stopped inference."""
-
-
-def _nvjpeg():
-    """torchvision's decode_jpeg when it can decode on a GPU, else None."""
-    try:
-        from torchvision.io import decode_jpeg
-    except Exception:  # missing, or a wheel that does not match this torch
-        return None
-    return decode_jpeg
-
-
-def _cat(parts: list):
-    return torch.cat(parts) if isinstance(parts[0], torch.Tensor) else np.concatenate(parts)
-
-
-def _raw_tiles(tiles, ly: int, lx: int, h: int, w: int) -> list[tuple[int, int, bytes]]:
-    """(tile row, tile col, JPEG stream) of the tiles that the level-pixel box touches."""
-    y0, y1 = max(ly, 0), min(ly + h, tiles.height)
-    x0, x1 = max(lx, 0), min(lx + w, tiles.width)
-    out = []
-    if y0 >= y1 or x0 >= x1:
-        return out
-    for ty in range(y0 // tiles.th, (y1 - 1) // tiles.th + 1):
-        for tx in range(x0 // tiles.tw, (x1 - 1) // tiles.tw + 1):
-            out.append((ty, tx, tiles.jpeg_stream(tiles.tile_index(ty, tx))))
-    return out
-
-
-def _assemble_on_gpu(items: list, tiles, step: int, d: int, dev: torch.device) -> tuple[np.ndarray, torch.Tensor]:
-    """Decode the tiles of several blocks in one nvJPEG call and cut their patches on the device.
-
-    ``items`` are reader records ``(map cells, block cells, (ly, lx, h, w), raw tiles)``.
-    Returns the map cells and the (N, 3, d, d) uint8 patches, in order.
-    """
-    streams = [b for item in items for _, _, b in item[3] if b]
-    decoded = iter(_nvjpeg()([torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in streams], device=dev)) if streams else iter(())
-    offs = torch.arange(d, device=dev)
-    all_idx, all_patches = [], []
-    for idx, cells, (ly, lx, h, w), raw in items:
-        region = torch.full((3, h, w), 255, dtype=torch.uint8, device=dev)
-        for ty, tx, b in raw:
-            ty0, tx0 = ty * tiles.th, tx * tiles.tw
-            ys, ye = max(ly, ty0), min(ly + h, ty0 + tiles.th, tiles.height)
-            xs, xe = max(lx, tx0), min(lx + w, tx0 + tiles.tw, tiles.width)
-            if b:
-                img = next(decoded)
-                region[:, ys - ly : ye - ly, xs - lx : xe - lx] = img[:3, ys - ty0 : ye - ty0, xs - tx0 : xe - tx0]
-            else:  # a sparse file's missing tile reads as zeros
-                region[:, ys - ly : ye - ly, xs - lx : xe - lx] = 0
-        c = torch.as_tensor(cells, device=dev)
-        rows = (c[:, 0:1] * step + offs)[:, :, None]  # (N, d, 1)
-        cols = (c[:, 1:2] * step + offs)[:, None, :]  # (N, 1, d)
-        all_idx.append(idx)
-        all_patches.append(region[:, rows, cols].permute(1, 0, 2, 3))
-    return np.concatenate(all_idx), torch.cat(all_patches)
-
-
-def _blocks(tissue: np.ndarray, block: int) -> list[tuple[int, int, np.ndarray]]:
-    """(r0, c0, cell indices) of every block of cells that holds tissue."""
-    out = []
-    h, w = tissue.shape
-    for r0 in range(0, h, block):
-        for c0 in range(0, w, block):
-            cells = np.argwhere(tissue[r0 : r0 + block, c0 : c0 + block])
-            if cells.size:
-                out.append((r0, c0, cells))
-    return out
 
 
 def predict_probability_map(
@@ -104,7 +36,7 @@ def predict_probability_map(
     spec: ModelSpec,
     *,
     stride: int,
-    batch_size: int = 128,
+    batch_size: int | str | None = None,
     tissue: np.ndarray | None = None,
     device: str | torch.device | None = None,
     workers: int | None = None,
@@ -113,6 +45,7 @@ def predict_probability_map(
     progress: Callable[[int, int], None] | None = None,
     cancel: Callable[[], bool] | None = None,
     gpu_decode: bool | None = None,
+    compile: bool | str = False,
 ) -> np.ndarray:
     """Class probabilities on the map grid of ``stride`` level-0 px.
 
@@ -125,8 +58,11 @@ def predict_probability_map(
         Patch size, working level and normalisation.
     stride : int
         Level-0 px per map pixel; a multiple of the working level's downsample.
-    batch_size : int
-        Patches per forward pass; halved and retried on CUDA out-of-memory.
+    batch_size : int or "auto", optional
+        Patches per forward pass; halved and retried on CUDA out-of-memory. "auto" measures
+        the model and takes the smallest batch past which throughput stops growing that
+        fits in half the free GPU memory (:func:`~.batching.tune_batch_size`; once per
+        model). Default: "auto" on CUDA, 128 on the CPU.
     tissue : (H, W) bool ndarray, optional
         Cells to predict (default ``slide.tissue_map(stride)``).
     device : optional
@@ -142,17 +78,29 @@ def predict_probability_map(
         Decode JPEG tiles on the GPU with nvJPEG (torchvision) instead of in the reader
         threads. Default: on when the device is CUDA, torchvision can decode there and the
         working level is JPEG-tiled RGB.
+    compile : bool or str
+        Run the model through ``torch.compile`` (True, or a mode such as
+        "max-autotune"); compiled once per model, every batch padded to one shape. Falls
+        back to the plain model with a warning if compiling fails.
 
     Returns
     -------
     (H, W, C) float32 ndarray, or (E, H, W, C) for a sequence of models
         ``H, W = slide.map_shape(stride)``; NaN outside tissue.
+
+    Examples
+    --------
+    >>> from napari_alregions.model import ModelSpec
+    >>> spec = ModelSpec(level=1, patch_size=64)
+    >>> prob = predict_probability_map(slide, spec.build(), spec, stride=128)  # doctest: +SKIP
+    >>> prob.shape == (*slide.map_shape(128), 2)  # doctest: +SKIP
+    True
     """
     models = list(model) if isinstance(model, (list, tuple)) else [model]
     out = map_patches(
         slide, models, spec, head=lambda m, x: torch.softmax(m(x).float(), dim=1), n_out=len(spec.classes),
         stride=stride, batch_size=batch_size, tissue=tissue, device=device, workers=workers, prefetch=prefetch,
-        block=block, progress=progress, cancel=cancel, gpu_decode=gpu_decode,
+        block=block, progress=progress, cancel=cancel, gpu_decode=gpu_decode, compile=compile,
     )
     return out if len(models) > 1 else out[0]
 
@@ -165,7 +113,7 @@ def map_patches(
     head: Callable[[nn.Module, torch.Tensor], torch.Tensor],
     n_out: int,
     stride: int,
-    batch_size: int = 128,
+    batch_size: int | str | None = None,
     tissue: np.ndarray | None = None,
     device: str | torch.device | None = None,
     workers: int | None = None,
@@ -174,6 +122,7 @@ def map_patches(
     progress: Callable[[int, int], None] | None = None,
     cancel: Callable[[], bool] | None = None,
     gpu_decode: bool | None = None,
+    compile: bool | str = False,
 ) -> np.ndarray:
     """Stream the map grid's patches through ``head(model, x)`` for every model.
 
@@ -192,7 +141,7 @@ def map_patches(
     factor = slide.level_factor(level)
     if stride % factor:
         raise ValueError(f"stride ({stride}) must be a multiple of the level-{level} downsample ({factor:g})")
-    if batch_size < 1:
+    if isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     h, w = slide.map_shape(stride)
     out = np.full((len(models), h, w, n_out), np.nan, dtype=np.float32)
@@ -205,133 +154,93 @@ def map_patches(
     if total == 0:
         return out
     dev = pick_device(device)
+    cuda = dev.type == "cuda"
     if workers is None:
-        workers = 2 if dev.type == "cpu" else max(2, min(8, (os.cpu_count() or 2) - 1))
+        workers = 2 if not cuda else max(2, min(8, (os.cpu_count() or 2) - 1))
     tiles = slide.tiled_level(level)
+    can_decode = cuda and tiles is not None and tiles.is_jpeg and nvjpeg() is not None
     if gpu_decode is None:
-        gpu_decode = dev.type == "cuda" and tiles is not None and tiles.is_jpeg and _nvjpeg() is not None
-    elif gpu_decode and (dev.type != "cuda" or tiles is None or not tiles.is_jpeg or _nvjpeg() is None):
+        gpu_decode = can_decode
+    elif gpu_decode and not can_decode:
         raise ValueError("gpu_decode needs a CUDA device, torchvision's decode_jpeg and a JPEG-tiled RGB level")
     for m in models:
         m.to(dev).eval()
     d = spec.patch_size
-    step = int(stride // factor)  # cell pitch in working-level px
+    # x in [0, 255] -> (x / 255 - mean) / std in one multiply-add; constants made once, on
+    # the device (a per-batch host->device copy would make the CPU wait for the GPU)
+    scale = (1 / (255 * torch.tensor(spec.std, dtype=torch.float32))).view(1, 3, 1, 1).to(dev)
+    shift = (-torch.tensor(spec.mean, dtype=torch.float32) / torch.tensor(spec.std, dtype=torch.float32)).view(1, 3, 1, 1).to(dev)
 
-    jobs = _blocks(tissue, block)
-    q: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
-    stop = threading.Event()
-    errors: list[BaseException] = []
-    next_job = iter(range(len(jobs)))
-    job_lock = threading.Lock()
+    def forward_all(forwards: Sequence[nn.Module], x: torch.Tensor) -> list[torch.Tensor]:
+        """(B, 3, d, d) normalised float -> one (B, n_out) float32 result per model."""
+        with torch.no_grad(), autocast(dev):
+            return [head(f, x).float() for f in forwards]
 
-    def reader() -> None:
-        try:
-            while not stop.is_set():
-                with job_lock:
-                    j = next(next_job, None)
-                if j is None:
-                    break
-                r0, c0, cells = jobs[j]
-                rows, cols = int(cells[:, 0].max()) + 1, int(cells[:, 1].max()) + 1
-                # One read per block: the union of its patches, white off the slide.
-                x0 = int(c0 * stride + stride / 2 - d * factor / 2)
-                y0 = int(r0 * stride + stride / 2 - d * factor / 2)
-                h_r, w_r = (rows - 1) * step + d, (cols - 1) * step + d
-                if gpu_decode:
-                    ly, lx = int(np.floor(y0 / factor)), int(np.floor(x0 / factor))
-                    q.put((cells + (r0, c0), cells, (ly, lx, h_r, w_r), _raw_tiles(tiles, ly, lx, h_r, w_r)))
-                    continue
-                region = slide.read_region(x0, y0, w_r, h_r, level=level, fill=255)
-                patches = np.stack([region[r * step : r * step + d, c * step : c * step + d] for r, c in cells])
-                q.put((cells + (r0, c0), patches))
-        except BaseException as exc:  # surfaced in the consumer
-            errors.append(exc)
-        finally:
-            q.put(_DONE)
+    batch_size = resolve_batch_size(batch_size, lambda x: forward_all(models, x), key=models[0], patch=d,
+                                    device=dev, n_models=len(models))
+    forwards = [compiled(m, compile) for m in models] if compile else models
+    pad = "full" if compile else ("pow2" if cuda else None)
+    run_size = batch_size  # shrinks on CUDA out-of-memory
+    pending: list = []  # CUDA: (cells, pinned host results, copy-done event), oldest first
 
-    threads = [threading.Thread(target=reader, daemon=True) for _ in range(max(1, workers))]
-    for t in threads:
-        t.start()
-    finished, done_cells = 0, 0
-    gpu_items: list = []
-    decode_batch = 256  # tiles per nvJPEG call: larger batches decode up to 1.5x faster
-    pend_idx: list[np.ndarray] = []
-    pend_x: list[np.ndarray] = []
+    def write(idx: np.ndarray, results: Sequence) -> None:
+        for e, r in enumerate(results):
+            out[e, idx[:, 0], idx[:, 1]] = r.numpy() if isinstance(r, torch.Tensor) else r
 
-    def run_batch(idx: np.ndarray, x: np.ndarray) -> None:
-        nonlocal batch_size
+    def drain(keep: int) -> None:
+        """Write finished copies; wait for the oldest while more than ``keep`` are in flight."""
+        while len(pending) > keep or (pending and pending[0][2].query()):
+            idx, hosts, done = pending.pop(0)
+            done.synchronize()
+            write(idx, hosts)
+
+    def run(x: torch.Tensor, n: int) -> list[torch.Tensor]:
+        """The results of the first ``n`` rows of ``x``, in chunks of ``run_size``."""
+        nonlocal run_size
+        parts: list[list[torch.Tensor]] = [[] for _ in models]
         start = 0
-        while start < len(x):
-            chunk = x[start : start + batch_size]
+        while start < n:
+            chunk = x[start : start + run_size]
             try:
-                if isinstance(chunk, torch.Tensor):  # decoded on the device: (N, 3, d, d) uint8
-                    xt = chunk.float().div_(255)
-                else:
-                    t = torch.from_numpy(chunk)
-                    if dev.type == "cuda":
-                        t = t.pin_memory()
-                    xt = t.to(dev, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
-                xt = normalise(xt, spec.mean, spec.std)
-                with torch.no_grad(), autocast(dev):
-                    probs = [head(m, xt).float().cpu().numpy() for m in models]
+                xt = torch.addcmul(shift, chunk.permute(0, 3, 1, 2).float(), scale)  # channels-last
+                res = forward_all(forwards, xt)
             except torch.OutOfMemoryError:
-                if batch_size == 1:
+                if run_size == 1:
                     raise
                 torch.cuda.empty_cache()
-                batch_size = max(1, batch_size // 2)
+                run_size = max(1, run_size // 2)
                 continue
-            sel = idx[start : start + len(chunk)]
-            for e, p in enumerate(probs):
-                out[e, sel[:, 0], sel[:, 1]] = p
+            for p, r in zip(parts, res):
+                p.append(r[: n - start])
             start += len(chunk)
+        return [p[0] if len(p) == 1 else torch.cat(p) for p in parts]
 
-    try:
-        while finished < len(threads):
-            item = q.get()
-            if item is _DONE:
-                finished += 1
-                continue
+    done_cells = 0
+    batches = stream_batches(slide, tissue, level=level, stride=stride, patch=d, batch=batch_size, device=dev,
+                             workers=workers, prefetch=prefetch, block=block, gpu_decode=gpu_decode, pad=pad)
+    with closing(batches):
+        for b in batches:
             if cancel is not None and cancel():
                 raise InferenceCancelled("inference cancelled")
-            if gpu_decode:
-                # gather blocks until a few hundred tiles, then decode them in one call
-                gpu_items.append(item)
-                if sum(len(it[3]) for it in gpu_items) < decode_batch:
-                    continue
-                idx, patches = _assemble_on_gpu(gpu_items, tiles, step, d, dev)
-                gpu_items = []
+            n = len(b.idx)
+            if b.ready is not None:
+                stream = torch.cuda.current_stream(dev)
+                stream.wait_event(b.ready)
+                b.x.record_stream(stream)  # made on the staging stream, used and freed on this one
+            results = run(b.x, n)
+            if cuda:
+                # copy back without blocking; written into the map once the copy is done
+                hosts = [torch.empty(r.shape, dtype=r.dtype, pin_memory=True) for r in results]
+                for hst, r in zip(hosts, results):
+                    hst.copy_(r, non_blocking=True)
+                copied = torch.cuda.Event()
+                copied.record()
+                pending.append((b.idx, hosts, copied))
+                drain(keep=8)
             else:
-                idx, patches = item
-            pend_idx.append(idx)
-            pend_x.append(patches)
-            if sum(len(i) for i in pend_idx) >= batch_size:
-                # run whole batches only: one input shape keeps the GPU kernels warm
-                idx_all, x_all = np.concatenate(pend_idx), _cat(pend_x)
-                n_full = len(idx_all) // batch_size * batch_size
-                pend_idx, pend_x = [idx_all[n_full:]], [x_all[n_full:]]
-                run_batch(idx_all[:n_full], x_all[:n_full])
-                done_cells += n_full
-                if progress is not None:
-                    progress(done_cells, total)
-        if errors:
-            raise errors[0]
-        if gpu_items:
-            idx, patches = _assemble_on_gpu(gpu_items, tiles, step, d, dev)
-            pend_idx.append(idx)
-            pend_x.append(patches)
-        if pend_idx and sum(len(i) for i in pend_idx):
-            idx_all, x_all = np.concatenate(pend_idx), _cat(pend_x)
-            run_batch(idx_all, x_all)
-            done_cells += len(idx_all)
+                write(b.idx, results)
+            done_cells += n
             if progress is not None:
                 progress(done_cells, total)
-    finally:
-        stop.set()
-        while any(t.is_alive() for t in threads):  # unblock readers waiting on a full queue
-            try:
-                q.get_nowait()
-            except queue.Empty:
-                pass
-            for t in threads:
-                t.join(timeout=0.01)
+        drain(keep=0)
     return out

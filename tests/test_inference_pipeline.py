@@ -1,0 +1,248 @@
+"""The inference stream: batching and padding, batch-size tuning, torch.compile, clean stops."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from napari_alregions.model import InferenceCancelled, ModelSpec, predict_probability_map
+from napari_alregions.model import device as device_mod
+from napari_alregions.model._stream import padded_size, stream_batches
+from napari_alregions.model.batching import resolve_batch_size, search_batch_size, tune_batch_size
+from napari_alregions.wsi import open_slide
+
+
+class TinyConv(nn.Module):
+    """A small real network (conv, pooling, linear) to compile and tune."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.conv(x)).mean(dim=(2, 3)))
+
+
+SPEC = ModelSpec(level=1, patch_size=32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+
+
+@pytest.fixture
+def slide(small_pool):
+    folder, manifest = small_pool
+    with open_slide(folder / manifest["slides"][0]["image"]) as s:
+        yield s
+
+
+def _stream_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("alregions-")]
+
+
+# --- padding and batching ---------------------------------------------------------------
+
+@pytest.mark.parametrize(("n", "pad", "expected"), [
+    (5, None, 5), (5, "full", 16), (5, "pow2", 8), (8, "pow2", 8), (9, "pow2", 16), (1, "pow2", 1),
+    (16, "full", 16), (13, "pow2", 16),
+])
+def test_padded_size(n, pad, expected):
+    assert padded_size(n, 16, pad) == expected
+
+
+def test_padded_size_rejects_unknown_mode():
+    with pytest.raises(ValueError, match="pad"):
+        padded_size(3, 16, "half")
+
+
+@pytest.mark.parametrize("pad", [None, "pow2", "full"])
+def test_stream_yields_every_tissue_cell_once_in_whole_batches(slide, pad):
+    stride = 64
+    tissue = slide.tissue_map(stride)
+    seen = np.zeros(tissue.shape, int)
+    sizes = []
+    batches = stream_batches(slide, tissue, level=1, stride=stride, patch=32, batch=24, device=torch.device("cpu"),
+                             workers=3, block=4, pad=pad)
+    for b in batches:
+        seen[b.idx[:, 0], b.idx[:, 1]] += 1
+        assert b.x.dtype == torch.uint8 and b.x.shape[1:] == (32, 32, 3)
+        assert len(b.x) == padded_size(len(b.idx), 24, pad)
+        assert not b.x[len(b.idx):].any()  # padding rows are zeros
+        sizes.append(len(b.idx))
+    np.testing.assert_array_equal(seen, tissue.astype(int))
+    assert all(s == 24 for s in sizes[:-1]) and 0 < sizes[-1] <= 24  # only the tail is short
+    assert not _stream_threads()
+
+
+def test_stream_patch_content_equals_read_region(slide):
+    stride = 64
+    tissue = slide.tissue_map(stride)
+    b = next(iter(stream_batches(slide, tissue, level=1, stride=stride, patch=32, batch=5,
+                                 device=torch.device("cpu"), workers=1)))
+    for (r, c), x in zip(b.idx, b.x.numpy()):
+        # the patch centred on the cell centre, read independently at level 1
+        want = slide.read_region(c * stride + stride // 2 - 32, r * stride + stride // 2 - 32, 32, 32, level=1, fill=255)
+        np.testing.assert_array_equal(x, want)
+
+
+def test_reader_error_reaches_the_caller_and_threads_stop(slide, monkeypatch):
+    calls = {"n": 0}
+    real = slide.read_region
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError("disk went away")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(slide, "read_region", flaky)
+    with pytest.raises(OSError, match="disk went away"):
+        predict_probability_map(slide, TinyConv(), SPEC, stride=64, batch_size=4, device="cpu", block=2)
+    time.sleep(0.2)
+    assert not _stream_threads()
+
+
+def test_cancel_mid_map_stops_every_thread(slide):
+    polls = {"n": 0}
+
+    def cancel():
+        polls["n"] += 1
+        return polls["n"] > 2
+
+    with pytest.raises(InferenceCancelled):
+        predict_probability_map(slide, TinyConv(), SPEC, stride=64, batch_size=2, device="cpu", block=2, cancel=cancel)
+    assert polls["n"] == 3
+    assert not _stream_threads()
+
+
+# --- batch size -------------------------------------------------------------------------
+
+def _saturating(limit: int, oom_above: int | None = None, per_patch: float = 1.0):
+    tried = []
+
+    def measure(b):
+        tried.append(b)
+        if oom_above is not None and b > oom_above:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return float(min(b, limit)) * 100, b * per_patch
+
+    return measure, tried
+
+
+def test_search_stops_where_throughput_saturates():
+    measure, tried = _saturating(256)
+    assert search_batch_size(measure, start=16, max_batch=4096) == 256
+    assert tried == [16, 32, 64, 128, 256, 512]  # one doubling past the knee, then stop
+
+
+def test_search_backs_off_from_out_of_memory():
+    measure, tried = _saturating(10_000, oom_above=100)
+    assert search_batch_size(measure, start=16, max_batch=4096) == 64
+    measure, tried = _saturating(10_000, oom_above=5)
+    assert search_batch_size(measure, start=64, max_batch=4096) == 4  # halves until one fits
+    assert tried == [64, 32, 16, 8, 4, 8]
+    measure, _ = _saturating(10_000, oom_above=0)
+    with pytest.raises(torch.OutOfMemoryError):
+        search_batch_size(measure, start=4)
+
+
+def test_search_respects_the_memory_budget_and_cap():
+    measure, tried = _saturating(10_000, per_patch=1e6)  # 1 MB per patch
+    assert search_batch_size(measure, start=16, max_batch=4096, budget=200e6) == 128  # 256 would need ~256 MB
+    assert max(tried) == 128  # the over-budget size is never tried
+    measure, _ = _saturating(10_000)
+    assert search_batch_size(measure, start=16, max_batch=100) == 64
+    with pytest.raises(ValueError, match="start"):
+        search_batch_size(measure, start=0)
+    with pytest.raises(ValueError, match="min_gain"):
+        search_batch_size(measure, min_gain=0.5)
+
+
+def test_tune_on_the_cpu_with_a_real_model():
+    model = TinyConv().eval()
+    b = tune_batch_size(model, patch=32, device="cpu", start=8, max_batch=128)
+    assert b in (8, 16, 32, 64, 128)
+    with pytest.raises(ValueError, match="memory_fraction"):
+        tune_batch_size(model, patch=32, device="cpu", memory_fraction=0)
+
+
+def test_resolve_batch_size_defaults_and_errors():
+    model = TinyConv().eval()
+    cpu = torch.device("cpu")
+    assert resolve_batch_size(None, model, key=model, patch=32, device=cpu) == 128
+    assert resolve_batch_size(7, model, key=model, patch=32, device=cpu) == 7
+    calls = {"n": 0}
+
+    def forward(x):
+        calls["n"] += 1
+        return model(x)
+
+    first = resolve_batch_size("auto", forward, key=model, patch=32, device=cpu)
+    n = calls["n"]
+    assert resolve_batch_size("auto", forward, key=model, patch=32, device=cpu) == first
+    assert calls["n"] == n  # tuned once per model, device and patch size
+    for bad in ("big", 0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="batch_size"):
+            resolve_batch_size(bad, model, key=model, patch=32, device=cpu)
+
+
+def test_auto_batch_gives_the_same_map(slide):
+    model = TinyConv().eval()
+    fixed = predict_probability_map(slide, model, SPEC, stride=64, batch_size=16, device="cpu")
+    auto = predict_probability_map(slide, model, SPEC, stride=64, batch_size="auto", device="cpu")
+    np.testing.assert_allclose(auto, fixed, atol=1e-5, equal_nan=True)
+
+
+# --- torch.compile ----------------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
+                    reason="torch.compile's CPU backend needs a C compiler")
+def test_compiled_model_gives_the_same_map(slide):
+    model = TinyConv().eval()
+    eager = predict_probability_map(slide, model, SPEC, stride=64, batch_size=16, device="cpu")
+    comp = predict_probability_map(slide, model, SPEC, stride=64, batch_size=16, device="cpu", compile=True)
+    np.testing.assert_allclose(comp, eager, atol=1e-5, equal_nan=True)
+    wrapper = device_mod.compiled(model)
+    assert not wrapper.failed
+    assert device_mod.compiled(model) is wrapper  # compiled once per model
+
+
+def test_compile_failure_falls_back_to_the_plain_model(slide, monkeypatch):
+    def broken_compile(module, **kwargs):
+        def run(x):
+            raise RuntimeError("inductor: no C compiler found")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    model = TinyConv().eval()
+    eager = predict_probability_map(slide, model, SPEC, stride=64, batch_size=16, device="cpu")
+    with pytest.warns(RuntimeWarning, match="torch.compile failed"):
+        comp = predict_probability_map(slide, model, SPEC, stride=64, batch_size=16, device="cpu", compile="max-autotune")
+    np.testing.assert_array_equal(comp, eager)
+    with pytest.raises(ValueError, match="compile"):
+        predict_probability_map(slide, model, SPEC, stride=64, device="cpu", compile="fastest")
+
+
+# --- the CUDA path (runs on a GPU machine) -----------------------------------------------
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("gpu_decode", [False, True])
+def test_cuda_stream_pipeline_equals_the_cpu_map(slide, gpu_decode):
+    model = TinyConv().eval()
+    cpu = predict_probability_map(slide, model, SPEC, stride=64, batch_size=16, device="cpu")
+    gpu = predict_probability_map(slide, model, SPEC, stride=64, batch_size="auto", device="cuda", gpu_decode=gpu_decode)
+    np.testing.assert_allclose(gpu, cpu, atol=2e-2, equal_nan=True)  # bf16/fp16 autocast
+    assert not _stream_threads()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_tuned_batch_fits_the_memory_budget():
+    model = TinyConv().cuda().eval()
+    b = tune_batch_size(model, patch=64, device="cuda", memory_fraction=0.5)
+    assert 16 <= b <= 4096
