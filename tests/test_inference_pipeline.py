@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from napari_alregions.model import InferenceCancelled, ModelSpec, predict_probability_map
+from napari_alregions.model import _stream
 from napari_alregions.model import device as device_mod
 from napari_alregions.model._stream import padded_size, stream_batches
 from napari_alregions.model.batching import resolve_batch_size, search_batch_size, tune_batch_size
@@ -88,6 +89,36 @@ def test_stream_patch_content_equals_read_region(slide):
         # the patch centred on the cell centre, read independently at level 1
         want = slide.read_region(c * stride + stride // 2 - 32, r * stride + stride // 2 - 32, 32, 32, level=1, fill=255)
         np.testing.assert_array_equal(x, want)
+
+
+@pytest.mark.parametrize("decode_batch", [2, 256])
+def test_raw_tile_path_cuts_the_same_patches_as_the_cpu_path(slide, monkeypatch, decode_batch):
+    """The GPU-decode path (raw JPEG tiles to the staging thread, decoded there in batches,
+    patches cut from the decoded tiles) run on the CPU with a CPU JPEG decoder."""
+    import imagecodecs
+
+    def cpu_decode(streams, device):
+        return [torch.from_numpy(np.ascontiguousarray(imagecodecs.jpeg8_decode(b).transpose(2, 0, 1))) for b in streams]
+
+    monkeypatch.setattr(_stream, "DECODE_BATCH", decode_batch)  # tiles gathered per decode call
+    stride = 64
+    tissue = slide.tissue_map(stride)
+    assert slide.tiled_level(1) is not None and slide.tiled_level(1).is_jpeg
+
+    def patches(**kw):
+        got = {}
+        for b in stream_batches(slide, tissue, level=1, stride=stride, patch=32, batch=40,
+                                device=torch.device("cpu"), workers=2, block=4, **kw):
+            for (r, c), x in zip(b.idx, b.x.numpy()[: len(b.idx)]):
+                assert (r, c) not in got
+                got[(r, c)] = x
+        return got
+
+    raw = patches(gpu_decode=True, decode=cpu_decode)
+    ref = patches()
+    assert raw.keys() == ref.keys() and len(ref) == tissue.sum()
+    for k in ref:
+        np.testing.assert_array_equal(raw[k], ref[k])
 
 
 def test_reader_error_reaches_the_caller_and_threads_stop(slide, monkeypatch):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,7 +25,7 @@ import torch
 
 from ..wsi import Slide
 
-__all__ = ["Batch", "nvjpeg", "padded_size", "stream_batches"]
+__all__ = ["Batch", "nvjpeg", "nvjpeg_decode", "padded_size", "stream_batches"]
 
 _DONE = object()
 _POLL_S = 0.05  # how often blocked threads look at the stop flag
@@ -88,17 +88,32 @@ def _raw_tiles(tiles, ly: int, lx: int, h: int, w: int) -> list[tuple[int, int, 
     return out
 
 
-def _assemble_on_gpu(items: list, tiles, step: int, d: int, dev: torch.device) -> tuple[np.ndarray, torch.Tensor]:
-    """Decode the tiles of several blocks in one nvJPEG call and cut their patches on the device.
+def nvjpeg_decode(streams: list[bytes], device: torch.device) -> list[torch.Tensor]:
+    """JPEG streams -> (3, H, W) uint8 tensors on ``device``, in one nvJPEG call."""
+    return nvjpeg()([torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in streams], device=device)
 
-    ``items`` are reader records ``(map cells, block cells, (ly, lx, h, w), raw tiles)``.
+
+def _assemble_on_device(items: list, tiles, step: int, d: int, dev: torch.device,
+                        decode: Callable[[list[bytes], torch.device], list[torch.Tensor]] = nvjpeg_decode,
+                        ) -> tuple[np.ndarray, torch.Tensor]:
+    """Decode the tiles of several blocks in one call and cut their patches on the device.
+
+    ``items`` are reader records ``(map cells, block cells, (ly, lx, h, w), raw tiles)``;
+    ``decode`` turns JPEG streams into (3, H, W) tensors on ``dev`` (nvJPEG on a GPU).
     Returns the map cells and their (N, d, d, 3) uint8 patches, in order.
     """
     streams = [b for item in items for _, _, b in item[3] if b]
-    decoded = iter(nvjpeg()([torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in streams], device=dev)) if streams else iter(())
+    decoded = iter(decode(streams, dev)) if streams else iter(())
+    counts = [len(item[1]) for item in items]
+    cells_dev = torch.from_numpy(np.concatenate([item[1] for item in items]))
+    if dev.type == "cuda":
+        # all blocks' cell indices in one pinned, non-blocking copy: a pageable copy would
+        # make this thread wait for the decode queued before it
+        cells_dev = cells_dev.pin_memory().to(dev, non_blocking=True)
     offs = torch.arange(d, device=dev)
     all_idx, all_patches = [], []
-    for idx, cells, (ly, lx, h, w), raw in items:
+    first = 0
+    for (idx, _cells, (ly, lx, h, w), raw), n in zip(items, counts):
         region = torch.full((h, w, 3), 255, dtype=torch.uint8, device=dev)
         for ty, tx, b in raw:
             ty0, tx0 = ty * tiles.th, tx * tiles.tw
@@ -109,7 +124,8 @@ def _assemble_on_gpu(items: list, tiles, step: int, d: int, dev: torch.device) -
                 region[ys - ly : ye - ly, xs - lx : xe - lx] = img[:3, ys - ty0 : ye - ty0, xs - tx0 : xe - tx0].permute(1, 2, 0)
             else:  # a sparse file's missing tile reads as zeros
                 region[ys - ly : ye - ly, xs - lx : xe - lx] = 0
-        c = torch.as_tensor(cells, device=dev)
+        c = cells_dev[first : first + n]
+        first += n
         rows = (c[:, 0:1] * step + offs)[:, :, None]  # (N, d, 1)
         cols = (c[:, 1:2] * step + offs)[:, None, :]  # (N, 1, d)
         all_idx.append(idx)
@@ -162,11 +178,14 @@ def stream_batches(
     gpu_decode: bool = False,
     pad: str | None = None,
     depth: int = 3,
+    decode: Callable[[list[bytes], torch.device], list[torch.Tensor]] = nvjpeg_decode,
 ) -> Iterator[Batch]:
     """Batches of the tissue cells' patches, in no fixed order (each cell once).
 
     A generator: closing it (or an exception in the consumer) stops and joins the threads.
     ``depth`` batches may wait on the device at once. Errors in the threads are raised here.
+    With ``gpu_decode`` the readers pass raw JPEG tiles and the staging thread decodes
+    them with ``decode`` (nvJPEG; another decoder lets the CPU run this path too).
     """
     factor = slide.level_factor(level)
     step = int(stride // factor)  # cell pitch in working-level px
@@ -251,7 +270,7 @@ def stream_batches(
                     gpu_items.append(item)
                     if sum(len(it[3]) for it in gpu_items) < DECODE_BATCH:
                         continue
-                    batcher.add(*_assemble_on_gpu(gpu_items, tiles, step, d, device))
+                    batcher.add(*_assemble_on_device(gpu_items, tiles, step, d, device, decode))
                     gpu_items = []
                 else:
                     batcher.add(item[0], torch.from_numpy(item[1]))
@@ -261,7 +280,7 @@ def stream_batches(
             if stop.is_set():
                 return
             if gpu_items:
-                batcher.add(*_assemble_on_gpu(gpu_items, tiles, step, d, device))
+                batcher.add(*_assemble_on_device(gpu_items, tiles, step, d, device, decode))
             for part in batcher.take(final=True):
                 if not put(q_batches, finish(*part)):
                     return
