@@ -1,12 +1,13 @@
 """Inference benchmark: end-to-end probability map vs. the model-only ceiling, one run.
 
-    python benchmarks/bench_inference.py [--size 8192] [--batch 256] [--device cpu|cuda]
-                                         [--arch compact] [--patch 64] [--stride 64]
+    python benchmarks/bench_inference.py [--size 8192] [--batch 256|auto] [--device cpu|cuda]
+                                         [--arch compact] [--patch 64] [--stride 64] [--compile]
 
 End to end = ``predict_probability_map`` on a JPEG-compressed pyramidal TIFF: tile decode in
 reader threads, patch assembly, host-to-device copy, the model (autocast bf16/fp16 on CUDA),
-softmax and writing the map. The ceiling = the same model on random tensors already on the
-device, same batch size. Goal: ratio >= 0.7 on a CPU, >= 0.6 on a GPU.
+softmax and writing the map. The ceiling = the same model (compiled too, with --compile) on
+random tensors already on the device, same batch size ("auto": tuned once, used for both).
+Goal: ratio >= 0.7 on a CPU, >= 0.6 on a GPU.
 """
 
 from __future__ import annotations
@@ -19,8 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from napari_alregions.cli_pool import batch_size_arg
 from napari_alregions.model import ModelSpec, predict_probability_map
-from napari_alregions.model.device import pick_device
+from napari_alregions.model.batching import tune_batch_size
+from napari_alregions.model.device import compiled, pick_device
+from napari_alregions.model.predict import _softmax
 from napari_alregions.synthetic import make_slide_pool
 from napari_alregions.wsi import open_slide
 
@@ -30,15 +34,14 @@ from _ceiling import ceiling  # noqa: E402
 CACHE = Path(__file__).parent / ".cache"
 
 
-def model_only(model, spec: ModelSpec, batch: int, n_patches: int, device: torch.device) -> float:
-    return ceiling(lambda x: torch.softmax(model(x).float(), 1), batch=batch, patch=spec.patch_size,
-                   n_patches=n_patches, device=device)
+def model_only(forward, spec: ModelSpec, batch: int, n_patches: int, device: torch.device) -> float:
+    return ceiling(forward, batch=batch, patch=spec.patch_size, n_patches=n_patches, device=device)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=8192)
-    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--batch", type=batch_size_arg, default=256, help="patches per batch, or 'auto'")
     ap.add_argument("--device", default=None)
     ap.add_argument("--arch", default="compact")
     ap.add_argument("--patch", type=int, default=64)
@@ -46,6 +49,7 @@ def main() -> None:
     ap.add_argument("--level", type=int, default=1)
     ap.add_argument("--workers", type=int, default=None, help="reader threads (default: predict's)")
     ap.add_argument("--cpu-decode", action="store_true", help="on CUDA, decode JPEG tiles on the CPU, not with nvJPEG")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the model (end to end and ceiling)")
     args = ap.parse_args()
     device = pick_device(args.device)
     folder = CACHE / f"io_{args.size}"
@@ -54,22 +58,26 @@ def main() -> None:
     spec = ModelSpec(arch=args.arch, level=args.level, patch_size=args.patch)
     torch.manual_seed(0)
     model = spec.build().to(device).eval()
+    if args.batch == "auto":
+        args.batch = tune_batch_size(lambda x: _softmax(model, x), patch=args.patch, device=device)
+    forward = compiled(model, True, _softmax) if args.compile else (lambda x: _softmax(model, x))
     tissue = slide.tissue_map(args.stride)
     n = int(tissue.sum())
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"device {name}; {args.arch}, {args.patch}² patches at level {args.level}, stride {args.stride}, batch {args.batch}")
+    print(f"device {name}; {args.arch}, {args.patch}² patches at level {args.level}, stride {args.stride}, "
+          f"batch {args.batch}{', compiled' if args.compile else ''}")
     print(f"slide {args.size}² px: {n} tissue patches of {tissue.size}")
     gpu_decode = False if args.cpu_decode else None
     predict_probability_map(slide, model, spec, stride=args.stride, batch_size=args.batch, tissue=tissue, device=device,
-                            workers=args.workers, gpu_decode=gpu_decode)  # warm-up (caches, cuDNN autotune)
+                            workers=args.workers, gpu_decode=gpu_decode, compile=args.compile)  # warm-up (caches, autotune)
     best_e2e = 0.0
     for _ in range(2):
         t = time.perf_counter()
         prob = predict_probability_map(slide, model, spec, stride=args.stride, batch_size=args.batch, tissue=tissue,
-                                       device=device, workers=args.workers, gpu_decode=gpu_decode)
+                                       device=device, workers=args.workers, gpu_decode=gpu_decode, compile=args.compile)
         best_e2e = max(best_e2e, n / (time.perf_counter() - t))
     assert np.isfinite(prob[tissue]).all()
-    ceiling = max(model_only(model, spec, args.batch, max(n, 4 * args.batch), device) for _ in range(2))
+    ceiling = max(model_only(forward, spec, args.batch, max(n, 4 * args.batch), device) for _ in range(2))
     mp = (args.patch * slide.level_factor(args.level)) ** 2 / 1e6
     print(f"{'':<14}{'patches/s':>12}{'MP/s (level 0)':>16}")
     print(f"{'end-to-end':<14}{best_e2e:>12.0f}{best_e2e * mp:>16.1f}")

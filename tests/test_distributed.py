@@ -136,3 +136,30 @@ def test_simulation_through_the_cluster_matches_in_process(tmp_path_factory, cli
     strip = lambda rows: [{k: v for k, v in r.items() if k != "wall_s"} for r in rows]  # noqa: E731
     assert strip(dist["rows"]) == strip(serial["rows"])
     assert dist["regions"] == serial["regions"]
+
+
+def test_pool_cli_runs_the_pool_and_validates_its_options(pool4, model, tmp_path, capsys):
+    from napari_alregions.cli import main
+    from napari_alregions.model import predict_probability_map, save_checkpoint
+    from napari_alregions.wsi import open_slide
+
+    m, spec = model
+    ck = tmp_path / "model.pt"
+    save_checkpoint(ck, m, spec)
+    out = tmp_path / "out"
+    args = ["pool", "predict", *map(str, pool4[:2]), "--checkpoint", str(ck), "--stride", "64", "--out", str(out),
+            "--device", "cpu", "--batch-size", "auto"]
+    assert main(args) == 0
+    assert "2 slide(s) done on this process" in capsys.readouterr().out
+    with open_slide(pool4[0]) as s:  # the pool's map is the plain predict map
+        want = predict_probability_map(s, m, spec, stride=64, device="cpu")
+    np.testing.assert_allclose(np.load(out / f"{pool4[0].name.split('.')[0]}.predict.npy"), want, atol=1e-5, equal_nan=True)
+    for bad in (["--batch-size", "zero"], ["--batch-size", "0"]):
+        with pytest.raises(SystemExit) as exc:
+            main([*args[:-2], *bad])
+        assert exc.value.code == 2
+        assert "positive integer or 'auto'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="device"):
+        PoolJob("predict", stride=64, device="tpu")
+    with pytest.raises(ValueError, match="batch_size"):
+        PoolJob("predict", stride=64, batch_size="many")

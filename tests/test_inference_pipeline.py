@@ -239,9 +239,28 @@ def test_compiled_model_gives_the_same_map(slide):
     eager = predict_probability_map(slide, model, SPEC, stride=64, batch_size=16, device="cpu")
     comp = predict_probability_map(slide, model, SPEC, stride=64, batch_size=16, device="cpu", compile=True)
     np.testing.assert_allclose(comp, eager, atol=1e-5, equal_nan=True)
-    wrapper = device_mod.compiled(model)
-    assert not wrapper.failed
-    assert device_mod.compiled(model) is wrapper  # compiled once per model
+    from napari_alregions.model.predict import _softmax
+
+    wrapper = device_mod.compiled(model, True, _softmax)
+    assert not wrapper.failed  # it ran compiled, not the fallback
+    assert device_mod.compiled(model, True, _softmax) is wrapper  # compiled once per model and head
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
+                    reason="torch.compile's CPU backend needs a C compiler")
+def test_compiled_encoder_gives_the_same_embeddings(slide):
+    """Compiling wraps head(module, x), so heads that call more than forward() still work."""
+    from napari_alregions.embed import embed_slide, load_encoder
+
+    class TinyEncoder(TinyConv):
+        def forward_features(self, x):
+            return torch.relu(self.conv(x)).mean(dim=(2, 3))
+
+    enc = load_encoder(TinyEncoder().eval(), spec=SPEC)
+    eager = embed_slide(slide, enc, stride=64, batch_size=16, device="cpu")
+    comp = embed_slide(slide, enc, stride=64, batch_size=16, device="cpu", compile=True)
+    np.testing.assert_allclose(comp, eager, atol=1e-5, equal_nan=True)
 
 
 def test_compile_failure_falls_back_to_the_plain_model(slide, monkeypatch):

@@ -5,7 +5,20 @@ from __future__ import annotations
 import argparse
 import sys
 
-__all__ = ["add_pool_parser", "add_cluster_args"]
+__all__ = ["add_cluster_args", "add_pool_parser", "batch_size_arg"]
+
+
+def batch_size_arg(text: str) -> int | str:
+    """``--batch-size``: a positive int or "auto"."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {text!r}")
+    return value
 
 
 def add_cluster_args(p: argparse.ArgumentParser) -> None:
@@ -37,7 +50,8 @@ def _cmd_pool(args: argparse.Namespace) -> int:
         model = spec.build()
     else:
         raise ValueError("predict needs --checkpoint")
-    job = PoolJob(args.kind, stride=args.stride, batch_size=args.batch_size, threads=args.threads)
+    job = PoolJob(args.kind, stride=args.stride, batch_size=args.batch_size, threads=args.threads,
+                  device=None if args.device == "auto" else args.device, compile=args.compile)
     client = connect(args.scheduler, args.local_cluster)
     try:
         with tqdm(total=len(slides), desc=args.kind, unit="slide", file=sys.stderr, mininterval=0.5) as bar:
@@ -65,7 +79,10 @@ def add_pool_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--patch-size", type=int, default=64, help="embed without --checkpoint: patch side")
     p.add_argument("--level", type=int, default=1, help="embed without --checkpoint: pyramid level")
     p.add_argument("--stride", type=int, default=128, help="level-0 px per map pixel")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=batch_size_arg, default=None, metavar="N|auto",
+                   help="patches per forward pass; 'auto' tunes it to the GPU (default: auto on a GPU, 128 on the CPU)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (each worker's GPU when it has one)")
+    p.add_argument("--compile", action="store_true", help="run the model through torch.compile (pays off on GPUs)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per task")
     p.add_argument("--out", default="pool-results")
     add_cluster_args(p)

@@ -36,14 +36,21 @@ class PoolJob:
 
     kind: str
     stride: int
-    batch_size: int = 128
+    batch_size: int | str | None = None  # None: "auto" on a GPU, 128 on the CPU
     threads: int = 1  # torch threads per task: workers x threads should not exceed the cores
+    device: str | None = None  # None: the worker's GPU when it has one, else its CPU
+    compile: bool = False  # torch.compile the model (worth it on a GPU, for big pools)
 
     def __post_init__(self) -> None:
         if self.kind not in ("predict", "embed"):
             raise ValueError(f"kind must be 'predict' or 'embed', got {self.kind!r}")
         if self.stride < 1:
             raise ValueError(f"stride must be >= 1, got {self.stride}")
+        b = self.batch_size
+        if not (b is None or b == "auto" or (isinstance(b, int) and not isinstance(b, bool) and b >= 1)):
+            raise ValueError(f"batch_size must be a positive int, 'auto' or None, got {b!r}")
+        if self.device is not None and self.device.split(":")[0] not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu', 'cuda[:N]' or None, got {self.device!r}")
 
 
 def model_payload(model, spec) -> bytes:
@@ -67,6 +74,19 @@ def _load_payload(payload: bytes):
     return model.eval(), spec
 
 
+_MODEL_CACHE: dict[str, tuple] = {}  # payload digest -> (model, spec): one per worker process
+
+
+def _cached_model(payload: bytes):
+    """The payload's model, built once per process: a worker runs many slides of one pool,
+    and the compiled graph and tuned batch size belong to the module object."""
+    digest = hashlib.sha256(payload).hexdigest()
+    if digest not in _MODEL_CACHE:
+        _MODEL_CACHE.clear()  # one pool's model at a time
+        _MODEL_CACHE[digest] = _load_payload(payload)
+    return _MODEL_CACHE[digest]
+
+
 def slide_task(path: str, payload: bytes, job: PoolJob, out: str) -> str:
     """Compute one slide's result and write it atomically; returns the output path.
 
@@ -75,19 +95,22 @@ def slide_task(path: str, payload: bytes, job: PoolJob, out: str) -> str:
     import torch
 
     from .embed import embed_slide, load_encoder
-    from .model import predict_probability_map
+    from .model import pick_device, predict_probability_map
     from .wsi import open_slide
 
     torch.set_num_threads(max(1, job.threads))
-    model, spec = _load_payload(payload)
+    device = pick_device(job.device)
+    model, spec = _cached_model(payload)
+    # on the CPU one reader thread per task (the cores belong to the tasks' models);
+    # a GPU needs several readers to be fed
+    common = dict(stride=job.stride, batch_size=job.batch_size, device=device, compile=job.compile,
+                  workers=max(1, job.threads) if device.type == "cpu" else None)
     with open_slide(path) as slide:
         tissue = slide.tissue_map(job.stride)
         if job.kind == "predict":
-            result = predict_probability_map(slide, model, spec, stride=job.stride, batch_size=job.batch_size,
-                                             tissue=tissue, device="cpu", workers=1)
+            result = predict_probability_map(slide, model, spec, tissue=tissue, **common)
         else:
-            result = embed_slide(slide, load_encoder(model, spec=spec), stride=job.stride, tissue=tissue,
-                                 batch_size=job.batch_size, device="cpu")
+            result = embed_slide(slide, load_encoder(model, spec=spec), tissue=tissue, **common)
     return str(save_npy(out, result.astype(np.float32)))
 
 

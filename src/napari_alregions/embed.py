@@ -206,17 +206,18 @@ def embed_slide(
     progress: Callable[[int, int], None] | None = None,
     cancel: Callable[[], bool] | None = None,
     compile: bool | str = False,
+    workers: int | None = None,
 ) -> np.ndarray:
     """(H, W, D) float32 L2-normalised patch embeddings on the map grid; NaN off tissue.
 
     Map pixel (r, c) embeds the patch centred on the cell centre, as for the probability
     map (``stride`` level-0 px per map pixel). ``batch_size`` ("auto" tunes it; default
-    "auto" on CUDA, 128 on the CPU), ``device`` and ``compile`` as for
-    :func:`~napari_alregions.model.predict_probability_map`.
+    "auto" on CUDA, 128 on the CPU), ``device``, ``compile`` and ``workers`` (reader
+    threads) as for :func:`~napari_alregions.model.predict_probability_map`.
     """
     return map_patches(slide, [encoder.module], encoder, head=encoder.head, n_out=encoder.dim, stride=stride,
                        tissue=tissue, batch_size=batch_size, device=device, progress=progress, cancel=cancel,
-                       compile=compile)[0]
+                       compile=compile, workers=workers)[0]
 
 
 def embed_patches(images: np.ndarray, encoder: Encoder, *, batch_size: int = 64,

@@ -9,6 +9,7 @@ map is NaN.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Sequence
 from contextlib import closing
@@ -28,6 +29,10 @@ __all__ = ["InferenceCancelled", "map_patches", "predict_probability_map"]
 
 class InferenceCancelled(RuntimeError):
     """Raised when a cancel callback stopped inference."""
+
+
+def _softmax(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return torch.softmax(m(x).float(), dim=1)
 
 
 def predict_probability_map(
@@ -98,7 +103,7 @@ def predict_probability_map(
     """
     models = list(model) if isinstance(model, (list, tuple)) else [model]
     out = map_patches(
-        slide, models, spec, head=lambda m, x: torch.softmax(m(x).float(), dim=1), n_out=len(spec.classes),
+        slide, models, spec, head=_softmax, n_out=len(spec.classes),
         stride=stride, batch_size=batch_size, tissue=tissue, device=device, workers=workers, prefetch=prefetch,
         block=block, progress=progress, cancel=cancel, gpu_decode=gpu_decode, compile=compile,
     )
@@ -171,14 +176,15 @@ def map_patches(
     scale = (1 / (255 * torch.tensor(spec.std, dtype=torch.float32))).view(1, 3, 1, 1).to(dev)
     shift = (-torch.tensor(spec.mean, dtype=torch.float32) / torch.tensor(spec.std, dtype=torch.float32)).view(1, 3, 1, 1).to(dev)
 
-    def forward_all(forwards: Sequence[nn.Module], x: torch.Tensor) -> list[torch.Tensor]:
+    def forward_all(calls: Sequence[Callable], x: torch.Tensor) -> list[torch.Tensor]:
         """(B, 3, d, d) normalised float -> one (B, n_out) float32 result per model."""
         with torch.no_grad(), autocast(dev):
-            return [head(f, x).float() for f in forwards]
+            return [c(x).float() for c in calls]
 
-    batch_size = resolve_batch_size(batch_size, lambda x: forward_all(models, x), key=models[0], patch=d,
+    eager = [functools.partial(head, m) for m in models]
+    batch_size = resolve_batch_size(batch_size, lambda x: forward_all(eager, x), key=models[0], patch=d,
                                     device=dev, n_models=len(models))
-    forwards = [compiled(m, compile) for m in models] if compile else models
+    calls = [compiled(m, compile, head) for m in models] if compile else eager
     pad = "full" if compile else ("pow2" if cuda else None)
     run_size = batch_size  # shrinks on CUDA out-of-memory
     pending: list = []  # CUDA: (cells, pinned host results, copy-done event), oldest first
@@ -203,7 +209,7 @@ def map_patches(
             chunk = x[start : start + run_size]
             try:
                 xt = torch.addcmul(shift, chunk.permute(0, 3, 1, 2).float(), scale)  # channels-last
-                res = forward_all(forwards, xt)
+                res = forward_all(calls, xt)
             except torch.OutOfMemoryError:
                 if run_size == 1:
                     raise
