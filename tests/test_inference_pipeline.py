@@ -296,3 +296,9 @@ def test_cuda_tuned_batch_fits_the_memory_budget():
     model = TinyConv().cuda().eval()
     b = tune_batch_size(model, patch=64, device="cuda", memory_fraction=0.5)
     assert 16 <= b <= 4096
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_asking_for_cuda_without_a_gpu_is_a_clear_error(slide):
+    with pytest.raises(ValueError, match="needs a CUDA GPU"):
+        predict_probability_map(slide, TinyConv(), SPEC, stride=64, device="cuda")

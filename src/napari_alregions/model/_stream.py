@@ -252,7 +252,7 @@ def stream_batches(
     def stager() -> None:
         try:
             if cuda:
-                torch.cuda.set_device(device)
+                torch.cuda.set_device(device)  # an indexed device (pick_device)
                 torch.cuda.set_stream(torch.cuda.Stream(device))  # this thread's current stream
             batcher = _Batcher(batch)
             gpu_items: list = []

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import torch
 
-from .device import autocast
+from .device import autocast, pick_device
 
 __all__ = ["resolve_batch_size", "search_batch_size", "tune_batch_size"]
 
@@ -139,7 +139,7 @@ def tune_batch_size(
     -------
     int
     """
-    device = torch.device(device)
+    device = pick_device(device)
     if patch < 1:
         raise ValueError(f"patch must be >= 1, got {patch}")
     if not 0 < memory_fraction <= 1:
