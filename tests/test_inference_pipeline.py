@@ -91,8 +91,8 @@ def test_stream_patch_content_equals_read_region(slide):
         np.testing.assert_array_equal(x, want)
 
 
-@pytest.mark.parametrize("decode_batch", [2, 256])
-def test_raw_tile_path_cuts_the_same_patches_as_the_cpu_path(slide, monkeypatch, decode_batch):
+@pytest.mark.parametrize(("decode_batch", "patch", "hole"), [(2, 32, False), (256, 32, True), (5, 80, False)])
+def test_raw_tile_path_cuts_the_same_patches_as_the_cpu_path(slide, monkeypatch, decode_batch, patch, hole):
     """The GPU-decode path (raw JPEG tiles to the staging thread, decoded there in batches,
     patches cut from the decoded tiles) run on the CPU with a CPU JPEG decoder."""
     import imagecodecs
@@ -103,11 +103,18 @@ def test_raw_tile_path_cuts_the_same_patches_as_the_cpu_path(slide, monkeypatch,
     monkeypatch.setattr(_stream, "DECODE_BATCH", decode_batch)  # tiles gathered per decode call
     stride = 64
     tissue = slide.tissue_map(stride)
-    assert slide.tiled_level(1) is not None and slide.tiled_level(1).is_jpeg
+    if patch == 80:  # larger than a cell: every cell, so the border patches reach off the slide
+        tissue = np.ones_like(tissue)
+    tiles = slide.tiled_level(1)
+    assert tiles is not None and tiles.is_jpeg
+    if hole:  # a sparse file's missing tile (1, 1): both paths must read it as black
+        real_raw = tiles.raw
+        monkeypatch.setattr(tiles, "raw", lambda i: b"" if i == tiles.tile_index(1, 1) else real_raw(i))
+        tissue = np.ones_like(tissue)
 
     def patches(**kw):
         got = {}
-        for b in stream_batches(slide, tissue, level=1, stride=stride, patch=32, batch=40,
+        for b in stream_batches(slide, tissue, level=1, stride=stride, patch=patch, batch=40,
                                 device=torch.device("cpu"), workers=2, block=4, **kw):
             for (r, c), x in zip(b.idx, b.x.numpy()[: len(b.idx)]):
                 assert (r, c) not in got
@@ -116,6 +123,10 @@ def test_raw_tile_path_cuts_the_same_patches_as_the_cpu_path(slide, monkeypatch,
 
     raw = patches(gpu_decode=True, decode=cpu_decode)
     ref = patches()
+    if hole:  # cell (9, 9): centre at level-1 px 304, patch 288..319, inside tile (1, 1)
+        assert not ref[(9, 9)].any()
+    if patch == 80:  # cell (0, 0): centre at level-1 px 16, so rows and columns -24..-1 are off the slide
+        assert (ref[(0, 0)][:24] == 255).all() and (ref[(0, 0)][:, :24] == 255).all()
     assert raw.keys() == ref.keys() and len(ref) == tissue.sum()
     for k in ref:
         np.testing.assert_array_equal(raw[k], ref[k])

@@ -96,41 +96,72 @@ def nvjpeg_decode(streams: list[bytes], device: torch.device) -> list[torch.Tens
 def _assemble_on_device(items: list, tiles, step: int, d: int, dev: torch.device,
                         decode: Callable[[list[bytes], torch.device], list[torch.Tensor]] = nvjpeg_decode,
                         ) -> tuple[np.ndarray, torch.Tensor]:
-    """Decode the tiles of several blocks in one call and cut their patches on the device.
+    """Decode the tiles of several blocks in one call and cut all their patches at once.
 
     ``items`` are reader records ``(map cells, block cells, (ly, lx, h, w), raw tiles)``;
     ``decode`` turns JPEG streams into (3, H, W) tensors on ``dev`` (nvJPEG on a GPU).
+    Each tile is decoded once per call, however many blocks touch it. The patches are one
+    gather from the stacked tiles: pixel (y, x) of the level comes from tile
+    (y // th, x // tw) at (y % th, x % tw); off the slide it is white, in a sparse file's
+    missing tile black. A handful of kernels per call, not per block or per tile.
     Returns the map cells and their (N, d, d, 3) uint8 patches, in order.
     """
-    streams = [b for item in items for _, _, b in item[3] if b]
-    decoded = iter(decode(streams, dev)) if streams else iter(())
-    counts = [len(item[1]) for item in items]
-    cells_dev = torch.from_numpy(np.concatenate([item[1] for item in items]))
+    th, tw = tiles.th, tiles.tw
+    slot: dict[tuple[int, int], int] = {}  # (tile row, tile col) -> row of the stack
+    streams: list[bytes] = []
+    missing: set[tuple[int, int]] = set()
+    for item in items:
+        for ty, tx, raw in item[3]:
+            if (ty, tx) in slot or (ty, tx) in missing:
+                continue
+            if raw:
+                slot[(ty, tx)] = len(streams)
+                streams.append(raw)
+            else:
+                missing.add((ty, tx))
+    white, black = len(streams), len(streams) + 1
+    for key in missing:
+        slot[key] = black
+    decoded = [img[:3] if img.shape[1:] == (th, tw) else _pad_tile(img[:3], th, tw) for img in decode(streams, dev)] if streams else []
+    fill = [torch.full((1, 3, th, tw), 255, dtype=torch.uint8, device=dev),
+            torch.zeros((1, 3, th, tw), dtype=torch.uint8, device=dev)]
+    stack = torch.cat([torch.stack(decoded), *fill]) if decoded else torch.cat(fill)
+    stack = stack.permute(0, 2, 3, 1)  # (tiles, th, tw, 3), a view
+
+    # top-left level pixel of every patch, and the tile lookup table over their bounding box
+    idx = np.concatenate([item[0] for item in items])
+    origin = np.concatenate([item[1] * step + (item[2][0], item[2][1]) for item in items])  # (N, 2) y, x
+    rows = np.array([k[0] for k in slot]) if slot else np.zeros(1, int)
+    cols = np.array([k[1] for k in slot]) if slot else np.zeros(1, int)
+    ty0, tx0 = int(rows.min()), int(cols.min())
+    lut = np.full((int(rows.max()) - ty0 + 1, int(cols.max()) - tx0 + 1), white, dtype=np.int64)
+    for (ty, tx), i in slot.items():
+        lut[ty - ty0, tx - tx0] = i
+    host = torch.from_numpy(np.concatenate([origin.ravel(), lut.ravel()]).astype(np.int64))
     if dev.type == "cuda":
-        # all blocks' cell indices in one pinned, non-blocking copy: a pageable copy would
-        # make this thread wait for the decode queued before it
-        cells_dev = cells_dev.pin_memory().to(dev, non_blocking=True)
+        # one pinned, non-blocking copy: a pageable copy would make this thread wait for the
+        # decode queued before it
+        host = host.pin_memory()
+    table = host.to(dev, non_blocking=True)
+    n = len(origin)
+    yx = table[: 2 * n].view(n, 2)
+    lut_d = table[2 * n :].view(lut.shape)
     offs = torch.arange(d, device=dev)
-    all_idx, all_patches = [], []
-    first = 0
-    for (idx, _cells, (ly, lx, h, w), raw), n in zip(items, counts):
-        region = torch.full((h, w, 3), 255, dtype=torch.uint8, device=dev)
-        for ty, tx, b in raw:
-            ty0, tx0 = ty * tiles.th, tx * tiles.tw
-            ys, ye = max(ly, ty0), min(ly + h, ty0 + tiles.th, tiles.height)
-            xs, xe = max(lx, tx0), min(lx + w, tx0 + tiles.tw, tiles.width)
-            if b:
-                img = next(decoded)
-                region[ys - ly : ye - ly, xs - lx : xe - lx] = img[:3, ys - ty0 : ye - ty0, xs - tx0 : xe - tx0].permute(1, 2, 0)
-            else:  # a sparse file's missing tile reads as zeros
-                region[ys - ly : ye - ly, xs - lx : xe - lx] = 0
-        c = cells_dev[first : first + n]
-        first += n
-        rows = (c[:, 0:1] * step + offs)[:, :, None]  # (N, d, 1)
-        cols = (c[:, 1:2] * step + offs)[:, None, :]  # (N, 1, d)
-        all_idx.append(idx)
-        all_patches.append(region[rows, cols])  # (N, d, d, 3)
-    return np.concatenate(all_idx), torch.cat(all_patches)
+    ys, xs = yx[:, 0:1] + offs, yx[:, 1:2] + offs  # (N, d) level pixels
+    tys, txs = torch.div(ys, th, rounding_mode="floor"), torch.div(xs, tw, rounding_mode="floor")
+    inside = ((ys >= 0) & (ys < tiles.height))[:, :, None] & ((xs >= 0) & (xs < tiles.width))[:, None, :]
+    tid = lut_d[(tys - ty0).clamp_(0, lut.shape[0] - 1)[:, :, None], (txs - tx0).clamp_(0, lut.shape[1] - 1)[:, None, :]]
+    tid = torch.where(inside, tid, white)
+    patches = stack[tid, (ys - tys * th)[:, :, None], (xs - txs * tw)[:, None, :]]  # (N, d, d, 3)
+    return idx, patches
+
+
+def _pad_tile(img: torch.Tensor, th: int, tw: int) -> torch.Tensor:
+    """A decoded tile smaller than the tile grid's (some writers crop edge tiles), padded."""
+    out = torch.full((3, th, tw), 255, dtype=torch.uint8, device=img.device)
+    h, w = min(th, img.shape[1]), min(tw, img.shape[2])
+    out[:, :h, :w] = img[:, :h, :w]
+    return out
 
 
 class _Batcher:
@@ -256,6 +287,7 @@ def stream_batches(
                 torch.cuda.set_stream(torch.cuda.Stream(device))  # this thread's current stream
             batcher = _Batcher(batch)
             gpu_items: list = []
+            gathered: set[tuple[int, int]] = set()  # distinct tiles in gpu_items
             finished = 0
             while finished < len(readers) and not stop.is_set():
                 try:
@@ -266,12 +298,13 @@ def stream_batches(
                     finished += 1
                     continue
                 if gpu_decode:
-                    # gather blocks until a few hundred tiles, then decode them in one call
+                    # gather blocks until a few hundred distinct tiles, then decode them in one call
                     gpu_items.append(item)
-                    if sum(len(it[3]) for it in gpu_items) < DECODE_BATCH:
+                    gathered.update((ty, tx) for ty, tx, _ in item[3])
+                    if len(gathered) < DECODE_BATCH:
                         continue
                     batcher.add(*_assemble_on_device(gpu_items, tiles, step, d, device, decode))
-                    gpu_items = []
+                    gpu_items, gathered = [], set()
                 else:
                     batcher.add(item[0], torch.from_numpy(item[1]))
                 for part in batcher.take():
