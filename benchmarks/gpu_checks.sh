@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The checks that need a CUDA GPU, in one go: the CUDA tests, then the inference and pool
+# benchmarks whose figures go into benchmarks/RESULTS.md (GPU name and date included).
+#
+#     bash benchmarks/gpu_checks.sh [OUTDIR]      # default gpu-results/
+#
+# Needs the project importable (`make setup-test`, or its dependencies on PYTHONPATH).
+# Each step writes OUTDIR/<step>.txt; a failing step does not stop the others.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-gpu-results}
+mkdir -p "$out"
+py=${PYTHON:-python3}
+
+step() {  # step NAME COMMAND...: run, keep the output, report the exit status
+    local name=$1
+    shift
+    echo "== $name: $*"
+    "$@" > "$out/$name.txt" 2>&1
+    echo "   exit $? (tail below)"
+    tail -n 6 "$out/$name.txt"
+}
+
+{ date -u +%Y-%m-%dT%H:%MZ; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  "$py" -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
+} > "$out/device.txt" 2>&1
+cat "$out/device.txt"
+
+step tests "$py" -m pytest -q -p no:xvfb -p no:cacheprovider tests/test_inference_pipeline.py tests/test_model.py
+bench=("$py" benchmarks/bench_inference.py --device cuda --batch auto)
+step compact_l1 "${bench[@]}" --arch compact --patch 64 --level 1 --stride 64
+step compact_l1_compiled "${bench[@]}" --arch compact --patch 64 --level 1 --stride 64 --compile
+step resnet18_l1 "${bench[@]}" --arch resnet18 --patch 128 --level 1 --stride 128
+step mobilenet_l0 "${bench[@]}" --arch mobilenet_v2 --patch 256 --level 0 --stride 256
+step resnet18_l0 "${bench[@]}" --arch resnet18 --patch 224 --level 0 --stride 256
+step resnet18_l0_compiled "${bench[@]}" --arch resnet18 --patch 224 --level 0 --stride 256 --compile
+step resnet18_l0_cpu_decode "${bench[@]}" --arch resnet18 --patch 224 --level 0 --stride 256 --cpu-decode
+step pool_resnet18_l0 "$py" benchmarks/bench_pool.py --device cuda --workers 1 --slides 4 --size 4096 \
+    --arch resnet18 --patch 224 --level 0 --stride 256 --batch auto
