@@ -196,7 +196,7 @@ def test_cli_embed_prototypes_similarity_suggest(planted, tmp_path, capsys):
     pd.DataFrame({"image_path": ["imgs/p.png", "imgs/n.png"],
                   "caption": ["Tumour, lymph node", "normal lymph node"]}).to_csv(tmp_path / "caps.csv", index=False)
     enc = ["--encoder", "random:0", "--patch-size", str(D), "--level", "0"]
-    assert main(["embed", str(path), "--stride", str(D), *enc, "--out", str(tmp_path / "emb.npy")]) == 0
+    assert main(["embed", str(path), "--stride", str(D), *enc, "--device", "cpu", "--batch-size", "16", "--out", str(tmp_path / "emb.npy")]) == 0
     assert main(["prototypes", "keyword", str(tmp_path / "caps.csv"), "--with", "tumour,tumor", "--with", "lymph node",
                  "--without", "normal", *enc, "--out", str(tmp_path / "p.npz")]) == 0
     assert "1 of 2 captions match" in capsys.readouterr().out

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ._atomic import save_npy
+from .cli_pool import add_inference_args
 
 __all__ = ["add_embed_parsers"]
 
@@ -42,7 +43,8 @@ def _cmd_embed(args: argparse.Namespace) -> int:
             bar.n = done
             bar.refresh()
 
-        emb = embed_slide(slide, encoder, stride=args.stride, progress=progress)
+        emb = embed_slide(slide, encoder, stride=args.stride, progress=progress, batch_size=args.batch_size,
+                          device=None if args.device == "auto" else args.device, compile=args.compile)
     out = save_npy(args.out, emb)
     n = int(np.isfinite(emb).all(-1).sum())
     print(f"{n} patch embeddings ({emb.shape[0]}x{emb.shape[1]} map, D={emb.shape[2]}, {encoder.name}) written to {out}")
@@ -102,6 +104,7 @@ def add_embed_parsers(sub: argparse._SubParsersAction) -> None:
     e.add_argument("slide")
     _add_encoder_args(e)
     e.add_argument("--stride", type=int, default=128, help="level-0 px per map pixel")
+    add_inference_args(e)
     e.add_argument("--out", default="embeddings.npy")
     e.set_defaults(func=_cmd_embed)
 

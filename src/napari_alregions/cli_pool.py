@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-__all__ = ["add_cluster_args", "add_pool_parser", "batch_size_arg"]
+__all__ = ["add_cluster_args", "add_inference_args", "add_pool_parser", "batch_size_arg"]
 
 
 def batch_size_arg(text: str) -> int | str:
@@ -19,6 +19,14 @@ def batch_size_arg(text: str) -> int | str:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {text!r}")
     return value
+
+
+def add_inference_args(p: argparse.ArgumentParser, *, device_help: str = "cpu, cuda, cuda:N or auto") -> None:
+    """``--device``, ``--batch-size`` and ``--compile`` of the commands that run a model over a slide."""
+    p.add_argument("--device", default="auto", help=device_help)
+    p.add_argument("--batch-size", type=batch_size_arg, default=None, metavar="N|auto",
+                   help="patches per forward pass; 'auto' tunes it to the GPU (default: auto on a GPU, 128 on the CPU)")
+    p.add_argument("--compile", action="store_true", help="run the model through torch.compile (pays off on GPUs)")
 
 
 def add_cluster_args(p: argparse.ArgumentParser) -> None:
@@ -79,10 +87,7 @@ def add_pool_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--patch-size", type=int, default=64, help="embed without --checkpoint: patch side")
     p.add_argument("--level", type=int, default=1, help="embed without --checkpoint: pyramid level")
     p.add_argument("--stride", type=int, default=128, help="level-0 px per map pixel")
-    p.add_argument("--batch-size", type=batch_size_arg, default=None, metavar="N|auto",
-                   help="patches per forward pass; 'auto' tunes it to the GPU (default: auto on a GPU, 128 on the CPU)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (each worker's GPU when it has one)")
-    p.add_argument("--compile", action="store_true", help="run the model through torch.compile (pays off on GPUs)")
+    add_inference_args(p, device_help="cpu, cuda, cuda:N or auto (each worker's GPU when it has one)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per task")
     p.add_argument("--out", default="pool-results")
     add_cluster_args(p)
