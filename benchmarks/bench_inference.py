@@ -3,6 +3,9 @@
     python benchmarks/bench_inference.py [--size 8192] [--batch 256|auto] [--device cpu|cuda]
                                          [--arch compact] [--patch 64] [--stride 64] [--compile]
 
+Also the stream alone (read, decode, batch and put on the device, no model): where the
+end-to-end figure sits between the two ceilings says what bounds it.
+
 End to end = ``predict_probability_map`` on a JPEG-compressed pyramidal TIFF: tile decode in
 reader threads, patch assembly, host-to-device copy, the model (autocast bf16/fp16 on CUDA),
 softmax and writing the map. The ceiling = the same model (compiled too, with --compile) on
@@ -22,9 +25,10 @@ import torch
 
 from napari_alregions.cli_pool import batch_size_arg
 from napari_alregions.model import ModelSpec, predict_probability_map
+from napari_alregions.model._stream import stream_batches
 from napari_alregions.model.batching import tune_batch_size
 from napari_alregions.model.device import compiled, pick_device
-from napari_alregions.model.predict import _softmax
+from napari_alregions.model.predict import _softmax, stream_settings
 from napari_alregions.synthetic import make_slide_pool
 from napari_alregions.wsi import open_slide
 
@@ -36,6 +40,20 @@ CACHE = Path(__file__).parent / ".cache"
 
 def model_only(forward, spec: ModelSpec, batch: int, n_patches: int, device: torch.device) -> float:
     return ceiling(forward, batch=batch, patch=spec.patch_size, n_patches=n_patches, device=device)
+
+
+def stream_only(slide, tissue, spec: ModelSpec, *, stride: int, batch: int, device: torch.device,
+                workers: int | None, gpu_decode: bool | None, pad: str | None) -> float:
+    """Patches/s of the stream that feeds the model, the model left out."""
+    workers, gpu_decode = stream_settings(slide, spec.level, device, workers=workers, gpu_decode=gpu_decode)
+    n = 0
+    t = time.perf_counter()
+    for b in stream_batches(slide, tissue, level=spec.level, stride=stride, patch=spec.patch_size, batch=batch,
+                            device=device, workers=workers, gpu_decode=gpu_decode, pad=pad):
+        n += len(b.idx)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return n / (time.perf_counter() - t)
 
 
 def main() -> None:
@@ -78,10 +96,14 @@ def main() -> None:
         best_e2e = max(best_e2e, n / (time.perf_counter() - t))
     assert np.isfinite(prob[tissue]).all()
     ceiling = max(model_only(forward, spec, args.batch, max(n, 4 * args.batch), device) for _ in range(2))
+    pad = "full" if args.compile else ("pow2" if device.type == "cuda" else None)
+    feed = max(stream_only(slide, tissue, spec, stride=args.stride, batch=args.batch, device=device,
+                           workers=args.workers, gpu_decode=gpu_decode, pad=pad) for _ in range(2))
     mp = (args.patch * slide.level_factor(args.level)) ** 2 / 1e6
     print(f"{'':<14}{'patches/s':>12}{'MP/s (level 0)':>16}")
     print(f"{'end-to-end':<14}{best_e2e:>12.0f}{best_e2e * mp:>16.1f}")
     print(f"{'model only':<14}{ceiling:>12.0f}{ceiling * mp:>16.1f}")
+    print(f"{'stream only':<14}{feed:>12.0f}{feed * mp:>16.1f}")
     print(f"ratio end-to-end / model-only: {best_e2e / ceiling:.2f} (goal >= {0.6 if device.type == 'cuda' else 0.7})")
 
 

@@ -11,11 +11,19 @@ import pytest
 import torch
 from torch import nn
 
-from napari_alregions.model import InferenceCancelled, ModelSpec, predict_probability_map
-from napari_alregions.model import _stream
+from napari_alregions.model import (
+    InferenceCancelled,
+    ModelSpec,
+    _stream,
+    predict_probability_map,
+)
 from napari_alregions.model import device as device_mod
 from napari_alregions.model._stream import padded_size, stream_batches
-from napari_alregions.model.batching import resolve_batch_size, search_batch_size, tune_batch_size
+from napari_alregions.model.batching import (
+    resolve_batch_size,
+    search_batch_size,
+    tune_batch_size,
+)
 from napari_alregions.wsi import open_slide
 
 

@@ -31,6 +31,22 @@ class InferenceCancelled(RuntimeError):
     """Raised when a cancel callback stopped inference."""
 
 
+def stream_settings(slide: Slide, level: int, device: torch.device, *, workers: int | None = None,
+                    gpu_decode: bool | None = None) -> tuple[int, bool]:
+    """Reader threads and whether to decode on the GPU, defaults filled in (see
+    :func:`predict_probability_map`)."""
+    cuda = device.type == "cuda"
+    if workers is None:
+        workers = 2 if not cuda else max(2, min(8, (os.cpu_count() or 2) - 1))
+    tiles = slide.tiled_level(level)
+    can_decode = cuda and tiles is not None and tiles.is_jpeg and nvjpeg() is not None
+    if gpu_decode is None:
+        gpu_decode = can_decode
+    elif gpu_decode and not can_decode:
+        raise ValueError("gpu_decode needs a CUDA device, torchvision's decode_jpeg and a JPEG-tiled RGB level")
+    return workers, gpu_decode
+
+
 def _softmax(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return torch.softmax(m(x).float(), dim=1)
 
@@ -160,14 +176,7 @@ def map_patches(
         return out
     dev = pick_device(device)
     cuda = dev.type == "cuda"
-    if workers is None:
-        workers = 2 if not cuda else max(2, min(8, (os.cpu_count() or 2) - 1))
-    tiles = slide.tiled_level(level)
-    can_decode = cuda and tiles is not None and tiles.is_jpeg and nvjpeg() is not None
-    if gpu_decode is None:
-        gpu_decode = can_decode
-    elif gpu_decode and not can_decode:
-        raise ValueError("gpu_decode needs a CUDA device, torchvision's decode_jpeg and a JPEG-tiled RGB level")
+    workers, gpu_decode = stream_settings(slide, level, dev, workers=workers, gpu_decode=gpu_decode)
     for m in models:
         m.to(dev).eval()
     d = spec.patch_size
