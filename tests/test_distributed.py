@@ -163,3 +163,28 @@ def test_pool_cli_runs_the_pool_and_validates_its_options(pool4, model, tmp_path
         PoolJob("predict", stride=64, device="tpu")
     with pytest.raises(ValueError, match="batch_size"):
         PoolJob("predict", stride=64, batch_size="many")
+
+
+def test_workers_spread_over_the_gpus_they_see(monkeypatch):
+    import distributed
+
+    from napari_alregions import distributed as dist_mod
+    from napari_alregions.distributed import gpu_for_worker
+
+    assert [gpu_for_worker(i, 4) for i in range(6)] == [0, 1, 2, 3, 0, 1]
+    assert gpu_for_worker("7", 4) == 3  # LocalCluster names may arrive as strings
+    named = gpu_for_worker("tcp://10.0.0.5:4242", 3)
+    assert 0 <= named < 3 and gpu_for_worker("tcp://10.0.0.5:4242", 3) == named  # stable
+    with pytest.raises(ValueError, match="n_gpus"):
+        gpu_for_worker(0, 0)
+
+    class Worker:
+        name = 6
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(distributed, "get_worker", lambda: Worker())
+    assert dist_mod._worker_device() == torch.device("cuda", 2)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # one GPU or none: the usual choice
+    assert dist_mod._worker_device() == torch.device("cpu")

@@ -25,7 +25,7 @@ import numpy as np
 
 from ._atomic import save_npy, write_text
 
-__all__ = ["PoolJob", "close", "connect", "local_client", "pool_slides", "run_pool"]
+__all__ = ["PoolJob", "close", "connect", "gpu_for_worker", "local_client", "pool_slides", "run_pool"]
 
 MANIFEST = "pool_results.json"
 
@@ -74,6 +74,37 @@ def _load_payload(payload: bytes):
     return model.eval(), spec
 
 
+def gpu_for_worker(name: object, n_gpus: int) -> int:
+    """The GPU a worker uses when it sees several: LocalCluster workers are named 0, 1, ...,
+    so worker i takes GPU i mod n; other names hash to a GPU (stable within a run)."""
+    if n_gpus < 1:
+        raise ValueError(f"n_gpus must be >= 1, got {n_gpus}")
+    try:
+        index = int(name)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        index = int(hashlib.sha256(str(name).encode()).hexdigest(), 16)
+    return index % n_gpus
+
+
+def _worker_device():
+    """This task's device when the job leaves it open: the CPU without CUDA; with several
+    GPUs in view (a LocalCluster on a multi-GPU machine), one per worker, spread by name.
+    Workers started one per GPU (``CUDA_VISIBLE_DEVICES``, dask-cuda) see one GPU each."""
+    import torch
+
+    from .model import pick_device
+
+    if not torch.cuda.is_available() or torch.cuda.device_count() < 2:
+        return pick_device(None)
+    try:
+        from distributed import get_worker
+
+        name = get_worker().name
+    except (ImportError, ValueError):  # not on a worker: this process's current GPU
+        return pick_device(None)
+    return torch.device("cuda", gpu_for_worker(name, torch.cuda.device_count()))
+
+
 _MODEL_CACHE: dict[str, tuple] = {}  # payload digest -> (model, spec): one per worker process
 
 
@@ -99,7 +130,7 @@ def slide_task(path: str, payload: bytes, job: PoolJob, out: str) -> str:
     from .wsi import open_slide
 
     torch.set_num_threads(max(1, job.threads))
-    device = pick_device(job.device)
+    device = pick_device(job.device) if job.device is not None else _worker_device()
     model, spec = _cached_model(payload)
     # on the CPU one reader thread per task (the cores belong to the tasks' models);
     # a GPU needs several readers to be fed
