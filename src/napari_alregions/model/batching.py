@@ -138,6 +138,13 @@ def tune_batch_size(
     Returns
     -------
     int
+
+    Examples
+    --------
+    >>> from napari_alregions.model import ModelSpec
+    >>> net = ModelSpec(level=1, patch_size=64).build().eval()
+    >>> tune_batch_size(net, patch=64, device="cpu", max_batch=64)  # doctest: +SKIP
+    32
     """
     device = pick_device(device)
     if patch < 1:
