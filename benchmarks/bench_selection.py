@@ -29,6 +29,7 @@ from scipy import ndimage
 
 from napari_alregions.geometry import MapBox
 from napari_alregions.selection import select
+from napari_alregions.selection._common import greedy_windows
 from napari_alregions.selection.focannot import focannot_grid
 from napari_alregions.selection.nonsquare import nonsquare_shapes
 
@@ -210,6 +211,17 @@ def main() -> None:
     desc = rng.random((rows.size, cols.size, 64))
     t_ours, _ = timed(lambda: select("focannot", p, **kw, descriptors=desc))
     row("focannot", t_ours, None, f"{rows.size * cols.size} patches, c = 3")
+
+    # Worst cases for branch and bound: every window sum alike, so bounds cannot prune.
+    # Ours switches to dense scoring once the queue grows; reference: never switching.
+    side = min(args.size, 2048)
+    print(f"\nworst cases, {side}x{side} map, {l}x{l} windows, k = {k}")
+    flat = np.full((side, side), 0.5)
+    noise = np.random.default_rng(1).random((side, side))
+    for name, m in (("standard, plateau", flat), ("standard, noise", noise)):
+        t_ours, got = timed(lambda: greedy_windows(m, [(l, l)], k))
+        t_ref, ref = timed(lambda: greedy_windows(m, [(l, l)], k, dense_after=np.iinfo(np.int64).max))
+        row(name, t_ours, t_ref, "branch and bound only", got == ref)
 
 
 if __name__ == "__main__":

@@ -82,6 +82,28 @@ def test_standard_nonsquare_matches_brute_force(seed):
     assert as_boxes(got, stride) == [(b.r0, b.c0, b.r1, b.c1) for b, _ in ref]
 
 
+@pytest.mark.parametrize("seed", range(10))
+def test_dense_scoring_fallback_matches_brute_force(seed):
+    """Past ``dense_after`` queued blocks the greedy search scores every window densely;
+    same picks, same tie order (plateaus and noise are where it switches)."""
+    from napari_alregions.selection._common import greedy_windows
+
+    rng = np.random.default_rng(500 + seed)
+    H, W = rng.integers(8, 30, 2)
+    kind = seed % 3
+    p = np.full((H, W), 0.25) if kind == 0 else rng.random((H, W))  # plateau, noise,
+    if kind == 2:
+        p[p < 0.5] = 0  # sparse with exact ties
+    shapes = [(3, 3), (2, 5), (5, 2)] if seed % 2 else [(4, 4)]
+    blocked = [MapBox(2, 3, 5, 7)] if seed % 4 == 1 else []
+    k = int(rng.integers(1, 7))
+    ref = brute_greedy(p, shapes, k, blocked)
+    for dense_after in (0, 40, None):  # dense from the start, after some branch and bound, never
+        got = greedy_windows(p, shapes, k, blocked, dense_after=dense_after)
+        assert [b for b, _ in got] == [b for b, _ in ref], dense_after
+        np.testing.assert_allclose([v for _, v in got], [v for _, v in ref])
+
+
 def test_nonsquare_shapes_have_area_l2_and_both_orientations():
     shapes = nonsquare_shapes(32, 256)  # l = 8192 level-0 px, as in the paper's Fig. 2
     widths = sorted({w for _, w in shapes})

@@ -102,6 +102,7 @@ def greedy_windows(
     *,
     coarse: int = 64,
     batch: int = 2048,
+    dense_after: int | None = None,
 ) -> list[tuple[MapBox, float]]:
     """Greedy non-maximum suppression over all windows of the given shapes, exactly.
 
@@ -115,6 +116,9 @@ def greedy_windows(
     the sum of the rectangle that all their windows lie in, exact for a single position,
     valid because priorities are non-negative. The blocks with the largest bounds are split
     4 x 4, ``batch`` at a time, until the largest bound belongs to a single valid window.
+    Where bounds cannot prune (a plateau, or noise that evens out over a window: every
+    window sum alike) the queue grows toward one row per window; past ``dense_after`` rows
+    the remaining picks score every window of a shape at once instead (same results).
 
     Parameters
     ----------
@@ -127,6 +131,9 @@ def greedy_windows(
         Side of the initial blocks of positions (a power of 4 keeps the splits even).
     batch : int
         Blocks split per step.
+    dense_after : int, optional
+        Queue length at which to switch to dense scoring (default: a 16th of all window
+        positions, between 2**16 and 2**22).
 
     Returns
     -------
@@ -141,6 +148,8 @@ def greedy_windows(
     ws = np.array([w for _, w in shapes])
     nr, nc = H - hs + 1, W - ws + 1  # valid top-left ranges per shape
     blocked = list(blocked)
+    if dense_after is None:
+        dense_after = int(np.clip(int((nr * nc).sum()) // 16, 2**16, 2**22))
 
     def bound(si: np.ndarray, r0: np.ndarray, c0: np.ndarray, size: np.ndarray) -> np.ndarray:
         r_end = np.minimum(r0 + size, nr[si]) - 1 + hs[si]
@@ -170,6 +179,9 @@ def greedy_windows(
     offs = np.stack(np.meshgrid(np.arange(4), np.arange(4), indexing="ij"), -1).reshape(-1, 2)
     picks: list[tuple[MapBox, float]] = []
     while len(picks) < k:
+        if len(q) + sum(len(d) for d in deferred_q) > dense_after:
+            picks += _dense_greedy(s, shapes, k - len(picks), blocked)
+            break
         exact = q[:, 3] == 1
         if exact.any():  # exact rows are valid windows: the best of them is a lower bound
             lower = ub[exact].max()
@@ -215,4 +227,40 @@ def greedy_windows(
         rest[cand] = False
         q = np.concatenate([q[rest], kids[ok]])
         ub = np.concatenate([ub[rest], kub[ok]])
+    return picks
+
+
+def _dense_greedy(s: np.ndarray, shapes: list[tuple[int, int]], k: int,
+                  blocked: list[MapBox]) -> list[tuple[MapBox, float]]:
+    """:func:`greedy_windows` by scoring every window of one shape at a time.
+
+    Each shape keeps its best valid window (largest sum, then smallest row, then column); a
+    pick only invalidates the shapes whose best it overlaps, and only those are rescored.
+    ``blocked`` grows with the picks. Sums are computed as :func:`box_sum` does, so values
+    and ties are those of the branch and bound.
+    """
+
+    def best_of(si: int) -> tuple[float, int, int]:
+        h, w = shapes[si]
+        sums = np.round(s[h:, w:] - s[:-h, w:] - s[h:, :-w] + s[:-h, :-w], SUM_DECIMALS)
+        for b in blocked:  # windows overlapping b: top-left rows b.r0-h+1..b.r1-1, likewise columns
+            sums[max(b.r0 - h + 1, 0) : max(b.r1, 0), max(b.c0 - w + 1, 0) : max(b.c1, 0)] = -1.0
+        j = int(np.argmax(sums))  # first maximum in row-major order: smallest row, then column
+        r, c = divmod(j, sums.shape[1])
+        return float(sums[r, c]), r, c
+
+    best = [best_of(si) for si in range(len(shapes))]
+    picks: list[tuple[MapBox, float]] = []
+    while len(picks) < k:
+        # largest sum, then row, column, shape order
+        si = min(range(len(shapes)), key=lambda i: (-best[i][0], best[i][1], best[i][2], i))
+        value, r, c = best[si]
+        if value <= 0:
+            break
+        box = MapBox(r, c, r + shapes[si][0], c + shapes[si][1])
+        picks.append((box, value))
+        blocked.append(box)
+        for i, (v, rr, cc) in enumerate(best):
+            if v > 0 and box.overlaps(MapBox(rr, cc, rr + shapes[i][0], cc + shapes[i][1])):
+                best[i] = best_of(i)
     return picks
