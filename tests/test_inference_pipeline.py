@@ -321,3 +321,31 @@ def test_cuda_tuned_batch_fits_the_memory_budget():
 def test_asking_for_cuda_without_a_gpu_is_a_clear_error(slide):
     with pytest.raises(ValueError, match="needs a CUDA GPU"):
         predict_probability_map(slide, TinyConv(), SPEC, stride=64, device="cuda")
+
+
+def test_gpu_decode_is_used_only_where_nvjpeg_really_decodes(monkeypatch):
+    """torchvision may import fine yet lack nvJPEG (or fail on this GPU): probe once, decode
+    on the CPU if the probe fails."""
+    import imagecodecs
+
+    def working(data, device):
+        return [torch.from_numpy(imagecodecs.jpeg8_decode(d.numpy().tobytes()).transpose(2, 0, 1).copy()) for d in data]
+
+    def broken(data, device):
+        raise RuntimeError("decode_jpegs_cuda: torchvision not compiled with nvJPEG support")
+
+    cpu = torch.device("cpu")  # the probe itself is device-agnostic
+    for decode, expected in ((working, True), (broken, False), (None, False)):
+        monkeypatch.setattr(_stream, "_NVJPEG_WORKS", {})
+        monkeypatch.setattr(_stream, "nvjpeg", lambda d=decode: d)
+        assert _stream.nvjpeg_works(cpu) is expected
+    calls = {"n": 0}
+
+    def counted(data, device):
+        calls["n"] += 1
+        return working(data, device)
+
+    monkeypatch.setattr(_stream, "_NVJPEG_WORKS", {})
+    monkeypatch.setattr(_stream, "nvjpeg", lambda: counted)
+    assert _stream.nvjpeg_works(cpu) and _stream.nvjpeg_works(cpu)
+    assert calls["n"] == 1  # probed once per device

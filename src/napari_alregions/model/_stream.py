@@ -25,7 +25,7 @@ import torch
 
 from ..wsi import Slide
 
-__all__ = ["Batch", "nvjpeg", "nvjpeg_decode", "padded_size", "stream_batches"]
+__all__ = ["Batch", "nvjpeg", "nvjpeg_decode", "nvjpeg_works", "padded_size", "stream_batches"]
 
 _DONE = object()
 _POLL_S = 0.05  # how often blocked threads look at the stop flag
@@ -86,6 +86,32 @@ def _raw_tiles(tiles, ly: int, lx: int, h: int, w: int) -> list[tuple[int, int, 
         for tx in range(x0 // tiles.tw, (x1 - 1) // tiles.tw + 1):
             out.append((ty, tx, tiles.jpeg_stream(tiles.tile_index(ty, tx))))
     return out
+
+
+_NVJPEG_WORKS: dict[str, bool] = {}
+
+
+def nvjpeg_works(device: torch.device) -> bool:
+    """Whether ``decode_jpeg`` really decodes on ``device`` (checked once per device): a
+    torchvision built without nvJPEG, or for another CUDA, imports fine and fails only
+    when asked to decode."""
+    key = str(device)
+    if key not in _NVJPEG_WORKS:
+        decode = nvjpeg()
+        ok = False
+        if decode is not None:
+            try:
+                import imagecodecs
+
+                probe = np.zeros((16, 16, 3), np.uint8)
+                probe[:, 8:] = 255
+                data = torch.frombuffer(bytearray(imagecodecs.jpeg8_encode(probe, level=90)), dtype=torch.uint8)
+                [img] = decode([data], device=device)
+                ok = tuple(img.shape) == (3, 16, 16) and img.device == device
+            except Exception:  # any failure means: decode on the CPU instead
+                ok = False
+        _NVJPEG_WORKS[key] = ok
+    return _NVJPEG_WORKS[key]
 
 
 def nvjpeg_decode(streams: list[bytes], device: torch.device) -> list[torch.Tensor]:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..wsi import Slide
-from ._stream import nvjpeg, stream_batches
+from ._stream import nvjpeg_works, stream_batches
 from .batching import resolve_batch_size
 from .checkpoint import ModelSpec
 from .device import autocast, compiled, pick_device
@@ -39,11 +39,12 @@ def stream_settings(slide: Slide, level: int, device: torch.device, *, workers: 
     if workers is None:
         workers = 2 if not cuda else max(2, min(8, (os.cpu_count() or 2) - 1))
     tiles = slide.tiled_level(level)
-    can_decode = cuda and tiles is not None and tiles.is_jpeg and nvjpeg() is not None
+    can_decode = cuda and tiles is not None and tiles.is_jpeg and nvjpeg_works(device)
     if gpu_decode is None:
         gpu_decode = can_decode
     elif gpu_decode and not can_decode:
-        raise ValueError("gpu_decode needs a CUDA device, torchvision's decode_jpeg and a JPEG-tiled RGB level")
+        raise ValueError("gpu_decode needs a CUDA device, torchvision's decode_jpeg working on it (nvJPEG) "
+                         "and a JPEG-tiled RGB level")
     return workers, gpu_decode
 
 
