@@ -9,7 +9,8 @@ from collections.abc import Callable
 
 import torch
 
-from napari_alregions.model.device import autocast
+from napari_alregions.model.device import autocast, compiled
+from napari_alregions.model.predict import _softmax
 
 
 def ceiling(forward: Callable[[torch.Tensor], torch.Tensor], *, batch: int, patch: int, n_patches: int,
@@ -28,3 +29,9 @@ def ceiling(forward: Callable[[torch.Tensor], torch.Tensor], *, batch: int, patc
         if device.type == "cuda":
             torch.cuda.synchronize()
     return n * batch / (time.perf_counter() - t)
+
+
+def softmax_forward(model: torch.nn.Module, compile: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+    """What the pipeline runs per batch for a probability map: softmax of the logits,
+    through the same compiled wrapper as ``predict_probability_map(compile=True)``."""
+    return compiled(model, True, _softmax) if compile else (lambda x: _softmax(model, x))

@@ -25,15 +25,15 @@ import torch
 
 from napari_alregions.cli_pool import batch_size_arg
 from napari_alregions.model import ModelSpec, predict_probability_map
-from napari_alregions.model._stream import stream_batches
+from napari_alregions.model._stream import pad_mode, stream_batches
 from napari_alregions.model.batching import tune_batch_size
-from napari_alregions.model.device import compiled, pick_device
-from napari_alregions.model.predict import _softmax, stream_settings
+from napari_alregions.model.device import pick_device
+from napari_alregions.model.predict import stream_settings
 from napari_alregions.synthetic import make_slide_pool
 from napari_alregions.wsi import open_slide
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _ceiling import ceiling  # noqa: E402
+from _ceiling import ceiling, softmax_forward  # noqa: E402
 
 CACHE = Path(__file__).parent / ".cache"
 
@@ -77,8 +77,8 @@ def main() -> None:
     torch.manual_seed(0)
     model = spec.build().to(device).eval()
     if args.batch == "auto":
-        args.batch = tune_batch_size(lambda x: _softmax(model, x), patch=args.patch, device=device)
-    forward = compiled(model, True, _softmax) if args.compile else (lambda x: _softmax(model, x))
+        args.batch = tune_batch_size(softmax_forward(model, False), patch=args.patch, device=device)
+    forward = softmax_forward(model, args.compile)
     tissue = slide.tissue_map(args.stride)
     n = int(tissue.sum())
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
@@ -96,9 +96,9 @@ def main() -> None:
         best_e2e = max(best_e2e, n / (time.perf_counter() - t))
     assert np.isfinite(prob[tissue]).all()
     ceiling = max(model_only(forward, spec, args.batch, max(n, 4 * args.batch), device) for _ in range(2))
-    pad = "full" if args.compile else ("pow2" if device.type == "cuda" else None)
     feed = max(stream_only(slide, tissue, spec, stride=args.stride, batch=args.batch, device=device,
-                           workers=args.workers, gpu_decode=gpu_decode, pad=pad) for _ in range(2))
+                           workers=args.workers, gpu_decode=gpu_decode, pad=pad_mode(args.compile, device))
+               for _ in range(2))
     mp = (args.patch * slide.level_factor(args.level)) ** 2 / 1e6
     print(f"{'':<14}{'patches/s':>12}{'MP/s (level 0)':>16}")
     print(f"{'end-to-end':<14}{best_e2e:>12.0f}{best_e2e * mp:>16.1f}")

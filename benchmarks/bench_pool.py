@@ -31,13 +31,12 @@ from napari_alregions.cli_pool import batch_size_arg
 from napari_alregions.distributed import PoolJob, local_client, run_pool
 from napari_alregions.model import ModelSpec
 from napari_alregions.model.batching import tune_batch_size
-from napari_alregions.model.device import compiled, pick_device
-from napari_alregions.model.predict import _softmax
+from napari_alregions.model.device import pick_device
 from napari_alregions.synthetic import make_slide_pool
 from napari_alregions.wsi import open_slide
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _ceiling import ceiling  # noqa: E402
+from _ceiling import ceiling, softmax_forward  # noqa: E402
 
 CACHE = Path(__file__).parent / ".cache"
 
@@ -73,7 +72,7 @@ def main() -> None:
     spec = ModelSpec(arch=args.arch, patch_size=args.patch, level=args.level)
     model = spec.build().eval()
     if args.batch == "auto":  # tuned once here, so the pool and the ceiling use the same batch
-        args.batch = tune_batch_size(lambda x: _softmax(model.to(device), x), patch=args.patch, device=device)
+        args.batch = tune_batch_size(softmax_forward(model.to(device), False), patch=args.patch, device=device)
     name = torch.cuda.get_device_name(device) if cuda else f"{os.cpu_count()} CPU cores"
     print(f"{args.slides} slides of {args.size}² px, {n_patches} tissue patches, {args.arch} {args.patch}² at level "
           f"{args.level}, stride {args.stride}, batch {args.batch or 'default'}{', compiled' if args.compile else ''}; "
@@ -105,8 +104,8 @@ def main() -> None:
         print(f"ratio cluster / in process: {t_serial / t_dist:.2f}; maps agree (atol {tol:g}): {same}")
         if cuda:
             model = model.to(device)
-            forward = compiled(model, True, _softmax) if args.compile else (lambda x: _softmax(model, x))
-            batch = args.batch or tune_batch_size(lambda x: _softmax(model, x), patch=args.patch, device=device)
+            forward = softmax_forward(model, args.compile)
+            batch = args.batch or tune_batch_size(softmax_forward(model, False), patch=args.patch, device=device)
             top = max(ceiling(forward, batch=batch, patch=args.patch, n_patches=max(n_patches, 4 * batch), device=device)
                       for _ in range(2))
             best = n_patches / min(t_serial, t_dist)

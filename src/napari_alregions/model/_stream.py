@@ -25,7 +25,7 @@ import torch
 
 from ..wsi import Slide
 
-__all__ = ["Batch", "nvjpeg", "nvjpeg_decode", "nvjpeg_works", "padded_size", "stream_batches"]
+__all__ = ["Batch", "nvjpeg", "nvjpeg_decode", "nvjpeg_works", "pad_mode", "padded_size", "stream_batches"]
 
 _DONE = object()
 _POLL_S = 0.05  # how often blocked threads look at the stop flag
@@ -33,7 +33,8 @@ DECODE_BATCH = 256  # tiles per nvJPEG call: larger calls decode up to 1.5x fast
 
 
 def nvjpeg():
-    """torchvision's decode_jpeg when it can decode on a GPU, else None."""
+    """torchvision's decode_jpeg if it imports, else None (whether it decodes on a given
+    GPU is :func:`nvjpeg_works`)."""
     try:
         from torchvision.io import decode_jpeg
     except Exception:  # missing, or a wheel that does not match this torch
@@ -48,6 +49,14 @@ class Batch:
     idx: np.ndarray  # (n, 2) int map cells
     x: torch.Tensor  # (B, d, d, 3) uint8, B >= n, on the target device
     ready: torch.cuda.Event | None = None  # recorded on the staging stream (CUDA)
+
+
+def pad_mode(compile: bool | str, device: torch.device) -> str | None:
+    """How batches are padded (see :func:`padded_size`): to one shape for ``torch.compile``,
+    to a power of two on CUDA, not at all on the CPU."""
+    if compile:
+        return "full"
+    return "pow2" if device.type == "cuda" else None
 
 
 def padded_size(n: int, batch: int, pad: str | None) -> int:

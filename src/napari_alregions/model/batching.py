@@ -66,12 +66,15 @@ def search_batch_size(
         raise ValueError(f"need 1 <= start <= max_batch, got start={start}, max_batch={max_batch}")
     if min_gain < 1:
         raise ValueError(f"min_gain must be >= 1, got {min_gain}")
+    def timed(b: int) -> tuple[float, float, float]:
+        t = time.perf_counter()
+        rate, peak = measure(b)
+        return rate, peak, time.perf_counter() - t
+
     b = start
     while True:  # the first size that fits
         try:
-            t = time.perf_counter()
-            rate, peak = measure(b)
-            took = time.perf_counter() - t
+            rate, peak, took = timed(b)
             break
         except torch.OutOfMemoryError:
             _free_cache()
@@ -86,9 +89,7 @@ def search_batch_size(
             break
         b *= 2
         try:
-            t = time.perf_counter()
-            rate, peak = measure(b)
-            took = time.perf_counter() - t
+            rate, peak, took = timed(b)
         except torch.OutOfMemoryError:
             _free_cache()
             break

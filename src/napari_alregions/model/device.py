@@ -70,12 +70,8 @@ class _CompiledOrEager:
         return self.eager(x)
 
 
-def _call(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return m(x)
-
-
-def compiled(module: nn.Module, mode: bool | str = True,
-             head: Callable[[nn.Module, torch.Tensor], torch.Tensor] = _call) -> Callable[[torch.Tensor], torch.Tensor]:
+def compiled(module: nn.Module, mode: bool | str,
+             head: Callable[[nn.Module, torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
     """``x -> head(module, x)`` compiled with ``torch.compile`` (``mode``: True for
     "default", or one of :data:`COMPILE_MODES`), cached per module and head. It shares the
     module's weights, so later training shows."""

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..wsi import Slide
-from ._stream import nvjpeg_works, stream_batches
+from ._stream import nvjpeg_works, pad_mode, stream_batches
 from .batching import resolve_batch_size
 from .checkpoint import ModelSpec
 from .device import autocast, compiled, pick_device
@@ -195,7 +195,6 @@ def map_patches(
     batch_size = resolve_batch_size(batch_size, lambda x: forward_all(eager, x), key=models[0], patch=d,
                                     device=dev, n_models=len(models))
     calls = [compiled(m, compile, head) for m in models] if compile else eager
-    pad = "full" if compile else ("pow2" if cuda else None)
     run_size = batch_size  # shrinks on CUDA out-of-memory
     pending: list = []  # CUDA: (cells, pinned host results, copy-done event), oldest first
 
@@ -233,7 +232,7 @@ def map_patches(
 
     done_cells = 0
     batches = stream_batches(slide, tissue, level=level, stride=stride, patch=d, batch=batch_size, device=dev,
-                             workers=workers, prefetch=prefetch, block=block, gpu_decode=gpu_decode, pad=pad)
+                             workers=workers, prefetch=prefetch, block=block, gpu_decode=gpu_decode, pad=pad_mode(compile, dev))
     with closing(batches):
         for b in batches:
             if cancel is not None and cancel():
