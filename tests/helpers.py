@@ -39,3 +39,29 @@ def downsample2(img: np.ndarray) -> np.ndarray:
     h, w = img.shape[0] // 2 * 2, img.shape[1] // 2 * 2
     a = img[:h, :w].astype(np.float64)
     return ((a[0::2, 0::2] + a[1::2, 0::2] + a[0::2, 1::2] + a[1::2, 1::2]) / 4).round().astype(np.uint8)
+
+
+def write_rgb_jpeg_tiff(path: Path, img: np.ndarray, tile: int = 256) -> None:
+    """A tiled JPEG TIFF as Aperio's SVS store it: the TIFF says RGB (photometric 2), the
+    JPEG streams hold RGB components with no marker saying so (no Adobe APP14, component ids
+    1, 2, 3). tifffile decodes it right from the tag; a decoder that sees only the stream
+    (nvJPEG) takes it for YCbCr."""
+    import imagecodecs
+
+    def unmarked(b: bytes) -> bytes:
+        i = b.find(b"\xff\xee")
+        if i >= 0:
+            b = b[:i] + b[i + 2 + int.from_bytes(b[i + 2 : i + 4], "big") :]
+        out = bytearray(b)
+        sof, sos = out.find(b"\xff\xc0"), out.find(b"\xff\xda")
+        for k in range(3):
+            out[sof + 10 + 3 * k] = k + 1  # component specs after length, precision, h, w, count
+            out[sos + 5 + 2 * k] = k + 1  # component selectors after length, count
+        return bytes(out)
+
+    h, w = img.shape[:2]
+    tiles = (unmarked(imagecodecs.jpeg8_encode(np.ascontiguousarray(img[y : y + tile, x : x + tile]), level=90,
+                                               colorspace="RGB", outcolorspace="RGB", subsampling=(1, 1)))
+             for y in range(0, h, tile) for x in range(0, w, tile))
+    tifffile.imwrite(path, tiles, shape=img.shape, dtype=np.uint8, tile=(tile, tile), compression="jpeg",
+                     photometric="rgb", subsampling=(1, 1), compressionargs={"outcolorspace": "RGB"})

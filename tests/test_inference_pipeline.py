@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import threading
 import time
+import weakref
 
 import numpy as np
 import pytest
@@ -25,6 +26,8 @@ from napari_alregions.model.batching import (
     tune_batch_size,
 )
 from napari_alregions.wsi import open_slide
+
+from .helpers import smooth_rgb, write_rgb_jpeg_tiff
 
 
 class TinyConv(nn.Module):
@@ -349,3 +352,48 @@ def test_gpu_decode_is_used_only_where_nvjpeg_really_decodes(monkeypatch):
     monkeypatch.setattr(_stream, "nvjpeg", lambda: counted)
     assert _stream.nvjpeg_works(cpu) and _stream.nvjpeg_works(cpu)
     assert calls["n"] == 1  # probed once per device
+
+
+def _stream_only_decode(streams, device):
+    """Decodes from the JPEG stream alone, as nvJPEG does (no TIFF tags)."""
+    import imagecodecs
+
+    return [torch.from_numpy(np.ascontiguousarray(imagecodecs.jpeg8_decode(b).transpose(2, 0, 1))) for b in streams]
+
+
+def test_gpu_decode_is_checked_against_the_cpu_decoder_per_level(slide, tmp_path, monkeypatch):
+    """A decoder that reads only the JPEG stream gets tifffile's YCbCr tiles right and an
+    Aperio-style RGB level wrong (wrong colours, right shape): the per-level pixel check
+    tells them apart, so such a level is decoded on the CPU."""
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(_stream, "_LEVEL_DECODE_OK", weakref.WeakKeyDictionary())
+    assert _stream.decodes_like_cpu(slide.tiled_level(1), cpu, decode=_stream_only_decode)
+
+    img = smooth_rgb(512, 512, seed=4)
+    write_rgb_jpeg_tiff(tmp_path / "rgb.tif", img)
+    with open_slide(tmp_path / "rgb.tif") as rgb:
+        tiles = rgb.tiled_level(0)
+        assert tiles is not None and tiles.is_jpeg
+        assert np.abs(rgb.read_region(0, 0, 512, 512, level=0).astype(int) - img).mean() < 6  # tifffile: right (JPEG error only)
+        assert not _stream.decodes_like_cpu(tiles, cpu, decode=_stream_only_decode)
+
+        def swapped(streams, device):  # red and green swapped
+            return [t[[1, 0, 2]] for t in _stream_only_decode(streams, device)]
+
+        def failing(streams, device):
+            raise RuntimeError("nvjpegDecode failed")
+
+        for decode in (swapped, failing):
+            monkeypatch.setattr(_stream, "_LEVEL_DECODE_OK", weakref.WeakKeyDictionary())
+            assert not _stream.decodes_like_cpu(slide.tiled_level(1), cpu, decode=decode)
+
+    calls = {"n": 0}
+
+    def counted(streams, device):
+        calls["n"] += 1
+        return _stream_only_decode(streams, device)
+
+    monkeypatch.setattr(_stream, "_LEVEL_DECODE_OK", weakref.WeakKeyDictionary())
+    level = slide.tiled_level(1)
+    assert _stream.decodes_like_cpu(level, cpu, decode=counted) and _stream.decodes_like_cpu(level, cpu, decode=counted)
+    assert calls["n"] == 1  # checked once per level and device

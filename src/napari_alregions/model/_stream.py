@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -25,7 +26,8 @@ import torch
 
 from ..wsi import Slide
 
-__all__ = ["Batch", "nvjpeg", "nvjpeg_decode", "nvjpeg_works", "pad_mode", "padded_size", "stream_batches"]
+__all__ = ["Batch", "decodes_like_cpu", "nvjpeg", "nvjpeg_decode", "nvjpeg_works", "pad_mode", "padded_size",
+           "stream_batches"]
 
 _DONE = object()
 _POLL_S = 0.05  # how often blocked threads look at the stop flag
@@ -126,6 +128,44 @@ def nvjpeg_works(device: torch.device) -> bool:
 def nvjpeg_decode(streams: list[bytes], device: torch.device) -> list[torch.Tensor]:
     """JPEG streams -> (3, H, W) uint8 tensors on ``device``, in one nvJPEG call."""
     return nvjpeg()([torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in streams], device=device)
+
+
+# tiled level -> {device: whether its tiles decode there as on the CPU}; weak, so a closed
+# slide's entry goes with it
+_LEVEL_DECODE_OK: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# uint8 levels; what torchvision's own tests allow between its CUDA and CPU JPEG decoders
+# (IDCT and chroma upsampling differ); a misread colour space is off by tens
+MAX_MEAN_ABS_DIFF = 2.0
+
+
+def decodes_like_cpu(tiles, device: torch.device,
+                     decode: Callable[[list[bytes], torch.device], list[torch.Tensor]] | None = None) -> bool:
+    """Whether ``decode`` (default nvJPEG) turns this level's JPEG tiles into the pixels
+    tifffile's decoder gives (checked once per level and device).
+
+    TIFF writers differ in how they store colour: YCbCr JPEG with or without JFIF, RGB
+    components marked only by the TIFF photometric tag or an Adobe marker (Aperio's SVS),
+    shared tables. A decoder that reads such a stream differently still returns an image of
+    the right shape, just in the wrong colours, so the check compares pixels: the level's
+    largest stored tile (the most detail) decoded both ways must agree to within
+    :data:`MAX_MEAN_ABS_DIFF` grey levels on average.
+    """
+    known = _LEVEL_DECODE_OK.setdefault(tiles, {})
+    key = str(device)
+    if key not in known:
+        ok = False
+        counts = np.asarray(tiles.counts)
+        if counts.size and counts.max() > 0:
+            i = int(np.argmax(counts))
+            try:
+                [img] = (decode or nvjpeg_decode)([tiles.jpeg_stream(i)], device)
+                got = img[:3].permute(1, 2, 0).cpu().numpy()
+                want = tiles.tile(i)[..., :3]
+                ok = got.shape == want.shape and float(np.abs(got.astype(np.int16) - want).mean()) < MAX_MEAN_ABS_DIFF
+            except Exception:  # a decoder that fails on this stream: decode on the CPU
+                ok = False
+        known[key] = ok
+    return known[key]
 
 
 def _assemble_on_device(items: list, tiles, step: int, d: int, dev: torch.device,

@@ -9,6 +9,7 @@ map is NaN.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from collections.abc import Callable, Sequence
@@ -19,7 +20,7 @@ import torch
 from torch import nn
 
 from ..wsi import Slide
-from ._stream import nvjpeg_works, pad_mode, stream_batches
+from ._stream import decodes_like_cpu, nvjpeg_works, pad_mode, stream_batches
 from .batching import resolve_batch_size
 from .checkpoint import ModelSpec
 from .device import autocast, compiled, pick_device
@@ -39,12 +40,14 @@ def stream_settings(slide: Slide, level: int, device: torch.device, *, workers: 
     if workers is None:
         workers = 2 if not cuda else max(2, min(8, (os.cpu_count() or 2) - 1))
     tiles = slide.tiled_level(level)
-    can_decode = cuda and tiles is not None and tiles.is_jpeg and nvjpeg_works(device)
+    can_decode = (cuda and tiles is not None and tiles.is_jpeg and nvjpeg_works(device)
+                  and decodes_like_cpu(tiles, device))
     if gpu_decode is None:
         gpu_decode = can_decode
     elif gpu_decode and not can_decode:
-        raise ValueError("gpu_decode needs a CUDA device, torchvision's decode_jpeg working on it (nvJPEG) "
-                         "and a JPEG-tiled RGB level")
+        raise ValueError("gpu_decode needs a CUDA device, torchvision's decode_jpeg working on it (nvJPEG), "
+                         "a JPEG-tiled RGB level, and nvJPEG decoding that level's tiles to the pixels "
+                         "the CPU decoder gives")
     return workers, gpu_decode
 
 
@@ -231,15 +234,17 @@ def map_patches(
         return [p[0] if len(p) == 1 else torch.cat(p) for p in parts]
 
     done_cells = 0
+    stream = torch.cuda.current_stream(dev) if cuda else None  # where the model and result copies run
     batches = stream_batches(slide, tissue, level=level, stride=stride, patch=d, batch=batch_size, device=dev,
                              workers=workers, prefetch=prefetch, block=block, gpu_decode=gpu_decode, pad=pad_mode(compile, dev))
-    with closing(batches):
+    # on CUDA this thread works on dev: events, streams and the allocator default to the
+    # current device, which in a pool worker on a multi-GPU machine may be another GPU
+    with closing(batches), (torch.cuda.device(dev) if cuda else contextlib.nullcontext()):
         for b in batches:
             if cancel is not None and cancel():
                 raise InferenceCancelled("inference cancelled")
             n = len(b.idx)
             if b.ready is not None:
-                stream = torch.cuda.current_stream(dev)
                 stream.wait_event(b.ready)
                 b.x.record_stream(stream)  # made on the staging stream, used and freed on this one
             results = run(b.x, n)
@@ -249,7 +254,7 @@ def map_patches(
                 for hst, r in zip(hosts, results):
                     hst.copy_(r, non_blocking=True)
                 copied = torch.cuda.Event()
-                copied.record()
+                copied.record(stream)
                 pending.append((b.idx, hosts, copied))
                 drain(keep=8)
             else:
