@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 CONSTRAINTS ?= requirements/cpu-constraints.txt
 PIP := $(BIN)/python -m pip install $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 
-.PHONY: setup setup-test sysdeps demo test bench
+.PHONY: setup setup-test sysdeps demo test lint bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ demo: setup
 
 test: setup-test sysdeps
 	$(BIN)/python -m pytest
+
+lint: setup
+	$(PIP) -q -e ".[lint]"
+	$(BIN)/ruff check src tests benchmarks docs
 
 bench: setup-test
 	$(BIN)/python benchmarks/bench_io.py

@@ -16,9 +16,8 @@ from _viewer import click, demo_viewer, ensure_display, paint_truth, wait_idle  
 
 
 def shot(viewer, name: str, *, canvas_only: bool = False) -> None:
-    from skimage.io import imsave
-
     from qtpy.QtWidgets import QApplication
+    from skimage.io import imsave
 
     for _ in range(10):
         QApplication.processEvents()

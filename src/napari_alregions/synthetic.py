@@ -21,8 +21,8 @@ import math
 import os
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
-from functools import lru_cache
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -450,7 +450,7 @@ def write_slide(spec: SlideSpec, image_path: Path, mask_path: Path, *, quality: 
                     photometric="minisblack", compression="zlib",
                     **({"subifds": len(shapes) - 1} if lvl == 0 else {"subfiletype": 1}), **opts,
                 )
-        del mask0, level1, current
+        mask0 = level1 = current = None  # close the memmaps before their folder goes
         os.replace(part_image, image_path)
         os.replace(part_mask, mask_path)
     tissue = int(counts[TISSUE] + counts[TUMOUR])

@@ -6,9 +6,9 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from .._integral import box_sum, integral_image
 from ..geometry import MapBox, Region
 from ._cluster import apportion, kmeans
-from .._integral import box_sum, integral_image
 from ._common import prepare
 
 __all__ = ["focannot", "focannot_descriptors", "focannot_grid", "wasserstein_sorted"]

@@ -6,8 +6,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from ..geometry import MapBox, Region
 from .._integral import integral_image
+from ..geometry import MapBox, Region
 from ._common import prepare
 
 __all__ = ["random"]
