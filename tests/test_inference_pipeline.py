@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+from napari_alregions import wsi
 from napari_alregions.model import (
     InferenceCancelled,
     ModelSpec,
@@ -362,30 +363,53 @@ def _stream_only_decode(streams, device):
 
 
 def test_gpu_decode_is_checked_against_the_cpu_decoder_per_level(slide, tmp_path, monkeypatch):
-    """A decoder that reads only the JPEG stream gets tifffile's YCbCr tiles right and an
-    Aperio-style RGB level wrong (wrong colours, right shape): the per-level pixel check
-    tells them apart, so such a level is decoded on the CPU."""
+    """An Aperio-style level (RGB said only by the TIFF tag) decodes right from the stream
+    alone because jpeg_stream marks it; a decoder that ignores that marker, swaps colours or
+    fails is caught by the per-level pixel check, so the level decodes on the CPU."""
     cpu = torch.device("cpu")
     monkeypatch.setattr(_stream, "_LEVEL_DECODE_OK", weakref.WeakKeyDictionary())
-    assert _stream.decodes_like_cpu(slide.tiled_level(1), cpu, decode=_stream_only_decode)
+    assert _stream.decodes_like_cpu(slide.tiled_level(1), cpu, decode=_stream_only_decode)  # YCbCr tiles
 
     img = smooth_rgb(512, 512, seed=4)
     write_rgb_jpeg_tiff(tmp_path / "rgb.tif", img)
+
+    def ignores_marker(streams, device):
+        return _stream_only_decode([b.replace(wsi._ADOBE_RGB, b"") for b in streams], device)
+
     with open_slide(tmp_path / "rgb.tif") as rgb:
         tiles = rgb.tiled_level(0)
-        assert tiles is not None and tiles.is_jpeg
+        assert tiles is not None and tiles.is_jpeg and tiles.rgb_jpeg
         assert np.abs(rgb.read_region(0, 0, 512, 512, level=0).astype(int) - img).mean() < 6  # tifffile: right (JPEG error only)
-        assert not _stream.decodes_like_cpu(tiles, cpu, decode=_stream_only_decode)
+        stored = _stream_only_decode([tiles.raw(0)], cpu)[0].permute(1, 2, 0).numpy()
+        assert np.abs(stored.astype(int) - tiles.tile(0)).mean() > 30  # the stored stream alone reads as YCbCr
+        assert _stream.decodes_like_cpu(tiles, cpu, decode=_stream_only_decode)
+        marked = tiles.jpeg_stream(0)
+        assert marked.count(b"Adobe") == 1 and wsi._marked_rgb(marked) == marked  # one marker, idempotent
+        monkeypatch.setattr(_stream, "_LEVEL_DECODE_OK", weakref.WeakKeyDictionary())
+        assert not _stream.decodes_like_cpu(tiles, cpu, decode=ignores_marker)
 
-        def swapped(streams, device):  # red and green swapped
-            return [t[[1, 0, 2]] for t in _stream_only_decode(streams, device)]
+        # the raw-tile (GPU) path on this level gives the CPU path's patches
+        tissue = np.ones(rgb.map_shape(64), dtype=bool)
 
-        def failing(streams, device):
-            raise RuntimeError("nvjpegDecode failed")
+        def patches(**kw):
+            return {tuple(rc): x for b in stream_batches(rgb, tissue, level=0, stride=64, patch=32, batch=16,
+                                                          device=cpu, workers=1, **kw)
+                    for rc, x in zip(b.idx, b.x.numpy()[: len(b.idx)])}
 
-        for decode in (swapped, failing):
-            monkeypatch.setattr(_stream, "_LEVEL_DECODE_OK", weakref.WeakKeyDictionary())
-            assert not _stream.decodes_like_cpu(slide.tiled_level(1), cpu, decode=decode)
+        raw, ref = patches(gpu_decode=True, decode=_stream_only_decode), patches()
+        assert raw.keys() == ref.keys() and len(ref) == tissue.sum()
+        for k in ref:
+            np.testing.assert_array_equal(raw[k], ref[k])
+
+    def swapped(streams, device):  # red and green swapped
+        return [t[[1, 0, 2]] for t in _stream_only_decode(streams, device)]
+
+    def failing(streams, device):
+        raise RuntimeError("nvjpegDecode failed")
+
+    for decode in (swapped, failing):
+        monkeypatch.setattr(_stream, "_LEVEL_DECODE_OK", weakref.WeakKeyDictionary())
+        assert not _stream.decodes_like_cpu(slide.tiled_level(1), cpu, decode=decode)
 
     calls = {"n": 0}
 

@@ -540,6 +540,32 @@ def _zarr_reader(z: object, index: tuple, transpose: tuple[int, ...] | None) -> 
     return read
 
 
+# APP14 "Adobe", version 100, no flags, transform 0: the components are RGB, not YCbCr
+_ADOBE_RGB = b"\xff\xee\x00\x0eAdobe\x00\x64\x00\x00\x00\x00\x00"
+
+
+def _marked_rgb(stream: bytes) -> bytes:
+    """A JPEG stream with its colour-space markers (JFIF, Adobe) replaced by an Adobe
+    marker that says RGB. The header segments before the scan are walked, never the
+    entropy-coded data."""
+    out = [stream[:2], _ADOBE_RGB]
+    pos = 2
+    while pos + 4 <= len(stream) and stream[pos] == 0xFF:
+        marker = stream[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0xDA:  # start of scan: the rest is image data
+            break
+        end = pos + 2 + int.from_bytes(stream[pos + 2 : pos + 4], "big")
+        tag = stream[pos + 4 : pos + 9]
+        if not ((marker == 0xE0 and tag == b"JFIF\x00") or (marker == 0xEE and tag == b"Adobe")):
+            out.append(stream[pos:end])
+        pos = end
+    out.append(stream[pos:])
+    return b"".join(out)
+
+
 class TiledLevel:
     """Direct access to the tiles of one interleaved, tiled pyramid level.
 
@@ -560,6 +586,8 @@ class TiledLevel:
         self.decode = page.decode  # resolve once: the property reads from the file
         self.samples = int(page.samplesperpixel)
         self.is_jpeg = int(page.compression) == 7 and self.samples == 3
+        # RGB components that only the TIFF tag declares (Aperio's SVS): jpeg_stream marks them
+        self.rgb_jpeg = self.is_jpeg and int(page.photometric) == int(tifffile.PHOTOMETRIC.RGB)
         try:
             self.fd = self.fh.filehandle.fileno() if getattr(self.fh, "_offset", None) == 0 else None
         except (AttributeError, OSError, ValueError):
@@ -593,11 +621,15 @@ class TiledLevel:
             return self.fh.read(self.counts[i])
 
     def jpeg_stream(self, i: int) -> bytes:
-        """Tile i as a complete JPEG stream (shared JPEGTables spliced in after SOI)."""
+        """Tile i as a self-contained JPEG stream: shared JPEGTables spliced in after SOI
+        and, for a level the TIFF calls RGB, an Adobe marker saying so. Without it a
+        decoder that sees only the stream takes three components for YCbCr."""
         data = self.raw(i)
-        if self.tables is not None and len(self.tables) > 4 and data:
-            return data[:2] + self.tables[2:-2] + data[2:]
-        return data
+        if not data:
+            return data
+        if self.tables is not None and len(self.tables) > 4:
+            data = data[:2] + self.tables[2:-2] + data[2:]
+        return _marked_rgb(data) if self.rgb_jpeg else data
 
     def tile(self, i: int) -> np.ndarray:
         data = self.raw(i)
