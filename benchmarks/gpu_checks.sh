@@ -2,19 +2,26 @@
 # The checks that need a CUDA GPU, in one go: the CUDA tests, then the inference and pool
 # benchmarks whose figures go into benchmarks/RESULTS.md (GPU name and date included).
 #
-#     bash benchmarks/gpu_checks.sh [OUTDIR]      # default gpu-results/
+#     bash benchmarks/gpu_checks.sh [OUTDIR [STEP ...]]   # default gpu-results/, every step
 #
+# Naming steps (tests, compact_l1, ..., pool_resnet18_l0) runs only those: a device call
+# has a time limit, so a session can spread the steps over several calls.
 # Needs the project importable (`make setup-test`, or its dependencies on PYTHONPATH).
 # Each step writes OUTDIR/<step>.txt; a failing step does not stop the others.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-gpu-results}
+shift $(( $# > 0 ? 1 : 0 ))
+only=" $* "
 mkdir -p "$out"
 py=${PYTHON:-python3}
 
 step() {  # step NAME COMMAND...: run, keep the output, report the exit status
     local name=$1
     shift
+    if [ "$only" != "  " ] && [[ "$only" != *" $name "* ]]; then
+        return
+    fi
     echo "== $name: $*"
     "$@" > "$out/$name.txt" 2>&1
     echo "   exit $? (tail below)"
@@ -26,7 +33,7 @@ step() {  # step NAME COMMAND...: run, keep the output, report the exit status
 } > "$out/device.txt" 2>&1
 cat "$out/device.txt"
 
-step tests "$py" -m pytest -q -p no:xvfb -p no:cacheprovider tests/test_inference_pipeline.py tests/test_model.py
+step tests "$py" -m pytest -q -rsP -p no:xvfb -p no:cacheprovider tests/test_inference_pipeline.py tests/test_model.py
 bench=("$py" benchmarks/bench_inference.py --device cuda --batch auto)
 step compact_l1 "${bench[@]}" --arch compact --patch 64 --level 1 --stride 64
 step compact_l1_compiled "${bench[@]}" --arch compact --patch 64 --level 1 --stride 64 --compile

@@ -315,6 +315,22 @@ def test_cuda_stream_pipeline_equals_the_cpu_map(slide, gpu_decode):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_map_of_an_aperio_style_level_equals_the_cpu_map(tmp_path):
+    """RGB said only by the TIFF tag: nvJPEG decodes the marked stream, or the level falls
+    back to the CPU decoder; either way the map is the CPU map."""
+    write_rgb_jpeg_tiff(tmp_path / "rgb.tif", smooth_rgb(1024, 1024, seed=5))
+    spec = ModelSpec(level=0, patch_size=32, mean=SPEC.mean, std=SPEC.std)
+    model = TinyConv().eval()
+    with open_slide(tmp_path / "rgb.tif") as rgb:
+        tissue = np.ones(rgb.map_shape(64), dtype=bool)
+        cpu = predict_probability_map(rgb, model, spec, stride=64, tissue=tissue, device="cpu")
+        gpu = predict_probability_map(rgb, model, spec, stride=64, tissue=tissue, device="cuda")
+        print("nvJPEG decodes the marked RGB level like the CPU:",
+              _stream.decodes_like_cpu(rgb.tiled_level(0), torch.device("cuda", torch.cuda.current_device())))
+    np.testing.assert_allclose(gpu, cpu, atol=2e-2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_tuned_batch_fits_the_memory_budget():
     model = TinyConv().cuda().eval()
     b = tune_batch_size(model, patch=64, device="cuda", memory_fraction=0.5)
