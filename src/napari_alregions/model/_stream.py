@@ -15,6 +15,7 @@ others:
 
 from __future__ import annotations
 
+import functools
 import queue
 import threading
 import weakref
@@ -35,13 +36,14 @@ DECODE_BATCH = 256  # tiles per nvJPEG call: larger calls decode up to 1.5x fast
 
 
 def nvjpeg():
-    """torchvision's decode_jpeg if it imports, else None (whether it decodes on a given
-    GPU is :func:`nvjpeg_works`)."""
+    """torchvision's decode_jpeg asked for RGB output (nvJPEG's "unchanged" output may be
+    the stored YCbCr planes), or None if torchvision does not import. Whether it decodes
+    on a given GPU is :func:`nvjpeg_works`."""
     try:
-        from torchvision.io import decode_jpeg
+        from torchvision.io import ImageReadMode, decode_jpeg
     except Exception:  # missing, or a wheel that does not match this torch
         return None
-    return decode_jpeg
+    return functools.partial(decode_jpeg, mode=ImageReadMode.RGB)
 
 
 @dataclass
