@@ -526,14 +526,18 @@ class ALRegionsWidget(QWidget):
         p = self.project
         return region_size_px(self.region_size.value, self.unit.value, mpp=p.slides[name].mpp, stride=p.stride)
 
-    def suggest(self) -> None:
+    def _slide_and_region_px(self) -> tuple[str, int] | None:
+        """The current slide and the region side in its level-0 px, or None after saying why not."""
         name = self._slide_or_say()
-        if name is None:
+        l_ = None if name is None else self._guard(self._region_px, name)
+        return None if l_ is None else (name, l_)
+
+    def suggest(self) -> None:
+        picked = self._slide_and_region_px()
+        if picked is None:
             return
+        name, l_ = picked
         method = self.method.value
-        l_ = self._guard(self._region_px, name)
-        if l_ is None:
-            return
         regions = self._guard(self.project.suggest, name, method, region_size=l_, k=self.k.value, seed=self.seed.value,
                               **self._method_options())
         if regions is None:
@@ -544,12 +548,12 @@ class ALRegionsWidget(QWidget):
         self._message(f"{METHODS[method].title}: {len(regions)} region(s) of {l_} px{short}")
 
     def compare(self) -> None:
-        name = self._slide_or_say()
-        if name is None:
+        picked = self._slide_and_region_px()
+        if picked is None:
             return
-        l_ = self._guard(self._region_px, name)
+        name, l_ = picked
         result = self._guard(self.project.compare, name, list(self.compare_methods.value), region_size=l_, k=self.k.value,
-                             seed=self.seed.value) if l_ else None
+                             seed=self.seed.value)
         if result is None:
             return
         out, summaries, overlap = result
@@ -567,12 +571,12 @@ class ALRegionsWidget(QWidget):
         self._message(f"compared {len(out)} methods on {name}")
 
     def pool_diversity(self) -> None:
-        name = self._slide_or_say()
-        if name is None:
+        picked = self._slide_and_region_px()
+        if picked is None:
             return
-        l_ = self._guard(self._region_px, name)
+        _, l_ = picked
         out = self._guard(self.project.suggest_pool_diversity, region_size=l_, n_per_slide=self.k.value,
-                          seed=self.seed.value) if l_ else None
+                          seed=self.seed.value)
         if out is None:
             return
         for slide in out:
