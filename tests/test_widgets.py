@@ -77,6 +77,15 @@ def test_loop_in_viewer_suggest_accept_paint_retrain_reopen(make_napari_viewer, 
         corners = layer.data[0]
         assert corners.shape == (4, 2)
 
+    # side by side: one row per method in the table, IoU of a method with itself 1
+    w.compare_methods.value = ["random", "standard"]
+    _click(w, "Compare methods")
+    table = w.table.to_dict("list")
+    assert table["method"] == ["random", "standard"]
+    assert table["IoU random"][0] == 1.0 and table["IoU standard"][1] == 1.0
+    assert all(viewer.layers[f"{slide} {m}"].nshapes >= 1 for m in ("random", "standard"))
+    assert f"compared 2 methods on {slide}" in w.message.value
+
     w.method.value = "adaptive"
     w.proposal_list.setCurrentRow(0)
     region = w._layer_regions("adaptive")[0]
