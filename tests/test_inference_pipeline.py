@@ -343,9 +343,9 @@ def test_asking_for_cuda_without_a_gpu_is_a_clear_error(slide):
         predict_probability_map(slide, TinyConv(), SPEC, stride=64, device="cuda")
 
 
-def test_gpu_decode_is_used_only_where_nvjpeg_really_decodes(monkeypatch):
-    """torchvision may import fine yet lack nvJPEG (or fail on this GPU): probe once, decode
-    on the CPU if the probe fails."""
+def test_gpu_decode_is_used_only_where_nvjpeg_really_decodes(slide, monkeypatch):
+    """torchvision may import fine yet lack nvJPEG (or fail on this GPU): the level check
+    tries the default decoder once, and decodes on the CPU if it fails."""
     import imagecodecs
 
     def working(data, device):
@@ -354,21 +354,22 @@ def test_gpu_decode_is_used_only_where_nvjpeg_really_decodes(monkeypatch):
     def broken(data, device):
         raise RuntimeError("decode_jpegs_cuda: torchvision not compiled with nvJPEG support")
 
-    cpu = torch.device("cpu")  # the probe itself is device-agnostic
+    cpu = torch.device("cpu")  # the check itself is device-agnostic
     for decode, expected in ((working, True), (broken, False), (None, False)):
-        monkeypatch.setattr(_stream, "_NVJPEG_WORKS", {})
+        monkeypatch.setattr(_stream, "_LEVEL_DECODE_OK", weakref.WeakKeyDictionary())
         monkeypatch.setattr(_stream, "nvjpeg", lambda d=decode: d)
-        assert _stream.nvjpeg_works(cpu) is expected
+        assert _stream.decodes_like_cpu(slide.tiled_level(1), cpu) is expected
     calls = {"n": 0}
 
     def counted(data, device):
         calls["n"] += 1
         return working(data, device)
 
-    monkeypatch.setattr(_stream, "_NVJPEG_WORKS", {})
+    monkeypatch.setattr(_stream, "_LEVEL_DECODE_OK", weakref.WeakKeyDictionary())
     monkeypatch.setattr(_stream, "nvjpeg", lambda: counted)
-    assert _stream.nvjpeg_works(cpu) and _stream.nvjpeg_works(cpu)
-    assert calls["n"] == 1  # probed once per device
+    level = slide.tiled_level(1)
+    assert _stream.decodes_like_cpu(level, cpu) and _stream.decodes_like_cpu(level, cpu)
+    assert calls["n"] == 1  # tried once per level and device
 
 
 def _stream_only_decode(streams, device):

@@ -27,8 +27,7 @@ import torch
 
 from ..wsi import Slide
 
-__all__ = ["Batch", "decodes_like_cpu", "nvjpeg", "nvjpeg_decode", "nvjpeg_works", "pad_mode", "padded_size",
-           "stream_batches"]
+__all__ = ["Batch", "decodes_like_cpu", "nvjpeg", "nvjpeg_decode", "pad_mode", "padded_size", "stream_batches"]
 
 _DONE = object()
 _POLL_S = 0.05  # how often blocked threads look at the stop flag
@@ -38,7 +37,7 @@ DECODE_BATCH = 256  # tiles per nvJPEG call: larger calls decode up to 1.5x fast
 def nvjpeg():
     """torchvision's decode_jpeg asked for RGB output (nvJPEG's "unchanged" output may be
     the stored YCbCr planes), or None if torchvision does not import. Whether it decodes
-    on a given GPU is :func:`nvjpeg_works`."""
+    a level right on a given GPU is :func:`decodes_like_cpu`."""
     try:
         from torchvision.io import ImageReadMode, decode_jpeg
     except Exception:  # missing, or a wheel that does not match this torch
@@ -101,32 +100,6 @@ def _raw_tiles(tiles, ly: int, lx: int, h: int, w: int) -> list[tuple[int, int, 
     return out
 
 
-_NVJPEG_WORKS: dict[str, bool] = {}
-
-
-def nvjpeg_works(device: torch.device) -> bool:
-    """Whether ``decode_jpeg`` really decodes on ``device`` (checked once per device): a
-    torchvision built without nvJPEG, or for another CUDA, imports fine and fails only
-    when asked to decode."""
-    key = str(device)
-    if key not in _NVJPEG_WORKS:
-        decode = nvjpeg()
-        ok = False
-        if decode is not None:
-            try:
-                import imagecodecs
-
-                probe = np.zeros((16, 16, 3), np.uint8)
-                probe[:, 8:] = 255
-                data = torch.frombuffer(bytearray(imagecodecs.jpeg8_encode(probe, level=90)), dtype=torch.uint8)
-                [img] = decode([data], device=device)
-                ok = tuple(img.shape) == (3, 16, 16) and img.device == device
-            except Exception:  # any failure means: decode on the CPU instead
-                ok = False
-        _NVJPEG_WORKS[key] = ok
-    return _NVJPEG_WORKS[key]
-
-
 def nvjpeg_decode(streams: list[bytes], device: torch.device) -> list[torch.Tensor]:
     """JPEG streams -> (3, H, W) uint8 tensors on ``device``, in one nvJPEG call."""
     return nvjpeg()([torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in streams], device=device)
@@ -143,9 +116,10 @@ MAX_MEAN_ABS_DIFF = 2.0
 def decodes_like_cpu(tiles, device: torch.device,
                      decode: Callable[[list[bytes], torch.device], list[torch.Tensor]] | None = None) -> bool:
     """Whether ``decode`` (default nvJPEG) turns this level's JPEG tiles into the pixels
-    tifffile's decoder gives (checked once per level and device).
+    tifffile's decoder gives, on ``device`` (checked once per level and device).
 
-    TIFF writers differ in how they store colour: YCbCr JPEG with or without JFIF, RGB
+    torchvision may import fine yet lack nvJPEG, or fail on this GPU, and only say so when
+    asked to decode: any failure counts as no. TIFF writers differ in how they store colour: YCbCr JPEG with or without JFIF, RGB
     components marked only by the TIFF photometric tag or an Adobe marker (Aperio's SVS),
     shared tables. A decoder that reads such a stream differently still returns an image of
     the right shape, just in the wrong colours, so the check compares pixels: the level's
@@ -157,13 +131,14 @@ def decodes_like_cpu(tiles, device: torch.device,
     if key not in known:
         ok = False
         counts = np.asarray(tiles.counts)
-        if counts.size and counts.max() > 0:
+        if counts.size and counts.max() > 0 and (decode is not None or nvjpeg() is not None):
             i = int(np.argmax(counts))
             try:
                 [img] = (decode or nvjpeg_decode)([tiles.jpeg_stream(i)], device)
                 got = img[:3].permute(1, 2, 0).cpu().numpy()
                 want = tiles.tile(i)[..., :3]
-                ok = got.shape == want.shape and float(np.abs(got.astype(np.int16) - want).mean()) < MAX_MEAN_ABS_DIFF
+                ok = (img.device == device and got.shape == want.shape
+                      and float(np.abs(got.astype(np.int16) - want).mean()) < MAX_MEAN_ABS_DIFF)
             except Exception:  # a decoder that fails on this stream: decode on the CPU
                 ok = False
         known[key] = ok

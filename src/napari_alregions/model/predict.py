@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..wsi import Slide
-from ._stream import decodes_like_cpu, nvjpeg_works, pad_mode, stream_batches
+from ._stream import decodes_like_cpu, pad_mode, stream_batches
 from .batching import resolve_batch_size
 from .checkpoint import ModelSpec
 from .device import autocast, compiled, pick_device
@@ -40,8 +40,7 @@ def stream_settings(slide: Slide, level: int, device: torch.device, *, workers: 
     if workers is None:
         workers = 2 if not cuda else max(2, min(8, (os.cpu_count() or 2) - 1))
     tiles = slide.tiled_level(level)
-    can_decode = (cuda and tiles is not None and tiles.is_jpeg and nvjpeg_works(device)
-                  and decodes_like_cpu(tiles, device))
+    can_decode = cuda and tiles is not None and tiles.is_jpeg and decodes_like_cpu(tiles, device)
     if gpu_decode is None:
         gpu_decode = can_decode
     elif gpu_decode and not can_decode:
