@@ -4,7 +4,9 @@
                                          [--arch compact] [--patch 64] [--stride 64] [--compile]
 
 Also the stream alone (read, decode, batch and put on the device, no model): where the
-end-to-end figure sits between the two ceilings says what bounds it.
+end-to-end figure sits between the two ceilings says what bounds it. With nvJPEG decode it
+prints how many blocks the reader threads decoded on the CPU because the GPU decoder was
+behind (``--no-reader-decode``: none).
 
 End to end = ``predict_probability_map`` on a JPEG-compressed pyramidal TIFF: tile decode in
 reader threads, patch assembly, host-to-device copy, the model (autocast bf16/fp16 on CUDA),
@@ -16,6 +18,7 @@ Goal: ratio >= 0.7 on a CPU, >= 0.6 on a GPU.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from pathlib import Path
@@ -24,7 +27,7 @@ import numpy as np
 import torch
 
 from napari_alregions.cli_pool import batch_size_arg
-from napari_alregions.model import ModelSpec, predict_probability_map
+from napari_alregions.model import ModelSpec, _stream, predict_probability_map
 from napari_alregions.model._stream import pad_mode, stream_batches
 from napari_alregions.model.batching import tune_batch_size
 from napari_alregions.model.device import pick_device
@@ -56,6 +59,20 @@ def stream_only(slide, tissue, spec: ModelSpec, *, stride: int, batch: int, devi
     return n / (time.perf_counter() - t)
 
 
+class StreamLog(logging.Handler):
+    """Keeps the stream's last DEBUG line: how many blocks the readers decoded on the CPU."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.last = ""
+        logger = logging.getLogger(_stream.__name__)
+        logger.setLevel(logging.DEBUG)
+        logger.addHandler(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.last = record.getMessage()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=8192)
@@ -67,8 +84,12 @@ def main() -> None:
     ap.add_argument("--level", type=int, default=1)
     ap.add_argument("--workers", type=int, default=None, help="reader threads (default: predict's)")
     ap.add_argument("--cpu-decode", action="store_true", help="on CUDA, decode JPEG tiles on the CPU, not with nvJPEG")
+    ap.add_argument("--no-reader-decode", action="store_true",
+                    help="with nvJPEG, readers never decode blocks themselves, however far behind the decoder is")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model (end to end and ceiling)")
     args = ap.parse_args()
+    _stream.READERS_HELP_DECODE = not args.no_reader_decode
+    stream_log = StreamLog()
     device = pick_device(args.device)
     folder = CACHE / f"io_{args.size}"
     m = make_slide_pool(folder, n_slides=1, size=args.size, seed=7)
@@ -95,6 +116,7 @@ def main() -> None:
                                        device=device, workers=args.workers, gpu_decode=gpu_decode, compile=args.compile)
         best_e2e = max(best_e2e, n / (time.perf_counter() - t))
     assert np.isfinite(prob[tissue]).all()
+    e2e_log = stream_log.last
     ceiling = max(model_only(forward, spec, args.batch, max(n, 4 * args.batch), device) for _ in range(2))
     feed = max(stream_only(slide, tissue, spec, stride=args.stride, batch=args.batch, device=device,
                            workers=args.workers, gpu_decode=gpu_decode, pad=pad_mode(args.compile, device))
@@ -104,6 +126,8 @@ def main() -> None:
     print(f"{'end-to-end':<14}{best_e2e:>12.0f}{best_e2e * mp:>16.1f}")
     print(f"{'model only':<14}{ceiling:>12.0f}{ceiling * mp:>16.1f}")
     print(f"{'stream only':<14}{feed:>12.0f}{feed * mp:>16.1f}")
+    if e2e_log:  # nvJPEG decode: how much the readers took over
+        print(f"end-to-end {e2e_log}; stream only {stream_log.last}")
     print(f"ratio end-to-end / model-only: {best_e2e / ceiling:.2f} (goal >= {0.6 if device.type == 'cuda' else 0.7})")
 
 

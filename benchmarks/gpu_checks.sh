@@ -42,5 +42,6 @@ step mobilenet_l0 "${bench[@]}" --arch mobilenet_v2 --patch 256 --level 0 --stri
 step resnet18_l0 "${bench[@]}" --arch resnet18 --patch 224 --level 0 --stride 256
 step resnet18_l0_compiled "${bench[@]}" --arch resnet18 --patch 224 --level 0 --stride 256 --compile
 step resnet18_l0_cpu_decode "${bench[@]}" --arch resnet18 --patch 224 --level 0 --stride 256 --cpu-decode
+step resnet18_l0_nvjpeg_only "${bench[@]}" --arch resnet18 --patch 224 --level 0 --stride 256 --no-reader-decode
 step pool_resnet18_l0 "$py" benchmarks/bench_pool.py --device cuda --workers 1 --slides 4 --size 4096 \
     --arch resnet18 --patch 224 --level 0 --stride 256 --batch auto
