@@ -110,6 +110,36 @@ def test_stream_patch_content_equals_read_region(slide):
         np.testing.assert_array_equal(x, want)
 
 
+def test_blocks_decode_only_the_tiles_their_patches_touch(slide, monkeypatch):
+    """Level 0, one 256² tile per cell, tissue on a checkerboard: a block's bounding box
+    holds twice the tiles its patches need; both paths decode just the needed ones."""
+    stride, patch = 256, 224
+    tiles = slide.tiled_level(0)
+    assert (tiles.th, tiles.tw) == (stride, stride)
+    h, w = slide.map_shape(stride)
+    tissue = (np.add.outer(np.arange(h), np.arange(w)) % 2 == 0)
+    decoded = []
+    real_tile = tiles.tile
+    monkeypatch.setattr(tiles, "tile", lambda i: decoded.append(i) or real_tile(i))
+    monkeypatch.setattr(_stream, "READERS_HELP_DECODE", False)
+
+    def decode(streams, device):
+        decoded.extend([None] * len(streams))
+        return _stream_only_decode(streams, device)
+
+    for kw in ({}, {"gpu_decode": True, "decode": decode}):
+        decoded.clear()
+        got = {}
+        for b in stream_batches(slide, tissue, level=0, stride=stride, patch=patch, batch=64,
+                                device=torch.device("cpu"), workers=1, **kw):
+            got.update({(int(r), int(c)): x for (r, c), x in zip(b.idx, b.x.numpy())})
+        assert len(decoded) == tissue.sum() < tissue.size
+        for (r, c), x in got.items():
+            want = slide.read_region(c * stride + 16, r * stride + 16, patch, patch, level=0)
+            np.testing.assert_array_equal(x, want)  # (the CPU stand-in for nvJPEG is the same decoder)
+        assert got.keys() == {tuple(map(int, rc)) for rc in np.argwhere(tissue)}
+
+
 @pytest.mark.parametrize(("decode_batch", "patch", "hole"), [(2, 32, False), (256, 32, True), (5, 80, False)])
 def test_raw_tile_path_cuts_the_same_patches_as_the_cpu_path(slide, monkeypatch, decode_batch, patch, hole):
     """The GPU-decode path (raw JPEG tiles to the staging thread, decoded there in batches,
@@ -190,17 +220,19 @@ def test_readers_decode_blocks_themselves_while_the_decoder_is_behind(slide, mon
 
 def test_reader_error_reaches_the_caller_and_threads_stop(slide, monkeypatch):
     calls = {"n": 0}
-    real = slide.read_region
+    tissue = slide.tissue_map(64)
+    tiles = slide.tiled_level(1)
+    real = tiles.raw
 
-    def flaky(*args, **kwargs):
+    def flaky(i):
         calls["n"] += 1
         if calls["n"] == 3:
             raise OSError("disk went away")
-        return real(*args, **kwargs)
+        return real(i)
 
-    monkeypatch.setattr(slide, "read_region", flaky)
-    with pytest.raises(OSError, match="disk went away"):
-        predict_probability_map(slide, TinyConv(), SPEC, stride=64, batch_size=4, device="cpu", block=2)
+    monkeypatch.setattr(tiles, "raw", flaky)
+    with pytest.raises(wsi.SlideError, match="disk went away"):  # with the slide, level and box
+        predict_probability_map(slide, TinyConv(), SPEC, stride=64, batch_size=4, device="cpu", block=2, tissue=tissue)
     time.sleep(0.2)
     assert not _stream_threads()
 

@@ -124,6 +124,36 @@ def test_read_region_bounds_and_fill(tmp_path):
             slide.read_region(0, 0, 0, 8)
 
 
+def test_touched_tiles_and_partial_box_reads(tmp_path):
+    """The tiles a set of patches overlaps, against a pixel mask; a box read that decodes
+    only those tiles equals the full read on them and is ``fill`` on the others."""
+    img = smooth_rgb(700, 900, seed=5)  # 3x4 tiles of 256², the last row and column partial
+    path = tmp_path / "t.tif"
+    write_pyramid(path, _levels(img, 2), tile=(256, 256))
+    rng = np.random.default_rng(0)
+    with open_slide(path) as slide:
+        tiles = slide.tiled_level(0)
+        for size in (16, 100, 300):
+            origins = np.stack([rng.integers(-size, 700, 6), rng.integers(-size, 900, 6)], axis=1)
+            mask = np.zeros((700, 900), bool)
+            for y, x in origins:
+                mask[max(y, 0) : y + size, max(x, 0) : x + size] = True
+            want = [(ty, tx) for ty in range(3) for tx in range(4) if mask[ty * 256 : ty * 256 + 256, tx * 256 : tx * 256 + 256].any()]
+            assert tiles.touched(origins, size) == want
+        assert tiles.touched(np.array([[-50, 10], [800, 10]]), 40) == []  # off the level
+
+        only = [(0, 1), (2, 3)]
+        got = slide._read_box(0, -20, 200, 600, 700, 7, only=only)  # 20 rows above the slide
+        full = slide.read_region(200, -20, 700, 600, fill=7)
+        keep = np.zeros((600, 700), bool)
+        for ty, tx in only:
+            keep[max(ty * 256 + 20, 0) : ty * 256 + 276, max(tx * 256 - 200, 0) : tx * 256 + 56] = True
+        np.testing.assert_array_equal(got[keep], full[keep])
+        assert (got[~keep] == 7).all() and (full[:20] == 7).all()
+        np.testing.assert_array_equal(slide._read_box(0, 0, 0, 256, 512, None, only=[(0, 0), (0, 1)]),
+                                      img[:256, :512])  # every tile of the box: a plain read
+
+
 # -- bad input -----------------------------------------------------------------------------
 def test_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.tif"):

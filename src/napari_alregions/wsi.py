@@ -12,7 +12,7 @@ import math
 import os
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,25 +168,36 @@ class Slide:
         if w <= 0 or h <= 0:
             raise SlideError(f"{self.path}: region size must be positive, got w={w}, h={h}")
         ds = self.level_factor(level)
+        return self._read_box(level, int(math.floor(y / ds)), int(math.floor(x / ds)), h, w, fill,
+                              where=f"region x={x}, y={y}, w={w}, h={h}")
+
+    def _read_box(self, level: int, ly: int, lx: int, h: int, w: int, fill: int | None, *,
+                  only: Collection[tuple[int, int]] | None = None, where: str = "") -> np.ndarray:
+        """:meth:`read_region` in ``level`` px; ``only``: decode just these (tile row, tile
+        col) of a tiled level, the rest of the box reads as ``fill`` (default white): for
+        patch reads that need a few of the tiles under their bounding box."""
         lh, lw = self.levels[level].shape[:2]
-        lx, ly = int(math.floor(x / ds)), int(math.floor(y / ds))
         inside = 0 <= lx and 0 <= ly and lx + w <= lw and ly + h <= lh
-        if inside:
+        if inside and only is None:
             return self._read(level, ly, ly + h, lx, lx + w)
-        if fill is None:
+        if fill is None and not inside:
             raise SlideError(
-                f"{self.path}: region x={x}, y={y}, w={w}, h={h} at level {level} "
+                f"{self.path}: {where or f'box y={ly}, x={lx}, h={h}, w={w}'} at level {level} "
                 f"({lw}x{lh} px) is not inside the image; pass fill= to pad"
             )
+        fill = 255 if fill is None else fill
         out = np.full((h, w, 3), fill, dtype=np.uint8)
         y0, y1 = max(ly, 0), min(ly + h, lh)
         x0, x1 = max(lx, 0), min(lx + w, lw)
         if y0 < y1 and x0 < x1:
-            out[y0 - ly : y1 - ly, x0 - lx : x1 - lx] = self._read(level, y0, y1, x0, x1)
+            out[y0 - ly : y1 - ly, x0 - lx : x1 - lx] = self._read(level, y0, y1, x0, x1, only=only, fill=fill)
         return out
 
-    def _read(self, level: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    def _read(self, level: int, y0: int, y1: int, x0: int, x1: int, *,
+              only: Collection[tuple[int, int]] | None = None, fill: int = 255) -> np.ndarray:
         try:
+            if only is not None and self._tiled[level] is not None:
+                return self._tiled[level].read(y0, y1, x0, x1, only=only, fill=fill)
             return self._readers[level](y0, y1, x0, x1)
         except Exception as exc:  # decoding errors from codecs come in many types
             raise SlideError(
@@ -637,22 +648,43 @@ class TiledLevel:
             return np.zeros((self.th, self.tw, self.samples), dtype=np.uint8)
         return self.decode(data, i, jpegtables=self.tables)[0].reshape(self.th, self.tw, self.samples)
 
-    def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-        rows = range(y0 // self.th, (y1 - 1) // self.th + 1)
-        cols = range(x0 // self.tw, (x1 - 1) // self.tw + 1)
+    def touched(self, origins: np.ndarray, size: int) -> list[tuple[int, int]]:
+        """(tile row, tile col) of every tile that a size² patch at ``origins`` ((N, 2) y, x
+        level px; may reach off the level) overlaps, in raster order."""
+        o = np.asarray(origins, dtype=np.int64).reshape(-1, 2)
+        y0, y1 = np.maximum(o[:, 0], 0), np.minimum(o[:, 0] + size, self.height)
+        x0, x1 = np.maximum(o[:, 1], 0), np.minimum(o[:, 1] + size, self.width)
+        keep = (y0 < y1) & (x0 < x1)
+        if not keep.any():
+            return []
+        t = [a[keep] for a in (y0 // self.th, (y1 - 1) // self.th, x0 // self.tw, (x1 - 1) // self.tw)]
+        r0, c0 = int(t[0].min()), int(t[2].min())
+        grid = np.zeros((int(t[1].max()) - r0 + 1, int(t[3].max()) - c0 + 1), dtype=bool)
+        for a, b, c, d in zip(*t):
+            grid[a - r0 : b - r0 + 1, c - c0 : d - c0 + 1] = True
+        return [(int(r) + r0, int(c) + c0) for r, c in np.argwhere(grid)]
+
+    def read(self, y0: int, y1: int, x0: int, x1: int, *, only: Collection[tuple[int, int]] | None = None,
+             fill: int = 255) -> np.ndarray:
+        """Pixels [y0:y1, x0:x1] of the level (inside it). ``only``: decode just these
+        (tile row, tile col); the rest of the box reads as ``fill``."""
         th, tw = self.th, self.tw
-        if len(rows) == 1 and len(cols) == 1:  # one tile: no assembly
-            ty0, tx0 = rows[0] * th, cols[0] * tw
-            t = self.tile(self.tile_index(rows[0], cols[0]))[y0 - ty0 : y1 - ty0, x0 - tx0 : x1 - tx0, :3]
+        box = [(ty, tx) for ty in range(y0 // th, (y1 - 1) // th + 1) for tx in range(x0 // tw, (x1 - 1) // tw + 1)]
+        keys = box if only is None else [k for k in box if k in set(only)]
+        if len(box) == 1 == len(keys):  # one tile: no assembly
+            ty0, tx0 = box[0][0] * th, box[0][1] * tw
+            t = self.tile(self.tile_index(*box[0]))[y0 - ty0 : y1 - ty0, x0 - tx0 : x1 - tx0, :3]
             return np.ascontiguousarray(t)
-        out = np.empty((y1 - y0, x1 - x0, 3), dtype=np.uint8)
-        for ty in rows:
-            for tx in cols:
-                t = self.tile(self.tile_index(ty, tx))
-                ty0, tx0 = ty * th, tx * tw
-                ys, ye = max(y0, ty0), min(y1, ty0 + th)
-                xs, xe = max(x0, tx0), min(x1, tx0 + tw)
-                out[ys - y0 : ye - y0, xs - x0 : xe - x0] = t[ys - ty0 : ye - ty0, xs - tx0 : xe - tx0, :3]
+        if len(keys) == len(box):
+            out = np.empty((y1 - y0, x1 - x0, 3), dtype=np.uint8)
+        else:
+            out = np.full((y1 - y0, x1 - x0, 3), fill, dtype=np.uint8)
+        for ty, tx in keys:
+            t = self.tile(self.tile_index(ty, tx))
+            ty0, tx0 = ty * th, tx * tw
+            ys, ye = max(y0, ty0), min(y1, ty0 + th)
+            xs, xe = max(x0, tx0), min(x1, tx0 + tw)
+            out[ys - y0 : ye - y0, xs - x0 : xe - x0] = t[ys - ty0 : ye - ty0, xs - tx0 : xe - tx0, :3]
         return out
 
 

@@ -95,19 +95,6 @@ def _blocks(tissue: np.ndarray, block: int) -> list[tuple[int, int, np.ndarray]]
     return out
 
 
-def _raw_tiles(tiles, ly: int, lx: int, h: int, w: int) -> list[tuple[int, int, bytes]]:
-    """(tile row, tile col, JPEG stream) of the tiles that the level-pixel box touches."""
-    y0, y1 = max(ly, 0), min(ly + h, tiles.height)
-    x0, x1 = max(lx, 0), min(lx + w, tiles.width)
-    out = []
-    if y0 >= y1 or x0 >= x1:
-        return out
-    for ty in range(y0 // tiles.th, (y1 - 1) // tiles.th + 1):
-        for tx in range(x0 // tiles.tw, (x1 - 1) // tiles.tw + 1):
-            out.append((ty, tx, tiles.jpeg_stream(tiles.tile_index(ty, tx))))
-    return out
-
-
 def nvjpeg_decode(streams: list[bytes], device: torch.device) -> list[torch.Tensor]:
     """JPEG streams -> (3, H, W) uint8 tensors on ``device``, in one nvJPEG call."""
     return nvjpeg()([torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in streams], device=device)
@@ -284,7 +271,7 @@ def stream_batches(
     step = int(stride // factor)  # cell pitch in working-level px
     d = patch
     cuda = device.type == "cuda"
-    tiles = slide.tiled_level(level) if gpu_decode else None
+    tiles = slide.tiled_level(level)
     jobs = _blocks(tissue, block)
     q_blocks: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
     q_batches: queue.Queue = queue.Queue(maxsize=max(1, depth))
@@ -319,18 +306,22 @@ def stream_batches(
                     break
                 r0, c0, cells = jobs[j]
                 rows, cols = int(cells[:, 0].max()) + 1, int(cells[:, 1].max()) + 1
-                # One read per block: the union of its patches, white off the slide.
+                # One read per block: the bounding box of its patches, white off the slide,
+                # decoding only the tiles that its patches touch (at level 0 a block's tissue
+                # cells often leave a third of the box's tiles untouched).
                 x0 = int(c0 * stride + stride / 2 - d * factor / 2)
                 y0 = int(r0 * stride + stride / 2 - d * factor / 2)
+                ly, lx = int(np.floor(y0 / factor)), int(np.floor(x0 / factor))
                 h_r, w_r = (rows - 1) * step + d, (cols - 1) * step + d
+                need = tiles.touched(cells * step + (ly, lx), d) if tiles is not None else None
                 if gpu_decode and not stager_behind():
-                    ly, lx = int(np.floor(y0 / factor)), int(np.floor(x0 / factor))
-                    item = (cells + (r0, c0), cells, (ly, lx, h_r, w_r), _raw_tiles(tiles, ly, lx, h_r, w_r))
+                    raw = [(ty, tx, tiles.jpeg_stream(tiles.tile_index(ty, tx))) for ty, tx in need]
+                    item = (cells + (r0, c0), cells, (ly, lx, h_r, w_r), raw)
                 else:
                     if gpu_decode:
                         with count_lock:
                             counts["reader_decoded"] += 1
-                    region = slide.read_region(x0, y0, w_r, h_r, level=level, fill=255)
+                    region = slide._read_box(level, ly, lx, h_r, w_r, 255, only=need)
                     patches = np.stack([region[r * step : r * step + d, c * step : c * step + d] for r, c in cells])
                     item = (cells + (r0, c0), patches)
                 if not put(q_blocks, item):
