@@ -178,14 +178,14 @@ class Slide:
         patch reads that need a few of the tiles under their bounding box."""
         lh, lw = self.levels[level].shape[:2]
         inside = 0 <= lx and 0 <= ly and lx + w <= lw and ly + h <= lh
-        if inside and only is None:
-            return self._read(level, ly, ly + h, lx, lx + w)
         if fill is None and not inside:
             raise SlideError(
                 f"{self.path}: {where or f'box y={ly}, x={lx}, h={h}, w={w}'} at level {level} "
                 f"({lw}x{lh} px) is not inside the image; pass fill= to pad"
             )
         fill = 255 if fill is None else fill
+        if inside:
+            return self._read(level, ly, ly + h, lx, lx + w, only=only, fill=fill)
         out = np.full((h, w, 3), fill, dtype=np.uint8)
         y0, y1 = max(ly, 0), min(ly + h, lh)
         x0, x1 = max(lx, 0), min(lx + w, lw)
@@ -670,7 +670,8 @@ class TiledLevel:
         (tile row, tile col); the rest of the box reads as ``fill``."""
         th, tw = self.th, self.tw
         box = [(ty, tx) for ty in range(y0 // th, (y1 - 1) // th + 1) for tx in range(x0 // tw, (x1 - 1) // tw + 1)]
-        keys = box if only is None else [k for k in box if k in set(only)]
+        wanted = None if only is None else set(only)
+        keys = box if wanted is None else [k for k in box if k in wanted]
         if len(box) == 1 == len(keys):  # one tile: no assembly
             ty0, tx0 = box[0][0] * th, box[0][1] * tw
             t = self.tile(self.tile_index(*box[0]))[y0 - ty0 : y1 - ty0, x0 - tx0 : x1 - tx0, :3]

@@ -289,7 +289,7 @@ def stream_batches(
                 continue
         return False
 
-    counts = {"blocks": len(jobs), "reader_decoded": 0}
+    reader_decoded = [0]  # blocks the readers decoded with GPU decode on (for the DEBUG log)
     count_lock = threading.Lock()
 
     def stager_behind() -> bool:
@@ -320,7 +320,7 @@ def stream_batches(
                 else:
                     if gpu_decode:
                         with count_lock:
-                            counts["reader_decoded"] += 1
+                            reader_decoded[0] += 1
                     region = slide._read_box(level, ly, lx, h_r, w_r, 255, only=need)
                     patches = np.stack([region[r * step : r * step + d, c * step : c * step + d] for r, c in cells])
                     item = (cells + (r0, c0), patches)
@@ -371,9 +371,9 @@ def stream_batches(
                     gpu_items, gathered = [], set()
                 else:
                     x = torch.from_numpy(item[1])
-                    if gpu_decode and x.device != device:
-                        # decoded by a reader: to the device now, so a batch is all in one place
-                        x = (x.pin_memory() if cuda else x).to(device, non_blocking=True)
+                    if gpu_decode and cuda:
+                        # decoded by a reader: to the device now, beside the nvJPEG-cut patches
+                        x = x.pin_memory().to(device, non_blocking=True)
                     batcher.add(item[0], x)
                 for part in batcher.take():
                     if not put(q_batches, finish(*part)):
@@ -409,7 +409,7 @@ def stream_batches(
         if errors:
             raise errors[0]
         if gpu_decode:
-            logger.debug("stream: %d blocks, %d decoded by the readers on the CPU", counts["blocks"], counts["reader_decoded"])
+            logger.debug("stream: %d blocks, %d decoded by the readers on the CPU", len(jobs), reader_decoded[0])
     finally:
         stop.set()
         for t in threads:
