@@ -103,9 +103,10 @@ def nvjpeg_decode(streams: list[bytes], device: torch.device) -> list[torch.Tens
 # tiled level -> {device: whether its tiles decode there as on the CPU}; weak, so a closed
 # slide's entry goes with it
 _LEVEL_DECODE_OK: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-# uint8 levels; what torchvision's own tests allow between its CUDA and CPU JPEG decoders
-# (IDCT and chroma upsampling differ); a misread colour space is off by tens
-MAX_MEAN_ABS_DIFF = 2.0
+# uint8 levels. Right decoders differ in IDCT and chroma upsampling: nvJPEG vs. tifffile on
+# an H100 by 0.8-2.1 on the bench slide's levels (2.1 at level 1); a misread colour space
+# is off by tens (70-110 on Aperio-style tiles)
+MAX_MEAN_ABS_DIFF = 5.0
 
 
 def decodes_like_cpu(tiles, device: torch.device,
@@ -121,6 +122,8 @@ def decodes_like_cpu(tiles, device: torch.device,
     largest stored tile (the most detail) decoded both ways must agree to within
     :data:`MAX_MEAN_ABS_DIFF` grey levels on average.
     """
+    if device.type == "cuda" and device.index is None:  # "cuda" and "cuda:0" are one device
+        device = torch.device("cuda", torch.cuda.current_device())
     known = _LEVEL_DECODE_OK.setdefault(tiles, {})
     key = str(device)
     if key not in known:
