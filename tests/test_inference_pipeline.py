@@ -497,6 +497,14 @@ def test_gpu_decode_is_checked_against_the_cpu_decoder_per_level(slide, tmp_path
         monkeypatch.setattr(_stream, "_LEVEL_DECODE_OK", weakref.WeakKeyDictionary())
         assert not _stream.decodes_like_cpu(slide.tiled_level(1), cpu, decode=decode)
 
+    def off_by(k):  # another IDCT: every pixel k grey levels off (nvJPEG on an H100: up to ~2.1)
+        return lambda streams, device: [(t.int() + k).clamp(0, 255).to(torch.uint8)
+                                        for t in _stream_only_decode(streams, device)]
+
+    for k, ok in ((3, True), (20, False)):
+        monkeypatch.setattr(_stream, "_LEVEL_DECODE_OK", weakref.WeakKeyDictionary())
+        assert _stream.decodes_like_cpu(slide.tiled_level(1), cpu, decode=off_by(k)) is ok
+
     calls = {"n": 0}
 
     def counted(streams, device):
