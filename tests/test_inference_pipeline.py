@@ -301,6 +301,19 @@ def test_tune_on_the_cpu_with_a_real_model():
         tune_batch_size(model, patch=32, device="cpu", memory_fraction=0)
 
 
+def test_tuner_times_fast_batches_long_enough_to_measure_throughput():
+    """A forward pass that takes microseconds (a small model on a GPU) is repeated until the
+    timing lasts ``min_seconds``: two passes would measure timer and launch jitter."""
+    calls: dict[int, int] = {}
+
+    def fast(x):
+        calls[len(x)] = calls.get(len(x), 0) + 1
+        return x
+
+    tune_batch_size(fast, patch=4, device="cpu", start=8, max_batch=32, min_seconds=0.02)
+    assert calls and all(n > 10 for n in calls.values())  # 1 warm-up + 2 passes before
+
+
 def test_resolve_batch_size_defaults_and_errors():
     model = TinyConv().eval()
     cpu = torch.device("cpu")

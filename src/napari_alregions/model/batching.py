@@ -114,6 +114,7 @@ def tune_batch_size(
     memory_fraction: float = 0.5,
     min_gain: float = 1.05,
     repeats: int = 2,
+    min_seconds: float = 0.05,
 ) -> int:
     """Measure ``forward`` on random (b, 3, patch, patch) batches and pick b.
 
@@ -134,7 +135,10 @@ def tune_batch_size(
     min_gain : float
         See :func:`search_batch_size`.
     repeats : int
-        Timed forward passes per batch size, after one warm-up.
+        Timed forward passes per batch size, after one warm-up; more while they take
+        less than ``min_seconds`` in all (small batches on a GPU).
+    min_seconds : float
+        Shortest timing per batch size.
 
     Returns
     -------
@@ -173,13 +177,20 @@ def tune_batch_size(
             if cuda:
                 torch.cuda.reset_peak_memory_stats(device)
                 base = torch.cuda.memory_allocated(device)
-            t = time.perf_counter()
-            for _ in range(repeats):
-                forward(x)
-            sync()
-            dt = time.perf_counter() - t
+            n = repeats
+            while True:
+                t = time.perf_counter()
+                for _ in range(n):
+                    forward(x)
+                sync()
+                dt = time.perf_counter() - t
+                # a small batch on a GPU runs in microseconds: a few passes measure launch
+                # jitter and clock ramp-up, not throughput, so time at least min_seconds
+                if dt >= min_seconds or n >= 1000:
+                    break
+                n = min(1000, max(2 * n, int(n * min_seconds / max(dt, 1e-6)) + 1))
         peak = torch.cuda.max_memory_allocated(device) - base if cuda else 0
-        return b * repeats / max(dt, 1e-9), float(peak)
+        return b * n / max(dt, 1e-9), float(peak)
 
     return search_batch_size(measure, start=min(start, max_batch), max_batch=max_batch, budget=budget,
                              min_gain=min_gain, max_probe_s=None if cuda else 1.0)
