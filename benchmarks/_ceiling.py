@@ -31,7 +31,7 @@ def ceiling(forward: Callable[[torch.Tensor], torch.Tensor], *, batch: int, patc
     return n * batch / (time.perf_counter() - t)
 
 
-def softmax_forward(model: torch.nn.Module, compile: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+def softmax_forward(model: torch.nn.Module, compile: bool | str) -> Callable[[torch.Tensor], torch.Tensor]:
     """What the pipeline runs per batch for a probability map: softmax of the logits,
-    through the same compiled wrapper as ``predict_probability_map(compile=True)``."""
-    return compiled(model, True, _softmax) if compile else (lambda x: _softmax(model, x))
+    through the same compiled wrapper as ``predict_probability_map(compile=...)``."""
+    return compiled(model, compile, _softmax) if compile else (lambda x: _softmax(model, x))

@@ -1,12 +1,11 @@
 """Inference benchmark: end-to-end probability map vs. the model-only ceiling, one run.
 
     python benchmarks/bench_inference.py [--size 8192] [--batch 256|auto] [--device cpu|cuda]
-                                         [--arch compact] [--patch 64] [--stride 64] [--compile]
+                                         [--arch compact] [--patch 64] [--stride 64]
+                                         [--compile [MODE]]
 
 Also the stream alone (read, decode, batch and put on the device, no model): where the
-end-to-end figure sits between the two ceilings says what bounds it. With nvJPEG decode it
-prints how many blocks the reader threads decoded on the CPU because the GPU decoder was
-behind (``--no-reader-decode``: none).
+end-to-end figure sits between the two ceilings says what bounds it.
 
 End to end = ``predict_probability_map`` on a JPEG-compressed pyramidal TIFF: tile decode in
 reader threads, patch assembly, host-to-device copy, the model (autocast bf16/fp16 on CUDA),
@@ -18,7 +17,6 @@ Goal: ratio >= 0.7 on a CPU, >= 0.6 on a GPU.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import time
 from pathlib import Path
@@ -27,10 +25,10 @@ import numpy as np
 import torch
 
 from napari_alregions.cli_pool import batch_size_arg
-from napari_alregions.model import ModelSpec, _stream, predict_probability_map
+from napari_alregions.model import ModelSpec, predict_probability_map
 from napari_alregions.model._stream import pad_mode, stream_batches
 from napari_alregions.model.batching import tune_batch_size
-from napari_alregions.model.device import pick_device
+from napari_alregions.model.device import COMPILE_MODES, pick_device
 from napari_alregions.model.predict import stream_settings
 from napari_alregions.synthetic import make_slide_pool
 from napari_alregions.wsi import open_slide
@@ -59,18 +57,8 @@ def stream_only(slide, tissue, spec: ModelSpec, *, stride: int, batch: int, devi
     return n / (time.perf_counter() - t)
 
 
-class StreamLog(logging.Handler):
-    """Keeps the stream's last DEBUG line: how many blocks the readers decoded on the CPU."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.last = ""
-        logger = logging.getLogger(_stream.__name__)
-        logger.setLevel(logging.DEBUG)
-        logger.addHandler(self)
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.last = record.getMessage()
+def compile_note(mode: bool | str) -> str:
+    return "" if not mode else ", compiled" if mode is True else f", compiled ({mode})"
 
 
 def main() -> None:
@@ -84,12 +72,9 @@ def main() -> None:
     ap.add_argument("--level", type=int, default=1)
     ap.add_argument("--workers", type=int, default=None, help="reader threads (default: predict's)")
     ap.add_argument("--cpu-decode", action="store_true", help="on CUDA, decode JPEG tiles on the CPU, not with nvJPEG")
-    ap.add_argument("--no-reader-decode", action="store_true",
-                    help="with nvJPEG, readers never decode blocks themselves, however far behind the decoder is")
-    ap.add_argument("--compile", action="store_true", help="torch.compile the model (end to end and ceiling)")
+    ap.add_argument("--compile", nargs="?", const=True, default=False, choices=COMPILE_MODES,
+                    help="torch.compile the model (end to end and ceiling), optionally in this mode")
     args = ap.parse_args()
-    _stream.READERS_HELP_DECODE = not args.no_reader_decode
-    stream_log = StreamLog()
     device = pick_device(args.device)
     folder = CACHE / f"io_{args.size}"
     m = make_slide_pool(folder, n_slides=1, size=args.size, seed=7)
@@ -104,7 +89,7 @@ def main() -> None:
     n = int(tissue.sum())
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(f"device {name}; {args.arch}, {args.patch}² patches at level {args.level}, stride {args.stride}, "
-          f"batch {args.batch}{', compiled' if args.compile else ''}")
+          f"batch {args.batch}{compile_note(args.compile)}")
     print(f"slide {args.size}² px: {n} tissue patches of {tissue.size}")
     gpu_decode = False if args.cpu_decode else None
     predict_probability_map(slide, model, spec, stride=args.stride, batch_size=args.batch, tissue=tissue, device=device,
@@ -116,7 +101,6 @@ def main() -> None:
                                        device=device, workers=args.workers, gpu_decode=gpu_decode, compile=args.compile)
         best_e2e = max(best_e2e, n / (time.perf_counter() - t))
     assert np.isfinite(prob[tissue]).all()
-    e2e_log = stream_log.last
     ceiling = max(model_only(forward, spec, args.batch, max(n, 4 * args.batch), device) for _ in range(2))
     feed = max(stream_only(slide, tissue, spec, stride=args.stride, batch=args.batch, device=device,
                            workers=args.workers, gpu_decode=gpu_decode, pad=pad_mode(args.compile, device))
@@ -126,8 +110,6 @@ def main() -> None:
     print(f"{'end-to-end':<14}{best_e2e:>12.0f}{best_e2e * mp:>16.1f}")
     print(f"{'model only':<14}{ceiling:>12.0f}{ceiling * mp:>16.1f}")
     print(f"{'stream only':<14}{feed:>12.0f}{feed * mp:>16.1f}")
-    if e2e_log:  # nvJPEG decode: how much the readers took over
-        print(f"end-to-end {e2e_log}; stream only {stream_log.last}")
     print(f"ratio end-to-end / model-only: {best_e2e / ceiling:.2f} (goal >= {0.6 if device.type == 'cuda' else 0.7})")
 
 

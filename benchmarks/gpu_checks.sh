@@ -38,10 +38,13 @@ bench=("$py" benchmarks/bench_inference.py --device cuda --batch auto)
 step compact_l1 "${bench[@]}" --arch compact --patch 64 --level 1 --stride 64
 step compact_l1_compiled "${bench[@]}" --arch compact --patch 64 --level 1 --stride 64 --compile
 step resnet18_l1 "${bench[@]}" --arch resnet18 --patch 128 --level 1 --stride 128
-step mobilenet_l0 "${bench[@]}" --arch mobilenet_v2 --patch 256 --level 0 --stride 256
-step resnet18_l0 "${bench[@]}" --arch resnet18 --patch 224 --level 0 --stride 256
-step resnet18_l0_compiled "${bench[@]}" --arch resnet18 --patch 224 --level 0 --stride 256 --compile
-step resnet18_l0_cpu_decode "${bench[@]}" --arch resnet18 --patch 224 --level 0 --stride 256 --cpu-decode
-step resnet18_l0_nvjpeg_only "${bench[@]}" --arch resnet18 --patch 224 --level 0 --stride 256 --no-reader-decode
+# level 0 on a 16384² slide (generated once, ~1 min): the 8192² one has 376 tissue patches,
+# a few tens of ms on a GPU, where starting and draining the stream weigh as much as the work
+l0=("${bench[@]}" --size 16384 --level 0 --stride 256)
+step mobilenet_l0 "${l0[@]}" --arch mobilenet_v2 --patch 256
+step mobilenet_l0_cudagraphs "${l0[@]}" --arch mobilenet_v2 --patch 256 --compile reduce-overhead
+step resnet18_l0 "${l0[@]}" --arch resnet18 --patch 224
+step resnet18_l0_cudagraphs "${l0[@]}" --arch resnet18 --patch 224 --compile reduce-overhead
+step resnet18_l0_cpu_decode "${l0[@]}" --arch resnet18 --patch 224 --cpu-decode
 step pool_resnet18_l0 "$py" benchmarks/bench_pool.py --device cuda --workers 1 --slides 4 --size 4096 \
     --arch resnet18 --patch 224 --level 0 --stride 256 --batch auto

@@ -121,7 +121,6 @@ def test_blocks_decode_only_the_tiles_their_patches_touch(slide, monkeypatch):
     decoded = []
     real_tile = tiles.tile
     monkeypatch.setattr(tiles, "tile", lambda i: decoded.append(i) or real_tile(i))
-    monkeypatch.setattr(_stream, "READERS_HELP_DECODE", False)
 
     def decode(streams, device):
         decoded.extend([None] * len(streams))
@@ -144,7 +143,6 @@ def test_blocks_decode_only_the_tiles_their_patches_touch(slide, monkeypatch):
 def test_raw_tile_path_cuts_the_same_patches_as_the_cpu_path(slide, monkeypatch, decode_batch, patch, hole):
     """The GPU-decode path (raw JPEG tiles to the staging thread, decoded there in batches,
     patches cut from the decoded tiles) run on the CPU with a CPU JPEG decoder."""
-    monkeypatch.setattr(_stream, "READERS_HELP_DECODE", False)  # every block through the decoder under test
     monkeypatch.setattr(_stream, "DECODE_BATCH", decode_batch)  # tiles gathered per decode call
     stride = 64
     tissue = slide.tissue_map(stride)
@@ -175,47 +173,6 @@ def test_raw_tile_path_cuts_the_same_patches_as_the_cpu_path(slide, monkeypatch,
     assert raw.keys() == ref.keys() and len(ref) == tissue.sum()
     for k in ref:
         np.testing.assert_array_equal(raw[k], ref[k])
-
-
-@pytest.mark.parametrize("help_decode", [True, False])
-def test_readers_decode_blocks_themselves_while_the_decoder_is_behind(slide, monkeypatch, caplog, help_decode):
-    """A slow "GPU" decoder: with help on, queued-up readers decode blocks on the CPU (some,
-    not all), without it none; either way every cell comes once with the same pixels."""
-    calls = {"n": 0}
-
-    def slow_decode(streams, device):
-        calls["n"] += 1
-        time.sleep(0.03)
-        return _stream_only_decode(streams, device)
-
-    monkeypatch.setattr(_stream, "DECODE_BATCH", 4)
-    monkeypatch.setattr(_stream, "READERS_HELP_DECODE", help_decode)
-    stride = 64
-    tissue = slide.tissue_map(stride)
-    n_blocks = len(_stream._blocks(tissue, 2))
-
-    def patches(**kw):
-        got = {}
-        for b in stream_batches(slide, tissue, level=1, stride=stride, patch=32, batch=16, device=torch.device("cpu"),
-                                workers=3, block=2, prefetch=2, **kw):
-            for (r, c), x in zip(b.idx, b.x.numpy()[: len(b.idx)]):
-                assert (r, c) not in got
-                got[(r, c)] = x
-        return got
-
-    with caplog.at_level("DEBUG", logger=_stream.__name__):
-        mixed = patches(gpu_decode=True, decode=slow_decode)
-    [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("stream:")]
-    helped = int(line.split(", ")[1].split()[0])
-    assert line.startswith(f"stream: {n_blocks} blocks")
-    if help_decode:
-        assert 0 < helped < n_blocks and calls["n"] > 0
-    else:
-        assert helped == 0
-    ref = patches()
-    assert mixed.keys() == ref.keys() and len(ref) == tissue.sum()
-    for k in ref:
-        np.testing.assert_array_equal(mixed[k], ref[k])
 
 
 def test_reader_error_reaches_the_caller_and_threads_stop(slide, monkeypatch):

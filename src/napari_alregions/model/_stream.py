@@ -4,10 +4,7 @@ Three stages run at once so that neither the disk, the decoder nor the model wai
 others:
 
 1. reader threads take blocks of tissue cells and read them: either the decoded region
-   (CPU decode) or the raw JPEG tile streams it touches (GPU decode), into a bounded queue.
-   With GPU decode a reader that finds the staging thread behind (blocks queued up, no
-   batches waiting for the model) decodes its block on the CPU instead of waiting, so the
-   host's cores add to nvJPEG's throughput rather than idle;
+   (CPU decode) or the raw JPEG tile streams it touches (GPU decode), into a bounded queue;
 2. one staging thread turns blocks into batches of exactly ``batch`` patches (the tail
    padded as asked) and, on CUDA, puts them on the device on a side stream: nvJPEG
    decode + patch cutting there, or a pinned host buffer copied without blocking. A CUDA
@@ -19,7 +16,6 @@ others:
 from __future__ import annotations
 
 import functools
-import logging
 import queue
 import threading
 import weakref
@@ -33,13 +29,9 @@ from ..wsi import Slide
 
 __all__ = ["Batch", "decodes_like_cpu", "nvjpeg", "nvjpeg_decode", "pad_mode", "padded_size", "stream_batches"]
 
-logger = logging.getLogger(__name__)
-
 _DONE = object()
 _POLL_S = 0.05  # how often blocked threads look at the stop flag
 DECODE_BATCH = 256  # tiles per nvJPEG call: larger calls decode up to 1.5x faster
-# with GPU decode, readers decode blocks on the CPU while the staging thread is the bottleneck
-READERS_HELP_DECODE = True
 
 
 def nvjpeg():
@@ -266,9 +258,7 @@ def stream_batches(
     A generator: closing it (or an exception in the consumer) stops and joins the threads.
     ``depth`` batches may wait on the device at once. Errors in the threads are raised here.
     With ``gpu_decode`` the readers pass raw JPEG tiles and the staging thread decodes
-    them with ``decode`` (nvJPEG; another decoder lets the CPU run this path too), except
-    the blocks that readers decode themselves while the staging thread is behind
-    (:data:`READERS_HELP_DECODE`; how many is logged at DEBUG level).
+    them with ``decode`` (nvJPEG; another decoder lets the CPU run this path too).
     """
     factor = slide.level_factor(level)
     step = int(stride // factor)  # cell pitch in working-level px
@@ -292,14 +282,6 @@ def stream_batches(
                 continue
         return False
 
-    reader_decoded = [0]  # blocks the readers decoded with GPU decode on (for the DEBUG log)
-    count_lock = threading.Lock()
-
-    def stager_behind() -> bool:
-        """Blocks wait for the staging thread while no batch waits for the model: the
-        decode, not the model or the disk, holds the stream up."""
-        return READERS_HELP_DECODE and q_blocks.full() and not q_batches.full()
-
     def reader() -> None:
         try:
             while not stop.is_set():
@@ -317,13 +299,10 @@ def stream_batches(
                 ly, lx = int(np.floor(y0 / factor)), int(np.floor(x0 / factor))
                 h_r, w_r = (rows - 1) * step + d, (cols - 1) * step + d
                 need = tiles.touched(cells * step + (ly, lx), d) if tiles is not None else None
-                if gpu_decode and not stager_behind():
+                if gpu_decode:
                     raw = [(ty, tx, tiles.jpeg_stream(tiles.tile_index(ty, tx))) for ty, tx in need]
                     item = (cells + (r0, c0), cells, (ly, lx, h_r, w_r), raw)
                 else:
-                    if gpu_decode:
-                        with count_lock:
-                            reader_decoded[0] += 1
                     region = slide._read_box(level, ly, lx, h_r, w_r, 255, only=need)
                     patches = np.stack([region[r * step : r * step + d, c * step : c * step + d] for r, c in cells])
                     item = (cells + (r0, c0), patches)
@@ -364,7 +343,7 @@ def stream_batches(
                 if item is _DONE:
                     finished += 1
                     continue
-                if len(item) == 4:
+                if gpu_decode:
                     # raw tiles: gather blocks until a few hundred distinct tiles, then decode them in one call
                     gpu_items.append(item)
                     gathered.update((ty, tx) for ty, tx, _ in item[3])
@@ -373,11 +352,7 @@ def stream_batches(
                     batcher.add(*_assemble_on_device(gpu_items, tiles, step, d, device, decode))
                     gpu_items, gathered = [], set()
                 else:
-                    x = torch.from_numpy(item[1])
-                    if gpu_decode and cuda:
-                        # decoded by a reader: to the device now, beside the nvJPEG-cut patches
-                        x = x.pin_memory().to(device, non_blocking=True)
-                    batcher.add(item[0], x)
+                    batcher.add(item[0], torch.from_numpy(item[1]))
                 for part in batcher.take():
                     if not put(q_batches, finish(*part)):
                         return
@@ -411,8 +386,6 @@ def stream_batches(
             yield item
         if errors:
             raise errors[0]
-        if gpu_decode:
-            logger.debug("stream: %d blocks, %d decoded by the readers on the CPU", len(jobs), reader_decoded[0])
     finally:
         stop.set()
         for t in threads:
