@@ -236,6 +236,33 @@ def test_detect_tissue_known_fraction():
     assert not mask[:, :40].any()
 
 
+def test_detect_tissue_equals_otsu_on_hsv_saturation(small_pool):
+    """Brute-force reference: skimage's full HSV conversion, Otsu on its saturation, the
+    same clean-up; on a slide thumbnail and on noise with black and white areas."""
+    from skimage import color, filters, morphology
+
+    def reference(rgb, min_saturation=0.07, black_value=0.15):
+        hsv = color.rgb2hsv(rgb)
+        sat, val = hsv[..., 1], hsv[..., 2]
+        candidate = val > black_value
+        threshold = max(min_saturation, float(filters.threshold_otsu(sat[candidate])))
+        mask = candidate & (sat > threshold)
+        size = max(4, mask.size // 20000)
+        return morphology.remove_small_holes(morphology.remove_small_objects(mask, max_size=size), max_size=size)
+
+    rng = np.random.default_rng(3)
+    noise = rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    noise[:50] = 0
+    noise[-50:] = 255
+    folder, manifest = small_pool
+    with open_slide(folder / manifest["slides"][0]["image"]) as slide:
+        lvl = slide.tissue_level
+        h, w = slide.levels[lvl].shape[:2]
+        thumb = slide.read_region(0, 0, w, h, level=lvl)
+    for img in (thumb, noise):
+        np.testing.assert_array_equal(detect_tissue(img), reference(img))
+
+
 def test_detect_tissue_empty_slide():
     img = np.full((100, 100, 3), 245, np.uint8)
     assert not detect_tissue(img).any()

