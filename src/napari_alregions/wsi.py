@@ -314,8 +314,10 @@ def detect_tissue(
     # HSV's saturation and value need only each pixel's largest and smallest channel:
     # the same numbers as skimage.color.rgb2hsv, without its hue (6x faster, which counts
     # once per slide in a pool)
-    val = img_as_float(rgb.max(axis=2))
-    delta = val - img_as_float(rgb.min(axis=2))
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    # (elementwise over the channel planes: a reduction along a length-3 axis is ~10x slower)
+    val = img_as_float(np.maximum(np.maximum(r, g), b))
+    delta = val - img_as_float(np.minimum(np.minimum(r, g), b))
     with np.errstate(invalid="ignore", divide="ignore"):
         sat = delta / val
     sat[delta == 0] = 0.0
