@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ..wsi import Slide
+from .device import pick_device
 
 __all__ = ["Batch", "decodes_like_cpu", "nvjpeg", "nvjpeg_decode", "pad_mode", "padded_size", "stream_batches"]
 
@@ -114,8 +115,7 @@ def decodes_like_cpu(tiles, device: torch.device,
     largest stored tile (the most detail) decoded both ways must agree to within
     :data:`MAX_MEAN_ABS_DIFF` grey levels on average.
     """
-    if device.type == "cuda" and device.index is None:  # "cuda" and "cuda:0" are one device
-        device = torch.device("cuda", torch.cuda.current_device())
+    device = pick_device(device)  # indexed: "cuda" and "cuda:0" share one entry
     known = _LEVEL_DECODE_OK.setdefault(tiles, {})
     key = str(device)
     if key not in known:
