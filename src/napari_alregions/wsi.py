@@ -311,11 +311,10 @@ def detect_tissue(
         raise ValueError(f"rgb must have shape (M, N, 3), got {rgb.shape}")
     if rgb.size == 0:
         return np.zeros(rgb.shape[:2], dtype=bool)
-    # HSV's saturation and value need only each pixel's largest and smallest channel:
-    # the same numbers as skimage.color.rgb2hsv, without its hue (6x faster, which counts
-    # once per slide in a pool)
+    # HSV's saturation and value need only each pixel's largest and smallest channel: the
+    # same numbers as skimage.color.rgb2hsv without its hue, taken elementwise over the
+    # planes (a reduction along the length-3 axis is ~10x slower). Once per slide in a pool.
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-    # (elementwise over the channel planes: a reduction along a length-3 axis is ~10x slower)
     val = img_as_float(np.maximum(np.maximum(r, g), b))
     delta = val - img_as_float(np.minimum(np.minimum(r, g), b))
     with np.errstate(invalid="ignore", divide="ignore"):
