@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
+import torch
+from torch import nn
 
 
 def smooth_rgb(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -65,3 +67,12 @@ def write_rgb_jpeg_tiff(path: Path, img: np.ndarray, tile: int = 256) -> None:
              for y in range(0, h, tile) for x in range(0, w, tile))
     tifffile.imwrite(path, tiles, shape=img.shape, dtype=np.uint8, tile=(tile, tile), compression="jpeg",
                      photometric="rgb", subsampling=(1, 1), compressionargs={"outcolorspace": "RGB"})
+
+
+class MeanRedness(nn.Module):
+    """A model that is a known function of the pixels: logit of the patch's mean red."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        red = x[:, 0].mean(dim=(1, 2))  # spec mean 0, std 1: x is RGB in [0, 1]
+        p = red.clamp(1e-4, 1 - 1e-4)
+        return torch.stack([torch.log(1 - p), torch.log(p)], dim=1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import shutil
 import threading
 import time
@@ -17,6 +18,7 @@ from napari_alregions.model import (
     InferenceCancelled,
     ModelSpec,
     _stream,
+    decoders,
     predict_probability_map,
 )
 from napari_alregions.model import device as device_mod
@@ -126,7 +128,7 @@ def test_blocks_decode_only_the_tiles_their_patches_touch(slide, monkeypatch):
         decoded.extend([None] * len(streams))
         return _stream_only_decode(streams, device)
 
-    for kw in ({}, {"gpu_decode": True, "decode": decode}):
+    for kw in ({}, {"decode": decode}):
         decoded.clear()
         got = {}
         for b in stream_batches(slide, tissue, level=0, stride=stride, patch=patch, batch=64,
@@ -164,7 +166,7 @@ def test_raw_tile_path_cuts_the_same_patches_as_the_cpu_path(slide, monkeypatch,
                 got[(r, c)] = x
         return got
 
-    raw = patches(gpu_decode=True, decode=_stream_only_decode)
+    raw = patches(decode=_stream_only_decode)
     ref = patches()
     if hole:  # cell (9, 9): centre at level-1 px 304, patch 288..319, inside tile (1, 1)
         assert not ref[(9, 9)].any()
@@ -371,8 +373,10 @@ def test_cuda_map_of_an_aperio_style_level_equals_the_cpu_map(tmp_path):
         tissue = np.ones(rgb.map_shape(64), dtype=bool)
         cpu = predict_probability_map(rgb, model, spec, stride=64, tissue=tissue, device="cpu")
         gpu = predict_probability_map(rgb, model, spec, stride=64, tissue=tissue, device="cuda")
-        print("nvJPEG decodes the marked RGB level like the CPU:",
-              _stream.decodes_like_cpu(rgb.tiled_level(0), torch.device("cuda", torch.cuda.current_device())))
+        for name in decoders.DECODERS:
+            decode = decoders.get_decoder(name)
+            print(name, "decodes the marked RGB level like the CPU:", decode is not None and
+                  decoders.decodes_like_cpu(rgb.tiled_level(0), torch.device("cuda", torch.cuda.current_device()), decode))
     np.testing.assert_allclose(gpu, cpu, atol=2e-2)
 
 
@@ -389,9 +393,9 @@ def test_asking_for_cuda_without_a_gpu_is_a_clear_error(slide):
         predict_probability_map(slide, TinyConv(), SPEC, stride=64, device="cuda")
 
 
-def test_gpu_decode_is_used_only_where_nvjpeg_really_decodes(slide, monkeypatch):
+def test_gpu_decode_is_used_only_where_a_decoder_really_decodes(slide, monkeypatch):
     """torchvision may import fine yet lack nvJPEG (or fail on this GPU): the level check
-    tries the default decoder once, and decodes on the CPU if it fails."""
+    tries each decoder once, in order, and decodes on the CPU if none works."""
     import imagecodecs
 
     def working(data, device):
@@ -401,21 +405,33 @@ def test_gpu_decode_is_used_only_where_nvjpeg_really_decodes(slide, monkeypatch)
         raise RuntimeError("decode_jpegs_cuda: torchvision not compiled with nvJPEG support")
 
     cpu = torch.device("cpu")  # the check itself is device-agnostic
-    for decode, expected in ((working, True), (broken, False), (None, False)):
-        monkeypatch.setattr(_stream, "_LEVEL_DECODE_OK", weakref.WeakKeyDictionary())
-        monkeypatch.setattr(_stream, "nvjpeg", lambda d=decode: d)
-        assert _stream.decodes_like_cpu(slide.tiled_level(1), cpu) is expected
+    level = slide.tiled_level(1)
+    nvimgcodec = functools.partial(_stream_only_decode)  # a stand-in, the second choice
+    for tv, nv, expected in ((working, None, decoders.nvjpeg_decode), (broken, None, None), (None, None, None),
+                             (broken, nvimgcodec, nvimgcodec), (None, nvimgcodec, nvimgcodec),
+                             (working, nvimgcodec, decoders.nvjpeg_decode)):
+        monkeypatch.setattr(decoders, "_LEVEL_DECODE_OK", weakref.WeakKeyDictionary())
+        monkeypatch.setattr(decoders, "nvjpeg", lambda d=tv: d)
+        monkeypatch.setattr(decoders, "_nvimgcodec_default", lambda d=nv: d)
+        monkeypatch.setattr(decoders.NvImageCodec, "available", staticmethod(lambda d=nv: d is not None))
+        assert decoders.choose_decoder(level, cpu) is expected
+        # a named decoder is that one or none
+        assert decoders.choose_decoder(level, cpu, "torchvision") is (expected if expected is decoders.nvjpeg_decode else None)
+    assert decoders.choose_decoder(None, cpu) is None  # an untiled level
     calls = {"n": 0}
 
     def counted(data, device):
         calls["n"] += 1
         return working(data, device)
 
-    monkeypatch.setattr(_stream, "_LEVEL_DECODE_OK", weakref.WeakKeyDictionary())
-    monkeypatch.setattr(_stream, "nvjpeg", lambda: counted)
-    level = slide.tiled_level(1)
-    assert _stream.decodes_like_cpu(level, cpu) and _stream.decodes_like_cpu(level, cpu)
+    monkeypatch.setattr(decoders, "_LEVEL_DECODE_OK", weakref.WeakKeyDictionary())
+    monkeypatch.setattr(decoders, "nvjpeg", lambda: counted)
+    assert decoders.choose_decoder(level, cpu) and decoders.choose_decoder(level, cpu)
     assert calls["n"] == 1  # tried once per level and device
+    with pytest.raises(ValueError, match="decoder must be one of"):
+        decoders.get_decoder("pillow")
+    with pytest.raises(ValueError, match="decoder must be one of"):
+        predict_probability_map(slide, TinyConv(), SPEC, stride=64, device="cpu", decoder="pillow")
 
 
 def test_gpu_decode_is_checked_against_the_cpu_decoder_per_level(slide, tmp_path, monkeypatch):
@@ -423,8 +439,8 @@ def test_gpu_decode_is_checked_against_the_cpu_decoder_per_level(slide, tmp_path
     alone because jpeg_stream marks it; a decoder that ignores that marker, swaps colours or
     fails is caught by the per-level pixel check, so the level decodes on the CPU."""
     cpu = torch.device("cpu")
-    monkeypatch.setattr(_stream, "_LEVEL_DECODE_OK", weakref.WeakKeyDictionary())
-    assert _stream.decodes_like_cpu(slide.tiled_level(1), cpu, decode=_stream_only_decode)  # YCbCr tiles
+    monkeypatch.setattr(decoders, "_LEVEL_DECODE_OK", weakref.WeakKeyDictionary())
+    assert decoders.decodes_like_cpu(slide.tiled_level(1), cpu, decode=_stream_only_decode)  # YCbCr tiles
 
     img = smooth_rgb(512, 512, seed=4)
     write_rgb_jpeg_tiff(tmp_path / "rgb.tif", img)
@@ -438,11 +454,11 @@ def test_gpu_decode_is_checked_against_the_cpu_decoder_per_level(slide, tmp_path
         assert np.abs(rgb.read_region(0, 0, 512, 512, level=0).astype(int) - img).mean() < 6  # tifffile: right (JPEG error only)
         stored = _stream_only_decode([tiles.raw(0)], cpu)[0].permute(1, 2, 0).numpy()
         assert np.abs(stored.astype(int) - tiles.tile(0)).mean() > 30  # the stored stream alone reads as YCbCr
-        assert _stream.decodes_like_cpu(tiles, cpu, decode=_stream_only_decode)
+        assert decoders.decodes_like_cpu(tiles, cpu, decode=_stream_only_decode)
         marked = tiles.jpeg_stream(0)
         assert marked.count(b"Adobe") == 1 and wsi._marked_rgb(marked) == marked  # one marker, idempotent
-        monkeypatch.setattr(_stream, "_LEVEL_DECODE_OK", weakref.WeakKeyDictionary())
-        assert not _stream.decodes_like_cpu(tiles, cpu, decode=ignores_marker)
+        monkeypatch.setattr(decoders, "_LEVEL_DECODE_OK", weakref.WeakKeyDictionary())
+        assert not decoders.decodes_like_cpu(tiles, cpu, decode=ignores_marker)
 
         # the raw-tile (GPU) path on this level gives the CPU path's patches
         tissue = np.ones(rgb.map_shape(64), dtype=bool)
@@ -452,7 +468,7 @@ def test_gpu_decode_is_checked_against_the_cpu_decoder_per_level(slide, tmp_path
                                                           device=cpu, workers=1, **kw)
                     for rc, x in zip(b.idx, b.x.numpy()[: len(b.idx)])}
 
-        raw, ref = patches(gpu_decode=True, decode=_stream_only_decode), patches()
+        raw, ref = patches(decode=_stream_only_decode), patches()
         assert raw.keys() == ref.keys() and len(ref) == tissue.sum()
         for k in ref:
             np.testing.assert_array_equal(raw[k], ref[k])
@@ -464,16 +480,16 @@ def test_gpu_decode_is_checked_against_the_cpu_decoder_per_level(slide, tmp_path
         raise RuntimeError("nvjpegDecode failed")
 
     for decode in (swapped, failing):
-        monkeypatch.setattr(_stream, "_LEVEL_DECODE_OK", weakref.WeakKeyDictionary())
-        assert not _stream.decodes_like_cpu(slide.tiled_level(1), cpu, decode=decode)
+        monkeypatch.setattr(decoders, "_LEVEL_DECODE_OK", weakref.WeakKeyDictionary())
+        assert not decoders.decodes_like_cpu(slide.tiled_level(1), cpu, decode=decode)
 
     def off_by(k):  # another IDCT: every pixel k grey levels off (nvJPEG on an H100: up to ~2.1)
         return lambda streams, device: [(t.int() + k).clamp(0, 255).to(torch.uint8)
                                         for t in _stream_only_decode(streams, device)]
 
     for k, ok in ((3, True), (20, False)):
-        monkeypatch.setattr(_stream, "_LEVEL_DECODE_OK", weakref.WeakKeyDictionary())
-        assert _stream.decodes_like_cpu(slide.tiled_level(1), cpu, decode=off_by(k)) is ok
+        monkeypatch.setattr(decoders, "_LEVEL_DECODE_OK", weakref.WeakKeyDictionary())
+        assert decoders.decodes_like_cpu(slide.tiled_level(1), cpu, decode=off_by(k)) is ok
 
     calls = {"n": 0}
 
@@ -481,7 +497,7 @@ def test_gpu_decode_is_checked_against_the_cpu_decoder_per_level(slide, tmp_path
         calls["n"] += 1
         return _stream_only_decode(streams, device)
 
-    monkeypatch.setattr(_stream, "_LEVEL_DECODE_OK", weakref.WeakKeyDictionary())
+    monkeypatch.setattr(decoders, "_LEVEL_DECODE_OK", weakref.WeakKeyDictionary())
     level = slide.tiled_level(1)
-    assert _stream.decodes_like_cpu(level, cpu, decode=counted) and _stream.decodes_like_cpu(level, cpu, decode=counted)
+    assert decoders.decodes_like_cpu(level, cpu, decode=counted) and decoders.decodes_like_cpu(level, cpu, decode=counted)
     assert calls["n"] == 1  # checked once per level and device

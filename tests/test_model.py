@@ -5,7 +5,6 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from napari_alregions.model import (
     CheckpointError,
@@ -22,14 +21,7 @@ from napari_alregions.model import (
 )
 from napari_alregions.wsi import open_labels, open_slide
 
-
-class MeanRedness(nn.Module):
-    """A model that is a known function of the pixels: logit of the patch's mean red."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        red = x[:, 0].mean(dim=(1, 2))  # spec mean 0, std 1: x is RGB in [0, 1]
-        p = red.clamp(1e-4, 1 - 1e-4)
-        return torch.stack([torch.log(1 - p), torch.log(p)], dim=1)
+from .helpers import MeanRedness
 
 
 def test_probability_map_equals_the_function_on_the_patches(small_pool):

@@ -6,8 +6,8 @@ others:
 1. reader threads take blocks of tissue cells and read them: either the decoded region
    (CPU decode) or the raw JPEG tile streams it touches (GPU decode), into a bounded queue;
 2. one staging thread turns blocks into batches of exactly ``batch`` patches (the tail
-   padded as asked) and, on CUDA, puts them on the device on a side stream: nvJPEG
-   decode + patch cutting there, or a pinned host buffer copied without blocking. A CUDA
+   padded as asked) and, on CUDA, puts them on the device on a side stream: GPU JPEG
+   decode (:mod:`.decoders`) + patch cutting there, or a pinned host buffer copied without blocking. A CUDA
    event marks each batch ready;
 3. the caller's thread (the consumer) waits on that event on its own stream and runs the model,
    so the copy/decode of batch i + 1 overlaps the model on batch i.
@@ -15,35 +15,22 @@ others:
 
 from __future__ import annotations
 
-import functools
 import queue
 import threading
-import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from ..wsi import Slide
-from .device import pick_device
+from .decoders import TileDecoder
 
-__all__ = ["Batch", "decodes_like_cpu", "nvjpeg", "nvjpeg_decode", "pad_mode", "padded_size", "stream_batches"]
+__all__ = ["Batch", "pad_mode", "padded_size", "stream_batches"]
 
 _DONE = object()
 _POLL_S = 0.05  # how often blocked threads look at the stop flag
-DECODE_BATCH = 256  # tiles per nvJPEG call: larger calls decode up to 1.5x faster
-
-
-def nvjpeg():
-    """torchvision's decode_jpeg asked for RGB output (nvJPEG's "unchanged" output may be
-    the stored YCbCr planes), or None if torchvision does not import. Whether it decodes
-    a level right on a given GPU is :func:`decodes_like_cpu`."""
-    try:
-        from torchvision.io import ImageReadMode, decode_jpeg
-    except Exception:  # missing, or a wheel that does not match this torch
-        return None
-    return functools.partial(decode_jpeg, mode=ImageReadMode.RGB)
+DECODE_BATCH = 256  # tiles per decoder call: nvJPEG decodes larger calls up to 1.5x faster
 
 
 @dataclass
@@ -88,60 +75,12 @@ def _blocks(tissue: np.ndarray, block: int) -> list[tuple[int, int, np.ndarray]]
     return out
 
 
-def nvjpeg_decode(streams: list[bytes], device: torch.device) -> list[torch.Tensor]:
-    """JPEG streams -> (3, H, W) uint8 tensors on ``device``, in one nvJPEG call."""
-    return nvjpeg()([torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in streams], device=device)
-
-
-# tiled level -> {device: whether its tiles decode there as on the CPU}; weak, so a closed
-# slide's entry goes with it
-_LEVEL_DECODE_OK: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-# uint8 levels. Right decoders differ in IDCT and chroma upsampling: nvJPEG vs. tifffile on
-# an H100 by 0.8-2.1 on the bench slide's levels (2.1 at level 1); a misread colour space
-# is off by tens (70-110 on Aperio-style tiles)
-MAX_MEAN_ABS_DIFF = 5.0
-
-
-def decodes_like_cpu(tiles, device: torch.device,
-                     decode: Callable[[list[bytes], torch.device], list[torch.Tensor]] | None = None) -> bool:
-    """Whether ``decode`` (default nvJPEG) turns this level's JPEG tiles into the pixels
-    tifffile's decoder gives, on ``device`` (checked once per level and device).
-
-    torchvision may import fine yet lack nvJPEG, or fail on this GPU, and only say so when
-    asked to decode: any failure counts as no. TIFF writers differ in how they store colour: YCbCr JPEG with or without JFIF, RGB
-    components marked only by the TIFF photometric tag or an Adobe marker (Aperio's SVS),
-    shared tables. A decoder that reads such a stream differently still returns an image of
-    the right shape, just in the wrong colours, so the check compares pixels: the level's
-    largest stored tile (the most detail) decoded both ways must agree to within
-    :data:`MAX_MEAN_ABS_DIFF` grey levels on average.
-    """
-    device = pick_device(device)  # indexed: "cuda" and "cuda:0" share one entry
-    known = _LEVEL_DECODE_OK.setdefault(tiles, {})
-    key = str(device)
-    if key not in known:
-        ok = False
-        counts = np.asarray(tiles.counts)
-        if counts.size and counts.max() > 0 and (decode is not None or nvjpeg() is not None):
-            i = int(np.argmax(counts))
-            try:
-                [img] = (decode or nvjpeg_decode)([tiles.jpeg_stream(i)], device)
-                got = img[:3].permute(1, 2, 0).cpu().numpy()
-                want = tiles.tile(i)[..., :3]
-                ok = (img.device == device and got.shape == want.shape
-                      and float(np.abs(got.astype(np.int16) - want).mean()) < MAX_MEAN_ABS_DIFF)
-            except Exception:  # a decoder that fails on this stream: decode on the CPU
-                ok = False
-        known[key] = ok
-    return known[key]
-
-
 def _assemble_on_device(items: list, tiles, step: int, d: int, dev: torch.device,
-                        decode: Callable[[list[bytes], torch.device], list[torch.Tensor]] = nvjpeg_decode,
-                        ) -> tuple[np.ndarray, torch.Tensor]:
+                        decode: TileDecoder) -> tuple[np.ndarray, torch.Tensor]:
     """Decode the tiles of several blocks in one call and cut all their patches at once.
 
     ``items`` are reader records ``(map cells, block cells, (ly, lx, h, w), raw tiles)``;
-    ``decode`` turns JPEG streams into (3, H, W) tensors on ``dev`` (nvJPEG on a GPU).
+    ``decode`` turns JPEG streams into (3, H, W) tensors on ``dev`` (:mod:`.decoders`).
     Each tile is decoded once per call, however many blocks touch it. The patches are one
     gather from the stacked tiles: pixel (y, x) of the level comes from tile
     (y // th, x // tw) at (y % th, x % tw); off the slide it is white, in a sparse file's
@@ -248,22 +187,23 @@ def stream_batches(
     workers: int,
     prefetch: int = 8,
     block: int = 8,
-    gpu_decode: bool = False,
+    decode: TileDecoder | None = None,
     pad: str | None = None,
     depth: int = 3,
-    decode: Callable[[list[bytes], torch.device], list[torch.Tensor]] = nvjpeg_decode,
 ) -> Iterator[Batch]:
     """Batches of the tissue cells' patches, in no fixed order (each cell once).
 
     A generator: closing it (or an exception in the consumer) stops and joins the threads.
     ``depth`` batches may wait on the device at once. Errors in the threads are raised here.
-    With ``gpu_decode`` the readers pass raw JPEG tiles and the staging thread decodes
-    them with ``decode`` (nvJPEG; another decoder lets the CPU run this path too).
+    With a ``decode`` (:mod:`.decoders`) the readers pass raw JPEG tiles and the staging
+    thread decodes them with it, on the GPU (a CPU decoder lets the CPU run this path too);
+    without, the readers decode.
     """
     factor = slide.level_factor(level)
     step = int(stride // factor)  # cell pitch in working-level px
     d = patch
     cuda = device.type == "cuda"
+    raw_tiles = decode is not None  # readers pass JPEG streams, the stager decodes
     tiles = slide.tiled_level(level)
     jobs = _blocks(tissue, block)
     q_blocks: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
@@ -299,7 +239,7 @@ def stream_batches(
                 ly, lx = int(np.floor(y0 / factor)), int(np.floor(x0 / factor))
                 h_r, w_r = (rows - 1) * step + d, (cols - 1) * step + d
                 need = tiles.touched(cells * step + (ly, lx), d) if tiles is not None else None
-                if gpu_decode:
+                if raw_tiles:
                     raw = [(ty, tx, tiles.jpeg_stream(tiles.tile_index(ty, tx))) for ty, tx in need]
                     item = (cells + (r0, c0), cells, (ly, lx, h_r, w_r), raw)
                 else:
@@ -343,7 +283,7 @@ def stream_batches(
                 if item is _DONE:
                     finished += 1
                     continue
-                if gpu_decode:
+                if raw_tiles:
                     # raw tiles: gather blocks until a few hundred distinct tiles, then decode them in one call
                     gpu_items.append(item)
                     gathered.update((ty, tx) for ty, tx, _ in item[3])

@@ -20,9 +20,10 @@ import torch
 from torch import nn
 
 from ..wsi import Slide
-from ._stream import decodes_like_cpu, pad_mode, stream_batches
+from ._stream import pad_mode, stream_batches
 from .batching import resolve_batch_size
 from .checkpoint import ModelSpec
+from .decoders import DECODERS, TileDecoder, choose_decoder
 from .device import autocast, compiled, pick_device
 
 __all__ = ["InferenceCancelled", "map_patches", "predict_probability_map"]
@@ -33,21 +34,23 @@ class InferenceCancelled(RuntimeError):
 
 
 def stream_settings(slide: Slide, level: int, device: torch.device, *, workers: int | None = None,
-                    gpu_decode: bool | None = None) -> tuple[int, bool]:
-    """Reader threads and whether to decode on the GPU, defaults filled in (see
-    :func:`predict_probability_map`)."""
+                    gpu_decode: bool | None = None,
+                    decoder: str | TileDecoder | None = None) -> tuple[int, TileDecoder | None]:
+    """Reader threads and the GPU decoder (None: the readers decode on the CPU), defaults
+    filled in (see :func:`predict_probability_map`)."""
+    if isinstance(decoder, str) and decoder not in DECODERS:
+        raise ValueError(f"decoder must be one of {DECODERS} or a callable, got {decoder!r}")
     cuda = device.type == "cuda"
     if workers is None:
         workers = 2 if not cuda else max(2, min(8, (os.cpu_count() or 2) - 1))
-    tiles = slide.tiled_level(level)
-    can_decode = cuda and tiles is not None and tiles.is_jpeg and decodes_like_cpu(tiles, device)
-    if gpu_decode is None:
-        gpu_decode = can_decode
-    elif gpu_decode and not can_decode:
-        raise ValueError("gpu_decode needs a CUDA device, torchvision's decode_jpeg working on it (nvJPEG), "
-                         "a JPEG-tiled RGB level, and nvJPEG decoding that level's tiles to the pixels "
-                         "the CPU decoder gives")
-    return workers, gpu_decode
+    if gpu_decode is False:
+        return workers, None
+    decode = choose_decoder(slide.tiled_level(level), device, decoder) if cuda else None
+    if gpu_decode and decode is None:
+        raise ValueError("gpu_decode needs a CUDA device, a JPEG-tiled RGB level, and a GPU JPEG decoder "
+                         f"({decoder!r} if named, else torchvision's decode_jpeg or nvImageCodec) that "
+                         "decodes this level's tiles to the pixels the CPU decoder gives")
+    return workers, decode
 
 
 def _softmax(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -69,6 +72,7 @@ def predict_probability_map(
     progress: Callable[[int, int], None] | None = None,
     cancel: Callable[[], bool] | None = None,
     gpu_decode: bool | None = None,
+    decoder: str | TileDecoder | None = None,
     compile: bool | str = False,
 ) -> np.ndarray:
     """Class probabilities on the map grid of ``stride`` level-0 px.
@@ -99,9 +103,13 @@ def predict_probability_map(
     cancel : callable, optional
         Polled between batches; True stops with :class:`InferenceCancelled`.
     gpu_decode : bool, optional
-        Decode JPEG tiles on the GPU with nvJPEG (torchvision) instead of in the reader
-        threads. Default: on when the device is CUDA, torchvision can decode there and the
-        working level is JPEG-tiled RGB.
+        Decode JPEG tiles on the GPU instead of in the reader threads. Default: on when the
+        device is CUDA, the working level is JPEG-tiled RGB and a GPU decoder reads its
+        tiles as the CPU decoder does (checked once per level).
+    decoder : {"torchvision", "nvimgcodec"} or callable, optional
+        The GPU JPEG decoder (:mod:`~napari_alregions.model.decoders`): torchvision's
+        ``decode_jpeg`` (nvJPEG) or nvImageCodec, or a callable of that signature. Default:
+        the first of them that imports and decodes the level right.
     compile : bool or str
         Run the model through ``torch.compile`` (True, or a mode such as
         "max-autotune"); compiled once per model, every batch padded to one shape. Falls
@@ -124,7 +132,7 @@ def predict_probability_map(
     out = map_patches(
         slide, models, spec, head=_softmax, n_out=len(spec.classes),
         stride=stride, batch_size=batch_size, tissue=tissue, device=device, workers=workers, prefetch=prefetch,
-        block=block, progress=progress, cancel=cancel, gpu_decode=gpu_decode, compile=compile,
+        block=block, progress=progress, cancel=cancel, gpu_decode=gpu_decode, decoder=decoder, compile=compile,
     )
     return out if len(models) > 1 else out[0]
 
@@ -146,6 +154,7 @@ def map_patches(
     progress: Callable[[int, int], None] | None = None,
     cancel: Callable[[], bool] | None = None,
     gpu_decode: bool | None = None,
+    decoder: str | TileDecoder | None = None,
     compile: bool | str = False,
 ) -> np.ndarray:
     """Stream the map grid's patches through ``head(model, x)`` for every model.
@@ -179,7 +188,7 @@ def map_patches(
         return out
     dev = pick_device(device)
     cuda = dev.type == "cuda"
-    workers, gpu_decode = stream_settings(slide, level, dev, workers=workers, gpu_decode=gpu_decode)
+    workers, decode = stream_settings(slide, level, dev, workers=workers, gpu_decode=gpu_decode, decoder=decoder)
     for m in models:
         m.to(dev).eval()
     d = spec.patch_size
@@ -235,7 +244,7 @@ def map_patches(
     done_cells = 0
     stream = torch.cuda.current_stream(dev) if cuda else None  # where the model and result copies run
     batches = stream_batches(slide, tissue, level=level, stride=stride, patch=d, batch=batch_size, device=dev,
-                             workers=workers, prefetch=prefetch, block=block, gpu_decode=gpu_decode, pad=pad_mode(compile, dev))
+                             workers=workers, prefetch=prefetch, block=block, decode=decode, pad=pad_mode(compile, dev))
     # on CUDA this thread works on dev: events, streams and the allocator default to the
     # current device, which in a pool worker on a multi-GPU machine may be another GPU
     with closing(batches), (torch.cuda.device(dev) if cuda else contextlib.nullcontext()):
