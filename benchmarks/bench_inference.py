@@ -2,10 +2,11 @@
 
     python benchmarks/bench_inference.py [--size 8192] [--batch 256|auto] [--device cpu|cuda]
                                          [--arch compact] [--patch 64] [--stride 64]
-                                         [--compile [MODE]]
+                                         [--compile [MODE]] [--decoder NAME[:BACKEND=HINT,...]]
 
-Also the stream alone (read, decode, batch and put on the device, no model): where the
-end-to-end figure sits between the two ceilings says what bounds it.
+Also the stream alone (read, decode, batch and put on the device, no model) and, with a GPU
+decoder, the decoder alone on the slide's tiles: where the end-to-end figure sits between
+these ceilings says what bounds it.
 
 End to end = ``predict_probability_map`` on a JPEG-compressed pyramidal TIFF: tile decode in
 reader threads, patch assembly, host-to-device copy, the model (autocast bf16/fp16 on CUDA),
@@ -26,8 +27,9 @@ import torch
 
 from napari_alregions.cli_pool import batch_size_arg
 from napari_alregions.model import ModelSpec, predict_probability_map
-from napari_alregions.model._stream import pad_mode, stream_batches
+from napari_alregions.model._stream import DECODE_BATCH, pad_mode, stream_batches
 from napari_alregions.model.batching import tune_batch_size
+from napari_alregions.model.decoders import DECODERS, NvImageCodec
 from napari_alregions.model.device import COMPILE_MODES, pick_device
 from napari_alregions.model.predict import stream_settings
 from napari_alregions.synthetic import make_slide_pool
@@ -44,17 +46,53 @@ def model_only(forward, spec: ModelSpec, batch: int, n_patches: int, device: tor
 
 
 def stream_only(slide, tissue, spec: ModelSpec, *, stride: int, batch: int, device: torch.device,
-                workers: int | None, gpu_decode: bool | None, pad: str | None) -> float:
+                workers: int, decode, pad: str | None) -> float:
     """Patches/s of the stream that feeds the model, the model left out."""
-    workers, gpu_decode = stream_settings(slide, spec.level, device, workers=workers, gpu_decode=gpu_decode)
     n = 0
     t = time.perf_counter()
     for b in stream_batches(slide, tissue, level=spec.level, stride=stride, patch=spec.patch_size, batch=batch,
-                            device=device, workers=workers, gpu_decode=gpu_decode, pad=pad):
+                            device=device, workers=workers, decode=decode, pad=pad):
         n += len(b.idx)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return n / (time.perf_counter() - t)
+
+
+def decode_only(tiles, decode, device: torch.device, max_tiles: int = 4096) -> float:
+    """Tiles/s of the decoder alone, on the level's stored tiles (up to ``max_tiles``),
+    in calls of the stream's size; the streams are read beforehand."""
+    counts = np.asarray(tiles.counts)
+    idx = np.flatnonzero(counts > 0)[:max_tiles]
+    streams = [tiles.jpeg_stream(int(i)) for i in idx]
+    t = time.perf_counter()
+    for s in range(0, len(streams), DECODE_BATCH):
+        decode(streams[s : s + DECODE_BATCH], device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return len(streams) / (time.perf_counter() - t)
+
+
+def decoder_arg(text: str):
+    """'torchvision', 'nvimgcodec', or 'nvimgcodec:KIND=HINT,...' (nvImageCodec backends
+    with load hints, e.g. nvimgcodec:hw_gpu_only=0.7,hybrid_cpu_gpu=0.3)."""
+    name, _, opts = text.partition(":")
+    if name not in DECODERS or (opts and name != "nvimgcodec"):
+        raise argparse.ArgumentTypeError(f"expected one of {DECODERS}, or nvimgcodec:KIND=HINT,..., got {text!r}")
+    if not opts:
+        return name
+    try:
+        hints = {k: float(v) for k, v in (kv.split("=") for kv in opts.split(","))}
+        return NvImageCodec(hints)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def decoder_name(decode) -> str:
+    if decode is None:
+        return "CPU (reader threads)"
+    if isinstance(decode, NvImageCodec):
+        return "nvImageCodec" + (f" {decode.backends}" if decode.backends else "")
+    return getattr(decode, "__name__", type(decode).__name__)
 
 
 def compile_note(mode: bool | str) -> str:
@@ -71,7 +109,9 @@ def main() -> None:
     ap.add_argument("--stride", type=int, default=64)
     ap.add_argument("--level", type=int, default=1)
     ap.add_argument("--workers", type=int, default=None, help="reader threads (default: predict's)")
-    ap.add_argument("--cpu-decode", action="store_true", help="on CUDA, decode JPEG tiles on the CPU, not with nvJPEG")
+    ap.add_argument("--cpu-decode", action="store_true", help="on CUDA, decode JPEG tiles on the CPU, not on the GPU")
+    ap.add_argument("--decoder", type=decoder_arg, default=None,
+                    help=f"GPU JPEG decoder: {', '.join(DECODERS)}, or nvimgcodec:KIND=HINT,... (default: predict's choice)")
     ap.add_argument("--compile", nargs="?", const=True, default=False, choices=COMPILE_MODES,
                     help="torch.compile the model (end to end and ceiling), optionally in this mode")
     args = ap.parse_args()
@@ -91,25 +131,32 @@ def main() -> None:
     print(f"device {name}; {args.arch}, {args.patch}² patches at level {args.level}, stride {args.stride}, "
           f"batch {args.batch}{compile_note(args.compile)}")
     print(f"slide {args.size}² px: {n} tissue patches of {tissue.size}")
-    gpu_decode = False if args.cpu_decode else None
-    predict_probability_map(slide, model, spec, stride=args.stride, batch_size=args.batch, tissue=tissue, device=device,
-                            workers=args.workers, gpu_decode=gpu_decode, compile=args.compile)  # warm-up (caches, autotune)
+    gpu_decode = False if args.cpu_decode else (True if args.decoder is not None else None)
+    workers, decode = stream_settings(slide, spec.level, device, workers=args.workers, gpu_decode=gpu_decode,
+                                      decoder=args.decoder)
+    print(f"JPEG decode: {decoder_name(decode)}; {workers} reader threads")
+    run = dict(stride=args.stride, batch_size=args.batch, tissue=tissue, device=device, workers=workers,
+               gpu_decode=decode is not None, decoder=decode, compile=args.compile)
+    predict_probability_map(slide, model, spec, **run)  # warm-up (caches, autotune)
     best_e2e = 0.0
     for _ in range(2):
         t = time.perf_counter()
-        prob = predict_probability_map(slide, model, spec, stride=args.stride, batch_size=args.batch, tissue=tissue,
-                                       device=device, workers=args.workers, gpu_decode=gpu_decode, compile=args.compile)
+        prob = predict_probability_map(slide, model, spec, **run)
         best_e2e = max(best_e2e, n / (time.perf_counter() - t))
     assert np.isfinite(prob[tissue]).all()
     ceiling = max(model_only(forward, spec, args.batch, max(n, 4 * args.batch), device) for _ in range(2))
     feed = max(stream_only(slide, tissue, spec, stride=args.stride, batch=args.batch, device=device,
-                           workers=args.workers, gpu_decode=gpu_decode, pad=pad_mode(args.compile, device))
+                           workers=workers, decode=decode, pad=pad_mode(args.compile, device))
                for _ in range(2))
     mp = (args.patch * slide.level_factor(args.level)) ** 2 / 1e6
     print(f"{'':<14}{'patches/s':>12}{'MP/s (level 0)':>16}")
     print(f"{'end-to-end':<14}{best_e2e:>12.0f}{best_e2e * mp:>16.1f}")
     print(f"{'model only':<14}{ceiling:>12.0f}{ceiling * mp:>16.1f}")
     print(f"{'stream only':<14}{feed:>12.0f}{feed * mp:>16.1f}")
+    if decode is not None:
+        tiles = slide.tiled_level(args.level)
+        print(f"decoder only: {max(decode_only(tiles, decode, device) for _ in range(2)):.0f} tiles/s "
+              f"({tiles.th}x{tiles.tw} tiles, {DECODE_BATCH} per call)")
     print(f"ratio end-to-end / model-only: {best_e2e / ceiling:.2f} (goal >= {0.6 if device.type == 'cuda' else 0.7})")
 
 

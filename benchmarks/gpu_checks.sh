@@ -4,8 +4,8 @@
 #
 #     bash benchmarks/gpu_checks.sh [OUTDIR [STEP ...]]   # default gpu-results/, every step
 #
-# Naming steps (tests, compact_l1, ..., pool_resnet18_l0) runs only those: a device call
-# has a time limit, so a session can spread the steps over several calls.
+# Naming steps (tests, compact_l1, ..., resnet18_l0_nvimgcodec, pool_resnet18_l0) runs only
+# those: a device call has a time limit, so a session can spread the steps over several calls.
 # Needs the project importable (`make setup-test`, or its dependencies on PYTHONPATH).
 # Each step writes OUTDIR/<step>.txt; a failing step does not stop the others.
 set -uo pipefail
@@ -30,10 +30,12 @@ step() {  # step NAME COMMAND...: run, keep the output, report the exit status
 
 { date -u +%Y-%m-%dT%H:%MZ; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   "$py" -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
+  "$py" -c "from nvidia import nvimgcodec; print('nvimgcodec', nvimgcodec.__version__)" 2>&1 | tail -n 1
 } > "$out/device.txt" 2>&1
 cat "$out/device.txt"
 
-step tests "$py" -m pytest -q -rsP -p no:xvfb -p no:cacheprovider tests/test_inference_pipeline.py tests/test_model.py
+step tests "$py" -m pytest -q -rsP -p no:xvfb -p no:cacheprovider tests/test_inference_pipeline.py tests/test_model.py \
+    tests/test_decoders.py
 bench=("$py" benchmarks/bench_inference.py --device cuda --batch auto)
 step compact_l1 "${bench[@]}" --arch compact --patch 64 --level 1 --stride 64
 step compact_l1_compiled "${bench[@]}" --arch compact --patch 64 --level 1 --stride 64 --compile
@@ -46,5 +48,12 @@ step mobilenet_l0_cudagraphs "${l0[@]}" --arch mobilenet_v2 --patch 256 --compil
 step resnet18_l0 "${l0[@]}" --arch resnet18 --patch 224
 step resnet18_l0_cudagraphs "${l0[@]}" --arch resnet18 --patch 224 --compile reduce-overhead
 step resnet18_l0_cpu_decode "${l0[@]}" --arch resnet18 --patch 224 --cpu-decode
+# the second GPU decoder (needs the nvimgcodec extra): library defaults, the hardware
+# decoder alone, and the hardware decoder sharing batches with the CUDA/host-Huffman one
+step resnet18_l0_nvimgcodec "${l0[@]}" --arch resnet18 --patch 224 --decoder nvimgcodec
+step resnet18_l0_nvimgcodec_hw "${l0[@]}" --arch resnet18 --patch 224 --decoder nvimgcodec:hw_gpu_only=1
+step resnet18_l0_nvimgcodec_split "${l0[@]}" --arch resnet18 --patch 224 \
+    --decoder nvimgcodec:hw_gpu_only=0.6,hybrid_cpu_gpu=0.4
+step mobilenet_l0_nvimgcodec "${l0[@]}" --arch mobilenet_v2 --patch 256 --decoder nvimgcodec
 step pool_resnet18_l0 "$py" benchmarks/bench_pool.py --device cuda --workers 1 --slides 4 --size 4096 \
     --arch resnet18 --patch 224 --level 0 --stride 256 --batch auto
