@@ -6,7 +6,8 @@
 #
 # Naming steps (tests, compact_l1, ..., resnet18_l0_nvimgcodec, pool_resnet18_l0) runs only
 # those: a device call has a time limit, so a session can spread the steps over several calls.
-# Needs the project importable (`make setup-test`, or its dependencies on PYTHONPATH).
+# Needs the project importable (`make setup-test`, or its dependencies on PYTHONPATH: on an
+# offline machine, the wheels of benchmarks/gpu_wheels.sh).
 # Each step writes OUTDIR/<step>.txt; a failing step does not stop the others.
 set -uo pipefail
 cd "$(dirname "$0")/.."
