@@ -413,8 +413,10 @@ def test_gpu_decode_is_used_only_where_a_decoder_really_decodes(slide, monkeypat
         monkeypatch.setattr(decoders, "_LEVEL_DECODE_OK", weakref.WeakKeyDictionary())
         monkeypatch.setattr(decoders, "nvjpeg", lambda d=tv: d)
         monkeypatch.setattr(decoders, "_nvimgcodec_default", lambda d=nv: d)
-        monkeypatch.setattr(decoders.NvImageCodec, "available", staticmethod(lambda d=nv: d is not None))
+        asked = []
+        monkeypatch.setattr(decoders.NvImageCodec, "available", staticmethod(lambda d=nv: asked.append(1) or d is not None))
         assert decoders.choose_decoder(level, cpu) is expected
+        assert bool(asked) == (expected is not decoders.nvjpeg_decode)  # not imported when torchvision serves
         # a named decoder is that one or none
         assert decoders.choose_decoder(level, cpu, "torchvision") is (expected if expected is decoders.nvjpeg_decode else None)
     assert decoders.choose_decoder(None, cpu) is None  # an untiled level

@@ -7,8 +7,8 @@ others:
    (CPU decode) or the raw JPEG tile streams it touches (GPU decode), into a bounded queue;
 2. one staging thread turns blocks into batches of exactly ``batch`` patches (the tail
    padded as asked) and, on CUDA, puts them on the device on a side stream: GPU JPEG
-   decode (:mod:`.decoders`) + patch cutting there, or a pinned host buffer copied without blocking. A CUDA
-   event marks each batch ready;
+   decode (:mod:`.decoders`) + patch cutting there, or a pinned host buffer copied
+   without blocking. A CUDA event marks each batch ready;
 3. the caller's thread (the consumer) waits on that event on its own stream and runs the model,
    so the copy/decode of batch i + 1 overlaps the model on batch i.
 """

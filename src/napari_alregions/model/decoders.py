@@ -25,6 +25,7 @@ __all__ = [
     "MAX_MEAN_ABS_DIFF",
     "NvImageCodec",
     "TileDecoder",
+    "check_decoder",
     "choose_decoder",
     "decodes_like_cpu",
     "get_decoder",
@@ -54,6 +55,7 @@ def nvjpeg_decode(streams: list[bytes], device: torch.device) -> list[torch.Tens
     return nvjpeg()([torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in streams], device=device)
 
 
+@functools.cache  # once: a failed import is not retried on every map
 def _nvimgcodec():
     try:
         from nvidia import nvimgcodec
@@ -154,13 +156,20 @@ def _nvimgcodec_default() -> NvImageCodec:
     return NvImageCodec()
 
 
+def check_decoder(decoder: str | TileDecoder | None) -> None:
+    """Raise ValueError unless ``decoder`` is None, a name of :data:`DECODERS` or a callable."""
+    if not (decoder is None or decoder in DECODERS or (callable(decoder) and not isinstance(decoder, str))):
+        raise ValueError(f"decoder must be one of {DECODERS} or a callable, got {decoder!r}")
+
+
 def get_decoder(name: str) -> TileDecoder | None:
     """The named decoder of :data:`DECODERS`, or None if its library does not import."""
+    check_decoder(name)
     if name == "torchvision":
         return nvjpeg_decode if nvjpeg() is not None else None
     if name == "nvimgcodec":
         return _nvimgcodec_default() if NvImageCodec.available() else None
-    raise ValueError(f"decoder must be one of {DECODERS}, got {name!r}")
+    raise TypeError(f"get_decoder takes a decoder's name, got {name!r}")
 
 
 # tiled level -> {(device, decoder): whether its tiles decode there as on the CPU}; weak,
@@ -210,11 +219,11 @@ def choose_decoder(tiles, device: torch.device, decoder: str | TileDecoder | Non
     ``decoder``, the first of :data:`DECODERS` that does. None: decode on the CPU."""
     if tiles is None or not tiles.is_jpeg:
         return None
-    if decoder is None:
-        candidates = [get_decoder(name) for name in DECODERS]
-    else:
-        candidates = [get_decoder(decoder) if isinstance(decoder, str) else decoder]
-    for decode in candidates:
+    if decoder is not None and not isinstance(decoder, str):
+        return decoder if decodes_like_cpu(tiles, device, decoder) else None
+    # one library at a time: a later one is imported only if those before it do not serve
+    for name in DECODERS if decoder is None else (decoder,):
+        decode = get_decoder(name)
         if decode is not None and decodes_like_cpu(tiles, device, decode):
             return decode
     return None

@@ -23,7 +23,7 @@ from ..wsi import Slide
 from ._stream import pad_mode, stream_batches
 from .batching import resolve_batch_size
 from .checkpoint import ModelSpec
-from .decoders import DECODERS, TileDecoder, choose_decoder
+from .decoders import TileDecoder, check_decoder, choose_decoder
 from .device import autocast, compiled, pick_device
 
 __all__ = ["InferenceCancelled", "map_patches", "predict_probability_map"]
@@ -38,8 +38,7 @@ def stream_settings(slide: Slide, level: int, device: torch.device, *, workers: 
                     decoder: str | TileDecoder | None = None) -> tuple[int, TileDecoder | None]:
     """Reader threads and the GPU decoder (None: the readers decode on the CPU), defaults
     filled in (see :func:`predict_probability_map`)."""
-    if isinstance(decoder, str) and decoder not in DECODERS:
-        raise ValueError(f"decoder must be one of {DECODERS} or a callable, got {decoder!r}")
+    check_decoder(decoder)
     cuda = device.type == "cuda"
     if workers is None:
         workers = 2 if not cuda else max(2, min(8, (os.cpu_count() or 2) - 1))
