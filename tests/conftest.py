@@ -24,6 +24,16 @@ def small_pool(tmp_path_factory) -> tuple[Path, dict]:
     return folder, make_slide_pool(folder, n_slides=3, size=1024, seed=0)
 
 
+@pytest.fixture
+def slide(small_pool):
+    """The first slide of the small pool, open."""
+    from napari_alregions.wsi import open_slide
+
+    folder, manifest = small_pool
+    with open_slide(folder / manifest["slides"][0]["image"]) as s:
+        yield s
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("ALREGIONS_CACHE", str(tmp_path_factory.getbasetemp() / "alregions-cache"))

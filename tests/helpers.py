@@ -69,6 +69,21 @@ def write_rgb_jpeg_tiff(path: Path, img: np.ndarray, tile: int = 256) -> None:
                      photometric="rgb", subsampling=(1, 1), compressionargs={"outcolorspace": "RGB"})
 
 
+def stream_threads() -> list:
+    """The inference stream's threads still running."""
+    import threading
+
+    return [t for t in threading.enumerate() if t.name.startswith("alregions-")]
+
+
+def stream_only_decode(streams, device):
+    """A CPU stand-in for nvJPEG: decodes from the JPEG stream alone, as nvJPEG does (no
+    TIFF tags), to (3, H, W) tensors."""
+    import imagecodecs
+
+    return [torch.from_numpy(np.ascontiguousarray(imagecodecs.jpeg8_decode(b).transpose(2, 0, 1))) for b in streams]
+
+
 class MeanRedness(nn.Module):
     """A model that is a known function of the pixels: logit of the patch's mean red."""
 

@@ -22,13 +22,6 @@ CPU = torch.device("cpu")
 
 
 @pytest.fixture
-def slide(small_pool):
-    folder, manifest = small_pool
-    with open_slide(folder / manifest["slides"][0]["image"]) as s:
-        yield s
-
-
-@pytest.fixture
 def fresh_checks(monkeypatch):
     monkeypatch.setattr(decoders, "_LEVEL_DECODE_OK", weakref.WeakKeyDictionary())
 

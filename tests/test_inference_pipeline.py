@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import shutil
-import threading
 import time
 import weakref
 
@@ -30,7 +29,7 @@ from napari_alregions.model.batching import (
 )
 from napari_alregions.wsi import open_slide
 
-from .helpers import smooth_rgb, write_rgb_jpeg_tiff
+from .helpers import smooth_rgb, stream_only_decode, stream_threads, write_rgb_jpeg_tiff
 
 
 class TinyConv(nn.Module):
@@ -47,24 +46,6 @@ class TinyConv(nn.Module):
 
 
 SPEC = ModelSpec(level=1, patch_size=32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
-
-
-@pytest.fixture
-def slide(small_pool):
-    folder, manifest = small_pool
-    with open_slide(folder / manifest["slides"][0]["image"]) as s:
-        yield s
-
-
-def _stream_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("alregions-")]
-
-
-def _stream_only_decode(streams, device):
-    """A CPU stand-in for nvJPEG: decodes from the JPEG stream alone, as nvJPEG does (no TIFF tags), to (3, H, W) tensors."""
-    import imagecodecs
-
-    return [torch.from_numpy(np.ascontiguousarray(imagecodecs.jpeg8_decode(b).transpose(2, 0, 1))) for b in streams]
 
 
 # --- padding and batching ---------------------------------------------------------------
@@ -98,7 +79,7 @@ def test_stream_yields_every_tissue_cell_once_in_whole_batches(slide, pad):
         sizes.append(len(b.idx))
     np.testing.assert_array_equal(seen, tissue.astype(int))
     assert all(s == 24 for s in sizes[:-1]) and 0 < sizes[-1] <= 24  # only the tail is short
-    assert not _stream_threads()
+    assert not stream_threads()
 
 
 def test_stream_patch_content_equals_read_region(slide):
@@ -126,7 +107,7 @@ def test_blocks_decode_only_the_tiles_their_patches_touch(slide, monkeypatch):
 
     def decode(streams, device):
         decoded.extend([None] * len(streams))
-        return _stream_only_decode(streams, device)
+        return stream_only_decode(streams, device)
 
     for kw in ({}, {"decode": decode}):
         decoded.clear()
@@ -166,7 +147,7 @@ def test_raw_tile_path_cuts_the_same_patches_as_the_cpu_path(slide, monkeypatch,
                 got[(r, c)] = x
         return got
 
-    raw = patches(decode=_stream_only_decode)
+    raw = patches(decode=stream_only_decode)
     ref = patches()
     if hole:  # cell (9, 9): centre at level-1 px 304, patch 288..319, inside tile (1, 1)
         assert not ref[(9, 9)].any()
@@ -193,7 +174,7 @@ def test_reader_error_reaches_the_caller_and_threads_stop(slide, monkeypatch):
     with pytest.raises(wsi.SlideError, match="disk went away"):  # with the slide, level and box
         predict_probability_map(slide, TinyConv(), SPEC, stride=64, batch_size=4, device="cpu", block=2, tissue=tissue)
     time.sleep(0.2)
-    assert not _stream_threads()
+    assert not stream_threads()
 
 
 def test_cancel_mid_map_stops_every_thread(slide):
@@ -206,7 +187,7 @@ def test_cancel_mid_map_stops_every_thread(slide):
     with pytest.raises(InferenceCancelled):
         predict_probability_map(slide, TinyConv(), SPEC, stride=64, batch_size=2, device="cpu", block=2, cancel=cancel)
     assert polls["n"] == 3
-    assert not _stream_threads()
+    assert not stream_threads()
 
 
 # --- batch size -------------------------------------------------------------------------
@@ -354,12 +335,14 @@ def test_compile_failure_falls_back_to_the_plain_model(slide, monkeypatch):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("gpu_decode", [False, True])
-def test_cuda_stream_pipeline_equals_the_cpu_map(slide, gpu_decode):
+@pytest.mark.parametrize("processes", [0, 2])  # CPU decode in reader threads / read processes
+def test_cuda_stream_pipeline_equals_the_cpu_map(slide, gpu_decode, processes):
     model = TinyConv().eval()
     cpu = predict_probability_map(slide, model, SPEC, stride=64, batch_size=16, device="cpu")
-    gpu = predict_probability_map(slide, model, SPEC, stride=64, batch_size="auto", device="cuda", gpu_decode=gpu_decode)
+    gpu = predict_probability_map(slide, model, SPEC, stride=64, batch_size="auto", device="cuda", gpu_decode=gpu_decode,
+                                  processes=processes)
     np.testing.assert_allclose(gpu, cpu, atol=2e-2, equal_nan=True)  # bf16/fp16 autocast
-    assert not _stream_threads()
+    assert not stream_threads()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -406,7 +389,7 @@ def test_gpu_decode_is_used_only_where_a_decoder_really_decodes(slide, monkeypat
 
     cpu = torch.device("cpu")  # the check itself is device-agnostic
     level = slide.tiled_level(1)
-    nvimgcodec = functools.partial(_stream_only_decode)  # a stand-in, the second choice
+    nvimgcodec = functools.partial(stream_only_decode)  # a stand-in, the second choice
     for tv, nv, expected in ((working, None, decoders.nvjpeg_decode), (broken, None, None), (None, None, None),
                              (broken, nvimgcodec, nvimgcodec), (None, nvimgcodec, nvimgcodec),
                              (working, nvimgcodec, decoders.nvjpeg_decode)):
@@ -442,21 +425,21 @@ def test_gpu_decode_is_checked_against_the_cpu_decoder_per_level(slide, tmp_path
     fails is caught by the per-level pixel check, so the level decodes on the CPU."""
     cpu = torch.device("cpu")
     monkeypatch.setattr(decoders, "_LEVEL_DECODE_OK", weakref.WeakKeyDictionary())
-    assert decoders.decodes_like_cpu(slide.tiled_level(1), cpu, decode=_stream_only_decode)  # YCbCr tiles
+    assert decoders.decodes_like_cpu(slide.tiled_level(1), cpu, decode=stream_only_decode)  # YCbCr tiles
 
     img = smooth_rgb(512, 512, seed=4)
     write_rgb_jpeg_tiff(tmp_path / "rgb.tif", img)
 
     def ignores_marker(streams, device):
-        return _stream_only_decode([b.replace(wsi._ADOBE_RGB, b"") for b in streams], device)
+        return stream_only_decode([b.replace(wsi._ADOBE_RGB, b"") for b in streams], device)
 
     with open_slide(tmp_path / "rgb.tif") as rgb:
         tiles = rgb.tiled_level(0)
         assert tiles is not None and tiles.is_jpeg and tiles.rgb_jpeg
         assert np.abs(rgb.read_region(0, 0, 512, 512, level=0).astype(int) - img).mean() < 6  # tifffile: right (JPEG error only)
-        stored = _stream_only_decode([tiles.raw(0)], cpu)[0].permute(1, 2, 0).numpy()
+        stored = stream_only_decode([tiles.raw(0)], cpu)[0].permute(1, 2, 0).numpy()
         assert np.abs(stored.astype(int) - tiles.tile(0)).mean() > 30  # the stored stream alone reads as YCbCr
-        assert decoders.decodes_like_cpu(tiles, cpu, decode=_stream_only_decode)
+        assert decoders.decodes_like_cpu(tiles, cpu, decode=stream_only_decode)
         marked = tiles.jpeg_stream(0)
         assert marked.count(b"Adobe") == 1 and wsi._marked_rgb(marked) == marked  # one marker, idempotent
         monkeypatch.setattr(decoders, "_LEVEL_DECODE_OK", weakref.WeakKeyDictionary())
@@ -470,13 +453,13 @@ def test_gpu_decode_is_checked_against_the_cpu_decoder_per_level(slide, tmp_path
                                                           device=cpu, workers=1, **kw)
                     for rc, x in zip(b.idx, b.x.numpy()[: len(b.idx)])}
 
-        raw, ref = patches(decode=_stream_only_decode), patches()
+        raw, ref = patches(decode=stream_only_decode), patches()
         assert raw.keys() == ref.keys() and len(ref) == tissue.sum()
         for k in ref:
             np.testing.assert_array_equal(raw[k], ref[k])
 
     def swapped(streams, device):  # red and green swapped
-        return [t[[1, 0, 2]] for t in _stream_only_decode(streams, device)]
+        return [t[[1, 0, 2]] for t in stream_only_decode(streams, device)]
 
     def failing(streams, device):
         raise RuntimeError("nvjpegDecode failed")
@@ -487,7 +470,7 @@ def test_gpu_decode_is_checked_against_the_cpu_decoder_per_level(slide, tmp_path
 
     def off_by(k):  # another IDCT: every pixel k grey levels off (nvJPEG on an H100: up to ~2.1)
         return lambda streams, device: [(t.int() + k).clamp(0, 255).to(torch.uint8)
-                                        for t in _stream_only_decode(streams, device)]
+                                        for t in stream_only_decode(streams, device)]
 
     for k, ok in ((3, True), (20, False)):
         monkeypatch.setattr(decoders, "_LEVEL_DECODE_OK", weakref.WeakKeyDictionary())
@@ -497,7 +480,7 @@ def test_gpu_decode_is_checked_against_the_cpu_decoder_per_level(slide, tmp_path
 
     def counted(streams, device):
         calls["n"] += 1
-        return _stream_only_decode(streams, device)
+        return stream_only_decode(streams, device)
 
     monkeypatch.setattr(decoders, "_LEVEL_DECODE_OK", weakref.WeakKeyDictionary())
     level = slide.tiled_level(1)

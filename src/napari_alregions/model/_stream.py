@@ -3,12 +3,16 @@
 Three stages run at once so that neither the disk, the decoder nor the model waits on the
 others:
 
-1. reader threads take blocks of tissue cells and read them: either the decoded region
-   (CPU decode) or the raw JPEG tile streams it touches (GPU decode), into a bounded queue;
+1. reader threads take blocks of tissue cells and read them: either the decoded patches
+   (CPU decode, in the thread or, with ``processes``, in a read process of
+   :mod:`napari_alregions._readpool`) or the raw JPEG tile streams they touch (GPU
+   decode), into a bounded queue. With GPU decode and read processes, a reader that finds
+   the staging thread behind (blocks queued up, no batch waiting for the model) has its
+   block decoded by a process instead, so the host's cores add to the GPU decoder;
 2. one staging thread turns blocks into batches of exactly ``batch`` patches (the tail
    padded as asked) and, on CUDA, puts them on the device on a side stream: GPU JPEG
-   decode (:mod:`.decoders`) + patch cutting there, or a pinned host buffer copied
-   without blocking. A CUDA event marks each batch ready;
+   decode (:mod:`.decoders`) + patch cutting there, or host-decoded blocks (pinned by
+   their reader) copied without blocking. A CUDA event marks each batch ready;
 3. the caller's thread (the consumer) waits on that event on its own stream and runs the model,
    so the copy/decode of batch i + 1 overlaps the model on batch i.
 """
@@ -23,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .._readpool import BlockReader
 from ..wsi import Slide
 from .decoders import TileDecoder
 
@@ -190,6 +195,7 @@ def stream_batches(
     decode: TileDecoder | None = None,
     pad: str | None = None,
     depth: int = 3,
+    processes: int = 0,
 ) -> Iterator[Batch]:
     """Batches of the tissue cells' patches, in no fixed order (each cell once).
 
@@ -197,7 +203,10 @@ def stream_batches(
     ``depth`` batches may wait on the device at once. Errors in the threads are raised here.
     With a ``decode`` (:mod:`.decoders`) the readers pass raw JPEG tiles and the staging
     thread decodes them with it, on the GPU (a CPU decoder lets the CPU run this path too);
-    without, the readers decode.
+    without, the readers decode. ``processes`` > 0: the CPU decode runs in that many read
+    processes (one block in flight per reader thread; there are at least as many readers
+    as processes), and with a ``decode`` it serves the blocks the staging thread is too
+    busy for.
     """
     factor = slide.level_factor(level)
     step = int(stride // factor)  # cell pitch in working-level px
@@ -206,6 +215,9 @@ def stream_batches(
     raw_tiles = decode is not None  # readers pass JPEG streams, the stager decodes
     tiles = slide.tiled_level(level)
     jobs = _blocks(tissue, block)
+    n_readers = max(1, workers, processes)
+    pool = (BlockReader(slide, level, d, slots=n_readers, max_patches=max((len(j[2]) for j in jobs), default=1),
+                        processes=processes) if processes else None)
     q_blocks: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
     q_batches: queue.Queue = queue.Queue(maxsize=max(1, depth))
     stop = threading.Event()
@@ -222,7 +234,12 @@ def stream_batches(
                 continue
         return False
 
-    def reader() -> None:
+    def stager_behind() -> bool:
+        """Blocks wait for the staging thread while no batch waits for the model: the GPU
+        decode, not the model or the disk, holds the stream up."""
+        return q_blocks.full() and not q_batches.full()
+
+    def reader(slot: int) -> None:
         try:
             while not stop.is_set():
                 with job_lock:
@@ -239,13 +256,21 @@ def stream_batches(
                 ly, lx = int(np.floor(y0 / factor)), int(np.floor(x0 / factor))
                 h_r, w_r = (rows - 1) * step + d, (cols - 1) * step + d
                 need = tiles.touched(cells * step + (ly, lx), d) if tiles is not None else None
-                if raw_tiles:
+                if raw_tiles and (pool is None or not stager_behind()):
                     raw = [(ty, tx, tiles.jpeg_stream(tiles.tile_index(ty, tx))) for ty, tx in need]
                     item = (cells + (r0, c0), cells, (ly, lx, h_r, w_r), raw)
                 else:
-                    region = slide._read_box(level, ly, lx, h_r, w_r, 255, only=need)
-                    patches = np.stack([region[r * step : r * step + d, c * step : c * step + d] for r, c in cells])
-                    item = (cells + (r0, c0), patches)
+                    # pinned on CUDA: the staging thread copies it to the device without
+                    # blocking and without a second host copy
+                    x = torch.empty((len(cells), d, d, 3), dtype=torch.uint8, pin_memory=cuda)
+                    if pool is not None:
+                        if pool.read(slot, (ly, lx, h_r, w_r), need, cells * step, stop, out=x.numpy()) is None:
+                            break  # stopped
+                    else:
+                        region = slide._read_box(level, ly, lx, h_r, w_r, 255, only=need)
+                        np.stack([region[r * step : r * step + d, c * step : c * step + d] for r, c in cells],
+                                 out=x.numpy())
+                    item = (cells + (r0, c0), x)
                 if not put(q_blocks, item):
                     break
         except BaseException as exc:  # surfaced in the consumer
@@ -260,8 +285,6 @@ def stream_batches(
             x = torch.cat([x, x.new_zeros((rows - len(x), *x.shape[1:]))])
         if not cuda:
             return Batch(idx, x)
-        if x.device.type == "cpu":
-            x = x.pin_memory().to(device, non_blocking=True)
         ready = torch.cuda.Event()
         ready.record()  # on the staging stream, current in this thread
         return Batch(idx, x, ready)
@@ -283,7 +306,7 @@ def stream_batches(
                 if item is _DONE:
                     finished += 1
                     continue
-                if raw_tiles:
+                if len(item) == 4:
                     # raw tiles: gather blocks until a few hundred distinct tiles, then decode them in one call
                     gpu_items.append(item)
                     gathered.update((ty, tx) for ty, tx, _ in item[3])
@@ -292,7 +315,8 @@ def stream_batches(
                     batcher.add(*_assemble_on_device(gpu_items, tiles, step, d, device, decode))
                     gpu_items, gathered = [], set()
                 else:
-                    batcher.add(item[0], torch.from_numpy(item[1]))
+                    # decoded on the host: to the device now (batches are cut there)
+                    batcher.add(item[0], item[1].to(device, non_blocking=True) if cuda else item[1])
                 for part in batcher.take():
                     if not put(q_batches, finish(*part)):
                         return
@@ -309,7 +333,8 @@ def stream_batches(
         finally:
             put(q_batches, _DONE)
 
-    readers = [threading.Thread(target=reader, daemon=True, name=f"alregions-read-{i}") for i in range(max(1, workers))]
+    readers = [threading.Thread(target=reader, args=(i,), daemon=True, name=f"alregions-read-{i}")
+               for i in range(n_readers)]
     threads = [*readers, threading.Thread(target=stager, daemon=True, name="alregions-stage")]
     for t in threads:
         t.start()
@@ -330,3 +355,5 @@ def stream_batches(
         stop.set()
         for t in threads:
             t.join()
+        if pool is not None:
+            pool.close()

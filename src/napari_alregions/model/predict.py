@@ -2,9 +2,9 @@
 
 Map pixel (r, c) (stride s level-0 px) gets the class probabilities of the patch of
 ``spec.patch_size`` px at ``spec.level`` centred on the cell centre ((c + ½)s, (r + ½)s).
-Tissue cells stream through reader threads, a staging thread (batches; on CUDA the copy
-or nvJPEG decode on a side stream) and the model (:mod:`._stream`); outside tissue the
-map is NaN.
+Tissue cells stream through reader threads (CPU decode there or in read processes), a
+staging thread (batches; on CUDA the copy or GPU JPEG decode on a side stream) and the
+model (:mod:`._stream`); outside tissue the map is NaN.
 """
 
 from __future__ import annotations
@@ -14,11 +14,13 @@ import functools
 import os
 from collections.abc import Callable, Sequence
 from contextlib import closing
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
+from .._readpool import can_start_processes
 from ..wsi import Slide
 from ._stream import pad_mode, stream_batches
 from .batching import resolve_batch_size
@@ -33,23 +35,48 @@ class InferenceCancelled(RuntimeError):
     """Raised when a cancel callback stopped inference."""
 
 
+@dataclass(frozen=True)
+class StreamSettings:
+    """How a map's patches are read (see :func:`predict_probability_map`)."""
+
+    workers: int  # reader threads
+    decode: TileDecoder | None  # the GPU JPEG decoder; None: decoded on the CPU
+    processes: int  # read processes for the CPU decode (0: in the reader threads)
+
+
+def default_processes(device: torch.device, decode: TileDecoder | None) -> int:
+    """Read processes when none are asked for: with a CUDA model and CPU decode, all cores
+    but two (up to 16); otherwise none. A CUDA model's thread keeps the GIL busy, which
+    stalls decoding reader threads (on 2 cores with a Python-busy thread: 95 patches/s in
+    threads, ~1000 in processes); on the CPU the model needs the cores, and with GPU decode
+    the processes only add to it (``processes=N`` to try)."""
+    cores = os.cpu_count() or 1
+    if device.type != "cuda" or decode is not None or cores < 4 or not can_start_processes():
+        return 0
+    return min(16, cores - 2)
+
+
 def stream_settings(slide: Slide, level: int, device: torch.device, *, workers: int | None = None,
-                    gpu_decode: bool | None = None,
-                    decoder: str | TileDecoder | None = None) -> tuple[int, TileDecoder | None]:
-    """Reader threads and the GPU decoder (None: the readers decode on the CPU), defaults
-    filled in (see :func:`predict_probability_map`)."""
+                    gpu_decode: bool | None = None, decoder: str | TileDecoder | None = None,
+                    processes: int | None = None) -> StreamSettings:
+    """Reader threads, the GPU decoder and read processes, defaults filled in (see
+    :func:`predict_probability_map`)."""
     check_decoder(decoder)
+    if processes is not None and (isinstance(processes, bool) or not isinstance(processes, int) or processes < 0):
+        raise ValueError(f"processes must be an int >= 0 or None, got {processes!r}")
     cuda = device.type == "cuda"
     if workers is None:
         workers = 2 if not cuda else max(2, min(8, (os.cpu_count() or 2) - 1))
-    if gpu_decode is False:
-        return workers, None
-    decode = choose_decoder(slide.tiled_level(level), device, decoder) if cuda else None
-    if gpu_decode and decode is None:
-        raise ValueError("gpu_decode needs a CUDA device, a JPEG-tiled RGB level, and a GPU JPEG decoder "
-                         f"({decoder!r} if named, else torchvision's decode_jpeg or nvImageCodec) that "
-                         "decodes this level's tiles to the pixels the CPU decoder gives")
-    return workers, decode
+    decode = None
+    if gpu_decode is not False:
+        decode = choose_decoder(slide.tiled_level(level), device, decoder) if cuda else None
+        if gpu_decode and decode is None:
+            raise ValueError("gpu_decode needs a CUDA device, a JPEG-tiled RGB level, and a GPU JPEG decoder "
+                             f"({decoder!r} if named, else torchvision's decode_jpeg or nvImageCodec) that "
+                             "decodes this level's tiles to the pixels the CPU decoder gives")
+    if processes is None:
+        processes = default_processes(device, decode)
+    return StreamSettings(workers, decode, processes)
 
 
 def _softmax(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -73,6 +100,7 @@ def predict_probability_map(
     gpu_decode: bool | None = None,
     decoder: str | TileDecoder | None = None,
     compile: bool | str = False,
+    processes: int | None = None,
 ) -> np.ndarray:
     """Class probabilities on the map grid of ``stride`` level-0 px.
 
@@ -109,6 +137,13 @@ def predict_probability_map(
         The GPU JPEG decoder (:mod:`~napari_alregions.model.decoders`): torchvision's
         ``decode_jpeg`` (nvJPEG) or nvImageCodec, or a callable of that signature. Default:
         the first of them that imports and decodes the level right.
+    processes : int, optional
+        Decode on the CPU in this many worker processes (:mod:`napari_alregions._readpool`;
+        started once per interpreter, so a calling script needs the
+        ``if __name__ == "__main__":`` guard) instead of in the reader threads. With GPU
+        decode they take the blocks the GPU decoder has no time for. Default: most of the
+        cores with a CUDA model and CPU decode, where a busy model thread starves reader
+        threads of the GIL; else 0. Not available in daemonic processes (dask workers).
     compile : bool or str
         Run the model through ``torch.compile`` (True, or a mode such as
         "max-autotune"); compiled once per model, every batch padded to one shape. Falls
@@ -132,6 +167,7 @@ def predict_probability_map(
         slide, models, spec, head=_softmax, n_out=len(spec.classes),
         stride=stride, batch_size=batch_size, tissue=tissue, device=device, workers=workers, prefetch=prefetch,
         block=block, progress=progress, cancel=cancel, gpu_decode=gpu_decode, decoder=decoder, compile=compile,
+        processes=processes,
     )
     return out if len(models) > 1 else out[0]
 
@@ -155,6 +191,7 @@ def map_patches(
     gpu_decode: bool | None = None,
     decoder: str | TileDecoder | None = None,
     compile: bool | str = False,
+    processes: int | None = None,
 ) -> np.ndarray:
     """Stream the map grid's patches through ``head(model, x)`` for every model.
 
@@ -187,7 +224,8 @@ def map_patches(
         return out
     dev = pick_device(device)
     cuda = dev.type == "cuda"
-    workers, decode = stream_settings(slide, level, dev, workers=workers, gpu_decode=gpu_decode, decoder=decoder)
+    how = stream_settings(slide, level, dev, workers=workers, gpu_decode=gpu_decode, decoder=decoder,
+                          processes=processes)
     for m in models:
         m.to(dev).eval()
     d = spec.patch_size
@@ -243,7 +281,8 @@ def map_patches(
     done_cells = 0
     stream = torch.cuda.current_stream(dev) if cuda else None  # where the model and result copies run
     batches = stream_batches(slide, tissue, level=level, stride=stride, patch=d, batch=batch_size, device=dev,
-                             workers=workers, prefetch=prefetch, block=block, decode=decode, pad=pad_mode(compile, dev))
+                             workers=how.workers, prefetch=prefetch, block=block, decode=how.decode,
+                             pad=pad_mode(compile, dev), processes=how.processes)
     # on CUDA this thread works on dev: events, streams and the allocator default to the
     # current device, which in a pool worker on a multi-GPU machine may be another GPU
     with closing(batches), (torch.cuda.device(dev) if cuda else contextlib.nullcontext()):
