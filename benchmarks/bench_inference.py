@@ -3,13 +3,14 @@
     python benchmarks/bench_inference.py [--size 8192] [--batch 256|auto] [--device cpu|cuda]
                                          [--arch compact] [--patch 64] [--stride 64]
                                          [--compile [MODE]] [--decoder NAME[:BACKEND=HINT,...]]
+                                         [--processes N]
 
 Also the stream alone (read, decode, batch and put on the device, no model) and, with a GPU
 decoder, the decoder alone on the slide's tiles: where the end-to-end figure sits between
 these ceilings says what bounds it.
 
 End to end = ``predict_probability_map`` on a JPEG-compressed pyramidal TIFF: tile decode in
-reader threads, patch assembly, host-to-device copy, the model (autocast bf16/fp16 on CUDA),
+reader threads or read processes (or on the GPU), patch assembly, host-to-device copy, the model (autocast bf16/fp16 on CUDA),
 softmax and writing the map. The ceiling = the same model (compiled too, with --compile) on
 random tensors already on the device, same batch size ("auto": tuned once, used for both).
 Goal: ratio >= 0.7 on a CPU, >= 0.6 on a GPU.
@@ -46,12 +47,12 @@ def model_only(forward, spec: ModelSpec, batch: int, n_patches: int, device: tor
 
 
 def stream_only(slide, tissue, spec: ModelSpec, *, stride: int, batch: int, device: torch.device,
-                workers: int, decode, pad: str | None) -> float:
+                workers: int, decode, pad: str | None, processes: int) -> float:
     """Patches/s of the stream that feeds the model, the model left out."""
     n = 0
     t = time.perf_counter()
     for b in stream_batches(slide, tissue, level=spec.level, stride=stride, patch=spec.patch_size, batch=batch,
-                            device=device, workers=workers, decode=decode, pad=pad):
+                            device=device, workers=workers, decode=decode, pad=pad, processes=processes):
         n += len(b.idx)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -87,12 +88,14 @@ def decoder_arg(text: str):
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
-def decoder_name(decode) -> str:
+def decoder_name(decode, processes: int) -> str:
     if decode is None:
-        return "CPU (reader threads)"
+        return "CPU (read processes)" if processes else "CPU (reader threads)"
     if isinstance(decode, NvImageCodec):
-        return "nvImageCodec" + (f" {decode.backends}" if decode.backends else "")
-    return getattr(decode, "__name__", type(decode).__name__)
+        name = "nvImageCodec" + (f" {decode.backends}" if decode.backends else "")
+    else:
+        name = getattr(decode, "__name__", type(decode).__name__)
+    return f"{name}, CPU in read processes for the blocks it has no time for" if processes else name
 
 
 def compile_note(mode: bool | str) -> str:
@@ -112,6 +115,8 @@ def main() -> None:
     ap.add_argument("--cpu-decode", action="store_true", help="on CUDA, decode JPEG tiles on the CPU, not on the GPU")
     ap.add_argument("--decoder", type=decoder_arg, default=None,
                     help=f"GPU JPEG decoder: {', '.join(DECODERS)}, or nvimgcodec:KIND=HINT,... (default: predict's choice)")
+    ap.add_argument("--processes", type=int, default=None,
+                    help="read processes for the CPU decode (default: predict's; 0: decode in the reader threads)")
     ap.add_argument("--compile", nargs="?", const=True, default=False, choices=COMPILE_MODES,
                     help="torch.compile the model (end to end and ceiling), optionally in this mode")
     args = ap.parse_args()
@@ -132,11 +137,12 @@ def main() -> None:
           f"batch {args.batch}{compile_note(args.compile)}")
     print(f"slide {args.size}² px: {n} tissue patches of {tissue.size}")
     gpu_decode = False if args.cpu_decode else (True if args.decoder is not None else None)
-    workers, decode = stream_settings(slide, spec.level, device, workers=args.workers, gpu_decode=gpu_decode,
-                                      decoder=args.decoder)
-    print(f"JPEG decode: {decoder_name(decode)}; {workers} reader threads")
+    how = stream_settings(slide, spec.level, device, workers=args.workers, gpu_decode=gpu_decode,
+                          decoder=args.decoder, processes=args.processes)
+    workers, decode = how.workers, how.decode
+    print(f"JPEG decode: {decoder_name(decode, how.processes)}; {workers} reader threads, {how.processes} read processes")
     run = dict(stride=args.stride, batch_size=args.batch, tissue=tissue, device=device, workers=workers,
-               gpu_decode=decode is not None, decoder=decode, compile=args.compile)
+               gpu_decode=decode is not None, decoder=decode, compile=args.compile, processes=how.processes)
     predict_probability_map(slide, model, spec, **run)  # warm-up (caches, autotune)
     best_e2e = 0.0
     for _ in range(2):
@@ -146,7 +152,8 @@ def main() -> None:
     assert np.isfinite(prob[tissue]).all()
     ceiling = max(model_only(forward, spec, args.batch, max(n, 4 * args.batch), device) for _ in range(2))
     feed = max(stream_only(slide, tissue, spec, stride=args.stride, batch=args.batch, device=device,
-                           workers=workers, decode=decode, pad=pad_mode(args.compile, device))
+                           workers=workers, decode=decode, pad=pad_mode(args.compile, device),
+                           processes=how.processes)
                for _ in range(2))
     mp = (args.patch * slide.level_factor(args.level)) ** 2 / 1e6
     print(f"{'':<14}{'patches/s':>12}{'MP/s (level 0)':>16}")

@@ -4,7 +4,7 @@
 #
 #     bash benchmarks/gpu_checks.sh [OUTDIR [STEP ...]]   # default gpu-results/, every step
 #
-# Naming steps (tests, compact_l1, ..., resnet18_l0_nvimgcodec, pool_resnet18_l0) runs only
+# Naming steps (tests, compact_l1, ..., resnet18_l0_hybrid, pool_resnet18_l0) runs only
 # those: a device call has a time limit, so a session can spread the steps over several calls.
 # Needs the project importable (`make setup-test`, or its dependencies on PYTHONPATH: on an
 # offline machine, the wheels of benchmarks/gpu_wheels.sh).
@@ -36,7 +36,7 @@ step() {  # step NAME COMMAND...: run, keep the output, report the exit status
 cat "$out/device.txt"
 
 step tests "$py" -m pytest -q -rsP -p no:xvfb -p no:cacheprovider tests/test_inference_pipeline.py tests/test_model.py \
-    tests/test_decoders.py
+    tests/test_decoders.py tests/test_readpool.py
 bench=("$py" benchmarks/bench_inference.py --device cuda --batch auto)
 step compact_l1 "${bench[@]}" --arch compact --patch 64 --level 1 --stride 64
 step compact_l1_compiled "${bench[@]}" --arch compact --patch 64 --level 1 --stride 64 --compile
@@ -48,7 +48,12 @@ step mobilenet_l0 "${l0[@]}" --arch mobilenet_v2 --patch 256
 step mobilenet_l0_cudagraphs "${l0[@]}" --arch mobilenet_v2 --patch 256 --compile reduce-overhead
 step resnet18_l0 "${l0[@]}" --arch resnet18 --patch 224
 step resnet18_l0_cudagraphs "${l0[@]}" --arch resnet18 --patch 224 --compile reduce-overhead
-step resnet18_l0_cpu_decode "${l0[@]}" --arch resnet18 --patch 224 --cpu-decode
+step resnet18_l0_cpu_decode "${l0[@]}" --arch resnet18 --patch 224 --cpu-decode --processes 0
+# CPU decode in read processes (the default on CUDA when the GPU cannot decode a level), and
+# read processes beside the GPU decoder, taking the blocks it has no time for
+step resnet18_l0_cpu_processes "${l0[@]}" --arch resnet18 --patch 224 --cpu-decode
+step resnet18_l0_hybrid "${l0[@]}" --arch resnet18 --patch 224 --processes 12
+step mobilenet_l0_hybrid "${l0[@]}" --arch mobilenet_v2 --patch 256 --processes 12
 # the second GPU decoder (needs the nvimgcodec extra): library defaults, the hardware
 # decoder alone, and the hardware decoder sharing batches with the CUDA/host-Huffman one
 step resnet18_l0_nvimgcodec "${l0[@]}" --arch resnet18 --patch 224 --decoder nvimgcodec
