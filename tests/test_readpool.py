@@ -221,3 +221,20 @@ def test_bad_process_counts_are_clear_errors(slide, monkeypatch):
     monkeypatch.setattr(_readpool, "can_start_processes", lambda: False)
     with pytest.raises(ValueError, match="daemonic"):
         _readpool.BlockReader(slide, 1, 32, slots=1, max_patches=1, processes=2)
+
+
+def test_too_little_shared_memory(slide, readers, monkeypatch, caplog):
+    """/dev/shm smaller than the slots (Docker's 64 MiB default): asked-for processes are a
+    clear error; default ones give way to reader threads with a warning."""
+    kw = dict(stride=64, device="cpu", batch_size=8, block=4)
+    ref = predict_probability_map(slide, MeanRedness(), SPEC, processes=0, **kw)
+    need = _readpool.shared_bytes(2, 16, SPEC.patch_size)
+    monkeypatch.setattr(_readpool, "shared_memory_free", lambda: need - 1)
+    monkeypatch.setattr(predict_mod, "shared_memory_free", lambda: need - 1)
+    with pytest.raises(ValueError, match="shm-size"):
+        predict_probability_map(slide, MeanRedness(), SPEC, processes=2, **kw)
+    monkeypatch.setattr(predict_mod, "default_processes", lambda device, decode: 2)  # as on CUDA with CPU decode
+    with caplog.at_level("WARNING", logger="napari_alregions.model.predict"):
+        got = predict_probability_map(slide, MeanRedness(), SPEC, **kw)
+    np.testing.assert_array_equal(got, ref)
+    assert not readers and "/dev/shm" in caplog.text

@@ -29,7 +29,7 @@ import numpy as np
 
 from .wsi import Slide, SlideError, open_slide
 
-__all__ = ["BlockReader", "can_start_processes", "shutdown"]
+__all__ = ["BlockReader", "can_start_processes", "shared_bytes", "shared_memory_free", "shutdown"]
 
 _POLL_S = 0.05  # how often a waiting caller looks at its stop flag
 _SLIDES_PER_WORKER = 4  # open slides a worker keeps (opening one parses every TIFF page)
@@ -43,6 +43,21 @@ def can_start_processes() -> bool:
     """False in a daemonic process (a dask worker, a multiprocessing pool worker), which
     may not have children."""
     return not multiprocessing.current_process().daemon
+
+
+def shared_memory_free() -> int | None:
+    """Bytes free for shared memory (``/dev/shm``), None where that is unknown (not Linux).
+    Containers often have little: Docker gives 64 MiB unless run with ``--shm-size``."""
+    try:
+        st = os.statvfs("/dev/shm")
+    except (OSError, AttributeError):
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def shared_bytes(slots: int, max_patches: int, patch: int) -> int:
+    """The shared memory a :class:`BlockReader` of these sizes takes."""
+    return max(1, slots) * max(1, max_patches) * patch * patch * 3
 
 
 def _process_pool(processes: int) -> ProcessPoolExecutor:
@@ -156,12 +171,22 @@ class BlockReader:
             raise ValueError("processes: a daemonic process (e.g. a dask worker) cannot start read processes; "
                              "pass processes=0")
         slide._check_level(level)
-        st = os.stat(slide.path)
-        self._path, self._stamp = str(slide.path), (st.st_mtime_ns, st.st_size)
+        size, free = shared_bytes(slots, max_patches, patch), shared_memory_free()
+        if free is not None and size > free:
+            # a segment larger than /dev/shm is created, but writing past it kills the writer (SIGBUS)
+            raise ValueError(
+                f"processes: the read processes need {size / 2**20:.0f} MiB of shared memory ({max(1, slots)} "
+                f"blocks of up to {max(1, max_patches)} patches of {patch}² px) and /dev/shm has "
+                f"{free / 2**20:.0f} MiB free; enlarge it (e.g. docker run --shm-size=2g), read smaller blocks, "
+                "or pass processes=0"
+            )
+        self._path = os.path.abspath(slide.path)
+        st = os.stat(self._path)
+        self._stamp = (st.st_mtime_ns, st.st_size)
         self._level, self._patch = level, patch
         self._max = max(1, max_patches)
         self._slot_bytes = self._max * patch * patch * 3
-        self._shm = shared_memory.SharedMemory(create=True, size=max(1, slots) * self._slot_bytes)
+        self._shm = shared_memory.SharedMemory(create=True, size=size)
         self._name = self._shm.name
         self._slots = max(1, slots)
         self._processes = processes

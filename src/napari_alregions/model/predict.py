@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 from collections.abc import Callable, Sequence
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 from torch import nn
 
-from .._readpool import can_start_processes
+from .._readpool import can_start_processes, shared_bytes, shared_memory_free
 from ..wsi import Slide
 from ._stream import pad_mode, stream_batches
 from .batching import resolve_batch_size
@@ -29,6 +30,8 @@ from .decoders import TileDecoder, check_decoder, choose_decoder
 from .device import autocast, compiled, pick_device
 
 __all__ = ["InferenceCancelled", "map_patches", "predict_probability_map"]
+
+logger = logging.getLogger(__name__)
 
 
 class InferenceCancelled(RuntimeError):
@@ -226,6 +229,12 @@ def map_patches(
     cuda = dev.type == "cuda"
     how = stream_settings(slide, level, dev, workers=workers, gpu_decode=gpu_decode, decoder=decoder,
                           processes=processes)
+    free = shared_memory_free()
+    if processes is None and how.processes and free is not None and \
+            shared_bytes(max(how.workers, how.processes), block * block, spec.patch_size) > free:
+        logger.warning("decoding in reader threads, not %d read processes: /dev/shm has %.0f MiB free",
+                       how.processes, free / 2**20)
+        how = replace(how, processes=0)
     for m in models:
         m.to(dev).eval()
     d = spec.patch_size
