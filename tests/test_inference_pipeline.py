@@ -103,7 +103,7 @@ def test_blocks_decode_only_the_tiles_their_patches_touch(slide, monkeypatch):
     tissue = (np.add.outer(np.arange(h), np.arange(w)) % 2 == 0)
     decoded = []
     real_tile = tiles.tile
-    monkeypatch.setattr(tiles, "tile", lambda i: decoded.append(i) or real_tile(i))
+    monkeypatch.setattr(tiles, "tile", lambda i, **kw: decoded.append(i) or real_tile(i, **kw))
 
     def decode(streams, device):
         decoded.extend([None] * len(streams))

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from napari_alregions import wsi
 from napari_alregions.wsi import SlideError, detect_tissue, open_labels, open_slide
 
 from .helpers import downsample2, smooth_rgb, write_pyramid
@@ -331,3 +332,93 @@ def test_open_labels_rejects_rgb(tmp_path):
     tifffile.imwrite(path, smooth_rgb(32, 32), photometric="rgb")
     with pytest.raises(SlideError, match="label"):
         open_labels(path)
+
+
+# --- the decoded-tile cache ----------------------------------------------------------------
+
+@pytest.fixture
+def tile_cache():
+    """The cache emptied before and restored after (it is shared by every open slide)."""
+    budget = wsi.tile_cache_size()[1]
+    wsi.set_tile_cache_size(0)
+    wsi.set_tile_cache_size(budget)
+    yield
+    wsi.set_tile_cache_size(0)
+    wsi.set_tile_cache_size(budget)
+
+
+@pytest.fixture
+def zlib_slide(tmp_path):
+    img = smooth_rgb(512, 512, seed=3)
+    path = tmp_path / "z.tif"
+    write_pyramid(path, _levels(img, 2), compression="zlib", tile=(128, 128))
+    with open_slide(path) as slide:
+        yield slide, img
+
+
+def _count_decodes(slide, monkeypatch) -> list[int]:
+    tiles = slide.tiled_level(0)
+    decoded: list[int] = []
+    real = tiles.raw
+    monkeypatch.setattr(tiles, "raw", lambda i: decoded.append(i) or real(i))
+    return decoded
+
+
+def test_tile_cache_decodes_each_tile_once_and_hands_out_copies(zlib_slide, tile_cache, monkeypatch):
+    slide, img = zlib_slide
+    decoded = _count_decodes(slide, monkeypatch)
+    boxes = [(0, 0, 128, 128), (100, 60, 64, 64), (0, 0, 200, 200), (130, 10, 100, 50)]
+    for _ in range(3):
+        for x, y, w, h in boxes:
+            got = slide.read_region(x, y, w, h)
+            np.testing.assert_array_equal(got, img[y : y + h, x : x + w])
+            got[:] = 0  # the caller's own array: writing it must not reach the cache
+    # every tile of level 0 that the boxes touch, decoded once: (0..1, 0..1) -> 4 tiles
+    assert sorted(decoded) == sorted({0, 1, 4, 5})
+    assert wsi.tile_cache_size()[0] == 4 * 128 * 128 * 3
+
+
+def test_tile_cache_keeps_the_most_recent_tiles_within_its_budget(zlib_slide, tile_cache, monkeypatch):
+    slide, img = zlib_slide
+    decoded = _count_decodes(slide, monkeypatch)
+    wsi.set_tile_cache_size(2 * 128 * 128 * 3)  # two tiles
+    for x in (0, 128, 256):  # tiles 0, 1, 2: tile 0 is dropped
+        slide.read_region(x, 0, 128, 128)
+    slide.read_region(128, 0, 128, 128)  # tile 1: a hit
+    slide.read_region(0, 0, 128, 128)  # tile 0: decoded again, drops tile 2
+    np.testing.assert_array_equal(slide.read_region(256, 0, 128, 128), img[:128, 256:384])  # tile 2 again
+    assert decoded == [0, 1, 2, 0, 2]
+    assert wsi.tile_cache_size() == (2 * 128 * 128 * 3, 2 * 128 * 128 * 3)
+
+
+def test_tile_cache_off_sweeps_and_closed_slides(zlib_slide, tile_cache, monkeypatch):
+    slide, _ = zlib_slide
+    decoded = _count_decodes(slide, monkeypatch)
+    for _ in range(2):  # one-pass sweeps (the inference stream) leave the cache alone
+        slide._read_box(0, 0, 0, 256, 256, 255, only=[(0, 0), (1, 1)], cache=False)
+    assert decoded == [0, 5, 0, 5] and wsi.tile_cache_size()[0] == 0
+    slide.read_region(0, 0, 256, 256)
+    assert wsi.tile_cache_size()[0] == 4 * 128 * 128 * 3
+    slide.close()  # its tiles go
+    assert wsi.tile_cache_size()[0] == 0
+    wsi.set_tile_cache_size(0)  # off
+    with open_slide(slide.path) as again:
+        again.read_region(0, 0, 256, 256)
+    assert wsi.tile_cache_size()[0] == 0
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="nbytes"):
+            wsi.set_tile_cache_size(bad)
+
+
+def test_tile_cache_under_concurrent_readers(zlib_slide, tile_cache):
+    from concurrent.futures import ThreadPoolExecutor
+
+    slide, img = zlib_slide
+    wsi.set_tile_cache_size(3 * 128 * 128 * 3)  # fewer tiles than the reads touch: constant eviction
+    rng = np.random.default_rng(0)
+    boxes = [(int(x), int(y)) for x, y in rng.integers(0, 512 - 96, (400, 2))]
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda b: slide.read_region(b[0], b[1], 96, 96), boxes))
+    for (x, y), patch in zip(boxes, got):
+        np.testing.assert_array_equal(patch, img[y : y + 96, x : x + 96])
+    assert wsi.tile_cache_size()[0] <= 3 * 128 * 128 * 3

@@ -120,7 +120,7 @@ def _read_block(segment: str, offset: int, path: str, stamp: tuple[int, int], le
     """Read ``box`` (ly, lx, h, w level px, white off the level; ``need``: the tiles to
     decode) and write the patch² patches at ``origins`` (box px) into ``segment`` at
     ``offset``. Returns the patch count."""
-    region = _open(path, stamp)._read_box(level, *box, 255, only=need)
+    region = _open(path, stamp)._read_box(level, *box, 255, only=need, cache=False)
     shm = shared_memory.SharedMemory(name=segment)
     try:
         out = np.ndarray((len(origins), patch, patch, 3), dtype=np.uint8, buffer=shm.buf, offset=offset)

@@ -7,11 +7,14 @@ level-0 pixels ``(x, y)`` with sizes in pixels of the requested level, as in Ope
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
 import re
+import threading
 import xml.etree.ElementTree as ET
+from collections import OrderedDict
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +26,8 @@ import tifffile
 from ._integral import box_sum, integral_image
 from ._tiffzarr import open_level
 
-__all__ = ["Slide", "SlideError", "SlideInfo", "TiledLevel", "detect_tissue", "open_labels", "open_slide"]
+__all__ = ["Slide", "SlideError", "SlideInfo", "TiledLevel", "detect_tissue", "open_labels", "open_slide",
+           "set_tile_cache_size", "tile_cache_size"]
 
 logger = logging.getLogger(__name__)
 
@@ -172,10 +176,13 @@ class Slide:
                               where=f"region x={x}, y={y}, w={w}, h={h}")
 
     def _read_box(self, level: int, ly: int, lx: int, h: int, w: int, fill: int | None, *,
-                  only: Collection[tuple[int, int]] | None = None, where: str = "") -> np.ndarray:
+                  only: Collection[tuple[int, int]] | None = None, cache: bool = True,
+                  where: str = "") -> np.ndarray:
         """:meth:`read_region` in ``level`` px; ``only``: decode just these (tile row, tile
         col) of a tiled level, the rest of the box reads as ``fill`` (default white): for
-        patch reads that need a few of the tiles under their bounding box."""
+        patch reads that need a few of the tiles under their bounding box. ``cache``: keep
+        and reuse decoded tiles (:func:`set_tile_cache_size`); a one-pass sweep over the
+        slide (the inference stream) passes False and leaves the cache to random reads."""
         lh, lw = self.levels[level].shape[:2]
         inside = 0 <= lx and 0 <= ly and lx + w <= lw and ly + h <= lh
         if fill is None and not inside:
@@ -185,19 +192,20 @@ class Slide:
             )
         fill = 255 if fill is None else fill
         if inside:
-            return self._read(level, ly, ly + h, lx, lx + w, only=only, fill=fill)
+            return self._read(level, ly, ly + h, lx, lx + w, only=only, fill=fill, cache=cache)
         out = np.full((h, w, 3), fill, dtype=np.uint8)
         y0, y1 = max(ly, 0), min(ly + h, lh)
         x0, x1 = max(lx, 0), min(lx + w, lw)
         if y0 < y1 and x0 < x1:
-            out[y0 - ly : y1 - ly, x0 - lx : x1 - lx] = self._read(level, y0, y1, x0, x1, only=only, fill=fill)
+            out[y0 - ly : y1 - ly, x0 - lx : x1 - lx] = self._read(level, y0, y1, x0, x1, only=only, fill=fill,
+                                                                    cache=cache)
         return out
 
     def _read(self, level: int, y0: int, y1: int, x0: int, x1: int, *,
-              only: Collection[tuple[int, int]] | None = None, fill: int = 255) -> np.ndarray:
+              only: Collection[tuple[int, int]] | None = None, fill: int = 255, cache: bool = True) -> np.ndarray:
         try:
-            if only is not None and self._tiled[level] is not None:
-                return self._tiled[level].read(y0, y1, x0, x1, only=only, fill=fill)
+            if self._tiled[level] is not None:
+                return self._tiled[level].read(y0, y1, x0, x1, only=only, fill=fill, cache=cache)
             return self._readers[level](y0, y1, x0, x1)
         except Exception as exc:  # decoding errors from codecs come in many types
             raise SlideError(
@@ -221,7 +229,7 @@ class Slide:
         self._check_level(level)
         if level not in self._tissue_cache:
             lh, lw = self.levels[level].shape[:2]
-            self._tissue_cache[level] = detect_tissue(self._read(level, 0, lh, 0, lw))
+            self._tissue_cache[level] = detect_tissue(self._read(level, 0, lh, 0, lw, cache=False))
         return self._tissue_cache[level]
 
     @property
@@ -266,6 +274,9 @@ class Slide:
         if self._tif is not None:
             self._tif.close()
             self._tif = None
+        for tiled in self._tiled:
+            if tiled is not None:
+                _TILE_CACHE.drop(tiled.token)
 
     def __enter__(self) -> Slide:
         return self
@@ -585,6 +596,79 @@ def _marked_rgb(stream: bytes) -> bytes:
     return b"".join(out)
 
 
+class _TileCache:
+    """Decoded tiles of every open slide, least recently used dropped first, within a byte
+    budget (as OpenSlide's tile cache). Training draws its patches again and again from a
+    few annotated regions: 32 distinct tiles were decoded 4827 times in one run."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._tiles: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+    def get(self, key: tuple[int, int]) -> np.ndarray | None:
+        with self._lock:
+            tile = self._tiles.get(key)
+            if tile is not None:
+                self._tiles.move_to_end(key)
+            return tile
+
+    def put(self, key: tuple[int, int], tile: np.ndarray) -> None:
+        if tile.nbytes > self.capacity:
+            return
+        tile.flags.writeable = False  # shared by every later read
+        with self._lock:
+            old = self._tiles.pop(key, None)
+            if old is not None:
+                self._bytes -= old.nbytes
+            self._tiles[key] = tile
+            self._bytes += tile.nbytes
+            self._evict()
+
+    def drop(self, token: int) -> None:
+        """Forget the tiles of one level (its slide was closed)."""
+        with self._lock:
+            for key in [k for k in self._tiles if k[0] == token]:
+                self._bytes -= self._tiles.pop(key).nbytes
+
+    def resize(self, capacity: int) -> None:
+        with self._lock:
+            self.capacity = capacity
+            self._evict()
+
+    def _evict(self) -> None:
+        while self._bytes > self.capacity and self._tiles:
+            self._bytes -= self._tiles.popitem(last=False)[1].nbytes
+
+
+_TILE_CACHE = _TileCache(128 * 2**20)
+_LEVEL_TOKENS = itertools.count()
+
+
+def set_tile_cache_size(nbytes: int) -> None:
+    """Set the budget of the decoded-tile cache shared by all slides (default 128 MiB;
+    0 turns it off). Reads through :meth:`Slide.read_region` keep the tiles they decode
+    there; inference's one-pass sweeps do not.
+
+    Examples
+    --------
+    >>> set_tile_cache_size(512 * 2**20)  # doctest: +SKIP
+    """
+    if isinstance(nbytes, bool) or not isinstance(nbytes, (int, np.integer)) or nbytes < 0:
+        raise ValueError(f"nbytes must be an int >= 0, got {nbytes!r}")
+    _TILE_CACHE.resize(int(nbytes))
+
+
+def tile_cache_size() -> tuple[int, int]:
+    """(bytes held, budget) of the decoded-tile cache."""
+    return _TILE_CACHE.nbytes, _TILE_CACHE.capacity
+
+
 class TiledLevel:
     """Direct access to the tiles of one interleaved, tiled pyramid level.
 
@@ -600,6 +684,7 @@ class TiledLevel:
         self.th, self.tw = int(page.tilelength), int(page.tilewidth)
         self.height, self.width = int(page.imagelength), int(page.imagewidth)
         self.per_row = -(-self.width // self.tw)
+        self.token = next(_LEVEL_TOKENS)  # this level's key in the tile cache
         self.offsets, self.counts = page.dataoffsets, page.databytecounts
         self.tables = page.jpegtables
         self.decode = page.decode  # resolve once: the property reads from the file
@@ -650,11 +735,20 @@ class TiledLevel:
             data = data[:2] + self.tables[2:-2] + data[2:]
         return _marked_rgb(data) if self.rgb_jpeg else data
 
-    def tile(self, i: int) -> np.ndarray:
+    def tile(self, i: int, *, cache: bool = True) -> np.ndarray:
+        """Tile i decoded, (th, tw, samples) uint8; read-only if ``cache`` (it may be the
+        cache's copy, shared with other reads)."""
+        if cache:
+            tile = _TILE_CACHE.get((self.token, i))
+            if tile is not None:
+                return tile
         data = self.raw(i)
         if not data:  # missing tiles read as zeros, as in tifffile
             return np.zeros((self.th, self.tw, self.samples), dtype=np.uint8)
-        return self.decode(data, i, jpegtables=self.tables)[0].reshape(self.th, self.tw, self.samples)
+        tile = self.decode(data, i, jpegtables=self.tables)[0].reshape(self.th, self.tw, self.samples)
+        if cache and _TILE_CACHE.capacity:
+            _TILE_CACHE.put((self.token, i), tile)
+        return tile
 
     def touched(self, origins: np.ndarray, size: int) -> list[tuple[int, int]]:
         """(tile row, tile col) of every tile that a size² patch at ``origins`` ((N, 2) y, x
@@ -673,23 +767,24 @@ class TiledLevel:
         return [(int(r) + r0, int(c) + c0) for r, c in np.argwhere(grid)]
 
     def read(self, y0: int, y1: int, x0: int, x1: int, *, only: Collection[tuple[int, int]] | None = None,
-             fill: int = 255) -> np.ndarray:
-        """Pixels [y0:y1, x0:x1] of the level (inside it). ``only``: decode just these
-        (tile row, tile col); the rest of the box reads as ``fill``."""
+             fill: int = 255, cache: bool = True) -> np.ndarray:
+        """Pixels [y0:y1, x0:x1] of the level (inside it), a new array. ``only``: decode
+        just these (tile row, tile col); the rest of the box reads as ``fill``. ``cache``:
+        through the decoded-tile cache."""
         th, tw = self.th, self.tw
         box = [(ty, tx) for ty in range(y0 // th, (y1 - 1) // th + 1) for tx in range(x0 // tw, (x1 - 1) // tw + 1)]
         wanted = None if only is None else set(only)
         keys = box if wanted is None else [k for k in box if k in wanted]
         if len(box) == 1 == len(keys):  # one tile: no assembly
             ty0, tx0 = box[0][0] * th, box[0][1] * tw
-            t = self.tile(self.tile_index(*box[0]))[y0 - ty0 : y1 - ty0, x0 - tx0 : x1 - tx0, :3]
-            return np.ascontiguousarray(t)
+            t = self.tile(self.tile_index(*box[0]), cache=cache)[y0 - ty0 : y1 - ty0, x0 - tx0 : x1 - tx0, :3]
+            return np.ascontiguousarray(t) if t.flags.writeable else t.copy()  # never the cache's own array
         if len(keys) == len(box):
             out = np.empty((y1 - y0, x1 - x0, 3), dtype=np.uint8)
         else:
             out = np.full((y1 - y0, x1 - x0, 3), fill, dtype=np.uint8)
         for ty, tx in keys:
-            t = self.tile(self.tile_index(ty, tx))
+            t = self.tile(self.tile_index(ty, tx), cache=cache)
             ty0, tx0 = ty * th, tx * tw
             ys, ye = max(y0, ty0), min(y1, ty0 + th)
             xs, xe = max(x0, tx0), min(x1, tx0 + tw)

@@ -267,7 +267,7 @@ def stream_batches(
                         if pool.read(slot, (ly, lx, h_r, w_r), need, cells * step, stop, out=x.numpy()) is None:
                             break  # stopped
                     else:
-                        region = slide._read_box(level, ly, lx, h_r, w_r, 255, only=need)
+                        region = slide._read_box(level, ly, lx, h_r, w_r, 255, only=need, cache=False)
                         np.stack([region[r * step : r * step + d, c * step : c * step + d] for r, c in cells],
                                  out=x.numpy())
                     item = (cells + (r0, c0), x)
