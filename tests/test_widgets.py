@@ -76,6 +76,9 @@ def test_loop_in_viewer_suggest_accept_paint_retrain_reopen(make_napari_viewer, 
         assert (layer.features["method"] == method).all() and list(layer.features["rank"]) == list(range(1, layer.nshapes + 1))
         corners = layer.data[0]
         assert corners.shape == (4, 2)
+    # methods side by side put their labels at different corners (same windows: no overprint)
+    anchors = {str(viewer.layers[f"{slide} {m}"].text.anchor) for m in ("random", "standard", "standard_nonsquare", "adaptive")}
+    assert len(anchors) == 4, anchors
 
     # side by side: one row per method in the table, IoU of a method with itself 1
     w.compare_methods.value = ["random", "standard"]

@@ -17,6 +17,7 @@ from .geometry import Region
 from .wsi import Slide
 
 __all__ = [
+    "METHOD_ANCHORS",
     "METHOD_COLORS",
     "coarse_layer_kwargs",
     "overlay_kwargs",
@@ -40,6 +41,10 @@ METHOD_COLORS = {
     "focannot": (0.09, 0.75, 0.81, 1.0),
     "accepted": (0.0, 0.9, 0.3, 1.0),
 }
+_CORNERS = ("upper_left", "upper_right", "lower_left", "lower_right")
+#: Corner of each selector's "rank: score" labels: methods side by side often propose the
+#: same or nearby windows, whose labels would otherwise print over each other.
+METHOD_ANCHORS = {method: _CORNERS[i % len(_CORNERS)] for i, method in enumerate(METHOD_COLORS)}
 
 
 def slide_scale(slide: Slide) -> float:
@@ -126,7 +131,8 @@ def regions_layer(regions: Sequence[Region], *, name: str, slide: Slide, color: 
         "face_color": "transparent",
         "edge_width": edge_width if edge_width is not None else max(2.0, side / 40),
         "features": features,
-        "text": {"string": "{rank}: {score:.2f}", "anchor": "upper_left", "color": color, "size": 10},
+        "text": {"string": "{rank}: {score:.2f}", "anchor": METHOD_ANCHORS.get(method, "upper_left"), "color": color,
+                 "size": 10},
         "metadata": {"regions": list(regions)},
     }
     kwargs.update(_placement(slide))
