@@ -238,3 +238,22 @@ def test_too_little_shared_memory(slide, readers, monkeypatch, caplog):
         got = predict_probability_map(slide, MeanRedness(), SPEC, **kw)
     np.testing.assert_array_equal(got, ref)
     assert not readers and "/dev/shm" in caplog.text
+
+
+def test_idle_read_processes_stop(slide, monkeypatch):
+    """The pool outlives a map (the next one reuses it) but not IDLE_S without readers."""
+    monkeypatch.setattr(_readpool, "IDLE_S", 0.3)
+    with _readpool.BlockReader(slide, 1, 32, slots=1, max_patches=1, processes=2) as first:
+        first.read(0, (0, 0, 32, 32), None, np.array([[0, 0]]))
+        pool = _readpool._pool
+        procs = list(pool._processes.values())
+        with _readpool.BlockReader(slide, 1, 32, slots=1, max_patches=1, processes=2) as second:
+            second.read(0, (0, 0, 32, 32), None, np.array([[0, 0]]))
+        time.sleep(0.6)  # one reader still open: the pool stays
+        assert _readpool._pool is pool
+    time.sleep(0.6)
+    assert _readpool._pool is None
+    deadline = time.monotonic() + 10
+    while any(p.is_alive() for p in procs) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(p.is_alive() for p in procs)

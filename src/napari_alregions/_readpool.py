@@ -9,7 +9,8 @@ pixels into the caller's slot of a shared-memory buffer, so only slot offsets an
 tuples cross the pipe.
 
 Imports numpy and the slide reader only (no torch), so that workers start in a fraction
-of a second; the pool is started once per interpreter and reused.
+of a second; the pool is started once per interpreter, reused by the maps that follow, and
+shut down after :data:`IDLE_S` seconds without a reader (each idle process holds ~80 MB).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import atexit
 import multiprocessing
 import os
 import threading
+import time
 from collections import OrderedDict
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -34,9 +36,13 @@ __all__ = ["BlockReader", "can_start_processes", "shared_bytes", "shared_memory_
 _POLL_S = 0.05  # how often a waiting caller looks at its stop flag
 _SLIDES_PER_WORKER = 4  # open slides a worker keeps (opening one parses every TIFF page)
 
+IDLE_S = 60.0  # the pool stops this long after its last reader closed
+
 _pool: ProcessPoolExecutor | None = None
 _pool_size = 0
 _pool_lock = threading.Lock()
+_readers_open = 0
+_last_closed = 0.0
 
 
 def can_start_processes() -> bool:
@@ -90,6 +96,31 @@ def shutdown() -> None:
         if _pool is not None:
             _pool.shutdown(wait=True, cancel_futures=True)
         _pool, _pool_size = None, 0
+
+
+def _shutdown_if_idle() -> None:
+    global _pool, _pool_size
+    with _pool_lock:
+        if _pool is None or _readers_open or time.monotonic() - _last_closed < IDLE_S * 0.99:
+            return
+        pool, _pool, _pool_size = _pool, None, 0
+    pool.shutdown(wait=False)
+
+
+def _opened() -> None:
+    global _readers_open
+    with _pool_lock:
+        _readers_open += 1
+
+
+def _closed() -> None:
+    global _readers_open, _last_closed
+    with _pool_lock:
+        _readers_open -= 1
+        _last_closed = time.monotonic()
+    timer = threading.Timer(IDLE_S, _shutdown_if_idle)
+    timer.name, timer.daemon = "napari-alregions read pool idle", True
+    timer.start()
 
 
 atexit.register(shutdown)
@@ -192,6 +223,7 @@ class BlockReader:
         self._processes = processes
         self._busy = threading.BoundedSemaphore(processes)  # jobs in flight: the pool may be larger
         _process_pool(processes)  # resized here, not by the first reader thread
+        _opened()
 
     def read(self, slot: int, box: tuple[int, int, int, int], need: list[tuple[int, int]] | None,
              origins: np.ndarray, stop: Event | None = None, out: np.ndarray | None = None) -> np.ndarray | None:
@@ -250,6 +282,7 @@ class BlockReader:
             self._shm.close()
             self._shm.unlink()
             self._shm = None
+            _closed()
 
     def __enter__(self) -> BlockReader:
         return self
