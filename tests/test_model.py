@@ -204,3 +204,44 @@ def test_gpu_decode_matches_cpu_decode(small_pool):
     np.testing.assert_allclose(gpu, cpu, atol=2e-3, equal_nan=True)
     with pytest.raises(ValueError, match="gpu_decode"):
         predict_probability_map(slide, model, spec, stride=64, device="cpu", gpu_decode=True)
+
+
+def _augment_one_by_one(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """The augmentation written out per sample, drawing the same numbers in the same order."""
+    n = x.shape[0]
+    k = torch.randint(0, 4, (n,), generator=generator)
+    flip = torch.rand(n, generator=generator) < 0.5
+    scale = 1 + 0.12 * (torch.rand((n, 3, 1, 1), generator=generator) - 0.5) * 2
+    shift = 0.04 * (torch.rand((n, 3, 1, 1), generator=generator) - 0.5) * 2
+    out = []
+    for i in range(n):
+        xi = np.rot90(x[i].numpy(), int(k[i]), axes=(1, 2))
+        if flip[i]:
+            xi = xi[:, :, ::-1]
+        od = -np.log(np.maximum(xi, np.float32(1 / 255)))
+        out.append(np.clip(np.exp(-(od * scale[i].numpy() + shift[i].numpy())), 0, 1))
+    return torch.from_numpy(np.stack(out))
+
+
+def test_augment_equals_the_per_sample_reference_and_keeps_its_range():
+    from napari_alregions.model.data import augment
+
+    x = torch.rand((64, 3, 16, 16), generator=torch.Generator().manual_seed(1))
+    got = augment(x, torch.Generator().manual_seed(5))
+    want = _augment_one_by_one(x, torch.Generator().manual_seed(5))
+    np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-6)
+    assert got.min() >= 0 and got.max() <= 1
+    # every rotation and both flips occur in 64 draws; a sample's pixels are only moved and jittered
+    assert not torch.equal(got, x)
+    with pytest.raises(ValueError, match="square"):
+        augment(torch.rand((2, 3, 8, 9)), torch.Generator())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_augment_on_cuda_draws_what_the_cpu_draws():
+    from napari_alregions.model.data import augment
+
+    x = torch.rand((32, 3, 16, 16), generator=torch.Generator().manual_seed(2))
+    cpu = augment(x, torch.Generator().manual_seed(7))
+    gpu = augment(x.cuda(), torch.Generator().manual_seed(7)).cpu()
+    np.testing.assert_allclose(gpu.numpy(), cpu.numpy(), atol=1e-5)

@@ -121,13 +121,19 @@ def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     ``x`` is (N, 3, d, d) in [0, 1] (before normalisation).
     """
     n = x.shape[0]
+    if x.ndim != 4 or x.shape[2] != x.shape[3]:
+        raise ValueError(f"x must be (N, C, d, d) square patches, got {tuple(x.shape)}")
+    # draws on the generator's device (the CPU), so that any device gives the same result
     k = torch.randint(0, 4, (n,), generator=generator)
     flip = torch.rand(n, generator=generator) < 0.5
-    out = torch.empty_like(x)
-    for i in range(n):
-        xi = torch.rot90(x[i], int(k[i]), dims=(1, 2))
-        out[i] = torch.flip(xi, dims=(2,)) if flip[i] else xi
-    od = -torch.log(out.clamp_min(1 / 255))
     scale = 1 + 0.12 * (torch.rand((n, 3, 1, 1), generator=generator) - 0.5) * 2
     shift = 0.04 * (torch.rand((n, 3, 1, 1), generator=generator) - 0.5) * 2
-    return torch.exp(-(od * scale + shift)).clamp(0, 1)
+    out = torch.empty_like(x)
+    for turns in range(4):  # one rotation per group of samples, not one per sample
+        idx = torch.nonzero(k == turns).flatten()
+        if len(idx):
+            idx = idx.to(x.device)
+            out[idx] = torch.rot90(x[idx], turns, dims=(2, 3))
+    out = torch.where(flip.to(x.device).view(n, 1, 1, 1), out.flip(3), out)
+    od = -torch.log(out.clamp_min(1 / 255))
+    return torch.exp(-(od * scale.to(x.device) + shift.to(x.device))).clamp(0, 1)
