@@ -25,7 +25,6 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import shared_memory
-from threading import Event
 
 import numpy as np
 
@@ -164,7 +163,7 @@ def _read_block(segment: str, offset: int, path: str, stamp: tuple[int, int], le
 
 
 # -- in the caller's process -------------------------------------------------------------------
-def _wait(future, stop: Event | None) -> int | None:
+def _wait(future, stop: threading.Event | None) -> int | None:
     """The future's result; None (and the job cancelled if not begun) once ``stop`` is set."""
     while True:
         try:
@@ -226,7 +225,7 @@ class BlockReader:
         _opened()
 
     def read(self, slot: int, box: tuple[int, int, int, int], need: list[tuple[int, int]] | None,
-             origins: np.ndarray, stop: Event | None = None, out: np.ndarray | None = None) -> np.ndarray | None:
+             origins: np.ndarray, stop: threading.Event | None = None, out: np.ndarray | None = None) -> np.ndarray | None:
         """The (N, patch, patch, 3) uint8 patches at ``origins`` ((N, 2) y, x px of
         ``box``), read by a process into ``slot``, copied into ``out`` if given (e.g. the
         array of a pinned host tensor) or a new array; None if ``stop`` was set
@@ -260,7 +259,7 @@ class BlockReader:
         finally:
             del view
 
-    def _run(self, job: tuple, stop: Event | None) -> int | None:
+    def _run(self, job: tuple, stop: threading.Event | None) -> int | None:
         """Run ``job`` in a read process; a pool whose process died (killed) is replaced once."""
         for attempt in (1, 2):
             pool = _process_pool(self._processes)
