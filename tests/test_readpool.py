@@ -257,3 +257,20 @@ def test_idle_read_processes_stop(slide, monkeypatch):
     while any(p.is_alive() for p in procs) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(p.is_alive() for p in procs)
+
+
+def test_processes_read_a_coarsened_level_like_threads(tmp_path):
+    """A non-pyramidal file: level 1 exists only as a coarsened view of level 0 (no tiles
+    to pick), which the processes read whole as the threads do."""
+    from .helpers import smooth_rgb, write_pyramid
+
+    write_pyramid(tmp_path / "flat.tif", [smooth_rgb(1536, 1536, seed=4)], compression="zlib", tile=(256, 256))
+    with open_slide(tmp_path / "flat.tif") as flat:
+        assert flat.level_count > 1 and flat.tiled_level(1) is None
+        tissue = np.zeros(flat.map_shape(64), dtype=bool)
+        tissue[4:12, 6:14] = True
+        kw = dict(stride=64, device="cpu", tissue=tissue, batch_size=8, block=4)
+        threads = predict_probability_map(flat, MeanRedness(), SPEC, processes=0, **kw)
+        procs_map = predict_probability_map(flat, MeanRedness(), SPEC, processes=2, **kw)
+    np.testing.assert_array_equal(procs_map, threads)
+    assert np.isfinite(threads[tissue]).all()
