@@ -30,7 +30,7 @@ import numpy as np
 
 from .wsi import Slide, SlideError, open_slide
 
-__all__ = ["BlockReader", "can_start_processes", "shared_bytes", "shared_memory_free", "shutdown"]
+__all__ = ["BlockReader", "can_start_processes", "read_block", "shared_bytes", "shared_memory_free", "shutdown"]
 
 _POLL_S = 0.05  # how often a waiting caller looks at its stop flag
 _SLIDES_PER_WORKER = 4  # open slides a worker keeps (opening one parses every TIFF page)
@@ -124,6 +124,17 @@ def _closed() -> None:
 
 atexit.register(shutdown)
 
+def read_block(slide: Slide, level: int, box: tuple[int, int, int, int], need: list[tuple[int, int]] | None,
+               origins: np.ndarray, patch: int, out: np.ndarray) -> None:
+    """Read ``box`` (ly, lx, h, w level px, white off the level; ``need``: the tiles to
+    decode, the rest stays white) once and write the patch² patches at ``origins`` ((N, 2)
+    y, x box px) into ``out`` (N, patch, patch, 3). Bypasses the tile cache: a stream
+    sweeps the slide once. The reader threads and the read processes both read this way."""
+    region = slide._read_box(level, *box, 255, only=need, cache=False)
+    for i, (y, x) in enumerate(origins):
+        out[i] = region[y : y + patch, x : x + patch]
+
+
 # -- in the worker processes ----------------------------------------------------------------
 _slides: OrderedDict[tuple[str, int, int], Slide] = OrderedDict()
 
@@ -147,15 +158,12 @@ def _open(path: str, stamp: tuple[int, int]) -> Slide:
 def _read_block(segment: str, offset: int, path: str, stamp: tuple[int, int], level: int,
                 box: tuple[int, int, int, int], need: list[tuple[int, int]] | None,
                 origins: np.ndarray, patch: int) -> int:
-    """Read ``box`` (ly, lx, h, w level px, white off the level; ``need``: the tiles to
-    decode) and write the patch² patches at ``origins`` (box px) into ``segment`` at
-    ``offset``. Returns the patch count."""
-    region = _open(path, stamp)._read_box(level, *box, 255, only=need, cache=False)
+    """:func:`read_block` into ``segment`` at ``offset``. Returns the patch count."""
+    slide = _open(path, stamp)
     shm = shared_memory.SharedMemory(name=segment)
     try:
         out = np.ndarray((len(origins), patch, patch, 3), dtype=np.uint8, buffer=shm.buf, offset=offset)
-        for i, (y, x) in enumerate(origins):
-            out[i] = region[y : y + patch, x : x + patch]
+        read_block(slide, level, box, need, origins, patch, out)
         del out  # the buffer cannot close while an array exports it
     finally:
         shm.close()

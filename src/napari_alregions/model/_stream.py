@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .._readpool import BlockReader
+from .._readpool import BlockReader, read_block
 from ..wsi import Slide
 from .decoders import TileDecoder
 
@@ -267,9 +267,7 @@ def stream_batches(
                         if pool.read(slot, (ly, lx, h_r, w_r), need, cells * step, stop, out=x.numpy()) is None:
                             break  # stopped
                     else:
-                        region = slide._read_box(level, ly, lx, h_r, w_r, 255, only=need, cache=False)
-                        np.stack([region[r * step : r * step + d, c * step : c * step + d] for r, c in cells],
-                                 out=x.numpy())
+                        read_block(slide, level, (ly, lx, h_r, w_r), need, cells * step, d, x.numpy())
                     item = (cells + (r0, c0), x)
                 if not put(q_blocks, item):
                     break
