@@ -137,7 +137,7 @@ def main() -> None:
           f"batch {args.batch}{compile_note(args.compile)}")
     print(f"slide {args.size}² px: {n} tissue patches of {tissue.size}")
     gpu_decode = False if args.cpu_decode else (True if args.decoder is not None else None)
-    how = stream_settings(slide, spec.level, device, workers=args.workers, gpu_decode=gpu_decode,
+    how = stream_settings(slide, spec.level, device, patch=args.patch, workers=args.workers, gpu_decode=gpu_decode,
                           decoder=args.decoder, processes=args.processes)
     workers, decode = how.workers, how.decode
     print(f"JPEG decode: {decoder_name(decode, how.processes)}; {workers} reader threads, {how.processes} read processes")

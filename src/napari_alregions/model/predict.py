@@ -15,7 +15,7 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from contextlib import closing
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -59,11 +59,13 @@ def default_processes(device: torch.device, decode: TileDecoder | None) -> int:
     return min(16, cores - 2)
 
 
-def stream_settings(slide: Slide, level: int, device: torch.device, *, workers: int | None = None,
-                    gpu_decode: bool | None = None, decoder: str | TileDecoder | None = None,
-                    processes: int | None = None) -> StreamSettings:
-    """Reader threads, the GPU decoder and read processes, defaults filled in (see
-    :func:`predict_probability_map`)."""
+def stream_settings(slide: Slide, level: int, device: torch.device, *, patch: int, block: int = 8,
+                    workers: int | None = None, gpu_decode: bool | None = None,
+                    decoder: str | TileDecoder | None = None, processes: int | None = None) -> StreamSettings:
+    """Reader threads, the GPU decoder and read processes for ``patch``² patches read in
+    blocks of ``block``² cells, defaults filled in (see :func:`predict_probability_map`).
+    Default read processes give way to reader threads where /dev/shm cannot hold their
+    slots; asked-for ones are then an error when the stream starts."""
     check_decoder(decoder)
     if processes is not None and (isinstance(processes, bool) or not isinstance(processes, int) or processes < 0):
         raise ValueError(f"processes must be an int >= 0 or None, got {processes!r}")
@@ -79,6 +81,11 @@ def stream_settings(slide: Slide, level: int, device: torch.device, *, workers: 
                              "decodes this level's tiles to the pixels the CPU decoder gives")
     if processes is None:
         processes = default_processes(device, decode)
+        free = shared_memory_free()
+        if processes and free is not None and shared_bytes(max(workers, processes), block * block, patch) > free:
+            logger.warning("decoding in reader threads, not %d read processes: /dev/shm has %.0f MiB free",
+                           processes, free / 2**20)
+            processes = 0
     return StreamSettings(workers, decode, processes)
 
 
@@ -227,14 +234,8 @@ def map_patches(
         return out
     dev = pick_device(device)
     cuda = dev.type == "cuda"
-    how = stream_settings(slide, level, dev, workers=workers, gpu_decode=gpu_decode, decoder=decoder,
-                          processes=processes)
-    free = shared_memory_free()
-    if processes is None and how.processes and free is not None and \
-            shared_bytes(max(how.workers, how.processes), block * block, spec.patch_size) > free:
-        logger.warning("decoding in reader threads, not %d read processes: /dev/shm has %.0f MiB free",
-                       how.processes, free / 2**20)
-        how = replace(how, processes=0)
+    how = stream_settings(slide, level, dev, patch=spec.patch_size, block=block, workers=workers,
+                          gpu_decode=gpu_decode, decoder=decoder, processes=processes)
     for m in models:
         m.to(dev).eval()
     d = spec.patch_size
