@@ -746,8 +746,8 @@ class TiledLevel:
         if not data:  # missing tiles read as zeros, as in tifffile
             return np.zeros((self.th, self.tw, self.samples), dtype=np.uint8)
         tile = self.decode(data, i, jpegtables=self.tables)[0].reshape(self.th, self.tw, self.samples)
-        if cache and _TILE_CACHE.capacity:
-            _TILE_CACHE.put((self.token, i), tile)
+        if cache:
+            _TILE_CACHE.put((self.token, i), tile)  # kept unless larger than the budget (0: off)
         return tile
 
     def touched(self, origins: np.ndarray, size: int) -> list[tuple[int, int]]:

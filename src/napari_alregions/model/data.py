@@ -120,9 +120,9 @@ def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
     ``x`` is (N, 3, d, d) in [0, 1] (before normalisation).
     """
-    n = x.shape[0]
     if x.ndim != 4 or x.shape[2] != x.shape[3]:
         raise ValueError(f"x must be (N, C, d, d) square patches, got {tuple(x.shape)}")
+    n = x.shape[0]
     # draws on the generator's device (the CPU), so that any device gives the same result
     k = torch.randint(0, 4, (n,), generator=generator)
     flip = torch.rand(n, generator=generator) < 0.5
