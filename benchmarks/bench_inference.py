@@ -10,8 +10,8 @@ decoder, the decoder alone on the slide's tiles: where the end-to-end figure sit
 these ceilings says what bounds it.
 
 End to end = ``predict_probability_map`` on a JPEG-compressed pyramidal TIFF: tile decode in
-reader threads or read processes (or on the GPU), patch assembly, host-to-device copy, the model (autocast bf16/fp16 on CUDA),
-softmax and writing the map. The ceiling = the same model (compiled too, with --compile) on
+reader threads or read processes (or on the GPU), patch assembly, host-to-device copy, the
+model (autocast bf16/fp16 on CUDA), softmax and writing the map. The ceiling = the same model (compiled too, with --compile) on
 random tensors already on the device, same batch size ("auto": tuned once, used for both).
 Goal: ratio >= 0.7 on a CPU, >= 0.6 on a GPU.
 """
@@ -28,7 +28,7 @@ import torch
 
 from napari_alregions.cli_pool import batch_size_arg
 from napari_alregions.model import ModelSpec, predict_probability_map
-from napari_alregions.model._stream import DECODE_BATCH, pad_mode, stream_batches
+from napari_alregions.model._stream import DECODE_BATCH, pad_mode
 from napari_alregions.model.batching import tune_batch_size
 from napari_alregions.model.decoders import DECODERS, NvImageCodec
 from napari_alregions.model.device import COMPILE_MODES, pick_device
@@ -37,26 +37,13 @@ from napari_alregions.synthetic import make_slide_pool
 from napari_alregions.wsi import open_slide
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _ceiling import ceiling, softmax_forward  # noqa: E402
+from _ceiling import ceiling, softmax_forward, stream_only  # noqa: E402
 
 CACHE = Path(__file__).parent / ".cache"
 
 
 def model_only(forward, spec: ModelSpec, batch: int, n_patches: int, device: torch.device) -> float:
     return ceiling(forward, batch=batch, patch=spec.patch_size, n_patches=n_patches, device=device)
-
-
-def stream_only(slide, tissue, spec: ModelSpec, *, stride: int, batch: int, device: torch.device,
-                workers: int, decode, pad: str | None, processes: int) -> float:
-    """Patches/s of the stream that feeds the model, the model left out."""
-    n = 0
-    t = time.perf_counter()
-    for b in stream_batches(slide, tissue, level=spec.level, stride=stride, patch=spec.patch_size, batch=batch,
-                            device=device, workers=workers, decode=decode, pad=pad, processes=processes):
-        n += len(b.idx)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return n / (time.perf_counter() - t)
 
 
 def decode_only(tiles, decode, device: torch.device, max_tiles: int = 4096) -> float:
@@ -151,9 +138,9 @@ def main() -> None:
         best_e2e = max(best_e2e, n / (time.perf_counter() - t))
     assert np.isfinite(prob[tissue]).all()
     ceiling = max(model_only(forward, spec, args.batch, max(n, 4 * args.batch), device) for _ in range(2))
-    feed = max(stream_only(slide, tissue, spec, stride=args.stride, batch=args.batch, device=device,
-                           workers=workers, decode=decode, pad=pad_mode(args.compile, device),
-                           processes=how.processes)
+    feed = max(stream_only(slide, tissue, level=spec.level, stride=args.stride, patch=spec.patch_size,
+                           batch=args.batch, device=device, workers=workers, decode=decode,
+                           pad=pad_mode(args.compile, device), processes=how.processes)
                for _ in range(2))
     mp = (args.patch * slide.level_factor(args.level)) ** 2 / 1e6
     print(f"{'':<14}{'patches/s':>12}{'MP/s (level 0)':>16}")

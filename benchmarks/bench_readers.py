@@ -17,15 +17,18 @@ Prints patches/s and the ratio processes / threads for both cases.
 from __future__ import annotations
 
 import argparse
+import sys
 import threading
 import time
 from pathlib import Path
 
 import torch
 
-from napari_alregions.model._stream import stream_batches
 from napari_alregions.synthetic import make_slide_pool
 from napari_alregions.wsi import open_slide
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _ceiling import stream_only  # noqa: E402
 
 CACHE = Path(__file__).parent / ".cache"
 
@@ -53,12 +56,8 @@ class GilBusy:
 
 
 def stream_rate(slide, tissue, args, processes: int) -> float:
-    n = 0
-    t = time.perf_counter()
-    for b in stream_batches(slide, tissue, level=args.level, stride=args.stride, patch=args.patch, batch=128,
-                            device=torch.device("cpu"), workers=args.workers, processes=processes):
-        n += len(b.idx)
-    return n / (time.perf_counter() - t)
+    return stream_only(slide, tissue, level=args.level, stride=args.stride, patch=args.patch, batch=128,
+                       device=torch.device("cpu"), workers=args.workers, processes=processes)
 
 
 def main() -> None:
