@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
+from napari_alregions.model.data import read_patches
 from napari_alregions.synthetic import make_slide_pool
 from napari_alregions.wsi import open_slide, set_tile_cache_size, tile_cache_size
 
@@ -107,10 +108,7 @@ def bench_training_reads(path: Path, n: int, rng: np.random.Generator) -> None:
             best = float("inf")
             for _ in range(3):
                 t = time.perf_counter()
-                # as model.data.read_patches reads them (not imported: torch would swell this
-                # process, whose peak RSS a forked child inherits in bench_rss)
-                got = np.stack([slide.read_region(int(x - d // 2) * 2, int(y - d // 2) * 2, d, d, level=level)
-                                for y, x in centres])
+                got = read_patches(slide, centres, level=level, patch_size=d)
                 best = min(best, time.perf_counter() - t)
             rates[label] = n / best
             if ref is None:
