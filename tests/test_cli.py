@@ -60,6 +60,24 @@ def test_suggest_on_saved_map_writes_qupath_geojson(tmp_path, capsys):
     capsys.readouterr()
 
 
+def test_suggest_says_when_fewer_than_k_fit(tmp_path, capsys):
+    import numpy as np
+
+    from napari_alregions.io_qupath import read_regions
+
+    # a 4x4-cell map holds exactly four non-overlapping 2x2-cell windows
+    np.save(tmp_path / "m.npy", np.ones((4, 4), np.float32))
+    out = tmp_path / "r.geojson"
+    assert main(["suggest", str(tmp_path / "m.npy"), "--method", "standard", "-l", "512", "-k", "10",
+                 "--stride", "256", "--out", str(out)]) == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last.startswith("4 standard region(s) written") and last.endswith("(k=10 asked; only 4 fit)")
+    assert sorted((r.x, r.y) for r in read_regions(out)) == [(0, 0), (0, 512), (512, 0), (512, 512)]
+    assert main(["suggest", str(tmp_path / "m.npy"), "--method", "standard", "-l", "512", "-k", "4",
+                 "--stride", "256", "--out", str(out)]) == 0
+    assert "only" not in capsys.readouterr().out
+
+
 def test_suggest_options_and_errors(tmp_path, capsys):
     import numpy as np
 

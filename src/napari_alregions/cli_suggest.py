@@ -87,7 +87,9 @@ def _cmd_suggest(args: argparse.Namespace) -> int:
     out = write_regions(args.out, regions)
     for r in regions:
         print(f"#{r.rank + 1}  x={r.x} y={r.y} w={r.w} h={r.h}  score={r.score:.4g}")
-    print(f"{len(regions)} {args.method} region(s) written to {out}")
+    # fewer than k is a defined result (no more non-overlapping windows with priority > 0)
+    short = "" if len(regions) == args.k else f" (k={args.k} asked; only {len(regions)} fit)"
+    print(f"{len(regions)} {args.method} region(s) written to {out}{short}")
     return 0
 
 
