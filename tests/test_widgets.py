@@ -245,6 +245,9 @@ def test_correct_uncertain_patches_prefills_prediction(make_napari_viewer, qtbot
     w.n_uncertain.value = 4
     _click(w, "Find uncertain patches")
     assert f"{slide} prediction" in viewer.layers and w.uncertain_list.count() >= 1
+    patches = viewer.layers[f"{slide} top_patches"]
+    # one-cell patches sit side by side: their labels are the rank alone, the list has the scores
+    assert list(patches.text.values) == [str(i + 1) for i in range(len(patches.data))]
     w.uncertain_list.setCurrentRow(0)
     _click(w, "Correct selected patch")
     lab = next(lay for lay in viewer.layers if lay.name.startswith(f"{slide} labels top_patches"))

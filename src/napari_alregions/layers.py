@@ -19,6 +19,7 @@ from .wsi import Slide
 __all__ = [
     "METHOD_ANCHORS",
     "METHOD_COLORS",
+    "METHOD_LABELS",
     "coarse_layer_kwargs",
     "overlay_kwargs",
     "priority_colors",
@@ -45,6 +46,9 @@ _CORNERS = ("upper_left", "upper_right", "lower_left", "lower_right")
 #: Corner of each selector's "rank: score" labels: methods side by side often propose the
 #: same or nearby windows, whose labels would otherwise print over each other.
 METHOD_ANCHORS = {method: _CORNERS[i % len(_CORNERS)] for i, method in enumerate(METHOD_COLORS)}
+#: Label text of a selector's proposals where it is not "rank: score": top-uncertain patches
+#: are one map cell and often adjacent, so they show the rank only (the widget lists scores).
+METHOD_LABELS = {"top_patches": "{rank}"}
 
 
 def slide_scale(slide: Slide) -> float:
@@ -131,7 +135,7 @@ def regions_layer(regions: Sequence[Region], *, name: str, slide: Slide, color: 
         "face_color": "transparent",
         "edge_width": edge_width if edge_width is not None else max(2.0, side / 40),
         "features": features,
-        "text": {"string": "{rank}: {score:.2f}", "anchor": METHOD_ANCHORS.get(method, "upper_left"), "color": color,
+        "text": {"string": METHOD_LABELS.get(method, "{rank}: {score:.2f}"), "anchor": METHOD_ANCHORS.get(method, "upper_left"), "color": color,
                  "size": 10},
         "metadata": {"regions": list(regions)},
     }
