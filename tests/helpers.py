@@ -76,6 +76,15 @@ def stream_threads() -> list:
     return [t for t in threading.enumerate() if t.name.startswith("alregions-")]
 
 
+def forget_decode_checks(monkeypatch) -> None:
+    """Start from no per-level GPU-decode checks (restored after the test)."""
+    import weakref
+
+    from napari_alregions.model import decoders
+
+    monkeypatch.setattr(decoders, "_LEVEL_DECODE_OK", weakref.WeakKeyDictionary())
+
+
 def stream_only_decode(streams, device):
     """A CPU stand-in for nvJPEG: decodes from the JPEG stream alone, as nvJPEG does (no
     TIFF tags), to (3, H, W) tensors."""

@@ -4,7 +4,6 @@ runs the same code on machines without a GPU; the CUDA tests run on a GPU machin
 from __future__ import annotations
 
 import threading
-import weakref
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ from napari_alregions.model import ModelSpec, decoders, predict_probability_map
 from napari_alregions.model._stream import stream_batches
 from napari_alregions.wsi import open_slide
 
-from .helpers import MeanRedness, smooth_rgb, write_rgb_jpeg_tiff
+from .helpers import MeanRedness, forget_decode_checks, smooth_rgb, write_rgb_jpeg_tiff
 
 pytest.importorskip("nvidia.nvimgcodec", reason="nvImageCodec is not installed")
 
@@ -23,7 +22,7 @@ CPU = torch.device("cpu")
 
 @pytest.fixture
 def fresh_checks(monkeypatch):
-    monkeypatch.setattr(decoders, "_LEVEL_DECODE_OK", weakref.WeakKeyDictionary())
+    forget_decode_checks(monkeypatch)
 
 
 def _tissue_tiles(tiles, n: int = 24) -> list[int]:

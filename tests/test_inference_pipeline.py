@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import shutil
 import time
-import weakref
 
 import numpy as np
 import pytest
@@ -29,7 +28,7 @@ from napari_alregions.model.batching import (
 )
 from napari_alregions.wsi import open_slide
 
-from .helpers import smooth_rgb, stream_only_decode, stream_threads, write_rgb_jpeg_tiff
+from .helpers import forget_decode_checks, smooth_rgb, stream_only_decode, stream_threads, write_rgb_jpeg_tiff
 
 
 class TinyConv(nn.Module):
@@ -393,7 +392,7 @@ def test_gpu_decode_is_used_only_where_a_decoder_really_decodes(slide, monkeypat
     for tv, nv, expected in ((working, None, decoders.nvjpeg_decode), (broken, None, None), (None, None, None),
                              (broken, nvimgcodec, nvimgcodec), (None, nvimgcodec, nvimgcodec),
                              (working, nvimgcodec, decoders.nvjpeg_decode)):
-        monkeypatch.setattr(decoders, "_LEVEL_DECODE_OK", weakref.WeakKeyDictionary())
+        forget_decode_checks(monkeypatch)
         monkeypatch.setattr(decoders, "nvjpeg", lambda d=tv: d)
         monkeypatch.setattr(decoders, "_nvimgcodec_default", lambda d=nv: d)
         asked = []
@@ -409,7 +408,7 @@ def test_gpu_decode_is_used_only_where_a_decoder_really_decodes(slide, monkeypat
         calls["n"] += 1
         return working(data, device)
 
-    monkeypatch.setattr(decoders, "_LEVEL_DECODE_OK", weakref.WeakKeyDictionary())
+    forget_decode_checks(monkeypatch)
     monkeypatch.setattr(decoders, "nvjpeg", lambda: counted)
     assert decoders.choose_decoder(level, cpu) and decoders.choose_decoder(level, cpu)
     assert calls["n"] == 1  # tried once per level and device
@@ -424,7 +423,7 @@ def test_gpu_decode_is_checked_against_the_cpu_decoder_per_level(slide, tmp_path
     alone because jpeg_stream marks it; a decoder that ignores that marker, swaps colours or
     fails is caught by the per-level pixel check, so the level decodes on the CPU."""
     cpu = torch.device("cpu")
-    monkeypatch.setattr(decoders, "_LEVEL_DECODE_OK", weakref.WeakKeyDictionary())
+    forget_decode_checks(monkeypatch)
     assert decoders.decodes_like_cpu(slide.tiled_level(1), cpu, decode=stream_only_decode)  # YCbCr tiles
 
     img = smooth_rgb(512, 512, seed=4)
@@ -442,7 +441,7 @@ def test_gpu_decode_is_checked_against_the_cpu_decoder_per_level(slide, tmp_path
         assert decoders.decodes_like_cpu(tiles, cpu, decode=stream_only_decode)
         marked = tiles.jpeg_stream(0)
         assert marked.count(b"Adobe") == 1 and wsi._marked_rgb(marked) == marked  # one marker, idempotent
-        monkeypatch.setattr(decoders, "_LEVEL_DECODE_OK", weakref.WeakKeyDictionary())
+        forget_decode_checks(monkeypatch)
         assert not decoders.decodes_like_cpu(tiles, cpu, decode=ignores_marker)
 
         # the raw-tile (GPU) path on this level gives the CPU path's patches
@@ -465,7 +464,7 @@ def test_gpu_decode_is_checked_against_the_cpu_decoder_per_level(slide, tmp_path
         raise RuntimeError("nvjpegDecode failed")
 
     for decode in (swapped, failing):
-        monkeypatch.setattr(decoders, "_LEVEL_DECODE_OK", weakref.WeakKeyDictionary())
+        forget_decode_checks(monkeypatch)
         assert not decoders.decodes_like_cpu(slide.tiled_level(1), cpu, decode=decode)
 
     def off_by(k):  # another IDCT: every pixel k grey levels off (nvJPEG on an H100: up to ~2.1)
@@ -473,7 +472,7 @@ def test_gpu_decode_is_checked_against_the_cpu_decoder_per_level(slide, tmp_path
                                         for t in stream_only_decode(streams, device)]
 
     for k, ok in ((3, True), (20, False)):
-        monkeypatch.setattr(decoders, "_LEVEL_DECODE_OK", weakref.WeakKeyDictionary())
+        forget_decode_checks(monkeypatch)
         assert decoders.decodes_like_cpu(slide.tiled_level(1), cpu, decode=off_by(k)) is ok
 
     calls = {"n": 0}
@@ -482,7 +481,7 @@ def test_gpu_decode_is_checked_against_the_cpu_decoder_per_level(slide, tmp_path
         calls["n"] += 1
         return stream_only_decode(streams, device)
 
-    monkeypatch.setattr(decoders, "_LEVEL_DECODE_OK", weakref.WeakKeyDictionary())
+    forget_decode_checks(monkeypatch)
     level = slide.tiled_level(1)
     assert decoders.decodes_like_cpu(level, cpu, decode=counted) and decoders.decodes_like_cpu(level, cpu, decode=counted)
     assert calls["n"] == 1  # checked once per level and device
