@@ -97,6 +97,58 @@ def test_painting_is_refused_outside_accepted_regions(tmp_path, small_pool):
     p.close()
 
 
+def test_remove_accepted_region_deletes_its_labels_only(tmp_path, small_pool):
+    p, slide, truth = _project(tmp_path, small_pool)
+    # two hand-drawn regions that overlap on level-0 [256, 512) x [256, 512), and one apart
+    a = p.accept(Region(0, 0, 512, 512, slide=slide))
+    b = p.accept(Region(256, 256, 512, 512, slide=slide))
+    c = p.accept(Region(0, 768, 256, 256, slide=slide))
+    for r in (a, b, c):
+        _paint_truth(p, r, truth)
+    before = p.session.labels(slide).copy()
+    f = p.label_factor(slide)
+    assert f == 2 and (before[: 768 // 2, : 768 // 2] > 0).sum() == 384 * 384 - 2 * 128 * 128  # a ∪ b
+
+    assert p.remove_accepted(b) == b
+    after = p.session.labels(slide)
+    expected = before.copy()
+    expected[128:384, 128:384] = 0  # b's label box ...
+    expected[128:256, 128:256] = before[128:256, 128:256]  # ... except where a covers it too
+    np.testing.assert_array_equal(after, expected)
+    assert [r.uid for r in p.session.accepted] == [a.uid, c.uid] and p.pending_regions == 2
+    # saved: a reopened session has the same regions and labels
+    back = AnnotationProject.open(p.folder)
+    assert back.session.accepted == p.session.accepted
+    np.testing.assert_array_equal(back.session.labels(slide), expected)
+    back.close()
+    with pytest.raises(ValueError, match="not an accepted region"):
+        p.remove_accepted(b)
+    with pytest.raises(ValueError, match="not an accepted region"):
+        p.remove_accepted(Region(0, 0, 256, 256, slide=slide))  # never accepted (no uid)
+    p.close()
+
+
+def test_pending_regions_count_by_region_through_removals(tmp_path, small_pool):
+    p, slide, truth = _project(tmp_path, small_pool)
+    a, b = (p.accept(Region(x, 0, 256, 256, slide=slide)) for x in (0, 512))
+    for r in (a, b):
+        _paint_truth(p, r, truth)
+    run(p.iter_retrain(refresh=False))
+    assert p.pending_regions == 0
+    c = p.accept(Region(0, 512, 256, 256, slide=slide))
+    assert p.pending_regions == 1
+    p.remove_accepted(a)  # trained on: the new region is still the one pending
+    assert p.pending_regions == 1
+    p.remove_accepted(c)
+    assert p.pending_regions == 0
+    # a session saved before regions were tracked by uid counted the first accepted ones
+    p.accept(Region(512, 512, 256, 256, slide=slide))
+    del p.session.params["trained_on"]
+    p.session.params["trained_on_regions"] = 1
+    assert p.pending_regions == 1
+    p.close()
+
+
 def test_retrain_without_labels_and_cancelled_retrain_change_nothing(tmp_path, small_pool):
     p, slide, truth = _project(tmp_path, small_pool)
     with pytest.raises(ValueError, match="no labels to train on"):

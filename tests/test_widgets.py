@@ -200,6 +200,45 @@ def test_bad_input_gives_messages_and_loses_nothing(make_napari_viewer, qtbot, t
     np.testing.assert_array_equal(w.project.session.labels(slide), before)
 
 
+def test_remove_accepted_region_asks_when_painted(make_napari_viewer, qtbot, tmp_path, small_pool, monkeypatch):
+    from qtpy.QtWidgets import QMessageBox
+
+    from napari_alregions.session import Session
+
+    viewer, w, slide = _start(make_napari_viewer, tmp_path, small_pool)
+    w.method.value, w.unit.value, w.region_size.value, w.k.value = "random", "px", 256, 2
+    _click(w, "Suggest")
+    for _ in range(2):
+        w.proposal_list.setCurrentRow(0)
+        _click(w, "Accept region")
+    first, second = w.project.session.accepted_on(slide)
+    painted = viewer.layers[w._labels_name(first)]
+    painted.paint((20, 20), 2)  # a stroke still waiting for the autosave
+    asked = []
+    monkeypatch.setattr(QMessageBox, "question", lambda *a: asked.append(a[2]) or QMessageBox.StandardButton.No)
+    w.tabs.setCurrentIndex(3)
+    w.accepted_list.setCurrentRow(0)
+    _click(w, "Remove region")
+    assert len(asked) == 1 and "labels painted in it are deleted" in asked[0]
+    assert len(w.project.session.accepted) == 2 and painted in viewer.layers  # "No": nothing changed
+
+    monkeypatch.setattr(QMessageBox, "question", lambda *a: asked.append(a[2]) or QMessageBox.StandardButton.Yes)
+    _click(w, "Remove region")
+    assert len(asked) == 2 and w.project.session.accepted == [second]
+    assert painted not in viewer.layers and viewer.layers[f"{slide} accepted"].nshapes == 1
+    assert w.accepted_list.count() == 1 and "removed the random region" in w.message.value
+    y0, x0, y1, x1 = w.project.label_box(first)
+    on_disk = Session.open(w.project.folder)
+    assert [r.uid for r in on_disk.accepted] == [second.uid] and not on_disk.labels(slide)[y0:y1, x0:x1].any()
+    # a region holding only the background it was accepted with goes without asking
+    w.accepted_list.setCurrentRow(0)
+    _click(w, "Remove region")
+    assert len(asked) == 2 and not w.project.session.accepted and not w.project.session.labels(slide).any()
+    assert not [lay for lay in viewer.layers if " labels " in lay.name] and w.project.annotated_pct() == 0.0
+    _click(w, "Remove region")
+    assert "select an accepted region" in w.message.value
+
+
 def test_slide_without_mpp_needs_px(make_napari_viewer, qtbot, tmp_path, small_pool):
     from tests.helpers import downsample2, smooth_rgb, write_pyramid
 

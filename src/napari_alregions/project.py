@@ -205,8 +205,15 @@ class AnnotationProject:
 
     @property
     def pending_regions(self) -> int:
-        """Accepted regions added since the model was last trained."""
-        return len(self.session.accepted) - int(self.session.params.get("trained_on_regions", 0))
+        """Accepted regions the model has not been trained on yet."""
+        params, accepted = self.session.params, self.session.accepted
+        # sessions before "trained_on" (uids) kept a count of the first accepted regions
+        trained = set(params.get("trained_on", [r.uid for r in accepted[: int(params.get("trained_on_regions", 0))]]))
+        return sum(r.uid not in trained for r in accepted)
+
+    def _set_trained_on(self, uids: list[str]) -> None:
+        self.session.params.pop("trained_on_regions", None)
+        self.session.params["trained_on"] = list(uids)
 
     # -- model ----------------------------------------------------------------------------
     def _build(self, member: int):
@@ -233,8 +240,8 @@ class AnnotationProject:
         if self.session.slides and self.spec is not None and level != self.label_level:
             raise ValueError(f"the session labels slides at level {self.label_level}; a new model must work there too")
         self.spec = spec
-        self.session.params.update(model=spec.to_dict(), stride=int(stride) if stride else None, members=members,
-                                   trained_on_regions=0)
+        self.session.params.update(model=spec.to_dict(), stride=int(stride) if stride else None, members=members)
+        self._set_trained_on([])
         self.session.checkpoints = []
         self.models = [self._build(i) for i in range(members)]
         self._drop_maps()
@@ -257,7 +264,8 @@ class AnnotationProject:
         if Path(path).resolve() != target.resolve():
             shutil.copyfile(path, target)
         self.spec = spec
-        self.session.params.update(model=spec.to_dict(), stride=None, members=1, trained_on_regions=len(self.session.accepted))
+        self.session.params.update(model=spec.to_dict(), stride=None, members=1)
+        self._set_trained_on([r.uid for r in self.session.accepted])
         self.session.checkpoints = [str(target.relative_to(self.folder))]
         self.models = [model]
         self._drop_maps()
@@ -573,6 +581,39 @@ class AnnotationProject:
         self.session.save()
         return accepted
 
+    def remove_accepted(self, region: Region) -> Region:
+        """Take an accepted region out of the labeled set, deleting the labels painted in it.
+
+        Label pixels that another accepted region of the slide also covers are kept. The
+        area can be proposed again; the model forgets the labels at the next retrain.
+
+        Parameters
+        ----------
+        region : Region
+            An accepted region (matched by ``uid``).
+
+        Returns
+        -------
+        Region
+            The removed region, as it was stored.
+
+        Raises
+        ------
+        ValueError
+            If the region is not in the labeled set.
+        """
+        removed = self.session.unaccept(region.uid)
+        y0, x0, y1, x1 = self.label_box(removed)
+        keep = np.zeros((y1 - y0, x1 - x0), dtype=bool)
+        for other in self.session.accepted_on(removed.slide):
+            oy0, ox0, oy1, ox1 = self.label_box(other)
+            keep[max(oy0, y0) - y0 : max(0, min(oy1, y1) - y0), max(ox0, x0) - x0 : max(0, min(ox1, x1) - x0)] = True
+        crop = self.session.labels(removed.slide)[y0:y1, x0:x1]
+        crop[~keep] = 0
+        self.session.mark_labels_changed(removed.slide)
+        self.session.save()
+        return removed
+
     def _predicted_labels(self, region: Region) -> np.ndarray:
         """The model's class (label values) on the region's label pixels; background where unknown."""
         prob = self.prediction(region.slide)
@@ -657,6 +698,7 @@ class AnnotationProject:
         cands = self.candidates()
         if not cands:
             raise ValueError("no labels to train on: accept a region and paint labels in it first")
+        trained_on = [r.uid for r in self.session.accepted]  # regions accepted meanwhile are still pending
         config = self.train_config()
         new_models, results = [], []
         for i, model in enumerate(self.models):
@@ -686,7 +728,7 @@ class AnnotationProject:
             "n_candidates": sum(len(c) for c in cands),
         }
         self.session.history.append(summary)
-        self.session.params["trained_on_regions"] = len(self.session.accepted)
+        self._set_trained_on(trained_on)
         self.session.save()
         if refresh:
             for slide in list(self.maps):

@@ -156,6 +156,14 @@ class Session:
         self.accepted.append(region)
         return region
 
+    def unaccept(self, uid: str | None) -> Region:
+        """Drop the accepted region ``uid`` from the labeled set and return it. Its label
+        pixels stay: :meth:`~napari_alregions.project.AnnotationProject.remove_accepted` clears them."""
+        for i, r in enumerate(self.accepted):
+            if uid and r.uid == uid:
+                return self.accepted.pop(i)
+        raise ValueError(f"region: {uid!r} is not an accepted region of this session (already removed?)")
+
     def propose(self, regions: list[Region]) -> list[Region]:
         """Replace the proposals of the same slides and methods with new ones."""
         regions = [r if r.uid else r.with_(uid=_new_uid()) for r in regions]

@@ -16,7 +16,7 @@ from magicgui import widgets as mw
 from napari.utils.colormaps import Colormap
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import QListWidget, QTabWidget, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QListWidget, QMessageBox, QTabWidget, QVBoxLayout, QWidget
 
 from ..cli_suggest import _parse_option
 from ..geometry import Region
@@ -173,6 +173,9 @@ class ALRegionsWidget(QWidget):
         hint.native.setWordWrap(True)
         self.accepted_list = QListWidget()
         self.accepted_list.currentRowChanged.connect(self._go_to_accepted)
+        remove = _button("Remove region", "take the selected region out of the labeled set; its labels are deleted")
+        remove.changed.connect(self.remove_selected)
+        self._busy_buttons.append(remove)  # not while a retrain reads the labels
         self.retrain_btn = _button("Retrain", "fine-tune on all labels, then refresh the map and proposals")
         self.retrain_btn.changed.connect(self.retrain)
         self._busy_buttons.append(self.retrain_btn)
@@ -182,7 +185,7 @@ class ALRegionsWidget(QWidget):
         export, import_ = _button("Export to QuPath"), _button("Import from QuPath")
         export.changed.connect(self.export_qupath)
         import_.changed.connect(self.import_qupath)
-        box = mw.Container(widgets=[hint, self.retrain_btn, self.auto_retrain, self.auto_after, self.qupath_file,
+        box = mw.Container(widgets=[hint, remove, self.retrain_btn, self.auto_retrain, self.auto_after, self.qupath_file,
                                     mw.Container(widgets=[export, import_], layout="horizontal", labels=False)])
         box.native.layout().insertWidget(1, self.accepted_list)
         return box
@@ -366,9 +369,13 @@ class ALRegionsWidget(QWidget):
         layer = self._layer(f"{self.current} {method}") if self.current else None
         return list(layer.metadata.get("regions", [])) if layer is not None else []
 
+    @staticmethod
+    def _labels_name(region: Region) -> str:
+        return f"{region.slide} labels {region.method} {region.uid[:8]}"
+
     def _open_region_labels(self, region: Region) -> Any:
         p = self.project
-        lname = f"{region.slide} labels {region.method} {region.uid[:8]}"
+        lname = self._labels_name(region)
         if lname in self._region_layers and lname in self.viewer.layers:
             return self.viewer.layers[lname]
         data, kwargs, _ = region_labels_layer(p.region_labels(region), p.label_box(region), factor=p.label_factor(region.slide),
@@ -608,6 +615,35 @@ class ALRegionsWidget(QWidget):
         self._message(f"accepted {region.method} #{region.rank + 1}: paint in layer '{layer.name}'")
         if self.auto_retrain.value and self.project.pending_regions >= self.auto_after.value:
             self.retrain()
+
+    def remove_selected(self) -> None:
+        p, name = self.project, self.current
+        regions = p.session.accepted_on(name) if p is not None and name else []
+        i = self.accepted_list.currentRow()
+        if not 0 <= i < len(regions):
+            self._message("select an accepted region in the list first", True)
+            return
+        region = regions[i]
+        self.flush_labels()  # strokes still waiting for the autosave count as painted
+        painted = self._guard(p.region_labels, region)
+        if painted is None:
+            return
+        where = f"{region.method or 'manual'} region at ({region.x}, {region.y})"
+        if (painted > 1).any() and not self._confirm(f"Remove the {where}? The labels painted in it are deleted."):
+            return
+        if self._guard(p.remove_accepted, region) is None:
+            return
+        layer = self._region_layers.pop(self._labels_name(region), None)
+        if layer is not None and layer in self.viewer.layers:
+            self.viewer.layers.remove(layer)
+        self._show_accepted(name)
+        self._refill_lists()
+        self._refresh_status()
+        self._message(f"removed the {where} and its labels")
+
+    def _confirm(self, text: str) -> bool:
+        answer = QMessageBox.question(self, "AL Regions", text)
+        return answer == QMessageBox.StandardButton.Yes
 
     # ------------------------------------------------------------------ retrain
     def retrain(self) -> None:
