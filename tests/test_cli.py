@@ -90,3 +90,16 @@ def test_suggest_options_and_errors(tmp_path, capsys):
     assert "multiple of stride" in capsys.readouterr().err
     np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object))
     assert main(["suggest", str(tmp_path / "obj.npy"), "-l", "2048", "--out", str(tmp_path / "d.geojson")]) == 2
+
+
+def test_step_messages_keep_their_start(capsys):
+    from napari_alregions._progress import progress_bar, steps_with_message
+
+    long = "standard_nonsquare l=384 k=2 cycle 3: area 21.62%  mIoU 0.783 " + "x" * 40
+    with progress_bar(2, "simulation", "cycle") as bar:
+        step = steps_with_message(bar)
+        step("adaptive l=384 k=2 cycle 0: area 2.83%")
+        assert bar.n == 1 and bar.postfix == "adaptive l=384 k=2 cycle 0: area 2.83%"
+        step(long)  # the method name stays whole; the tail is cut
+        assert bar.n == 2 and bar.postfix == long[:71] + "…"
+    assert "simulation" in capsys.readouterr().err

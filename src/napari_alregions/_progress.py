@@ -1,4 +1,4 @@
-"""Turn a function that reports through a ``progress`` callback into a generator.
+"""Progress plumbing: callback-style functions as generators, and the CLI's bars.
 
 napari's thread workers show progress and stop cleanly when the work is a generator that
 yields. :func:`iter_progress` runs a callback-style function (e.g.
@@ -9,14 +9,16 @@ core function serves the CLI (callbacks), scripts (plain calls) and the viewer (
 from __future__ import annotations
 
 import queue
+import sys
 import threading
 from collections.abc import Callable, Generator
 from typing import Any, TypeVar
 
-__all__ = ["iter_progress", "relay"]
+__all__ = ["iter_progress", "progress_bar", "relay", "steps_with_message"]
 
 T = TypeVar("T")
 _DONE = object()
+_MESSAGE_CHARS = 72  # a step's message beside the bar: cut at its end, never at its start
 
 
 def iter_progress(fn: Callable[..., T], *args: Any, cancel: Callable[[], bool] | None = None,
@@ -66,3 +68,21 @@ def relay(gen: Generator[Any, None, T], transform: Callable[[Any], Any]) -> Gene
             yield transform(item)
     finally:
         gen.close()
+
+
+def progress_bar(total: int | None, desc: str, unit: str):
+    """A tqdm bar on stderr for the command line (shown even when stderr is not a terminal)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=False, mininterval=1.0)
+
+
+def steps_with_message(bar) -> Callable[[str], None]:
+    """A ``progress(message)`` callback: one step of ``bar``, the message shown after it."""
+    def progress(message: str) -> None:
+        if len(message) > _MESSAGE_CHARS:
+            message = message[: _MESSAGE_CHARS - 1] + "…"
+        bar.set_postfix_str(message)
+        bar.update(1)
+
+    return progress

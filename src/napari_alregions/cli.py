@@ -9,6 +9,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from ._progress import progress_bar, steps_with_message
+
 __all__ = ["main"]
 
 logger = logging.getLogger("napari_alregions")
@@ -46,16 +48,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _progress(total: int, desc: str):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit="slide", file=sys.stderr, disable=False, mininterval=1.0)
-
-
 def _cmd_make_demo_data(args: argparse.Namespace) -> int:
     from .synthetic import make_slide_pool
 
-    with _progress(args.n_slides, "rendering slides") as bar:
+    with progress_bar(args.n_slides, "rendering slides", "slide") as bar:
         manifest = make_slide_pool(
             args.folder, n_slides=args.n_slides, size=args.size, seed=args.seed,
             overwrite=args.overwrite, progress=lambda done, total: bar.update(1),
@@ -66,8 +62,6 @@ def _cmd_make_demo_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from .simulate import SimConfig, results_table, run_simulation
 
     sizes = [int(v) for v in args.region_size.split(",")]
@@ -81,12 +75,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         scheduler=args.scheduler, local_cluster=args.local_cluster,
     )
     total = len(config.methods) * len(config.initial) * len(config.settings) * config.cycles + int(config.full_baseline)
-    with tqdm(total=total, desc="simulation", unit="cycle", file=sys.stderr, disable=False, mininterval=1.0) as bar:
-        def progress(msg: str) -> None:
-            bar.set_postfix_str(msg[-60:])
-            bar.update(1)
-
-        result = run_simulation(args.slides, config, out=args.out, progress=progress)
+    with progress_bar(total, "simulation", "cycle") as bar:
+        result = run_simulation(args.slides, config, out=args.out, progress=steps_with_message(bar))
     print(results_table(result))
     print(f"results in {args.out}")
     return 0

@@ -7,10 +7,10 @@ the plot and the regions it wrote.
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
+from ._progress import progress_bar, steps_with_message
 from .simulate import SimConfig, results_table, run_simulation
 from .synthetic import make_slide_pool
 
@@ -18,21 +18,15 @@ __all__ = ["run_demo"]
 
 
 def run_demo(out: Path, *, quick: bool = False) -> int:
-    from tqdm import tqdm
-
     t0 = time.perf_counter()
     n, size = (4, 2048) if quick else (6, 4096)
     data = out / "data"
-    with tqdm(total=n, desc="demo slides", unit="slide", file=sys.stderr, disable=False, mininterval=1.0) as bar:
+    with progress_bar(n, "demo slides", "slide") as bar:
         make_slide_pool(data, n_slides=n, size=size, seed=0, progress=lambda d, t: bar.update(1))
     config = SimConfig(cycles=2, initial_epochs=4, fine_tune_steps=20, settings=((256, 2),)) if quick else SimConfig()
     total = len(config.methods) * len(config.settings) * config.cycles + 1
-    with tqdm(total=total, desc="simulation", unit="cycle", file=sys.stderr, disable=False, mininterval=1.0) as bar:
-        def progress(msg: str) -> None:
-            bar.set_postfix_str(msg[-60:])
-            bar.update(1)
-
-        result = run_simulation(data, config, out=out / "results", progress=progress)
+    with progress_bar(total, "simulation", "cycle") as bar:
+        result = run_simulation(data, config, out=out / "results", progress=steps_with_message(bar))
     print(f"\nSynthetic pool: {data} ({n} slides of {size}x{size} px at 0.5 µm/px)")
     print(f"Full-annotation baseline: mIoU(tumour) {result['full']['miou']:.3f}, Dice {result['full']['dice']:.3f}\n")
     print(results_table(result))
