@@ -445,6 +445,7 @@ def _plot(result: dict[str, Any], path: Path) -> Path:
         full = result["full"]["miou"]
         if np.isfinite(full):
             ax.axhline(full, ls="--", c="k", lw=1, label="full annotation")
+            ax.axhline(cfg["target"] * full, ls=":", c="0.35", lw=1, label=f"{cfg['target']:.0%} of it (the table's goal)")
         ax.set_title(f"l = {l_} px, k = {k_}")
         ax.set_xlabel("annotated tissue area (%)")
         ax.set_ylabel("mIoU (tumour)")
