@@ -239,6 +239,43 @@ def test_remove_accepted_region_asks_when_painted(make_napari_viewer, qtbot, tmp
     assert "select an accepted region" in w.message.value
 
 
+def test_undo_redo_and_unsignalled_edits_reach_the_session(make_napari_viewer, qtbot, tmp_path, small_pool):
+    from napari.layers.labels._labels_key_bindings import redo, undo  # what Ctrl+Z / Ctrl+Shift+Z run
+
+    from napari_alregions.session import Session
+
+    viewer, w, slide = _start(make_napari_viewer, tmp_path, small_pool)
+    w.method.value, w.unit.value, w.region_size.value, w.k.value = "random", "px", 256, 1
+    _click(w, "Suggest")
+    w.proposal_list.setCurrentRow(0)
+    _click(w, "Accept region")
+    [region] = w.project.session.accepted
+    lab = viewer.layers[w._labels_name(region)]
+    y0, x0, y1, x1 = w.project.label_box(region)
+
+    def saved():
+        return Session.open(w.project.folder).labels(slide)[y0:y1, x0:x1]
+
+    lab.brush_size = 6
+    lab.paint((20, 20), 2)
+    qtbot.waitUntil(lambda: not w._unsaved, timeout=5000)
+    stroke = lab.data.copy()
+    assert (saved() == 2).any()
+    undo(lab)
+    assert not (lab.data == 2).any()
+    qtbot.waitUntil(lambda: not w._unsaved, timeout=5000)
+    np.testing.assert_array_equal(saved(), lab.data)  # the undone stroke is not kept on disk
+    redo(lab)
+    qtbot.waitUntil(lambda: not w._unsaved, timeout=5000)
+    np.testing.assert_array_equal(saved(), stroke)
+    # pixels changed without any event (a script, a plugin) are saved before they are read
+    lab.data[:4, :4] = 2
+    w.qupath_file.value = str(tmp_path / "out.geojson")
+    _click(w, "Export to QuPath")
+    np.testing.assert_array_equal(saved(), lab.data)
+    np.testing.assert_array_equal(w.project.region_labels(region), lab.data)
+
+
 def test_slide_without_mpp_needs_px(make_napari_viewer, qtbot, tmp_path, small_pool):
     from tests.helpers import downsample2, smooth_rgb, write_pyramid
 

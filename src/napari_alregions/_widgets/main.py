@@ -383,6 +383,13 @@ class ALRegionsWidget(QWidget):
         layer = self.viewer.add_labels(data, metadata={"region": region}, **kwargs)
         layer.selected_label = len(p.classes)  # the last class (tumour) is what gets painted most
         layer.events.paint.connect(lambda event, lname=lname: self._painted(lname))
+        # napari's undo and redo (Ctrl+Z, Ctrl+Shift+Z) change the pixels without a paint event
+        for name in ("undo", "redo"):
+            def replay(step=getattr(layer, name), lname=lname) -> None:
+                step()
+                self._painted(lname)
+
+            setattr(layer, name, replay)
         self._region_layers[lname] = layer
         return layer
 
@@ -392,14 +399,22 @@ class ALRegionsWidget(QWidget):
         self._unsaved.add(lname)
         self._autosave.start()
 
-    def flush_labels(self) -> None:
-        """Save the painted labels of every region layer changed since the last save."""
-        pending, self._unsaved = self._unsaved, set()
+    def flush_labels(self, *, everything: bool = False) -> None:
+        """Save the painted labels of every region layer changed since the last save;
+        ``everything``: of every region layer whose pixels differ from the saved ones
+        (before the labels are read: retrain, export, removal)."""
+        pending, self._unsaved = (set(self._region_layers) if everything else self._unsaved), set()
+        written = False
         for lname in pending:
             layer = self._region_layers.get(lname)
-            if layer is not None and self.project is not None:
-                self._guard(self.project.write_region_labels, layer.metadata["region"], layer.data)
-        if pending:
+            if layer is None or self.project is None:
+                continue
+            region = layer.metadata["region"]
+            if everything and np.array_equal(layer.data, self._guard(self.project.region_labels, region)):
+                continue
+            self._guard(self.project.write_region_labels, region, layer.data)
+            written = True
+        if written:
             self._refresh_status()
 
     # ------------------------------------------------------------------ navigation
@@ -624,7 +639,7 @@ class ALRegionsWidget(QWidget):
             self._message("select an accepted region in the list first", True)
             return
         region = regions[i]
-        self.flush_labels()  # strokes still waiting for the autosave count as painted
+        self.flush_labels(everything=True)  # strokes still waiting for the autosave count as painted
         painted = self._guard(p.region_labels, region)
         if painted is None:
             return
@@ -651,6 +666,7 @@ class ALRegionsWidget(QWidget):
         if p is None:
             self._message("create or open a session first", True)
             return
+        self.flush_labels(everything=True)  # train on the pixels shown, undone strokes included
         t0 = time.perf_counter()
 
         def done(summary: dict) -> None:
@@ -732,6 +748,7 @@ class ALRegionsWidget(QWidget):
         name = self._slide_or_say()
         if name is None:
             return
+        self.flush_labels(everything=True)
         path = self._guard(self.project.export_qupath, Path(self.qupath_file.value), name)
         if path is not None:
             self._message(f"exported regions and labels of {name} to {path}")
