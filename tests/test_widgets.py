@@ -274,6 +274,13 @@ def test_undo_redo_and_unsignalled_edits_reach_the_session(make_napari_viewer, q
     _click(w, "Export to QuPath")
     np.testing.assert_array_equal(saved(), lab.data)
     np.testing.assert_array_equal(w.project.region_labels(region), lab.data)
+    # a labels layer the user closed comes back, ready to paint, from the list of accepted regions
+    viewer.layers.remove(lab)
+    w.tabs.setCurrentIndex(3)
+    w.accepted_list.setCurrentRow(0)
+    back = viewer.layers[w._labels_name(region)]
+    assert back is not lab and viewer.layers.selection.active is back and back.mode == "paint"
+    np.testing.assert_array_equal(back.data, lab.data)
 
 
 def test_slide_without_mpp_needs_px(make_napari_viewer, qtbot, tmp_path, small_pool):

@@ -441,8 +441,14 @@ class ALRegionsWidget(QWidget):
         self._go_to(self._layer_regions(self.method.value), i)
 
     def _go_to_accepted(self, i: int) -> None:
-        if self.project and self.current:
-            self._go_to(self.project.session.accepted_on(self.current), i)
+        regions = self.project.session.accepted_on(self.current) if self.project and self.current else []
+        if not 0 <= i < len(regions):
+            return
+        self._go_to(regions, i)
+        # ready to paint: its labels layer active (opened again if the user closed it)
+        layer = self._open_region_labels(regions[i])
+        self.viewer.layers.selection.active = layer
+        layer.mode = "paint"
 
     def _step_proposal(self, delta: int) -> None:
         n = self.proposal_list.count()
