@@ -239,7 +239,7 @@ def test_remove_accepted_region_asks_when_painted(make_napari_viewer, qtbot, tmp
     assert "select an accepted region" in w.message.value
 
 
-def test_undo_redo_and_unsignalled_edits_reach_the_session(make_napari_viewer, qtbot, tmp_path, small_pool):
+def test_undo_redo_close_and_unsignalled_edits_reach_the_session(make_napari_viewer, qtbot, tmp_path, small_pool):
     from napari.layers.labels._labels_key_bindings import redo, undo  # what Ctrl+Z / Ctrl+Shift+Z run
 
     from napari_alregions.session import Session
@@ -281,6 +281,11 @@ def test_undo_redo_and_unsignalled_edits_reach_the_session(make_napari_viewer, q
     back = viewer.layers[w._labels_name(region)]
     assert back is not lab and viewer.layers.selection.active is back and back.mode == "paint"
     np.testing.assert_array_equal(back.data, lab.data)
+    # closing the viewer right after a stroke (before the autosave timer) keeps the stroke
+    back.paint((60, 60), 2)
+    assert w._unsaved
+    viewer.close()
+    np.testing.assert_array_equal(saved(), back.data)
 
 
 def test_slide_without_mpp_needs_px(make_napari_viewer, qtbot, tmp_path, small_pool):

@@ -15,7 +15,7 @@ import numpy as np
 from magicgui import widgets as mw
 from napari.utils.colormaps import Colormap
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import QTimer
+from qtpy.QtCore import QEvent, QTimer
 from qtpy.QtWidgets import QListWidget, QMessageBox, QTabWidget, QVBoxLayout, QWidget
 
 from ..cli_suggest import _parse_option
@@ -60,6 +60,7 @@ class ALRegionsWidget(QWidget):
         self._region_layers: dict[str, Any] = {}
         self._busy_buttons: list[mw.PushButton] = []
         self._unsaved: set[str] = set()
+        self._watched: set[int] = set()  # ids of windows whose closing saves pending strokes (no reference kept)
         self._redrawing = False
         self._autosave = QTimer(self)
         self._autosave.setSingleShot(True)
@@ -87,6 +88,19 @@ class ALRegionsWidget(QWidget):
         self.message.native.setWordWrap(True)
         runner = self.runner
         self.destroyed.connect(lambda *_: runner.wait())  # closing the viewer stops the worker first
+
+    def _watch_close(self) -> None:
+        # docked, our window is the viewer's: closing it must not drop strokes still
+        # waiting for the autosave timer (see eventFilter)
+        window = self.window()
+        if window is not self and id(window) not in self._watched:
+            window.installEventFilter(self)
+            self._watched.add(id(window))
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 (Qt's name)
+        if event.type() == QEvent.Type.Close:
+            self.flush_labels()
+        return False
 
     # ------------------------------------------------------------------ tabs
     def _session_tab(self) -> mw.Container:
@@ -398,6 +412,7 @@ class ALRegionsWidget(QWidget):
         # turn, batching the strokes of that moment (a crash loses at most this batch)
         self._unsaved.add(lname)
         self._autosave.start()
+        self._watch_close()
 
     def flush_labels(self, *, everything: bool = False) -> None:
         """Save the painted labels of every region layer changed since the last save;
