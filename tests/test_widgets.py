@@ -288,6 +288,32 @@ def test_undo_redo_close_and_unsignalled_edits_reach_the_session(make_napari_vie
     np.testing.assert_array_equal(saved(), back.data)
 
 
+def test_switching_sessions_saves_and_clears_the_old_ones_layers(make_napari_viewer, qtbot, tmp_path, small_pool):
+    viewer, w, slide = _start(make_napari_viewer, tmp_path, small_pool, name="first")
+    w.method.value, w.unit.value, w.region_size.value, w.k.value = "random", "px", 256, 2
+    _click(w, "Suggest")
+    w.proposal_list.setCurrentRow(0)
+    _click(w, "Accept region")
+    [region] = w.project.session.accepted
+    lab = viewer.layers[w._labels_name(region)]
+    lab.paint((20, 20), 2)  # still waiting for the autosave
+    painted = lab.data.copy()
+    first = w.project.folder
+    w.folder.value = str(tmp_path / "second")
+    _click(w, "New session")
+    assert w.project.folder == tmp_path / "second" and not w.project.slides
+    # the first session's layers are gone (painting in them would reach no session), its image stays
+    assert [lay.name for lay in viewer.layers] == [slide]
+    assert not w._region_layers and w.accepted_list.count() == 0
+    # ... and reopening it brings them back with the last stroke
+    w.folder.value = str(first)
+    _click(w, "Open session")
+    back = viewer.layers[w._labels_name(region)]
+    np.testing.assert_array_equal(back.data, painted)
+    assert {f"{slide} accepted", f"{slide} random"} <= {lay.name for lay in viewer.layers}
+    assert [lay.name for lay in viewer.layers].count(slide) == 1
+
+
 def test_slide_without_mpp_needs_px(make_napari_viewer, qtbot, tmp_path, small_pool):
     from tests.helpers import downsample2, smooth_rgb, write_pyramid
 

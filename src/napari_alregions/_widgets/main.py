@@ -297,6 +297,8 @@ class ALRegionsWidget(QWidget):
 
     def _set_project(self, project: AnnotationProject) -> None:
         if self.project is not None:
+            self.flush_labels(everything=True)  # the closing session keeps its last strokes
+            self._drop_session_layers()
             self.project.close()
         self.project = project
         self.classes.value = ", ".join(project.classes)
@@ -305,7 +307,20 @@ class ALRegionsWidget(QWidget):
         self.members.value = project.n_members
         self.encoder_src.value = project.encoder_source
         self.slide.choices = list(project.slides)
+        self._refill_lists()  # no change event when the slide name stays (or there is none)
+        self.uncertain_list.clear()
         self._refresh_status()
+
+    def _drop_session_layers(self) -> None:
+        """Remove the layers of the session being closed (not its slide images): painting
+        in them would reach no session."""
+        suffixes = ("priority", "accepted", "similarity", "prediction", *METHODS)
+        names = {f"{slide} {suffix}" for slide in self.project.slides for suffix in suffixes}
+        ours = {id(layer) for layer in self._region_layers.values()}
+        for layer in [lay for lay in self.viewer.layers if lay.name in names or id(lay) in ours]:
+            self.viewer.layers.remove(layer)
+        self._region_layers.clear()
+        self._unsaved.clear()
 
     def add_slide_file(self) -> None:
         self._add_slide(Path(self.slide_file.value))
