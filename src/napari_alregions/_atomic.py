@@ -8,6 +8,7 @@ leaves the previous file, never half of a new one.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,12 +22,13 @@ __all__ = ["atomic_path", "save_npy", "write_text"]
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary sibling of ``path`` to write; rename it over ``path`` on success.
 
-    The temporary name starts with a dot and keeps the suffix (``np.save`` and
-    ``np.savez`` would append one otherwise). If the block raises, the temporary file is
-    removed and ``path`` is untouched.
+    The temporary name starts with a dot, is the writing thread's own (two threads saving
+    the same file each rename a whole one; the last wins) and keeps the suffix
+    (``np.save`` and ``np.savez`` would append one otherwise). If the block raises, the
+    temporary file is removed and ``path`` is untouched.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.part{path.suffix}")
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}-{threading.get_ident()}.part{path.suffix}")
     try:
         yield tmp
     except BaseException:

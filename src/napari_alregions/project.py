@@ -212,8 +212,9 @@ class AnnotationProject:
         return sum(r.uid not in trained for r in accepted)
 
     def _set_trained_on(self, uids: list[str]) -> None:
-        self.session.params.pop("trained_on_regions", None)
-        self.session.params["trained_on"] = list(uids)
+        with self.session.changing() as session:
+            session.params.pop("trained_on_regions", None)
+            session.params["trained_on"] = list(uids)
 
     # -- model ----------------------------------------------------------------------------
     def _build(self, member: int):
@@ -470,12 +471,13 @@ class AnnotationProject:
                          **arrays, **options)
         # one name per selector in the session (prototype records its base method itself)
         regions = [r.with_(method=method) for r in regions]
-        regions = self.session.propose(regions) if regions else []
-        if not regions:
-            self.session.regions = [r for r in self.session.regions if not (r.slide == slide and r.method == method)]
-        plan = self.session.params.setdefault("suggest", {}).setdefault(slide, {})
-        plan[method] = {"region_size": int(region_size), "k": int(k), "seed": seed, "options": _jsonable(options)}
-        self.session.save()
+        with self.session.changing() as session:  # a retrain's refresh runs this in its worker thread
+            regions = session.propose(regions) if regions else []
+            if not regions:
+                session.regions = [r for r in session.regions if not (r.slide == slide and r.method == method)]
+            plan = session.params.setdefault("suggest", {}).setdefault(slide, {})
+            plan[method] = {"region_size": int(region_size), "k": int(k), "seed": seed, "options": _jsonable(options)}
+            session.save()
         return regions
 
     def _needed_array(self, slide: str, need: str, region_size: int, options: dict[str, Any]) -> np.ndarray:
@@ -718,7 +720,6 @@ class AnnotationProject:
                  for i, m in enumerate(new_models)]
         self.models = new_models
         self._model_changed()
-        self.session.checkpoints = [str(p.relative_to(self.folder)) for p in paths]
         summary = {
             "cycle": cycle,
             "accepted_regions": len(self.session.accepted),
@@ -727,9 +728,11 @@ class AnnotationProject:
             "val_loss": [None if not math.isfinite(r.best_val_loss) else round(r.best_val_loss, 5) for r in results],
             "n_candidates": sum(len(c) for c in cands),
         }
-        self.session.history.append(summary)
-        self._set_trained_on(trained_on)
-        self.session.save()
+        with self.session.changing() as session:  # in a worker thread, beside the viewer's autosaves
+            session.checkpoints = [str(p.relative_to(self.folder)) for p in paths]
+            session.history.append(summary)
+            self._set_trained_on(trained_on)
+            session.save()
         if refresh:
             for slide in list(self.maps):
                 yield from self.iter_priority(slide, measure=measure or self.maps[slide].measure, cancel=cancel)

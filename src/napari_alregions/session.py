@@ -13,6 +13,9 @@ from __future__ import annotations
 import json
 import os
 import platform
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,6 +65,8 @@ class Session:
     checkpoints: list[str] = field(default_factory=list)  # model (ensemble members), relative to folder
     _labels: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     _dirty: set[str] = field(default_factory=set, repr=False)
+    # a retrain proposes and saves from its worker thread while the viewer accepts and autosaves
+    _lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
     # -- creation ----------------------------------------------------------------------
     @classmethod
@@ -139,36 +144,48 @@ class Session:
             raise ValueError(f"labels for {name!r} must have shape {tuple(expected)}, got {labels.shape}")
         if labels.size and int(labels.max()) > len(self.classes):
             raise ValueError(f"label values must be 0 (unlabeled) to {len(self.classes)}, got {int(labels.max())}")
-        self._labels[name] = labels.astype(np.uint8)
-        self._dirty.add(name)
+        with self._lock:
+            self._labels[name] = labels.astype(np.uint8)
+            self._dirty.add(name)
 
     def mark_labels_changed(self, name: str) -> None:
-        self._dirty.add(name)
+        with self._lock:
+            self._dirty.add(name)
 
     def _label_path(self, name: str) -> Path:
         return self.folder / "labels" / f"{name}.zarr.zip"
+
+    @contextmanager
+    def changing(self) -> Iterator[Session]:
+        """Hold the session while changing several fields (``history``, ``params``, ...):
+        a save from another thread waits, so it never writes half of the change."""
+        with self._lock:
+            yield self
 
     # -- regions -------------------------------------------------------------------------
     def accept(self, region: Region) -> Region:
         """Move a proposed region (or a new one) into the labeled set."""
         region = region if region.uid else region.with_(uid=_new_uid())
-        self.regions = [r for r in self.regions if r.uid != region.uid]
-        self.accepted.append(region)
+        with self._lock:
+            self.regions = [r for r in self.regions if r.uid != region.uid]
+            self.accepted.append(region)
         return region
 
     def unaccept(self, uid: str | None) -> Region:
         """Drop the accepted region ``uid`` from the labeled set and return it. Its label
         pixels stay: :meth:`~napari_alregions.project.AnnotationProject.remove_accepted` clears them."""
-        for i, r in enumerate(self.accepted):
-            if uid and r.uid == uid:
-                return self.accepted.pop(i)
+        with self._lock:
+            for i, r in enumerate(self.accepted):
+                if uid and r.uid == uid:
+                    return self.accepted.pop(i)
         raise ValueError(f"region: {uid!r} is not an accepted region of this session (already removed?)")
 
     def propose(self, regions: list[Region]) -> list[Region]:
         """Replace the proposals of the same slides and methods with new ones."""
         regions = [r if r.uid else r.with_(uid=_new_uid()) for r in regions]
         keys = {(r.slide, r.method) for r in regions}
-        self.regions = [r for r in self.regions if (r.slide, r.method) not in keys] + regions
+        with self._lock:
+            self.regions = [r for r in self.regions if (r.slide, r.method) not in keys] + regions
         return regions
 
     def accepted_on(self, slide: str) -> list[Region]:
@@ -183,25 +200,27 @@ class Session:
         return self.folder / "checkpoints" / name
 
     def save(self) -> None:
-        """Write everything changed, atomically file by file; ``session.json`` last."""
-        (self.folder / "labels").mkdir(parents=True, exist_ok=True)
-        (self.folder / "checkpoints").mkdir(exist_ok=True)
-        for name in sorted(self._dirty):
-            _write_label_zip(self._label_path(name), self._labels[name])
-        write_regions(self.folder / REGIONS_FILE, [*self.accepted, *self.regions])
-        meta = {
-            "format": FORMAT,
-            "version": 1,
-            "software": {"napari-alregions": __version__, "python": platform.python_version()},
-            "classes": list(self.classes),
-            "slides": [_entry_dict(e) for e in self.slides.values()],
-            "accepted": [r.uid for r in self.accepted],
-            "history": self.history,
-            "params": self.params,
-            "checkpoints": self.checkpoints,
-        }
-        _atomic_write_text(self.folder / SESSION_FILE, json.dumps(meta, indent=1, default=_json_default), fsync=True)
-        self._dirty.clear()
+        """Write everything changed, atomically file by file; ``session.json`` last.
+        One save at a time (threads wait), so each writes a consistent state."""
+        with self._lock:
+            (self.folder / "labels").mkdir(parents=True, exist_ok=True)
+            (self.folder / "checkpoints").mkdir(exist_ok=True)
+            for name in sorted(self._dirty):
+                _write_label_zip(self._label_path(name), self._labels[name])
+            write_regions(self.folder / REGIONS_FILE, [*self.accepted, *self.regions])
+            meta = {
+                "format": FORMAT,
+                "version": 1,
+                "software": {"napari-alregions": __version__, "python": platform.python_version()},
+                "classes": list(self.classes),
+                "slides": [_entry_dict(e) for e in self.slides.values()],
+                "accepted": [r.uid for r in self.accepted],
+                "history": self.history,
+                "params": self.params,
+                "checkpoints": self.checkpoints,
+            }
+            _atomic_write_text(self.folder / SESSION_FILE, json.dumps(meta, indent=1, default=_json_default), fsync=True)
+            self._dirty.clear()
 
 
 def _entry_dict(e: SlideEntry) -> dict[str, Any]:
