@@ -294,6 +294,12 @@ def test_export_import_round_trip(tmp_path, small_pool):
     q.import_qupath(out, slide_q)
     np.testing.assert_array_equal(q.session.labels(slide_q), p.session.labels(slide))
     assert sorted((r.x, r.y, r.w, r.h) for r in q.session.accepted) == sorted((r.x, r.y, r.w, r.h) for r in p.session.accepted)
+    # importing the same file again (or into the session it came from) adds nothing twice
+    for project, name in ((q, slide_q), (p, slide)):
+        accepted, labels = list(project.session.accepted), project.session.labels(name).copy()
+        assert project.import_qupath(out, name)["regions"] == 0
+        assert project.session.accepted == accepted
+        np.testing.assert_array_equal(project.session.labels(name), labels)
     p.close()
     q.close()
 

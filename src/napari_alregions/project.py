@@ -766,7 +766,9 @@ class AnnotationProject:
         Every labeled polygon lies in an accepted region afterwards (its bounding box is
         accepted when no region holds it). When the file has no annotation of the first
         class (background), unlabeled pixels of imported regions become background, as
-        with :meth:`accept`. Our own proposals (``Proposal: <method>``) are skipped.
+        with :meth:`accept`. Our own proposals (``Proposal: <method>``) are skipped, and so
+        are regions the labeled set already holds (same box), so a file imported twice, or
+        into the session that exported it, adds nothing twice.
         """
         self._slide(slide)
         try:
@@ -782,6 +784,9 @@ class AnnotationProject:
         f = self.label_factor(slide)
         new = []
         for a, r in plain:
+            # a region already in the labeled set (the file imported before, or exported from here) is not added twice
+            if any(_same_box(acc, r) for acc in self.session.accepted_on(slide)):
+                continue
             new.append(self.session.accept(r.with_(slide=slide, method=r.method or "qupath", uid=None)))
         for a, _ in labeled:
             for poly in a.polygons:
@@ -815,6 +820,10 @@ def _bounding_region(ring: Sequence[tuple[float, float]]) -> Region:
     x0, y0 = np.floor(xy.min(axis=0)).astype(int)
     x1, y1 = np.ceil(xy.max(axis=0)).astype(int)
     return Region(int(x0), int(y0), max(1, int(x1 - x0)), max(1, int(y1 - y0)))
+
+
+def _same_box(a: Region, b: Region) -> bool:
+    return (a.x, a.y, a.w, a.h) == (b.x, b.y, b.w, b.h)
 
 
 def _contains(outer: Region, inner: Region) -> bool:
