@@ -71,13 +71,20 @@ def test_reveal_and_fraction():
     assert annotated_fraction({"s": truth}, {"s": labels}, ["s"]) == pytest.approx(64 / 200)
 
 
-def test_bad_config(sim_pool):
+def test_bad_config(sim_pool, tmp_path):
     with pytest.raises(ValueError, match="multiple of the stride"):
         run_simulation(sim_pool, SimConfig(settings=((100, 1),)))
     with pytest.raises(ValueError, match="needs a prototype set"):
         run_simulation(sim_pool, SimConfig(initial=("prototype",)))
     with pytest.raises(ValueError, match="unknown initial"):
         run_simulation(sim_pool, SimConfig(initial=("kmeans",)))
+    # settings that could only fail late (k = 0 after the baseline's training) fail first
+    for bad, match in [({"settings": ((384, 0),)}, "k .* must be >= 1"), ({"cycles": 0}, "cycles must be >= 1"),
+                       ({"settings": ()}, "at least one"), ({"methods": ()}, "at least one selector"),
+                       ({"settings": ((-64, 1),)}, "positive multiple"), ({"target": 1.5}, "target"),
+                       ({"methods": ("bogus",)}, "unknown method 'bogus'; choose from random")]:
+        with pytest.raises(ValueError, match=match):
+            run_simulation(tmp_path / "no pool here", SimConfig(**bad))  # raised before the pool is read
 
 
 @pytest.mark.slow

@@ -74,6 +74,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         initial=tuple(m.strip() for m in args.initial.split(",")), prototypes=args.prototypes, encoder=args.encoder,
         scheduler=args.scheduler, local_cluster=args.local_cluster,
     )
+    config.validate()  # before the bar starts
     total = len(config.methods) * len(config.initial) * len(config.settings) * config.cycles + int(config.full_baseline)
     with progress_bar(total, "simulation", "cycle") as bar:
         result = run_simulation(args.slides, config, out=args.out, progress=steps_with_message(bar))

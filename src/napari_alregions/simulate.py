@@ -61,6 +61,34 @@ class SimConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the setting that cannot run (before any work)."""
+        from .selection import METHODS
+
+        if not self.methods:
+            raise ValueError("methods: name at least one selector")
+        for m in self.methods:
+            if m not in METHODS:
+                raise ValueError(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
+        for init in self.initial:
+            if init not in INITIAL:
+                raise ValueError(f"unknown initial strategy {init!r}; choose from {', '.join(INITIAL)}")
+        if ("prototype" in self.methods or "prototype" in self.initial) and not self.prototypes:
+            raise ValueError("prototype selection needs a prototype set (--prototypes FILE.npz)")
+        if self.measure not in MEASURES or MEASURES[self.measure][1]:
+            raise ValueError(f"measure must be a single-model measure, got {self.measure!r}")
+        if self.cycles < 1:
+            raise ValueError(f"cycles must be >= 1, got {self.cycles}")
+        if not 0 < self.target <= 1:
+            raise ValueError(f"target must be in (0, 1] (a share of full-annotation mIoU), got {self.target}")
+        if not self.settings:
+            raise ValueError("settings: give at least one (region size, k) pair")
+        for l_, k_ in self.settings:
+            if l_ <= 0 or l_ % self.stride:
+                raise ValueError(f"region size {l_} must be a positive multiple of the stride {self.stride}")
+            if k_ < 1:
+                raise ValueError(f"k (regions per slide and cycle) must be >= 1, got {k_}")
+
 
 @dataclass
 class Pool:
@@ -290,21 +318,7 @@ def run_simulation(
     """
     import torch
 
-    from .selection import METHODS
-
-    for m in config.methods:
-        if m not in METHODS:
-            raise ValueError(f"unknown method {m!r}")
-    for init in config.initial:
-        if init not in INITIAL:
-            raise ValueError(f"unknown initial strategy {init!r}; choose from {', '.join(INITIAL)}")
-    if ("prototype" in config.methods or "prototype" in config.initial) and not config.prototypes:
-        raise ValueError("prototype selection needs a prototype set (--prototypes FILE.npz)")
-    if config.measure not in MEASURES or MEASURES[config.measure][1]:
-        raise ValueError(f"measure must be a single-model measure, got {config.measure!r}")
-    for l_, k_ in config.settings:
-        if l_ % config.stride:
-            raise ValueError(f"region size {l_} must be a multiple of the stride {config.stride}")
+    config.validate()
     say = progress or (lambda msg: None)
     pool = Pool.load(pool_folder, level=config.level, stride=config.stride)
     features = _Features(pool, config)
