@@ -184,6 +184,36 @@ def test_empty_and_all_negative_labels(small_pool):
         find_candidates(slide, np.zeros((3, 3), np.uint8), level=1, patch_size=64)
 
 
+@pytest.mark.parametrize("block", [256, 32])  # 32: many labeled areas, bounding boxes that overlap
+def test_candidates_match_a_brute_force_scan(slide, monkeypatch, block):
+    from napari_alregions.model import data
+
+    monkeypatch.setattr(data, "_BLOCK", block)
+    h, w = slide.levels[1].shape[:2]
+    rng = np.random.default_rng(5)
+    labels = np.zeros((h, w), np.uint8)
+    for y, x, hh, ww in [(10, 10, 90, 120), (60, 150, 40, 70), (300, 200, 150, 60), (330, 240, 30, 200), (480, 0, 32, 512),
+                           (100, 300, 60, 100), (200, 420, 56, 60)]:  # ending on a block edge (160, 256)
+        labels[y : y + hh, x : x + ww] = rng.integers(1, 4, size=(min(hh, h - y), min(ww, w - x)))
+    labels[320:340, 250:260] = 0  # a hole: centres over it are out
+    d, step, half = 32, 8, 8
+    for n_classes, lab in ((2, np.minimum(labels, 2)), (3, labels)):
+        c = find_candidates(slide, lab, level=1, patch_size=d, step=step)
+        expected = []
+        for y in range(d // 2, h - d // 2 + 1, step):
+            for x in range(d // 2, w - d // 2 + 1, step):
+                centre = lab[y - half : y + half, x - half : x + half]
+                if (centre > 0).all():
+                    counts = [(centre == v).sum() for v in range(1, n_classes + 1)]
+                    expected.append((y, x, int((centre == 2).any()) if n_classes == 2 else int(np.argmax(counts))))
+        assert len(expected) > 50
+        assert [(int(y), int(x), int(k)) for (y, x), k in zip(c.centres, c.labels)] == expected
+    # the tissue filter drops centres without tissue and keeps the rest
+    no_tissue = find_candidates(slide, labels, level=1, patch_size=d, step=step, tissue=np.zeros((64, 64), bool))
+    all_tissue = find_candidates(slide, labels, level=1, patch_size=d, step=step, tissue=np.ones((64, 64), bool))
+    assert len(no_tissue) == 0 and np.array_equal(all_tissue.centres, c.centres)
+
+
 def test_build_model_errors():
     with pytest.raises(ValueError, match="unknown architecture"):
         build_model("vgg")

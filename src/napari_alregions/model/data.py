@@ -62,30 +62,67 @@ def find_candidates(
     half = d // 4  # centre area is d/2 wide: centre +- d/4
     ys = np.arange(d // 2, lh - d // 2 + 1, step)
     xs = np.arange(d // 2, lw - d // 2 + 1, step)
-    if ys.size == 0 or xs.size == 0 or not labels.any():
+    found = []
+    # a slide's labels cover a few regions: work in the bounding box of each labeled area,
+    # so memory follows the labeled area, not the slide (a level-1 WSI mask is ~10^9 px)
+    boxes = _labeled_boxes(labels) if ys.size and xs.size else []
+    n_classes = max((int(labels[y0:y1, x0:x1].max()) for y0, y1, x0, x1 in boxes), default=0)
+    for y0, y1, x0, x1 in boxes:
+        by = ys[(ys - half >= y0) & (ys + half <= y1)]
+        bx = xs[(xs - half >= x0) & (xs + half <= x1)]
+        if by.size and bx.size:
+            found.append(_centre_classes(labels[y0:y1, x0:x1], by - y0, bx - x0, half, n_classes, (y0, x0)))
+    if not found:
         return PatchCandidates(slide, level, d, np.zeros((0, 2), int), np.zeros(0, int))
+    centres = np.concatenate([c for c, _ in found])
+    cls = np.concatenate([k for _, k in found])
+    # boxes of two areas may overlap: each centre once, in row-major order
+    centres, first = np.unique(centres, axis=0, return_index=True)
+    cls = cls[first]
+    if tissue is not None and len(centres):
+        t = np.asarray(tissue, dtype=np.float64)
+        sy, sx = t.shape[0] / lh, t.shape[1] / lw
+        ty = np.clip((centres[:, 0] * sy).astype(int), 0, t.shape[0] - 1)
+        tx = np.clip((centres[:, 1] * sx).astype(int), 0, t.shape[1] - 1)
+        r = max(1, int(round(d / 2 * sy)))
+        s = integral_image(t)
+        y0, y1 = np.clip(ty - r, 0, t.shape[0]), np.clip(ty + r, 0, t.shape[0])
+        x0, x1 = np.clip(tx - r, 0, t.shape[1]), np.clip(tx + r, 0, t.shape[1])
+        keep = box_sum(s, y0, x0, y1, x1) / float((2 * r) ** 2) >= min_tissue
+        centres, cls = centres[keep], cls[keep]
+    return PatchCandidates(slide, level, d, centres, cls)
+
+
+_BLOCK = 256  # label px per side of the blocks that find the labeled areas
+
+
+def _labeled_boxes(labels: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """(y0, y1, x0, x1) bounding boxes of the 8-connected groups of label blocks holding a label."""
+    from scipy import ndimage
+
+    h, w = labels.shape
+    starts = np.arange(0, w, _BLOCK)
+    occupied = np.array([np.logical_or.reduceat(labels[r : r + _BLOCK].any(axis=0), starts)
+                         for r in range(0, h, _BLOCK)], dtype=bool).reshape(-1, len(starts))
+    groups, _ = ndimage.label(occupied, structure=np.ones((3, 3), bool))
+    return [(sy.start * _BLOCK, min(h, sy.stop * _BLOCK), sx.start * _BLOCK, min(w, sx.stop * _BLOCK))
+            for sy, sx in ndimage.find_objects(groups)]
+
+
+def _centre_classes(labels: np.ndarray, ys: np.ndarray, xs: np.ndarray, half: int, n_classes: int,
+                    offset: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Centres (offset back to the slide) of the grid points ys x xs of ``labels`` whose
+    centre area is entirely labeled, and their classes (the module's label rule)."""
     # centre-area statistics for every grid point via integral images
     labeled = _box_sums((labels > 0).astype(np.float64), ys, xs, half)
-    positive = _box_sums((labels == 2).astype(np.float64), ys, xs, half)
     full = labeled >= (2 * half) ** 2 - 0.5
-    n_classes = int(labels.max())
     if n_classes <= 2:
-        cls = (positive > 0).astype(int)
+        cls = (_box_sums((labels == 2).astype(np.float64), ys, xs, half) > 0).astype(int)
     else:
         counts = np.stack([_box_sums((labels == v).astype(np.float64), ys, xs, half) for v in range(1, n_classes + 1)], -1)
         cls = np.argmax(counts, axis=-1)
-    keep = full
-    if tissue is not None:
-        t = np.asarray(tissue, dtype=np.float64)
-        sy, sx = t.shape[0] / lh, t.shape[1] / lw
-        ty = np.clip((ys * sy).astype(int), 0, t.shape[0] - 1)
-        tx = np.clip((xs * sx).astype(int), 0, t.shape[1] - 1)
-        r = max(1, int(round(d / 2 * sy)))
-        frac = _box_sums(t, ty, tx, r) / float((2 * r) ** 2)
-        keep &= frac >= min_tissue
-    gy, gx = np.nonzero(keep)
-    centres = np.stack([ys[gy], xs[gx]], axis=1)
-    return PatchCandidates(slide, level, d, centres, cls[gy, gx])
+    gy, gx = np.nonzero(full)
+    return np.stack([ys[gy] + offset[0], xs[gx] + offset[1]], axis=1), cls[gy, gx]
 
 
 def _box_sums(a: np.ndarray, ys: np.ndarray, xs: np.ndarray, half: int) -> np.ndarray:
