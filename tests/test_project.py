@@ -128,6 +128,22 @@ def test_remove_accepted_region_deletes_its_labels_only(tmp_path, small_pool):
     p.close()
 
 
+def test_annotated_share_matches_a_whole_slide_count(tmp_path, small_pool):
+    p, slide, truth = _project(tmp_path, small_pool)
+    # overlapping regions (an import can make them), one at the slide's edge
+    for r in (Region(0, 0, 512, 512, slide=slide), Region(256, 256, 512, 512, slide=slide),
+              Region(768, 640, 256, 384, slide=slide)):
+        _paint_truth(p, p.accept(r), truth)
+    p.session.labels(slide)[5:9, 5:9] = 0  # erased pixels are not annotated
+    tissue = p.tissue_labels(slide)  # the whole slide, the reference
+    expected = 100.0 * ((p.session.labels(slide) > 0) & tissue).sum() / tissue.sum()
+    assert 0 < expected < 100 and p.annotated_pct(slide) == pytest.approx(expected)
+    assert p.annotated_pct() == pytest.approx(expected)  # one slide
+    y0, x0, y1, x1 = 100, 200, 300, 260
+    np.testing.assert_array_equal(p.tissue_labels(slide, (y0, x0, y1, x1)), tissue[y0:y1, x0:x1])
+    p.close()
+
+
 def test_pending_regions_count_by_region_through_removals(tmp_path, small_pool):
     p, slide, truth = _project(tmp_path, small_pool)
     a, b = (p.accept(Region(x, 0, 256, 256, slide=slide)) for x in (0, 512))

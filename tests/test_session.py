@@ -113,3 +113,48 @@ def test_saves_from_two_threads_never_tear_the_session(tmp_path):
     assert back.regions == s.regions and back.history == s.history
     np.testing.assert_array_equal(back.labels("a"), s.labels("a"))
     assert not list(s.folder.rglob(".*.part*"))
+
+
+def test_labels_are_stored_by_chunk_and_read_back(tmp_path):
+    import zipfile
+
+    import zarr
+    from zarr.storage import ZipStore
+
+    from napari_alregions.session import LABEL_CHUNK as C
+
+    s = Session.create(tmp_path / "s")
+    s.add_slide("a", "/data/a.tif", label_shape=(3 * C + 100, 2 * C + 7))
+    lab = s.labels("a")
+    lab[10:20, C - 5 : C + 5] = 2  # straddles chunks (0, 0) and (0, 1)
+    s.mark_labels_changed("a", (10, C - 5, 20, C + 5))
+    lab[3 * C + 50, 2 * C + 3] = 1  # the partial corner chunk, found by a scan
+    s.mark_labels_changed("a")
+    s.save()
+    path = s.folder / "labels" / "a.zarr.zip"
+    chunk_files = sorted(n for n in zipfile.ZipFile(path).namelist() if n.startswith("c/"))
+    assert chunk_files == ["c/0/0", "c/0/1", "c/3/2"]  # only chunks holding labels are written
+    back = Session.open(s.folder)
+    np.testing.assert_array_equal(back.labels("a"), lab)
+    # a chunk cleared since is dropped at the next save
+    back.labels("a")[10:20, C - 5 : C] = 0
+    back.mark_labels_changed("a", (10, C - 5, 20, C))
+    back.save()
+    assert sorted(n for n in zipfile.ZipFile(path).namelist() if n.startswith("c/")) == ["c/0/1", "c/3/2"]
+    np.testing.assert_array_equal(Session.open(s.folder).labels("a"), back.labels("a"))
+
+    # a file written whole, without the chunk list, still opens, and is rewritten by chunk
+    old = np.zeros((3 * C + 100, 2 * C + 7), np.uint8)
+    old[700:710, 5:9] = 2
+    store = ZipStore(path, mode="w")
+    z = zarr.create_array(store, shape=old.shape, chunks=(1024, 1024), dtype="uint8", fill_value=0)
+    z[:] = old
+    store.close()
+    legacy = Session.open(s.folder)
+    np.testing.assert_array_equal(legacy.labels("a"), old)
+    legacy.labels("a")[0, 0] = 1
+    legacy.mark_labels_changed("a", (0, 0, 1, 1))
+    legacy.save()
+    assert sorted(n for n in zipfile.ZipFile(path).namelist() if n.startswith("c/")) == ["c/0/0", "c/1/0"]
+    old[0, 0] = 1
+    np.testing.assert_array_equal(Session.open(s.folder).labels("a"), old)

@@ -104,7 +104,7 @@ class AnnotationProject:
         self.prototypes = None  # PrototypeSet
         self.models: list = []
         self.spec = None
-        self._tissue_labels: dict[str, np.ndarray] = {}
+        self._tissue_px_cache: dict[str, int] = {}
 
     # -- creation ------------------------------------------------------------------------
     @classmethod
@@ -318,26 +318,53 @@ class AnnotationProject:
         y1, x1 = min(shape[0], math.ceil(region.y1 / f)), min(shape[1], math.ceil(region.x1 / f))
         return y0, x0, y1, x1
 
-    def tissue_labels(self, slide: str) -> np.ndarray:
-        """The tissue mask resampled to the labeling level (nearest neighbour; cached)."""
-        if slide not in self._tissue_labels:
-            s = self._slide(slide)
-            mask = s.tissue_mask()
+    def _tissue_rows_cols(self, slide: str, box: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The tissue mask and, for the label px rows and columns of ``box``, the mask's row
+        and column each falls in (nearest neighbour)."""
+        s = self._slide(slide)
+        mask = s.tissue_mask()
+        ratio = self.label_factor(slide) / s.level_factor(s.tissue_level)
+        y0, x0, y1, x1 = box
+        rows = np.minimum((np.arange(y0, y1) * ratio).astype(int), mask.shape[0] - 1)
+        cols = np.minimum((np.arange(x0, x1) * ratio).astype(int), mask.shape[1] - 1)
+        return mask, rows, cols
+
+    def tissue_labels(self, slide: str, box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+        """The tissue mask resampled to the labeling level (nearest neighbour), in ``box``
+        ``(y0, x0, y1, x1)`` (label px) or over the slide (large for a WSI)."""
+        shape = self.session.slides[slide].label_shape
+        mask, rows, cols = self._tissue_rows_cols(slide, box or (0, 0, *shape))
+        return mask[np.ix_(rows, cols)]
+
+    def _tissue_px(self, slide: str) -> int:
+        """Label px on tissue, counted on the tissue mask (cached)."""
+        if slide not in self._tissue_px_cache:
             shape = self.session.slides[slide].label_shape
-            ratio = self.label_factor(slide) / s.level_factor(s.tissue_level)
-            rows = np.minimum((np.arange(shape[0]) * ratio).astype(int), mask.shape[0] - 1)
-            cols = np.minimum((np.arange(shape[1]) * ratio).astype(int), mask.shape[1] - 1)
-            self._tissue_labels[slide] = mask[np.ix_(rows, cols)]
-        return self._tissue_labels[slide]
+            mask, rows, cols = self._tissue_rows_cols(slide, (0, 0, *shape))
+            per_row = np.bincount(rows, minlength=mask.shape[0])
+            per_col = np.bincount(cols, minlength=mask.shape[1])
+            self._tissue_px_cache[slide] = int(per_row @ mask.astype(np.int64) @ per_col)
+        return self._tissue_px_cache[slide]
 
     def annotated_pct(self, slide: str | None = None) -> float:
-        """Labeled share of the tissue, in %, of one slide or of all slides."""
+        """Labeled share of the tissue, in %, of one slide or of all slides.
+
+        Labels lie in accepted regions only, so only those are read: the cost follows the
+        labeled area, not the slide (this runs after every autosaved stroke).
+        """
         names = [slide] if slide is not None else list(self.slides)
         done = total = 0
         for n in names:
-            t = self.tissue_labels(n)
-            done += int(((self.session.labels(n) > 0) & t).sum())
-            total += int(t.sum())
+            total += self._tissue_px(n)
+            labels, seen = self.session.labels(n), []
+            for r in self.session.accepted_on(n):
+                box = self.label_box(r)
+                y0, x0, y1, x1 = box
+                fresh = labels[y0:y1, x0:x1] > 0
+                for other in seen:  # counted with an earlier, overlapping region
+                    fresh[_overlap(box, other)] = False
+                done += int((fresh & self.tissue_labels(n, box)).sum())
+                seen.append(box)
         return 100.0 * done / total if total else 0.0
 
     # -- maps -----------------------------------------------------------------------------
@@ -579,7 +606,7 @@ class AnnotationProject:
             crop[crop == 0] = 1
         elif prefill == "prediction":
             crop[crop == 0] = self._predicted_labels(accepted)[crop == 0]
-        self.session.mark_labels_changed(accepted.slide)
+        self.session.mark_labels_changed(accepted.slide, (y0, x0, y1, x1))
         self.session.save()
         return accepted
 
@@ -608,11 +635,10 @@ class AnnotationProject:
         y0, x0, y1, x1 = self.label_box(removed)
         keep = np.zeros((y1 - y0, x1 - x0), dtype=bool)
         for other in self.session.accepted_on(removed.slide):
-            oy0, ox0, oy1, ox1 = self.label_box(other)
-            keep[max(oy0, y0) - y0 : max(0, min(oy1, y1) - y0), max(ox0, x0) - x0 : max(0, min(ox1, x1) - x0)] = True
+            keep[_overlap((y0, x0, y1, x1), self.label_box(other))] = True
         crop = self.session.labels(removed.slide)[y0:y1, x0:x1]
         crop[~keep] = 0
-        self.session.mark_labels_changed(removed.slide)
+        self.session.mark_labels_changed(removed.slide, (y0, x0, y1, x1))
         self.session.save()
         return removed
 
@@ -649,7 +675,7 @@ class AnnotationProject:
         if data.size and (data.min() < 0 or data.max() > len(self.classes)):
             raise ValueError(f"label values must be 0 (unlabeled) to {len(self.classes)}, got {data.min()}..{data.max()}")
         self.session.labels(region.slide)[y0:y1, x0:x1] = data
-        self.session.mark_labels_changed(region.slide)
+        self.session.mark_labels_changed(region.slide, (y0, x0, y1, x1))
         self.session.save()
 
     # -- training ---------------------------------------------------------------------------
@@ -820,6 +846,13 @@ def _bounding_region(ring: Sequence[tuple[float, float]]) -> Region:
     x0, y0 = np.floor(xy.min(axis=0)).astype(int)
     x1, y1 = np.ceil(xy.max(axis=0)).astype(int)
     return Region(int(x0), int(y0), max(1, int(x1 - x0)), max(1, int(y1 - y0)))
+
+
+def _overlap(box: tuple[int, int, int, int], other: tuple[int, int, int, int]) -> tuple[slice, slice]:
+    """The part of ``box`` (y0, x0, y1, x1) that ``other`` covers, as slices of a crop of ``box``."""
+    y0, x0, y1, x1 = box
+    oy0, ox0, oy1, ox1 = other
+    return (slice(max(oy0, y0) - y0, max(0, min(oy1, y1) - y0)), slice(max(ox0, x0) - x0, max(0, min(ox1, x1) - x0)))
 
 
 def _same_box(a: Region, b: Region) -> bool:

@@ -3,7 +3,8 @@
 A session folder holds ``session.json`` (slides, classes, cycle history, parameters,
 versions), ``regions.geojson`` (proposed and accepted regions, QuPath-compatible),
 ``labels/<slide>.zarr.zip`` (one uint8 zarr array per slide at the labeling level: 0
-unlabeled, ``i + 1`` for class i) and ``checkpoints/``. Every file is written to a
+unlabeled, ``i + 1`` for class i; only the chunks holding labels are stored, listed in
+the array's attributes) and ``checkpoints/``. Every file is written to a
 temporary name and renamed into place, and ``session.json`` is written last: a crash in the
 middle of :meth:`Session.save` leaves the previous session readable.
 """
@@ -33,6 +34,8 @@ __all__ = ["Session", "SessionError", "SlideEntry"]
 SESSION_FILE = "session.json"
 REGIONS_FILE = "regions.geojson"
 FORMAT = "napari-alregions session"
+LABEL_CHUNK = 512  # label px per side of a stored label chunk
+_CHUNKS_ATTR = "napari-alregions chunks"  # the stored chunks, listed in the array's attributes
 
 
 class SessionError(ValueError):
@@ -65,6 +68,9 @@ class Session:
     checkpoints: list[str] = field(default_factory=list)  # model (ensemble members), relative to folder
     _labels: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     _dirty: set[str] = field(default_factory=set, repr=False)
+    # per slide, the label chunks that may hold labels (None: not known, scan the mask):
+    # saving and loading touch those only, so they cost the labeled area, not the slide's
+    _chunks: dict[str, set[tuple[int, int]] | None] = field(default_factory=dict, repr=False)
     # a retrain proposes and saves from its worker thread while the viewer accepts and autosaves
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
@@ -126,16 +132,18 @@ class Session:
         """The slide's label mask (a writable array; call :meth:`mark_labels_changed`)."""
         if name not in self.slides:
             raise KeyError(f"no slide {name!r} in the session")
-        if name not in self._labels:
-            path = self._label_path(name)
-            if path.exists():
-                self._labels[name] = _read_label_zip(path)
-            else:
-                shape = self.slides[name].label_shape
-                if shape is None:
-                    raise SessionError(f"slide {name!r} has no label shape")
-                self._labels[name] = np.zeros(shape, dtype=np.uint8)
-        return self._labels[name]
+        with self._lock:
+            if name not in self._labels:
+                path = self._label_path(name)
+                if path.exists():
+                    self._labels[name], self._chunks[name] = _read_label_zip(path)
+                else:
+                    shape = self.slides[name].label_shape
+                    if shape is None:
+                        raise SessionError(f"slide {name!r} has no label shape")
+                    # np.zeros maps its pages on first write: an unlabeled mask costs no memory
+                    self._labels[name], self._chunks[name] = np.zeros(shape, dtype=np.uint8), set()
+            return self._labels[name]
 
     def set_labels(self, name: str, labels: np.ndarray) -> None:
         labels = np.asarray(labels)
@@ -146,11 +154,21 @@ class Session:
             raise ValueError(f"label values must be 0 (unlabeled) to {len(self.classes)}, got {int(labels.max())}")
         with self._lock:
             self._labels[name] = labels.astype(np.uint8)
+            self._chunks[name] = None
             self._dirty.add(name)
 
-    def mark_labels_changed(self, name: str) -> None:
+    def mark_labels_changed(self, name: str, box: tuple[int, int, int, int] | None = None) -> None:
+        """Have the next :meth:`save` write the slide's labels; ``box`` ``(y0, x0, y1, x1)``
+        (label px): only there did they change (else the whole mask is scanned)."""
         with self._lock:
             self._dirty.add(name)
+            known = self._chunks.get(name)
+            if box is None or known is None:
+                self._chunks[name] = None
+            else:
+                y0, x0, y1, x1 = (int(v) for v in box)
+                known.update((cy, cx) for cy in range(y0 // LABEL_CHUNK, (max(y1, y0 + 1) - 1) // LABEL_CHUNK + 1)
+                             for cx in range(x0 // LABEL_CHUNK, (max(x1, x0 + 1) - 1) // LABEL_CHUNK + 1))
 
     def _label_path(self, name: str) -> Path:
         return self.folder / "labels" / f"{name}.zarr.zip"
@@ -206,7 +224,7 @@ class Session:
             (self.folder / "labels").mkdir(parents=True, exist_ok=True)
             (self.folder / "checkpoints").mkdir(exist_ok=True)
             for name in sorted(self._dirty):
-                _write_label_zip(self._label_path(name), self._labels[name])
+                self._chunks[name] = _write_label_zip(self._label_path(name), self._labels[name], self._chunks.get(name))
             write_regions(self.folder / REGIONS_FILE, [*self.accepted, *self.regions])
             meta = {
                 "format": FORMAT,
@@ -246,26 +264,46 @@ def _new_uid() -> str:
     return str(uuid.uuid4())
 
 
-def _write_label_zip(path: Path, labels: np.ndarray) -> None:
+def _write_label_zip(path: Path, labels: np.ndarray, chunks: set[tuple[int, int]] | None) -> set[tuple[int, int]]:
+    """Write the chunks of ``labels`` that hold labels, among ``chunks`` (None: all), as a
+    zipped zarr array; returns the chunks written."""
     import zarr
     from zarr.storage import ZipStore
 
+    c = LABEL_CHUNK
+    if chunks is None:
+        chunks = {(cy, cx) for cy in range(-(-labels.shape[0] // c)) for cx in range(-(-labels.shape[1] // c))}
+    written = sorted(k for k in chunks if labels[k[0] * c : (k[0] + 1) * c, k[1] * c : (k[1] + 1) * c].any())
     with atomic_path(path) as tmp:
         store = ZipStore(tmp, mode="w")
         try:
-            z = zarr.create_array(store, shape=labels.shape, chunks=(min(1024, labels.shape[0]), min(1024, labels.shape[1])), dtype="uint8", fill_value=0)
-            z[:] = labels
+            z = zarr.create_array(store, shape=labels.shape, chunks=(c, c), dtype="uint8", fill_value=0,
+                                  attributes={_CHUNKS_ATTR: [list(k) for k in written]})
+            for cy, cx in written:
+                box = (slice(cy * c, min((cy + 1) * c, labels.shape[0])), slice(cx * c, min((cx + 1) * c, labels.shape[1])))
+                z[box] = labels[box]
         finally:
             store.close()
+    return set(written)
 
 
-def _read_label_zip(path: Path) -> np.ndarray:
+def _read_label_zip(path: Path) -> tuple[np.ndarray, set[tuple[int, int]] | None]:
+    """The label mask and its stored chunks (None where the file does not list them)."""
     import zarr
     from zarr.storage import ZipStore
 
     store = ZipStore(path, mode="r")
     try:
-        return np.asarray(zarr.open_array(store, mode="r")[:], dtype=np.uint8)
+        z = zarr.open_array(store, mode="r")
+        listed = z.attrs.get(_CHUNKS_ATTR)
+        if listed is None or tuple(z.chunks) != (LABEL_CHUNK, LABEL_CHUNK):  # an older file, written whole
+            return np.asarray(z[:], dtype=np.uint8), None
+        labels = np.zeros(z.shape, dtype=np.uint8)
+        c = LABEL_CHUNK
+        for cy, cx in listed:
+            box = (slice(cy * c, min((cy + 1) * c, z.shape[0])), slice(cx * c, min((cx + 1) * c, z.shape[1])))
+            labels[box] = z[box]
+        return labels, {(int(cy), int(cx)) for cy, cx in listed}
     except Exception as exc:
         raise SessionError(f"{path}: unreadable label array ({exc})") from exc
     finally:
