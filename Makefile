@@ -39,6 +39,7 @@ lint: setup
 
 bench: setup-test
 	$(BIN)/python benchmarks/bench_io.py
+	$(BIN)/python benchmarks/bench_labels.py
 	$(BIN)/python benchmarks/bench_selection.py
 	$(BIN)/python benchmarks/bench_inference.py
 	$(BIN)/python benchmarks/bench_readers.py

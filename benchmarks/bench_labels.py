@@ -1,0 +1,161 @@
+"""Labels at whole-slide scale: what a painted stroke and a retrain cost on a large slide.
+
+    python benchmarks/bench_labels.py [--size 40960] [--regions 4] [--repeats 5]
+
+A session on a synthetic ``size``² slide labels at level 1 (a (size/2)² mask: 420 M px at
+the default, like level 1 of a 40x WSI). A few 2048² regions are accepted and painted.
+Measured side by side in one run, same session, same labels:
+
+1. one stroke's autosave: the label chunks the stroke touched (what the widget does) vs
+   scanning and writing the whole mask (``mark_labels_changed`` without a box);
+2. the annotated share of the tissue (shown after every autosave): counted in the accepted
+   regions vs over the whole mask and a whole-slide tissue mask at the labeling level;
+3. the training candidates (at each retrain): in the bounding boxes of the labeled areas vs
+   one box over the whole mask (the dense computation), time and peak memory of numpy's
+   buffers (tracemalloc); the dense one is skipped where it would not fit in memory.
+
+The same numbers come out of both sides of each pair (checked).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+
+from napari_alregions.geometry import Region
+from napari_alregions.model import data
+from napari_alregions.project import AnnotationProject
+from napari_alregions.synthetic import make_slide_pool
+
+CACHE = Path(__file__).parent / ".cache"  # shared with bench_io (same slides)
+
+
+def write_whole(path: Path, labels: np.ndarray) -> None:
+    """The naive save: the whole mask into a zipped zarr array (how sessions saved before)."""
+    import zarr
+    from zarr.storage import ZipStore
+
+    store = ZipStore(path, mode="w")
+    try:
+        z = zarr.create_array(store, shape=labels.shape, chunks=(1024, 1024), dtype="uint8", fill_value=0)
+        z[:] = labels
+    finally:
+        store.close()
+
+
+def read_whole(path: Path) -> np.ndarray:
+    import zarr
+    from zarr.storage import ZipStore
+
+    store = ZipStore(path, mode="r")
+    try:
+        return np.asarray(zarr.open_array(store, mode="r")[:])
+    finally:
+        store.close()
+
+
+def timed(fn, repeats: int) -> tuple[float, object]:
+    times, out = [], None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), out
+
+
+def peak(fn) -> tuple[float, int, object]:
+    """Seconds and peak bytes allocated (numpy buffers included) while ``fn`` runs."""
+    tracemalloc.start()
+    t = time.perf_counter()
+    out = fn()
+    seconds = time.perf_counter() - t
+    _, top = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return seconds, top, out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", type=int, default=40960, help="slide side in level-0 px (generated once, ~5 min at 40960)")
+    ap.add_argument("--regions", type=int, default=4)
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args()
+
+    t = time.perf_counter()
+    m = make_slide_pool(CACHE / f"io_{args.size}", n_slides=1, size=args.size, seed=7)
+    print(f"slide {args.size}² ready in {time.perf_counter() - t:.0f} s")
+    with tempfile.TemporaryDirectory() as tmp:
+        p = AnnotationProject.create(Path(tmp) / "s", patch_size=64, level=1)
+        name = p.add_slide(CACHE / f"io_{args.size}" / m["slides"][0]["image"])
+        shape = p.session.slides[name].label_shape
+        rng = np.random.default_rng(0)
+        cells = np.argwhere(p.slides[name].tissue_map(2048, min_fraction=0.9))  # regions on tissue
+        regions = []
+        for cy, cx in cells[rng.choice(len(cells), args.regions, replace=False)]:
+            a = p.accept(Region(int(cx) * 2048, int(cy) * 2048, 2048, 2048, slide=name))
+            lab = p.region_labels(a)
+            lab[rng.random(lab.shape) < 0.3] = 2  # a speckled tumour, every class present
+            lab[100:400, 200:700] = 2
+            p.write_region_labels(a, lab)
+            regions.append(a)
+        print(f"labels {shape[0]}x{shape[1]} ({shape[0] * shape[1] / 1e6:.0f} M px), {args.regions} regions of 2048² px "
+              f"({p.annotated_pct():.3f}% of the tissue)")
+
+        # 1. a stroke's autosave
+        a = regions[0]
+        y0, x0, y1, x1 = p.label_box(a)
+        s = p.session
+
+        def stroke():
+            s.labels(name)[y0 + 10 : y0 + 30, x0 + 10 : x0 + 30] = 2
+            s.mark_labels_changed(name, (y0, x0, y1, x1))
+            s.save()
+
+        ours, _ = timed(stroke, args.repeats)
+        whole, _ = timed(lambda: write_whole(Path(tmp) / "whole.zarr.zip", s.labels(name)), args.repeats)
+        assert np.array_equal(read_whole(Path(tmp) / "whole.zarr.zip"), s.labels(name))
+        assert np.array_equal(type(s).open(s.folder).labels(name), s.labels(name))
+        print(f"stroke autosave: touched chunks {ours * 1e3:8.1f} ms vs whole mask {whole * 1e3:8.1f} ms  ({whole / ours:6.1f}x)")
+
+        # 2. the annotated share
+        tissue = p.tissue_labels(name)  # the whole-slide reference's mask, built once (not timed)
+        ours, pct = timed(lambda: p.annotated_pct(name), args.repeats)
+        whole, count = timed(lambda: int(((s.labels(name) > 0) & tissue).sum()), args.repeats)
+        assert abs(pct - 100.0 * count / tissue.sum()) < 1e-9, (pct, count)
+        tissue = None  # free it before the candidates
+        print(f"annotated share: accepted regions {ours * 1e3:8.1f} ms vs whole mask {whole * 1e3:8.1f} ms  ({whole / ours:6.1f}x)")
+
+        # 3. training candidates
+        labels, mask = s.labels(name), p.slides[name].tissue_mask()
+
+        def candidates():
+            return data.find_candidates(p.slides[name], labels, level=1, patch_size=64, tissue=mask)
+
+        t_ours, m_ours, c_ours = peak(candidates)
+        need = labels.size * 8 * 4  # float64 copies of the mask and their integral images
+        free = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+        line = f"candidates ({len(c_ours)}): labeled areas {t_ours:6.2f} s, {m_ours / 2**20:8.0f} MiB peak"
+        if need > 0.7 * free:
+            print(f"{line} vs whole mask: skipped (would need ~{need / 2**30:.0f} GiB, {free / 2**30:.0f} GiB free)")
+        else:
+            saved, data._BLOCK = data._BLOCK, max(shape)  # one block: the whole mask in one box
+            try:
+                t_dense, m_dense, c_dense = peak(candidates)
+            finally:
+                data._BLOCK = saved
+            assert np.array_equal(c_ours.centres, c_dense.centres) and np.array_equal(c_ours.labels, c_dense.labels)
+            print(f"{line} vs whole mask {t_dense:6.2f} s, {m_dense / 2**20:8.0f} MiB  "
+                  f"({t_dense / t_ours:.1f}x time, {m_dense / m_ours:.0f}x memory)")
+        p.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
