@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_alregions import geometry
 from napari_alregions.geometry import Region
 from napari_alregions.model import data
 from napari_alregions.project import AnnotationProject
@@ -145,11 +146,11 @@ def main() -> int:
         if need > 0.7 * free:
             print(f"{line} vs whole mask: skipped (would need ~{need / 2**30:.0f} GiB, {free / 2**30:.0f} GiB free)")
         else:
-            saved, data._BLOCK = data._BLOCK, max(shape)  # one block: the whole mask in one box
+            saved, geometry.LABEL_BLOCK = geometry.LABEL_BLOCK, max(shape)  # one block: the whole mask in one box
             try:
                 t_dense, m_dense, c_dense = peak(candidates)
             finally:
-                data._BLOCK = saved
+                geometry.LABEL_BLOCK = saved
             assert np.array_equal(c_ours.centres, c_dense.centres) and np.array_equal(c_ours.labels, c_dense.labels)
             print(f"{line} vs whole mask {t_dense:6.2f} s, {m_dense / 2**20:8.0f} MiB  "
                   f"({t_dense / t_ours:.1f}x time, {m_dense / m_ours:.0f}x memory)")

@@ -186,9 +186,9 @@ def test_empty_and_all_negative_labels(small_pool):
 
 @pytest.mark.parametrize("block", [256, 32])  # 32: many labeled areas, bounding boxes that overlap
 def test_candidates_match_a_brute_force_scan(slide, monkeypatch, block):
-    from napari_alregions.model import data
+    from napari_alregions import geometry
 
-    monkeypatch.setattr(data, "_BLOCK", block)
+    monkeypatch.setattr(geometry, "LABEL_BLOCK", block)
     h, w = slide.levels[1].shape[:2]
     rng = np.random.default_rng(5)
     labels = np.zeros((h, w), np.uint8)

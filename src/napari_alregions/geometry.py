@@ -17,9 +17,11 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "LABEL_BLOCK",
     "Region",
     "MapBox",
     "intersection_area",
+    "labeled_boxes",
     "map_box_to_region",
     "overlaps",
     "rasterize",
@@ -277,3 +279,39 @@ def rasterize(regions: Iterable[Region], shape: tuple[int, int], stride: int) ->
     for r in regions:
         out[region_to_map_box(r, stride, shape).slices] = True
     return out
+
+
+#: Side (px) of the blocks :func:`labeled_boxes` groups a mask by.
+LABEL_BLOCK = 256
+
+
+def labeled_boxes(labels: np.ndarray, *, block: int | None = None) -> list[tuple[int, int, int, int]]:
+    """Bounding boxes ``(y0, y1, x0, x1)`` of the labeled areas of a mask.
+
+    The mask is cut into ``block``² blocks (default :data:`LABEL_BLOCK`); the 8-connected
+    groups of blocks holding a nonzero pixel give one box each, so a connected labeled area
+    lies in one box (boxes of two groups may overlap). Work on the boxes costs the labeled
+    area, not the mask: a slide's labels at the labeling level can be ~10^9 px, of which
+    annotated regions hold a few %. One pass reads the mask once, row band by row band.
+
+    Examples
+    --------
+    >>> m = np.zeros((1024, 1024), np.uint8); m[10:20, 10:20] = 1; m[700:800, 900:1000] = 2
+    >>> labeled_boxes(m)
+    [(0, 256, 0, 256), (512, 1024, 768, 1024)]
+    """
+    from scipy import ndimage
+
+    b = LABEL_BLOCK if block is None else int(block)
+    if b < 1:
+        raise ValueError(f"block must be >= 1, got {block}")
+    labels = np.asarray(labels)
+    h, w = labels.shape
+    if not h or not w:
+        return []
+    starts = np.arange(0, w, b)
+    occupied = np.array([np.logical_or.reduceat(labels[r : r + b].any(axis=0), starts) for r in range(0, h, b)],
+                        dtype=bool).reshape(-1, len(starts))
+    groups, _ = ndimage.label(occupied, structure=np.ones((3, 3), bool))
+    return [(sy.start * b, min(h, sy.stop * b), sx.start * b, min(w, sx.stop * b))
+            for sy, sx in ndimage.find_objects(groups)]

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from .._integral import box_sum, integral_image
+from ..geometry import labeled_boxes
 from ..wsi import Slide
 
 __all__ = ["PatchCandidates", "augment", "find_candidates", "normalise", "read_patches"]
@@ -65,7 +66,7 @@ def find_candidates(
     found = []
     # a slide's labels cover a few regions: work in the bounding box of each labeled area,
     # so memory follows the labeled area, not the slide (a level-1 WSI mask is ~10^9 px)
-    boxes = _labeled_boxes(labels) if ys.size and xs.size else []
+    boxes = labeled_boxes(labels) if ys.size and xs.size else []
     n_classes = max((int(labels[y0:y1, x0:x1].max()) for y0, y1, x0, x1 in boxes), default=0)
     for y0, y1, x0, x1 in boxes:
         by = ys[(ys - half >= y0) & (ys + half <= y1)]
@@ -91,22 +92,6 @@ def find_candidates(
         keep = box_sum(s, y0, x0, y1, x1) / float((2 * r) ** 2) >= min_tissue
         centres, cls = centres[keep], cls[keep]
     return PatchCandidates(slide, level, d, centres, cls)
-
-
-_BLOCK = 256  # label px per side of the blocks that find the labeled areas
-
-
-def _labeled_boxes(labels: np.ndarray) -> list[tuple[int, int, int, int]]:
-    """(y0, y1, x0, x1) bounding boxes of the 8-connected groups of label blocks holding a label."""
-    from scipy import ndimage
-
-    h, w = labels.shape
-    starts = np.arange(0, w, _BLOCK)
-    occupied = np.array([np.logical_or.reduceat(labels[r : r + _BLOCK].any(axis=0), starts)
-                         for r in range(0, h, _BLOCK)], dtype=bool).reshape(-1, len(starts))
-    groups, _ = ndimage.label(occupied, structure=np.ones((3, 3), bool))
-    return [(sy.start * _BLOCK, min(h, sy.stop * _BLOCK), sx.start * _BLOCK, min(w, sx.stop * _BLOCK))
-            for sy, sx in ndimage.find_objects(groups)]
 
 
 def _centre_classes(labels: np.ndarray, ys: np.ndarray, xs: np.ndarray, half: int, n_classes: int,
