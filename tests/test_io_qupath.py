@@ -63,3 +63,54 @@ def test_malformed_files_raise(tmp_path, text):
     path.write_text(text)
     with pytest.raises(ValueError, match="bad.geojson"):
         read_regions(path)
+
+
+def test_rasterized_polygons_match_a_point_in_polygon_test():
+    import numpy as np
+    import shapely
+
+    from napari_alregions.io_qupath import ClassAnnotation, rasterize_annotations
+
+    rng = np.random.default_rng(3)
+    factor, origin = 2.0, (100, 40)  # label px = (level-0 - origin) / factor
+    labels = np.zeros((90, 120), np.uint8)
+    polygons = []
+    for _ in range(6):  # star-like polygons, some past the mask's edges, one with a hole
+        cx, cy = rng.uniform(-20, 260) + origin[0], rng.uniform(-20, 200) + origin[1]
+        angles = np.sort(rng.uniform(0, 2 * np.pi, 9))
+        radii = rng.uniform(15, 60, 9)
+        outer = np.column_stack([cx + radii * np.cos(angles), cy + radii * np.sin(angles)])
+        hole = np.column_stack([cx + 6.3 * np.cos(angles), cy + 6.3 * np.sin(angles)])
+        polygons.append([outer.tolist(), hole.tolist()] if not polygons else [outer.tolist()])
+    anns = [ClassAnnotation("tumour", [poly], {}) for poly in polygons]
+    rasterize_annotations(anns, labels, classes=("background", "tumour"), factor=factor, origin=origin)
+    # a label pixel is inside when its centre, in level-0 px, is inside the polygon (holes out)
+    rows, cols = np.mgrid[0:90, 0:120]
+    x, y = (cols + 0.5) * factor + origin[0], (rows + 0.5) * factor + origin[1]
+    expected = np.zeros(labels.shape, bool)
+    for poly in polygons:
+        expected |= shapely.contains_xy(shapely.Polygon(poly[0], poly[1:]), x, y)
+    assert expected.sum() > 500 and np.array_equal(labels == 2, expected)
+
+
+def test_features_from_labeled_boxes_equal_the_whole_mask():
+    import numpy as np
+    import shapely
+    from shapely.geometry import shape
+
+    from napari_alregions.geometry import labeled_boxes
+    from napari_alregions.io_qupath import labels_to_features
+
+    labels = np.zeros((300, 400), np.uint8)
+    labels[10:60, 20:90] = 1
+    labels[30:40, 40:50] = 2  # a hole in the background area, filled by tumour
+    labels[50:120, 80:100] = 2  # touches the first area
+    labels[200:290, 300:390] = 1
+    labels[250:260, 10:15] = 2
+    boxes = labeled_boxes(labels, block=32)
+    assert len(boxes) >= 3
+    whole = labels_to_features(labels, classes=("background", "tumour"), factor=2.0, origin=(8, 4))
+    parts = labels_to_features(labels, classes=("background", "tumour"), factor=2.0, origin=(8, 4), boxes=boxes)
+    assert [f["properties"]["name"] for f in parts] == [f["properties"]["name"] for f in whole] == ["background", "tumour"]
+    for a, b in zip(whole, parts, strict=True):
+        assert shapely.equals(shape(a["geometry"]), shape(b["geometry"]))

@@ -291,6 +291,9 @@ def test_import_hand_written_qupath_file(tmp_path, small_pool):
     want[256:320, 256:320] = 2
     want[272:288, 272:288] = 1  # the hole is background of the accepted bounding box
     np.testing.assert_array_equal(p.session.labels(slide), want)
+    back = AnnotationProject.open(p.folder)  # saved (by the chunks the import wrote)
+    np.testing.assert_array_equal(back.session.labels(slide), want)
+    back.close()
     p.close()
 
 

@@ -145,6 +145,7 @@ def labels_to_features(
     factor: float = 1.0,
     origin: tuple[int, int] = (0, 0),
     slide: str | None = None,
+    boxes: Sequence[tuple[int, int, int, int]] | None = None,
 ) -> list[dict[str, Any]]:
     """One QuPath annotation per class present in a label mask.
 
@@ -162,6 +163,9 @@ def labels_to_features(
         Level-0 position of ``labels[0, 0]``'s corner (a crop's offset).
     slide : str, optional
         Recorded in each feature's metadata.
+    boxes : sequence of (y0, y1, x0, x1), optional
+        Only these parts of ``labels`` hold labels (e.g. :func:`~.geometry.labeled_boxes`;
+        they may overlap): read only there, so a slide-sized mask costs its labeled area.
 
     Returns
     -------
@@ -190,12 +194,13 @@ def labels_to_features(
         raise ValueError(f"colors needs one colour per class ({len(classes)}), got {len(colors)}")
     features = []
     ox, oy = origin
-    for value in np.unique(labels):
-        if value == 0:
-            continue
+    boxes = [(0, labels.shape[0], 0, labels.shape[1])] if boxes is None else [tuple(int(v) for v in b) for b in boxes]
+    values = sorted({int(v) for y0, y1, x0, x1 in boxes for v in np.unique(labels[y0:y1, x0:x1])} - {0})
+    for value in values:
         if not 1 <= value <= len(classes):
             raise ValueError(f"label value {value} has no class (classes: {list(classes)})")
-        geom = shapely.union_all(_row_runs(labels == value))
+        # overlapping boxes give some runs twice: the union merges them
+        geom = shapely.union_all([run for y0, y1, x0, x1 in boxes for run in _row_runs(labels[y0:y1, x0:x1] == value, (y0, x0))])
         geom = shapely.affinity.affine_transform(geom, [factor, 0, 0, factor, ox, oy])
         geom = shapely.simplify(geom, 0)  # drop collinear vertices of the run boxes
         mapping = shapely.geometry.mapping(geom)
@@ -217,8 +222,9 @@ def labels_to_features(
     return features
 
 
-def _row_runs(mask: np.ndarray) -> list:
-    """Boxes of the horizontal runs of True in each row (their union is the mask)."""
+def _row_runs(mask: np.ndarray, offset: tuple[int, int] = (0, 0)) -> list:
+    """Boxes of the horizontal runs of True in each row (their union is the mask), moved
+    by ``offset`` (y, x)."""
     import shapely
 
     padded = np.zeros((mask.shape[0], mask.shape[1] + 2), dtype=np.int8)
@@ -226,7 +232,8 @@ def _row_runs(mask: np.ndarray) -> list:
     d = np.diff(padded, axis=1)
     rows, starts = np.nonzero(d == 1)
     _, ends = np.nonzero(d == -1)
-    return list(shapely.box(starts, rows, ends, rows + 1))
+    oy, ox = offset
+    return list(shapely.box(starts + ox, rows + oy, ends + ox, rows + oy + 1))
 
 
 def _lists(coords: Any) -> Any:
@@ -281,7 +288,15 @@ def rasterize_annotations(
             # pixel (r, c) has its centre at (c + 0.5, r + 0.5) in label px
             rings = [np.column_stack([(np.asarray(ring)[:, 0] - ox) / factor - 0.5, (np.asarray(ring)[:, 1] - oy) / factor - 0.5])
                      for ring in poly]
-            labels[_fill_even_odd(rings, labels.shape)] = value
+            # fill in the polygon's bounding box only (the mask may be slide-sized); an
+            # integer shift of the rings moves every crossing by the same whole pixels
+            pts = np.concatenate(rings)
+            y0, x0 = (max(0, int(np.floor(v)) - 1) for v in pts.min(axis=0)[::-1])
+            y1, x1 = (min(n, int(np.ceil(v)) + 2) for v, n in zip(pts.max(axis=0)[::-1], labels.shape, strict=True))
+            if y1 <= y0 or x1 <= x0:
+                continue
+            inside = _fill_even_odd([r - (x0, y0) for r in rings], (y1 - y0, x1 - x0))
+            labels[y0:y1, x0:x1][inside] = value
     return skipped
 
 

@@ -32,7 +32,7 @@ import numpy as np
 
 from ._atomic import atomic_path, save_npy
 from ._progress import iter_progress, relay
-from .geometry import Region
+from .geometry import Region, labeled_boxes
 from .io_qupath import class_annotations, labels_to_features, rasterize_annotations, read_features, write_features
 from .priority import MEASURES
 from .selection import METHODS, select
@@ -778,12 +778,8 @@ class AnnotationProject:
         features = [r.to_feature(locked=False) for r in self.session.accepted_on(slide)]
         features += [r.to_feature(classification=f"Proposal: {r.method}") for r in self.proposals(slide)]
         labels = self.session.labels(slide)
-        rows, cols = np.nonzero(labels.any(axis=1))[0], np.nonzero(labels.any(axis=0))[0]
-        if rows.size:
-            f = self.label_factor(slide)
-            crop = labels[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-            features += labels_to_features(crop, classes=self.classes, colors=self.colors, factor=f,
-                                           origin=(int(cols[0] * f), int(rows[0] * f)), slide=slide)
+        features += labels_to_features(labels, classes=self.classes, colors=self.colors, factor=self.label_factor(slide),
+                                       slide=slide, boxes=labeled_boxes(labels))
         return write_features(path, features)
 
     def import_qupath(self, path: str | os.PathLike[str], slide: str) -> dict[str, int]:
@@ -806,7 +802,6 @@ class AnnotationProject:
         plain = [(a, r) for a, r in zip(annotations, regions)
                  if a.classification not in self.classes and not str(a.classification or "").startswith("Proposal:")]
         has_background = any(a.classification == self.classes[0] for a, _ in labeled)
-        shape = self.session.slides[slide].label_shape
         f = self.label_factor(slide)
         new = []
         for a, r in plain:
@@ -826,13 +821,15 @@ class AnnotationProject:
                 crop = labels[y0:y1, x0:x1]
                 crop[crop == 0] = 1
         rasterize_annotations([a for a, _ in labeled], labels, classes=self.classes, factor=f)
-        # labels only inside accepted regions
-        inside = np.zeros(shape, dtype=bool)
-        for r in self.session.accepted_on(slide):
-            y0, x0, y1, x1 = self.label_box(r)
-            inside[y0:y1, x0:x1] = True
-        labels[~inside] = 0
-        self.session.mark_labels_changed(slide)
+        # labels only inside accepted regions (looked for where labels are, not over the slide)
+        accepted = [self.label_box(r) for r in self.session.accepted_on(slide)]
+        for y0, y1, x0, x1 in labeled_boxes(labels):
+            box = (y0, x0, y1, x1)
+            inside = np.zeros((y1 - y0, x1 - x0), dtype=bool)
+            for other in accepted:
+                inside[_overlap(box, other)] = True
+            labels[y0:y1, x0:x1][~inside] = 0
+            self.session.mark_labels_changed(slide, box)
         self.session.save()
         return {"regions": len(new), "labeled_annotations": len(labeled), "skipped": len(annotations) - len(labeled) - len(plain)}
 
