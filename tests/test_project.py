@@ -105,6 +105,7 @@ def test_remove_accepted_region_deletes_its_labels_only(tmp_path, small_pool):
     c = p.accept(Region(0, 768, 256, 256, slide=slide))
     for r in (a, b, c):
         _paint_truth(p, r, truth)
+    assert p.accepted_overlapping(a) == [b] and p.accepted_overlapping(b) == [a] and p.accepted_overlapping(c) == []
     before = p.session.labels(slide).copy()
     f = p.label_factor(slide)
     assert f == 2 and (before[: 768 // 2, : 768 // 2] > 0).sum() == 384 * 384 - 2 * 128 * 128  # a ∪ b

@@ -314,6 +314,30 @@ def test_switching_sessions_saves_and_clears_the_old_ones_layers(make_napari_vie
     assert [lay.name for lay in viewer.layers].count(slide) == 1
 
 
+def test_overlapping_regions_keep_each_others_strokes(make_napari_viewer, qtbot, tmp_path, small_pool):
+    from napari_alregions.geometry import Region
+
+    viewer, w, slide = _start(make_napari_viewer, tmp_path, small_pool)
+    # methods side by side propose overlapping windows: accept one of each
+    w._accept(Region(0, 0, 256, 256, slide=slide, method="standard"), "background")
+    w._accept(Region(128, 128, 256, 256, slide=slide, method="adaptive"), "background")
+    first, second = w.project.session.accepted
+    la, lb = viewer.layers[w._labels_name(first)], viewer.layers[w._labels_name(second)]
+    la.brush_size = 4
+    la.paint((100, 100), 2)  # in the overlap (label px 64..128 of the first, 0..64 of the second)
+    qtbot.waitUntil(lambda: not w._unsaved, timeout=5000)
+    assert (lb.data[35:37, 35:37] == 2).all()  # the second layer shows the stroke
+    lb.brush_size = 4
+    lb.paint((100, 100), 2)  # elsewhere in the second region
+    qtbot.waitUntil(lambda: not w._unsaved, timeout=5000)
+    labels = w.project.session.labels(slide)
+    np.testing.assert_array_equal(labels[0:128, 0:128], la.data)  # the first stroke survived
+    np.testing.assert_array_equal(labels[64:192, 64:192], lb.data)
+    assert (labels[99:101, 99:101] == 2).all() and (labels[163:165, 163:165] == 2).all()
+    w.flush_labels(everything=True)  # what a retrain does first: nothing stale is written back
+    np.testing.assert_array_equal(w.project.session.labels(slide)[0:128, 0:128], la.data)
+
+
 def test_slide_without_mpp_needs_px(make_napari_viewer, qtbot, tmp_path, small_pool):
     from tests.helpers import downsample2, smooth_rgb, write_pyramid
 

@@ -642,6 +642,18 @@ class AnnotationProject:
         self.session.save()
         return removed
 
+    def accepted_overlapping(self, region: Region) -> list[Region]:
+        """The other accepted regions of the slide whose labels share pixels with ``region``'s
+        (a view of one region's labels is stale once another region's were written)."""
+        box = self.label_box(region)
+        out = []
+        for other in self.session.accepted_on(region.slide):
+            if other.uid != region.uid:
+                rows, cols = _overlap(self.label_box(other), box)
+                if rows.stop > rows.start and cols.stop > cols.start:
+                    out.append(other)
+        return out
+
     def _predicted_labels(self, region: Region) -> np.ndarray:
         """The model's class (label values) on the region's label pixels; background where unknown."""
         prob = self.prediction(region.slide)

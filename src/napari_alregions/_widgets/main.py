@@ -443,9 +443,20 @@ class ALRegionsWidget(QWidget):
             if everything and np.array_equal(layer.data, self._guard(self.project.region_labels, region)):
                 continue
             self._guard(self.project.write_region_labels, region, layer.data)
+            self._reload_overlapping(region)
             written = True
         if written:
             self._refresh_status()
+
+    def _reload_overlapping(self, region: Region) -> None:
+        # the layers of regions sharing pixels with this one show them as written now, so
+        # that their next save does not put back what they showed before
+        for other in self._guard(self.project.accepted_overlapping, region) or []:
+            layer = self._region_layers.get(self._labels_name(other))
+            fresh = self._guard(self.project.region_labels, other)
+            if layer is not None and fresh is not None and not np.array_equal(layer.data, fresh):
+                layer.data[...] = fresh  # in place: the layer keeps its undo history
+                layer.refresh()
 
     # ------------------------------------------------------------------ navigation
     def _refill_lists(self) -> None:
