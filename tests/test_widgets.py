@@ -281,6 +281,11 @@ def test_undo_redo_close_and_unsignalled_edits_reach_the_session(make_napari_vie
     back = viewer.layers[w._labels_name(region)]
     assert back is not lab and viewer.layers.selection.active is back and back.mode == "paint"
     np.testing.assert_array_equal(back.data, lab.data)
+    # a renamed labels layer is still the region's: selecting the region opens no second one
+    back.name = "my tumour outline"
+    w.accepted_list.setCurrentRow(-1)
+    w.accepted_list.setCurrentRow(0)
+    assert viewer.layers.selection.active is back and sum(isinstance(lay, type(back)) for lay in viewer.layers) == 1
     # closing the viewer right after a stroke (before the autosave timer) keeps the stroke
     back.paint((60, 60), 2)
     assert w._unsaved

@@ -405,8 +405,9 @@ class ALRegionsWidget(QWidget):
     def _open_region_labels(self, region: Region) -> Any:
         p = self.project
         lname = self._labels_name(region)
-        if lname in self._region_layers and lname in self.viewer.layers:
-            return self.viewer.layers[lname]
+        shown = self._region_layers.get(lname)
+        if shown is not None and shown in self.viewer.layers:  # by identity: the user may rename it
+            return shown
         data, kwargs, _ = region_labels_layer(p.region_labels(region), p.label_box(region), factor=p.label_factor(region.slide),
                                               name=lname, colors=p.colors, slide=p.slides[region.slide])
         layer = self.viewer.add_labels(data, metadata={"region": region}, **kwargs)
