@@ -293,6 +293,28 @@ def test_undo_redo_close_and_unsignalled_edits_reach_the_session(make_napari_vie
     np.testing.assert_array_equal(saved(), back.data)
 
 
+def test_closing_the_viewer_keeps_a_fresh_stroke_with_the_dock_floating(make_napari_viewer, qtbot, tmp_path, small_pool):
+    from qtpy.QtWidgets import QDockWidget
+
+    from napari_alregions.session import Session
+
+    viewer, w, slide = _start(make_napari_viewer, tmp_path, small_pool)
+    [dock] = [d for d in viewer.window._qt_window.findChildren(QDockWidget) if d.widget() is w]
+    dock.setFloating(True)  # a window of its own, from the first stroke on
+    w.method.value, w.unit.value, w.region_size.value, w.k.value = "random", "px", 256, 1
+    _click(w, "Suggest")
+    w.proposal_list.setCurrentRow(0)
+    _click(w, "Accept region")
+    [region] = w.project.session.accepted
+    lab = viewer.layers[w._labels_name(region)]
+    lab.paint((30, 30), 2)
+    assert w._unsaved  # the autosave timer has not fired yet
+    folder = w.project.folder
+    viewer.close()
+    y0, x0, y1, x1 = w.project.label_box(region)
+    np.testing.assert_array_equal(Session.open(folder).labels(slide)[y0:y1, x0:x1], lab.data)
+
+
 def test_switching_sessions_saves_and_clears_the_old_ones_layers(make_napari_viewer, qtbot, tmp_path, small_pool):
     viewer, w, slide = _start(make_napari_viewer, tmp_path, small_pool, name="first")
     w.method.value, w.unit.value, w.region_size.value, w.k.value = "random", "px", 256, 2

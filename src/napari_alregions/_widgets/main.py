@@ -90,9 +90,12 @@ class ALRegionsWidget(QWidget):
         self.destroyed.connect(lambda *_: runner.wait())  # closing the viewer stops the worker first
 
     def _watch_close(self) -> None:
-        # docked, our window is the viewer's: closing it must not drop strokes still
-        # waiting for the autosave timer (see eventFilter)
-        window = self.window()
+        # closing the viewer's window must not drop strokes still waiting for the autosave
+        # timer (see eventFilter); a floating dock is a window of its own but keeps the
+        # viewer's window as its parent, so look for the top of the parents, not window()
+        window = self
+        while window.parentWidget() is not None:
+            window = window.parentWidget()
         if window is not self and id(window) not in self._watched:
             window.installEventFilter(self)
             self._watched.add(id(window))
