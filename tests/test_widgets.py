@@ -198,6 +198,16 @@ def test_bad_input_gives_messages_and_loses_nothing(make_napari_viewer, qtbot, t
     before = w.project.session.labels(slide).copy()
     lab.paint((-50, -50), 2)  # a click far outside the region's extent
     np.testing.assert_array_equal(w.project.session.labels(slide), before)
+    # napari's "new label" (max + 1) is no class of the session: the brush stays on the last class
+    lab.selected_label = 3
+    assert lab.selected_label == 2 and "labels are 1..2" in w.message.value
+    # pixels given a value that is no class get back their saved label, the rest is still saved
+    lab.data[0:3, 0:3] = 7
+    lab.paint((20, 20), 2)
+    qtbot.waitUntil(lambda: not w._unsaved, timeout=5000)
+    assert (lab.data[0:3, 0:3] == 1).all() and "no class" in w.message.value
+    [region] = w.project.session.accepted
+    np.testing.assert_array_equal(w.project.region_labels(region), lab.data)
 
 
 def test_remove_accepted_region_asks_when_painted(make_napari_viewer, qtbot, tmp_path, small_pool, monkeypatch):

@@ -416,6 +416,7 @@ class ALRegionsWidget(QWidget):
         layer = self.viewer.add_labels(data, metadata={"region": region}, **kwargs)
         layer.selected_label = len(p.classes)  # the last class (tumour) is what gets painted most
         layer.events.paint.connect(lambda event, lname=lname: self._painted(lname))
+        layer.events.selected_label.connect(lambda event, layer=layer: self._keep_to_classes(layer))
         # napari's undo and redo (Ctrl+Z, Ctrl+Shift+Z) change the pixels without a paint event
         for name in ("undo", "redo"):
             def replay(step=getattr(layer, name), lname=lname) -> None:
@@ -433,6 +434,26 @@ class ALRegionsWidget(QWidget):
         self._autosave.start()
         self._watch_close()
 
+    def _keep_to_classes(self, layer) -> None:
+        # napari offers any label ("new" picks max + 1); the session knows its classes only
+        n = len(self.project.classes) if self.project is not None else None
+        if n is not None and layer.selected_label > n:
+            layer.selected_label = n
+            self._message(f"labels are 1..{n} ({', '.join(f'{i + 1} {c}' for i, c in enumerate(self.project.classes))}); "
+                          "0 erases", True)
+
+    def _unknown_labels_restored(self, layer, region: Region) -> None:
+        # pixels set to a value that is no class (e.g. by a script) would make every save of
+        # this layer fail: they get back what was saved there
+        bad = layer.data > len(self.project.classes)
+        if bad.any():
+            saved = self._guard(self.project.region_labels, region)
+            if saved is not None:
+                layer.data[bad] = saved[bad]
+                layer.refresh()
+                self._message(f"{int(bad.sum())} pixel(s) of '{layer.name}' had a label that is no class; "
+                              "they were set back to their saved labels", True)
+
     def flush_labels(self, *, everything: bool = False) -> None:
         """Save the painted labels of every region layer changed since the last save;
         ``everything``: of every region layer whose pixels differ from the saved ones
@@ -444,6 +465,7 @@ class ALRegionsWidget(QWidget):
             if layer is None or self.project is None:
                 continue
             region = layer.metadata["region"]
+            self._unknown_labels_restored(layer, region)
             if everything and np.array_equal(layer.data, self._guard(self.project.region_labels, region)):
                 continue
             self._guard(self.project.write_region_labels, region, layer.data)
