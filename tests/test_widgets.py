@@ -412,6 +412,19 @@ def test_qupath_round_trip_through_the_widget(make_napari_viewer, qtbot, tmp_pat
     _click(w2, "Import from QuPath")
     np.testing.assert_array_equal(w2.project.session.labels(slide2), w.project.session.labels(slide))
     assert len([lay for lay in viewer2.layers if " labels " in lay.name]) == 2
+    # a stroke still waiting for the autosave survives an import that redraws the layers
+    lab2 = [lay for lay in viewer2.layers if " labels " in lay.name][0]
+    lab2.paint((40, 40), 2)
+    stroke = lab2.data.copy()
+    region_file = tmp_path / "region.geojson"
+    region_file.write_text(json.dumps({"type": "FeatureCollection", "features": [{
+        "type": "Feature", "geometry": {"type": "Polygon", "coordinates": [[[768, 768], [1024, 768], [1024, 1024], [768, 1024], [768, 768]]]},
+        "properties": {"objectType": "annotation"}}]}))
+    w2.qupath_file.value = str(region_file)
+    _click(w2, "Import from QuPath")
+    assert "imported 1 region" in w2.message.value
+    np.testing.assert_array_equal(lab2.data, stroke)
+    np.testing.assert_array_equal(w2.project.region_labels(lab2.metadata["region"]), stroke)
 
 
 def test_correct_uncertain_patches_prefills_prediction(make_napari_viewer, qtbot, tmp_path, small_pool):

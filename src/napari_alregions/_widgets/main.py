@@ -830,6 +830,7 @@ class ALRegionsWidget(QWidget):
         name = self._slide_or_say()
         if name is None:
             return
+        self.flush_labels(everything=True)  # the import redraws every region layer from the session
         counts = self._guard(self.project.import_qupath, Path(self.qupath_file.value), name)
         if counts is None:
             return
