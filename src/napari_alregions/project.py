@@ -633,9 +633,7 @@ class AnnotationProject:
         """
         removed = self.session.unaccept(region.uid)
         y0, x0, y1, x1 = self.label_box(removed)
-        keep = np.zeros((y1 - y0, x1 - x0), dtype=bool)
-        for other in self.session.accepted_on(removed.slide):
-            keep[_overlap((y0, x0, y1, x1), self.label_box(other))] = True
+        keep = _covered((y0, x0, y1, x1), [self.label_box(other) for other in self.session.accepted_on(removed.slide)])
         crop = self.session.labels(removed.slide)[y0:y1, x0:x1]
         crop[~keep] = 0
         self.session.mark_labels_changed(removed.slide, (y0, x0, y1, x1))
@@ -837,10 +835,7 @@ class AnnotationProject:
         accepted = [self.label_box(r) for r in self.session.accepted_on(slide)]
         for y0, y1, x0, x1 in labeled_boxes(labels):
             box = (y0, x0, y1, x1)
-            inside = np.zeros((y1 - y0, x1 - x0), dtype=bool)
-            for other in accepted:
-                inside[_overlap(box, other)] = True
-            labels[y0:y1, x0:x1][~inside] = 0
+            labels[y0:y1, x0:x1][~_covered(box, accepted)] = 0
             self.session.mark_labels_changed(slide, box)
         self.session.save()
         return {"regions": len(new), "labeled_annotations": len(labeled), "skipped": len(annotations) - len(labeled) - len(plain)}
@@ -862,6 +857,15 @@ def _overlap(box: tuple[int, int, int, int], other: tuple[int, int, int, int]) -
     y0, x0, y1, x1 = box
     oy0, ox0, oy1, ox1 = other
     return (slice(max(oy0, y0) - y0, max(0, min(oy1, y1) - y0)), slice(max(ox0, x0) - x0, max(0, min(ox1, x1) - x0)))
+
+
+def _covered(box: tuple[int, int, int, int], others: Sequence[tuple[int, int, int, int]]) -> np.ndarray:
+    """Which pixels of ``box`` (y0, x0, y1, x1) any of ``others`` covers, as a crop of ``box``."""
+    y0, x0, y1, x1 = box
+    out = np.zeros((y1 - y0, x1 - x0), dtype=bool)
+    for other in others:
+        out[_overlap(box, other)] = True
+    return out
 
 
 def _same_box(a: Region, b: Region) -> bool:

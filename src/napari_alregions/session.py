@@ -264,6 +264,13 @@ def _new_uid() -> str:
     return str(uuid.uuid4())
 
 
+def _chunk_box(chunk: tuple[int, int], shape: tuple[int, ...]) -> tuple[slice, slice]:
+    """The pixels of label chunk ``(cy, cx)`` in a mask of ``shape``."""
+    c = LABEL_CHUNK
+    cy, cx = chunk
+    return slice(cy * c, min((cy + 1) * c, shape[0])), slice(cx * c, min((cx + 1) * c, shape[1]))
+
+
 def _write_label_zip(path: Path, labels: np.ndarray, chunks: set[tuple[int, int]] | None) -> set[tuple[int, int]]:
     """Write the chunks of ``labels`` that hold labels, among ``chunks`` (None: all), as a
     zipped zarr array; returns the chunks written."""
@@ -273,14 +280,14 @@ def _write_label_zip(path: Path, labels: np.ndarray, chunks: set[tuple[int, int]
     c = LABEL_CHUNK
     if chunks is None:
         chunks = {(cy, cx) for cy in range(-(-labels.shape[0] // c)) for cx in range(-(-labels.shape[1] // c))}
-    written = sorted(k for k in chunks if labels[k[0] * c : (k[0] + 1) * c, k[1] * c : (k[1] + 1) * c].any())
+    written = sorted(k for k in chunks if labels[_chunk_box(k, labels.shape)].any())
     with atomic_path(path) as tmp:
         store = ZipStore(tmp, mode="w")
         try:
             z = zarr.create_array(store, shape=labels.shape, chunks=(c, c), dtype="uint8", fill_value=0,
                                   attributes={_CHUNKS_ATTR: [list(k) for k in written]})
-            for cy, cx in written:
-                box = (slice(cy * c, min((cy + 1) * c, labels.shape[0])), slice(cx * c, min((cx + 1) * c, labels.shape[1])))
+            for k in written:
+                box = _chunk_box(k, labels.shape)
                 z[box] = labels[box]
         finally:
             store.close()
@@ -299,9 +306,8 @@ def _read_label_zip(path: Path) -> tuple[np.ndarray, set[tuple[int, int]] | None
         if listed is None or tuple(z.chunks) != (LABEL_CHUNK, LABEL_CHUNK):  # an older file, written whole
             return np.asarray(z[:], dtype=np.uint8), None
         labels = np.zeros(z.shape, dtype=np.uint8)
-        c = LABEL_CHUNK
-        for cy, cx in listed:
-            box = (slice(cy * c, min((cy + 1) * c, z.shape[0])), slice(cx * c, min((cx + 1) * c, z.shape[1])))
+        for k in listed:
+            box = _chunk_box(k, z.shape)
             labels[box] = z[box]
         return labels, {(int(cy), int(cx)) for cy, cx in listed}
     except Exception as exc:
