@@ -44,6 +44,17 @@ def _start(make_napari_viewer, tmp_path, small_pool, *, name="sess"):
     return viewer, w, w.current
 
 
+def _accept_random(w, n: int, *, k: int | None = None) -> list:
+    """Suggest k (default n) random 256-px regions and accept n, clicking as a user does;
+    the slide's accepted regions."""
+    w.method.value, w.unit.value, w.region_size.value, w.k.value = "random", "px", 256, k or n
+    _click(w, "Suggest")
+    for _ in range(n):
+        w.proposal_list.setCurrentRow(0)
+        _click(w, "Accept region")
+    return w.project.session.accepted_on(w.current)
+
+
 def _compute(qtbot, w):
     _click(w, "Compute priority map")
     _wait(qtbot, w)
@@ -216,12 +227,7 @@ def test_remove_accepted_region_asks_when_painted(make_napari_viewer, qtbot, tmp
     from napari_alregions.session import Session
 
     viewer, w, slide = _start(make_napari_viewer, tmp_path, small_pool)
-    w.method.value, w.unit.value, w.region_size.value, w.k.value = "random", "px", 256, 2
-    _click(w, "Suggest")
-    for _ in range(2):
-        w.proposal_list.setCurrentRow(0)
-        _click(w, "Accept region")
-    first, second = w.project.session.accepted_on(slide)
+    first, second = _accept_random(w, 2)
     painted = viewer.layers[w._labels_name(first)]
     painted.paint((20, 20), 2)  # a stroke still waiting for the autosave
     asked = []
@@ -255,11 +261,7 @@ def test_undo_redo_close_and_unsignalled_edits_reach_the_session(make_napari_vie
     from napari_alregions.session import Session
 
     viewer, w, slide = _start(make_napari_viewer, tmp_path, small_pool)
-    w.method.value, w.unit.value, w.region_size.value, w.k.value = "random", "px", 256, 1
-    _click(w, "Suggest")
-    w.proposal_list.setCurrentRow(0)
-    _click(w, "Accept region")
-    [region] = w.project.session.accepted
+    [region] = _accept_random(w, 1)
     lab = viewer.layers[w._labels_name(region)]
     y0, x0, y1, x1 = w.project.label_box(region)
 
@@ -311,11 +313,7 @@ def test_closing_the_viewer_keeps_a_fresh_stroke_with_the_dock_floating(make_nap
     viewer, w, slide = _start(make_napari_viewer, tmp_path, small_pool)
     [dock] = [d for d in viewer.window._qt_window.findChildren(QDockWidget) if d.widget() is w]
     dock.setFloating(True)  # a window of its own, from the first stroke on
-    w.method.value, w.unit.value, w.region_size.value, w.k.value = "random", "px", 256, 1
-    _click(w, "Suggest")
-    w.proposal_list.setCurrentRow(0)
-    _click(w, "Accept region")
-    [region] = w.project.session.accepted
+    [region] = _accept_random(w, 1)
     lab = viewer.layers[w._labels_name(region)]
     lab.paint((30, 30), 2)
     assert w._unsaved  # the autosave timer has not fired yet
@@ -327,11 +325,7 @@ def test_closing_the_viewer_keeps_a_fresh_stroke_with_the_dock_floating(make_nap
 
 def test_switching_sessions_saves_and_clears_the_old_ones_layers(make_napari_viewer, qtbot, tmp_path, small_pool):
     viewer, w, slide = _start(make_napari_viewer, tmp_path, small_pool, name="first")
-    w.method.value, w.unit.value, w.region_size.value, w.k.value = "random", "px", 256, 2
-    _click(w, "Suggest")
-    w.proposal_list.setCurrentRow(0)
-    _click(w, "Accept region")
-    [region] = w.project.session.accepted
+    [region] = _accept_random(w, 1, k=2)
     lab = viewer.layers[w._labels_name(region)]
     lab.paint((20, 20), 2)  # still waiting for the autosave
     painted = lab.data.copy()
@@ -395,11 +389,7 @@ def test_slide_without_mpp_needs_px(make_napari_viewer, qtbot, tmp_path, small_p
 
 def test_qupath_round_trip_through_the_widget(make_napari_viewer, qtbot, tmp_path, small_pool):
     viewer, w, slide = _start(make_napari_viewer, tmp_path, small_pool)
-    w.method.value, w.unit.value, w.region_size.value, w.k.value = "random", "px", 256, 2
-    _click(w, "Suggest")
-    for i in range(2):
-        w.proposal_list.setCurrentRow(0)
-        _click(w, "Accept region")
+    _accept_random(w, 2)
     lab = [lay for lay in viewer.layers if " labels " in lay.name]
     lab[0].paint((20, 20), 2)
     w.flush_labels()
