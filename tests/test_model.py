@@ -275,3 +275,91 @@ def test_augment_on_cuda_draws_what_the_cpu_draws():
     cpu = augment(x, torch.Generator().manual_seed(7))
     gpu = augment(x.cuda(), torch.Generator().manual_seed(7)).cpu()
     np.testing.assert_allclose(gpu.numpy(), cpu.numpy(), atol=1e-5)
+
+
+class _NamedSlide:
+    """A slide stand-in: the validation split needs only the file name."""
+
+    def __init__(self, name: str) -> None:
+        self.path = name
+
+
+def _grid_candidates(name: str, rows: int, cols: int, *, positive_blocks=(), d: int = 64):
+    from napari_alregions.model import PatchCandidates
+
+    ys, xs = np.meshgrid(np.arange(rows) * d, np.arange(cols) * d, indexing="ij")
+    centres = np.stack([ys.ravel(), xs.ravel()], 1) + d // 2
+    block = centres // (4 * d)
+    labels = np.array([int((int(by), int(bx)) in positive_blocks) for by, bx in block])
+    return PatchCandidates(_NamedSlide(name), 1, d, centres, labels)
+
+
+def _centre_set(cands):
+    return {(c.slide.path, int(y), int(x)) for c in cands for y, x in c.centres}
+
+
+def test_validation_split_is_stable_as_labels_grow():
+    from napari_alregions.model.train import validation_split
+
+    grown = [_grid_candidates("a.tif", 32, 32), _grid_candidates("b.tif", 16, 32)]
+    first = [_grid_candidates("a.tif", 16, 32), _grid_candidates("b.tif", 8, 32)]  # the top halves: earlier labels
+    t1, v1 = validation_split(first, 0.2)
+    t2, v2 = validation_split(grown, 0.2)
+    assert v1 and _centre_set(v1) <= _centre_set(v2)  # held out once, held out for good
+    assert _centre_set(t1) <= _centre_set(t2)
+    assert 0.1 < len(_centre_set(v2)) / len(_centre_set(t2) | _centre_set(v2)) < 0.3
+    # whole blocks go one way: no neighbour of a validation patch trains
+    val_blocks = {(s, y // 256, x // 256) for s, y, x in _centre_set(v2)}
+    assert not any((s, y // 256, x // 256) in val_blocks for s, y, x in _centre_set(t2))
+
+
+@pytest.mark.parametrize("name", [f"slide_{i}.tif" for i in range(6)])
+def test_validation_split_holds_out_positives_when_two_blocks_have_them(name):
+    from napari_alregions.model.train import validation_split
+
+    c = _grid_candidates(name, 8, 8, positive_blocks={(0, 0), (1, 1)})  # 4 blocks, 2 with tumour
+    train_c, val_c = validation_split([c], 0.2)
+    assert any((v.labels > 0).any() for v in val_c) and any((t.labels > 0).any() for t in train_c)
+    one = _grid_candidates(name, 8, 8, positive_blocks={(1, 1)})  # tumour in one block: it trains
+    train_c, val_c = validation_split([one], 0.2)
+    assert any((t.labels > 0).any() for t in train_c) and not any((v.labels > 0).any() for v in val_c)
+
+
+def test_fit_keeps_the_previous_model_when_the_retrained_one_is_worse(trained):
+    from napari_alregions.model import fit
+
+    folder, manifest, spec, res = trained
+    names = [s["name"] for s in manifest["slides"] if s["split"] == "train"]
+    cands = _candidates(folder, manifest, names)
+    # a learning rate that wrecks the weights: the retrained model is worse on every patch
+    wrecked = fit(spec, cands, TrainConfig(epochs=1, max_steps=3, lr=50.0, patches_per_slide=8, seed=3), previous=res.model)
+    assert wrecked.kept_previous and wrecked.model is res.model and wrecked.status == "kept previous"
+    assert wrecked.previous_val_loss < wrecked.train.best_val_loss
+    assert "kept the previous model" in wrecked.message()
+    # independent check on held-out slides: the kept model separates tumour, the wrecked one not as well
+    test = next(s for s in manifest["slides"] if s["split"] == "test" and s["has_tumour"])
+    with open_slide(folder / test["image"]) as slide:
+        truth = np.asarray(open_labels(folder / test["mask"])[1])
+        tissue = slide.tissue_map(128)
+        cells = truth[: tissue.shape[0] * 64, : tissue.shape[1] * 64].reshape(tissue.shape[0], 64, tissue.shape[1], 64)
+        cells = (cells[:, 16:48, :, 16:48] == 2).any(axis=(1, 3))
+        kept = predict_probability_map(slide, wrecked.model, spec, stride=128, tissue=tissue)[..., 1]
+        bad = predict_probability_map(slide, wrecked.train.model, spec, stride=128, tissue=tissue)[..., 1]
+    assert _auc(kept[tissue], cells[tissue]) > _auc(bad[tissue], cells[tissue])
+    # a first training (nothing to compare with) takes the new model
+    first = fit(spec, cands, TrainConfig(epochs=2, patches_per_slide=16, seed=1))
+    assert not first.kept_previous and first.previous_val_loss is None and first.status == "new"
+
+
+def test_fit_says_when_the_model_is_no_better_than_chance(trained):
+    from napari_alregions.model import PatchCandidates, fit
+
+    folder, manifest, spec, _ = trained
+    names = [s["name"] for s in manifest["slides"] if s["split"] == "train"]
+    rng = np.random.default_rng(0)
+    # labels that say nothing about the pixels: the validation AUC stays near 0.5
+    noise = [PatchCandidates(c.slide, c.level, c.patch_size, c.centres, rng.permutation(c.labels))
+             for c in _candidates(folder, manifest, names)]
+    res = fit(spec, noise, TrainConfig(epochs=2, patches_per_slide=16, seed=0))
+    assert res.at_chance and res.status == "at chance", (res.val_loss, res.val_auc)
+    assert "no better than chance" in res.message()

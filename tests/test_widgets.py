@@ -158,7 +158,7 @@ def test_cancel_and_close_during_retrain_change_nothing(make_napari_viewer, qtbo
     _click(w, "Suggest")
     w.proposal_list.setCurrentRow(0)
     _click(w, "Accept region")
-    w.project.session.params["training"] = {"initial_steps": 100_000, "initial_epochs": 1000}
+    w.project.session.params["training"] = {"initial_steps": 100_000, "epochs": 1000, "patience": 1000}
     _click(w, "Retrain")
     qtbot.wait(300)
     assert w.runner.busy

@@ -20,7 +20,6 @@ worker, in a CLI loop with tqdm, or plainly via :func:`run`.
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 from collections.abc import Callable, Generator, Iterable, Sequence
@@ -690,37 +689,44 @@ class AnnotationProject:
 
     # -- training ---------------------------------------------------------------------------
     def candidates(self) -> list:
-        from .model import find_candidates
+        from .model import labeled_candidates
 
-        out = []
-        for name, slide in self.slides.items():
-            labels = self.session.labels(name)
-            if not labels.any():
-                continue
-            c = find_candidates(slide, labels, level=self.label_level, patch_size=self.spec.patch_size,
-                                tissue=slide.tissue_mask())
-            if len(c):
-                out.append(c)
-        return out
+        return labeled_candidates(self.slides, {n: self.session.labels(n) for n in self.slides}, level=self.label_level,
+                                  patch_size=self.spec.patch_size)
 
     def train_config(self):
-        from .model import TrainConfig
+        """The cycle schedule (``model.CYCLE_SCHEDULE``, the simulation's too) within the
+        session's budget: ``params["training"]`` may set ``epochs``, ``patience``,
+        ``patches_per_slide``, ``max_seconds`` (default 120 s; 300 s for the first training)
+        and a step limit (``initial_steps`` for the first training, ``fine_tune_steps`` after)."""
+        from dataclasses import replace
+
+        from .model import CYCLE_SCHEDULE
 
         p = self.session.params.get("training", {})
-        if self.trained:  # incremental: bounded in steps and time
-            return TrainConfig(epochs=int(p.get("epochs", 50)), max_steps=int(p.get("fine_tune_steps", 120)),
-                               max_seconds=p.get("max_seconds", 120.0), patches_per_slide=int(p.get("patches_per_slide", 128)),
-                               patience=int(p.get("patience", 50)), seed=self.cycle)
-        return TrainConfig(epochs=int(p.get("initial_epochs", 6)), patches_per_slide=int(p.get("patches_per_slide", 128)),
-                           max_steps=p.get("initial_steps"), max_seconds=p.get("max_seconds", 300.0), seed=self.cycle)
+        steps = p.get("fine_tune_steps") if self.trained else p.get("initial_steps")
+        return replace(
+            CYCLE_SCHEDULE,
+            epochs=int(p.get("epochs", CYCLE_SCHEDULE.epochs)),
+            patience=int(p.get("patience", CYCLE_SCHEDULE.patience)),
+            patches_per_slide=int(p.get("patches_per_slide", CYCLE_SCHEDULE.patches_per_slide)),
+            max_steps=None if steps is None else int(steps),
+            max_seconds=p.get("max_seconds", 120.0 if self.trained else 300.0),
+            seed=self.cycle,
+        )
 
     def iter_retrain(self, *, cancel: Callable[[], bool] | None = None, refresh: bool = True,
                      measure: str | None = None) -> Generator[dict, None, dict]:
-        """Train (first time) or fine-tune every member on all labels, then refresh.
+        """Train every member on all labels (``model.iter_fit``: the simulation's training),
+        then refresh.
 
-        Yields training records (``phase`` "train"/"epoch" with ``member``), then the
-        prediction progress of each slide that had a map. The old model stays in use until
-        every member finished: a cancelled retrain changes nothing.
+        Each member trains from its current weights to convergence within the session's
+        budget (:meth:`train_config`), on a validation split drawn from the labeled regions;
+        a member whose current model is better on that split keeps it, and the summary's
+        ``messages`` say so (and when a model is no better than chance). Yields training
+        records (``phase`` "train"/"epoch" with ``member``), then the prediction progress of
+        each slide that had a map. The old model stays in use until every member finished:
+        a cancelled retrain changes nothing.
 
         Raises
         ------
@@ -729,39 +735,42 @@ class AnnotationProject:
         TrainingCancelled, InferenceCancelled
             When ``cancel()`` returned True.
         """
-        import torch
-
-        from .model import iter_train, save_checkpoint
+        from .model import iter_fit, save_checkpoint
 
         cands = self.candidates()
         if not cands:
             raise ValueError("no labels to train on: accept a region and paint labels in it first")
         trained_on = [r.uid for r in self.session.accepted]  # regions accepted meanwhile are still pending
         config = self.train_config()
-        new_models, results = [], []
+        new_models, fits = [], []
         for i, model in enumerate(self.models):
-            torch.manual_seed(config.seed * 100 + i)
-            work = copy.deepcopy(model)
             member_config = replace(config, seed=config.seed * 100 + i)
             result = None
-            for rec in iter_train(work, self.spec, cands, member_config, cancel=cancel):
+            for rec in iter_fit(self.spec, cands, member_config, previous=model if self.trained else None, start=model,
+                                cancel=cancel):
                 if rec.get("done"):
                     result = rec["result"]
                 else:
                     yield {**rec, "member": i, "members": len(self.models)}
             new_models.append(result.model.cpu())
-            results.append(result)
+            fits.append(result)
         cycle = self.cycle + 1
         paths = [save_checkpoint(self.session.checkpoint_path(f"cycle_{cycle:03d}_m{i}.pt"), m, self.spec, cycle=cycle)
                  for i, m in enumerate(new_models)]
         self.models = new_models
         self._model_changed()
+        who = (lambda i: f"member {i}: ") if len(fits) > 1 else (lambda i: "")
         summary = {
             "cycle": cycle,
             "accepted_regions": len(self.session.accepted),
             "annotated_pct": round(self.annotated_pct(), 4),
-            "train_steps": [r.steps for r in results],
-            "val_loss": [None if not math.isfinite(r.best_val_loss) else round(r.best_val_loss, 5) for r in results],
+            "train_steps": [f.train.steps for f in fits],
+            "val_loss": [_finite(f.val_loss) for f in fits],
+            "val_auc": [_finite(f.val_auc) for f in fits],
+            "previous_val_loss": [_finite(f.previous_val_loss) for f in fits],
+            "n_val": [f.n_val for f in fits],
+            "model": [f.status for f in fits],
+            "messages": [who(i) + f.message() for i, f in enumerate(fits) if f.message()],
             "n_candidates": sum(len(c) for c in cands),
         }
         with self.session.changing() as session:  # in a worker thread, beside the viewer's autosaves
@@ -843,6 +852,10 @@ class AnnotationProject:
     def close(self) -> None:
         for s in self.slides.values():
             s.close()
+
+
+def _finite(v: float | None) -> float | None:
+    return None if v is None or not math.isfinite(v) else round(float(v), 5)
 
 
 def _bounding_region(ring: Sequence[tuple[float, float]]) -> Region:

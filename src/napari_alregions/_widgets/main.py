@@ -749,9 +749,11 @@ class ALRegionsWidget(QWidget):
                 if name in p.maps:
                     steps.append(lambda name=name: self._show_priority(name))
                 steps += [lambda name=name, m=m: self._show_proposals(name, m) for m in sorted({r.method for r in p.proposals(name)})]
+            done_msg = (f"cycle {summary['cycle']}: trained on {summary['n_candidates']} patches, maps and "
+                        f"proposals refreshed in {time.perf_counter() - t0:.1f} s")
+            warnings = summary.get("messages", [])  # a kept model or one no better than chance
             steps += [self._refill_lists, self._refresh_status,
-                      lambda: self._message(f"cycle {summary['cycle']}: trained on {summary['n_candidates']} patches, maps and "
-                                            f"proposals refreshed in {time.perf_counter() - t0:.1f} s")]
+                      lambda: self._message("; ".join([done_msg, *warnings]), bool(warnings))]
             self._run_steps(steps)
 
         self.runner.start(lambda cancel: p.iter_retrain(cancel=cancel, measure=self.measure.value), desc="retrain",

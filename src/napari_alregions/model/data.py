@@ -8,6 +8,7 @@ centre pixel is positive (binary: class 1), else the majority class of the centr
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,7 +18,7 @@ from .._integral import box_sum, integral_image
 from ..geometry import labeled_boxes
 from ..wsi import Slide
 
-__all__ = ["PatchCandidates", "augment", "find_candidates", "normalise", "read_patches"]
+__all__ = ["PatchCandidates", "augment", "find_candidates", "labeled_candidates", "normalise", "read_patches"]
 
 
 @dataclass
@@ -92,6 +93,23 @@ def find_candidates(
         keep = box_sum(s, y0, x0, y1, x1) / float((2 * r) ** 2) >= min_tissue
         centres, cls = centres[keep], cls[keep]
     return PatchCandidates(slide, level, d, centres, cls)
+
+
+def labeled_candidates(
+    slides: Mapping[str, Slide], labels: Mapping[str, np.ndarray], *, level: int, patch_size: int
+) -> list[PatchCandidates]:
+    """The training candidates of every slide with labels, by one rule for the viewer and the
+    simulation: :func:`find_candidates` with the slide's own tissue mask (what a user has;
+    never a ground truth)."""
+    out = []
+    for name, slide in slides.items():
+        mask = labels.get(name)
+        if mask is None or not mask.any():
+            continue
+        c = find_candidates(slide, mask, level=level, patch_size=patch_size, tissue=slide.tissue_mask())
+        if len(c):
+            out.append(c)
+    return out
 
 
 def _centre_classes(labels: np.ndarray, ys: np.ndarray, xs: np.ndarray, half: int, n_classes: int,
