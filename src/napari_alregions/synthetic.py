@@ -108,6 +108,7 @@ class SlideSpec:
     tissue: tuple[Blob, ...]
     tumour: tuple[Blob, ...]
     waves: tuple[tuple[float, float, float, float], ...] = field(default=())
+    mimics: tuple[Blob, ...] = field(default=())  # tumour-like benign areas (germinal centres)
 
     @property
     def has_tumour(self) -> bool:
@@ -128,8 +129,21 @@ def _rand_blob(rng: np.random.Generator, cx: float, cy: float, radius: float, ro
     )
 
 
-def slide_spec(index: int, *, size: int | Sequence[int], seed: int, n_centres: int = 3) -> SlideSpec:
-    """The random layout of slide ``index`` of a pool (deterministic in ``seed``)."""
+LESIONS = ("mixed", "sparse")
+
+
+def slide_spec(index: int, *, size: int | Sequence[int], seed: int, n_centres: int = 3, lesions: str = "mixed") -> SlideSpec:
+    """The random layout of slide ``index`` of a pool (deterministic in ``seed``).
+
+    ``lesions`` "mixed": tumour from isolated cells to large lesions, about one slide in
+    four without. "sparse" (CAMELYON16-like, where half the positive slides have
+    metastases under 1 % of the tissue): every slide has tumour, one small
+    macro-metastasis (45-100 µm radius), micro-metastases and isolated tumour cells, and
+    tumour-like germinal centres (larger, paler nuclei) in the normal tissue, so that a
+    classifier needs labeled examples of both to tell them apart.
+    """
+    if lesions not in LESIONS:
+        raise ValueError(f"lesions must be one of {LESIONS}, got {lesions!r}")
     h, w = (int(size), int(size)) if np.isscalar(size) else (int(size[0]), int(size[1]))
     rng = np.random.default_rng([seed, index])
     side = min(h, w)
@@ -138,17 +152,26 @@ def slide_spec(index: int, *, size: int | Sequence[int], seed: int, n_centres: i
         r = side * rng.uniform(0.16, 0.3)
         cx, cy = rng.uniform(0.3, 0.7) * w, rng.uniform(0.3, 0.7) * h
         tissue.append(_rand_blob(rng, cx, cy, r, rough=0.6))
-    # Roughly one slide in four has no tumour; slide 0 always has some.
-    kind = "none" if (index > 0 and rng.random() < 0.25) else str(rng.choice(["large", "small", "mixed"]))
+    anchors = [t for t in tissue]
+
+    def inside_point() -> tuple[float, float]:
+        t = anchors[int(rng.integers(len(anchors)))]
+        ang, rad = rng.uniform(0, 2 * math.pi), t.radius * math.sqrt(rng.uniform(0, 0.5))
+        return t.cx + rad * math.cos(ang), t.cy + rad * math.sin(ang)
+
     tumour: list[Blob] = []
-    if kind != "none":
-        anchors = [t for t in tissue]
-
-        def inside_point() -> tuple[float, float]:
-            t = anchors[int(rng.integers(len(anchors)))]
-            ang, rad = rng.uniform(0, 2 * math.pi), t.radius * math.sqrt(rng.uniform(0, 0.5))
-            return t.cx + rad * math.cos(ang), t.cy + rad * math.sin(ang)
-
+    mimics: list[Blob] = []
+    if lesions == "sparse":
+        tumour.append(_rand_blob(rng, *inside_point(), rng.uniform(90, 200), rough=0.8))
+        for _ in range(int(rng.integers(1, 3))):
+            tumour.append(_rand_blob(rng, *inside_point(), rng.uniform(40, 90), rough=0.7))
+        for _ in range(int(rng.integers(2, 6))):
+            tumour.append(_rand_blob(rng, *inside_point(), rng.uniform(12, 30), rough=0.3))
+        for _ in range(max(1, round(rng.uniform(3, 6) * side / 4096))):
+            mimics.append(_rand_blob(rng, *inside_point(), rng.uniform(60, 160), rough=0.6))
+    else:
+        # Roughly one slide in four has no tumour; slide 0 always has some.
+        kind = "none" if (index > 0 and rng.random() < 0.25) else str(rng.choice(["large", "small", "mixed"]))
         if kind in ("large", "mixed"):
             for _ in range(int(rng.integers(1, 3))):
                 tumour.append(_rand_blob(rng, *inside_point(), side * rng.uniform(0.04, 0.1), rough=0.8))
@@ -177,6 +200,7 @@ def slide_spec(index: int, *, size: int | Sequence[int], seed: int, n_centres: i
         tissue=tuple(tissue),
         tumour=tuple(tumour),
         waves=waves,
+        mimics=tuple(mimics),
     )
 
 
@@ -217,6 +241,8 @@ class _Nuclei:
 _LYMPHOCYTE = _Nuclei(pop=1, cell=12.0, presence=0.8, radius=(3.2, 4.6), aspect=(1.0, 1.25), jitter=0.6, vesicular=False)
 _STROMAL = _Nuclei(pop=2, cell=28.0, presence=0.5, radius=(2.5, 3.5), aspect=(2.0, 3.5), jitter=0.8, vesicular=False)
 _TUMOUR = _Nuclei(pop=3, cell=20.0, presence=0.92, radius=(5.5, 9.0), aspect=(1.0, 1.6), jitter=0.4, vesicular=True)
+# germinal-centre cells: larger and paler than lymphocytes, smaller and rounder than tumour
+_CENTROBLAST = _Nuclei(pop=4, cell=18.0, presence=0.85, radius=(4.8, 7.0), aspect=(1.0, 1.25), jitter=0.5, vesicular=True)
 
 
 _N_SPRITES = 64
@@ -347,6 +373,11 @@ def render_region(spec: SlideSpec, x: int, y: int, w: int, h: int) -> tuple[np.n
         lym = _nuclei(spec, _LYMPHOCYTE, box, keep=lambda px, py, u: u > 0.85 * _stroma(spec, px, py))
         strom = _nuclei(spec, _STROMAL, box, keep=lambda px, py, u: u < 0.2 + 0.8 * _stroma(spec, px, py))
         nuc = np.maximum(lym, strom)
+        if spec.mimics:  # germinal centres: pale nuclei in pale eosin, like tumour at a glance
+            mimic = _union(spec.mimics, xs, ys, box) & normal
+            if mimic.any():
+                nuc = np.where(mimic, 0.9 * _nuclei(spec, _CENTROBLAST, box), nuc)
+                e_od = np.where(mimic, 0.33 + 0.05 * field_, e_od)
         fibres = 0.12 * np.sin((xs * 0.7 + ys * 0.3) / 9.0 + 3 * field_)
         h_od = np.where(normal, 1.15 * nuc + 0.04, h_od)
         e_od = np.where(normal, e_od * (1 + fibres * stroma), e_od)
@@ -460,6 +491,13 @@ def write_slide(spec: SlideSpec, image_path: Path, mask_path: Path, *, quality: 
     }
 
 
+def _sizes(size: int | Sequence[int], name: str) -> tuple[int, int]:
+    sizes = (size, size) if np.isscalar(size) else tuple(size)
+    if len(sizes) != 2 or min(int(s) for s in sizes) < TILE:
+        raise ValueError(f"{name} must be at least {TILE} pixels per side, got {size!r}")
+    return int(sizes[0]), int(sizes[1])
+
+
 def make_slide_pool(
     folder: str | os.PathLike[str],
     n_slides: int = 6,
@@ -467,6 +505,9 @@ def make_slide_pool(
     seed: int = 0,
     *,
     test_fraction: float = 0.34,
+    n_test: int | None = None,
+    test_size: int | Sequence[int] | None = None,
+    lesions: str = "mixed",
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict:
@@ -483,7 +524,15 @@ def make_slide_pool(
     seed : int
         Same seed, same files (pixel for pixel).
     test_fraction : float
-        Share of slides marked ``"split": "test"``; at least one test slide has tumour.
+        Share of slides marked ``"split": "test"`` (the last ones); at least one test slide
+        has tumour.
+    n_test : int, optional
+        Number of test slides instead of ``test_fraction``.
+    test_size : int or (int, int), optional
+        Level-0 size of the test slides (default ``size``): evaluation needs many test
+        slides, not large ones.
+    lesions : {"mixed", "sparse"}
+        Tumour layout (:func:`slide_spec`).
     overwrite : bool
         Re-render slides whose files exist. By default existing files are kept, so an
         interrupted run resumes.
@@ -501,15 +550,17 @@ def make_slide_pool(
     """
     if n_slides < 1:
         raise ValueError(f"n_slides must be >= 1, got {n_slides}")
-    sizes = (size, size) if np.isscalar(size) else tuple(size)
-    if len(sizes) != 2 or min(int(s) for s in sizes) < TILE:
-        raise ValueError(f"size must be at least {TILE} pixels per side, got {size!r}")
+    sizes = _sizes(size, "size")
+    tsizes = sizes if test_size is None else _sizes(test_size, "test_size")
+    if n_test is None:
+        n_test = max(1, round(n_slides * test_fraction)) if n_slides > 1 else 0
+    elif not 0 <= n_test < n_slides:
+        raise ValueError(f"n_test must be in [0, n_slides), got {n_test} of {n_slides}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    specs = [slide_spec(i, size=sizes, seed=seed) for i in range(n_slides)]
-    n_test = max(1, round(n_slides * test_fraction)) if n_slides > 1 else 0
     test_ids = set(range(n_slides - n_test, n_slides))
-    if n_test and not any(specs[i].has_tumour for i in test_ids):
+    specs = [slide_spec(i, size=tsizes if i in test_ids else sizes, seed=seed, lesions=lesions) for i in range(n_slides)]
+    if n_test and not any(specs[i].has_tumour for i in test_ids) and test_size is None:
         swap = next((i for i in reversed(range(n_slides)) if specs[i].has_tumour and i not in test_ids), None)
         if swap is not None:
             test_ids.discard(min(test_ids))
@@ -525,7 +576,8 @@ def make_slide_pool(
     for i, spec in enumerate(specs):
         image, mask = folder / f"{spec.name}.tif", folder / f"{spec.name}_mask.tif"
         prev = old.get(spec.name)
-        if prev and image.exists() and mask.exists() and tuple(prev.get("shape", ())) == spec.shape and prev.get("seed") == spec.seed:
+        if (prev and image.exists() and mask.exists() and tuple(prev.get("shape", ())) == spec.shape
+                and prev.get("seed") == spec.seed and prev.get("lesions", "mixed") == lesions):
             stats = {k: prev[k] for k in ("tissue_fraction", "tumour_fraction_of_tissue")}
         else:
             stats = write_slide(spec, image, mask)
@@ -540,6 +592,7 @@ def make_slide_pool(
             "split": "test" if i in test_ids else "train",
             "has_tumour": spec.has_tumour,
             "n_lesions": len(spec.tumour),
+            "lesions": lesions,
             **stats,
         })
         if progress is not None:
