@@ -17,21 +17,83 @@ def sim_pool(tmp_path_factory):
     return folder
 
 
-CONFIG = SimConfig(methods=("random", "adaptive"), settings=((256, 2),), cycles=2, initial_epochs=2,
-                   fine_tune_steps=4, patches_per_slide=8, full_baseline=False)
+CONFIG = SimConfig(methods=("random", "adaptive"), settings=((256, 2),), cycles=2, epochs=2,
+                   patience=1, patches_per_slide=8, full_baseline=False)
 
 
 @pytest.mark.slow
 def test_simulation_is_reproducible_and_writes_outputs(sim_pool, tmp_path):
     a = run_simulation(sim_pool, CONFIG, out=tmp_path / "a")
-    b = run_simulation(sim_pool, CONFIG)
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "wall_s"} for r in rows]  # noqa: E731
-    assert strip(a["rows"]) == strip(b["rows"])
+    b = run_simulation(sim_pool, CONFIG, out=tmp_path / "b")
+    # the same command twice: byte-identical results (timings live in their own file)
+    assert (tmp_path / "a" / "results.csv").read_bytes() == (tmp_path / "b" / "results.csv").read_bytes()
     assert a["regions"] == b["regions"]
     assert len(a["rows"]) == 2 * 2
-    for name in ("results.csv", "table.md", "area_vs_miou.png", "regions_adaptive_l256_k2.geojson"):
+    for name in ("results.csv", "timings.csv", "table.md", "area_vs_miou.png", "regions_adaptive_l256_k2.geojson"):
         assert (tmp_path / "a" / name).exists()
     assert "| adaptive |" in (tmp_path / "a" / "table.md").read_text()
+    row = a["rows"][0]
+    assert row["n_test_slides"] == 1 and 0 <= row["auc_tumour"] <= 1 and row["model"] in ("new", "kept previous", "at chance")
+
+
+@pytest.fixture(scope="module")
+def sparse_pool(tmp_path_factory):
+    """Two training slides and four test slides, every one with small metastases (the demo's task, smaller)."""
+    from napari_alregions.synthetic import make_slide_pool
+
+    folder = tmp_path_factory.mktemp("sparsepool")
+    make_slide_pool(folder, n_slides=6, size=2048, n_test=4, test_size=1024, lesions="sparse", seed=3)
+    return folder
+
+
+@pytest.mark.slow
+def test_repeats_report_mean_and_range_and_curves_do_not_fall(sparse_pool, tmp_path):
+    cfg = SimConfig(methods=("random", "standard"), settings=((256, 2),), cycles=3, repeats=2, epochs=6, patience=2,
+                    full_baseline=True)
+    res = run_simulation(sparse_pool, cfg, out=tmp_path)
+    rows = res["rows"]
+    assert sorted({r["repeat"] for r in rows}) == [0, 1] and all(r["n_test_slides"] == 4 for r in rows)
+    # distinct initial labeled sets per repeat
+    assert {r["annotated_area_pct"] for r in rows if r["repeat"] == 0 and r["cycle"] == 0} != \
+        {r["annotated_area_pct"] for r in rows if r["repeat"] == 1 and r["cycle"] == 0}
+    for method in cfg.methods:
+        mean = [np.mean([r["miou_tumour"] for r in rows if r["method"] == method and r["cycle"] == c]) for c in range(3)]
+        assert all(b >= a - 0.05 for a, b in zip(mean, mean[1:])), (method, mean)  # more labels: not worse
+    table = (tmp_path / "table.md").read_text()
+    assert "over 2 repeats" in table and "| random |" in table
+    full = res["full"]
+    assert len(full["repeats"]) == 2 and full["miou_min"] <= full["miou"] <= full["miou_max"]
+
+
+@pytest.mark.slow
+def test_geojson_ground_truth_gives_the_truth_cells_of_the_mask(sim_pool, tmp_path):
+    """A pool whose truth comes as QuPath GeoJSON (tumour polygons) scores like the mask it was made from."""
+    import json
+    import shutil
+
+    from napari_alregions.io_qupath import labels_to_features, write_features
+    from napari_alregions.simulate import Pool
+
+    manifest = json.loads((sim_pool / "manifest.json").read_text())
+    for e in manifest["slides"]:
+        shutil.copy(sim_pool / e["image"], tmp_path / e["image"])
+        truth = np.asarray(open_labels(sim_pool / e["mask"])[1])
+        tumour = (truth == 2).astype(np.uint8)  # value 1: the one class below
+        feats = labels_to_features(tumour, classes=("Tumor",), factor=2) if tumour.any() else []
+        write_features(tmp_path / f"{e['name']}.geojson", feats)
+        e.pop("mask")
+        e["annotations"] = f"{e['name']}.geojson"
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    a, b = Pool.load(sim_pool, level=1, stride=64), Pool.load(tmp_path, level=1, stride=64)
+    try:
+        assert a.train == b.train and a.test == b.test
+        for name in a.slides:
+            np.testing.assert_array_equal(a.truth[name] == 2, b.truth[name] == 2)
+            np.testing.assert_array_equal(a.truth_cells(name), b.truth_cells(name))
+            assert (b.truth[name] == 1).any()  # tissue from the slide's own mask
+    finally:
+        a.close()
+        b.close()
 
 
 @pytest.mark.slow
@@ -107,8 +169,8 @@ def test_initial_set_strategies_and_embedding_methods(sim_pool, tmp_path):
     with open_slide(sim_pool / test["image"]) as slide:
         patches = read_patches(slide, np.stack([ys[pick] + 32, xs[pick] + 32], 1), level=1, patch_size=64)
     protos = save_prototypes(tmp_path / "p.npz", PrototypeSet({"tumour": embed_patches(patches, enc)}))
-    cfg = SimConfig(methods=("diversity", "focannot"), settings=((256, 2),), cycles=2, initial_epochs=2,
-                    fine_tune_steps=4, patches_per_slide=8, full_baseline=False,
+    cfg = SimConfig(methods=("diversity", "focannot"), settings=((256, 2),), cycles=2, epochs=2,
+                    patience=1, patches_per_slide=8, full_baseline=False,
                     initial=("random", "diversity", "prototype"), prototypes=str(protos))
     res = run_simulation(sim_pool, cfg, out=tmp_path / "out")
     labels = {r["method"] for r in res["rows"]}

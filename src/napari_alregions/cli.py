@@ -53,8 +53,9 @@ def _cmd_make_demo_data(args: argparse.Namespace) -> int:
 
     with progress_bar(args.n_slides, "rendering slides", "slide") as bar:
         manifest = make_slide_pool(
-            args.folder, n_slides=args.n_slides, size=args.size, seed=args.seed,
-            overwrite=args.overwrite, progress=lambda done, total: bar.update(1),
+            args.folder, n_slides=args.n_slides, size=args.size, seed=args.seed, n_test=args.n_test,
+            test_size=args.test_size, lesions=args.lesions, overwrite=args.overwrite,
+            progress=lambda done, total: bar.update(1),
         )
     n_tumour = sum(s["has_tumour"] for s in manifest["slides"])
     print(f"wrote {len(manifest['slides'])} slides ({n_tumour} with tumour) to {args.folder}")
@@ -72,11 +73,11 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         cycles=args.cycles, seed=args.seed, stride=args.stride, level=args.level,
         patch_size=args.patch_size, full_baseline=not args.no_baseline,
         initial=tuple(m.strip() for m in args.initial.split(",")), prototypes=args.prototypes, encoder=args.encoder,
-        scheduler=args.scheduler, local_cluster=args.local_cluster,
+        scheduler=args.scheduler, local_cluster=args.local_cluster, repeats=args.repeats, epochs=args.epochs,
+        patience=args.patience,
     )
     config.validate()  # before the bar starts
-    total = len(config.methods) * len(config.initial) * len(config.settings) * config.cycles + int(config.full_baseline)
-    with progress_bar(total, "simulation", "cycle") as bar:
+    with progress_bar(config.n_steps, "simulation", "cycle") as bar:
         result = run_simulation(args.slides, config, out=args.out, progress=steps_with_message(bar))
     print(results_table(result))
     print(f"results in {args.out}")
@@ -107,16 +108,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n-slides", type=int, default=6)
     s.add_argument("--size", type=int, default=4096, help="level-0 side in pixels (0.5 µm/px)")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--n-test", type=int, help="test slides (the last ones; default: a third)")
+    s.add_argument("--test-size", type=int, help="level-0 side of the test slides (default: --size)")
+    s.add_argument("--lesions", choices=("mixed", "sparse"), default="mixed",
+                   help="mixed: isolated cells to large lesions, some slides without; sparse: CAMELYON16-like small "
+                        "metastases on every slide and tumour-like germinal centres (the demo's task)")
     s.add_argument("--overwrite", action="store_true", help="re-render existing slides")
     s.set_defaults(func=_cmd_make_demo_data)
 
     s = sub.add_parser("simulate", help="simulated active learning comparing selectors (ground-truth oracle)")
-    s.add_argument("--slides", required=True, help="pool folder with manifest.json (see make-demo-data)")
+    s.add_argument("--slides", required=True,
+                   help="pool folder with manifest.json: slides with a split (train/test) and their ground truth as a "
+                        "label mask (see make-demo-data) or QuPath GeoJSON (see README)")
     s.add_argument("--methods", default="random,standard,standard_nonsquare,adaptive")
     s.add_argument("-l", "--region-size", default="384", help="region side(s) in level-0 px, comma-separated")
     s.add_argument("-k", default="2", help="regions per slide and cycle, comma-separated")
     s.add_argument("--cycles", type=int, default=5)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--repeats", type=int, default=1,
+                   help="runs from distinct initial labeled sets (the paper: 3); outputs give mean and min/max")
+    s.add_argument("--epochs", type=int, help="most epochs per cycle's training (default: the viewer's schedule)")
+    s.add_argument("--patience", type=int, help="early stopping after this many epochs without a better validation loss")
     s.add_argument("--stride", type=int, default=64, help="map stride, level-0 px")
     s.add_argument("--level", type=int, default=1, help="working pyramid level of the model")
     s.add_argument("--patch-size", type=int, default=64, help="patch side at the working level")

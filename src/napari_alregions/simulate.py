@@ -1,21 +1,28 @@
 """Simulated region-based active learning with a ground-truth oracle (SPEC §8).
 
-The protocol of the adaptive-region paper (§2.1, §3.2): every training slide starts with k
+The protocol of the adaptive-region paper (§2.1, §3): every training slide starts with k
 random regions (>= 10 % tissue; the same initial set for every method); each cycle trains
-(then fine-tunes) the patch classifier on the revealed labels, predicts probability maps,
-turns them into least-confidence priority maps, selects k new regions per slide with the
-method under test and reveals the ground truth inside them. After every training the
-model is scored on the held-out test slides: mIoU(tumour) at threshold 0.5 over test slides
-with tumour, Dice, and the annotated share of the training tissue.
+the patch classifier on *all* revealed labels to convergence (:func:`model.iter_fit`, the
+training the viewer's retrain runs too: a stable validation split drawn from the labeled
+regions, early stopping, the best validation epoch kept, and the previous cycle's model
+kept when it is better on that split), predicts probability maps, turns them into
+least-confidence priority maps, selects k new regions per slide with the method under
+test and reveals the ground truth inside them. After every training the model is scored
+on the held-out test slides: mIoU(tumour) at threshold 0.5 averaged over the test slides
+with tumour, Dice, and the AUC of the tumour probability over all test cells in tissue.
+``repeats`` runs everything again from distinct initial sets and seeds; the outputs give
+the mean and min/max over repeats, as the paper's Fig. 4.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
+import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +31,7 @@ import numpy as np
 
 from .geometry import Region
 from .io_qupath import write_regions
+from .metrics import iou_dice, roc_auc
 from .priority import MEASURES
 from .selection import select
 from .wsi import Slide, open_labels, open_slide
@@ -37,19 +45,24 @@ TUMOUR, TISSUE = 2, 1
 
 @dataclass(frozen=True)
 class SimConfig:
-    """Simulation settings; ``settings`` lists the (l, k) pairs (l in level-0 px)."""
+    """Simulation settings; ``settings`` lists the (l, k) pairs (l in level-0 px).
+
+    ``epochs``, ``patience`` and ``patches_per_slide`` override the cycle schedule
+    (``model.CYCLE_SCHEDULE``, the viewer's too) when set.
+    """
 
     methods: tuple[str, ...] = ("random", "standard", "standard_nonsquare", "adaptive")
     settings: tuple[tuple[int, int], ...] = ((384, 2),)
     cycles: int = 5
     seed: int = 0
+    repeats: int = 1
     stride: int = 64
     level: int = 1
     patch_size: int = 64
     measure: str = "least_confidence"
-    initial_epochs: int = 12
-    fine_tune_steps: int = 60
-    patches_per_slide: int = 48
+    epochs: int | None = None
+    patience: int | None = None
+    patches_per_slide: int | None = None
     target: float = 0.95
     full_baseline: bool = True
     initial: tuple[str, ...] = ("random",)  # initial labeled set: random, diversity, prototype
@@ -77,8 +90,14 @@ class SimConfig:
             raise ValueError("prototype selection needs a prototype set (--prototypes FILE.npz)")
         if self.measure not in MEASURES or MEASURES[self.measure][1]:
             raise ValueError(f"measure must be a single-model measure, got {self.measure!r}")
-        if self.cycles < 1:
-            raise ValueError(f"cycles must be >= 1, got {self.cycles}")
+        for name in ("cycles", "repeats", "stride", "patch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("epochs", "patience", "patches_per_slide"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1 (or unset for the cycle schedule's), got {getattr(self, name)}")
+        if self.level < 0:
+            raise ValueError(f"level must be >= 0, got {self.level}")
         if not 0 < self.target <= 1:
             raise ValueError(f"target must be in (0, 1] (a share of full-annotation mIoU), got {self.target}")
         if not self.settings:
@@ -89,10 +108,32 @@ class SimConfig:
             if k_ < 1:
                 raise ValueError(f"k (regions per slide and cycle) must be >= 1, got {k_}")
 
+    @property
+    def n_steps(self) -> int:
+        """Progress messages a run sends: one per cycle of each method, and one per baseline."""
+        per_repeat = len(self.methods) * len(self.initial) * len(self.settings) * self.cycles + int(self.full_baseline)
+        return self.repeats * per_repeat
+
+    def schedule(self, seed: int):
+        """The training schedule of one cycle: the viewer's, with this config's overrides."""
+        from dataclasses import replace
+
+        from .model import CYCLE_SCHEDULE
+
+        overrides = {k: getattr(self, k) for k in ("epochs", "patience", "patches_per_slide") if getattr(self, k) is not None}
+        return replace(CYCLE_SCHEDULE, seed=seed, **overrides)
+
 
 @dataclass
 class Pool:
-    """A synthetic (or any manifest-described) slide pool with ground truth at the working level."""
+    """A slide pool with ground truth at the working level.
+
+    The pool's ``manifest.json`` lists slides with a ``split`` ("train" or "test") and their
+    truth: ``mask``, a label TIFF (0 glass, 1 tissue, 2 tumour; as ``make-demo-data``
+    writes), or ``annotations``, a QuPath GeoJSON whose tumour polygons (classification
+    tumour or tumor, any case) are the truth and whose "Tissue" polygons, when present,
+    outline the tissue (else the slide's tissue mask is used).
+    """
 
     folder: Path
     train: list[str]
@@ -116,8 +157,13 @@ class Pool:
             slide = open_slide(folder / entry["image"])
             if level >= slide.level_count:
                 raise ValueError(f"{name}: working level {level} does not exist ({slide.level_count} levels)")
-            # local threads: a distributed Client in this process must not receive file handles
-            gt = np.asarray(open_labels(folder / entry["mask"])[level].compute(scheduler="threads"))
+            if entry.get("mask"):
+                # local threads: a distributed Client in this process must not receive file handles
+                gt = np.asarray(open_labels(folder / entry["mask"])[level].compute(scheduler="threads"))
+            elif entry.get("annotations"):
+                gt = truth_from_geojson(slide, folder / entry["annotations"], level=level)
+            else:
+                raise ValueError(f"{path}: slide {name!r} has neither a 'mask' nor 'annotations' (its ground truth)")
             slides[name], truth[name] = slide, gt
             tissue[name] = slide.tissue_map(stride)
             (test if entry.get("split") == "test" else train).append(name)
@@ -140,6 +186,44 @@ class Pool:
             s.close()
 
 
+_TUMOUR_NAMES = {"tumour", "tumor"}
+
+
+def truth_from_geojson(slide: Slide, path: str | Path, *, level: int) -> np.ndarray:
+    """Ground truth (0 glass, 1 tissue, 2 tumour) at ``level`` from a QuPath GeoJSON.
+
+    Tumour polygons (classification tumour/tumor, any case) are 2; "Tissue" polygons are
+    the tissue when present, else the slide's tissue mask is. Holes are respected.
+    """
+    from skimage.transform import resize
+
+    from .io_qupath import class_annotations, rasterize_annotations, read_features
+
+    anns = class_annotations(read_features(path))
+    lh, lw = slide.levels[level].shape[:2]
+    f = slide.level_factor(level)
+    named = [(a, (a.classification or "").strip().lower()) for a in anns]
+    tissue_anns = [a for a, n in named if n == "tissue"]
+    tumour_anns = [a for a, n in named if n in _TUMOUR_NAMES]
+    other = sorted({n for _, n in named if n not in _TUMOUR_NAMES | {"tissue"}})
+    if other:  # a slide without tumour polygons is a negative slide; other classes count as tissue
+        logger.info("%s: classes %s are neither tumour nor tissue", path, other)
+    truth = np.zeros((lh, lw), np.uint8)
+    if tissue_anns:
+        rasterize_annotations([_as_class(a, "tissue") for a in tissue_anns], truth, classes=("tissue",), factor=f)
+    else:
+        mask = slide.tissue_mask()
+        truth[resize(mask, (lh, lw), order=0, preserve_range=True, anti_aliasing=False).astype(bool)] = TISSUE
+    rasterize_annotations([_as_class(a, "tumour") for a in tumour_anns], truth, classes=("tissue", "tumour"), factor=f)
+    return truth
+
+
+def _as_class(ann, name: str):
+    from dataclasses import replace
+
+    return replace(ann, classification=name)
+
+
 def reveal(truth: np.ndarray, labels: np.ndarray, region: Region, factor: float) -> None:
     """The oracle: copy the ground truth inside a level-0 region into a label mask (in place).
 
@@ -158,16 +242,8 @@ def annotated_fraction(truth: dict[str, np.ndarray], labels: dict[str, np.ndarra
     return done / total if total else 0.0
 
 
-def _metrics(prob: np.ndarray, truth_cells: np.ndarray) -> tuple[float, float]:
-    pred = np.nan_to_num(prob, nan=0.0) >= 0.5
-    inter = int((pred & truth_cells).sum())
-    union = int((pred | truth_cells).sum())
-    total = int(pred.sum() + truth_cells.sum())
-    return (inter / union if union else 1.0), (2 * inter / total if total else 1.0)
-
-
-class _Trainer:
-    """Trains, fine-tunes and predicts with one model across cycles."""
+class _Learner:
+    """The model of one simulated run across its cycles, trained as the viewer trains."""
 
     def __init__(self, pool: Pool, config: SimConfig, client=None) -> None:
         from .model import ModelSpec
@@ -177,27 +253,16 @@ class _Trainer:
         self.model = None
         self.client = client
 
-    def fit(self, labels: dict[str, np.ndarray], names: Sequence[str], seed: int, cancel=None) -> dict:
-        from .model import TrainConfig, find_candidates, fine_tune, train
+    def fit(self, labels: dict[str, np.ndarray], seed: int, cancel=None):
+        from .model import fit, labeled_candidates
 
-        cands = []
-        for n in names:
-            slide = self.pool.slides[n]
-            c = find_candidates(slide, labels[n], level=self.config.level, patch_size=self.config.patch_size,
-                                tissue=self.pool.truth[n] > 0)
-            if len(c):
-                cands.append(c)
+        cands = labeled_candidates({n: self.pool.slides[n] for n in labels}, labels, level=self.config.level,
+                                   patch_size=self.config.patch_size)
         if not cands:
             raise ValueError("no labeled patches: the initial regions hold no tissue")
-        if self.model is None:
-            cfg = TrainConfig(epochs=self.config.initial_epochs, patches_per_slide=self.config.patches_per_slide, seed=seed)
-            res = train(self.spec, cands, cfg, cancel=cancel)
-        else:
-            cfg = TrainConfig(epochs=100, patches_per_slide=self.config.patches_per_slide, seed=seed,
-                              max_steps=self.config.fine_tune_steps, patience=100)
-            res = fine_tune(self.model, self.spec, cands, cfg, cancel=cancel)
-        self.model = res.model
-        return {"steps": res.steps, "val_loss": res.best_val_loss}
+        result = fit(self.spec, cands, self.config.schedule(seed), previous=self.model, cancel=cancel)
+        self.model = result.model
+        return result
 
     def predict(self, name: str) -> np.ndarray:
         from .model import predict_probability_map
@@ -266,16 +331,16 @@ class _Features:
             return {"descriptors": focannot_descriptors(self.embeddings(name), size=size)}
         return {}
 
-    def initial(self, strategy: str, l_: int, k_: int) -> dict[str, list[Region]]:
+    def initial(self, strategy: str, l_: int, k_: int, seed: int) -> dict[str, list[Region]]:
         """The initial labeled regions of every training slide (cycle 0)."""
         from .selection import diversity_pool
         from .selection.diversity import region_embeddings
 
-        pool, cfg = self.pool, self.config
+        pool = self.pool
         if strategy == "diversity":
             chosen = diversity_pool([region_embeddings(self.embeddings(n), size=l_ // pool.stride) for n in pool.train],
                                     stride=pool.stride, region_size=l_, n_per_slide=k_,
-                                    tissue=[pool.tissue[n] for n in pool.train], rng=cfg.seed, slide_names=pool.train,
+                                    tissue=[pool.tissue[n] for n in pool.train], rng=seed, slide_names=pool.train,
                                     strict=False)
             return {n: [r.with_(slide=n, cycle=0) for r in regs] for n, regs in zip(pool.train, chosen)}
         out = {}
@@ -283,23 +348,50 @@ class _Features:
             t = pool.tissue[n]
             if strategy == "prototype":
                 out[n] = select("prototype", self.similarity(n), stride=pool.stride, region_size=l_, k=k_, tissue=t,
-                                seed=cfg.seed * 1000 + i, slide=n, cycle=0)
+                                seed=seed * 1000 + i, slide=n, cycle=0)
             else:
                 out[n] = select("random", np.zeros(t.shape), stride=pool.stride, region_size=l_, k=k_,
-                                tissue=t, seed=cfg.seed * 1000 + i, slide=n, cycle=0)
+                                tissue=t, seed=seed * 1000 + i, slide=n, cycle=0)
         return out
 
 
-def _evaluate(trainer: _Trainer, pool: Pool) -> tuple[float, float]:
-    ious, dices = [], []
-    scored = [n for n in pool.test if pool.truth_cells(n).any()]
-    probs = trainer.predict_many(scored)
-    for n in scored:
+def _evaluate(learner: _Learner, pool: Pool) -> dict[str, float]:
+    """mIoU and Dice (tumour) over the test slides with tumour; AUC over all test cells in tissue."""
+    probs = learner.predict_many(pool.test)
+    ious, dices, scores, truths = [], [], [], []
+    for n in pool.test:
         cells = pool.truth_cells(n)
-        iou, dice = _metrics(probs[n], cells)
-        ious.append(iou)
-        dices.append(dice)
-    return (float(np.mean(ious)) if ious else float("nan")), (float(np.mean(dices)) if dices else float("nan"))
+        prob = np.nan_to_num(probs[n], nan=0.0)
+        tissue = pool.tissue[n]
+        scores.append(prob[tissue])
+        truths.append(cells[tissue])
+        if cells.any():
+            iou, dice = iou_dice(prob >= 0.5, cells)
+            ious.append(iou)
+            dices.append(dice)
+    return {
+        "miou": float(np.mean(ious)) if ious else math.nan,
+        "dice": float(np.mean(dices)) if dices else math.nan,
+        "auc": roc_auc(np.concatenate(scores), np.concatenate(truths)),
+        "n_test": len(ious),
+    }
+
+
+@contextlib.contextmanager
+def _deterministic() -> Iterator[None]:
+    """Same command, same numbers: deterministic torch algorithms while the simulation runs."""
+    import torch
+
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before)
+
+
+def _r(v: float, digits: int = 6) -> float:
+    return round(float(v), digits) if v is not None and math.isfinite(v) else math.nan
 
 
 def run_simulation(
@@ -309,15 +401,15 @@ def run_simulation(
     out: str | Path | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Run the simulation for every (l, k) setting and method.
+    """Run the simulation for every repeat, (l, k) setting and method.
 
-    Returns a dict with ``rows`` (one per method, setting and cycle), ``full`` (the
-    full-annotation baseline mIoU and Dice) and ``regions`` (final regions per method and
-    setting). With ``out``, also writes ``results.csv``, ``table.md``, ``area_vs_miou.png``
-    and one GeoJSON of regions per method and setting.
+    Returns a dict with ``rows`` (one per repeat, method, setting and cycle), ``full`` (the
+    full-annotation baseline: mean, min and max mIoU over repeats, Dice, AUC), ``timings``
+    (wall seconds per cycle, kept out of ``rows`` so that those are the same from run to
+    run) and ``regions`` (final regions per method and setting, of the first repeat).
+    With ``out``, also writes ``results.csv``, ``timings.csv``, ``table.md``,
+    ``area_vs_miou.png`` and one GeoJSON of regions per method and setting.
     """
-    import torch
-
     config.validate()
     say = progress or (lambda msg: None)
     pool = Pool.load(pool_folder, level=config.level, stride=config.stride)
@@ -327,65 +419,110 @@ def run_simulation(
     client = connect(config.scheduler, config.local_cluster)
     measure = MEASURES[config.measure][0]
     rows: list[dict[str, Any]] = []
+    timings: list[dict[str, Any]] = []
     final_regions: dict[str, list[Region]] = {}
-    full = {"miou": float("nan"), "dice": float("nan")}
+    full_runs: list[dict[str, float]] = []
     try:
-        if config.full_baseline:
-            say("full annotation baseline")
-            trainer = _Trainer(pool, config, client)
-            labels = {n: np.where(pool.truth[n] == TUMOUR, 2, 1).astype(np.uint8) for n in pool.train}
-            torch.manual_seed(config.seed)
-            trainer.fit(labels, pool.train, seed=config.seed)
-            full["miou"], full["dice"] = _evaluate(trainer, pool)
-        for l_, k_ in config.settings:
-            for init in config.initial:
-                # the same initial regions for every method
-                initial = features.initial(init, l_, k_)
-                for method in config.methods:
-                    label = method if len(config.initial) == 1 else f"{method} (init {init})"
-                    trainer = _Trainer(pool, config, client)
-                    regions = {n: list(initial[n]) for n in pool.train}
-                    labels = {n: np.zeros(pool.truth[n].shape, np.uint8) for n in pool.train}
-                    for cycle in range(config.cycles):
-                        t0 = time.perf_counter()
-                        for n in pool.train:
-                            f = pool.slides[n].level_factor(config.level)
-                            for r in regions[n]:
-                                reveal(pool.truth[n], labels[n], r, f)
-                        torch.manual_seed(config.seed * 100 + cycle)
-                        fit = trainer.fit(labels, pool.train, seed=config.seed * 100 + cycle)
-                        miou, dice = _evaluate(trainer, pool)
-                        area = annotated_fraction(pool.truth, labels, pool.train)
-                        rows.append({
-                            "method": label, "initial": init, "region_size": l_, "k": k_, "cycle": cycle,
-                            "annotated_area_pct": round(100 * area, 4), "miou_tumour": round(miou, 6),
-                            "dice_tumour": round(dice, 6), "n_regions": sum(len(v) for v in regions.values()),
-                            "train_steps": fit["steps"], "wall_s": round(time.perf_counter() - t0, 2),
-                        })
-                        say(f"{label} l={l_} k={k_} cycle {cycle}: area {100 * area:.2f}%  mIoU {miou:.3f}")
-                        if cycle == config.cycles - 1:
-                            break
-                        probs = trainer.predict_many(pool.train)
-                        for i, n in enumerate(pool.train):
-                            prio = measure(probs[n], tissue=pool.tissue[n])
-                            new = select(method, features.map_for(method, n, prio), stride=config.stride, region_size=l_,
-                                         k=k_, tissue=pool.tissue[n], annotated=regions[n],
-                                         seed=config.seed * 1000 + 97 * (cycle + 1) + i, slide=n, cycle=cycle + 1,
-                                         **features.arrays(method, n, l_))
-                            regions[n].extend(new)
-                    final_regions[f"{label.replace(' ', '_').replace('(', '').replace(')', '')}_l{l_}_k{k_}"] = [r for n in pool.train for r in regions[n]]
+        with _deterministic():
+            for rep in range(config.repeats):
+                seed = config.seed + 1000 * rep  # distinct initial sets and training seeds per repeat
+                if config.full_baseline:
+                    learner = _Learner(pool, config, client)
+                    learner.fit({n: np.where(pool.truth[n] == TUMOUR, 2, 1).astype(np.uint8) for n in pool.train}, seed)
+                    full_runs.append(_evaluate(learner, pool))
+                    say(f"full annotation baseline (repeat {rep}): mIoU {full_runs[-1]['miou']:.3f}")
+                for l_, k_ in config.settings:
+                    for init in config.initial:
+                        initial = features.initial(init, l_, k_, seed)  # the same for every method
+                        shared: dict[str, Any] = {}  # cycle 0 is the same for every method: run it once
+                        for method in config.methods:
+                            label = method if len(config.initial) == 1 else f"{method} (init {init})"
+                            rows_, regions = _run_method(pool, config, features, measure, client, label, method, init,
+                                                         l_, k_, rep, seed, initial, shared, timings, say)
+                            rows += rows_
+                            if rep == 0:
+                                key = f"{label.replace(' ', '_').replace('(', '').replace(')', '')}_l{l_}_k{k_}"
+                                final_regions[key] = [r for n in pool.train for r in regions[n]]
     finally:
         pool.close()
         close(client)
-    result = {"rows": rows, "full": full, "regions": final_regions, "config": config.to_dict()}
+    result = {"rows": rows, "full": _full_summary(full_runs), "regions": final_regions, "timings": timings,
+              "config": config.to_dict()}
     if out is not None:
         write_outputs(result, Path(out))
     return result
 
 
-def area_to_reach(rows: Sequence[dict], method: str, l_: int, k_: int, goal: float) -> float | None:
-    """Annotated area (%) at the first cycle whose mIoU reaches ``goal``; None if never."""
-    for r in sorted((r for r in rows if r["method"] == method and r["region_size"] == l_ and r["k"] == k_), key=lambda r: r["cycle"]):
+def _run_method(pool, config, features, measure, client, label, method, init, l_, k_, rep, seed, initial, shared,
+                timings, say) -> tuple[list[dict[str, Any]], dict[str, list[Region]]]:
+    """The cycles of one method in one repeat; ``shared`` carries cycle 0 across methods."""
+    learner = _Learner(pool, config, client)
+    regions = {n: list(initial[n]) for n in pool.train}
+    labels = {n: np.zeros(pool.truth[n].shape, np.uint8) for n in pool.train}
+    rows = []
+    for cycle in range(config.cycles):
+        t0 = time.perf_counter()
+        for n in pool.train:
+            f = pool.slides[n].level_factor(config.level)
+            for r in regions[n]:
+                reveal(pool.truth[n], labels[n], r, f)
+        if cycle == 0 and "fit" in shared:
+            fit, scores = shared["fit"], shared["scores"]
+            learner.model = fit.model
+        else:
+            fit = learner.fit(labels, seed * 100 + cycle)
+            scores = _evaluate(learner, pool)
+            if cycle == 0:
+                shared.update(fit=fit, scores=scores)
+        area = annotated_fraction(pool.truth, labels, pool.train)
+        rows.append({
+            "repeat": rep, "method": label, "initial": init, "region_size": l_, "k": k_, "cycle": cycle,
+            "annotated_area_pct": _r(100 * area, 4), "miou_tumour": _r(scores["miou"]), "dice_tumour": _r(scores["dice"]),
+            "auc_tumour": _r(scores["auc"]), "n_test_slides": scores["n_test"],
+            "n_regions": sum(len(v) for v in regions.values()), "train_steps": fit.train.steps,
+            "val_loss": _r(fit.val_loss), "val_auc": _r(fit.val_auc), "model": fit.status,
+        })
+        say(f"{label} l={l_} k={k_} repeat {rep} cycle {cycle}: area {100 * area:.2f}%  mIoU {scores['miou']:.3f}"
+            + (f" ({fit.status})" if fit.status != "new" else ""))
+        if cycle < config.cycles - 1:
+            if method == "random":
+                probs = None  # random ignores the map
+            elif cycle == 0 and "probs" in shared:
+                probs = shared["probs"]
+            else:
+                probs = learner.predict_many(pool.train)
+                if cycle == 0:
+                    shared["probs"] = probs
+            for i, n in enumerate(pool.train):
+                tissue = pool.tissue[n]
+                prio = np.zeros(tissue.shape, np.float32) if probs is None else measure(probs[n], tissue=tissue)
+                regions[n].extend(select(method, features.map_for(method, n, prio), stride=config.stride, region_size=l_,
+                                         k=k_, tissue=tissue, annotated=regions[n],
+                                         seed=seed * 1000 + 97 * (cycle + 1) + i, slide=n, cycle=cycle + 1,
+                                         **features.arrays(method, n, l_)))
+        timings.append({"repeat": rep, "method": label, "region_size": l_, "k": k_, "cycle": cycle,
+                        "wall_s": round(time.perf_counter() - t0, 2)})
+    return rows, regions
+
+
+def _full_summary(runs: Sequence[dict[str, float]]) -> dict[str, Any]:
+    if not runs:
+        return {"miou": math.nan, "miou_min": math.nan, "miou_max": math.nan, "dice": math.nan, "auc": math.nan,
+                "n_test_slides": 0, "repeats": []}
+    mious = [r["miou"] for r in runs]
+    return {"miou": float(np.mean(mious)), "miou_min": float(np.min(mious)), "miou_max": float(np.max(mious)),
+            "dice": float(np.mean([r["dice"] for r in runs])), "auc": float(np.mean([r["auc"] for r in runs])),
+            "n_test_slides": runs[0]["n_test"], "repeats": [dict(r) for r in runs]}
+
+
+def _of(rows: Sequence[dict], method: str, l_: int, k_: int) -> list[dict]:
+    return [r for r in rows if r["method"] == method and r["region_size"] == l_ and r["k"] == k_]
+
+
+def area_to_reach(rows: Sequence[dict], method: str, l_: int, k_: int, goal: float, *, repeat: int | None = None) -> float | None:
+    """Annotated area (%) at the first cycle whose mIoU reaches ``goal`` (in one repeat); None if never."""
+    mine = [r for r in _of(rows, method, l_, k_) if repeat is None or r.get("repeat", 0) == repeat]
+    for r in sorted(mine, key=lambda r: r["cycle"]):
         if r["miou_tumour"] >= goal:
             return r["annotated_area_pct"]
     return None
@@ -396,49 +533,94 @@ def _labels(result: dict[str, Any]) -> list[str]:
     return list(dict.fromkeys(r["method"] for r in result["rows"])) or list(result["config"]["methods"])
 
 
+def _repeats(rows: Sequence[dict]) -> list[int]:
+    return sorted({int(r.get("repeat", 0)) for r in rows})
+
+
+def _spread(values: Sequence[float], fmt: str = "{:.1f}") -> str:
+    """'mean (min–max)', or the value alone for one repeat."""
+    if len(values) == 1:
+        return fmt.format(values[0])
+    return f"{fmt.format(np.mean(values))} ({fmt.format(min(values))}–{fmt.format(max(values))})"
+
+
 def results_table(result: dict[str, Any]) -> str:
-    """Markdown table like the adaptive paper's Table 1."""
+    """Markdown tables like the adaptive paper's Table 1, over repeats: the annotated area
+    each method needs to reach the goal, and the mIoU it ends with."""
     cfg = result["config"]
     rows, full = result["rows"], result["full"]
     goal = cfg["target"] * full["miou"]
     settings = [tuple(s) for s in cfg["settings"]]
+    reps = _repeats(rows)
+    n = len(reps)
+    full_txt = _spread([r["miou"] for r in full.get("repeats", [])], "{:.3f}") if full.get("repeats") else f"{full['miou']:.3f}"
     head = "| method | " + " | ".join(f"k={k}, l={l}" for l, k in settings) + " |"
+    rule = "|" + "---|" * (len(settings) + 1)
     lines = [
         f"Annotated tissue area (%) needed to reach {100 * cfg['target']:.0f}% of full-annotation mIoU(tumour) "
-        f"({full['miou']:.3f} → goal {goal:.3f}); \"/\" = not reached in {cfg['cycles']} cycles.",
+        f"({full_txt} → goal {goal:.3f}); " + (f"mean (min–max) over {n} repeats; " if n > 1 else "")
+        + f"'/' = not reached in {cfg['cycles']} cycles" + (", r/N = reached in r of N repeats" if n > 1 else "") + ".",
         "",
         head,
-        "|" + "---|" * (len(settings) + 1),
+        rule,
     ]
     for m in _labels(result):
         cells = []
         for l_, k_ in settings:
-            a = area_to_reach(rows, m, l_, k_, goal)
-            cells.append("/" if a is None else f"{a:.1f}")
+            areas = [area_to_reach(rows, m, l_, k_, goal, repeat=rep) for rep in reps]
+            got = [a for a in areas if a is not None]
+            cell = "/" if not got else _spread(got)
+            if got and len(got) < n:
+                cell += f", {len(got)}/{n}"
+            cells.append(cell)
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    lines += ["", f"mIoU(tumour) at the last cycle (annotated area %), over {result['full'].get('n_test_slides') or '?'} "
+              "test slides with tumour" + (f"; mean (min–max) over {n} repeats" if n > 1 else "") + ":", "", head, rule]
+    for m in _labels(result):
+        cells = []
+        for l_, k_ in settings:
+            last = [max((r for r in _of(rows, m, l_, k_) if r.get("repeat", 0) == rep), key=lambda r: r["cycle"])
+                    for rep in reps if any(r.get("repeat", 0) == rep for r in _of(rows, m, l_, k_))]
+            cells.append(_spread([r["miou_tumour"] for r in last], "{:.3f}") + " ("
+                         + _spread([r["annotated_area_pct"] for r in last]) + " %)" if last else "")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
+def _write_csv(path: Path, rows: Sequence[dict]) -> Path:
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]), lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
 def write_outputs(result: dict[str, Any], out: Path) -> dict[str, Path]:
-    """results.csv, table.md, area_vs_miou.png and regions_<method>_l<l>_k<k>.geojson."""
+    """results.csv, timings.csv, table.md, area_vs_miou.png and regions_<method>_l<l>_k<k>.geojson."""
     out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
-    rows = result["rows"]
-    if rows:
-        csv_path = out / "results.csv"
-        with open(csv_path, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
-        paths["csv"] = csv_path
+    if result["rows"]:
+        paths["csv"] = _write_csv(out / "results.csv", result["rows"])
+    if result.get("timings"):
+        paths["timings"] = _write_csv(out / "timings.csv", result["timings"])
     (out / "table.md").write_text(results_table(result))
     paths["table"] = out / "table.md"
-    (out / "full_annotation.json").write_text(json.dumps(result["full"], indent=1))
+    full = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in result["full"].items()}
+    (out / "full_annotation.json").write_text(json.dumps(full, indent=1))
     paths["plot"] = _plot(result, out / "area_vs_miou.png")
     for key, regions in result["regions"].items():
         write_regions(out / f"regions_{key}.geojson", regions)
     paths["regions"] = out
     return paths
+
+
+def _mean_curve(rows: Sequence[dict]) -> tuple[np.ndarray, ...]:
+    """Per cycle over repeats: mean area, mean mIoU, min and max mIoU."""
+    cycles = sorted({r["cycle"] for r in rows})
+    by = [[r for r in rows if r["cycle"] == c] for c in cycles]
+    area = np.array([np.mean([r["annotated_area_pct"] for r in b]) for b in by])
+    miou = [np.array([r["miou_tumour"] for r in b], dtype=float) for b in by]
+    return area, np.array([m.mean() for m in miou]), np.array([m.min() for m in miou]), np.array([m.max() for m in miou])
 
 
 def _plot(result: dict[str, Any], path: Path) -> Path:
@@ -449,22 +631,30 @@ def _plot(result: dict[str, Any], path: Path) -> Path:
 
     cfg = result["config"]
     settings = [tuple(s) for s in cfg["settings"]]
-    fig, axes = plt.subplots(1, len(settings), figsize=(5 * len(settings), 4), squeeze=False)
+    n = len(_repeats(result["rows"]))
+    fig, axes = plt.subplots(1, len(settings), figsize=(5.5 * len(settings), 4.2), squeeze=False)
     for ax, (l_, k_) in zip(axes[0], settings, strict=True):
-        for m in _labels(result):
-            pts = sorted((r["annotated_area_pct"], r["miou_tumour"]) for r in result["rows"]
-                         if r["method"] == m and r["region_size"] == l_ and r["k"] == k_)
-            if pts:
-                ax.plot(*zip(*pts, strict=True), marker="o", label=m)
-        full = result["full"]["miou"]
-        if np.isfinite(full):
-            ax.axhline(full, ls="--", c="k", lw=1, label="full annotation")
-            ax.axhline(cfg["target"] * full, ls=":", c="0.35", lw=1, label=f"{cfg['target']:.0%} of it (the table's goal)")
-        ax.set_title(f"l = {l_} px, k = {k_}")
+        for i, m in enumerate(_labels(result)):
+            mine = _of(result["rows"], m, l_, k_)
+            if not mine:
+                continue
+            area, mean, lo, hi = _mean_curve(mine)
+            colour = f"C{i}"
+            ax.plot(area, mean, marker="o", ms=4, color=colour, label=m)
+            if n > 1:
+                ax.fill_between(area, lo, hi, color=colour, alpha=0.15, lw=0)
+        full = result["full"]
+        if np.isfinite(full["miou"]):
+            ax.axhline(full["miou"], ls="--", c="k", lw=1, label="full annotation" + (" (mean, min–max)" if n > 1 else ""))
+            if n > 1 and np.isfinite(full.get("miou_min", np.nan)):
+                ax.axhspan(full["miou_min"], full["miou_max"], color="k", alpha=0.07, lw=0)
+            ax.axhline(cfg["target"] * full["miou"], ls=":", c="0.35", lw=1, label=f"{cfg['target']:.0%} of it (the table's goal)")
+        ax.set_title(f"l = {l_} px, k = {k_}" + (f": mean and min–max of {n} repeats" if n > 1 else ""), fontsize=10)
         ax.set_xlabel("annotated tissue area (%)")
-        ax.set_ylabel("mIoU (tumour)")
+        ax.set_ylabel(f"mIoU (tumour), {full.get('n_test_slides') or '?'} test slides")
+        ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
+    axes[0][0].legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
