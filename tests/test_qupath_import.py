@@ -236,3 +236,37 @@ def test_export_is_strict_json_and_nan_scores_survive(tmp_path, project):
     scores = [r.score for r in sorted(back.session.regions, key=lambda r: r.x)]
     assert math.isnan(scores[0]) and scores[1] == math.inf
     back.close()
+
+
+def test_cli_import_with_class_map_dry_run_then_export(tmp_path, project, capsys):
+    from napari_alregions.cli import main
+
+    p, slide = project
+    features = [q.feature(q.rectangle(0, 0, 256, 256), cls="Region*", class_color=(0, 0, 180)),
+                q.feature(q.rectangle(0, 0, 64, 64), cls="Stroma"),
+                q.feature(q.rectangle(64, 64, 64, 64), cls="Tumor"),
+                q.feature(q.rectangle(128, 0, 8, 8), cls="Other"),
+                q.feature(q.rectangle(0, 0, 4, 4), object_type="detection")]
+    path = _write(tmp_path, features)
+    folder = str(p.folder)
+    assert main(["qupath-import", folder, str(path)]) == 2
+    assert "'Other' (1), 'Stroma' (1)" in capsys.readouterr().err
+    args = ["qupath-import", folder, str(path), "--class-map", "stroma=background,Other=", "--slide", slide]
+    assert main([*args, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "4 annotations: 1 region, 2 labels; skipped 1 detection, 1 annotation of an ignored class" in out
+    assert "would add 1 region(s)" in out
+    reopened = AnnotationProject.open(folder)
+    assert not reopened.session.accepted  # a dry run writes nothing
+    reopened.close()
+    assert main([*args, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["labeled_annotations"] == 2
+    back = AnnotationProject.open(folder)
+    want = _want(back, slide, ((0, 0, 64, 64), 1), ((64, 64, 64, 64), 2))
+    np.testing.assert_array_equal(back.session.labels(slide), want)
+    back.close()
+    assert main(["qupath-export", folder, str(tmp_path / "out.geojson")]) == 0
+    names = [f["properties"]["classification"]["name"] for f in json.loads((tmp_path / "out.geojson").read_text())["features"]]
+    assert sorted(names) == ["Region*", "background", "tumour"]
+    assert main(["qupath-import", folder, str(path), "--class-map", "nonsense"]) == 2
+    assert "QUPATH_CLASS=SESSION_CLASS" in capsys.readouterr().err
