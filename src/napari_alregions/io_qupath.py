@@ -381,6 +381,7 @@ _SKIP_REASONS = {
     "ellipse": ("ellipse", "ellipses"),
     "other plane": ("annotation on another z/t plane", "annotations on other z/t planes"),
     "not polygonal": ("non-polygonal annotation", "non-polygonal annotations"),
+    "outside the slide": ("annotation outside the slide", "annotations outside the slide"),
     "ignored class": ("annotation of an ignored class", "annotations of ignored classes"),
 }
 
@@ -560,6 +561,13 @@ def _rings(polygons: list, kind: str) -> list[list[list[tuple[float, float]]]]:
     return rings
 
 
+def _meets(rings: list, extent: tuple[int, int]) -> bool:
+    """Whether the bounding box of ``rings`` overlaps the slide ``[0, w) x [0, h)``."""
+    xy = np.array([p for poly in rings for p in poly[0]], dtype=np.float64)
+    (x0, y0), (x1, y1) = xy.min(axis=0), xy.max(axis=0)
+    return x1 > 0 and y1 > 0 and x0 < extent[0] and y0 < extent[1]
+
+
 def _plane(geometry: dict[str, Any]) -> tuple[int, int]:
     plane = geometry.get("plane")
     if plane is None:
@@ -611,6 +619,7 @@ def plan_import(
     classes: Sequence[str],
     class_map: dict[str, str | None] | None = None,
     max_region: float | None = None,
+    extent: tuple[int, int] | None = None,
 ) -> ImportPlan:
     """Sort the objects of a QuPath GeoJSON file as an import into a session would.
 
@@ -633,6 +642,8 @@ def plan_import(
         to skip annotations of that class.
     max_region : float, optional
         The largest side (level-0 px) an unclassified outline may have to be a region.
+    extent : (width, height), optional
+        The slide's level-0 size: annotations wholly outside it are skipped.
 
     Returns
     -------
@@ -650,6 +661,8 @@ def plan_import(
     class_map = _validate_class_map(class_map, classes)
     if max_region is not None and not max_region > 0:
         raise ValueError(f"max_region must be positive, got {max_region}")
+    if extent is not None and (len(extent) != 2 or min(extent) <= 0):
+        raise ValueError(f"extent must be a positive (width, height), got {extent}")
     regions: list[Region] = []
     labeled: list[ClassAnnotation] = []
     skipped: dict[str, int] = {}
@@ -685,6 +698,9 @@ def plan_import(
             names = class_names(props.get("classification"))
         except ValueError as exc:
             raise ValueError(f"feature {i}: {exc}") from exc
+        if extent is not None and not _meets(rings, extent):
+            skip("outside the slide")
+            continue
         if names and names[0].lower() == PROPOSAL_CLASS.lower():
             skip("proposal")
             continue

@@ -799,8 +799,9 @@ class AnnotationProject:
         The file is read as QuPath reads it (:func:`~napari_alregions.io_qupath.plan_import`):
         annotations only (detections, cells, tiles, TMA cores are skipped and counted);
         classes by their base name, matched case-insensitively, through synonyms
-        (Tumor/Tumour) and ``class_map``; our own proposals (``Proposal: <method>``) and
-        unclassified outlines larger than ``max_region`` (tissue outlines) are skipped.
+        (Tumor/Tumour) and ``class_map``; our own proposals (``Proposal: <method>``),
+        unclassified outlines larger than ``max_region`` (tissue outlines) and annotations
+        wholly outside the slide are skipped.
         Every labeled polygon lies in an accepted region afterwards (its bounding box is
         accepted when no region holds it). When the file has no annotation of the first
         class (background), unlabeled pixels of imported regions become background, as
@@ -840,7 +841,8 @@ class AnnotationProject:
         """
         self._slide(slide)
         try:
-            plan = plan_import(read_geojson(path), classes=self.classes, class_map=class_map,
+            h, w = self._slide(slide).shape[:2]
+            plan = plan_import(read_geojson(path), classes=self.classes, class_map=class_map, extent=(w, h),
                                max_region=self._max_region(slide) if max_region is None else max_region)
         except ValueError as exc:
             raise ValueError(f"{path}: {exc}") from exc
