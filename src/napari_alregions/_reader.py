@@ -1,8 +1,9 @@
 """npe2 reader contribution: whole-slide images as multiscale image layers.
 
 napari asks :func:`get_reader` about every file whose name matches the manifest's
-patterns; it answers only for files it can open (a TIFF by its first bytes, then opened
-as a slide), so other readers get the rest.
+patterns; it answers only for files it can open (probed: a TIFF by its first bytes, read by
+tifffile; other formats by OpenSlide when it is installed; then opened as a slide), so
+other readers get the rest.
 """
 
 from __future__ import annotations
@@ -14,24 +15,15 @@ from .layers import slide_image_layer
 from .wsi import open_slide
 
 #: Suffixes of slide formats tifffile reads (keep in step with napari.yaml's patterns).
-SUFFIXES = (".tif", ".tiff", ".svs", ".ndpi", ".scn", ".bif", ".qptiff")
-
-#: The first bytes of a TIFF and a BigTIFF, little- and big-endian.
-TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
-
-
-def is_tiff(path: str | Path) -> bool:
-    """Whether the file starts like a TIFF (classic or BigTIFF)."""
-    try:
-        with open(path, "rb") as fh:
-            return fh.read(4) in TIFF_MAGIC
-    except OSError:
-        return False
+TIFF_SUFFIXES = (".tif", ".tiff", ".svs", ".ndpi", ".scn", ".bif", ".qptiff")
+#: Suffixes of slide formats only OpenSlide reads (the ``openslide`` extra).
+OPENSLIDE_SUFFIXES = (".mrxs", ".vms", ".vmu", ".svslide")
+SUFFIXES = TIFF_SUFFIXES + OPENSLIDE_SUFFIXES
 
 
 def can_open(path: str | Path) -> bool:
-    """Whether :func:`~napari_alregions.wsi.open_slide` opens the file (then closed again)."""
-    if not (str(path).lower().endswith(SUFFIXES) and Path(path).is_file() and is_tiff(path)):
+    """Whether :func:`~napari_alregions.wsi.open_slide` opens the file (closed again)."""
+    if not (str(path).lower().endswith(SUFFIXES) and Path(path).is_file()):
         return False
     try:
         open_slide(path).close()
