@@ -517,9 +517,7 @@ def _open_openslide(path: Path) -> Slide:
     pyramidal = len(levels) > 1
     if not pyramidal:
         levels, readers = _coarsened_pyramid(levels[0], readers[0])
-        shapes = tuple((int(a.shape[0]), int(a.shape[1])) for a in levels)
-        h0, w0 = shapes[0]
-        downsamples = tuple(((h0 / h) + (w0 / w)) / 2 for h, w in shapes)
+        shapes, downsamples = _level_geometry(levels)
     info = SlideInfo(path=str(path), format=f"openslide:{fmt}", shape=shapes[0], level_shapes=shapes,
                      downsamples=downsamples, mpp=mpp, tile_shape=tile_shape, pyramidal=pyramidal)
     return Slide(path, levels, readers, info, osr)
@@ -562,9 +560,8 @@ def _open_tiff(path: Path, tif: tifffile.TiffFile) -> Slide:
     if not pyramidal:
         levels, readers = _coarsened_pyramid(levels[0], readers[0])
 
-    h0, w0 = levels[0].shape[:2]
-    shapes = tuple((int(a.shape[0]), int(a.shape[1])) for a in levels)
-    downsamples = tuple(((h0 / h) + (w0 / w)) / 2 for h, w in shapes)
+    shapes, downsamples = _level_geometry(levels)
+    h0, w0 = shapes[0]
     info = SlideInfo(
         path=str(path),
         format=_format_name(tif),
@@ -578,6 +575,13 @@ def _open_tiff(path: Path, tif: tifffile.TiffFile) -> Slide:
     slide = Slide(path, levels, readers, info, tif)
     slide._tiled = tiled + [None] * (len(levels) - len(tiled))
     return slide
+
+
+def _level_geometry(levels: list[da.Array]) -> tuple[tuple[tuple[int, int], ...], tuple[float, ...]]:
+    """Each level's (height, width) and its downsample (mean of the two axes' ratios)."""
+    shapes = tuple((int(a.shape[0]), int(a.shape[1])) for a in levels)
+    h0, w0 = shapes[0]
+    return shapes, tuple(((h0 / h) + (w0 / w)) / 2 for h, w in shapes)
 
 
 def _main_series(path: Path, tif: tifffile.TiffFile) -> int:
