@@ -280,3 +280,28 @@ def test_cli_import_with_class_map_dry_run_then_export(tmp_path, project, capsys
     assert sorted(names) == ["Region*", "background", "tumour"]
     assert main(["qupath-import", folder, str(path), "--class-map", "nonsense"]) == 2
     assert "QUPATH_CLASS=SESSION_CLASS" in capsys.readouterr().err
+
+
+def test_export_with_the_priority_map_as_qupath_tiles(tmp_path, project):
+    from napari_alregions.project import MapRecord
+
+    p, slide = project
+    with pytest.raises(ValueError, match="no priority map"):
+        p.export_qupath(tmp_path / "e.geojson", slide, priority=True)
+    tissue = p.slides[slide].tissue_map(p.stride)
+    h, w = tissue.shape
+    prio = (np.arange(h * w).reshape(h, w) % 7 / 7).astype(np.float32)
+    prio[~tissue] = 0
+    p.maps[slide] = MapRecord(np.zeros((1, h, w, 2), np.float32), prio, "least_confidence", p.stride, 0)
+    features = json.loads(p.export_qupath(tmp_path / "e.geojson", slide, priority=True).read_text())["features"]
+    tiles = [f for f in features if f["properties"]["objectType"] == "tile"]
+    got = {}
+    for f in tiles:
+        ring = f["geometry"]["coordinates"][0]
+        (x0, y0), (x1, y1) = ring[0], ring[2]
+        assert (x1 - x0, y1 - y0) == (p.stride, p.stride)
+        got[(y0 // p.stride, x0 // p.stride)] = f["properties"]["measurements"]["priority"]
+    assert got == {(int(r), int(c)): float(prio[r, c]) for r, c in zip(*np.nonzero(tissue), strict=True)}
+    assert tiles[0]["properties"]["metadata"] == {"measure": "least_confidence", "cycle": "0", "slide": slide}
+    counts = p.import_qupath(tmp_path / "e.geojson", slide)  # the tiles are no regions
+    assert counts["skipped_by"] == {"tile": int(tissue.sum())} and not p.session.accepted

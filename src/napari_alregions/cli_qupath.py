@@ -59,10 +59,10 @@ def _cmd_import(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     project, slide = _open(args)
     try:
-        out = project.export_qupath(args.out, slide)
+        out = project.export_qupath(args.out, slide, priority=args.priority)
     finally:
         project.close()
-    print(f"wrote regions and labels of {slide} to {out}")
+    print(f"wrote regions{', labels and the priority map' if args.priority else ' and labels'} of {slide} to {out}")
     return 0
 
 
@@ -84,4 +84,6 @@ def add_qupath_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("session", help="session folder")
     s.add_argument("out", help="GeoJSON file to write")
     s.add_argument("--slide", help="the session's slide (default: the only one)")
+    s.add_argument("--priority", action="store_true",
+                   help="also the priority map: one QuPath tile per tissue cell with a 'priority' measurement")
     s.set_defaults(func=_cmd_export)

@@ -35,6 +35,7 @@ __all__ = [
     "labels_to_features",
     "match_class",
     "plan_import",
+    "priority_to_features",
     "qupath_objects",
     "rasterize_annotations",
     "read_features",
@@ -245,6 +246,68 @@ def labels_to_features(
             "type": "Feature",
             "id": str(uuid.uuid4()),
             "geometry": {"type": mapping["type"], "coordinates": _lists(mapping["coordinates"])},
+            "properties": props,
+        })
+    return features
+
+
+def priority_to_features(
+    priority: np.ndarray,
+    *,
+    stride: int,
+    mask: np.ndarray | None = None,
+    metadata: dict[str, str] | None = None,
+) -> list[dict[str, Any]]:
+    """One QuPath *tile* per map cell, with the cell's value as its ``priority`` measurement.
+
+    QuPath's *Measure ▸ Show measurement maps* then colours the map over the slide.
+
+    Parameters
+    ----------
+    priority : (H, W) float ndarray
+        A priority (or similarity) map; map pixel (r, c) covers level-0
+        ``[c*stride, (c+1)*stride) x [r*stride, (r+1)*stride)``.
+    stride : int
+        Level-0 px per map pixel.
+    mask : (H, W) bool ndarray, optional
+        Cells to write (e.g. the tissue map); all finite cells by default.
+    metadata : dict of str to str, optional
+        Written with every tile (e.g. the measure and cycle).
+
+    Returns
+    -------
+    list of dict
+        GeoJSON features with ``objectType: "tile"``; non-finite cells are left out.
+
+    Examples
+    --------
+    >>> [f] = priority_to_features(np.array([[0.25, np.nan]]), stride=64)
+    >>> f["geometry"]["coordinates"][0][2], f["properties"]["measurements"]
+    ([64, 64], {'priority': 0.25})
+    """
+    priority = np.asarray(priority)
+    if priority.ndim != 2:
+        raise ValueError(f"priority must be a 2-D map, got shape {priority.shape}")
+    if not isinstance(stride, (int, np.integer)) or stride <= 0:
+        raise ValueError(f"stride must be a positive integer, got {stride!r}")
+    keep = np.isfinite(priority)
+    if mask is not None:
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != priority.shape:
+            raise ValueError(f"mask must have the map's shape {priority.shape}, got {mask.shape}")
+        keep &= mask
+    meta = {str(k): str(v) for k, v in (metadata or {}).items()}
+    s = int(stride)
+    features = []
+    for r, c in zip(*np.nonzero(keep), strict=True):
+        x, y = int(c) * s, int(r) * s
+        props: dict[str, Any] = {"objectType": "tile", "measurements": {"priority": float(priority[r, c])}}
+        if meta:
+            props["metadata"] = dict(meta)
+        features.append({
+            "type": "Feature",
+            "id": str(uuid.uuid4()),
+            "geometry": {"type": "Polygon", "coordinates": [[[x, y], [x + s, y], [x + s, y + s], [x, y + s], [x, y]]]},
             "properties": props,
         })
     return features

@@ -33,7 +33,7 @@ import numpy as np
 from ._atomic import atomic_path, save_npy
 from ._progress import iter_progress, relay
 from .geometry import Region, labeled_boxes
-from .io_qupath import labels_to_features, plan_import, rasterize_annotations, read_geojson, write_features
+from .io_qupath import labels_to_features, plan_import, priority_to_features, rasterize_annotations, read_geojson, write_features
 from .priority import MEASURES
 from .selection import METHODS, select
 from .selection.compare import MethodSummary, compare_proposals
@@ -782,14 +782,25 @@ class AnnotationProject:
                 for m, p in list(plan.items())}
 
     # -- QuPath -------------------------------------------------------------------------------
-    def export_qupath(self, path: str | os.PathLike[str], slide: str) -> Path:
-        """Regions (accepted and proposed) and labels of a slide as QuPath GeoJSON."""
-        self._slide(slide)
+    def export_qupath(self, path: str | os.PathLike[str], slide: str, *, priority: bool = False) -> Path:
+        """Regions (accepted and proposed) and labels of a slide as QuPath GeoJSON.
+
+        With ``priority``, the slide's current priority map too: one QuPath tile per tissue
+        cell with a ``priority`` measurement (QuPath's measurement maps colour it); an
+        import skips the tiles.
+        """
+        s = self._slide(slide)
+        if priority and slide not in self.maps:
+            raise ValueError(f"{slide} has no priority map yet: compute one first")
         features = [r.to_feature(locked=False) for r in self.session.accepted_on(slide)]
         features += [r.to_feature(classification=f"Proposal: {r.method}") for r in self.proposals(slide)]
         labels = self.session.labels(slide)
         features += labels_to_features(labels, classes=self.classes, colors=self.colors, factor=self.label_factor(slide),
                                        slide=slide, boxes=labeled_boxes(labels))
+        if priority:
+            record = self.maps[slide]
+            features += priority_to_features(record.priority, stride=record.stride, mask=s.tissue_map(record.stride),
+                                             metadata={"measure": record.measure, "cycle": record.cycle, "slide": slide})
         return write_features(path, features)
 
     def import_qupath(self, path: str | os.PathLike[str], slide: str, *, class_map: dict[str, str | None] | None = None,
