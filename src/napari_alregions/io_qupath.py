@@ -76,8 +76,12 @@ def write_features(path: str | os.PathLike[str], features: Iterable[dict[str, An
     QuPath writes it (the strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"``, which QuPath
     and :func:`read_regions` read back as numbers); anywhere else it becomes ``null``.
     """
-    collection = {"type": "FeatureCollection", "features": [_strict(f) for f in features]}
-    return write_text(path, json.dumps(collection, indent=1, allow_nan=False))
+    collection = {"type": "FeatureCollection", "features": list(features)}
+    try:
+        text = json.dumps(collection, indent=1, allow_nan=False)
+    except ValueError:  # a non-finite number somewhere (rare): replace them, then write
+        text = json.dumps(_strict(collection), indent=1, allow_nan=False)
+    return write_text(path, text)
 
 
 def _strict(value: Any, measurement: bool = False) -> Any:

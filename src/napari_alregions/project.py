@@ -850,9 +850,8 @@ class AnnotationProject:
             For a malformed file or classes that match no session class (all listed);
             nothing is written then.
         """
-        self._slide(slide)
+        h, w = self._slide(slide).shape[:2]
         try:
-            h, w = self._slide(slide).shape[:2]
             plan = plan_import(read_geojson(path), classes=self.classes, class_map=class_map, extent=(w, h),
                                max_region=self._max_region(slide) if max_region is None else max_region)
         except ValueError as exc:
