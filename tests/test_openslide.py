@@ -80,3 +80,21 @@ def test_real_aperio_svs_same_level0_pixels_by_both_backends(aperio_svs):  # noq
         assert b.info.format == "openslide:aperio" and b.shape == a.shape == (2967, 2220)
         assert b.mpp == pytest.approx(0.499) == a.mpp
         np.testing.assert_array_equal(np.asarray(b.levels[0]), np.asarray(a.levels[0]))
+
+
+def test_prediction_through_openslide_equals_tifffile(tmp_path):
+    import torch
+
+    from napari_alregions.model import ModelSpec, predict_probability_map
+
+    img = smooth_rgb(512, 512, seed=2)
+    _pages_pyramid(tmp_path / "pages.tif", [img, downsample2(img)])
+    spec = ModelSpec(classes=("background", "tumour"), patch_size=32, level=1)
+    torch.manual_seed(0)
+    net = spec.build().eval()
+    maps = []
+    for backend in ("tifffile", "openslide"):
+        with open_slide(tmp_path / "pages.tif", backend=backend) as s:
+            maps.append(predict_probability_map(s, [net], spec, stride=64, device="cpu", workers=1))
+    assert maps[0].shape == (8, 8, 2) and np.isfinite(maps[0]).any()
+    np.testing.assert_allclose(maps[1], maps[0], atol=1e-6, equal_nan=True)
