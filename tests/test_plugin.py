@@ -118,6 +118,27 @@ def test_reader_in_viewer_gives_multiscale_layer(make_napari_viewer, small_pool,
 
 
 @pytest.mark.gui
+def test_picking_our_reader_in_napari(make_napari_viewer, small_pool):
+    """What README says: napari's own reader claims .tif too; name ours, or prefer it."""
+    from napari.errors import MultipleReaderError
+    from napari.settings import get_settings
+
+    folder, manifest = small_pool
+    path = str(folder / manifest["slides"][0]["image"])
+    viewer = make_napari_viewer()
+    assert not viewer.open(path)[0].multiscale  # viewer.open's default: napari's own reader
+    with pytest.raises(MultipleReaderError):
+        viewer.open(path, plugin=None)  # no preference: napari asks
+    settings = get_settings().plugins
+    before = dict(settings.extension2reader)
+    try:
+        settings.extension2reader = {**before, "*.tif": "napari-alregions"}
+        assert viewer.open(path, plugin=None)[0].multiscale
+    finally:
+        settings.extension2reader = before
+
+
+@pytest.mark.gui
 def test_sample_data_opens_slide_and_tissue(make_napari_viewer, artifacts_dir):
     viewer = make_napari_viewer(show=True)
     viewer.open_sample("napari-alregions", "demo_slide")
