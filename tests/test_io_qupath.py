@@ -114,3 +114,157 @@ def test_features_from_labeled_boxes_equal_the_whole_mask():
     assert [f["properties"]["name"] for f in parts] == [f["properties"]["name"] for f in whole] == ["background", "tumour"]
     for a, b in zip(whole, parts, strict=True):
         assert shapely.equals(shape(a["geometry"]), shape(b["geometry"]))
+
+
+# A cell, a TMA core and a derived-class annotation as QuPath 0.5 writes them (Gson pretty
+# printing; coordinates by ROITypeAdapters, classes by PathClassTypeAdapter, measurements by
+# MeasurementListTypeAdapter with NaN as a string), and a v0.2 detection (type in "id").
+QUPATH_TEXT = """{
+  "type": "FeatureCollection",
+  "features": [
+    {
+      "type": "Feature",
+      "id": "0b5f6d0e-4a43-4f4c-9d57-2e1f3c0b7a11",
+      "geometry": {
+        "type": "Polygon",
+        "coordinates": [
+          [[310.5, 300], [318.25, 304.5], [314, 312.75], [306, 309.5], [310.5, 300]]
+        ]
+      },
+      "nucleusGeometry": {
+        "type": "Polygon",
+        "coordinates": [
+          [[311, 303], [314.5, 305], [312, 308], [311, 303]]
+        ]
+      },
+      "properties": {
+        "objectType": "cell",
+        "classification": {
+          "names": ["Tumor", "Positive"],
+          "color": [200, 50, 50]
+        },
+        "measurements": {
+          "Nucleus: Area": 12.5,
+          "Cell: DAB OD mean": "NaN"
+        }
+      }
+    },
+    {
+      "type": "Feature",
+      "id": "a8e3c7d2-1f0b-4e5a-8c6d-9b7a5e3c1d20",
+      "geometry": {
+        "type": "Polygon",
+        "coordinates": [
+          [[500, 300], [499.01, 306.28], [496.07, 312.39], [300, 300], [500, 300]]
+        ],
+        "isEllipse": true
+      },
+      "properties": {
+        "objectType": "tmaCore",
+        "name": "A-1",
+        "isMissing": false
+      }
+    },
+    {
+      "type": "Feature",
+      "id": "PathDetectionObject",
+      "geometry": {
+        "type": "Polygon",
+        "coordinates": [
+          [[1, 1], [5, 1], [5, 5], [1, 5], [1, 1]]
+        ]
+      },
+      "properties": {
+        "classification": {
+          "name": "Tumor",
+          "colorRGB": -3670016
+        }
+      }
+    },
+    {
+      "type": "Feature",
+      "id": "c3d9e1f7-5b2a-4c8e-9f0d-7a6b5c4d3e21",
+      "geometry": {
+        "type": "Polygon",
+        "coordinates": [
+          [[100, 100], [200, 100], [200, 150.5], [100, 150.5], [100, 100]]
+        ],
+        "plane": {
+          "c": -1,
+          "z": 0,
+          "t": 0
+        }
+      },
+      "properties": {
+        "objectType": "annotation",
+        "color": [255, 0, 0],
+        "classification": {
+          "names": ["Tumor", "1+"],
+          "color": [200, 0, 0]
+        },
+        "isLocked": true
+      }
+    }
+  ]
+}"""
+
+
+def test_plan_import_of_qupath_text():
+    from napari_alregions.io_qupath import plan_import
+
+    plan = plan_import(json.loads(QUPATH_TEXT)["features"], classes=("background", "tumour"))
+    assert plan.skipped == {"cell": 1, "TMA core": 1, "detection": 1}
+    [ann] = plan.labeled
+    assert ann.classification == "tumour" and ann.polygons == [[[(100.0, 100.0), (200.0, 100.0), (200.0, 150.5), (100.0, 150.5), (100.0, 100.0)]]]
+    assert plan.message == "1 annotation: 0 regions, 1 label; skipped 1 detection, 1 cell, 1 TMA core"
+
+
+@pytest.mark.parametrize("classification, names", [
+    (None, []),
+    ({}, []),  # PathClass.NULL_CLASS, serialised the default way
+    ("Tumor", ["Tumor"]),
+    ("Tumor: Positive", ["Tumor", "Positive"]),
+    ({"name": "Region*", "color": [0, 0, 180]}, ["Region*"]),
+    ({"name": "Proposal: random", "color": [0, 0, 180]}, ["Proposal", "random"]),
+    ({"names": ["Proposal", "random"], "color": [0, 0, 180]}, ["Proposal", "random"]),
+    # before v0.4: Gson's default form, the parent nested
+    ({"parentClass": {"name": "Tumor", "colorRGB": -3670016}, "name": "Positive", "colorRGB": -2293760}, ["Tumor", "Positive"]),
+])
+def test_class_names_in_every_form_qupath_writes(classification, names):
+    from napari_alregions.io_qupath import class_names
+
+    assert class_names(classification) == names
+
+
+@pytest.mark.parametrize("bad", [3, {"name": 3, "color": [1, 2, 3]}, {"names": "Tumor", "color": [1, 2, 3]}, ["Tumor"]])
+def test_malformed_classifications_are_errors(bad):
+    from napari_alregions.io_qupath import class_names
+
+    with pytest.raises(ValueError, match="classification"):
+        class_names(bad)
+
+
+def test_match_class_map_before_synonyms_and_full_names_before_base():
+    from napari_alregions.io_qupath import match_class
+
+    classes = ("background", "tumour", "stroma")
+    assert match_class(["Tumor"], classes) == (True, "tumour")
+    assert match_class(["STROMAL"], classes) == (True, "stroma")
+    assert match_class(["Other"], classes) == (False, None)
+    assert match_class(["Tumor"], classes, {"tumor": "background"}) == (True, "background")
+    cmap = {"Tumor": "tumour", "tumor: negative": "background", "Other": None}
+    assert match_class(["Tumor", "Negative"], classes, cmap) == (True, "background")
+    assert match_class(["Tumor", "Positive"], classes, cmap) == (True, "tumour")
+    assert match_class(["Other"], classes, cmap) == (True, None)
+
+
+def test_write_features_is_strict_json(tmp_path):
+    import math
+
+    from napari_alregions.io_qupath import write_features
+
+    f = {"type": "Feature", "geometry": None, "properties": {"measurements": {"a": math.nan, "b": -math.inf, "c": 1.0},
+                                                            "metadata": {"x": math.nan}}}
+    text = write_features(tmp_path / "f.geojson", [f]).read_text()
+    [back] = json.loads(text, parse_constant=lambda c: pytest.fail(f"bare {c}"))["features"]
+    assert back["properties"] == {"measurements": {"a": "NaN", "b": "-Infinity", "c": 1.0}, "metadata": {"x": None}}

@@ -31,6 +31,41 @@ def test_reader_rejects_other_files(tmp_path):
     assert get_reader(str(tmp_path / "missing.tif")) is None
 
 
+def test_reader_probes_the_file_and_declines_what_it_cannot_open(tmp_path, small_pool):
+    import shutil
+
+    import tifffile
+
+    from napari_alregions._reader import get_reader
+
+    (tmp_path / "five.tif").write_bytes(b"hello")  # not a TIFF, only named like one
+    (tmp_path / "text.svs").write_text("Aperio? no" * 10)
+    tifffile.imwrite(tmp_path / "grey16.tif", np.zeros((64, 64), np.uint16))  # a TIFF, but no slide
+    folder, manifest = small_pool
+    slide = folder / manifest["slides"][0]["image"]
+    for bad in ("five.tif", "text.svs", "grey16.tif"):
+        assert get_reader(str(tmp_path / bad)) is None, bad
+    for suffix in (".scn", ".bif", ".qptiff", ".TIF"):  # formats tifffile reads, by the same probe
+        shutil.copy(slide, tmp_path / f"slide{suffix}")
+        assert get_reader(str(tmp_path / f"slide{suffix}")) is not None, suffix
+    # tifffile reads a .ndpi by NDPI's rules (64-bit offsets): a plain TIFF so named is no NDPI
+    shutil.copy(slide, tmp_path / "plain.ndpi")
+    assert get_reader(str(tmp_path / "plain.ndpi")) is None
+    assert get_reader([str(slide), str(tmp_path / "five.tif")]) is None  # one bad file: not ours
+    assert get_reader([str(slide), str(tmp_path / "slide.scn")]) is not None
+
+
+def test_manifest_claims_exactly_the_suffixes_the_reader_probes():
+    from npe2 import PluginManifest
+
+    from napari_alregions._reader import SUFFIXES
+
+    [reader] = PluginManifest.from_file(MANIFEST).contributions.readers
+    claimed = {p.lower().removeprefix("*") for p in reader.filename_patterns}
+    assert {s for s in claimed if s.count(".") == 1} == set(SUFFIXES)
+    assert {".ome.tif", ".ome.tiff"} <= claimed
+
+
 def test_reader_layer_data(small_pool):
     from napari_alregions._reader import get_reader
 
@@ -80,6 +115,27 @@ def test_reader_in_viewer_gives_multiscale_layer(make_napari_viewer, small_pool,
     _save_png(artifacts_dir / "reader_slide.png", shot)
     # tissue is pink, background white: the picture is not blank
     assert shot[..., :3].std() > 10
+
+
+@pytest.mark.gui
+def test_picking_our_reader_in_napari(make_napari_viewer, small_pool):
+    """What README says: napari's own reader claims .tif too; name ours, or prefer it."""
+    from napari.errors import MultipleReaderError
+    from napari.settings import get_settings
+
+    folder, manifest = small_pool
+    path = str(folder / manifest["slides"][0]["image"])
+    viewer = make_napari_viewer()
+    assert not viewer.open(path)[0].multiscale  # viewer.open's default: napari's own reader
+    with pytest.raises(MultipleReaderError):
+        viewer.open(path, plugin=None)  # no preference: napari asks
+    settings = get_settings().plugins
+    before = dict(settings.extension2reader)
+    try:
+        settings.extension2reader = {**before, "*.tif": "napari-alregions"}
+        assert viewer.open(path, plugin=None)[0].multiscale
+    finally:
+        settings.extension2reader = before
 
 
 @pytest.mark.gui

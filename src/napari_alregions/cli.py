@@ -152,11 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .cli_embed import add_embed_parsers
     from .cli_pool import add_pool_parser
+    from .cli_qupath import add_qupath_parsers
     from .cli_suggest import add_suggest_parser
 
     add_suggest_parser(sub)
     add_embed_parsers(sub)
     add_pool_parser(sub)
+    add_qupath_parsers(sub)
     return p
 
 

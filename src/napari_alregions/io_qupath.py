@@ -10,8 +10,10 @@ exactly.
 from __future__ import annotations
 
 import json
+import math
 import os
 import uuid
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,15 +22,21 @@ from typing import Any
 import numpy as np
 
 from ._atomic import write_text
-from .geometry import DEFAULT_REGION_COLOR, REGION_CLASS, Region
+from .geometry import DEFAULT_REGION_COLOR, REGION_CLASS, Region, _measurements
 
 #: Class colours for QuPath (r, g, b): background grey, tumour red, then others.
 _PALETTE = [(160, 160, 160), (200, 0, 0), (0, 150, 0), (0, 90, 220), (230, 160, 0), (150, 0, 200)]
 
 __all__ = [
+    "CLASS_SYNONYMS",
     "ClassAnnotation",
-    "class_annotations",
+    "ImportPlan",
+    "class_names",
     "labels_to_features",
+    "match_class",
+    "plan_import",
+    "priority_to_features",
+    "qupath_objects",
     "rasterize_annotations",
     "read_features",
     "read_geojson",
@@ -62,8 +70,33 @@ def write_regions(path: str | os.PathLike[str], regions: Iterable[Region], **kwa
 
 
 def write_features(path: str | os.PathLike[str], features: Iterable[dict[str, Any]]) -> Path:
-    """Write GeoJSON features as a ``FeatureCollection``, atomically."""
-    return write_text(path, json.dumps({"type": "FeatureCollection", "features": list(features)}, indent=1))
+    """Write GeoJSON features as a ``FeatureCollection``, atomically, as strict JSON.
+
+    Non-finite numbers are no JSON: a measurement that is NaN or infinite is written as
+    QuPath writes it (the strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"``, which QuPath
+    and :func:`read_regions` read back as numbers); anywhere else it becomes ``null``.
+    """
+    collection = {"type": "FeatureCollection", "features": list(features)}
+    try:
+        text = json.dumps(collection, indent=1, allow_nan=False)
+    except ValueError:  # a non-finite number somewhere (rare): replace them, then write
+        text = json.dumps(_strict(collection), indent=1, allow_nan=False)
+    return write_text(path, text)
+
+
+def _strict(value: Any, measurement: bool = False) -> Any:
+    """``value`` with its non-finite floats replaced (see :func:`write_features`)."""
+    if isinstance(value, dict):
+        return {k: _strict(v, measurement or k == "measurements") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v, measurement) for v in value]
+    if isinstance(value, (float, np.floating)) and not math.isfinite(value):
+        if not measurement:
+            return None
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
 
 
 def read_regions(path: str | os.PathLike[str]) -> list[Region]:
@@ -222,6 +255,68 @@ def labels_to_features(
     return features
 
 
+def priority_to_features(
+    priority: np.ndarray,
+    *,
+    stride: int,
+    mask: np.ndarray | None = None,
+    metadata: dict[str, str] | None = None,
+) -> list[dict[str, Any]]:
+    """One QuPath *tile* per map cell, with the cell's value as its ``priority`` measurement.
+
+    QuPath's *Measure ▸ Show measurement maps* then colours the map over the slide.
+
+    Parameters
+    ----------
+    priority : (H, W) float ndarray
+        A priority (or similarity) map; map pixel (r, c) covers level-0
+        ``[c*stride, (c+1)*stride) x [r*stride, (r+1)*stride)``.
+    stride : int
+        Level-0 px per map pixel.
+    mask : (H, W) bool ndarray, optional
+        Cells to write (e.g. the tissue map); all finite cells by default.
+    metadata : dict of str to str, optional
+        Written with every tile (e.g. the measure and cycle).
+
+    Returns
+    -------
+    list of dict
+        GeoJSON features with ``objectType: "tile"``; non-finite cells are left out.
+
+    Examples
+    --------
+    >>> [f] = priority_to_features(np.array([[0.25, np.nan]]), stride=64)
+    >>> f["geometry"]["coordinates"][0][2], f["properties"]["measurements"]
+    ([64, 64], {'priority': 0.25})
+    """
+    priority = np.asarray(priority)
+    if priority.ndim != 2:
+        raise ValueError(f"priority must be a 2-D map, got shape {priority.shape}")
+    if not isinstance(stride, (int, np.integer)) or stride <= 0:
+        raise ValueError(f"stride must be a positive integer, got {stride!r}")
+    keep = np.isfinite(priority)
+    if mask is not None:
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != priority.shape:
+            raise ValueError(f"mask must have the map's shape {priority.shape}, got {mask.shape}")
+        keep &= mask
+    meta = {str(k): str(v) for k, v in (metadata or {}).items()}
+    s = int(stride)
+    features = []
+    for r, c in zip(*np.nonzero(keep), strict=True):
+        x, y = int(c) * s, int(r) * s
+        props: dict[str, Any] = {"objectType": "tile", "measurements": {"priority": float(priority[r, c])}}
+        if meta:
+            props["metadata"] = dict(meta)
+        features.append({
+            "type": "Feature",
+            "id": str(uuid.uuid4()),
+            "geometry": {"type": "Polygon", "coordinates": [[[x, y], [x + s, y], [x + s, y + s], [x, y + s], [x, y]]]},
+            "properties": props,
+        })
+    return features
+
+
 def _row_runs(mask: np.ndarray, offset: tuple[int, int] = (0, 0)) -> list:
     """Boxes of the horizontal runs of True in each row (their union is the mask), moved
     by ``offset`` (y, x)."""
@@ -240,27 +335,6 @@ def _lists(coords: Any) -> Any:
     if isinstance(coords, (tuple, list)) and coords and isinstance(coords[0], (int, float)):
         return [float(c) if not float(c).is_integer() else int(c) for c in coords]
     return [_lists(c) for c in coords]
-
-
-def class_annotations(features: Iterable[dict[str, Any]]) -> list[ClassAnnotation]:
-    """Polygonal features with their classification name (None when unclassified)."""
-    out = []
-    for i, f in enumerate(features):
-        if not _is_polygonal(f):
-            continue
-        geom = f["geometry"]
-        polys = [geom["coordinates"]] if geom["type"] == "Polygon" else geom["coordinates"]
-        try:
-            rings = [[[(float(x), float(y)) for x, y, *_ in ring] for ring in poly] for poly in polys]
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"feature {i}: malformed {geom['type']} coordinates ({exc})") from exc
-        if not all(np.isfinite(p).all() for poly in rings for ring in poly for p in ring) or not any(rings):
-            raise ValueError(f"feature {i}: {geom['type']} without finite coordinates")
-        props = f.get("properties") or {}
-        cls = props.get("classification")
-        name = cls.get("name") if isinstance(cls, dict) else (cls if isinstance(cls, str) else None)
-        out.append(ClassAnnotation(name, rings, f))
-    return out
 
 
 def rasterize_annotations(
@@ -329,3 +403,399 @@ def _fill_even_odd(rings: list[np.ndarray], shape: tuple[int, int]) -> np.ndarra
         np.add.at(row, b, -1)
         out[r] = np.cumsum(row[:-1]) > 0
     return out
+
+
+# ---------------------------------------------------------------------------------------
+# QuPath's object model: what an import takes, maps and skips
+# ---------------------------------------------------------------------------------------
+#: QuPath's object types (``properties.objectType``; v0.2 wrote the Java class as ``id``).
+_OBJECT_TYPES = {
+    "annotation": "annotation", "PathAnnotationObject": "annotation", "unknown": "annotation",
+    "detection": "detection", "PathDetectionObject": "detection",
+    "cell": "cell", "PathCellObject": "cell",
+    "tile": "tile", "PathTileObject": "tile",
+    "tmaCore": "TMA core", "tma_core": "TMA core", "TMACoreObject": "TMA core",
+    "root": "root", "PathRootObject": "root",
+}
+
+#: Spellings of one class, matched case-insensitively (QuPath's default classes first).
+CLASS_SYNONYMS: tuple[frozenset[str], ...] = (
+    frozenset({"tumour", "tumor"}),
+    frozenset({"immune cells", "immune cell", "immune"}),
+    frozenset({"necrosis", "necrotic"}),
+    frozenset({"stroma", "stromal"}),
+    frozenset({"haemorrhage", "hemorrhage"}),
+    frozenset({"oedema", "edema"}),
+)
+
+#: Our prefix for proposed (not yet accepted) regions: ``Proposal: <method>``.
+PROPOSAL_CLASS = "Proposal"
+#: QuPath's built-in class for areas to leave out.
+IGNORE_CLASS = "Ignore*"
+
+#: No slide is larger than this (level-0 px); bigger coordinates are an error.
+MAX_COORDINATE = 2.0**31 - 1
+
+# reasons a feature is skipped: (singular, plural), in the order a summary lists them
+_SKIP_REASONS = {
+    "detection": ("detection", "detections"),
+    "cell": ("cell", "cells"),
+    "tile": ("tile", "tiles"),
+    "TMA core": ("TMA core", "TMA cores"),
+    "root": ("root object", "root objects"),
+    "proposal": ("proposal", "proposals"),
+    "tissue outline": ("tissue outline", "tissue outlines"),
+    "ellipse": ("ellipse", "ellipses"),
+    "other plane": ("annotation on another z/t plane", "annotations on other z/t planes"),
+    "not polygonal": ("non-polygonal annotation", "non-polygonal annotations"),
+    "outside the slide": ("annotation outside the slide", "annotations outside the slide"),
+    "ignored class": ("annotation of an ignored class", "annotations of ignored classes"),
+}
+
+
+@dataclass
+class ImportPlan:
+    """What importing a QuPath file into a session would do, computed before any write.
+
+    Attributes
+    ----------
+    regions : list of Region
+        Annotations that become regions of the labeled set (``Region*`` or unclassified).
+    labeled : list of ClassAnnotation
+        Annotations whose class maps to a session class (``classification`` holds the
+        session's class name); they are painted into the labels.
+    skipped : dict of str to int
+        Objects left out, by reason (detections, cells, tiles, TMA cores, proposals,
+        tissue outlines, ellipses, other planes, non-polygonal, ignored classes).
+    annotations : int
+        Annotation objects in the file (those kept plus those skipped for their shape,
+        class or plane).
+    """
+
+    regions: list[Region]
+    labeled: list[ClassAnnotation]
+    skipped: dict[str, int]
+    annotations: int
+
+    @property
+    def message(self) -> str:
+        """One line, e.g. ``12 annotations: 5 regions, 7 labels; skipped 1000 detections``."""
+        def count(n: int, one: str, many: str) -> str:
+            return f"{n} {one if n == 1 else many}"
+
+        text = (f"{count(self.annotations, 'annotation', 'annotations')}: {count(len(self.regions), 'region', 'regions')}, "
+                f"{count(len(self.labeled), 'label', 'labels')}")
+        skipped = [count(self.skipped[k], *names) for k, names in _SKIP_REASONS.items() if self.skipped.get(k)]
+        return text + (f"; skipped {', '.join(skipped)}" if skipped else "")
+
+
+def class_names(classification: Any) -> list[str]:
+    """The names of a QuPath classification, base class first (``[]`` when unclassified).
+
+    QuPath writes ``{"name": "Tumor", "color": [...]}`` for a class and ``{"names":
+    ["Tumor", "Positive"], "color": [...]}`` for a derived one; it reads a plain string too,
+    and a ``name`` with ``:`` is a derived class as well (``"Proposal: random"`` is
+    ``["Proposal", "random"]``). Files from before v0.4 nest ``parentClass``.
+
+    Raises
+    ------
+    ValueError
+        If the classification is none of these.
+
+    Examples
+    --------
+    >>> class_names({"names": ["Tumor", "Positive"], "color": [200, 0, 0]})
+    ['Tumor', 'Positive']
+    >>> class_names({"name": "Proposal: random", "color": [0, 0, 180]})
+    ['Proposal', 'random']
+    """
+    if classification is None:
+        return []
+    if isinstance(classification, str):
+        return [n.strip() for n in classification.split(":") if n.strip()]
+    if not isinstance(classification, dict):
+        raise ValueError(f"classification must be an object or a string, got {type(classification).__name__}")
+    parent = class_names(classification["parentClass"]) if classification.get("parentClass") is not None else []
+    if classification.get("name") is not None:
+        if not isinstance(classification["name"], str):
+            raise ValueError(f"classification name must be a string, got {classification['name']!r}")
+        return parent + class_names(classification["name"])
+    names = classification.get("names")
+    if names is None:
+        return parent
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"classification names must be a list of strings, got {names!r}")
+    return parent + [p for n in names for p in class_names(n)]
+
+
+def match_class(names: Sequence[str], classes: Sequence[str], class_map: dict[str, str | None] | None = None) -> tuple[bool, str | None]:
+    """The session class a QuPath classification maps to.
+
+    The explicit map is tried first (its keys case-insensitive: the full derived name
+    ``"Tumor: Positive"``, then the base name), then the session's classes by the base
+    name, case-insensitively and through :data:`CLASS_SYNONYMS`.
+
+    Returns
+    -------
+    (found, cls) : (bool, str or None)
+        ``found`` False when nothing matches; ``cls`` None when the map says to ignore
+        the class.
+
+    Examples
+    --------
+    >>> match_class(["Tumor", "Positive"], ("background", "tumour"))
+    (True, 'tumour')
+    >>> match_class(["Stroma"], ("background", "tumour"), {"stroma": "background"})
+    (True, 'background')
+    """
+    lower = {c.lower(): c for c in classes}
+    cmap = {k.strip().lower(): v for k, v in (class_map or {}).items()}
+    for key in (": ".join(names).lower(), names[0].lower()):
+        if key in cmap:
+            return True, cmap[key]
+    base = names[0].lower()
+    for spelling in next((group for group in CLASS_SYNONYMS if base in group), {base}):
+        if spelling in lower:
+            return True, lower[spelling]
+    return False, None
+
+
+def _validate_class_map(class_map: dict[str, str | None] | None, classes: Sequence[str]) -> dict[str, str | None]:
+    out = {}
+    for k, v in (class_map or {}).items():
+        if not isinstance(k, str) or not k.strip():
+            raise ValueError(f"class_map keys must be QuPath class names, got {k!r}")
+        if v is not None and v not in classes:
+            raise ValueError(f"class_map maps {k!r} to {v!r}, which is not a class of the session ({', '.join(classes)})")
+        out[k] = v
+    return out
+
+
+def qupath_objects(features: Iterable[Any]) -> Iterable[tuple[int, str, dict[str, Any]]]:
+    """``(index, object type, feature)`` of each object, children (``childObjects``) after
+    their parent, as QuPath reads a file. ``index`` is the top-level feature's."""
+    stack = [(i, f) for i, f in reversed(list(enumerate(features)))]
+    while stack:
+        i, f = stack.pop()
+        if not isinstance(f, dict):
+            raise ValueError(f"feature {i}: not a GeoJSON object")
+        props = f.get("properties") or {}
+        if not isinstance(props, dict):
+            raise ValueError(f"feature {i}: properties must be an object")
+        kind = props.get("objectType", props.get("object_type", props.get("type")))
+        if kind is None:
+            kind = f.get("id") if f.get("id") in _OBJECT_TYPES else "annotation"
+        # QuPath makes an annotation of a type it does not know
+        yield i, _OBJECT_TYPES.get(str(kind), "annotation"), f
+        children = props.get("childObjects", props.get("children"))
+        if isinstance(children, list):
+            stack.extend((i, c) for c in reversed(children))
+
+
+def _polygons(geometry: dict[str, Any]) -> list:
+    """The Polygon coordinate lists of a Polygon, MultiPolygon or GeometryCollection (its
+    polygonal members); ``[]`` for other geometry."""
+    kind = geometry.get("type")
+    if kind == "Polygon":
+        return [geometry.get("coordinates")]
+    if kind == "MultiPolygon":
+        coords = geometry.get("coordinates")
+        if not isinstance(coords, list):
+            raise ValueError("MultiPolygon coordinates must be a list")
+        return coords
+    if kind == "GeometryCollection":
+        members = geometry.get("geometries")
+        if not isinstance(members, list):
+            raise ValueError("GeometryCollection without a 'geometries' list")
+        return [p for g in members if isinstance(g, dict) for p in _polygons(g)]
+    return []
+
+
+def _rings(polygons: list, kind: str) -> list[list[list[tuple[float, float]]]]:
+    """Float ``[polygon][ring][(x, y)]``, checked finite and bounded; empty polygons dropped."""
+    try:
+        rings = [[[(float(x), float(y)) for x, y, *_ in ring] for ring in poly] for poly in polygons]
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"malformed {kind} coordinates ({exc})") from exc
+    rings = [[r for r in poly if r] for poly in rings]
+    rings = [poly for poly in rings if poly]
+    values = np.array([v for poly in rings for ring in poly for p in ring for v in p], dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise ValueError(f"{kind} with non-finite coordinates")
+    if values.size and np.abs(values).max() > MAX_COORDINATE:
+        raise ValueError(f"{kind} coordinates out of range (|value| up to {np.abs(values).max():.4g} px; "
+                         f"the limit is {MAX_COORDINATE:.0f})")
+    return rings
+
+
+def _meets(rings: list, extent: tuple[int, int]) -> bool:
+    """Whether the bounding box of ``rings`` overlaps the slide ``[0, w) x [0, h)``."""
+    xy = np.array([p for poly in rings for p in poly[0]], dtype=np.float64)
+    (x0, y0), (x1, y1) = xy.min(axis=0), xy.max(axis=0)
+    return x1 > 0 and y1 > 0 and x0 < extent[0] and y0 < extent[1]
+
+
+def _plane(geometry: dict[str, Any]) -> tuple[int, int]:
+    plane = geometry.get("plane")
+    if plane is None:
+        return 0, 0
+    try:
+        return int(plane.get("z", 0)), int(plane.get("t", 0))
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise ValueError(f"malformed plane {plane!r}") from exc
+
+
+def _measurement(value: Any) -> float | None:
+    """A measurement value as QuPath reads it (numbers; the strings NaN, Infinity, ...)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)  # "NaN", "Infinity", "-inf", "1.5"
+        except ValueError:
+            return None
+    return None
+
+
+def _region_of(feature: dict[str, Any], rings: list) -> Region:
+    """The bounding box of ``rings`` with our values (score, rank, cycle, method, slide)
+    restored, tolerant of what other writers put there (NaN ranks, null scores)."""
+    props = dict(feature.get("properties") or {})
+    raw = _measurements(props.get("measurements"))
+    meas: dict[str, Any] = {}
+    score = _measurement(raw.get("score"))
+    if score is not None:
+        meas["score"] = score
+    for key in ("rank", "cycle"):
+        v = _measurement(raw.get(key))
+        if v is not None and math.isfinite(v) and abs(v) < MAX_COORDINATE:
+            meas[key] = int(v)
+    meta = props.get("metadata")
+    props["metadata"] = {k: v for k, v in meta.items() if isinstance(v, str)} if isinstance(meta, dict) else {}
+    props["measurements"] = meas
+    ring = [p for poly in rings for p in poly[0]]
+    geometry = {"type": "Polygon", "coordinates": [ring]}
+    return Region.from_feature({"type": "Feature", "id": feature.get("id"), "geometry": geometry, "properties": props})
+
+
+def plan_import(
+    features: Iterable[Any],
+    *,
+    classes: Sequence[str],
+    class_map: dict[str, str | None] | None = None,
+    max_region: float | None = None,
+    extent: tuple[int, int] | None = None,
+) -> ImportPlan:
+    """Sort the objects of a QuPath GeoJSON file as an import into a session would.
+
+    Follows QuPath's object model: only annotations are taken (detections, cells, tiles
+    and TMA cores are skipped and counted); ellipses, annotations on another z or t plane
+    (with a warning) and non-polygonal ones are skipped; ``Proposal: <method>`` in either
+    form is one of our proposals and is skipped; ``Region*`` and unclassified polygons are
+    regions, except unclassified outlines larger than ``max_region`` (tissue outlines, as
+    QuPath's tissue detection makes), which are skipped; other classes map to a session
+    class by :func:`match_class`.
+
+    Parameters
+    ----------
+    features : iterable of dict
+        GeoJSON features (see :func:`read_geojson`).
+    classes : sequence of str
+        The session's classes.
+    class_map : dict of str to (str or None), optional
+        QuPath class name (base or full derived name, any case) -> session class, or None
+        to skip annotations of that class.
+    max_region : float, optional
+        The largest side (level-0 px) an unclassified outline may have to be a region.
+    extent : (width, height), optional
+        The slide's level-0 size: annotations wholly outside it are skipped.
+
+    Returns
+    -------
+    ImportPlan
+
+    Raises
+    ------
+    ValueError
+        For malformed features (the message gives the feature's index), and for classes
+        that match no session class: all of them are listed, nothing is imported.
+    """
+    classes = tuple(classes)
+    if not classes:
+        raise ValueError("classes must name at least one class")
+    class_map = _validate_class_map(class_map, classes)
+    if max_region is not None and not max_region > 0:
+        raise ValueError(f"max_region must be positive, got {max_region}")
+    if extent is not None and (len(extent) != 2 or min(extent) <= 0):
+        raise ValueError(f"extent must be a positive (width, height), got {extent}")
+    regions: list[Region] = []
+    labeled: list[ClassAnnotation] = []
+    skipped: dict[str, int] = {}
+    unknown: dict[str, int] = {}
+    other_planes = 0
+    n_annotations = 0
+
+    def skip(reason: str) -> None:
+        skipped[reason] = skipped.get(reason, 0) + 1
+
+    for i, kind, f in qupath_objects(features):
+        if kind != "annotation":
+            skip(kind)
+            continue
+        n_annotations += 1
+        geom = f.get("geometry")
+        try:
+            if not isinstance(geom, dict):
+                skip("not polygonal")
+                continue
+            if _plane(geom) != (0, 0):
+                other_planes += 1
+                skip("other plane")
+                continue
+            if geom.get("isEllipse") is True:
+                skip("ellipse")
+                continue
+            rings = _rings(_polygons(geom), str(geom.get("type")))
+            if not rings:
+                skip("not polygonal")
+                continue
+            props = f.get("properties") or {}
+            names = class_names(props.get("classification"))
+        except ValueError as exc:
+            raise ValueError(f"feature {i}: {exc}") from exc
+        if extent is not None and not _meets(rings, extent):
+            skip("outside the slide")
+            continue
+        if names and names[0].lower() == PROPOSAL_CLASS.lower():
+            skip("proposal")
+            continue
+        if names and names[0].lower() == IGNORE_CLASS.lower():
+            skip("ignored class")
+            continue
+        if not names or names[0].lower() == REGION_CLASS.lower():
+            try:
+                region = _region_of(f, rings)
+            except ValueError as exc:
+                raise ValueError(f"feature {i}: {exc}") from exc
+            if not names and max_region is not None and max(region.w, region.h) > max_region:
+                skip("tissue outline")
+            else:
+                regions.append(region)
+            continue
+        found, cls = match_class(names, classes, class_map)
+        if not found:
+            unknown[": ".join(names)] = unknown.get(": ".join(names), 0) + 1
+        elif cls is None:
+            skip("ignored class")
+        else:
+            labeled.append(ClassAnnotation(cls, rings, f))
+    if unknown:
+        listed = ", ".join(f"{name!r} ({n})" for name, n in sorted(unknown.items()))
+        raise ValueError(f"classes that match no class of the session ({', '.join(classes)}): {listed}; "
+                         "map them to a session class (class_map / --class-map NAME=CLASS, NAME= to skip)")
+    if other_planes:
+        warnings.warn(f"skipped {other_planes} annotation(s) on a z or t plane other than 0: labels are 2-D",
+                      UserWarning, stacklevel=2)
+    return ImportPlan(regions, labeled, skipped, n_annotations)

@@ -32,7 +32,7 @@ import numpy as np
 from ._atomic import atomic_path, save_npy
 from ._progress import iter_progress, relay
 from .geometry import Region, labeled_boxes
-from .io_qupath import class_annotations, labels_to_features, rasterize_annotations, read_features, write_features
+from .io_qupath import labels_to_features, plan_import, priority_to_features, rasterize_annotations, read_geojson, write_features
 from .priority import MEASURES
 from .selection import METHODS, select
 from .selection.compare import MethodSummary, compare_proposals
@@ -791,63 +791,118 @@ class AnnotationProject:
                 for m, p in list(plan.items())}
 
     # -- QuPath -------------------------------------------------------------------------------
-    def export_qupath(self, path: str | os.PathLike[str], slide: str) -> Path:
-        """Regions (accepted and proposed) and labels of a slide as QuPath GeoJSON."""
-        self._slide(slide)
+    def export_qupath(self, path: str | os.PathLike[str], slide: str, *, priority: bool = False) -> Path:
+        """Regions (accepted and proposed) and labels of a slide as QuPath GeoJSON.
+
+        With ``priority``, the slide's current priority map too: one QuPath tile per tissue
+        cell with a ``priority`` measurement (QuPath's measurement maps colour it); an
+        import skips the tiles.
+        """
+        s = self._slide(slide)
+        if priority and slide not in self.maps:
+            raise ValueError(f"{slide} has no priority map yet: compute one first")
         features = [r.to_feature(locked=False) for r in self.session.accepted_on(slide)]
         features += [r.to_feature(classification=f"Proposal: {r.method}") for r in self.proposals(slide)]
         labels = self.session.labels(slide)
         features += labels_to_features(labels, classes=self.classes, colors=self.colors, factor=self.label_factor(slide),
                                        slide=slide, boxes=labeled_boxes(labels))
+        if priority:
+            record = self.maps[slide]
+            features += priority_to_features(record.priority, stride=record.stride, mask=s.tissue_map(record.stride),
+                                             metadata={"measure": record.measure, "cycle": record.cycle, "slide": slide})
         return write_features(path, features)
 
-    def import_qupath(self, path: str | os.PathLike[str], slide: str) -> dict[str, int]:
+    def import_qupath(self, path: str | os.PathLike[str], slide: str, *, class_map: dict[str, str | None] | None = None,
+                      max_region: float | None = None, dry_run: bool = False) -> dict[str, Any]:
         """Read QuPath annotations: class polygons become labels, other polygons regions.
 
+        The file is read as QuPath reads it (:func:`~napari_alregions.io_qupath.plan_import`):
+        annotations only (detections, cells, tiles, TMA cores are skipped and counted);
+        classes by their base name, matched case-insensitively, through synonyms
+        (Tumor/Tumour) and ``class_map``; our own proposals (``Proposal: <method>``),
+        unclassified outlines larger than ``max_region`` (tissue outlines) and annotations
+        wholly outside the slide are skipped.
         Every labeled polygon lies in an accepted region afterwards (its bounding box is
         accepted when no region holds it). When the file has no annotation of the first
         class (background), unlabeled pixels of imported regions become background, as
-        with :meth:`accept`. Our own proposals (``Proposal: <method>``) are skipped, and so
-        are regions the labeled set already holds (same box), so a file imported twice, or
-        into the session that exported it, adds nothing twice.
+        with :meth:`accept`. Regions the labeled set already holds (same box) are not added
+        again, so a file imported twice, or into the session that exported it, adds
+        nothing twice.
+
+        Parameters
+        ----------
+        path : str or PathLike
+            A GeoJSON file (FeatureCollection, Feature or list of features).
+        slide : str
+            The session's slide the file annotates.
+        class_map : dict of str to (str or None), optional
+            QuPath class -> session class (None: skip that class).
+        max_region : float, optional
+            Largest side (level-0 px) of an unclassified outline taken as a region (larger
+            ones are tissue outlines and skipped); by default 4x the largest region size
+            suggested on the session (16 map cells when none was), at most half the
+            slide's shorter side.
+        dry_run : bool
+            Only report what the import would do; nothing is written.
+
+        Returns
+        -------
+        dict
+            ``regions`` (regions added to the labeled set), ``labeled_annotations``,
+            ``skipped`` (total) and ``skipped_by`` (per reason), ``annotations`` and
+            ``message`` (e.g. "12 annotations: 5 regions, 7 labels; skipped 1000
+            detections").
+
+        Raises
+        ------
+        ValueError
+            For a malformed file or classes that match no session class (all listed);
+            nothing is written then.
         """
-        self._slide(slide)
+        h, w = self._slide(slide).shape[:2]
         try:
-            annotations = class_annotations(read_features(path))
-            regions = [a.region for a in annotations]
+            plan = plan_import(read_geojson(path), classes=self.classes, class_map=class_map, extent=(w, h),
+                               max_region=self._max_region(slide) if max_region is None else max_region)
         except ValueError as exc:
             raise ValueError(f"{path}: {exc}") from exc
-        labeled = [(a, r) for a, r in zip(annotations, regions) if a.classification in self.classes]
-        plain = [(a, r) for a, r in zip(annotations, regions)
-                 if a.classification not in self.classes and not str(a.classification or "").startswith("Proposal:")]
-        has_background = any(a.classification == self.classes[0] for a, _ in labeled)
-        f = self.label_factor(slide)
-        new = []
-        for a, r in plain:
-            # a region already in the labeled set (the file imported before, or exported from here) is not added twice
-            if any(_same_box(acc, r) for acc in self.session.accepted_on(slide)):
-                continue
-            new.append(self.session.accept(r.with_(slide=slide, method=r.method or "qupath", uid=None)))
-        for a, _ in labeled:
+        # what the labeled set gains: each region not held already (same box), then the
+        # bounding box of each labeled polygon that no region holds
+        accepted = list(self.session.accepted_on(slide))
+        new: list[Region] = []
+        for r in plan.regions:
+            if not any(_same_box(acc, r) for acc in accepted + new):
+                new.append(r.with_(slide=slide, method=r.method or "qupath", uid=None))
+        for a in plan.labeled:
             for poly in a.polygons:
-                r = _bounding_region(poly[0])
-                if not any(_contains(acc, r) for acc in self.session.accepted_on(slide)):
-                    new.append(self.session.accept(r.with_(method="qupath", slide=slide)))
+                r = _bounding_region(poly[0]).with_(method="qupath", slide=slide)
+                if not any(_contains(acc, r) for acc in accepted + new):
+                    new.append(r)
+        summary = {"regions": len(new), "labeled_annotations": len(plan.labeled), "skipped": sum(plan.skipped.values()),
+                   "skipped_by": dict(plan.skipped), "annotations": plan.annotations, "message": plan.message}
+        if dry_run:
+            return summary
+        new = [self.session.accept(r) for r in new]
         labels = self.session.labels(slide)
-        if not has_background:
+        if not any(a.classification == self.classes[0] for a in plan.labeled):
             for r in new:
                 y0, x0, y1, x1 = self.label_box(r)
                 crop = labels[y0:y1, x0:x1]
                 crop[crop == 0] = 1
-        rasterize_annotations([a for a, _ in labeled], labels, classes=self.classes, factor=f)
+        rasterize_annotations(plan.labeled, labels, classes=self.classes, factor=self.label_factor(slide))
         # labels only inside accepted regions (looked for where labels are, not over the slide)
-        accepted = [self.label_box(r) for r in self.session.accepted_on(slide)]
+        boxes = [self.label_box(r) for r in self.session.accepted_on(slide)]
         for y0, y1, x0, x1 in labeled_boxes(labels):
             box = (y0, x0, y1, x1)
-            labels[y0:y1, x0:x1][~_covered(box, accepted)] = 0
+            labels[y0:y1, x0:x1][~_covered(box, boxes)] = 0
             self.session.mark_labels_changed(slide, box)
         self.session.save()
-        return {"regions": len(new), "labeled_annotations": len(labeled), "skipped": len(annotations) - len(labeled) - len(plain)}
+        return summary
+
+    def _max_region(self, slide: str) -> int:
+        """Default bound on a region's side at import: 4x the largest suggested region size
+        (16 map cells when none was), at most half the slide's shorter side."""
+        sizes = [p.get("region_size", 0) for plan in self.session.params.get("suggest", {}).values() for p in plan.values()]
+        return min(4 * max([int(v) for v in sizes if v] or [4 * self.stride]), min(self._slide(slide).shape[:2]) // 2)
 
     def close(self) -> None:
         for s in self.slides.values():

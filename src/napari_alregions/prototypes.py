@@ -29,6 +29,7 @@ import numpy as np
 from ._atomic import atomic_path
 
 __all__ = [
+    "ParquetMissing",
     "PrototypeSet",
     "center_crop",
     "from_captions",
@@ -160,6 +161,22 @@ def from_folder(folder: str | os.PathLike[str], encoder, *, classes: Iterable[st
 # ---------------------------------------------------------------------------------------
 # Image–caption tables
 # ---------------------------------------------------------------------------------------
+class ParquetMissing(ValueError):
+    """Reading Parquet needs pyarrow, which is not installed."""
+
+
+def _read_parquet(path: Path, **kwargs):
+    """``pandas.read_parquet`` with pyarrow, or a clear error naming the extra to install."""
+    import pandas as pd
+
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError as exc:
+        raise ParquetMissing(f"{path}: reading Parquet needs pyarrow: pip install 'napari-alregions[parquet]' "
+                             "(or save the table as CSV / the embeddings as .npy)") from exc
+    return pd.read_parquet(path, engine="pyarrow", **kwargs)
+
+
 def read_caption_table(path: str | os.PathLike[str]):
     """An image–caption table (CSV or Parquet) with columns ``image_path`` and ``caption``."""
     import pandas as pd
@@ -168,7 +185,9 @@ def read_caption_table(path: str | os.PathLike[str]):
     if not path.is_file():
         raise ValueError(f"{path}: no such table")
     try:
-        table = pd.read_parquet(path) if path.suffix.lower() in (".parquet", ".pq") else pd.read_csv(path)
+        table = _read_parquet(path) if path.suffix.lower() in (".parquet", ".pq") else pd.read_csv(path)
+    except ParquetMissing:
+        raise
     except Exception as exc:
         raise ValueError(f"{path}: unreadable table ({exc})") from exc
     missing = {"image_path", "caption"} - set(table.columns)
@@ -240,10 +259,10 @@ def load_embeddings(path: str | os.PathLike[str], column: str = "embedding") -> 
     if path.suffix.lower() == ".npy":
         arr = np.load(path, allow_pickle=False)
     else:
-        import pandas as pd
-
         try:
-            arr = np.stack(pd.read_parquet(path, columns=[column])[column].to_numpy())
+            arr = np.stack(_read_parquet(path, columns=[column])[column].to_numpy())
+        except ParquetMissing:
+            raise
         except Exception as exc:
             raise ValueError(f"{path}: no usable {column!r} column ({exc})") from exc
     arr = np.asarray(arr, dtype=np.float32)

@@ -18,6 +18,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import dask.array as da
 import numpy as np
@@ -84,7 +85,7 @@ class Slide:
         levels: list[da.Array],
         readers: list[_LevelReader],
         info: SlideInfo,
-        tif: tifffile.TiffFile | None,
+        tif: tifffile.TiffFile | Any | None,  # the open file (an OpenSlide handle with that backend)
     ) -> None:
         self.path = path
         self.levels = levels
@@ -289,20 +290,28 @@ class Slide:
 # Tissue detection (pure numpy / scikit-image)
 # ---------------------------------------------------------------------------------------
 def detect_tissue(
-    rgb: np.ndarray, *, min_saturation: float = 0.07, black_value: float = 0.15
+    rgb: np.ndarray, *, min_saturation: float = 0.07, black_value: float = 0.15, method: str = "otsu"
 ) -> np.ndarray:
-    """Tissue mask of an RGB image by Otsu's threshold on saturation.
+    """Tissue mask of an RGB image.
+
+    ``method="otsu"``: Otsu's threshold on saturation. It assumes glass and tissue in the
+    view; on a field that is all tissue it splits tissue (nuclei from stroma) instead.
+    ``method="od"``: optical density against the glass: glass is what is as clear as the
+    flat, unsaturated parts of the view (median-filtered, so no halo around tissue); pale
+    but textured tissue (stroma, IHC counterstain) stays tissue, and a view without glass
+    is tissue wherever it is denser than ``min_od``.
 
     Parameters
     ----------
     rgb : (M, N, 3) uint8 ndarray
         A low-resolution view of the slide.
     min_saturation : float
-        Pixels below this saturation are never tissue, whatever Otsu says; it keeps an
-        empty (all-background) slide empty.
+        ``"otsu"``: pixels below this saturation are never tissue, whatever Otsu says; it
+        keeps an empty (all-background) slide empty.
     black_value : float
         Pixels whose brightest channel is below this fraction of full scale are treated as
         out-of-scan black areas, not tissue.
+    method : {"otsu", "od"}
 
     Returns
     -------
@@ -311,17 +320,35 @@ def detect_tissue(
     Examples
     --------
     >>> img = np.full((64, 64, 3), 240, np.uint8); img[16:48, 16:48] = (200, 120, 170)
-    >>> float(detect_tissue(img).mean())
-    0.25
+    >>> float(detect_tissue(img).mean()), round(float(detect_tissue(img, method="od").mean()), 2)
+    (0.25, 0.25)
     """
-    from skimage import filters, morphology
-    from skimage.util import img_as_float
+    from skimage import filters
 
     rgb = np.asarray(rgb)
     if rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"rgb must have shape (M, N, 3), got {rgb.shape}")
+    if method not in ("otsu", "od"):
+        raise ValueError(f"method must be 'otsu' or 'od', got {method!r}")
     if rgb.size == 0:
         return np.zeros(rgb.shape[:2], dtype=bool)
+    sat, val = _saturation_value(rgb)
+    candidate = val > black_value
+    if not candidate.any():
+        return np.zeros(rgb.shape[:2], dtype=bool)
+    if method == "od":
+        return _clean(candidate & _denser_than_glass(rgb, sat, candidate))
+    values = sat[candidate]
+    threshold = min_saturation
+    if values.max() - values.min() > 1e-3:
+        threshold = max(threshold, float(filters.threshold_otsu(values)))
+    return _clean(candidate & (sat > threshold))
+
+
+def _saturation_value(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """HSV's saturation and value (floats in [0, 1])."""
+    from skimage.util import img_as_float
+
     # HSV's saturation and value need only each pixel's largest and smallest channel: the
     # same numbers as skimage.color.rgb2hsv without its hue, taken elementwise over the
     # planes (a reduction along the length-3 axis is ~10x slower). Once per slide in a pool.
@@ -331,35 +358,61 @@ def detect_tissue(
     with np.errstate(invalid="ignore", divide="ignore"):
         sat = delta / val
     sat[delta == 0] = 0.0
-    candidate = val > black_value
-    if not candidate.any():
-        return np.zeros(rgb.shape[:2], dtype=bool)
-    values = sat[candidate]
-    threshold = min_saturation
-    if values.max() - values.min() > 1e-3:
-        threshold = max(threshold, float(filters.threshold_otsu(values)))
-    mask = candidate & (sat > threshold)
-    # Remove specks (JPEG noise, dust) and fill small holes (nuclei-free lumen).
+    return sat, val
+
+
+#: ``method="od"``: neighbourhood radius (px of the view), the local grey-level spread below
+#: which the view is flat, the OD above the glass's that is tissue, and the floor without glass.
+_OD_RADIUS, _OD_FLAT_STD, _OD_MARGIN, _OD_MIN = 3, 0.015, 0.12, 0.25
+_OD_SCALE = 255 / 4.0  # optical density (summed over channels, 0..4) as uint8 for the rank filter
+
+
+def _denser_than_glass(rgb: np.ndarray, sat: np.ndarray, candidate: np.ndarray) -> np.ndarray:
+    from scipy import ndimage as ndi
+    from skimage.filters import rank
+    from skimage.morphology import disk
+
+    f = rgb.astype(np.float32) / 255
+    od = -np.log(np.maximum(f, 1 / 255)).sum(axis=-1)
+    od_u8 = np.clip(np.round(od * _OD_SCALE), 0, 255).astype(np.uint8)
+    od_med = rank.median(od_u8, disk(_OD_RADIUS)).astype(np.float32) / _OD_SCALE
+    grey = f.mean(axis=-1)
+    size = 2 * _OD_RADIUS + 1
+    mean = ndi.uniform_filter(grey, size)
+    spread = np.sqrt(np.maximum(ndi.uniform_filter(grey * grey, size) - mean * mean, 0))
+    glass = candidate & (spread < _OD_FLAT_STD) & (sat < 0.1)
+    threshold = float(np.median(od_med[glass])) + _OD_MARGIN if glass.sum() > 0.01 * glass.size else _OD_MIN
+    return od_med > threshold
+
+
+def _clean(mask: np.ndarray) -> np.ndarray:
+    """Remove specks (JPEG noise, dust) and fill small holes (nuclei-free lumen)."""
+    from skimage import morphology
+
     min_size = max(4, mask.size // 20000)
     mask = morphology.remove_small_objects(mask, max_size=min_size)
-    mask = morphology.remove_small_holes(mask, max_size=min_size)
-    return mask
+    return morphology.remove_small_holes(mask, max_size=min_size)
 
 
 # ---------------------------------------------------------------------------------------
 # Opening files
 # ---------------------------------------------------------------------------------------
-def open_slide(path: str | os.PathLike[str]) -> Slide:
+def open_slide(path: str | os.PathLike[str], *, backend: str = "auto") -> Slide:
     """Open a whole-slide image lazily.
 
     Supports tiled pyramidal TIFF and OME-TIFF (levels as SubIFDs or as series), Aperio
-    SVS, and generic TIFF; a non-pyramidal image gets a lazily coarsened pyramid. Only
-    metadata are read here.
+    SVS, NDPI, SCN, BIF and generic TIFF through tifffile; a non-pyramidal image gets a
+    lazily coarsened pyramid. Files that are no TIFF (MRXS, VMS, VSI, DICOM, ...) open
+    through OpenSlide when it is installed (``pip install 'napari-alregions[openslide]'``).
+    Only metadata are read here.
 
     Parameters
     ----------
     path : str or PathLike
         The slide file.
+    backend : {"auto", "tifffile", "openslide"}
+        ``"auto"`` probes the file: tifffile for a TIFF (its first bytes), OpenSlide for
+        anything else it recognises.
 
     Returns
     -------
@@ -377,7 +430,12 @@ def open_slide(path: str | os.PathLike[str]) -> Slide:
     >>> with open_slide("slide.svs") as slide:  # doctest: +SKIP
     ...     print(slide.shape, slide.downsamples, slide.mpp)
     """
+    if backend not in ("auto", "tifffile", "openslide"):
+        raise ValueError(f"backend must be 'auto', 'tifffile' or 'openslide', got {backend!r}")
     path = Path(path)
+    if backend == "openslide" or (backend == "auto" and _is_file(path) and not _is_tiff(path)
+                                  and _openslide_format(path) is not None):
+        return _open_openslide(path)
     tif = _tiff_file(path)
     try:
         return _open_tiff(path, tif)
@@ -388,18 +446,128 @@ def open_slide(path: str | os.PathLike[str]) -> Slide:
         raise SlideError(f"{path}: cannot read as a slide ({type(exc).__name__}: {exc})") from exc
 
 
-def _tiff_file(path: Path) -> tifffile.TiffFile:
-    """Open a TIFF's metadata, with clear errors for missing, empty and non-TIFF files."""
+def _is_file(path: Path) -> bool:
+    """A non-empty file; else the error saying what it is (missing, a folder, empty)."""
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
     if not path.is_file():
         raise SlideError(f"{path}: not a file")
     if path.stat().st_size == 0:
         raise SlideError(f"{path}: file is empty")
+    return True
+
+
+#: The first bytes of a TIFF and a BigTIFF, little- and big-endian.
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+def _is_tiff(path: Path) -> bool:
+    """Whether the file starts like a TIFF (classic or BigTIFF)."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(4) in TIFF_MAGIC
+    except OSError:
+        return False
+
+
+def _tiff_file(path: Path) -> tifffile.TiffFile:
+    """Open a TIFF's metadata, with clear errors for missing, empty and non-TIFF files."""
+    _is_file(path)
     try:
         return tifffile.TiffFile(path)
     except Exception as exc:
-        raise SlideError(f"{path}: not a readable TIFF file ({exc})") from exc
+        hint = "" if _is_tiff(path) or _openslide_module() is not None else (
+            "; formats other than TIFF (MRXS, VMS, DICOM, ...) need OpenSlide: pip install 'napari-alregions[openslide]'")
+        raise SlideError(f"{path}: not a readable TIFF file ({exc}){hint}") from exc
+
+
+# ---------------------------------------------------------------------------------------
+# OpenSlide backend (optional): what tifffile cannot read
+# ---------------------------------------------------------------------------------------
+def _openslide_module():
+    """The ``openslide`` module, or None when openslide-python (or its library) is missing."""
+    try:
+        import openslide
+    except (ImportError, OSError):  # OSError: the package without the OpenSlide library
+        return None
+    return openslide
+
+
+def _openslide_format(path: Path) -> str | None:
+    """OpenSlide's name for the file's format (``"mirax"``, ``"aperio"``, ...), or None."""
+    openslide = _openslide_module()
+    if openslide is None:
+        return None
+    try:
+        return openslide.OpenSlide.detect_format(str(path))
+    except Exception:  # a file OpenSlide chokes on is no slide of its
+        return None
+
+
+class _RegionArray:
+    """A level as an array-like for ``dask.array.from_array``: slices read through a reader."""
+
+    def __init__(self, reader: _LevelReader, shape: tuple[int, int]) -> None:
+        self.reader = reader
+        self.shape = (*shape, 3)
+        self.dtype = np.dtype(np.uint8)
+        self.ndim = 3
+
+    def __getitem__(self, key: tuple) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        key = key + (slice(None),) * (3 - len(key))
+        (y0, y1, _), (x0, x1, _) = (k.indices(n) for k, n in zip(key[:2], self.shape[:2], strict=True))
+        return self.reader(y0, max(y0, y1), x0, max(x0, x1))[:, :, key[2]]
+
+
+def _openslide_reader(osr, level: int, downsample: float) -> _LevelReader:
+    def read(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        if y1 <= y0 or x1 <= x0:
+            return np.zeros((max(0, y1 - y0), max(0, x1 - x0), 3), np.uint8)
+        # OpenSlide takes the top-left corner in level-0 px and gives RGBA (not premultiplied)
+        rgba = np.asarray(osr.read_region((round(x0 * downsample), round(y0 * downsample)), level, (x1 - x0, y1 - y0)))
+        alpha = rgba[..., 3:4].astype(np.uint16)
+        # transparent pixels (outside the scanned area) become white, as in our fill
+        return ((rgba[..., :3] * alpha + 255 * (255 - alpha) + 127) // 255).astype(np.uint8)
+
+    return read
+
+
+def _open_openslide(path: Path) -> Slide:
+    """A slide through OpenSlide."""
+    _is_file(path)
+    openslide = _openslide_module()
+    if openslide is None:
+        raise SlideError(f"{path}: opening this format needs OpenSlide: pip install 'napari-alregions[openslide]'")
+    fmt = _openslide_format(path)
+    if fmt is None:
+        raise SlideError(f"{path}: OpenSlide does not recognise this file as a slide")
+    try:
+        osr = openslide.OpenSlide(str(path))
+    except Exception as exc:
+        raise SlideError(f"{path}: OpenSlide cannot open it ({type(exc).__name__}: {exc})") from exc
+    props = osr.properties
+    shapes = tuple((int(h), int(w)) for w, h in osr.level_dimensions)
+    downsamples = tuple(float(d) for d in osr.level_downsamples)
+    tile = (props.get("openslide.level[0].tile-height"), props.get("openslide.level[0].tile-width"))
+    tile_shape = (int(tile[0]), int(tile[1])) if all(tile) else None
+    chunk = max(512, 4 * (tile_shape[0] if tile_shape else 256))
+    readers = [_openslide_reader(osr, i, d) for i, d in enumerate(downsamples)]
+    levels = [da.from_array(_RegionArray(r, shp), chunks=(chunk, chunk, 3), asarray=False, meta=np.empty((0, 0, 3), np.uint8),
+                            name=f"openslide-{path.name}-{i}-{next(_LEVEL_TOKENS)}")
+              for i, (r, shp) in enumerate(zip(readers, shapes, strict=True))]
+    mpp = None
+    try:
+        mpp = _plausible_mpp(float(props.get(openslide.PROPERTY_NAME_MPP_X, "nan")))
+    except ValueError:
+        pass
+    pyramidal = len(levels) > 1
+    if not pyramidal:
+        levels, readers = _coarsened_pyramid(levels[0], readers[0])
+        shapes, downsamples = _level_geometry(levels)
+    info = SlideInfo(path=str(path), format=f"openslide:{fmt}", shape=shapes[0], level_shapes=shapes,
+                     downsamples=downsamples, mpp=mpp, tile_shape=tile_shape, pyramidal=pyramidal)
+    return Slide(path, levels, readers, info, osr)
 
 
 def _open_tiff(path: Path, tif: tifffile.TiffFile) -> Slide:
@@ -439,9 +607,8 @@ def _open_tiff(path: Path, tif: tifffile.TiffFile) -> Slide:
     if not pyramidal:
         levels, readers = _coarsened_pyramid(levels[0], readers[0])
 
-    h0, w0 = levels[0].shape[:2]
-    shapes = tuple((int(a.shape[0]), int(a.shape[1])) for a in levels)
-    downsamples = tuple(((h0 / h) + (w0 / w)) / 2 for h, w in shapes)
+    shapes, downsamples = _level_geometry(levels)
+    h0, w0 = shapes[0]
     info = SlideInfo(
         path=str(path),
         format=_format_name(tif),
@@ -455,6 +622,13 @@ def _open_tiff(path: Path, tif: tifffile.TiffFile) -> Slide:
     slide = Slide(path, levels, readers, info, tif)
     slide._tiled = tiled + [None] * (len(levels) - len(tiled))
     return slide
+
+
+def _level_geometry(levels: list[da.Array]) -> tuple[tuple[tuple[int, int], ...], tuple[float, ...]]:
+    """Each level's (height, width) and its downsample (mean of the two axes' ratios)."""
+    shapes = tuple((int(a.shape[0]), int(a.shape[1])) for a in levels)
+    h0, w0 = shapes[0]
+    return shapes, tuple(((h0 / h) + (w0 / w)) / 2 for h, w in shapes)
 
 
 def _main_series(path: Path, tif: tifffile.TiffFile) -> int:
