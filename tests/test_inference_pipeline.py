@@ -325,7 +325,8 @@ def test_compile_failure_falls_back_to_the_plain_model(slide, monkeypatch):
     eager = predict_probability_map(slide, model, SPEC, stride=64, batch_size=16, device="cpu")
     with pytest.warns(RuntimeWarning, match="torch.compile failed"):
         comp = predict_probability_map(slide, model, SPEC, stride=64, batch_size=16, device="cpu", compile="max-autotune")
-    np.testing.assert_array_equal(comp, eager)
+    # the fallback pads batches as the compiled path would: same numbers up to float rounding
+    np.testing.assert_allclose(comp, eager, rtol=0, atol=1e-6, equal_nan=True)
     with pytest.raises(ValueError, match="compile"):
         predict_probability_map(slide, model, SPEC, stride=64, device="cpu", compile="fastest")
 
