@@ -403,3 +403,29 @@ def test_encoder_choice_and_stale_classifier_embeddings(tmp_path, small_pool):
         p.set_encoder(str(tmp_path / "missing.pt"))
     assert p.encoder_source == "random:3"
     p.close()
+
+
+def test_retrain_on_more_labels_does_not_lower_validation_auc(tmp_path, small_pool):
+    """More labels never leave the session with a worse model on the labeled regions' validation patches."""
+    import copy
+
+    from napari_alregions.model import CYCLE_SCHEDULE
+    from napari_alregions.model.train import Validation, validation_split
+
+    p, slide, truth = _project(tmp_path, small_pool)
+    p.session.params["training"] = {"epochs": 8, "patience": 3, "patches_per_slide": 32}
+    grid = [Region(x, y, 256, 256, slide=slide) for y in range(0, 1024, 256) for x in range(0, 1024, 256)]
+    for r in grid[:8]:  # the top half first
+        _paint_truth(p, p.accept(r), truth)
+    run(p.iter_retrain(refresh=False))
+    before = copy.deepcopy(p.models[0])
+    for r in grid[8:]:  # then all of it: a superset
+        _paint_truth(p, p.accept(r), truth)
+    summary = run(p.iter_retrain(refresh=False))
+    assert summary["model"][0] in ("new", "kept previous") and summary["n_val"][0] > 0
+    # both models on the second retrain's validation patches (stable: the first one's are among them)
+    _, val = validation_split(p.candidates(), CYCLE_SCHEDULE.val_fraction)
+    v = Validation(val, p.spec, 256, seed=0)
+    auc_before, auc_after = v.score(before, "cpu")[1], v.score(p.models[0], "cpu")[1]
+    assert np.isfinite(auc_before) and auc_after >= auc_before - 0.01, (auc_before, auc_after)
+    assert summary["val_auc"][0] == pytest.approx(auc_after, abs=0.02)

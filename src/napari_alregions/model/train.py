@@ -37,7 +37,9 @@ class TrainConfig:
 
     An epoch draws ``patches_per_slide`` patches from every slide with labels (balanced
     positive/negative where a slide has both), and at least ``min_epoch_patches`` in all,
-    so that early stopping compares epochs of a useful size however few slides there are.
+    so that early stopping compares epochs of a useful size however few slides there are,
+    and at least one patch per ``candidates_per_patch`` training candidates, so that a
+    larger labeled set gets the longer training it needs to converge.
     Training stops after ``epochs``, ``max_steps`` or ``max_seconds``, or when the
     validation loss has not improved for ``patience`` epochs; the weights of the best
     validation epoch are kept.
@@ -46,6 +48,7 @@ class TrainConfig:
     epochs: int = 30
     patches_per_slide: int = 20
     min_epoch_patches: int = 256
+    candidates_per_patch: int = 32
     batch_size: int = 32
     lr: float = 5e-4
     weight_decay: float = 1e-4
@@ -145,7 +148,8 @@ class Validation:
     def classes_present(self) -> int:
         return len(np.unique(self.labels))
 
-    def probabilities(self, model: nn.Module, device) -> np.ndarray:
+    def probabilities(self, model: nn.Module, device=None) -> np.ndarray:
+        device = pick_device(device)
         model.eval()
         out = []
         with torch.no_grad():
@@ -156,7 +160,7 @@ class Validation:
                 out.append(torch.softmax(logits.float(), 1).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.n_classes), np.float32)
 
-    def score(self, model: nn.Module, device) -> tuple[float, float]:
+    def score(self, model: nn.Module, device=None) -> tuple[float, float]:
         """(class-balanced loss, AUC) of ``model`` on these patches."""
         from ..metrics import roc_auc
 
@@ -238,7 +242,8 @@ def iter_train(
     original = copy.deepcopy(model.state_dict())
     home = next(model.parameters()).device
     model.to(device)
-    per_slide = max(config.patches_per_slide, math.ceil(config.min_epoch_patches / len(train_c)))
+    epoch = max(config.min_epoch_patches, math.ceil(n_train / config.candidates_per_patch))
+    per_slide = max(config.patches_per_slide, math.ceil(epoch / len(train_c)))
     steps_per_epoch = max(1, math.ceil(len(train_c) * per_slide / config.batch_size))
     total = config.epochs * steps_per_epoch
     if config.max_steps is not None:
@@ -456,6 +461,7 @@ def fit(
 
 
 #: The schedule of one active-learning cycle's training (SPEC §8), for the viewer and the
-#: simulation alike: epochs of at least 256 patches, early stopping after 5 epochs without
-#: a better validation loss, at most 40 epochs. The viewer adds its time budget.
+#: simulation alike: epochs of at least 256 patches (and one per 32 candidates), early
+#: stopping after 5 epochs without a better validation loss, at most 40 epochs. The
+#: viewer adds its time budget.
 CYCLE_SCHEDULE = TrainConfig(epochs=40, patches_per_slide=32, min_epoch_patches=256, patience=5)
