@@ -65,6 +65,25 @@ def test_repeats_report_mean_and_range_and_curves_do_not_fall(sparse_pool, tmp_p
     assert len(full["repeats"]) == 2 and full["miou_min"] <= full["miou"] <= full["miou_max"]
 
 
+@pytest.mark.parametrize("patch_size", [64, 96])  # centre area as wide as a cell, and wider
+def test_truth_cells_follow_the_patch_label_rule(sim_pool, patch_size):
+    """A cell is tumour when the centre area (d/2)² of its patch holds tumour: brute force per cell."""
+    from napari_alregions.simulate import Pool
+
+    pool = Pool.load(sim_pool, level=1, stride=64, patch_size=patch_size)
+    try:
+        for name in pool.slides:
+            gt, cells = pool.truth[name], pool.truth_cells(name)
+            half = patch_size // 4
+            expect = np.zeros_like(cells)
+            for r, c in np.ndindex(cells.shape):
+                cy, cx = int((r + 0.5) * 32), int((c + 0.5) * 32)  # the cell's centre at level 1
+                expect[r, c] = (gt[max(cy - half, 0) : cy + half, max(cx - half, 0) : cx + half] == 2).any()
+            np.testing.assert_array_equal(cells, expect)
+    finally:
+        pool.close()
+
+
 @pytest.mark.slow
 def test_geojson_ground_truth_gives_the_truth_cells_of_the_mask(sim_pool, tmp_path):
     """A pool whose truth comes as QuPath GeoJSON (tumour polygons) scores like the mask it was made from."""
@@ -94,6 +113,30 @@ def test_geojson_ground_truth_gives_the_truth_cells_of_the_mask(sim_pool, tmp_pa
     finally:
         a.close()
         b.close()
+
+
+def test_geojson_truth_takes_tissue_outlines_and_ignores_other_classes(sim_pool, tmp_path):
+    import json
+
+    from napari_alregions.simulate import truth_from_geojson
+    from napari_alregions.wsi import open_slide
+
+    def poly(x0, y0, x1, y1, cls):
+        ring = [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]
+        return {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring]},
+                "properties": {"objectType": "annotation", "classification": {"name": cls, "color": [1, 2, 3]}}}
+
+    feats = [poly(0, 0, 800, 800, "Tissue"), poly(100, 100, 300, 300, "Tumor"), poly(400, 400, 600, 600, "Stroma"),
+             {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [50, 0], [50, 50], [0, 0]]]},
+              "properties": {"objectType": "detection", "classification": {"name": "Tumor", "color": [1, 2, 3]}}}]
+    path = tmp_path / "t.geojson"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": feats}))
+    with open_slide(sim_pool / "slide_000.tif") as slide:
+        truth = truth_from_geojson(slide, path, level=1)  # level-1 px: level-0 coordinates / 2
+    expect = np.zeros_like(truth)
+    expect[:400, :400] = 1
+    expect[50:150, 50:150] = 2  # the detection is no annotation: not tumour
+    np.testing.assert_array_equal(truth, expect)
 
 
 @pytest.mark.slow

@@ -143,9 +143,10 @@ class Pool:
     tissue: dict[str, np.ndarray]  # (H_map, W_map) bool
     level: int
     stride: int
+    patch_size: int = 64  # at the working level: sets the truth rule of a map cell
 
     @classmethod
-    def load(cls, folder: str | Path, *, level: int, stride: int) -> Pool:
+    def load(cls, folder: str | Path, *, level: int, stride: int, patch_size: int = 64) -> Pool:
         folder = Path(folder)
         path = folder / "manifest.json"
         if not path.is_file():
@@ -169,59 +170,73 @@ class Pool:
             (test if entry.get("split") == "test" else train).append(name)
         if not train or not test:
             raise ValueError(f"{folder}: the pool needs training and test slides (split in manifest.json)")
-        return cls(folder, train, test, slides, truth, tissue, level, stride)
+        return cls(folder, train, test, slides, truth, tissue, level, stride, patch_size)
 
     def truth_cells(self, name: str) -> np.ndarray:
-        """Tumour at map resolution by the paper's rule: any tumour in the cell's centre half."""
+        """Tumour at map resolution by the rule the model's patches are labeled with (the
+        paper's): a cell is tumour when the centre area, (d/2)², of the patch predicted for
+        it holds a tumour pixel; so the map and the truth describe the same cells."""
+        from ._integral import box_sum, integral_image
+
         gt = self.truth[name]
         f = self.slides[name].level_factor(self.level)
-        cell = int(self.stride // f)
         h, w = self.tissue[name].shape
-        g = gt[: h * cell, : w * cell].reshape(h, cell, w, cell)
-        q = cell // 4
-        return (g[:, q : cell - q, :, q : cell - q] == TUMOUR).any(axis=(1, 3))
+        cell = self.stride / f  # working-level px per map cell
+        side = self.patch_size // 2  # the centre area, as model.find_candidates labels it
+        if side <= cell and cell == int(cell):
+            c, off = int(cell), int(cell - side) // 2
+            g = gt[: h * c, : w * c].reshape(h, c, w, c)
+            return (g[:, off : off + side, :, off : off + side] == TUMOUR).any(axis=(1, 3))
+        out = np.zeros((h, w), bool)  # windows wider than a cell: sums in the tumour's bounding box
+        ys, xs = np.nonzero(gt == TUMOUR)
+        if ys.size:
+            cy = ((np.arange(h) + 0.5) * cell).astype(np.int64)[:, None]
+            cx = ((np.arange(w) + 0.5) * cell).astype(np.int64)[None, :]
+            oy, ox = ys.min(), xs.min()
+            sub = integral_image(gt[oy : ys.max() + 1, ox : xs.max() + 1] == TUMOUR)
+            half = side // 2
+            y0, y1 = np.clip(cy - half - oy, 0, sub.shape[0] - 1), np.clip(cy + half - oy, 0, sub.shape[0] - 1)
+            x0, x1 = np.clip(cx - half - ox, 0, sub.shape[1] - 1), np.clip(cx + half - ox, 0, sub.shape[1] - 1)
+            out = box_sum(sub, y0, x0, y1, x1) > 0
+        return out
 
     def close(self) -> None:
         for s in self.slides.values():
             s.close()
 
 
-_TUMOUR_NAMES = {"tumour", "tumor"}
-
-
 def truth_from_geojson(slide: Slide, path: str | Path, *, level: int) -> np.ndarray:
     """Ground truth (0 glass, 1 tissue, 2 tumour) at ``level`` from a QuPath GeoJSON.
 
-    Tumour polygons (classification tumour/tumor, any case) are 2; "Tissue" polygons are
-    the tissue when present, else the slide's tissue mask is. Holes are respected.
+    Read as a QuPath import reads (``io_qupath.plan_import``: annotations only, classes
+    by base name with synonyms, so Tumor/Tumour/tumor are tumour): tumour polygons are 2,
+    "Tissue" polygons are the tissue when present, else the slide's tissue mask is; other
+    classes count as tissue, and a file without tumour is a negative slide. Holes are
+    respected.
     """
     from skimage.transform import resize
 
-    from .io_qupath import class_annotations, rasterize_annotations, read_features
+    from .io_qupath import class_names, match_class, plan_import, qupath_objects, rasterize_annotations, read_features
 
-    anns = class_annotations(read_features(path))
+    classes = ("tissue", "tumour")
+    features = read_features(path)
+    others = {}  # classes that are neither: tissue, not an error
+    for _, _, f in qupath_objects(features):
+        names = class_names((f.get("properties") or {}).get("classification"))
+        if names and not match_class(names, classes)[0]:
+            others[names[0]] = None
+    plan = plan_import(features, classes=classes, class_map=others, extent=(slide.shape[1], slide.shape[0]))
     lh, lw = slide.levels[level].shape[:2]
     f = slide.level_factor(level)
-    named = [(a, (a.classification or "").strip().lower()) for a in anns]
-    tissue_anns = [a for a, n in named if n == "tissue"]
-    tumour_anns = [a for a, n in named if n in _TUMOUR_NAMES]
-    other = sorted({n for _, n in named if n not in _TUMOUR_NAMES | {"tissue"}})
-    if other:  # a slide without tumour polygons is a negative slide; other classes count as tissue
-        logger.info("%s: classes %s are neither tumour nor tissue", path, other)
     truth = np.zeros((lh, lw), np.uint8)
-    if tissue_anns:
-        rasterize_annotations([_as_class(a, "tissue") for a in tissue_anns], truth, classes=("tissue",), factor=f)
+    tissue = [a for a in plan.labeled if a.classification == "tissue"]
+    if tissue:
+        rasterize_annotations(tissue, truth, classes=classes, factor=f)
     else:
         mask = slide.tissue_mask()
         truth[resize(mask, (lh, lw), order=0, preserve_range=True, anti_aliasing=False).astype(bool)] = TISSUE
-    rasterize_annotations([_as_class(a, "tumour") for a in tumour_anns], truth, classes=("tissue", "tumour"), factor=f)
+    rasterize_annotations([a for a in plan.labeled if a.classification == "tumour"], truth, classes=classes, factor=f)
     return truth
-
-
-def _as_class(ann, name: str):
-    from dataclasses import replace
-
-    return replace(ann, classification=name)
 
 
 def reveal(truth: np.ndarray, labels: np.ndarray, region: Region, factor: float) -> None:
@@ -412,7 +427,7 @@ def run_simulation(
     """
     config.validate()
     say = progress or (lambda msg: None)
-    pool = Pool.load(pool_folder, level=config.level, stride=config.stride)
+    pool = Pool.load(pool_folder, level=config.level, stride=config.stride, patch_size=config.patch_size)
     features = _Features(pool, config)
     from .distributed import close, connect
 
