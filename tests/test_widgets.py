@@ -467,3 +467,15 @@ def test_prototype_similarity_and_pool_diversity_in_viewer(make_napari_viewer, q
     w.n_uncertain.value = 3
     _click(w, "Per slide group")
     assert w.uncertain_list.count() == 3
+
+
+def test_a_failed_new_model_says_why_and_keeps_the_model(make_napari_viewer, tmp_path, small_pool):
+    viewer, w, slide = _start(make_napari_viewer, tmp_path, small_pool)
+    before = w.project.spec
+    w.level.value = 9  # the slides have 3 levels
+    _click(w, "New model")
+    assert "level 9 does not exist" in w.message.value, w.message.value
+    assert w.project.spec == before
+    w.level.value = 1
+    _click(w, "New model")
+    assert w.message.value.startswith("new untrained compact model")

@@ -243,6 +243,10 @@ class ALRegionsWidget(QWidget):
             self._message(str(exc), True)
             return None
 
+    def _done(self, fn, *args, **kwargs) -> bool:
+        """:meth:`_guard` for calls that return nothing: whether it went through."""
+        return self._guard(lambda: (fn(*args, **kwargs), True)[1]) is True
+
     def _refresh_status(self) -> None:
         p = self.project
         if p is None:
@@ -524,8 +528,10 @@ class ALRegionsWidget(QWidget):
 
     # ------------------------------------------------------------------ model
     def new_model(self) -> None:
-        if self._guard(self.project.new_model if self.project else None, arch=self.arch.value, patch_size=self.patch_size.value,
-                       level=self.level.value, members=self.members.value) is None and self.project is not None:
+        # new_model returns nothing: only a call that went through may say so (a bad level used to be
+        # reported, then overwritten by the success message)
+        if self._done(self.project.new_model if self.project else None, arch=self.arch.value, patch_size=self.patch_size.value,
+                      level=self.level.value, members=self.members.value):
             self._refresh_status()
             self._message(f"new untrained {self.arch.value} model ({self.members.value} member(s))")
 
@@ -582,8 +588,8 @@ class ALRegionsWidget(QWidget):
         if name is None:
             return
         if self.prototypes_file.value and Path(self.prototypes_file.value).is_file():
-            if self._guard(p.set_prototypes, Path(self.prototypes_file.value)) is None and p.prototypes is None:
-                return
+            if not self._done(p.set_prototypes, Path(self.prototypes_file.value)):
+                return  # the message says why; an older prototype set is not used in its place
         if p.prototypes is None:
             self._message("choose a prototype set (.npz from `alregions prototypes`)", True)
             return
