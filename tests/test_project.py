@@ -429,3 +429,17 @@ def test_retrain_on_more_labels_does_not_lower_validation_auc(tmp_path, small_po
     auc_before, auc_after = v.score(before, "cpu")[1], v.score(p.models[0], "cpu")[1]
     assert np.isfinite(auc_before) and auc_after >= auc_before - 0.01, (auc_before, auc_after)
     assert summary["val_auc"][0] == pytest.approx(auc_after, abs=0.02)
+
+
+def test_a_method_that_cannot_rerun_does_not_break_the_retrain(tmp_path, small_pool):
+    """A prototype selector used before, whose similarity map a retrain drops, used to make every retrain raise."""
+    p, slide, truth = _project(tmp_path, small_pool)
+    l_ = 4 * p.stride
+    for r in p.suggest(slide, "random", region_size=l_, k=2, seed=1):
+        _paint_truth(p, p.accept(r), truth)
+    run(p.iter_priority(slide))
+    p.suggest(slide, "standard", region_size=l_, k=2)
+    p.session.params["suggest"][slide]["prototype"] = {"region_size": l_, "k": 2, "seed": 0, "options": {}}
+    summary = run(p.iter_retrain())
+    assert any("prototype proposals not refreshed" in m for m in summary["messages"]), summary["messages"]
+    assert {r.cycle for r in p.proposals(slide, "standard")} == {1}  # the others refreshed all the same

@@ -781,14 +781,26 @@ class AnnotationProject:
         if refresh:
             for slide in list(self.maps):
                 yield from self.iter_priority(slide, measure=measure or self.maps[slide].measure, cancel=cancel)
-                self.refresh_suggestions(slide)
+                _, failed = self.refresh_suggestions(slide)
+                summary["messages"] += [f"{slide}: {m} proposals not refreshed ({why})" for m, why in failed.items()]
         return summary
 
-    def refresh_suggestions(self, slide: str) -> dict[str, list[Region]]:
-        """Re-run every method last used on ``slide`` with its parameters (new map, new cycle)."""
+    def refresh_suggestions(self, slide: str) -> tuple[dict[str, list[Region]], dict[str, str]]:
+        """Re-run every method last used on ``slide`` with its parameters (new map, new cycle).
+
+        Returns the new proposals by method, and by method why it could not run (e.g. a
+        prototype selector without a similarity map): those keep their proposals, and
+        the other methods are refreshed all the same.
+        """
         plan = self.session.params.get("suggest", {}).get(slide, {})
-        return {m: self.suggest(slide, m, region_size=p["region_size"], k=p["k"], seed=p.get("seed"), **p.get("options", {}))
-                for m, p in list(plan.items())}
+        done, failed = {}, {}
+        for m, p in list(plan.items()):
+            try:
+                done[m] = self.suggest(slide, m, region_size=p["region_size"], k=p["k"], seed=p.get("seed"),
+                                       **p.get("options", {}))
+            except ValueError as exc:
+                failed[m] = str(exc)
+        return done, failed
 
     # -- QuPath -------------------------------------------------------------------------------
     def export_qupath(self, path: str | os.PathLike[str], slide: str, *, priority: bool = False) -> Path:
