@@ -83,9 +83,10 @@ def test_standard_nonsquare_matches_brute_force(seed):
 
 
 @pytest.mark.parametrize("seed", range(10))
-def test_dense_scoring_fallback_matches_brute_force(seed):
-    """Past ``dense_after`` queued blocks the greedy search scores every window densely;
-    same picks, same tie order (plateaus and noise are where it switches)."""
+def test_every_search_matches_brute_force(seed):
+    """The dense scan, the branch and bound (alone, with small initial blocks, and
+    switching to the dense scan part way) and the automatic choice: same picks, same tie
+    order, on plateaus, noise and sparse maps with exact ties."""
     from napari_alregions.selection._common import greedy_windows
 
     rng = np.random.default_rng(500 + seed)
@@ -98,9 +99,12 @@ def test_dense_scoring_fallback_matches_brute_force(seed):
     blocked = [MapBox(2, 3, 5, 7)] if seed % 4 == 1 else []
     k = int(rng.integers(1, 7))
     ref = brute_greedy(p, shapes, k, blocked)
-    for dense_after in (0, 40, None):  # dense from the start, after some branch and bound, never
-        got = greedy_windows(p, shapes, k, blocked, dense_after=dense_after)
-        assert [b for b, _ in got] == [b for b, _ in ref], dense_after
+    never = np.iinfo(np.int64).max
+    for kw in ({"search": "dense"}, {"search": "bound", "dense_after": never},
+               {"search": "bound", "dense_after": never, "coarse": 4}, {"search": "bound", "dense_after": 0},
+               {"search": "bound", "dense_after": 40, "coarse": 4}, {}):
+        got = greedy_windows(p, shapes, k, blocked, **kw)
+        assert [b for b, _ in got] == [b for b, _ in ref], kw
         np.testing.assert_allclose([v for _, v in got], [v for _, v in ref])
 
 
