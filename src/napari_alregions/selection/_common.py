@@ -51,13 +51,15 @@ def prepare(
     if p.dtype.kind not in "fiub":
         raise ValueError(f"priority must be numeric, got dtype {p.dtype}")
     p = p.astype(np.float64)  # a copy: the caller's array is never modified
-    if np.isinf(p).any():
-        raise ValueError("priority contains inf; priorities must be finite (NaN counts as 0)")
-    p[np.isnan(p)] = 0.0
-    if p.size and p.min() < 0:
-        raise ValueError(
-            f"priority must be non-negative, got minimum {p.min():.4g}; clip or rescale the map"
-        )
+    # min and max are NaN if any value is: the element-wise checks run only then
+    lo, hi = (float(p.min()), float(p.max())) if p.size else (0.0, 0.0)
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        if np.isinf(p).any():
+            raise ValueError("priority contains inf; priorities must be finite (NaN counts as 0)")
+        p[np.isnan(p)] = 0.0
+        lo = float(p.min())
+    if lo < 0:
+        raise ValueError(f"priority must be non-negative, got minimum {lo:.4g}; clip or rescale the map")
     stride = _positive_int(stride, "stride")
     region_size = _positive_int(region_size, "region_size")
     if region_size % stride:
