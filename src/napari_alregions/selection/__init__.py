@@ -73,6 +73,7 @@ _HELP = {
     "n_clusters": "number of k-means clusters c",
     "lam": "weight λ of cluster uncertainty vs. diversity",
     "candidates_factor": "candidates kept per selected patch (Q/T)",
+    "n_init": "k-means runs from different seeds (lowest inertia kept)",
 }
 
 
