@@ -10,7 +10,7 @@ import numpy as np
 from .._integral import box_sum, integral_image
 from ..geometry import MapBox, Region, map_box_to_region, region_to_map_box
 
-__all__ = ["MapInput", "greedy_windows", "prepare"]
+__all__ = ["MapInput", "choose_search", "greedy_windows", "prepare"]
 
 
 @dataclass(frozen=True)
@@ -173,6 +173,7 @@ def greedy_windows(
     n_windows = int((nr * nc).sum())
     if search == "dense" or (search == "auto" and n_windows <= DENSE_WINDOWS):
         return _dense_greedy(s, shapes, k, blocked)
+    q = _initial_blocks(nr, nc, coarse)
     if dense_after is None:
         dense_after = n_windows // 48  # a queue row costs ~48x a window of the dense scan
 
@@ -204,11 +205,6 @@ def greedy_windows(
 
     # The queue: one row per block (shape, r0, c0, size, bound) as parallel arrays. Rows
     # that cannot win the current pick wait in `deferred` and come back for the next one.
-    parts = []
-    for i in range(len(shapes)):
-        gr, gc = np.meshgrid(np.arange(0, nr[i], coarse), np.arange(0, nc[i], coarse), indexing="ij")
-        parts.append(np.stack([np.full(gr.size, i), gr.ravel(), gc.ravel(), np.full(gr.size, coarse)], axis=1))
-    q = np.concatenate(parts)
     ub = bound(q[:, 0], q[:, 1], q[:, 2], q[:, 3])
     if search == "auto" and not _bounds_prune(ub, shapes, coarse):
         return _dense_greedy(s, shapes, k, blocked)
@@ -290,6 +286,31 @@ def greedy_windows(
         q = np.concatenate([q[rest], kids[ok]])
         ub = np.concatenate([ub[rest], kub[ok]])
     return picks
+
+
+def choose_search(priority: np.ndarray, shapes: Sequence[tuple[int, int]], *, coarse: int = 64) -> str:
+    """The search ``greedy_windows(search="auto")`` takes on this map: "dense" or "bound"."""
+    H, W = priority.shape
+    shapes = [(int(h), int(w)) for h, w in shapes if 0 < h <= H and 0 < w <= W]
+    hs, ws = np.array([h for h, _ in shapes]), np.array([w for _, w in shapes])
+    nr, nc = H - hs + 1, W - ws + 1
+    if not shapes or int((nr * nc).sum()) <= DENSE_WINDOWS:
+        return "dense"
+    q = _initial_blocks(nr, nc, coarse)
+    si = q[:, 0]
+    r_end = np.minimum(q[:, 1] + coarse, nr[si]) - 1 + hs[si]
+    c_end = np.minimum(q[:, 2] + coarse, nc[si]) - 1 + ws[si]
+    ub = np.round(box_sum(integral_image(priority), q[:, 1], q[:, 2], r_end, c_end), SUM_DECIMALS)
+    return "bound" if _bounds_prune(ub, shapes, coarse) else "dense"
+
+
+def _initial_blocks(nr: np.ndarray, nc: np.ndarray, coarse: int) -> np.ndarray:
+    """Rows (shape, r0, c0, size) of coarse x coarse blocks covering every shape's positions."""
+    parts = []
+    for i in range(len(nr)):
+        gr, gc = np.meshgrid(np.arange(0, nr[i], coarse), np.arange(0, nc[i], coarse), indexing="ij")
+        parts.append(np.stack([np.full(gr.size, i), gr.ravel(), gc.ravel(), np.full(gr.size, coarse)], axis=1))
+    return np.concatenate(parts)
 
 
 def _bounds_prune(ub: np.ndarray, shapes: list[tuple[int, int]], coarse: int) -> bool:
