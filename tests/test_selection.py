@@ -146,6 +146,99 @@ def test_annotated_regions_do_not_swallow_the_best_new_region():
     assert as_boxes(got, 1) == [(10, 20, 15, 25), (25, 0, 30, 5)]
 
 
+def _check_exact(p, l_map, k, annotated=(), *, expect=None):
+    """standard and standard_nonsquare (through select) and the branch and bound alone
+    against the brute force; ``expect``: the standard boxes, by hand."""
+    from napari_alregions.selection._common import greedy_windows
+
+    blocked = [region_to_map_box(r, 1, p.shape) for r in annotated]
+    p_ref = np.nan_to_num(p)
+    for b in blocked:
+        p_ref[b.slices] = 0
+    for method, shapes in (("standard", [(l_map, l_map)]), ("standard_nonsquare", nonsquare_shapes(l_map, 1, 1))):
+        ref = brute_greedy(p_ref, shapes, k, blocked)
+        want = [(b.r0, b.c0, b.r1, b.c1) for b, _ in ref]
+        got = select(method, p, stride=1, region_size=l_map, k=k, annotated=annotated, **({"width_step": 1} if shapes != [(l_map, l_map)] else {}))
+        assert as_boxes(got, 1) == want, method
+        np.testing.assert_allclose([r.score for r in got], [v for _, v in ref])
+        for r in got:
+            assert not any(overlaps(r, a) for a in annotated)
+        bound = greedy_windows(p_ref, shapes, k, blocked, search="bound", coarse=4, dense_after=np.iinfo(np.int64).max)
+        assert [b for b, _ in bound] == [b for b, _ in ref], method
+        if method == "standard" and expect is not None:
+            assert want == expect
+
+
+def test_priority_only_in_row_0_or_column_0():
+    """Published code scored no window at row or column 0."""
+    rng = np.random.default_rng(0)
+    row = np.zeros((24, 30))
+    row[0] = rng.random(30)
+    _check_exact(row, 5, 3)
+    col = np.zeros((30, 24))
+    col[:, 0] = rng.random(30)
+    _check_exact(col, 5, 3)
+    [r] = select("standard", row, stride=1, region_size=5, k=1)
+    assert r.y == 0
+
+
+def test_hotspot_in_the_far_corner():
+    """The last window row and column exist (no off-by-one at the far border)."""
+    p = np.zeros((23, 31))
+    p[-3:, -3:] = 1.0
+    _check_exact(p, 6, 2, expect=[(23 - 6, 31 - 6, 23, 31)])
+
+
+def test_two_touching_hotspots_are_both_taken():
+    """Boxes that touch do not overlap: the second hotspot is not suppressed."""
+    p = np.zeros((20, 24))
+    p[5:9, 5:9] = 1.0
+    p[5:9, 9:13] = 0.9
+    _check_exact(p, 4, 2, expect=[(5, 5, 9, 9), (5, 9, 9, 13)])
+
+
+def test_touching_and_non_square_annotated_boxes_are_never_re_proposed():
+    """Published code suppressed a fixed l x l neighbourhood around old boxes, so it
+    re-proposed parts of two touching boxes, and of a box that is not l x l."""
+    p = np.zeros((30, 30))
+    p[2:8, 2:14] = 1.0  # covered by two touching annotated 6 x 6 boxes
+    p[15:18, 3:20] = 0.8  # covered by a 3 x 17 annotated box
+    p[22:28, 22:28] = 0.3
+    p += 0.01 * np.random.default_rng(1).random(p.shape)
+    annotated = [Region(2, 2, 6, 6), Region(8, 2, 6, 6), Region(3, 15, 17, 3)]
+    _check_exact(p, 6, 3, annotated)
+    got = select("standard", p, stride=1, region_size=6, k=1, annotated=annotated)
+    assert as_boxes(got, 1) == [(22, 22, 28, 28)]
+
+
+def test_one_nan_at_the_origin_counts_as_zero():
+    """A NaN in a cumulative sum makes every later sum NaN: published code then ranked
+    windows by NaN (0.006 of the optimal priority)."""
+    p = np.random.default_rng(2).random((20, 26)) ** 4
+    p[0, 0] = np.nan
+    _check_exact(p, 4, 4)
+
+
+def test_all_zero_map_gives_no_regions():
+    zeros = np.zeros((24, 24))
+    _check_exact(zeros, 4, 3, expect=[])
+    for method in ("adaptive", "top_patches", "prototype"):
+        assert select(method, zeros, stride=1, region_size=4, k=3) == [], method
+    rows, cols = focannot_grid(zeros.shape, 4, 0.5)
+    assert select("focannot", zeros, stride=1, region_size=4, k=3, descriptors=np.ones((rows.size, cols.size, 2))) == []
+
+
+def test_adaptive_seed_on_a_plateau():
+    """The seed of a plateau (its first pixel in row-major order, a corner) must find
+    its own component: the box is the plateau's bounding box."""
+    p = np.zeros((40, 40))
+    p[12:21, 7:16] = 0.5  # 9 x 9 plateau: every pixel is a maximum
+    p[30:34, 30:34] = 0.2
+    [r] = adaptive(p, stride=1, region_size=10, k=1)
+    assert (r.y, r.x, r.h, r.w) == (12, 7, 9, 9)
+    assert r.score == pytest.approx(p[12:21, 7:16].sum())
+
+
 def test_adaptive_seed_on_component_border():
     """Reference code found the seed's component by polygon containment, which misses
     seeds on the border of the component's polygon."""

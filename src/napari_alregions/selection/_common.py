@@ -101,6 +101,9 @@ _BAND_ELEMENTS = 1 << 16
 #: Up to this many windows (all shapes) the dense scan is used without trying the bounds.
 DENSE_WINDOWS = 1 << 22
 
+#: Up to this many windows (all shapes, 8 bytes each) the dense scan keeps its tables of sums.
+_STORE_WINDOWS = 1 << 21
+
 
 def greedy_windows(
     priority: np.ndarray,
@@ -331,24 +334,36 @@ def _dense_greedy(s: np.ndarray, shapes: list[tuple[int, int]], k: int,
     """:func:`greedy_windows` by scoring every window, kept as one maximum per row.
 
     For each shape, every row of window positions keeps its largest valid sum and the
-    first column holding it (rows are scored in bands, so no shape's full table of sums is
-    held). A pick takes the largest row maximum; among the rows that may tie with it after
-    rounding (in increasing row order) the first holding the rounded maximum wins, then its
-    first such column, then the earlier shape. The pick then rescores only the rows whose
-    best window it overlaps. ``blocked`` grows with the picks. Sums are computed as
-    :func:`box_sum` does, so values and ties are those of the branch and bound.
+    first column holding it. Up to :data:`_STORE_WINDOWS` windows the tables of sums are
+    kept (picks mask them in place); beyond, rows are scored in bands and rescored when
+    needed, so no table is held. A pick takes the largest row maximum; among the rows that
+    may tie with it after rounding (in increasing row order) the first holding the rounded
+    maximum wins, then its first such column, then the earlier shape. The pick then
+    rescores only the rows whose best window it overlaps. ``blocked`` grows with the picks.
+    Sums are computed as :func:`box_sum` does, so values and ties are those of the branch
+    and bound.
     """
     H, W = s.shape[0] - 1, s.shape[1] - 1
+    store = sum((H - h + 1) * (W - w + 1) for h, w in shapes) <= _STORE_WINDOWS
+    tables: list[np.ndarray] = []
+
+    def rows(i: int, r0: int, r1: int, out: np.ndarray | None = None) -> np.ndarray:
+        if store:
+            return tables[i][r0:r1]
+        return _row_sums(s, *shapes[i], r0, r1, blocked, out)
+
     row_max, row_arg = [], []
-    for h, w in shapes:
+    for i, (h, w) in enumerate(shapes):
         nr, nc = H - h + 1, W - w + 1
+        if store:
+            tables.append(_row_sums(s, h, w, 0, nr, blocked))
         best = np.empty(nr)
         arg = np.empty(nr, dtype=np.int64)
-        band = max(1, _BAND_ELEMENTS // nc)
-        buf = np.empty((min(band, nr), nc))
+        band = nr if store else max(1, _BAND_ELEMENTS // nc)
+        buf = None if store else np.empty((min(band, nr), nc))
         for r0 in range(0, nr, band):
             r1 = min(r0 + band, nr)
-            sums = _row_sums(s, h, w, r0, r1, blocked, buf[: r1 - r0])
+            sums = rows(i, r0, r1, None if store else buf[: r1 - r0])
             a = sums.argmax(axis=1)
             arg[r0:r1] = a
             best[r0:r1] = sums[np.arange(r1 - r0), a]
@@ -374,9 +389,7 @@ def _dense_greedy(s: np.ndarray, shapes: list[tuple[int, int]], k: int,
             if found is not None and r > found[0]:
                 break
             at[si] += 1
-            h, w = shapes[si]
-            sums = np.round(_row_sums(s, h, w, r, r + 1, blocked)[0], SUM_DECIMALS)
-            hit = np.flatnonzero(sums == value)
+            hit = np.flatnonzero(np.round(rows(si, r, r + 1)[0], SUM_DECIMALS) == value)
             if hit.size and (found is None or (int(hit[0]), si) < found[1:]):
                 found = (r, int(hit[0]), si)
         r, c, si = found
@@ -387,10 +400,12 @@ def _dense_greedy(s: np.ndarray, shapes: list[tuple[int, int]], k: int,
             lo, hi = max(box.r0 - h + 1, 0), min(box.r1, len(row_max[i]))
             if lo >= hi:
                 continue
+            if store:
+                tables[i][lo:hi, max(box.c0 - w + 1, 0) : box.c1] = -np.inf
             arg = row_arg[i][lo:hi]
             stale = lo + np.flatnonzero((arg > box.c0 - w) & (arg < box.c1))
             for r0, r1 in _runs(stale):
-                sums = _row_sums(s, h, w, r0, r1, blocked)
+                sums = rows(i, r0, r1)
                 a = sums.argmax(axis=1)
                 row_arg[i][r0:r1] = a
                 row_max[i][r0:r1] = sums[np.arange(r1 - r0), a]
@@ -415,6 +430,9 @@ def _runs(idx):
     """Consecutive runs of sorted indices as half-open (start, stop) pairs."""
     if not idx.size:
         return []
+    if idx[-1] - idx[0] + 1 == idx.size:  # one run (the usual case)
+        return [(int(idx[0]), int(idx[-1]) + 1)]
     cut = np.flatnonzero(np.diff(idx) > 1) + 1
-    starts, stops = idx[np.r_[0, cut]], idx[np.r_[cut - 1, idx.size - 1]] + 1
+    starts = idx[np.concatenate(([0], cut))]
+    stops = idx[np.concatenate((cut - 1, [idx.size - 1]))] + 1
     return list(zip(starts.tolist(), stops.tolist(), strict=True))
