@@ -14,12 +14,15 @@ def kmeans(
     *,
     n_init: int = 10,
     max_iter: int = 300,
+    tol: float = 1e-4,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Centroids (n, D) and labels (M,) of the best of ``n_init`` k-means runs.
 
     Each run seeds with greedy k-means++ (the best of 2 + ln n candidates per centre, as
-    scikit-learn does) and iterates Lloyd's steps until no label changes (or ``max_iter``);
-    a cluster left empty takes the point farthest from its centre. The run with the lowest
+    scikit-learn does) and iterates Lloyd's steps until no label changes or the centres
+    move less than ``tol`` times the data's mean variance (squared, summed; scikit-learn's
+    criterion), or ``max_iter``; a cluster left empty takes the point farthest from its
+    centre. The run with the lowest
     inertia (sum of squared distances to the centres; ties: the earlier run) is returned.
     Deterministic for ``rng``.
 
@@ -33,6 +36,8 @@ def kmeans(
         Runs from different seeds.
     max_iter : int
         Lloyd steps per run at most.
+    tol : float
+        Convergence threshold on the centres' movement, relative to the data's variance.
 
     Returns
     -------
@@ -45,9 +50,10 @@ def kmeans(
     if isinstance(n_init, bool) or not isinstance(n_init, (int, np.integer)) or n_init < 1:
         raise ValueError(f"n_init must be a positive integer, got {n_init!r}")
     x2 = np.einsum("ij,ij->i", x, x)
+    shift = tol * float(np.var(x, axis=0).mean())
     best = None
     for _ in range(n_init):
-        centroids, labels, inertia = _lloyd(x, x2, _plusplus(x, x2, n_clusters, rng), max_iter)
+        centroids, labels, inertia = _lloyd(x, x2, _plusplus(x, x2, n_clusters, rng), max_iter, shift)
         if best is None or inertia < best[2]:
             best = (centroids, labels, inertia)
     return best[0], best[1]
@@ -82,7 +88,8 @@ def _plusplus(x: np.ndarray, x2: np.ndarray, n: int, rng: np.random.Generator) -
     return x[centres].copy()
 
 
-def _lloyd(x: np.ndarray, x2: np.ndarray, c: np.ndarray, max_iter: int) -> tuple[np.ndarray, np.ndarray, float]:
+def _lloyd(x: np.ndarray, x2: np.ndarray, c: np.ndarray, max_iter: int,
+           shift: float) -> tuple[np.ndarray, np.ndarray, float]:
     n = len(c)
     labels = None
     for _ in range(max_iter):
@@ -95,10 +102,14 @@ def _lloyd(x: np.ndarray, x2: np.ndarray, c: np.ndarray, max_iter: int) -> tuple
         counts = np.bincount(labels, minlength=n)
         sums = onehot.T @ x
         empty = np.flatnonzero(counts == 0)
-        c = sums / np.maximum(counts, 1)[:, None]
+        new_c = sums / np.maximum(counts, 1)[:, None]
         if empty.size:  # the points farthest from their centres start the empty clusters
             far = np.argsort(-d[np.arange(len(x)), labels], kind="stable")[: empty.size]
-            c[empty] = x[far]
+            new_c[empty] = x[far]
+        moved = float(((new_c - c) ** 2).sum())
+        c = new_c
+        if moved <= shift:
+            break
     d = _sq_dist(x, x2, c)
     labels = d.argmin(axis=1)
     return c, labels, float(d[np.arange(len(x)), labels].sum())
