@@ -541,3 +541,30 @@ def test_registry_lists_options_with_defaults():
     assert METHODS["adaptive"].defaults() == {"tau_range": (98.0, 100.0), "max_steps": 12, "min_side": None, "max_side": None}
     assert METHODS["focannot"].needs == ("descriptors",)
     assert all(m.summary for m in METHODS.values())
+
+
+def test_kmeans_keeps_the_best_run_and_mostly_reaches_the_optimum():
+    """n_init keeps the lowest-inertia run of those one generator seeds; the result is a
+    Lloyd fixed point; on small sets it is the optimal partition (brute force over every
+    labelling) far more often than a single run."""
+    from napari_alregions.selection._cluster import inertia, kmeans
+
+    labs = np.array([lab for lab in itertools.product(range(3), repeat=8) if len(set(lab)) == 3])
+    hits = {1: 0, 10: 0}
+    for seed in range(20):
+        x = np.random.default_rng(seed).random((8, 2))
+        within = 0.0
+        for j in range(3):  # every labelling's inertia: sum of squares minus |sum|² / count
+            m = (labs == j).astype(float)
+            within = within + m @ (x**2).sum(axis=1) - ((m @ x) ** 2).sum(axis=1) / m.sum(axis=1)
+        for n_init in hits:
+            centroids, labels = kmeans(x, 3, np.random.default_rng(seed), n_init=n_init)
+            hits[n_init] += inertia(x, centroids, labels) <= within.min() * (1 + 1e-9)
+        np.testing.assert_allclose(centroids, [x[labels == j].mean(axis=0) for j in range(3)])
+        assert (((x[:, None] - centroids[None]) ** 2).sum(axis=2).argmin(axis=1) == labels).all()
+        gen = np.random.default_rng(seed)  # the same ten runs, one at a time
+        runs = [inertia(x, *kmeans(x, 3, gen, n_init=1)) for _ in range(10)]
+        assert inertia(x, centroids, labels) == pytest.approx(min(runs))
+    assert hits[10] >= 19 and hits[1] <= 14, hits
+    with pytest.raises(ValueError, match="n_init"):
+        kmeans(x, 3, np.random.default_rng(0), n_init=0)
