@@ -110,15 +110,7 @@ def standard_reference(p: np.ndarray, l: int, k: int):
     p = np.nan_to_num(np.asarray(p, dtype=np.float64))
     s = np.zeros((p.shape[0] + 1, p.shape[1] + 1))
     s[1:, 1:] = p.cumsum(0).cumsum(1)
-    sums = np.round(s[l:, l:] - s[:-l, l:] - s[l:, :-l] + s[:-l, :-l], 9)
-    out = []
-    for _ in range(k):
-        r, c = divmod(int(np.argmax(sums)), sums.shape[1])
-        if sums[r, c] <= 0:
-            break
-        out.append((r, c, l, l))
-        sums[max(r - l + 1, 0) : r + l, max(c - l + 1, 0) : c + l] = -np.inf
-    return out
+    return argmax_nms(np.round(s[l:, l:] - s[:-l, l:] - s[l:, :-l] + s[:-l, :-l], 9), l, k)
 
 
 def standard_authors(p: np.ndarray, l: int, k: int):
@@ -126,7 +118,12 @@ def standard_authors(p: np.ndarray, l: int, k: int):
     reported at (r, c) is that of the window at (r + 1, c + 1); row and column 0 are never
     scored) and an NMS suppressing a fixed (2l - 1)² neighbourhood."""
     s = np.nan_to_num(np.asarray(p, dtype=np.float64)).cumsum(0).cumsum(1)
-    sums = s[l:, l:] - s[:-l, l:] - s[l:, :-l] + s[:-l, :-l]
+    return argmax_nms(s[l:, l:] - s[:-l, l:] - s[l:, :-l] + s[:-l, :-l], l, k)
+
+
+def argmax_nms(sums: np.ndarray, l: int, k: int):
+    """k times: the largest sum (first in row-major order), then mask the windows that
+    overlap it (a (2l - 1)² neighbourhood)."""
     out = []
     for _ in range(k):
         r, c = divmod(int(np.argmax(sums)), sums.shape[1])
