@@ -108,6 +108,28 @@ def test_every_search_matches_brute_force(seed):
         np.testing.assert_allclose([v for _, v in got], [v for _, v in ref])
 
 
+def test_the_rule_between_dense_scan_and_branch_and_bound():
+    """Dense on small maps whatever they hold; on large ones the bound only where the
+    initial blocks' bounds prune: sparse maps, or several shapes on a map that is not
+    alike everywhere (docs/design.md has the measurements)."""
+    from napari_alregions.selection._common import choose_search
+
+    rng = np.random.default_rng(0)
+    sparse = np.zeros((2100, 2100))
+    sparse[1000:1008, 300:308] = 1.0
+    noise = rng.random((2100, 2100))
+    lesion = np.zeros((2100, 2100))
+    lesion[:, :1000] = rng.random((2100, 1000))  # half the blocks hold priority
+    lesion[500:600, 500:600] += 5.0
+    ns = nonsquare_shapes(64, 256)
+    assert choose_search(sparse[:1000, :1000], [(4, 4)]) == "dense"  # < 2**22 windows
+    assert choose_search(sparse, [(4, 4)]) == "bound"
+    assert choose_search(noise, [(4, 4)]) == choose_search(lesion, [(4, 4)]) == "dense"
+    assert choose_search(lesion, ns) == "bound"  # l = 64: tight bounds, one hotspot
+    assert choose_search(noise, ns) == "dense"  # every bound alike
+    assert choose_search(lesion, nonsquare_shapes(16, 256)) == "dense"  # windows 8-16 px: weak bounds
+
+
 def test_nonsquare_shapes_have_area_l2_and_both_orientations():
     shapes = nonsquare_shapes(32, 256)  # l = 8192 level-0 px, as in the paper's Fig. 2
     widths = sorted({w for _, w in shapes})

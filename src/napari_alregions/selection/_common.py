@@ -271,8 +271,8 @@ def greedy_windows(
         # Split the open blocks with the largest bounds into 4 x 4 children.
         # (at least `batch`, and a fixed share of the open blocks, so that the number of
         # steps stays logarithmic when many blocks tie for the lead, as on plateaus)
-        n = max(batch, open_.size // 32)
-        cand = open_ if open_.size <= n else open_[np.argpartition(-ub[open_], n - 1)[:n]]
+        n_split = max(batch, open_.size // 32)
+        cand = open_ if open_.size <= n_split else open_[np.argpartition(-ub[open_], n_split - 1)[:n_split]]
         parent = q[cand]
         child = np.maximum(parent[:, 3] // 4, 1)
         kids = np.repeat(parent, 16, axis=0)
