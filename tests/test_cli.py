@@ -103,3 +103,45 @@ def test_step_messages_keep_their_start(capsys):
         step(long)  # the method name stays whole; the tail is cut
         assert bar.n == 2 and bar.postfix == long[:71] + "…"
     assert "simulation" in capsys.readouterr().err
+
+
+def test_suggest_lists_its_methods_with_what_they_need(capsys):
+    from napari_alregions.selection import METHODS
+
+    with pytest.raises(SystemExit) as stop:
+        main(["suggest", "--method"])
+    assert stop.value.code == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == list(METHODS)  # one line per method, in order
+    by_name = dict(zip(METHODS, lines, strict=True))
+    assert "needs a priority map" in by_name["standard"]
+    assert "similarity map" in by_name["prototype"]
+    assert "embeddings" in by_name["diversity"] and "--cell-features" in by_name["diversity"]
+    assert "descriptors" in by_name["focannot"] and "--descriptors" in by_name["focannot"]
+    with pytest.raises(SystemExit):
+        main(["suggest", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # as wrapped to the terminal's width
+    assert all(f"{m.name} {m.title}: needs {m.inputs}" in text for m in METHODS.values())
+
+
+def test_suggest_list_prints_the_registry_with_options_and_defaults(capsys):
+    from napari_alregions.selection import METHODS
+
+    with pytest.raises(SystemExit) as stop:
+        main(["suggest", "--list"])  # no map needed
+    assert stop.value.code == 0
+    out = capsys.readouterr().out
+    for m in METHODS.values():
+        assert m.summary in out
+        for o in m.options:
+            assert f"--option {o.name}={json.dumps(o.default)}" in out
+    assert "--option width_step=256" in out and "--option tau_range=[98.0, 100.0]" in out
+    assert "--option max_background=0.7" in out and "--option n_init=10" in out
+
+
+def test_suggest_unknown_method_names_the_choices(tmp_path, capsys):
+    import numpy as np
+
+    np.save(tmp_path / "map.npy", np.ones((8, 8)))
+    assert main(["suggest", str(tmp_path / "map.npy"), "--method", "best", "-l", "512", "--out", str(tmp_path / "o.geojson")]) == 2
+    assert "standard_nonsquare" in capsys.readouterr().err

@@ -83,9 +83,10 @@ def test_standard_nonsquare_matches_brute_force(seed):
 
 
 @pytest.mark.parametrize("seed", range(10))
-def test_dense_scoring_fallback_matches_brute_force(seed):
-    """Past ``dense_after`` queued blocks the greedy search scores every window densely;
-    same picks, same tie order (plateaus and noise are where it switches)."""
+def test_every_search_matches_brute_force(seed):
+    """The dense scan, the branch and bound (alone, with small initial blocks, and
+    switching to the dense scan part way) and the automatic choice: same picks, same tie
+    order, on plateaus, noise and sparse maps with exact ties."""
     from napari_alregions.selection._common import greedy_windows
 
     rng = np.random.default_rng(500 + seed)
@@ -98,10 +99,35 @@ def test_dense_scoring_fallback_matches_brute_force(seed):
     blocked = [MapBox(2, 3, 5, 7)] if seed % 4 == 1 else []
     k = int(rng.integers(1, 7))
     ref = brute_greedy(p, shapes, k, blocked)
-    for dense_after in (0, 40, None):  # dense from the start, after some branch and bound, never
-        got = greedy_windows(p, shapes, k, blocked, dense_after=dense_after)
-        assert [b for b, _ in got] == [b for b, _ in ref], dense_after
+    never = np.iinfo(np.int64).max
+    for kw in ({"search": "dense"}, {"search": "bound", "dense_after": never},
+               {"search": "bound", "dense_after": never, "coarse": 4}, {"search": "bound", "dense_after": 0},
+               {"search": "bound", "dense_after": 40, "coarse": 4}, {}):
+        got = greedy_windows(p, shapes, k, blocked, **kw)
+        assert [b for b, _ in got] == [b for b, _ in ref], kw
         np.testing.assert_allclose([v for _, v in got], [v for _, v in ref])
+
+
+def test_the_rule_between_dense_scan_and_branch_and_bound():
+    """Dense on small maps whatever they hold; on large ones the bound only where the
+    initial blocks' bounds prune: sparse maps, or several shapes on a map that is not
+    alike everywhere (docs/design.md has the measurements)."""
+    from napari_alregions.selection._common import choose_search
+
+    rng = np.random.default_rng(0)
+    sparse = np.zeros((2100, 2100))
+    sparse[1000:1008, 300:308] = 1.0
+    noise = rng.random((2100, 2100))
+    lesion = np.zeros((2100, 2100))
+    lesion[:, :1000] = rng.random((2100, 1000))  # half the blocks hold priority
+    lesion[500:600, 500:600] += 5.0
+    ns = nonsquare_shapes(64, 256)
+    assert choose_search(sparse[:1000, :1000], [(4, 4)]) == "dense"  # < 2**22 windows
+    assert choose_search(sparse, [(4, 4)]) == "bound"
+    assert choose_search(noise, [(4, 4)]) == choose_search(lesion, [(4, 4)]) == "dense"
+    assert choose_search(lesion, ns) == "bound"  # l = 64: tight bounds, one hotspot
+    assert choose_search(noise, ns) == "dense"  # every bound alike
+    assert choose_search(lesion, nonsquare_shapes(16, 256)) == "dense"  # windows 8-16 px: weak bounds
 
 
 def test_nonsquare_shapes_have_area_l2_and_both_orientations():
@@ -140,6 +166,99 @@ def test_annotated_regions_do_not_swallow_the_best_new_region():
     annotated = [Region(0, 0, 5, 5)]
     got = select("standard", p, stride=1, region_size=5, k=2, annotated=annotated)
     assert as_boxes(got, 1) == [(10, 20, 15, 25), (25, 0, 30, 5)]
+
+
+def _check_exact(p, l_map, k, annotated=(), *, expect=None):
+    """standard and standard_nonsquare (through select) and the branch and bound alone
+    against the brute force; ``expect``: the standard boxes, by hand."""
+    from napari_alregions.selection._common import greedy_windows
+
+    blocked = [region_to_map_box(r, 1, p.shape) for r in annotated]
+    p_ref = np.nan_to_num(p)
+    for b in blocked:
+        p_ref[b.slices] = 0
+    for method, shapes in (("standard", [(l_map, l_map)]), ("standard_nonsquare", nonsquare_shapes(l_map, 1, 1))):
+        ref = brute_greedy(p_ref, shapes, k, blocked)
+        want = [(b.r0, b.c0, b.r1, b.c1) for b, _ in ref]
+        got = select(method, p, stride=1, region_size=l_map, k=k, annotated=annotated, **({"width_step": 1} if shapes != [(l_map, l_map)] else {}))
+        assert as_boxes(got, 1) == want, method
+        np.testing.assert_allclose([r.score for r in got], [v for _, v in ref])
+        for r in got:
+            assert not any(overlaps(r, a) for a in annotated)
+        bound = greedy_windows(p_ref, shapes, k, blocked, search="bound", coarse=4, dense_after=np.iinfo(np.int64).max)
+        assert [b for b, _ in bound] == [b for b, _ in ref], method
+        if method == "standard" and expect is not None:
+            assert want == expect
+
+
+def test_priority_only_in_row_0_or_column_0():
+    """Published code scored no window at row or column 0."""
+    rng = np.random.default_rng(0)
+    row = np.zeros((24, 30))
+    row[0] = rng.random(30)
+    _check_exact(row, 5, 3)
+    col = np.zeros((30, 24))
+    col[:, 0] = rng.random(30)
+    _check_exact(col, 5, 3)
+    [r] = select("standard", row, stride=1, region_size=5, k=1)
+    assert r.y == 0
+
+
+def test_hotspot_in_the_far_corner():
+    """The last window row and column exist (no off-by-one at the far border)."""
+    p = np.zeros((23, 31))
+    p[-3:, -3:] = 1.0
+    _check_exact(p, 6, 2, expect=[(23 - 6, 31 - 6, 23, 31)])
+
+
+def test_two_touching_hotspots_are_both_taken():
+    """Boxes that touch do not overlap: the second hotspot is not suppressed."""
+    p = np.zeros((20, 24))
+    p[5:9, 5:9] = 1.0
+    p[5:9, 9:13] = 0.9
+    _check_exact(p, 4, 2, expect=[(5, 5, 9, 9), (5, 9, 9, 13)])
+
+
+def test_touching_and_non_square_annotated_boxes_are_never_re_proposed():
+    """Published code suppressed a fixed l x l neighbourhood around old boxes, so it
+    re-proposed parts of two touching boxes, and of a box that is not l x l."""
+    p = np.zeros((30, 30))
+    p[2:8, 2:14] = 1.0  # covered by two touching annotated 6 x 6 boxes
+    p[15:18, 3:20] = 0.8  # covered by a 3 x 17 annotated box
+    p[22:28, 22:28] = 0.3
+    p += 0.01 * np.random.default_rng(1).random(p.shape)
+    annotated = [Region(2, 2, 6, 6), Region(8, 2, 6, 6), Region(3, 15, 17, 3)]
+    _check_exact(p, 6, 3, annotated)
+    got = select("standard", p, stride=1, region_size=6, k=1, annotated=annotated)
+    assert as_boxes(got, 1) == [(22, 22, 28, 28)]
+
+
+def test_one_nan_at_the_origin_counts_as_zero():
+    """A NaN in a cumulative sum makes every later sum NaN: published code then ranked
+    windows by NaN (0.006 of the optimal priority)."""
+    p = np.random.default_rng(2).random((20, 26)) ** 4
+    p[0, 0] = np.nan
+    _check_exact(p, 4, 4)
+
+
+def test_all_zero_map_gives_no_regions():
+    zeros = np.zeros((24, 24))
+    _check_exact(zeros, 4, 3, expect=[])
+    for method in ("adaptive", "top_patches", "prototype"):
+        assert select(method, zeros, stride=1, region_size=4, k=3) == [], method
+    rows, cols = focannot_grid(zeros.shape, 4, 0.5)
+    assert select("focannot", zeros, stride=1, region_size=4, k=3, descriptors=np.ones((rows.size, cols.size, 2))) == []
+
+
+def test_adaptive_seed_on_a_plateau():
+    """The seed of a plateau (its first pixel in row-major order, a corner) must find
+    its own component: the box is the plateau's bounding box."""
+    p = np.zeros((40, 40))
+    p[12:21, 7:16] = 0.5  # 9 x 9 plateau: every pixel is a maximum
+    p[30:34, 30:34] = 0.2
+    [r] = adaptive(p, stride=1, region_size=10, k=1)
+    assert (r.y, r.x, r.h, r.w) == (12, 7, 9, 9)
+    assert r.score == pytest.approx(p[12:21, 7:16].sum())
 
 
 def test_adaptive_seed_on_component_border():
@@ -444,3 +563,30 @@ def test_registry_lists_options_with_defaults():
     assert METHODS["adaptive"].defaults() == {"tau_range": (98.0, 100.0), "max_steps": 12, "min_side": None, "max_side": None}
     assert METHODS["focannot"].needs == ("descriptors",)
     assert all(m.summary for m in METHODS.values())
+
+
+def test_kmeans_keeps_the_best_run_and_mostly_reaches_the_optimum():
+    """n_init keeps the lowest-inertia run of those one generator seeds; the result is a
+    Lloyd fixed point; on small sets it is the optimal partition (brute force over every
+    labelling) far more often than a single run."""
+    from napari_alregions.selection._cluster import inertia, kmeans
+
+    labs = np.array([lab for lab in itertools.product(range(3), repeat=8) if len(set(lab)) == 3])
+    hits = {1: 0, 10: 0}
+    for seed in range(20):
+        x = np.random.default_rng(seed).random((8, 2))
+        within = 0.0
+        for j in range(3):  # every labelling's inertia: sum of squares minus |sum|² / count
+            m = (labs == j).astype(float)
+            within = within + m @ (x**2).sum(axis=1) - ((m @ x) ** 2).sum(axis=1) / m.sum(axis=1)
+        for n_init in hits:
+            centroids, labels = kmeans(x, 3, np.random.default_rng(seed), n_init=n_init)
+            hits[n_init] += inertia(x, centroids, labels) <= within.min() * (1 + 1e-9)
+        np.testing.assert_allclose(centroids, [x[labels == j].mean(axis=0) for j in range(3)])
+        assert (((x[:, None] - centroids[None]) ** 2).sum(axis=2).argmin(axis=1) == labels).all()
+        gen = np.random.default_rng(seed)  # the same ten runs, one at a time
+        runs = [inertia(x, *kmeans(x, 3, gen, n_init=1)) for _ in range(10)]
+        assert inertia(x, centroids, labels) == pytest.approx(min(runs))
+    assert hits[10] >= 19 and hits[1] <= 14, hits
+    with pytest.raises(ValueError, match="n_init"):
+        kmeans(x, 3, np.random.default_rng(0), n_init=0)

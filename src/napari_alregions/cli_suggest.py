@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["add_suggest_parser", "load_map"]
+__all__ = ["add_suggest_parser", "describe_methods", "load_map"]
 
 #: Refuse maps with more pixels than this (a bound on untrusted input).
 MAX_MAP_PIXELS = 1 << 28
@@ -40,6 +40,64 @@ def load_map(path: str | Path, *, what: str = "priority map") -> np.ndarray:
     if np.prod(arr.shape) > MAX_MAP_PIXELS:
         raise ValueError(f"{path}: {what} too large ({arr.shape})")
     return np.asarray(arr)
+
+
+#: the arguments that provide a method's required arrays
+_NEED_FLAGS = {"embeddings": "--embeddings or --cell-features", "descriptors": "--descriptors or --cell-features"}
+
+
+def describe_methods(*, options: bool = False) -> str:
+    """One line per registered selector: its name, title and what it needs; with
+    ``options``, also its summary and every option with its default."""
+    from .selection import METHODS
+
+    width = max(len(name) for name in METHODS)
+    lines = []
+    for m in METHODS.values():
+        flags = "".join(f"; pass {_NEED_FLAGS[n]}" for n in m.needs if n in _NEED_FLAGS)
+        lines.append(f"{m.name:<{width}}  {m.title}: needs {m.inputs}{flags}")
+        if options:
+            lines.append(f"{'':<{width}}    {m.summary}")
+            for o in m.options:
+                lines.append(f"{'':<{width}}    --option {o.name}={json.dumps(o.default)}  {o.help}".rstrip())
+    return "\n".join(lines)
+
+
+class _MethodAction(argparse.Action):
+    """``--method NAME``; ``--method`` alone lists the choices and exits."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if values is None:
+            print(describe_methods())
+            parser.exit()
+        setattr(namespace, self.dest, values)
+
+
+class _ListAction(argparse.Action):
+    """``--list``: the registry with every option and default, then exit."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(describe_methods(options=True))
+        parser.exit()
+
+
+class _SuggestHelp(argparse.HelpFormatter):
+    """Builds the ``--method`` help from the registry only when help is shown (importing
+    the selectors costs a second), one line per method."""
+
+    def _get_help_string(self, action):
+        if isinstance(action, _MethodAction):
+            return action.help + " (default: %(default)s):\n" + describe_methods()
+        return super()._get_help_string(action)
+
+    def _split_lines(self, text, width):
+        lines = []
+        for part in text.splitlines():  # keep the line breaks, wrap each line
+            lines += super()._split_lines(part, width) or [""]
+        return lines
 
 
 def _parse_option(text: str) -> tuple[str, object]:
@@ -107,9 +165,12 @@ def add_suggest_parser(sub: argparse._SubParsersAction) -> None:
         help="propose annotation regions on a priority map",
         description="Propose k annotation regions on a priority map (.npy or float .tif) "
         "of the given stride and write them as QuPath GeoJSON (level-0 pixels).",
+        formatter_class=_SuggestHelp,
     )
     s.add_argument("map", help="priority map: .npy or single-channel .tif, one value per map pixel")
-    s.add_argument("--method", default="adaptive", help="selector (see the selection registry)")
+    s.add_argument("--method", default="adaptive", nargs="?", action=_MethodAction, metavar="METHOD",
+                   help="selector; --method alone lists them, --list with their options")
+    s.add_argument("--list", action=_ListAction, help="list every selector with its options and defaults, then exit")
     s.add_argument("-l", "--region-size", type=int, required=True, help="region side l, level-0 px")
     s.add_argument("-k", type=int, default=5, help="number of regions")
     s.add_argument("--stride", type=int, default=256, help="level-0 px per map pixel")

@@ -53,6 +53,7 @@ class MethodInfo:
     summary: str
     needs: tuple[str, ...] = ()  # array options that must be provided (not UI controls)
     options: tuple[OptionInfo, ...] = field(default=())
+    inputs: str = "a priority map"  # what the method reads, in words
 
     def defaults(self) -> dict[str, Any]:
         return {o.name: o.default for o in self.options}
@@ -73,31 +74,36 @@ _HELP = {
     "n_clusters": "number of k-means clusters c",
     "lam": "weight λ of cluster uncertainty vs. diversity",
     "candidates_factor": "candidates kept per selected patch (Q/T)",
+    "n_init": "k-means runs from different seeds (lowest inertia kept)",
 }
 
 
-def _register(name: str, fn: Callable[..., list[Region]], title: str, needs: tuple[str, ...] = ()) -> MethodInfo:
+def _register(name: str, fn: Callable[..., list[Region]], title: str, needs: tuple[str, ...] = (),
+              inputs: str = "a priority map") -> MethodInfo:
     opts = []
     for p in inspect.signature(fn).parameters.values():
         if p.kind is not p.KEYWORD_ONLY or p.name in _COMMON or p.name in needs:
             continue
         opts.append(OptionInfo(p.name, p.default, str(p.annotation), _HELP.get(p.name, "")))
     summary = (inspect.getdoc(fn) or "").split("\n\n")[0].replace("\n", " ")
-    return MethodInfo(name, fn, title, summary, needs, tuple(opts))
+    return MethodInfo(name, fn, title, summary, needs, tuple(opts), inputs)
 
 
 #: name -> MethodInfo, in the order a UI should list them
 METHODS: dict[str, MethodInfo] = {
     m.name: m
     for m in (
-        _register("random", random, "Random"),
+        _register("random", random, "Random", inputs="nothing but an optional tissue mask (the map gives the slide's shape)"),
         _register("standard", standard, "Standard (sliding window)"),
         _register("standard_nonsquare", standard_nonsquare, "Standard, non-square"),
         _register("adaptive", adaptive, "Adaptive"),
-        _register("top_patches", top_patches, "Top uncertain patches (UGA)"),
-        _register("diversity", diversity, "Diversity (k-means)", needs=("embeddings",)),
-        _register("prototype", prototype, "Prototype similarity"),
-        _register("focannot", focannot, "FocAnnot double ranking", needs=("descriptors",)),
+        _register("top_patches", top_patches, "Top uncertain patches (UGA)",
+                  inputs="a priority map, and a tissue mask to skip cells of mostly background"),
+        _register("diversity", diversity, "Diversity (k-means)", needs=("embeddings",),
+                  inputs="region embeddings (the map gives the slide's shape)"),
+        _register("prototype", prototype, "Prototype similarity", inputs="a similarity map in [-1, 1] as the map"),
+        _register("focannot", focannot, "FocAnnot double ranking", needs=("descriptors",),
+                  inputs="a priority map and patch descriptors"),
     )
 }
 

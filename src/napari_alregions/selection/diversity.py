@@ -50,6 +50,7 @@ def diversity_pool(
     min_tissue: float = 0.1,
     slide_names: Sequence[str] | None = None,
     strict: bool = True,
+    n_init: int = 10,
 ) -> list[list[Region]]:
     """Select n regions per slide that together represent the pool's variety.
 
@@ -77,6 +78,8 @@ def diversity_pool(
     strict : bool
         If False, N·n larger than the number of candidates selects every candidate
         instead of raising.
+    n_init : int
+        k-means runs from different k-means++ seeds; the lowest inertia is kept.
 
     Returns
     -------
@@ -135,7 +138,7 @@ def diversity_pool(
             f"N·n = {n_slides}·{n_per_slide} = {n_clusters} clusters exceed the {len(feats)} candidate regions"
         )
     x = np.stack(feats)
-    centroids, labels = kmeans(x, n_clusters, gen)
+    centroids, labels = kmeans(x, n_clusters, gen, n_init=n_init)
     sizes = np.bincount(labels, minlength=n_clusters)
     chosen: set[int] = set()
     for ci in np.lexsort((np.arange(n_clusters), -sizes)):
@@ -168,6 +171,7 @@ def diversity(
     rng: np.random.Generator | int | None = None,
     embeddings: np.ndarray | None = None,
     min_tissue: float = 0.1,
+    n_init: int = 10,
 ) -> list[Region]:
     """Diversity sampling on one slide: k clusters of its grid regions, one region each.
 
@@ -188,6 +192,6 @@ def diversity(
     [regions] = diversity_pool(
         [emb], stride=stride, region_size=region_size, n_per_slide=inp.k,
         tissue=[inp.tissue] if inp.tissue is not None else None, annotated=[list(annotated)],
-        rng=rng, min_tissue=min_tissue, strict=False,
+        rng=rng, min_tissue=min_tissue, strict=False, n_init=n_init,
     )
     return regions

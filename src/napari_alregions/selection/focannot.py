@@ -71,6 +71,7 @@ def focannot(
     lam: float = 0.5,
     candidates_factor: float = 2.0,
     min_tissue: float = 0.1,
+    n_init: int = 10,
 ) -> list[Region]:
     """Cluster-instance double ranking over an overlapping patch grid.
 
@@ -95,6 +96,8 @@ def focannot(
         One descriptor per grid patch, for the grid of :func:`focannot_grid`.
     overlap, n_clusters, lam, candidates_factor, min_tissue
         ρ (0.5), c (3), λ (0.5), Q/T (paper: 5 % / 2.5 % = 2), minimum tissue fraction.
+    n_init : int
+        k-means runs from different k-means++ seeds; the lowest inertia is kept.
 
     Returns
     -------
@@ -141,7 +144,7 @@ def focannot(
     x = desc.reshape(-1, desc.shape[2])[idx]
     u = iu.ravel()[idx]
     c = min(n_clusters, idx.size)
-    centroids, labels = kmeans(x, c, np.random.default_rng(rng))
+    centroids, labels = kmeans(x, c, np.random.default_rng(rng), n_init=n_init)
     cu = np.array([((x[labels == j] - centroids[j]) ** 2).sum(axis=1).mean() if (labels == j).any() else 0.0 for j in range(c)])
     if c > 1:
         d2 = ((centroids[:, None, :] - centroids[None, :, :]) ** 2).sum(axis=2)
