@@ -193,7 +193,8 @@ class ALRegionsWidget(QWidget):
         remove = _button("Remove region", "take the selected region out of the labeled set; its labels are deleted")
         remove.changed.connect(self.remove_selected)
         self._busy_buttons.append(remove)  # not while a retrain reads the labels
-        self.retrain_btn = _button("Retrain", "fine-tune on all labels, then refresh the map and proposals")
+        self.retrain_btn = _button("Retrain", "train on all labels until the held-out loss stops improving (the better of the new and "
+                                               "the current model is kept), then refresh the map and proposals")
         self.retrain_btn.changed.connect(self.retrain)
         self._busy_buttons.append(self.retrain_btn)
         self.auto_retrain = mw.CheckBox(label="Auto-retrain", value=False)
