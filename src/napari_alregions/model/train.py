@@ -93,9 +93,10 @@ def validation_split(candidates: Sequence[PatchCandidates], fraction: float) -> 
         keys = block[:, 0] * 1_000_003 + block[:, 1]
         keys_of.append(keys)
         name = _slide_key(c)
-        for key in np.unique(keys):
-            u = zlib.crc32(f"{name}:{int(key)}".encode()) / 2**32
-            blocks.append((u, i, int(key), bool((c.labels[keys == key] > 0).any())))
+        uniq, inverse = np.unique(keys, return_inverse=True)
+        positive = np.bincount(inverse, weights=c.labels > 0, minlength=len(uniq)) > 0
+        for key, has_pos in zip(uniq.tolist(), positive.tolist(), strict=True):
+            blocks.append((zlib.crc32(f"{name}:{key}".encode()) / 2**32, i, key, has_pos))
     held = {(i, k) for u, i, k, _ in blocks if u < fraction}
     pos = [b for b in blocks if b[3]]
     if pos and all(b[1:3] in held for b in pos):  # positives must train
