@@ -443,3 +443,29 @@ def test_a_method_that_cannot_rerun_does_not_break_the_retrain(tmp_path, small_p
     summary = run(p.iter_retrain())
     assert any("prototype proposals not refreshed" in m for m in summary["messages"]), summary["messages"]
     assert {r.cycle for r in p.proposals(slide, "standard")} == {1}  # the others refreshed all the same
+
+
+def test_reimporting_the_sessions_own_files_adds_nothing(tmp_path, small_pool):
+    """The session file and the QuPath export are one dialect: importing either adds no region,
+    accepts no proposal, and a label polygon spanning two touching regions needs no new one."""
+    from napari_alregions.io_qupath import read_labeled_regions
+
+    p, slide, truth = _project(tmp_path, small_pool)
+    for r in (Region(256, 256, 256, 256, slide=slide), Region(512, 256, 256, 256, slide=slide)):  # touching
+        _paint_truth(p, p.accept(r), truth)
+    proposals = p.suggest(slide, "random", region_size=256, k=2, seed=4)
+    labels = p.session.labels(slide).copy()
+    boxes = sorted((r.x, r.y, r.w, r.h) for r in p.session.accepted)
+    out = p.import_qupath(p.folder / "regions.geojson", slide)
+    assert out["regions"] == 0 and out["skipped_by"] == {"proposal": 2}
+    p.export_qupath(tmp_path / "export.geojson", slide)
+    assert p.import_qupath(tmp_path / "export.geojson", slide)["regions"] == 0
+    assert sorted((r.x, r.y, r.w, r.h) for r in p.session.accepted) == boxes
+    assert [r.uid for r in p.proposals(slide)] == [r.uid for r in proposals]
+    np.testing.assert_array_equal(p.session.labels(slide), labels)
+    # `suggest --annotated` reads the labeled set from either file: no proposal, no label polygon
+    for f in (p.folder / "regions.geojson", tmp_path / "export.geojson"):
+        assert sorted((r.x, r.y, r.w, r.h) for r in read_labeled_regions(f)) == boxes
+    # the session still opens with its proposals and accepted regions apart
+    back = AnnotationProject.open(p.folder)
+    assert len(back.session.accepted) == 2 and len(back.proposals(slide)) == 2

@@ -114,7 +114,7 @@ def _parse_option(text: str) -> tuple[str, object]:
 
 
 def _cmd_suggest(args: argparse.Namespace) -> int:
-    from .io_qupath import read_regions, write_regions
+    from .io_qupath import read_labeled_regions, write_regions
     from .selection import METHODS, select
 
     if args.method not in METHODS:
@@ -136,7 +136,7 @@ def _cmd_suggest(args: argparse.Namespace) -> int:
             options.setdefault("embeddings", region_embeddings(cells, size=size))
         elif args.method == "focannot":
             options.setdefault("descriptors", focannot_descriptors(cells, size=size, overlap=float(options.get("overlap", 0.5))))
-    annotated = read_regions(args.annotated) if args.annotated else []
+    annotated = read_labeled_regions(args.annotated) if args.annotated else []
     regions = select(
         args.method, priority, stride=args.stride, region_size=args.region_size, k=args.k,
         tissue=tissue, annotated=annotated, seed=args.seed, slide=args.slide or Path(args.map).stem,

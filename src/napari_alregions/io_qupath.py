@@ -64,6 +64,14 @@ def regions_to_geojson(
     }
 
 
+def region_features(accepted: Iterable[Region], proposed: Iterable[Region] = ()) -> list[dict[str, Any]]:
+    """The one GeoJSON dialect of regions, for the session file and the QuPath export alike:
+    accepted regions as ``Region*`` annotations, proposals as ``Proposal: <method>``
+    (QuPath's derived-class form), so that importing either file adds no proposal."""
+    return ([r.to_feature() for r in accepted]
+            + [r.to_feature(classification=f"{PROPOSAL_CLASS}: {r.method}") for r in proposed])
+
+
 def write_regions(path: str | os.PathLike[str], regions: Iterable[Region], **kwargs: Any) -> Path:
     """Write regions as QuPath GeoJSON, atomically (temporary file, then rename)."""
     return write_features(path, regions_to_geojson(regions, **kwargs)["features"])
@@ -118,6 +126,24 @@ def read_regions(path: str | os.PathLike[str]) -> list[Region]:
         except ValueError as exc:
             raise ValueError(f"{path}: feature {i}: {exc}") from exc
     return regions
+
+
+def read_labeled_regions(path: str | os.PathLike[str]) -> list[Region]:
+    """The labeled set's regions in a GeoJSON file (the session's, our export or QuPath's):
+    ``Region*`` and unclassified polygon annotations. Proposals, class (label) polygons and
+    objects that are no annotation are not regions of the labeled set."""
+    path = Path(path)
+    out = []
+    for i, kind, f in qupath_objects(read_geojson(path)):
+        if kind != "annotation" or not _is_polygonal(f):
+            continue
+        try:
+            names = class_names((f.get("properties") or {}).get("classification"))
+            if not names or names[0].lower() == REGION_CLASS.lower():
+                out.append(Region.from_feature(f))
+        except ValueError as exc:
+            raise ValueError(f"{path}: feature {i}: {exc}") from exc
+    return out
 
 
 def read_features(path: str | os.PathLike[str]) -> list[dict[str, Any]]:

@@ -32,7 +32,15 @@ import numpy as np
 from ._atomic import atomic_path, save_npy
 from ._progress import iter_progress, relay
 from .geometry import Region, labeled_boxes
-from .io_qupath import labels_to_features, plan_import, priority_to_features, rasterize_annotations, read_geojson, write_features
+from .io_qupath import (
+    labels_to_features,
+    plan_import,
+    priority_to_features,
+    rasterize_annotations,
+    read_geojson,
+    region_features,
+    write_features,
+)
 from .priority import MEASURES
 from .selection import METHODS, select
 from .selection.compare import MethodSummary, compare_proposals
@@ -813,8 +821,7 @@ class AnnotationProject:
         s = self._slide(slide)
         if priority and slide not in self.maps:
             raise ValueError(f"{slide} has no priority map yet: compute one first")
-        features = [r.to_feature(locked=False) for r in self.session.accepted_on(slide)]
-        features += [r.to_feature(classification=f"Proposal: {r.method}") for r in self.proposals(slide)]
+        features = region_features(self.session.accepted_on(slide), self.proposals(slide))
         labels = self.session.labels(slide)
         features += labels_to_features(labels, classes=self.classes, colors=self.colors, factor=self.label_factor(slide),
                                        slide=slide, boxes=labeled_boxes(labels))
@@ -886,9 +893,9 @@ class AnnotationProject:
                 new.append(r.with_(slide=slide, method=r.method or "qupath", uid=None))
         for a in plan.labeled:
             for poly in a.polygons:
-                r = _bounding_region(poly[0]).with_(method="qupath", slide=slide)
-                if not any(_contains(acc, r) for acc in accepted + new):
-                    new.append(r)
+                # covered by the regions together (a label polygon may span two touching regions)
+                if not _covered_by(poly, accepted + new):
+                    new.append(_bounding_region(poly[0]).with_(method="qupath", slide=slide))
         summary = {"regions": len(new), "labeled_annotations": len(plan.labeled), "skipped": sum(plan.skipped.values()),
                    "skipped_by": dict(plan.skipped), "annotations": plan.annotations, "message": plan.message}
         if dry_run:
@@ -952,8 +959,15 @@ def _same_box(a: Region, b: Region) -> bool:
     return (a.x, a.y, a.w, a.h) == (b.x, b.y, b.w, b.h)
 
 
-def _contains(outer: Region, inner: Region) -> bool:
-    return outer.x <= inner.x and outer.y <= inner.y and inner.x1 <= outer.x1 and inner.y1 <= outer.y1
+def _covered_by(polygon: Sequence[Sequence[tuple[float, float]]], regions: Sequence[Region]) -> bool:
+    """Whether the union of ``regions`` covers a polygon (outer ring first, then holes)."""
+    import shapely
+
+    shape = shapely.Polygon(polygon[0], polygon[1:])
+    if not regions:
+        return False
+    boxes = shapely.union_all([shapely.box(r.x, r.y, r.x1, r.y1) for r in regions])
+    return shape.difference(boxes).area <= 1e-6 * max(shape.area, 1.0)
 
 
 def _jsonable(options: dict[str, Any]) -> dict[str, Any]:

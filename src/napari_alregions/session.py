@@ -27,7 +27,7 @@ from . import __version__
 from ._atomic import atomic_path
 from ._atomic import write_text as _atomic_write_text  # a module name: tests simulate a crash here
 from .geometry import Region
-from .io_qupath import read_regions, write_regions
+from .io_qupath import read_regions, region_features, write_features
 
 __all__ = ["Session", "SessionError", "SlideEntry"]
 
@@ -225,7 +225,7 @@ class Session:
             (self.folder / "checkpoints").mkdir(exist_ok=True)
             for name in sorted(self._dirty):
                 self._chunks[name] = _write_label_zip(self._label_path(name), self._labels[name], self._chunks.get(name))
-            write_regions(self.folder / REGIONS_FILE, [*self.accepted, *self.regions])
+            write_features(self.folder / REGIONS_FILE, region_features(self.accepted, self.regions))
             meta = {
                 "format": FORMAT,
                 "version": 1,
