@@ -479,3 +479,27 @@ def test_a_failed_new_model_says_why_and_keeps_the_model(make_napari_viewer, tmp
     w.level.value = 1
     _click(w, "New model")
     assert w.message.value.startswith("new untrained compact model")
+
+
+def test_correct_selected_patch_of_a_group_list_accepts_that_patch(make_napari_viewer, qtbot, tmp_path, small_pool):
+    """A row of 'Per slide group' may be on another slide: correcting it accepts that patch (it took the
+    current slide's top patch of the same index)."""
+    folder, manifest = small_pool
+    viewer, w, first = _start(make_napari_viewer, tmp_path, small_pool)
+    second = w.project.add_slide(folder / manifest["slides"][1]["image"], group="centre B")
+    for name in (first, second):
+        w.slide.choices = list(w.project.slides)
+        w.slide.value = name
+        _compute(qtbot, w)
+    w.slide.value = first
+    w.n_uncertain.value = 2
+    _click(w, "Find uncertain patches")  # the current slide's top patches, as the layer holds them
+    _click(w, "Per slide group")
+    import re
+
+    row = next(i for i in range(w.uncertain_list.count()) if second in w.uncertain_list.item(i).text())
+    x, y = map(int, re.search(r"at \((\d+), (\d+)\)$", w.uncertain_list.item(row).text()).groups())
+    w.uncertain_list.setCurrentRow(row)
+    _click(w, "Correct selected patch")
+    got = w.project.session.accepted[-1]
+    assert (got.slide, got.x, got.y) == (second, x, y)  # the patch the row names

@@ -213,7 +213,8 @@ class ALRegionsWidget(QWidget):
         find = _button("Find uncertain patches", "the model's most uncertain patches, with its prediction shown")
         find.changed.connect(self.find_uncertain)
         self.uncertain_list = QListWidget()
-        self.uncertain_list.currentRowChanged.connect(lambda i: self._go_to(self._layer_regions("top_patches"), i))
+        self._uncertain: list[Region] = []  # the list's rows, in order (one slide's patches or several groups')
+        self.uncertain_list.currentRowChanged.connect(lambda i: self._go_to(self._uncertain, i))
         groups = _button("Per slide group", "the N most uncertain patches of each group of slides (centre, scanner)")
         groups.changed.connect(self.find_uncertain_by_group)
         correct = _button("Correct selected patch", "labels prefilled with the model's prediction, to correct")
@@ -316,7 +317,7 @@ class ALRegionsWidget(QWidget):
         self.encoder_src.value = project.encoder_source
         self.slide.choices = list(project.slides)
         self._refill_lists()  # no change event when the slide name stays (or there is none)
-        self.uncertain_list.clear()
+        self._fill_uncertain([], lambda r: "")
         self._refresh_status()
 
     def _drop_session_layers(self) -> None:
@@ -788,9 +789,7 @@ class ALRegionsWidget(QWidget):
             return
         self._show_prediction(name)
         self._show_proposals(name, "top_patches")
-        self.uncertain_list.clear()
-        for r in regions:
-            self.uncertain_list.addItem(f"#{r.rank + 1}  uncertainty {r.score:.3f}  at ({r.x}, {r.y})")
+        self._fill_uncertain(regions, lambda r: f"#{r.rank + 1}  uncertainty {r.score:.3f}  at ({r.x}, {r.y})")
         self._message(f"{len(regions)} uncertain patch(es); select one and correct the prediction")
 
     def find_uncertain_by_group(self) -> None:
@@ -801,10 +800,10 @@ class ALRegionsWidget(QWidget):
         groups = self._guard(p.uncertain_by_group, n=self.n_uncertain.value)
         if groups is None:
             return
-        self.uncertain_list.clear()
-        for group, regions in groups.items():
-            for r in regions:
-                self.uncertain_list.addItem(f"[{group or 'no group'}] #{r.rank + 1} {r.slide} uncertainty {r.score:.3f} at ({r.x}, {r.y})")
+        group_of = {id(r): group for group, regions in groups.items() for r in regions}
+        self._fill_uncertain([r for regions in groups.values() for r in regions],
+                             lambda r: f"[{group_of[id(r)] or 'no group'}] #{r.rank + 1} {r.slide} uncertainty {r.score:.3f} "
+                                       f"at ({r.x}, {r.y})")
         self._message(f"most uncertain patches of {len(groups)} group(s); set groups when adding slides")
 
     def _show_prediction(self, name: str) -> None:
@@ -817,13 +816,19 @@ class ALRegionsWidget(QWidget):
         else:
             layer.data = np.nan_to_num(prob)
 
+    def _fill_uncertain(self, regions: list[Region], text) -> None:
+        """Rows and the patches they stand for, together (a row of a group list is on any slide)."""
+        self._uncertain = list(regions)
+        self.uncertain_list.clear()
+        for r in self._uncertain:
+            self.uncertain_list.addItem(text(r))
+
     def correct_selected(self) -> None:
-        regions = self._layer_regions("top_patches")
         i = self.uncertain_list.currentRow()
-        if not 0 <= i < len(regions):
+        if not 0 <= i < len(self._uncertain):
             self._message("select an uncertain patch first", True)
             return
-        self._accept(regions[i], "prediction")
+        self._accept(self._uncertain[i], "prediction")
 
     # ------------------------------------------------------------------ QuPath
     def export_qupath(self) -> None:
