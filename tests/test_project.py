@@ -469,3 +469,15 @@ def test_reimporting_the_sessions_own_files_adds_nothing(tmp_path, small_pool):
     # the session still opens with its proposals and accepted regions apart
     back = AnnotationProject.open(p.folder)
     assert len(back.session.accepted) == 2 and len(back.proposals(slide)) == 2
+
+
+def test_a_failed_compare_changes_no_proposal(tmp_path, small_pool):
+    p, slide, truth = _project(tmp_path, small_pool)
+    run(p.iter_priority(slide))
+    before = [r.uid for r in p.suggest(slide, "adaptive", region_size=4 * p.stride, k=2)]
+    with pytest.raises(ValueError, match="similarity map"):
+        p.compare(slide, ["adaptive", "prototype"], region_size=4 * p.stride, k=2)  # prototype cannot run
+    assert [r.uid for r in p.proposals(slide, "adaptive")] == before
+    assert [r.uid for r in AnnotationProject.open(p.folder).proposals(slide, "adaptive")] == before
+    out, summaries, _ = p.compare(slide, ["adaptive", "standard"], region_size=4 * p.stride, k=2)
+    assert set(out) == {"adaptive", "standard"} and len(summaries) == 2

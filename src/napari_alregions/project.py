@@ -483,6 +483,11 @@ class AnnotationProject:
     def suggest(self, slide: str, method: str, *, region_size: int, k: int, seed: int | None = 0,
                 **options: Any) -> list[Region]:
         """Propose k regions on ``slide``; replaces that method's earlier proposals there."""
+        regions = self._select(slide, method, region_size=region_size, k=k, seed=seed, **options)
+        return self._propose(slide, method, regions, region_size=region_size, k=k, seed=seed, options=options)
+
+    def _select(self, slide: str, method: str, *, region_size: int, k: int, seed: int | None, **options: Any) -> list[Region]:
+        """The regions ``method`` picks on ``slide`` now; changes nothing (raises what cannot run)."""
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
         s = self._slide(slide)
@@ -504,7 +509,11 @@ class AnnotationProject:
                          annotated=self.session.accepted_on(slide), seed=seed, slide=slide, cycle=self.cycle,
                          **arrays, **options)
         # one name per selector in the session (prototype records its base method itself)
-        regions = [r.with_(method=method) for r in regions]
+        return [r.with_(method=method) for r in regions]
+
+    def _propose(self, slide: str, method: str, regions: list[Region], *, region_size: int, k: int, seed: int | None,
+                 options: dict[str, Any]) -> list[Region]:
+        """Make ``regions`` the proposals of ``method`` on ``slide`` and remember how to rerun it."""
         with self.session.changing() as session:  # a retrain's refresh runs this in its worker thread
             regions = session.propose(regions) if regions else []
             if not regions:
@@ -580,7 +589,10 @@ class AnnotationProject:
         if not methods:
             raise ValueError("choose at least one method to compare")
         options = options or {}
-        out = {m: self.suggest(slide, m, region_size=region_size, k=k, seed=seed, **options.get(m, {})) for m in methods}
+        # every method picks before any proposal changes: one that cannot run changes nothing
+        picked = {m: self._select(slide, m, region_size=region_size, k=k, seed=seed, **options.get(m, {})) for m in methods}
+        out = {m: self._propose(slide, m, regions, region_size=region_size, k=k, seed=seed, options=options.get(m, {}))
+               for m, regions in picked.items()}
         s = self._slide(slide)
         priority = self.maps[slide].priority if slide in self.maps else np.zeros(s.map_shape(self.stride), np.float32)
         summaries, overlap = compare_proposals(out, priority, stride=self.stride, tissue=s.tissue_map(self.stride))
