@@ -14,6 +14,7 @@ import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -446,19 +447,11 @@ def iter_fit(
     yield {"phase": "done", "done": True, "result": fit, "step": result.steps}
 
 
-def fit(
-    spec: ModelSpec,
-    candidates: Sequence[PatchCandidates],
-    config: TrainConfig = TrainConfig(),
-    *,
-    previous: nn.Module | None = None,
-    start: nn.Module | None = None,
-    device: str | torch.device | None = None,
-    progress: Callable[[dict], None] | None = None,
-    cancel: Callable[[], bool] | None = None,
-) -> FitResult:
-    """:func:`iter_fit`, run to its end."""
-    return _run(iter_fit(spec, candidates, config, previous=previous, start=start, device=device, cancel=cancel), progress)
+def fit(spec: ModelSpec, candidates: Sequence[PatchCandidates], config: TrainConfig = TrainConfig(), *,
+        progress: Callable[[dict], None] | None = None, **kwargs: Any) -> FitResult:
+    """:func:`iter_fit` run to its end (``kwargs``: its ``previous``, ``start``, ``device``,
+    ``cancel``), ``progress`` called with each record."""
+    return _run(iter_fit(spec, candidates, config, **kwargs), progress)
 
 
 #: The schedule of one active-learning cycle's training (SPEC §8), for the viewer and the
