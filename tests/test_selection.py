@@ -590,3 +590,14 @@ def test_kmeans_keeps_the_best_run_and_mostly_reaches_the_optimum():
     assert hits[10] >= 19 and hits[1] <= 14, hits
     with pytest.raises(ValueError, match="n_init"):
         kmeans(x, 3, np.random.default_rng(0), n_init=0)
+
+
+def test_random_with_k_beyond_what_fits_is_the_most_that_fit():
+    """Attempts are bounded by the map, not by k: k = 10^9 (which once ran for months) draws
+    exactly as k = the number of disjoint boxes that can fit."""
+    prio, tissue = np.zeros((64, 64), np.float32), np.ones((64, 64), bool)
+    fit = (64 // 10) ** 2
+    huge = select("random", prio, stride=64, region_size=640, k=10**9, tissue=tissue, seed=3)
+    most = select("random", prio, stride=64, region_size=640, k=fit, tissue=tissue, seed=3)
+    assert [(r.x, r.y) for r in huge] == [(r.x, r.y) for r in most] and 0 < len(huge) <= fit
+    assert not any(overlaps(a, b) for i, a in enumerate(huge) for b in huge[i + 1 :])
