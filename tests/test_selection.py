@@ -601,3 +601,17 @@ def test_random_with_k_beyond_what_fits_is_the_most_that_fit():
     most = select("random", prio, stride=64, region_size=640, k=fit, tissue=tissue, seed=3)
     assert [(r.x, r.y) for r in huge] == [(r.x, r.y) for r in most] and 0 < len(huge) <= fit
     assert not any(overlaps(a, b) for i, a in enumerate(huge) for b in huge[i + 1 :])
+
+
+@pytest.mark.parametrize("scale", [1e300, 1e-12])
+@pytest.mark.parametrize("method", ["standard", "standard_nonsquare", "adaptive", "top_patches"])
+def test_picks_do_not_depend_on_the_maps_scale(method, scale):
+    """Priorities near 1e308 overflowed window sums (inf scores, a crash); near 1e-12 they rounded
+    to nothing (no region from standard, three from adaptive): a map is its ratios."""
+    rng = np.random.default_rng(5)
+    base = rng.random((48, 48)) * 0.5
+    base[10:20, 25:35] += 0.5
+    ref = select(method, base, stride=64, region_size=512, k=3, seed=0)
+    got = select(method, base * scale, stride=64, region_size=512, k=3, seed=0)
+    assert len(ref) == 3 and [(r.x, r.y, r.w, r.h) for r in got] == [(r.x, r.y, r.w, r.h) for r in ref]
+    assert all(np.isfinite(r.score) and r.score > 0 for r in got)

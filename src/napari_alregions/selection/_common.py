@@ -32,6 +32,9 @@ class MapInput:
         return map_box_to_region(box, self.stride, **fields)
 
 
+_SAFE_MAX = (1e-3, 1e6)  # a map's maximum in this range is used as it is
+
+
 def prepare(
     priority: np.ndarray,
     *,
@@ -43,7 +46,9 @@ def prepare(
 ) -> MapInput:
     """Validate the common selector arguments (SPEC §5) and convert to map pixels.
 
-    NaN priorities count as 0; inf or negative priorities are an error.
+    NaN priorities count as 0; inf or negative priorities are an error. A map whose
+    maximum is above 1e6 or below 1e-3 is divided by that maximum (same picks, finite and
+    distinguishable window sums).
     """
     p = np.asarray(priority)
     if p.ndim != 2:
@@ -60,6 +65,12 @@ def prepare(
         lo = float(p.min())
     if lo < 0:
         raise ValueError(f"priority must be non-negative, got minimum {lo:.4g}; clip or rescale the map")
+    hi = float(p.max()) if p.size else 0.0
+    if hi > 0 and not _SAFE_MAX[0] <= hi <= _SAFE_MAX[1]:
+        # window sums of values near 1e308 overflow to inf, and of values near 1e-12 round to
+        # 0 (sums are compared to 1e-9): the picks depend only on the map's ratios, so a map
+        # this far from [0, 1] is divided by its maximum (scores then count in that unit)
+        p /= hi
     stride = _positive_int(stride, "stride")
     region_size = _positive_int(region_size, "region_size")
     if region_size % stride:
