@@ -70,7 +70,11 @@ class TrainResult:
     steps: int = 0
     stopped: str = "epochs"
     validation: Validation | None = None
-    at_chance: bool = False
+
+    @property
+    def at_chance(self) -> bool:
+        """The best epoch was no better than chance on the validation patches."""
+        return self.validation is not None and self.validation.at_chance(self.best_val_loss, self.best_val_auc)
 
 
 def _slide_key(c: PatchCandidates) -> str:
@@ -146,10 +150,6 @@ class Validation:
     def __len__(self) -> int:
         return len(self.labels)
 
-    @property
-    def classes_present(self) -> int:
-        return len(np.unique(self.labels))
-
     def probabilities(self, model: nn.Module, device=None) -> np.ndarray:
         device = pick_device(device)
         model.eval()
@@ -224,7 +224,7 @@ def iter_train(
     Validation patches come from :func:`validation_split`; each epoch ends with their
     class-balanced loss and AUC (:class:`Validation`). The last record has ``"done": True``
     and ``"result"``: a :class:`TrainResult` whose model holds the weights of the epoch
-    with the lowest validation loss (early stopping), and ``at_chance`` set when even
+    with the lowest validation loss (early stopping), and ``at_chance`` true when even
     that epoch was no better than chance.
 
     Raises
@@ -316,8 +316,6 @@ def iter_train(
     model.load_state_dict(best_state)
     model.eval()
     result.steps = step
-    if validation is not None:
-        result.at_chance = validation.at_chance(result.best_val_loss, result.best_val_auc)
     yield {"phase": "done", "done": True, "result": result, "step": step, "total": total, "n_train_candidates": n_train}
 
 
