@@ -262,3 +262,40 @@ def test_files_missing_or_replaced_beside_session_json_are_reported(tmp_path):
         Session.open(s.folder)
     regions.write_text(text)
     np.testing.assert_array_equal(Session.open(s.folder).labels("a"), s.labels("a"))
+
+
+def test_a_second_writer_is_refused_and_a_stale_lock_can_be_taken_over(tmp_path):
+    import subprocess
+    import sys
+
+    from napari_alregions.session import SessionLocked
+
+    s = _filled(tmp_path)
+    lock = s.folder / "session.lock"
+    assert json.loads(lock.read_text())["pid"] == __import__("os").getpid()
+    # another live process holds the session: a writer is refused, a reader is not
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        s.close()
+        assert not lock.exists()
+        lock.write_text(json.dumps({"host": __import__("platform").node(), "pid": holder.pid, "since": "then"}))
+        with pytest.raises(SessionLocked, match=f"process {holder.pid}.*read-only") as info:
+            Session.open(s.folder)
+        assert not info.value.stale
+        with pytest.raises(SessionLocked):
+            Session.open(s.folder, take_over=True)  # never a live process's lock on this host
+        ro = Session.open(s.folder, read_only=True)
+        np.testing.assert_array_equal(ro.labels("a"), s.labels("a"))
+        with pytest.raises(SessionError, match="read-only"):
+            ro.save()
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder is gone: the lock is stale; taking it over is the user's choice
+    with pytest.raises(SessionLocked, match="no longer running") as info:
+        Session.open(s.folder)
+    assert info.value.stale
+    back = Session.open(s.folder, take_over=True)
+    assert json.loads(lock.read_text())["pid"] == __import__("os").getpid()
+    back.close()
+    assert not lock.exists()

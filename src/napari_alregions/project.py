@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import os
+import zipfile
 from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -44,7 +45,7 @@ from .io_qupath import (
 from .priority import MEASURES
 from .selection import METHODS, select
 from .selection.compare import MethodSummary, compare_proposals
-from .session import Session, SessionError
+from .session import Session, SessionError, file_fingerprint
 from .wsi import Slide, open_slide
 
 __all__ = ["AnnotationProject", "MapRecord", "region_size_px", "run"]
@@ -112,6 +113,8 @@ class AnnotationProject:
         self.models: list = []
         self.spec = None
         self._tissue_px_cache: dict[str, int] = {}
+        #: What opening found and repaired (damaged caches, labels of no region), for the user.
+        self.open_messages: list[str] = []
 
     # -- creation ------------------------------------------------------------------------
     @classmethod
@@ -138,16 +141,35 @@ class AnnotationProject:
         return project
 
     @classmethod
-    def open(cls, folder: str | os.PathLike[str]) -> AnnotationProject:
-        """Reopen a project: slides, labels, regions, model and last maps as saved."""
+    def open(cls, folder: str | os.PathLike[str], *, read_only: bool = False, take_over: bool = False) -> AnnotationProject:
+        """Reopen a project: slides, labels, regions, model and last maps as saved.
+
+        ``read_only`` and ``take_over`` are those of :meth:`Session.open` (the session lock).
+        """
+        session = Session.open(folder, read_only=read_only, take_over=take_over)
+        project = cls(session)
+        try:
+            project._load()
+        except BaseException:
+            project.close()
+            raise
+        return project
+
+    def _load(self) -> None:
         from .model import CheckpointError, ModelSpec, load_checkpoint
 
-        session = Session.open(folder)
-        project = cls(session)
+        project, session, folder = self, self.session, self.session.folder
         for name, entry in session.slides.items():
             if not Path(entry.path).is_file():
                 raise SessionError(f"slide {name!r}: {entry.path} is missing (moved or deleted?)")
-            project.slides[name] = open_slide(entry.path)
+            if entry.size is not None and file_fingerprint(entry.path) != (entry.size, entry.digest):
+                raise SessionError(f"slide {name!r}: {entry.path} is not the file added to this session (its size or "
+                                   "first bytes changed: replaced by another slide?); put the original back")
+            project.slides[name] = slide = open_slide(entry.path)
+            if entry.label_shape is not None and (entry.label_level >= slide.level_count
+                                                  or tuple(slide.levels[entry.label_level].shape[:2]) != entry.label_shape):
+                raise SessionError(f"slide {name!r}: {entry.path} does not have the size it had when added "
+                                   f"(labels {entry.label_shape} at level {entry.label_level}); put the original back")
         spec = ModelSpec.from_dict(session.params.get("model", {}))
         project.spec = spec
         if session.checkpoints:
@@ -159,16 +181,46 @@ class AnnotationProject:
             project.models = [project._build(i) for i in range(project.n_members)]
         for name in project.slides:
             record = _load_map(session.folder / MAPS_DIR / f"{name}.npz")
-            if record is not None:
+            if record is not None and record.priority.shape == project.slides[name].map_shape(record.stride):
                 project.maps[name] = record
+            elif (session.folder / MAPS_DIR / f"{name}.npz").is_file():
+                self.open_messages.append(f"{name}: the saved priority map is damaged; compute it again")
             emb = session.folder / EMBED_DIR / f"{name}.npy"
             if emb.is_file():
-                project.embeddings[name] = np.load(emb, allow_pickle=False)
+                try:
+                    project.embeddings[name] = np.load(emb, allow_pickle=False)
+                except (OSError, ValueError):
+                    self.open_messages.append(f"{name}: the saved embeddings are damaged; compute them again")
+        self._drop_orphan_labels()
         if (session.folder / PROTOTYPES_FILE).is_file():
             from .prototypes import load_prototypes
 
             project.prototypes = load_prototypes(session.folder / PROTOTYPES_FILE)
-        return project
+
+    def _drop_orphan_labels(self) -> None:
+        """Labels outside every accepted region were never acknowledged (a save killed
+        between the labels and the session file that records their region): they are cleared
+        in memory, and so on disk at the next save."""
+        from .labelstore import chunk_box
+
+        store = self.session._store
+        for name in self.session.slides:
+            if not (store.path(name).exists() or store.legacy_path(name).exists()):
+                continue
+            labels = self.session.labels(name)
+            boxes = [self.label_box(r) for r in self.session.accepted_on(name)]
+            dropped = 0
+            for k in sorted(store.stored_chunks(name)):
+                rows, cols = chunk_box(k, labels.shape)
+                box = (rows.start, cols.start, rows.stop, cols.stop)
+                orphan = labels[rows, cols].astype(bool) & ~_covered(box, boxes)
+                if orphan.any():
+                    dropped += int(orphan.sum())
+                    labels[rows, cols][orphan] = 0
+                    self.session.mark_labels_changed(name, box)
+            if dropped:
+                self.open_messages.append(f"{name}: {dropped} labeled pixel(s) outside every accepted region "
+                                          "(from an interrupted save) were cleared")
 
     # -- properties ------------------------------------------------------------------------
     @property
@@ -981,8 +1033,10 @@ class AnnotationProject:
         return min(4 * max([int(v) for v in sizes if v] or [4 * self.stride]), min(self._slide(slide).shape[:2]) // 2)
 
     def close(self) -> None:
+        """Close the slides and release the session's lock."""
         for s in self.slides.values():
             s.close()
+        self.session.close()
 
 
 def _finite(v: float | None) -> float | None:
@@ -1052,5 +1106,5 @@ def _load_map(path: Path) -> MapRecord | None:
     try:
         with np.load(path, allow_pickle=False) as z:
             return MapRecord(z["probabilities"], z["priority"], str(z["measure"]), int(z["stride"]), int(z["cycle"]))
-    except (OSError, KeyError, ValueError):
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
         return None  # a damaged cache: the map is recomputed on demand

@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -30,7 +31,7 @@ from .io_qupath import read_regions, region_features, write_features
 from .labelstore import LABEL_CHUNK, LabelStore, LabelStoreError  # noqa: F401 (LABEL_CHUNK: re-exported)
 from .regionset import ACCEPTED, DISMISSED, PROPOSED, RegionSet
 
-__all__ = ["Session", "SessionError", "SlideEntry"]
+__all__ = ["Session", "SessionError", "SessionLocked", "SlideEntry"]
 
 SESSION_FILE = "session.json"
 REGIONS_FILE = "regions.geojson"
@@ -43,6 +44,78 @@ class SessionError(ValueError):
     """A session folder that cannot be used; the message says why."""
 
 
+class SessionLocked(SessionError):
+    """Another process has the session open for writing. ``holder`` says who (host, pid,
+    since); ``stale`` is True when that process is known to be gone (same host, no such pid):
+    open with ``take_over=True`` then, or ``read_only=True`` in any case."""
+
+    def __init__(self, message: str, holder: dict[str, Any], stale: bool) -> None:
+        super().__init__(message)
+        self.holder, self.stale = holder, stale
+
+
+LOCK_FILE = "session.lock"
+_held: dict[Path, int] = {}  # lock files this process holds, with how many open sessions use each
+_held_lock = threading.Lock()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def _acquire(folder: Path, *, take_over: bool) -> Path:
+    """Take the session's lock file (host, pid, time), or raise :class:`SessionLocked`."""
+    path = (folder / LOCK_FILE).resolve()
+    me = {"host": platform.node(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    with _held_lock:
+        if path in _held:  # this process has it already (a second view of the same folder)
+            _held[path] += 1
+            return path
+        for _ in range(2):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                try:
+                    holder = json.loads(path.read_text())
+                    holder = holder if isinstance(holder, dict) else {}
+                except (OSError, ValueError):
+                    holder = {}  # half-written by a process killed while taking it
+                same_host = holder.get("host") == me["host"]
+                pid = holder.get("pid")
+                stale = not holder or (same_host and isinstance(pid, int) and not _pid_alive(pid))
+                if take_over and (stale or not same_host):  # never a live process's on this host
+                    path.unlink(missing_ok=True)
+                    continue
+                who = (f"process {pid} on {holder.get('host')}, since {holder.get('since')}" if holder
+                       else "an unreadable lock")
+                raise SessionLocked(
+                    f"{folder}: the session is open in another process ({who}){' which is no longer running' if stale else ''}. "
+                    + ("Take over the stale lock, or open the session read-only." if stale else
+                       "Close it there first, or open the session read-only (changes cannot be saved)."),
+                    holder, stale) from None
+            with os.fdopen(fd, "w") as fh:
+                json.dump(me, fh)
+            _held[path] = 1
+            return path
+    raise SessionError(f"{folder}: could not take the session lock")  # pragma: no cover (raced twice)
+
+
+def _release(path: Path) -> None:
+    with _held_lock:
+        n = _held.get(path, 0) - 1
+        if n > 0:
+            _held[path] = n
+            return
+        _held.pop(path, None)
+        path.unlink(missing_ok=True)
+
+
 @dataclass
 class SlideEntry:
     """A slide of the session. ``label_level`` is the pyramid level labels are stored at."""
@@ -53,6 +126,8 @@ class SlideEntry:
     label_shape: tuple[int, int] | None = None
     truth: str | None = None  # ground-truth mask (simulations)
     group: str | None = None  # e.g. centre or scanner, for per-group selection
+    size: int | None = None  # file size and digest of its first bytes when added: a replaced file is noticed
+    digest: str | None = None
 
 
 @dataclass
@@ -69,6 +144,8 @@ class Session:
     _store: LabelStore = field(default=None, repr=False, compare=False)  # type: ignore[assignment]
     _format: int = field(default=FORMAT_VERSION, repr=False, compare=False)  # as read: 1 keeps labels in zips
     _saved_chunks: dict[str, int] = field(default_factory=dict, repr=False, compare=False)  # as read, per slide
+    read_only: bool = field(default=False, compare=False)
+    _lock_file: Path | None = field(default=None, repr=False, compare=False)
     # a retrain proposes and saves from its worker thread while the viewer accepts and autosaves
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
@@ -87,14 +164,39 @@ class Session:
         if len(classes) < 2:
             raise ValueError(f"classes needs at least two names, got {classes!r}")
         folder.mkdir(parents=True, exist_ok=True)
-        session = cls(folder=folder, classes=tuple(classes), params=dict(params))
-        session.save()
+        lock = _acquire(folder, take_over=False)
+        session = cls(folder=folder, classes=tuple(classes), params=dict(params), _lock_file=lock)
+        try:
+            session.save()
+        except BaseException:
+            session.close()
+            raise
         return session
 
     @classmethod
-    def open(cls, folder: str | os.PathLike[str]) -> Session:
-        """Reopen a saved session exactly as it was last saved."""
+    def open(cls, folder: str | os.PathLike[str], *, read_only: bool = False, take_over: bool = False) -> Session:
+        """Reopen a saved session exactly as it was last saved.
+
+        Opening for writing takes the session's lock (``session.lock``: host, pid, time)
+        until :meth:`close`; while another process holds it, :class:`SessionLocked` is
+        raised, unless ``take_over`` (for a lock whose process is gone, or another host's that
+        the user knows is closed). ``read_only`` takes no lock; :meth:`save` then refuses.
+        """
         folder = Path(folder)
+        session = cls._read(folder)
+        if not read_only:
+            session._lock_file = _acquire(folder, take_over=take_over)
+        session.read_only = read_only
+        return session
+
+    def close(self) -> None:
+        """Release the session's lock (nothing is saved: call :meth:`save` first)."""
+        if self._lock_file is not None:
+            _release(self._lock_file)
+            self._lock_file = None
+
+    @classmethod
+    def _read(cls, folder: Path) -> Session:
         path = folder / SESSION_FILE
         if not path.is_file():
             raise SessionError(f"{folder}: no {SESSION_FILE}; not a session folder")
@@ -147,7 +249,9 @@ class Session:
                   truth: str | os.PathLike[str] | None = None, group: str | None = None) -> SlideEntry:
         if name in self.slides:
             raise ValueError(f"slide {name!r} is already in the session")
-        entry = SlideEntry(name, str(path), label_level, tuple(label_shape), None if truth is None else str(truth), group)
+        size, digest = file_fingerprint(path) if Path(path).is_file() else (None, None)
+        entry = SlideEntry(name, str(path), label_level, tuple(label_shape), None if truth is None else str(truth), group,
+                           size, digest)
         self.slides[name] = entry
         return entry
 
@@ -235,6 +339,8 @@ class Session:
     def save(self) -> None:
         """Write everything changed, atomically file by file; ``session.json`` last.
         One save at a time (threads wait), so each writes a consistent state."""
+        if self.read_only:
+            raise SessionError(f"{self.folder}: the session was opened read-only; nothing was saved")
         with self._lock:
             (self.folder / "labels").mkdir(parents=True, exist_ok=True)
             (self.folder / "checkpoints").mkdir(exist_ok=True)
@@ -264,7 +370,20 @@ class Session:
 
 
 _ENTRY_TYPES = {"name": str, "path": str, "label_level": int, "label_shape": (list, type(None)),
-                "truth": (str, type(None)), "group": (str, type(None))}
+                "truth": (str, type(None)), "group": (str, type(None)), "size": (int, type(None)),
+                "digest": (str, type(None))}
+_DIGEST_BYTES = 1 << 16
+
+
+def file_fingerprint(path: str | os.PathLike[str]) -> tuple[int, str]:
+    """A file's size and the SHA-256 of its first 64 KiB (a TIFF's header and first tags):
+    enough to tell a slide replaced by another file, without reading gigabytes."""
+    import hashlib
+
+    with open(path, "rb") as fh:
+        head = fh.read(_DIGEST_BYTES)
+        size = os.fstat(fh.fileno()).st_size
+    return size, hashlib.sha256(head).hexdigest()
 
 
 def _checked_meta(meta: Any, path: Path) -> dict[str, Any]:
