@@ -785,6 +785,33 @@ class AnnotationProject:
                 return a
         raise ValueError("labels can only be painted inside accepted regions: accept the region first")
 
+    def region_view(self, region: Region) -> np.ndarray:
+        """The session's labels inside an accepted region (labeling level), as a writable view:
+        a Labels layer showing it paints into the session (then :meth:`labels_changed`), and
+        the layers of overlapping regions share those pixels."""
+        region = self._accepted(region)
+        return self.session.label_view(region.slide, self.label_box(region))
+
+    def labels_changed(self, region: Region, *, save: bool = True) -> int:
+        """Record that the labels in ``region``'s view changed (painted, undone), and save
+        (the chunks of this region only). Pixels whose value is no class (0 unlabeled,
+        1..n) become unlabeled; returns how many there were."""
+        region = self._accepted(region)
+        box = self.label_box(region)
+        view = self.session.label_view(region.slide, box)
+        bad = view > len(self.classes)
+        n_bad = int(bad.sum()) if bad.any() else 0
+        if n_bad:
+            view[bad] = 0
+        self.session.mark_labels_changed(region.slide, box)
+        if save:
+            self.session.save()
+        return n_bad
+
+    def save(self) -> None:
+        """Write what changed since the last save (labels: the chunks marked since)."""
+        self.session.save()
+
     def region_labels(self, region: Region) -> np.ndarray:
         """A copy of the labels inside an accepted region (labeling level)."""
         region = self._accepted(region)
