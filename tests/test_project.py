@@ -522,3 +522,23 @@ def test_opening_repairs_caches_and_unacknowledged_labels_and_notices_a_replaced
     assert (p.folder / "session.json").read_text() == before
     assert not (p.folder / "session.lock").exists()  # a failed open holds no lock
     AnnotationProject.open(p.folder).close()
+
+
+def test_regions_partly_or_wholly_off_the_slide_are_clipped_or_refused(tmp_path, small_pool):
+    p, slide, _ = _project(tmp_path, small_pool)
+    h, w = p.slides[slide].shape
+    # negative coordinates: clipped at 0, labels at the top-left corner (never wrapped around)
+    a = p.accept(Region(-100, -64, 300, 200, slide=slide))
+    assert (a.x, a.y, a.w, a.h) == (0, 0, 200, 136)
+    labels = p.session.labels(slide)
+    y0, x0, y1, x1 = p.label_box(a)
+    assert (y0, x0) == (0, 0) and labels[y0:y1, x0:x1].all() and labels.sum() == (y1 - y0) * (x1 - x0)
+    # past the far corner: clipped to the slide
+    b = p.accept(Region(w - 50, h - 40, 500, 500, slide=slide))
+    assert (b.x1, b.y1) == (w, h)
+    # wholly off the slide: refused, nothing changes
+    before = list(p.session.accepted)
+    with pytest.raises(ValueError, match="outside the slide"):
+        p.accept(Region(10**6, 0, 256, 256, slide=slide))
+    assert p.session.accepted == before
+    p.close()

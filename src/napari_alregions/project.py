@@ -369,11 +369,29 @@ class AnnotationProject:
     def label_factor(self, slide: str) -> float:
         return self._slide(slide).level_factor(self.label_level)
 
+    def clipped(self, region: Region) -> Region:
+        """``region`` clipped to its slide (level-0 px), the same region if inside.
+
+        Raises
+        ------
+        ValueError
+            If no part of the region lies on the slide.
+        """
+        height, width = self._slide(region.slide).shape
+        x0, y0 = max(region.x, 0), max(region.y, 0)
+        x1, y1 = min(region.x1, width), min(region.y1, height)
+        if x1 <= x0 or y1 <= y0:
+            raise ValueError(f"region ({region.x}, {region.y}, {region.w} x {region.h} px) lies outside the slide "
+                             f"{region.slide!r} ({width} x {height} px)")
+        if (x0, y0, x1, y1) == (region.x, region.y, region.x1, region.y1):
+            return region
+        return region.with_(x=x0, y=y0, w=x1 - x0, h=y1 - y0)
+
     def label_box(self, region: Region) -> tuple[int, int, int, int]:
         """``(y0, x0, y1, x1)`` of a level-0 region in label pixels (rounded outwards)."""
         f = self.label_factor(region.slide)
         shape = self.session.slides[region.slide].label_shape
-        y0, x0 = int(region.y // f), int(region.x // f)
+        y0, x0 = max(0, int(region.y // f)), max(0, int(region.x // f))
         y1, x1 = min(shape[0], math.ceil(region.y1 / f)), min(shape[1], math.ceil(region.x1 / f))
         return y0, x0, y1, x1
 
@@ -714,7 +732,7 @@ class AnnotationProject:
             raise ValueError(f"region is on {region.slide!r}, which is not a slide of the session")
         if any(a.uid == region.uid for a in self.session.accepted if region.uid):
             return region
-        accepted = self.session.accept(region)
+        accepted = self.session.accept(self.clipped(region))
         y0, x0, y1, x1 = self.label_box(accepted)
         labels = self.session.labels(accepted.slide)
         crop = labels[y0:y1, x0:x1]
