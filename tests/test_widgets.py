@@ -504,3 +504,45 @@ def test_correct_selected_patch_of_a_group_list_accepts_that_patch(make_napari_v
     _click(w, "Correct selected patch")
     got = w.project.session.accepted[-1]
     assert (got.slide, got.x, got.y) == (second, x, y)  # the patch the row names
+
+
+def test_opening_a_session_another_process_holds_asks_and_a_stale_lock_can_be_taken_over(
+        make_napari_viewer, qtbot, tmp_path, small_pool, monkeypatch):
+    import os
+    import platform
+    import subprocess
+    import sys
+
+    from qtpy.QtWidgets import QMessageBox
+
+    viewer, w, slide = _start(make_napari_viewer, tmp_path, small_pool)
+    folder = w.project.folder
+    w.project.close()
+    w.project = None
+    lock = folder / "session.lock"
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock.write_text(json.dumps({"host": platform.node(), "pid": int(gone.stdout), "since": "earlier"}))
+    pressed = []
+
+    def press(text):
+        def exec_(box):
+            pressed.append([b.text() for b in box.buttons()])
+            next(b for b in box.buttons() if b.text().replace("&", "") == text).click()
+            return 0
+        return exec_
+
+    # cancel: nothing opens, the other process's lock stays
+    monkeypatch.setattr(QMessageBox, "exec", press("Cancel"))
+    w.folder.value = str(folder)
+    _click(w, "Open session")
+    assert w.project is None and "open in another process" in w.message.value
+    assert "Take over" in [t.replace("&", "") for t in pressed[-1]]  # the holder is gone: taking over is offered
+    # read-only: opens, paints nothing to disk
+    monkeypatch.setattr(QMessageBox, "exec", press("Open read-only"))
+    _click(w, "Open session")
+    assert w.project is not None and w.project.session.read_only and "read-only" in w.message.value
+    assert json.loads(lock.read_text())["pid"] == int(gone.stdout)
+    # take over: this process holds the lock now
+    monkeypatch.setattr(QMessageBox, "exec", press("Take over"))
+    _click(w, "Open session")
+    assert not w.project.session.read_only and json.loads(lock.read_text())["pid"] == os.getpid()

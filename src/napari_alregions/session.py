@@ -11,6 +11,7 @@ middle of :meth:`Session.save` leaves the previous session readable.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import platform
@@ -104,6 +105,15 @@ def _acquire(folder: Path, *, take_over: bool) -> Path:
             _held[path] = 1
             return path
     raise SessionError(f"{folder}: could not take the session lock")  # pragma: no cover (raced twice)
+
+
+@atexit.register
+def _release_all() -> None:
+    """An interpreter that exits without closing its sessions leaves no lock behind."""
+    with _held_lock:
+        for path in list(_held):
+            path.unlink(missing_ok=True)
+        _held.clear()
 
 
 def _release(path: Path) -> None:

@@ -24,6 +24,7 @@ from ..layers import METHOD_COLORS, overlay_kwargs, priority_colors, region_labe
 from ..priority import MEASURES
 from ..project import AnnotationProject, region_size_px
 from ..selection import METHODS
+from ..session import SessionLocked
 from ._runner import TaskRunner
 
 __all__ = ["ALRegionsWidget"]
@@ -286,11 +287,33 @@ class ALRegionsWidget(QWidget):
         self._set_project(project)
         self._message(f"new session in {folder}")
 
-    def open_session(self) -> None:
+    def _open_project(self, folder: Path) -> AnnotationProject | None:
+        """Open a session; when another process holds it, ask: read-only, take over a
+        stale lock, or cancel."""
         try:
-            project = AnnotationProject.open(Path(self.folder.value))
+            return AnnotationProject.open(folder)
+        except SessionLocked as exc:
+            box = QMessageBox(QMessageBox.Icon.Warning, "AL Regions", str(exc), parent=self)
+            read_only = box.addButton("Open read-only", QMessageBox.ButtonRole.AcceptRole)
+            take = box.addButton("Take over", QMessageBox.ButtonRole.DestructiveRole) if exc.stale else None
+            box.addButton(QMessageBox.StandardButton.Cancel)
+            box.exec()
+            if box.clickedButton() not in (read_only, take):
+                self._message("not opened: the session is open in another process", True)
+                return None
+            try:
+                return AnnotationProject.open(folder, read_only=box.clickedButton() is read_only,
+                                              take_over=box.clickedButton() is take)
+            except (ValueError, OSError) as again:
+                self._message(str(again), True)
+                return None
         except (ValueError, OSError) as exc:
             self._message(str(exc), True)
+            return None
+
+    def open_session(self) -> None:
+        project = self._open_project(Path(self.folder.value))
+        if project is None:
             return
         self._set_project(project)
         for name in project.slides:
@@ -302,7 +325,9 @@ class ALRegionsWidget(QWidget):
             self._show_accepted(name)
             for r in project.session.accepted_on(name):
                 self._open_region_labels(r)
-        self._message(f"opened {project.folder}: {len(project.slides)} slide(s), cycle {project.cycle}")
+        notes = [*project.open_messages, *(["read-only: changes are not saved"] if project.session.read_only else [])]
+        self._message(f"opened {project.folder}: {len(project.slides)} slide(s), cycle {project.cycle}"
+                      + "".join(f"; {m}" for m in notes), bool(notes))
 
     def _set_project(self, project: AnnotationProject) -> None:
         if self.project is not None:
