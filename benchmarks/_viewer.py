@@ -40,7 +40,9 @@ def demo_viewer(session: Path, *, patch_size: int = 64, size: int = 4096, traini
     w.patch_size.value = patch_size
     click(w, "New session")
     if training:
-        w.project.session.params["training"] = dict(training)
+        from napari_alregions.settings import TrainingBudget
+
+        w.project.session.settings.training = TrainingBudget(**training)
     w.slide_file.value = str(folder / manifest["slides"][0]["image"])
     click(w, "Add slide")
     return viewer, w, folder, manifest

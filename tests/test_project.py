@@ -9,6 +9,7 @@ import pytest
 
 from napari_alregions.geometry import Region
 from napari_alregions.project import AnnotationProject, region_size_px, run
+from napari_alregions.settings import SuggestPlan, TrainingBudget
 from napari_alregions.wsi import open_labels
 
 FAST = {"initial_steps": 12, "fine_tune_steps": 8, "patches_per_slide": 64}
@@ -17,7 +18,7 @@ FAST = {"initial_steps": 12, "fine_tune_steps": 8, "patches_per_slide": 64}
 def _project(tmp_path, small_pool, *, members=1, name="s"):
     folder, manifest = small_pool
     p = AnnotationProject.create(tmp_path / name, patch_size=32, level=1, members=members)
-    p.session.params["training"] = dict(FAST)
+    p.session.settings.training = TrainingBudget(**FAST)
     entry = manifest["slides"][0]
     slide = p.add_slide(folder / entry["image"])
     truth = np.asarray(open_labels(folder / entry["mask"])[1])
@@ -160,10 +161,14 @@ def test_pending_regions_count_by_region_through_removals(tmp_path, small_pool):
     assert p.pending_regions == 0
     # a session saved before regions were tracked by uid counted the first accepted ones
     p.accept(Region(512, 512, 256, 256, slide=slide))
-    del p.session.params["trained_on"]
-    p.session.params["trained_on_regions"] = 1
-    assert p.pending_regions == 1
     p.close()
+    meta = json.loads((p.folder / "session.json").read_text())
+    del meta["params"]["trained_on"]
+    meta["params"]["trained_on_regions"] = 1
+    (p.folder / "session.json").write_text(json.dumps(meta))
+    back = AnnotationProject.open(p.folder)
+    assert back.pending_regions == 1
+    back.close()
 
 
 def test_retrain_without_labels_and_cancelled_retrain_change_nothing(tmp_path, small_pool):
@@ -413,7 +418,7 @@ def test_retrain_on_more_labels_does_not_lower_validation_auc(tmp_path, small_po
     from napari_alregions.model.train import Validation, validation_split
 
     p, slide, truth = _project(tmp_path, small_pool)
-    p.session.params["training"] = {"epochs": 8, "patience": 3, "patches_per_slide": 32}
+    p.session.settings.training = TrainingBudget(epochs=8, patience=3, patches_per_slide=32)
     grid = [Region(x, y, 256, 256, slide=slide) for y in range(0, 1024, 256) for x in range(0, 1024, 256)]
     for r in grid[:8]:  # the top half first
         _paint_truth(p, p.accept(r), truth)
@@ -439,7 +444,7 @@ def test_a_method_that_cannot_rerun_does_not_break_the_retrain(tmp_path, small_p
         _paint_truth(p, p.accept(r), truth)
     run(p.iter_priority(slide))
     p.suggest(slide, "standard", region_size=l_, k=2)
-    p.session.params["suggest"][slide]["prototype"] = {"region_size": l_, "k": 2, "seed": 0, "options": {}}
+    p.session.settings.suggest[slide]["prototype"] = SuggestPlan(l_, 2, 0, {})
     summary = run(p.iter_retrain())
     assert any("prototype proposals not refreshed" in m for m in summary["messages"]), summary["messages"]
     assert {r.cycle for r in p.proposals(slide, "standard")} == {1}  # the others refreshed all the same

@@ -7,6 +7,8 @@ import json
 import numpy as np
 import pytest
 
+from napari_alregions.settings import TrainingBudget
+
 pytestmark = pytest.mark.gui
 
 FAST = {"initial_steps": 12, "fine_tune_steps": 8, "patches_per_slide": 64}
@@ -38,7 +40,7 @@ def _start(make_napari_viewer, tmp_path, small_pool, *, name="sess"):
     w.level.value = 1
     _click(w, "New session")
     assert w.project is not None, w.message.value
-    w.project.session.params["training"] = dict(FAST)
+    w.project.session.settings.training = TrainingBudget(**FAST)
     w.slide_file.value = str(folder / manifest["slides"][0]["image"])
     _click(w, "Add slide")
     return viewer, w, w.current
@@ -158,7 +160,7 @@ def test_cancel_and_close_during_retrain_change_nothing(make_napari_viewer, qtbo
     _click(w, "Suggest")
     w.proposal_list.setCurrentRow(0)
     _click(w, "Accept region")
-    w.project.session.params["training"] = {"initial_steps": 100_000, "epochs": 1000, "patience": 1000}
+    w.project.session.settings.training = TrainingBudget(initial_steps=100_000, epochs=1000, patience=1000)
     _click(w, "Retrain")
     qtbot.wait(300)
     assert w.runner.busy

@@ -46,6 +46,7 @@ from .priority import MEASURES
 from .selection import METHODS, select
 from .selection.compare import MethodSummary, compare_proposals
 from .session import Session, SessionError, file_fingerprint
+from .settings import SuggestPlan
 from .wsi import Slide, open_slide
 
 __all__ = ["AnnotationProject", "MapRecord", "region_size_px", "run"]
@@ -170,7 +171,7 @@ class AnnotationProject:
                                                   or tuple(slide.levels[entry.label_level].shape[:2]) != entry.label_shape):
                 raise SessionError(f"slide {name!r}: {entry.path} does not have the size it had when added "
                                    f"(labels {entry.label_shape} at level {entry.label_level}); put the original back")
-        spec = ModelSpec.from_dict(session.params.get("model", {}))
+        spec = ModelSpec.from_dict(session.settings.model)
         project.spec = spec
         if session.checkpoints:
             try:
@@ -233,12 +234,12 @@ class AnnotationProject:
 
     @property
     def colors(self) -> list[tuple[int, int, int]]:
-        return [tuple(c) for c in self.session.params.get("colors", DEFAULT_COLORS[: len(self.classes)])]
+        return [tuple(c) for c in (self.session.settings.colors or DEFAULT_COLORS[: len(self.classes)])]
 
     @property
     def stride(self) -> int:
         """Level-0 px per map pixel: as set, else one patch footprint on the first slide."""
-        stride = self.session.params.get("stride")
+        stride = self.session.settings.stride
         if stride:
             return int(stride)
         factor = next((s.level_factor(self.label_level) for s in self.slides.values()), 2.0**self.label_level)
@@ -246,7 +247,7 @@ class AnnotationProject:
 
     @property
     def n_members(self) -> int:
-        return int(self.session.params.get("members", 1))
+        return self.session.settings.members
 
     @property
     def trained(self) -> bool:
@@ -265,15 +266,12 @@ class AnnotationProject:
     @property
     def pending_regions(self) -> int:
         """Accepted regions the model has not been trained on yet."""
-        params, accepted = self.session.params, self.session.accepted
-        # sessions before "trained_on" (uids) kept a count of the first accepted regions
-        trained = set(params.get("trained_on", [r.uid for r in accepted[: int(params.get("trained_on_regions", 0))]]))
-        return sum(r.uid not in trained for r in accepted)
+        trained = set(self.session.settings.trained_on)
+        return sum(r.uid not in trained for r in self.session.accepted)
 
     def _set_trained_on(self, uids: list[str]) -> None:
         with self.session.changing() as session:
-            session.params.pop("trained_on_regions", None)
-            session.params["trained_on"] = list(uids)
+            session.settings.trained_on = list(uids)
 
     # -- model ----------------------------------------------------------------------------
     def _build(self, member: int):
@@ -300,7 +298,8 @@ class AnnotationProject:
         if self.session.slides and self.spec is not None and level != self.label_level:
             raise ValueError(f"the session labels slides at level {self.label_level}; a new model must work there too")
         self.spec = spec
-        self.session.params.update(model=spec.to_dict(), stride=int(stride) if stride else None, members=members)
+        settings = self.session.settings
+        settings.model, settings.stride, settings.members = spec.to_dict(), int(stride) if stride else None, members
         self._set_trained_on([])
         self.session.checkpoints = []
         self.models = [self._build(i) for i in range(members)]
@@ -324,7 +323,8 @@ class AnnotationProject:
         if Path(path).resolve() != target.resolve():
             shutil.copyfile(path, target)
         self.spec = spec
-        self.session.params.update(model=spec.to_dict(), stride=None, members=1)
+        settings = self.session.settings
+        settings.model, settings.stride, settings.members = spec.to_dict(), None, 1
         self._set_trained_on([r.uid for r in self.session.accepted])
         self.session.checkpoints = [str(target.relative_to(self.folder))]
         self.models = [model]
@@ -476,13 +476,13 @@ class AnnotationProject:
     @property
     def encoder_source(self) -> str:
         """Where patch embeddings come from: "classifier" (default) or a source of ``load_encoder``."""
-        return str(self.session.params.get("encoder", "classifier"))
+        return self.session.settings.encoder
 
     def set_encoder(self, source: str) -> None:
         """Embed with another encoder (e.g. the one a prototype set was made with)."""
         if source != "classifier":
             self._load_encoder(source)  # fails here, with its message, if unusable
-        self.session.params["encoder"] = source
+        self.session.settings.encoder = source
         self._drop_embeddings()
         self.session.save()
 
@@ -590,8 +590,8 @@ class AnnotationProject:
         """Make ``regions`` the proposals of ``method`` on ``slide`` and remember how to rerun it."""
         with self.session.changing() as session:  # a retrain's refresh runs this in its worker thread
             regions = session.propose(regions, slide=slide, method=method)
-            plan = session.params.setdefault("suggest", {}).setdefault(slide, {})
-            plan[method] = {"region_size": int(region_size), "k": int(k), "seed": seed, "options": _jsonable(options)}
+            plan = session.settings.suggest.setdefault(slide, {})
+            plan[method] = SuggestPlan(int(region_size), int(k), None if seed is None else int(seed), _jsonable(options))
             session.save()
         return regions
 
@@ -858,22 +858,23 @@ class AnnotationProject:
 
     def train_config(self):
         """The cycle schedule (``model.CYCLE_SCHEDULE``, the simulation's too) within the
-        session's budget: ``params["training"]`` may set ``epochs``, ``patience``,
-        ``patches_per_slide``, ``max_seconds`` (default 120 s; 300 s for the first training)
-        and a step limit (``initial_steps`` for the first training, ``fine_tune_steps`` after)."""
+        session's budget: ``settings.training`` (a :class:`~napari_alregions.settings.TrainingBudget`)
+        may set ``epochs``, ``patience``, ``patches_per_slide``, ``max_seconds`` (default 120 s;
+        300 s for the first training) and a step limit (``initial_steps`` for the first
+        training, ``fine_tune_steps`` after)."""
         from dataclasses import replace
 
         from .model import CYCLE_SCHEDULE
 
-        p = self.session.params.get("training", {})
-        steps = p.get("fine_tune_steps") if self.trained else p.get("initial_steps")
+        b = self.session.settings.training
+        steps = b.fine_tune_steps if self.trained else b.initial_steps
         return replace(
             CYCLE_SCHEDULE,
-            epochs=int(p.get("epochs", CYCLE_SCHEDULE.epochs)),
-            patience=int(p.get("patience", CYCLE_SCHEDULE.patience)),
-            patches_per_slide=int(p.get("patches_per_slide", CYCLE_SCHEDULE.patches_per_slide)),
-            max_steps=None if steps is None else int(steps),
-            max_seconds=p.get("max_seconds", 120.0 if self.trained else 300.0),
+            epochs=b.epochs or CYCLE_SCHEDULE.epochs,
+            patience=b.patience or CYCLE_SCHEDULE.patience,
+            patches_per_slide=b.patches_per_slide or CYCLE_SCHEDULE.patches_per_slide,
+            max_steps=steps,
+            max_seconds=b.max_seconds or (120.0 if self.trained else 300.0),
             seed=self.cycle,
         )
 
@@ -954,12 +955,11 @@ class AnnotationProject:
         prototype selector without a similarity map): those keep their proposals, and
         the other methods are refreshed all the same.
         """
-        plan = self.session.params.get("suggest", {}).get(slide, {})
+        plan = self.session.settings.suggest.get(slide, {})
         done, failed = {}, {}
         for m, p in list(plan.items()):
             try:
-                done[m] = self.suggest(slide, m, region_size=p["region_size"], k=p["k"], seed=p.get("seed"),
-                                       **p.get("options", {}))
+                done[m] = self.suggest(slide, m, region_size=p.region_size, k=p.k, seed=p.seed, **p.options)
             except ValueError as exc:
                 failed[m] = str(exc)
         return done, failed
@@ -1074,7 +1074,7 @@ class AnnotationProject:
     def _max_region(self, slide: str) -> int:
         """Default bound on a region's side at import: 4x the largest suggested region size
         (16 map cells when none was), at most half the slide's shorter side."""
-        sizes = [p.get("region_size", 0) for plan in self.session.params.get("suggest", {}).values() for p in plan.values()]
+        sizes = [p.region_size for plan in self.session.settings.suggest.values() for p in plan.values()]
         return min(4 * max([int(v) for v in sizes if v] or [4 * self.stride]), min(self._slide(slide).shape[:2]) // 2)
 
     def close(self) -> None:

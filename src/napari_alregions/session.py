@@ -31,6 +31,7 @@ from .geometry import Region
 from .io_qupath import read_regions, region_features, write_features
 from .labelstore import LABEL_CHUNK, LabelStore, LabelStoreError  # noqa: F401 (LABEL_CHUNK: re-exported)
 from .regionset import ACCEPTED, DISMISSED, PROPOSED, RegionSet
+from .settings import Settings
 
 __all__ = ["Session", "SessionError", "SessionLocked", "SlideEntry"]
 
@@ -149,7 +150,7 @@ class Session:
     slides: dict[str, SlideEntry] = field(default_factory=dict)
     store: RegionSet = field(default_factory=RegionSet)  # every region, with its status
     history: list[dict[str, Any]] = field(default_factory=list)
-    params: dict[str, Any] = field(default_factory=dict)
+    settings: Settings = field(default_factory=Settings)
     checkpoints: list[str] = field(default_factory=list)  # model (ensemble members), relative to folder
     _store: LabelStore = field(default=None, repr=False, compare=False)  # type: ignore[assignment]
     _format: int = field(default=FORMAT_VERSION, repr=False, compare=False)  # as read: 1 keeps labels in zips
@@ -175,7 +176,7 @@ class Session:
             raise ValueError(f"classes needs at least two names, got {classes!r}")
         folder.mkdir(parents=True, exist_ok=True)
         lock = _acquire(folder, take_over=False)
-        session = cls(folder=folder, classes=tuple(classes), params=dict(params), _lock_file=lock)
+        session = cls(folder=folder, classes=tuple(classes), settings=Settings.from_dict(params), _lock_file=lock)
         try:
             session.save()
         except BaseException:
@@ -228,6 +229,13 @@ class Session:
             raise SessionError(f"{regions_path}: {len(lost)} of the {len(accepted_ids)} accepted region(s) that "
                                f"{SESSION_FILE} lists are not in it ({'the file is missing' if not regions_path.exists() else 'replaced or edited?'}); "
                                "restore it from a backup")
+        try:
+            settings = Settings.from_dict(meta["params"])
+        except ValueError as exc:
+            raise SessionError(f"{path}: params: {exc}; the file was edited or damaged (restore it from a backup)") from exc
+        if settings.legacy_trained_count is not None:  # format 1 counted the first accepted regions
+            settings.trained_on = list(meta["accepted"][: settings.legacy_trained_count])
+            settings.legacy_trained_count = None
         labels = LabelStore(folder)
         for name, n_chunks in meta["labels"].items():
             if name not in slides:
@@ -247,7 +255,7 @@ class Session:
             slides=slides,
             store=store,
             history=list(meta.get("history", [])),
-            params=dict(meta.get("params", {})),
+            settings=settings,
             checkpoints=list(meta.get("checkpoints", [])),
             _format=meta["version"],
             _store=labels,
@@ -300,7 +308,7 @@ class Session:
 
     @contextmanager
     def changing(self) -> Iterator[Session]:
-        """Hold the session while changing several fields (``history``, ``params``, ...):
+        """Hold the session while changing several fields (``history``, ``settings``, ...):
         a save from another thread waits, so it never writes half of the change."""
         with self._lock:
             yield self
@@ -369,7 +377,7 @@ class Session:
                 "accepted": [r.uid for r in accepted],
                 "dismissed": [r.uid for r in dismissed],
                 "history": self.history,
-                "params": self.params,
+                "params": self.settings.to_dict(),
                 "checkpoints": self.checkpoints,
                 # labeled chunks per slide: opening checks the label files are there
                 "labels": {n: self._store.n_stored(n, self._saved_chunks.get(n, 0)) for n in self.slides},
