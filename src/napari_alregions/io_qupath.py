@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ._atomic import write_text
-from .geometry import DEFAULT_REGION_COLOR, REGION_CLASS, Region, _measurements
+from .geometry import DEFAULT_REGION_COLOR, REGION_CLASS, Box, Region, _measurements
 
 #: Class colours for QuPath (r, g, b): background grey, tumour red, then others.
 _PALETTE = [(160, 160, 160), (200, 0, 0), (0, 150, 0), (0, 90, 220), (230, 160, 0), (150, 0, 200)]
@@ -204,7 +204,7 @@ def labels_to_features(
     factor: float = 1.0,
     origin: tuple[int, int] = (0, 0),
     slide: str | None = None,
-    boxes: Sequence[tuple[int, int, int, int]] | None = None,
+    boxes: Sequence[Box] | None = None,
 ) -> list[dict[str, Any]]:
     """One QuPath annotation per class present in a label mask.
 
@@ -222,7 +222,7 @@ def labels_to_features(
         Level-0 position of ``labels[0, 0]``'s corner (a crop's offset).
     slide : str, optional
         Recorded in each feature's metadata.
-    boxes : sequence of (y0, y1, x0, x1), optional
+    boxes : sequence of :class:`~.geometry.Box` ``(y0, x0, y1, x1)``, optional
         Only these parts of ``labels`` hold labels (e.g. :func:`~.geometry.labeled_boxes`;
         they may overlap): read only there, so a slide-sized mask costs its labeled area.
 
@@ -253,13 +253,13 @@ def labels_to_features(
         raise ValueError(f"colors needs one colour per class ({len(classes)}), got {len(colors)}")
     features = []
     ox, oy = origin
-    boxes = [(0, labels.shape[0], 0, labels.shape[1])] if boxes is None else [tuple(int(v) for v in b) for b in boxes]
-    values = sorted({int(v) for y0, y1, x0, x1 in boxes for v in np.unique(labels[y0:y1, x0:x1])} - {0})
+    boxes = [Box(0, 0, *labels.shape)] if boxes is None else [Box(*(int(v) for v in b)) for b in boxes]
+    values = sorted({int(v) for b in boxes for v in np.unique(labels[b.slices])} - {0})
     for value in values:
         if not 1 <= value <= len(classes):
             raise ValueError(f"label value {value} has no class (classes: {list(classes)})")
         # overlapping boxes give some runs twice: the union merges them
-        geom = shapely.union_all([run for y0, y1, x0, x1 in boxes for run in _row_runs(labels[y0:y1, x0:x1] == value, (y0, x0))])
+        geom = shapely.union_all([run for b in boxes for run in _row_runs(labels[b.slices] == value, (b.y0, b.x0))])
         geom = shapely.affinity.affine_transform(geom, [factor, 0, 0, factor, ox, oy])
         geom = shapely.simplify(geom, 0)  # drop collinear vertices of the run boxes
         mapping = shapely.geometry.mapping(geom)

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .geometry import Region
+from .geometry import Box, Region
 from .wsi import Slide
 
 __all__ = [
@@ -148,7 +148,7 @@ def _placement(slide: Slide) -> dict[str, Any]:
     return {"scale": (s, s), **({"units": ("µm", "µm")} if slide.mpp else {})}
 
 
-def region_labels_layer(labels: np.ndarray, box: tuple[int, int, int, int], *, factor: float, name: str,
+def region_labels_layer(labels: np.ndarray, box: Box, *, factor: float, name: str,
                         colors: Sequence[Sequence[int]], slide: Slide) -> tuple[np.ndarray, dict[str, Any], str]:
     """A Labels layer over one region: ``labels`` at a level of downsample ``factor``.
 

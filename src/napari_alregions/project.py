@@ -32,7 +32,7 @@ import numpy as np
 
 from ._atomic import atomic_path, save_npy
 from ._progress import iter_progress, relay
-from .geometry import Region, labeled_boxes
+from .geometry import Box, Region, labeled_boxes
 from .io_qupath import (
     labels_to_features,
     plan_import,
@@ -387,15 +387,15 @@ class AnnotationProject:
             return region
         return region.with_(x=x0, y=y0, w=x1 - x0, h=y1 - y0)
 
-    def label_box(self, region: Region) -> tuple[int, int, int, int]:
-        """``(y0, x0, y1, x1)`` of a level-0 region in label pixels (rounded outwards)."""
+    def label_box(self, region: Region) -> Box:
+        """The label pixels of a level-0 region (rounded outwards), as a :class:`Box`."""
         f = self.label_factor(region.slide)
         shape = self.session.slides[region.slide].label_shape
         y0, x0 = max(0, int(region.y // f)), max(0, int(region.x // f))
         y1, x1 = min(shape[0], math.ceil(region.y1 / f)), min(shape[1], math.ceil(region.x1 / f))
-        return y0, x0, y1, x1
+        return Box(y0, x0, y1, x1)
 
-    def _tissue_rows_cols(self, slide: str, box: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _tissue_rows_cols(self, slide: str, box: Box) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The tissue mask and, for the label px rows and columns of ``box``, the mask's row
         and column each falls in (nearest neighbour)."""
         s = self._slide(slide)
@@ -406,7 +406,7 @@ class AnnotationProject:
         cols = np.minimum((np.arange(x0, x1) * ratio).astype(int), mask.shape[1] - 1)
         return mask, rows, cols
 
-    def tissue_labels(self, slide: str, box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    def tissue_labels(self, slide: str, box: Box | None = None) -> np.ndarray:
         """The tissue mask resampled to the labeling level (nearest neighbour), in ``box``
         ``(y0, x0, y1, x1)`` (label px) or over the slide (large for a WSI)."""
         shape = self.session.slides[slide].label_shape
@@ -1064,9 +1064,8 @@ class AnnotationProject:
         rasterize_annotations(plan.labeled, labels, classes=self.classes, factor=self.label_factor(slide))
         # labels only inside accepted regions (looked for where labels are, not over the slide)
         boxes = [self.label_box(r) for r in self.session.accepted_on(slide)]
-        for y0, y1, x0, x1 in labeled_boxes(labels):
-            box = (y0, x0, y1, x1)
-            labels[y0:y1, x0:x1][~_covered(box, boxes)] = 0
+        for box in labeled_boxes(labels):
+            labels[box.slices][~_covered(box, boxes)] = 0
             self.session.mark_labels_changed(slide, box)
         self.session.save()
         return summary
@@ -1095,14 +1094,14 @@ def _bounding_region(ring: Sequence[tuple[float, float]]) -> Region:
     return Region(int(x0), int(y0), max(1, int(x1 - x0)), max(1, int(y1 - y0)))
 
 
-def _overlap(box: tuple[int, int, int, int], other: tuple[int, int, int, int]) -> tuple[slice, slice]:
+def _overlap(box: Box, other: Box) -> tuple[slice, slice]:
     """The part of ``box`` (y0, x0, y1, x1) that ``other`` covers, as slices of a crop of ``box``."""
     y0, x0, y1, x1 = box
     oy0, ox0, oy1, ox1 = other
     return (slice(max(oy0, y0) - y0, max(0, min(oy1, y1) - y0)), slice(max(ox0, x0) - x0, max(0, min(ox1, x1) - x0)))
 
 
-def _covered(box: tuple[int, int, int, int], others: Sequence[tuple[int, int, int, int]]) -> np.ndarray:
+def _covered(box: Box, others: Sequence[Box]) -> np.ndarray:
     """Which pixels of ``box`` (y0, x0, y1, x1) any of ``others`` covers, as a crop of ``box``."""
     y0, x0, y1, x1 = box
     out = np.zeros((y1 - y0, x1 - x0), dtype=bool)

@@ -27,7 +27,7 @@ import numpy as np
 
 from . import __version__
 from ._atomic import write_text as _atomic_write_text  # a module name: tests simulate a crash here
-from .geometry import Region
+from .geometry import Box, Region
 from .io_qupath import read_regions, region_features, write_features
 from .labelstore import LABEL_CHUNK, LabelStore, LabelStoreError  # noqa: F401 (LABEL_CHUNK: re-exported)
 from .regionset import ACCEPTED, DISMISSED, PROPOSED, RegionSet
@@ -283,7 +283,7 @@ class Session:
             except LabelStoreError as exc:
                 raise SessionError(str(exc)) from exc
 
-    def label_view(self, name: str, box: tuple[int, int, int, int]) -> np.ndarray:
+    def label_view(self, name: str, box: Box) -> np.ndarray:
         """The writable view of the slide's labels in label box ``(y0, x0, y1, x1)``: what a
         Labels layer of a region paints into (then :meth:`mark_labels_changed` with the box)."""
         self.labels(name)
@@ -300,7 +300,7 @@ class Session:
             self.labels(name)
             self._store.replace(name, labels.astype(np.uint8))
 
-    def mark_labels_changed(self, name: str, box: tuple[int, int, int, int] | None = None) -> None:
+    def mark_labels_changed(self, name: str, box: Box | None = None) -> None:
         """Have the next :meth:`save` write the slide's labels in ``box`` ``(y0, x0, y1, x1)``
         (label px; None: anywhere, the whole mask is scanned)."""
         with self._lock:
