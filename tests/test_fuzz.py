@@ -1,0 +1,140 @@
+"""Bad input of every kind the package takes in, one fast case per class: each gives a clear
+error (its type and a fragment of its message) or a defined result, never silently wrong
+pixels, a traceback from deep inside, or a hang (issue 22)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_alregions.wsi import SlideError, open_slide
+
+from .helpers import smooth_rgb, write_bomb_tiff, write_pyramid
+
+# -- slides: files that cannot be opened ------------------------------------------------------
+
+
+def _bomb(path: Path) -> None:
+    write_bomb_tiff(path, 10**6)  # 7.6 MB declaring 10^6 x 10^6 px (2.7 TiB)
+
+
+def _sparse_bomb(path: Path) -> None:
+    write_bomb_tiff(path, 10**6, sparse=True)  # the same with every tile missing (offset, count 0)
+
+
+def _empty(path: Path) -> None:
+    path.write_bytes(b"")
+
+
+def _text(path: Path) -> None:
+    path.write_text("not an image")
+
+
+def _deep(path: Path) -> None:
+    tifffile.imwrite(path, np.zeros((64, 64, 3), np.uint16), photometric="rgb")
+
+
+def _grey(path: Path) -> None:
+    tifffile.imwrite(path, np.zeros((64, 64), np.uint8))
+
+
+def _cut_at_open(path: Path) -> None:
+    write_pyramid(path, [smooth_rgb(512, 512), smooth_rgb(256, 256)], compression="jpeg")
+    with tifffile.TiffFile(path) as tif:
+        first = int(min(tif.pages[0].dataoffsets))
+    os.truncate(path, first + 10)
+
+
+@pytest.mark.parametrize(("make", "fragment"), [
+    (_bomb, "decompression bomb"), (_sparse_bomb, "decompression bomb"), (_empty, "empty"),
+    (_text, "not a readable TIFF"), (_deep, "16-bit"), (_grey, "greyscale"), (_cut_at_open, "truncated"),
+])
+def test_a_bad_slide_file_is_refused_at_open(tmp_path, make, fragment):
+    path = tmp_path / "bad.tif"
+    make(path)
+    with pytest.raises(SlideError, match=fragment):
+        open_slide(path)
+
+
+# -- slides: reads that must fail, not come back black ----------------------------------------
+
+
+@pytest.fixture
+def slide_file(tmp_path):
+    """Writes a 512² two-level slide: tiled (256²) or in strips of 64 rows."""
+    def write(compression: str | None, tiled: bool = True) -> tuple[Path, np.ndarray]:
+        img = smooth_rgb(512, 512)
+        path = tmp_path / f"s-{compression}-{tiled}.tif"
+        if tiled:
+            write_pyramid(path, [img, img[::2, ::2].copy()], compression=compression)
+        else:
+            tifffile.imwrite(path, img, photometric="rgb", compression=compression, rowsperstrip=64)
+        return path, img
+    return write
+
+
+def _last_segment(path: Path) -> tuple[int, int]:
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[0]
+        i = int(np.argmax(page.dataoffsets))
+        return int(page.dataoffsets[i]), int(page.databytecounts[i])
+
+
+@pytest.mark.parametrize(("compression", "tiled"), [("jpeg", True), ("zlib", True), (None, True),
+                                                     ("jpeg", False), ("zlib", False)])
+def test_a_slide_truncated_while_open_raises_naming_level_and_tile(slide_file, compression, tiled):
+    path, _ = slide_file(compression, tiled)
+    offset, count = _last_segment(path)
+    with open_slide(path) as slide:
+        slide.read_region(0, 0, 64, 64)  # fine before
+        os.truncate(path, offset + count // 2)  # the last tile/strip cut in half
+        with pytest.raises(SlideError, match="level 0.*truncated"):
+            slide.read_region(448, 448, 64, 64)
+
+
+def _zero_tail(data: bytearray, offset: int, count: int) -> None:
+    data[offset + count // 2 : offset + count] = bytes(count - count // 2)  # a tile half written
+
+
+def _flip(data: bytearray, offset: int, count: int) -> None:
+    for i in range(offset + 200, offset + 208):  # 8 bytes of entropy-coded data
+        data[i] ^= 0x55
+
+
+@pytest.mark.parametrize(("damage", "fragment"), [(_zero_tail, "end-of-image marker"),
+                                                  (_flip, "cannot decode")])
+def test_a_damaged_jpeg_tile_is_an_error_naming_it(slide_file, damage, fragment):
+    """What the decoder notices is raised, with the tile; a cut stream (which libjpeg decodes
+    without complaint, grey below the cut) is caught by its missing end marker. Flipped
+    bytes that still decode cannot be caught: JPEG has no checksum."""
+    path, _ = slide_file("jpeg")
+    offset, count = _last_segment(path)
+    data = bytearray(path.read_bytes())
+    damage(data, offset, count)
+    path.write_bytes(bytes(data))
+    with open_slide(path) as slide:
+        slide.read_region(0, 0, 64, 64)  # the other tiles read
+        with pytest.raises(SlideError, match=f"level 0.*tile 3 \\(tile row 1, col 1\\).*{fragment}"):
+            slide.read_region(448, 448, 64, 64)
+
+
+@pytest.mark.parametrize("level", [True, -1, 1.0, 2, "0", None])
+def test_a_bad_level_is_a_value_error_naming_level(slide_file, level):
+    path, _ = slide_file("zlib")
+    with open_slide(path) as slide:
+        with pytest.raises(ValueError, match="level must be an int in 0..1"):
+            slide.read_region(0, 0, 8, 8, level=level)
+        with pytest.raises(ValueError, match="level must be an int"):
+            slide.tiled_level(level)
+
+
+def test_a_huge_read_is_refused_before_it_allocates(slide_file):
+    path, img = slide_file("zlib")
+    with open_slide(path) as slide:
+        with pytest.raises(SlideError, match=r"1000000x1000000 px, 2.79e\+03 GiB.*bounded by 2 GiB"):
+            slide.read_region(0, 0, 10**6, 10**6, fill=0)
+        np.testing.assert_array_equal(slide.read_region(0, 0, 8, 8, fill=0), img[:8, :8])  # the defined result
