@@ -138,3 +138,62 @@ def test_a_huge_read_is_refused_before_it_allocates(slide_file):
         with pytest.raises(SlideError, match=r"1000000x1000000 px, 2.79e\+03 GiB.*bounded by 2 GiB"):
             slide.read_region(0, 0, 10**6, 10**6, fill=0)
         np.testing.assert_array_equal(slide.read_region(0, 0, 8, 8, fill=0), img[:8, :8])  # the defined result
+
+
+# -- model: checkpoints written by save_checkpoint, then corrupted ---------------------------------
+
+
+def _nan_weight(payload: dict) -> None:
+    key = next(k for k, v in payload["state_dict"].items() if v.is_floating_point())
+    payload["state_dict"][key].view(-1)[3] = float("nan")
+
+
+def _inf_weight(payload: dict) -> None:
+    key = [k for k, v in payload["state_dict"].items() if v.is_floating_point()][-1]
+    payload["state_dict"][key].view(-1)[0] = float("-inf")
+
+
+def _std_zero(payload: dict) -> None:
+    payload["spec"]["std"] = [0.2, 0.0, 0.2]
+
+
+def _mean_nan(payload: dict) -> None:
+    payload["spec"]["mean"] = [0.5, float("nan"), 0.5]
+
+
+@pytest.mark.parametrize(("corrupt", "fragment"), [
+    (_nan_weight, "1 weight tensors hold NaN or inf"), (_inf_weight, "1 weight tensors hold NaN or inf"),
+    (_std_zero, r"invalid model spec \(std must be three finite numbers > 0"),
+    (_mean_nan, r"invalid model spec \(mean must be three finite numbers"),
+])
+def test_a_corrupted_checkpoint_is_refused_at_load(tmp_path, corrupt, fragment):
+    import torch
+
+    from napari_alregions.model import CheckpointError, ModelSpec, load_checkpoint, save_checkpoint
+
+    spec = ModelSpec(patch_size=32, level=0)
+    path = save_checkpoint(tmp_path / "m.pt", spec.build(), spec)
+    load_checkpoint(path)  # fine as written
+    payload = torch.load(path, weights_only=True)
+    corrupt(payload)
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match=fragment):
+        load_checkpoint(path)
+
+
+def test_a_model_predicting_nan_is_an_error_at_predict_time(slide_file):
+    import torch
+
+    from napari_alregions.model import ModelSpec, predict_probability_map
+
+    spec = ModelSpec(patch_size=32, level=0)
+    model = spec.build()
+    path, _ = slide_file("zlib")
+    kw = dict(stride=64, tissue=np.ones((8, 8), bool), device="cpu", workers=1, batch_size=16, processes=0)
+    with open_slide(path) as slide:
+        prob = predict_probability_map(slide, model, spec, **kw)
+        np.testing.assert_allclose(prob.sum(-1), 1, rtol=1e-5)  # a sane model: probabilities
+        with torch.no_grad():
+            next(model.parameters()).view(-1)[0] = float("nan")  # diverged in memory, past load's check
+        with pytest.raises(ValueError, match=r"gave NaN or inf for 64 of 64 patches \(first at map cell \(0, 0\)\)"):
+            predict_probability_map(slide, model, spec, **kw)
