@@ -197,3 +197,166 @@ def test_a_model_predicting_nan_is_an_error_at_predict_time(slide_file):
             next(model.parameters()).view(-1)[0] = float("nan")  # diverged in memory, past load's check
         with pytest.raises(ValueError, match=r"gave NaN or inf for 64 of 64 patches \(first at map cell \(0, 0\)\)"):
             predict_probability_map(slide, model, spec, **kw)
+
+
+# -- the command line: expected failures are one line and exit status 2 ------------------------------
+
+
+def _one_line_error(err: str, *fragments: str) -> None:
+    """The error is the last line of stderr (progress bars may come before it), and the only one."""
+    lines = err.strip().splitlines()
+    assert lines[-1].startswith("alregions: error: ") and err.count("alregions: error") == 1, err
+    assert "Traceback" not in err
+    for f in fragments:
+        assert f in lines[-1], (f, lines[-1])
+
+
+@pytest.fixture
+def priority_map(tmp_path) -> Path:
+    path = tmp_path / "m.npy"
+    np.save(path, np.random.default_rng(0).random((16, 16)))
+    return path
+
+
+@pytest.mark.parametrize(("argv", "fragment"), [
+    (["simulate", "--slides", "pool", "--stride", "0"], "argument --stride: expected a positive integer, got '0'"),
+    (["simulate", "--slides", "pool", "-k", "2,0"], "argument -k: expected comma-separated positive integers"),
+    (["simulate", "--slides", "pool", "-l", "384,x"], "argument -l/--region-size: expected comma-separated"),
+    (["embed", "s.tif", "--patch-size", "0"], "argument --patch-size: expected a positive integer, got '0'"),
+    (["suggest", "MAP", "-l", "512", "-k", "-1"], "argument -k: expected a positive integer, got '-1'"),
+    (["suggest", "MAP", "-l", "abc"], "argument -l/--region-size: expected a positive integer, got 'abc'"),
+    (["suggest", "MAP", "-l", "512", "--seed", "-3"], "argument --seed: expected an integer >= 0"),
+    (["make-demo-data", "d", "--n-slides", "0"], "argument --n-slides: expected a positive integer"),
+    (["pool", "embed", "d", "--threads", "0"], "argument --threads: expected a positive integer"),
+    (["qupath-import", "s", "f.geojson", "--max-region", "nan"], "argument --max-region: expected a finite number > 0"),
+    (["suggest", "MAP"], "the following arguments are required: -l/--region-size"),
+])
+def test_a_bad_number_on_the_command_line_is_one_line_and_exit_2(capsys, priority_map, argv, fragment):
+    from napari_alregions.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main([str(priority_map) if a == "MAP" else a for a in argv])
+    assert stop.value.code == 2
+    _one_line_error(capsys.readouterr().err, fragment)
+
+
+def _suggest(priority_map: Path, out: Path) -> list[str]:
+    return ["suggest", str(priority_map), "--method", "standard", "-l", "512", "-k", "2", "--stride", "256",
+            "--out", str(out)]
+
+
+def test_an_output_into_a_missing_folder_is_one_line(tmp_path, capsys, priority_map):
+    from napari_alregions.cli import main
+
+    out = tmp_path / "missing" / "r.geojson"
+    assert main(_suggest(priority_map, out)) == 2
+    _one_line_error(capsys.readouterr().err, f"{out}: No such file or directory", "output folders must exist")
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="needs a user whom chmod binds (not root)")
+def test_an_output_into_a_read_only_folder_is_one_line(tmp_path, capsys, priority_map):
+    from napari_alregions.cli import main
+
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        assert main(_suggest(priority_map, folder / "r.geojson")) == 2
+    finally:
+        folder.chmod(0o755)
+    _one_line_error(capsys.readouterr().err, "Permission denied")
+    assert list(folder.iterdir()) == []
+
+
+@pytest.mark.parametrize(("code", "fragment"), [
+    (28, "No space left on device (the disk is full"), (30, "Read-only file system (the file system is read-only"),
+    (13, "Permission denied (no permission"),
+])
+def test_a_failing_save_is_one_line_naming_the_file_and_leaves_no_temporary(tmp_path, capsys, priority_map,
+                                                                             monkeypatch, code, fragment):
+    """The OS error of a save names the temporary file; the message names the file saved."""
+    from napari_alregions import _atomic
+    from napari_alregions.cli import main
+
+    def refuse(src, dst):
+        raise OSError(code, os.strerror(code), str(src))
+
+    monkeypatch.setattr(_atomic.os, "replace", refuse)
+    out = tmp_path / "out" / "r.geojson"
+    out.parent.mkdir()
+    assert main(_suggest(priority_map, out)) == 2
+    _one_line_error(capsys.readouterr().err, f"{out}: {fragment}")
+    assert list(out.parent.iterdir()) == []  # the temporary file is gone
+
+
+@pytest.mark.parametrize("where", ["reserve", "write"])
+def test_make_demo_data_onto_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, capsys, monkeypatch, where):
+    """Its memory maps are reserved on disk first (a full disk there was SIGBUS, rc 135);
+    a write that fails later removes the half-written slide."""
+    import errno
+
+    from napari_alregions.cli import main
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    if where == "reserve":
+        monkeypatch.setattr(os, "posix_fallocate", full, raising=False)
+    else:
+        real = tifffile.TiffWriter.write
+        calls = []
+
+        def write(self, *args, **kwargs):  # the first slide's first level, then the disk is full
+            calls.append(1)
+            if len(calls) > 1:
+                full()
+            return real(self, *args, **kwargs)
+
+        monkeypatch.setattr(tifffile.TiffWriter, "write", write)
+    folder = tmp_path / "pool"
+    assert main(["make-demo-data", str(folder), "--n-slides", "2", "--size", "512"]) == 2
+    _one_line_error(capsys.readouterr().err, "No space left on device")
+    left = [p.name for p in folder.rglob("*")] if folder.exists() else []
+    assert not [n for n in left if n.startswith(".tmp-") or n.endswith(".part")], left
+
+
+# -- leftovers of killed saves -------------------------------------------------------------------
+
+
+def test_temporary_files_of_killed_saves_are_removed_at_the_next_open(tmp_path):
+    """A process killed (SIGKILL) inside a checkpoint save leaves its temporary file; the
+    next Session.open removes it, and leaves a live save's file and other files alone."""
+    import subprocess
+    import sys
+    import time
+
+    from napari_alregions._atomic import atomic_path, remove_stale, target_of
+    from napari_alregions.session import Session
+
+    session = Session.create(tmp_path / "s")
+    session.save()
+    ckpt = session.folder / "checkpoints"
+    ckpt.mkdir(exist_ok=True)
+    code = ("import os, signal, sys\n"
+            "from napari_alregions._atomic import atomic_path\n"
+            "with atomic_path(sys.argv[1]) as tmp:\n"
+            "    tmp.write_bytes(bytes(1 << 20))\n"
+            "    os.kill(os.getpid(), signal.SIGKILL)\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    run = subprocess.run([sys.executable, "-c", code, str(ckpt / "cycle-1.pt")], env=env, check=False)
+    assert run.returncode == -9
+    [left] = list(ckpt.iterdir())
+    assert target_of(left) == ckpt / "cycle-1.pt" and left.stat().st_size == 1 << 20
+    old = time.time() - 60
+    os.utime(left, (old, old))
+    keep = session.folder / ".notes.part"  # not a name atomic_path makes
+    keep.write_text("mine")
+    with atomic_path(ckpt / "cycle-2.pt") as live:  # this process, saving now
+        live.write_bytes(b"x")
+        os.utime(live, (old, old))
+        Session.open(session.folder)
+        assert not left.exists() and live.exists() and keep.exists()
+    assert (ckpt / "cycle-2.pt").read_bytes() == b"x"
+    assert remove_stale(session.folder) == []
+    with pytest.raises(ValueError, match="folder: .* is not a folder"):
+        remove_stale(tmp_path / "nope")
