@@ -360,3 +360,85 @@ def test_temporary_files_of_killed_saves_are_removed_at_the_next_open(tmp_path):
     assert remove_stale(session.folder) == []
     with pytest.raises(ValueError, match="folder: .* is not a folder"):
         remove_stale(tmp_path / "nope")
+
+
+# -- QuPath GeoJSON --------------------------------------------------------------------------------
+
+_SQUARE = [[[0, 0], [100, 0], [100, 100], [0, 100], [0, 0]]]
+
+
+def _feature(geometry=None, properties=None) -> dict:
+    return {"type": "Feature", "geometry": geometry or {"type": "Polygon", "coordinates": _SQUARE},
+            "properties": {} if properties is None else properties}
+
+
+def _polygon(*points) -> dict:
+    return {"type": "Polygon", "coordinates": [[*points, points[0]]]}
+
+
+@pytest.mark.parametrize(("feature", "fragment"), [
+    (_feature(properties="abc"), "feature 0: properties must be an object"),
+    (_feature(properties=[1, 2]), "feature 0: properties must be an object"),
+    (_feature(_polygon([0, 0], [1e19, 0], [1e19, 100])), r"feature 0: Polygon coordinates out of range \(\|value\| up to 1e\+19"),
+    (_feature(_polygon([0, 0], [-3e9, 0], [5, 5])), "feature 0: Polygon coordinates out of range"),
+    (_feature(_polygon([0, 0], [float("nan"), 0], [5, 5])), "feature 0: Polygon.*finite coordinates"),
+    (_feature(_polygon([0, 0], [float("inf"), 0], [5, 5])), "feature 0: Polygon.*finite coordinates"),
+    (_feature(_polygon(["a", 0], [1, 0], [5, 5])), "feature 0: malformed Polygon coordinates"),
+    (_feature(properties={"classification": 5}), "feature 0: classification must be an object or a string"),
+    ("not a feature", "feature 0: not a GeoJSON object"),
+])
+@pytest.mark.parametrize("reader", ["read_regions", "read_labeled_regions", "plan_import"])
+def test_a_malformed_qupath_feature_is_a_value_error_naming_it(tmp_path, reader, feature, fragment):
+    import json
+
+    from napari_alregions import io_qupath
+
+    if reader == "read_regions" and (feature == "not a feature" or "classification" in str(feature)):
+        pytest.skip("read_regions reads polygons and our own properties only")
+    path = tmp_path / "f.geojson"
+    # json writes NaN and Infinity bare, as QuPath does
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": [_feature(), feature]}))
+    fragment = fragment.replace("feature 0", "feature 1")
+    with pytest.raises(ValueError, match=fragment):
+        if reader == "plan_import":
+            io_qupath.plan_import(io_qupath.read_geojson(path), classes=("background", "tumour"))
+        else:
+            getattr(io_qupath, reader)(path)
+
+
+def test_geometry_collections_and_other_geometry_are_skipped_and_counted(tmp_path, caplog):
+    import json
+
+    from napari_alregions import io_qupath
+
+    points = {"type": "GeometryCollection", "geometries": [{"type": "Point", "coordinates": [1, 2]}]}
+    mixed = {"type": "GeometryCollection", "geometries": [{"type": "Point", "coordinates": [1, 2]},
+                                                          {"type": "Polygon", "coordinates": _SQUARE}]}
+    features = [_feature(), _feature(points), _feature(mixed), _feature({"type": "LineString", "coordinates": [[0, 0], [5, 5]]})]
+    path = tmp_path / "f.geojson"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    plan = io_qupath.plan_import(io_qupath.read_geojson(path), classes=("background", "tumour"))
+    # the collection with a polygon is that polygon; the others are counted
+    assert (len(plan.regions), plan.skipped) == (2, {"not polygonal": 2})
+    assert plan.message == "4 annotations: 2 regions, 0 labels; skipped 2 non-polygonal annotations"
+    with caplog.at_level("WARNING", logger="napari_alregions.io_qupath"):
+        assert [(r.x, r.y, r.w, r.h) for r in io_qupath.read_regions(path)] == [(0, 0, 100, 100)]
+    assert "skipped 3 of 4 features that are not Polygon or MultiPolygon (GeometryCollection: 2, LineString: 1)" in caplog.text
+
+
+def test_qupath_reading_is_bounded(tmp_path):
+    import json
+
+    from napari_alregions import io_qupath
+
+    path = tmp_path / "f.geojson"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": [_feature()] * 20}))
+    assert len(io_qupath.read_regions(path)) == 20
+    with pytest.raises(ValueError, match=r"larger than the 0.0 MiB read at most.*pass max_bytes="):
+        io_qupath.read_regions(path, max_bytes=1000)
+    assert len(io_qupath.read_geojson(path, max_bytes=path.stat().st_size)) == 20
+    with pytest.raises(ValueError, match="max_bytes must be a positive int"):
+        io_qupath.read_geojson(path, max_bytes=0)
+    path.write_text("[" * 100_000 + "]" * 100_000)  # nesting that exhausts the parser's recursion
+    with pytest.raises(ValueError, match="nested too deeply"):
+        io_qupath.read_geojson(path)

@@ -10,6 +10,7 @@ exactly.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import uuid
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ._atomic import write_text
-from .geometry import DEFAULT_REGION_COLOR, REGION_CLASS, Region, _measurements
+from .geometry import DEFAULT_REGION_COLOR, MAX_COORDINATE, REGION_CLASS, Region, _measurements
 
 #: Class colours for QuPath (r, g, b): background grey, tumour red, then others.
 _PALETTE = [(160, 160, 160), (200, 0, 0), (0, 150, 0), (0, 90, 220), (230, 160, 0), (150, 0, 200)]
@@ -46,7 +47,10 @@ __all__ = [
     "write_regions",
 ]
 
-#: Refuse GeoJSON files larger than this (bytes): a bound on untrusted input.
+logger = logging.getLogger(__name__)
+
+#: Refuse GeoJSON files larger than this (bytes): a bound on untrusted input (parsing takes
+#: ~10x the file's size in memory). The readers' ``max_bytes`` keyword raises it.
 MAX_GEOJSON_BYTES = 256 * 1024 * 1024
 
 
@@ -107,20 +111,22 @@ def _strict(value: Any, measurement: bool = False) -> Any:
     return value
 
 
-def read_regions(path: str | os.PathLike[str]) -> list[Region]:
+def read_regions(path: str | os.PathLike[str], *, max_bytes: int = MAX_GEOJSON_BYTES) -> list[Region]:
     """Bounding boxes of the polygon annotations of a GeoJSON file (QuPath export or ours).
 
     Accepts a ``FeatureCollection``, a single ``Feature`` or a list of features (QuPath's
-    "Export objects" writes any of these). Non-polygonal features are skipped.
+    "Export objects" writes any of these). Non-polygonal features are skipped (and
+    counted in a logged warning). ``max_bytes``: the largest file read (default
+    :data:`MAX_GEOJSON_BYTES`).
 
     Raises
     ------
     FileNotFoundError, ValueError
-        For a missing, oversized or malformed file (the message names it).
+        For a missing, oversized or malformed file (the message names it and the feature).
     """
     path = Path(path)
     regions = []
-    for i, f in enumerate(read_features(path)):
+    for i, f in enumerate(read_features(path, max_bytes=max_bytes)):
         try:
             regions.append(Region.from_feature(f))
         except ValueError as exc:
@@ -128,13 +134,18 @@ def read_regions(path: str | os.PathLike[str]) -> list[Region]:
     return regions
 
 
-def read_labeled_regions(path: str | os.PathLike[str]) -> list[Region]:
+def read_labeled_regions(path: str | os.PathLike[str], *, max_bytes: int = MAX_GEOJSON_BYTES) -> list[Region]:
     """The labeled set's regions in a GeoJSON file (the session's, our export or QuPath's):
     ``Region*`` and unclassified polygon annotations. Proposals, class (label) polygons and
     objects that are no annotation are not regions of the labeled set."""
     path = Path(path)
     out = []
-    for i, kind, f in qupath_objects(read_geojson(path)):
+    features = read_geojson(path, max_bytes=max_bytes)
+    try:
+        objects = list(qupath_objects(features))
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from exc
+    for i, kind, f in objects:
         if kind != "annotation" or not _is_polygonal(f):
             continue
         try:
@@ -146,9 +157,21 @@ def read_labeled_regions(path: str | os.PathLike[str]) -> list[Region]:
     return out
 
 
-def read_features(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """The polygonal features (Polygon, MultiPolygon) of a GeoJSON file, others skipped."""
-    return [f for f in read_geojson(path) if _is_polygonal(f)]
+def read_features(path: str | os.PathLike[str], *, max_bytes: int = MAX_GEOJSON_BYTES) -> list[dict[str, Any]]:
+    """The polygonal features (Polygon, MultiPolygon) of a GeoJSON file; the others are
+    skipped, counted by geometry type in a logged warning."""
+    features = read_geojson(path, max_bytes=max_bytes)
+    kept = [f for f in features if _is_polygonal(f)]
+    if len(kept) < len(features):
+        kinds: dict[str, int] = {}
+        for f in features:
+            if not _is_polygonal(f):
+                geom = f.get("geometry") if isinstance(f, dict) else None
+                kind = str(geom.get("type")) if isinstance(geom, dict) else "no geometry"
+                kinds[kind] = kinds.get(kind, 0) + 1
+        logger.warning("%s: skipped %d of %d features that are not Polygon or MultiPolygon (%s)", path,
+                       len(features) - len(kept), len(features), ", ".join(f"{k}: {n}" for k, n in sorted(kinds.items())))
+    return kept
 
 
 def _is_polygonal(f: Any) -> bool:
@@ -156,17 +179,34 @@ def _is_polygonal(f: Any) -> bool:
     return isinstance(geom, dict) and geom.get("type") in ("Polygon", "MultiPolygon")
 
 
-def read_geojson(path: str | os.PathLike[str]) -> list[Any]:
-    """All features of a GeoJSON file, size-bounded and validated at the top level."""
+def read_geojson(path: str | os.PathLike[str], *, max_bytes: int = MAX_GEOJSON_BYTES) -> list[Any]:
+    """All features of a GeoJSON file, size-bounded and validated at the top level.
+
+    Parameters
+    ----------
+    path : str or PathLike
+    max_bytes : int
+        The largest file read (default :data:`MAX_GEOJSON_BYTES`, 256 MiB).
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+    """
     path = Path(path)
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
+        raise ValueError(f"max_bytes must be a positive int, got {max_bytes!r}")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
-    if path.stat().st_size > MAX_GEOJSON_BYTES:
-        raise ValueError(f"{path}: larger than {MAX_GEOJSON_BYTES // 2**20} MiB; refusing to read")
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise ValueError(f"{path}: {size / 2**20:.1f} MiB is larger than the {max_bytes / 2**20:.1f} MiB read at most; "
+                         "refusing to read (pass max_bytes= to raise the bound)")
     try:
         data = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+    except RecursionError as exc:  # arrays nested thousands deep
+        raise ValueError(f"{path}: JSON nested too deeply to be GeoJSON") from exc
     if isinstance(data, dict) and data.get("type") == "FeatureCollection":
         features = data.get("features")
     elif isinstance(data, dict) and data.get("type") == "Feature":
@@ -458,9 +498,6 @@ CLASS_SYNONYMS: tuple[frozenset[str], ...] = (
 PROPOSAL_CLASS = "Proposal"
 #: QuPath's built-in class for areas to leave out.
 IGNORE_CLASS = "Ignore*"
-
-#: No slide is larger than this (level-0 px); bigger coordinates are an error.
-MAX_COORDINATE = 2.0**31 - 1
 
 # reasons a feature is skipped: (singular, plural), in the order a summary lists them
 _SKIP_REASONS = {
