@@ -621,6 +621,8 @@ def _open_tiff(path: Path, tif: tifffile.TiffFile) -> Slide:
         index, transpose = _normalise_axes(lvl.axes)
         levels.append(_as_dask(z, index, transpose))
         tl = TiledLevel.create(tif, lvl)
+        if tl is not None:
+            tl.name = f"level {len(tiled)}"
         tiled.append(tl)
         readers.append(tl.read if tl is not None else _zarr_reader(z, index, transpose, path, _data_end(lvl)))
         if tile_shape is None and lvl.keyframe.is_tiled:
@@ -916,6 +918,7 @@ class TiledLevel:
         self.samples = int(page.samplesperpixel)
         self.is_jpeg = int(page.compression) == 7 and self.samples == 3
         self._jpeg_any = int(page.compression) == 7  # tiles must end with their EOI marker
+        self.name = ""  # "level <i>" in error messages, set by open_slide
         # RGB components that only the TIFF tag declares (Aperio's SVS): jpeg_stream marks them
         self.rgb_jpeg = self.is_jpeg and int(page.photometric) == int(tifffile.PHOTOMETRIC.RGB)
         try:
@@ -968,7 +971,7 @@ class TiledLevel:
         return data
 
     def _tile_name(self, i: int) -> str:
-        return f"tile {i} (tile row {i // self.per_row}, col {i % self.per_row})"
+        return f"{self.name + ' ' if self.name else ''}tile {i} (tile row {i // self.per_row}, col {i % self.per_row})"
 
     def jpeg_stream(self, i: int) -> bytes:
         """Tile i as a self-contained JPEG stream: shared JPEGTables spliced in after SOI
