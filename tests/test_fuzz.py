@@ -426,6 +426,22 @@ def test_geometry_collections_and_other_geometry_are_skipped_and_counted(tmp_pat
     assert "skipped 3 of 4 features that are not Polygon or MultiPolygon (GeometryCollection: 2, LineString: 1)" in caplog.text
 
 
+@pytest.mark.parametrize(("data", "fragment"), [
+    (b"", "not valid JSON"), (b"{not json", "not valid JSON"), (b"\xff\xfe\x00garbage", "not valid JSON"),
+    (b'{"type": "Topology"}', "not a GeoJSON FeatureCollection"), (b'{"type": "FeatureCollection", "features": 3}',
+                                                                   "'features' must be a list"),
+    (b"42", "not a GeoJSON FeatureCollection"),
+])
+def test_a_file_that_is_no_geojson_is_a_value_error_naming_it(tmp_path, data, fragment):
+    from napari_alregions import io_qupath
+
+    path = tmp_path / "bad.geojson"
+    path.write_bytes(data)
+    for read in (io_qupath.read_regions, io_qupath.read_labeled_regions, io_qupath.read_geojson):
+        with pytest.raises(ValueError, match=f"bad.geojson: {fragment}"):
+            read(path)
+
+
 def test_qupath_reading_is_bounded(tmp_path):
     import json
 

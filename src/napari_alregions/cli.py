@@ -179,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (OSError, ValueError, MemoryError) as exc:  # expected failures: bad input, files, disks
-        logger.debug("failed", exc_info=True)  # the traceback with -v
+        logger.info("the traceback (-v):", exc_info=True)
         print(f"alregions: error: {_message(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
