@@ -19,6 +19,7 @@ import numpy as np
 __all__ = [
     "LABEL_BLOCK",
     "Box",
+    "MAX_COORDINATE",
     "Region",
     "MapBox",
     "intersection_area",
@@ -33,6 +34,9 @@ __all__ = [
 #: QuPath's class for regions of interest; used for proposed regions by default.
 REGION_CLASS = "Region*"
 DEFAULT_REGION_COLOR = (0, 0, 180)
+#: No slide is larger than this (level-0 px); bigger coordinates are an error (beyond ~9.2e18
+#: they overflow int64 and a session holding them could not be opened again).
+MAX_COORDINATE = 2.0**31 - 1
 
 
 class Box(NamedTuple):
@@ -187,7 +191,8 @@ class Region:
         Raises
         ------
         ValueError
-            If the feature has no polygonal geometry or non-finite coordinates.
+            If the feature has no polygonal geometry, coordinates that are not finite or
+            beyond :data:`MAX_COORDINATE`, or properties of the wrong types.
         """
         if not isinstance(feature, dict) or feature.get("type") != "Feature":
             raise ValueError("feature must be a GeoJSON object with type 'Feature'")
@@ -197,18 +202,25 @@ class Region:
         if x1 <= x0 or y1 <= y0:
             raise ValueError(f"feature {feature.get('id')!r} has an empty bounding box")
         props = feature.get("properties") or {}
+        if not isinstance(props, dict):
+            raise ValueError(f"properties must be an object, got {type(props).__name__}")
         meas = _measurements(props.get("measurements"))
         meta = props.get("metadata") or {}
+        if not isinstance(meta, dict):
+            raise ValueError(f"properties.metadata must be an object, got {type(meta).__name__}")
         cycle = meas.get("cycle")
-        return cls(
-            x=int(x0), y=int(y0), w=int(x1 - x0), h=int(y1 - y0),
-            score=float(meas.get("score", 0.0)),
-            method=str(meta.get("method", "")),
-            rank=int(meas.get("rank", 0)),
-            slide=meta.get("slide"),
-            cycle=None if cycle is None else int(cycle),
-            uid=feature.get("id"),
-        )
+        try:
+            return cls(
+                x=int(x0), y=int(y0), w=int(x1 - x0), h=int(y1 - y0),
+                score=float(meas.get("score", 0.0)),
+                method=str(meta.get("method", "")),
+                rank=int(meas.get("rank", 0)),
+                slide=meta.get("slide"),
+                cycle=None if cycle is None else int(cycle),
+                uid=feature.get("id"),
+            )
+        except (TypeError, OverflowError) as exc:  # a measurement of another type, an infinite rank
+            raise ValueError(f"malformed measurements ({exc})") from exc
 
 
 def _measurements(m: Any) -> dict[str, Any]:
@@ -241,6 +253,10 @@ def _polygon_points(geometry: Any) -> tuple[list[float], list[float]]:
         raise ValueError(f"malformed {kind} coordinates: {exc}") from exc
     if not xs or not all(math.isfinite(v) for v in xs + ys):
         raise ValueError(f"{kind} has no finite coordinates")
+    largest = max(abs(v) for v in xs + ys)
+    if largest > MAX_COORDINATE:
+        raise ValueError(f"{kind} coordinates out of range (|value| up to {largest:.4g} px; "
+                         f"the limit is {MAX_COORDINATE:.0f})")
     return xs, ys
 
 

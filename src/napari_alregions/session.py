@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
+from ._atomic import remove_stale
 from ._atomic import write_text as _atomic_write_text  # a module name: tests simulate a crash here
 from .geometry import Box, Region
 from .io_qupath import read_regions, region_features, write_features
@@ -211,6 +212,7 @@ class Session:
         path = folder / SESSION_FILE
         if not path.is_file():
             raise SessionError(f"{folder}: no {SESSION_FILE}; not a session folder")
+        remove_stale(folder)  # temporary files of saves killed mid-write (issue 22)
         try:
             meta = json.loads(path.read_text())
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:

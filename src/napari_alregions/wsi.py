@@ -27,8 +27,8 @@ import tifffile
 from ._integral import box_sum, integral_image
 from ._tiffzarr import open_level
 
-__all__ = ["Slide", "SlideError", "SlideInfo", "TiledLevel", "detect_tissue", "open_labels", "open_slide",
-           "set_tile_cache_size", "tile_cache_size"]
+__all__ = ["MAX_COMPRESSION", "MAX_READ_BYTES", "Slide", "SlideError", "SlideInfo", "TiledLevel", "detect_tissue",
+           "open_labels", "open_slide", "set_tile_cache_size", "tile_cache_size"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,15 @@ _AUXILIARY_SERIES = {"label", "macro", "thumbnail", "overview"}
 _MIN_PYRAMID_SIDE = 1024
 #: The tissue mask is computed on the finest level whose longer side is at most this.
 _TISSUE_LEVEL_MAX_SIDE = 1024
+#: The most uncompressed bytes of level 0 a TIFF may declare per byte of file. Real slides
+#: reach ~100-300:1 (JPEG with blank tiles), zlib's ceiling is ~1000:1, zstd of constant
+#: tiles a few 1000:1; a header declaring more is a decompression bomb or corrupt (a 7.6 MB
+#: file declaring 10^6 x 10^6 px is ~400,000:1). Sparse tiles (byte count 0) count as the
+#: few bytes their offsets take, so a file of empty tiles is bounded as well.
+MAX_COMPRESSION = 10_000
+#: The most bytes one read (:meth:`Slide.read_region`, a tissue mask's level) allocates:
+#: 2 GiB, a 26,000² px RGB region. Larger regions are read piecewise.
+MAX_READ_BYTES = 2**31
 
 
 class SlideError(ValueError):
@@ -136,10 +145,20 @@ class Slide:
         return float(nearest) if nearest >= 1 and abs(ds - nearest) <= 0.01 * nearest else ds
 
     def _check_level(self, level: int) -> None:
-        if not isinstance(level, (int, np.integer)) or not 0 <= level < self.level_count:
+        # bool is an int: True would read level 1
+        if isinstance(level, bool) or not isinstance(level, (int, np.integer)) or not 0 <= level < self.level_count:
             raise SlideError(
                 f"{self.path}: level {level!r} does not exist; "
-                f"the slide has levels 0..{self.level_count - 1}"
+                f"level must be an int in 0..{self.level_count - 1}"
+            )
+
+    def _check_read_size(self, level: int, h: int, w: int, where: str) -> None:
+        nbytes = h * w * 3
+        if nbytes > MAX_READ_BYTES:
+            raise SlideError(
+                f"{self.path}: {where} at level {level} is {w}x{h} px, {nbytes / 2**30:.3g} GiB of RGB; one read is "
+                f"bounded by {MAX_READ_BYTES / 2**30:g} GiB (wsi.MAX_READ_BYTES): read it in pieces or at a "
+                "coarser level"
             )
 
     # -- pixels ---------------------------------------------------------------------------
@@ -185,10 +204,12 @@ class Slide:
         and reuse decoded tiles (:func:`set_tile_cache_size`); a one-pass sweep over the
         slide (the inference stream) passes False and leaves the cache to random reads."""
         lh, lw = self.levels[level].shape[:2]
+        where = where or f"box y={ly}, x={lx}, h={h}, w={w}"
+        self._check_read_size(level, h, w, where)  # before anything is allocated
         inside = 0 <= lx and 0 <= ly and lx + w <= lw and ly + h <= lh
         if fill is None and not inside:
             raise SlideError(
-                f"{self.path}: {where or f'box y={ly}, x={lx}, h={h}, w={w}'} at level {level} "
+                f"{self.path}: {where} at level {level} "
                 f"({lw}x{lh} px) is not inside the image; pass fill= to pad"
             )
         fill = 255 if fill is None else fill
@@ -230,6 +251,7 @@ class Slide:
         self._check_level(level)
         if level not in self._tissue_cache:
             lh, lw = self.levels[level].shape[:2]
+            self._check_read_size(level, lh, lw, "the tissue mask's level")
             self._tissue_cache[level] = detect_tissue(self._read(level, 0, lh, 0, lw, cache=False))
         return self._tissue_cache[level]
 
@@ -585,6 +607,7 @@ def _open_tiff(path: Path, tif: tifffile.TiffFile) -> Slide:
     if len(level_refs) == 1:
         level_refs += _pyramid_from_series(tif, main)
     file_size = path.stat().st_size
+    _check_plausible_size(path, tif.series[main].levels[0], file_size)  # before any dask graph is built
     for s, i in level_refs:
         _check_not_truncated(path, tif.series[s].levels[i], file_size)
 
@@ -598,8 +621,10 @@ def _open_tiff(path: Path, tif: tifffile.TiffFile) -> Slide:
         index, transpose = _normalise_axes(lvl.axes)
         levels.append(_as_dask(z, index, transpose))
         tl = TiledLevel.create(tif, lvl)
+        if tl is not None:
+            tl.name = f"level {len(tiled)}"
         tiled.append(tl)
-        readers.append(tl.read if tl is not None else _zarr_reader(z, index, transpose))
+        readers.append(tl.read if tl is not None else _zarr_reader(z, index, transpose, path, _data_end(lvl)))
         if tile_shape is None and lvl.keyframe.is_tiled:
             tile_shape = (int(lvl.keyframe.tilelength), int(lvl.keyframe.tilewidth))
 
@@ -696,6 +721,21 @@ def _yx(shape: tuple[int, ...], axes: str) -> tuple[int, int]:
     return shape[axes.index("Y")], shape[axes.index("X")]
 
 
+def _check_plausible_size(path: Path, level: tifffile.TiffPageSeries, file_size: int) -> None:
+    """Refuse a level whose declared pixels are more than :data:`MAX_COMPRESSION` times the
+    file: a decompression bomb would otherwise build dask graphs of millions of chunks at
+    open (minutes, GBs) and decode for hours."""
+    declared = math.prod(int(n) for n in level.shape) * np.dtype(level.dtype).itemsize
+    if declared > MAX_COMPRESSION * max(file_size, 1):
+        h, w = _yx(level.shape, level.axes)
+        raise SlideError(
+            f"{path}: declares {w}x{h} px ({declared / 2**30:.4g} GiB uncompressed) in a file of "
+            f"{file_size / 2**20:.4g} MiB, {declared / max(file_size, 1):,.0f}:1; more than "
+            f"{MAX_COMPRESSION:,}:1 (wsi.MAX_COMPRESSION) is no plausible slide: a corrupt header or a "
+            "decompression bomb"
+        )
+
+
 def _check_not_truncated(path: Path, level: tifffile.TiffPageSeries, file_size: int) -> None:
     """Tile offsets past the end of the file mean a truncated download or copy."""
     for page in level.pages:
@@ -732,10 +772,23 @@ def _as_dask(z: object, index: tuple, transpose: tuple[int, ...] | None) -> da.A
     return arr.transpose(transpose) if transpose else arr
 
 
-def _zarr_reader(z: object, index: tuple, transpose: tuple[int, ...] | None) -> _LevelReader:
+def _data_end(level: tifffile.TiffPageSeries) -> int:
+    """The byte after the level's last strip or tile."""
+    ends = [int((np.asarray(p.dataoffsets, np.int64) + np.asarray(p.databytecounts, np.int64)).max())
+            for p in level.pages if p is not None and len(p.dataoffsets)]
+    return max(ends, default=0)
+
+
+def _zarr_reader(z: object, index: tuple, transpose: tuple[int, ...] | None, path: Path, end: int) -> _LevelReader:
     yx = [i for i, s in enumerate(index) if isinstance(s, slice) and s.stop is None]
 
     def read(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        # tifffile hands short reads of a file truncated since open to the codec, and libjpeg
+        # decodes a cut stream without an error; a truncation is caught here instead
+        size = path.stat().st_size
+        if size < end:
+            raise SlideError(f"the file was truncated while open: the level's data extend to byte {end}, "
+                             f"the file now has {size} bytes")
         sel = list(index)
         sel[yx[0]], sel[yx[1]] = slice(y0, y1), slice(x0, x1)
         out = np.asarray(z[tuple(sel)])  # type: ignore[index]
@@ -864,6 +917,8 @@ class TiledLevel:
         self.decode = page.decode  # resolve once: the property reads from the file
         self.samples = int(page.samplesperpixel)
         self.is_jpeg = int(page.compression) == 7 and self.samples == 3
+        self._jpeg_any = int(page.compression) == 7  # tiles must end with their EOI marker
+        self.name = ""  # "level <i>" in error messages, set by open_slide
         # RGB components that only the TIFF tag declares (Aperio's SVS): jpeg_stream marks them
         self.rgb_jpeg = self.is_jpeg and int(page.photometric) == int(tifffile.PHOTOMETRIC.RGB)
         try:
@@ -889,14 +944,34 @@ class TiledLevel:
         return ty * self.per_row + tx
 
     def raw(self, i: int) -> bytes:
-        """The stored bytes of tile i (empty for a sparse file's missing tile)."""
-        if not self.counts[i]:
+        """The stored bytes of tile i (empty for a sparse file's missing tile).
+
+        Raises
+        ------
+        SlideError
+            A short read (the file was truncated, or changed while open) or a JPEG tile
+            without its end-of-image marker: libjpeg decodes a cut stream without an error,
+            greying the rest of the tile.
+        """
+        count, offset = int(self.counts[i]), int(self.offsets[i])
+        if not count:
             return b""
         if self.fd is not None:
-            return os.pread(self.fd, int(self.counts[i]), int(self.offsets[i]))
-        with self.fh.lock:
-            self.fh.seek(self.offsets[i])
-            return self.fh.read(self.counts[i])
+            data = os.pread(self.fd, count, offset)
+        else:
+            with self.fh.lock:
+                self.fh.seek(offset)
+                data = self.fh.read(count)
+        if len(data) != count:
+            raise SlideError(f"{self._tile_name(i)}: read {len(data)} of its {count} bytes at offset {offset}: "
+                             "the file is truncated or was changed while open")
+        if self._jpeg_any and not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
+            raise SlideError(f"{self._tile_name(i)}: the JPEG stream ends without its end-of-image marker "
+                             "(truncated or corrupt tile data)")
+        return data
+
+    def _tile_name(self, i: int) -> str:
+        return f"{self.name + ' ' if self.name else ''}tile {i} (tile row {i // self.per_row}, col {i % self.per_row})"
 
     def jpeg_stream(self, i: int) -> bytes:
         """Tile i as a self-contained JPEG stream: shared JPEGTables spliced in after SOI
@@ -919,7 +994,15 @@ class TiledLevel:
         data = self.raw(i)
         if not data:  # missing tiles read as zeros, as in tifffile
             return np.zeros((self.th, self.tw, self.samples), dtype=np.uint8)
-        tile = self.decode(data, i, jpegtables=self.tables)[0].reshape(self.th, self.tw, self.samples)
+        try:
+            decoded = self.decode(data, i, jpegtables=self.tables)[0]
+            if decoded is None:
+                raise ValueError("the decoder returned no pixels")
+            tile = decoded.reshape(self.th, self.tw, self.samples)
+        except SlideError:
+            raise
+        except Exception as exc:  # codec errors come in many types
+            raise SlideError(f"{self._tile_name(i)}: cannot decode ({type(exc).__name__}: {exc})") from exc
         if cache:
             _TILE_CACHE.put((self.token, i), tile)  # kept unless larger than the budget (0: off)
         return tile
@@ -1059,6 +1142,7 @@ def open_labels(path: str | os.PathLike[str]) -> list[da.Array]:
         if len(refs) == 1:
             refs += _pyramid_from_series(tif, main)
         levels = []
+        _check_plausible_size(path, series.levels[0], path.stat().st_size)
         for s, i in refs:
             _check_not_truncated(path, tif.series[s].levels[i], path.stat().st_size)
             z = open_level(tif, series=s, level=i)
