@@ -124,15 +124,16 @@ def test_traced_polygons_equal_the_union_of_their_pixels(seed):
     import shapely
     from shapely.geometry import shape
 
+    from napari_alregions.geometry import Box
     from napari_alregions.io_qupath import labels_to_features
 
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, 3, (40, 50)).astype(np.uint8) if seed % 2 else (rng.random((40, 50)) < 0.5).astype(np.uint8)
     y0, x0 = rng.integers(0, 25, 3), rng.integers(0, 35, 3)
-    boxes = [(int(a), int(a + rng.integers(1, 16)), int(b), int(b + rng.integers(1, 16))) for a, b in zip(y0, x0)]
+    boxes = [Box(int(a), int(b), int(a + rng.integers(1, 16)), int(b + rng.integers(1, 16))) for a, b in zip(y0, x0)]
     inside = np.zeros(labels.shape, bool)
-    for a, b, c, d in boxes:
-        inside[a:b, c:d] = True
+    for box in boxes:
+        inside[box.slices] = True
     features = labels_to_features(labels, classes=("background", "tumour"), boxes=boxes, factor=2.0, origin=(3, 5))
     by_name = {f["properties"]["name"]: shape(f["geometry"]) for f in features}
     for value, name in ((1, "background"), (2, "tumour")):
