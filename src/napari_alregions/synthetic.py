@@ -1,6 +1,8 @@
 """Deterministic synthetic whole-slide images with ground truth, for tests and the demo.
 
-Each slide is a tiled, JPEG-compressed pyramidal TIFF (SubIFD levels, 0.5 µm/px) showing
+Each slide is a tiled, JPEG-compressed pyramidal TIFF (0.5 µm/px; each level a top-level
+page, the coarser ones flagged reduced-resolution, as OpenSlide's generic-TIFF driver and
+so QuPath read pyramids; files written before with SubIFD levels open the same) showing
 irregular tissue pieces on a white background, rendered from a Beer–Lambert H&E stain
 model: lymph-node-like tissue with dense small round nuclei and stroma, and "tumour" with
 larger, pleomorphic, vesicular nuclei and more cytoplasm. Tumour ranges from isolated
@@ -462,9 +464,12 @@ def write_slide(spec: SlideSpec, image_path: Path, mask_path: Path, *, quality: 
 
         part_image = image_path.with_name(image_path.name + ".part")
         part_mask = mask_path.with_name(mask_path.name + ".part")
+        # Levels as top-level pages, level 0 first and the others NewSubfileType 1 (reduced
+        # resolution), all tiled alike: the layout OpenSlide's generic-TIFF driver takes for a
+        # pyramid. It sees only level 0 of SubIFD levels (and tifffile reads both layouts).
         with tifffile.TiffWriter(part_image, bigtiff=bigtiff) as tif:
             tif.write(
-                level0(), shape=(H, W, 3), subifds=len(shapes) - 1,
+                level0(), shape=(H, W, 3),
                 description=f"napari-alregions synthetic slide {spec.name}; mpp={MPP}", **jpeg, **opts,
             )
             current = level1
@@ -478,8 +483,7 @@ def write_slide(spec: SlideSpec, image_path: Path, mask_path: Path, *, quality: 
                 step = 2**lvl
                 tif.write(
                     _tiles_of(mask0[::step, ::step], TILE), shape=shape, dtype=np.uint8,
-                    photometric="minisblack", compression="zlib",
-                    **({"subifds": len(shapes) - 1} if lvl == 0 else {"subfiletype": 1}), **opts,
+                    photometric="minisblack", compression="zlib", subfiletype=1 if lvl else 0, **opts,
                 )
         mask0 = level1 = current = None  # close the memmaps before their folder goes
         os.replace(part_image, image_path)
