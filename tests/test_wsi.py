@@ -231,15 +231,17 @@ def test_detect_tissue_known_fraction():
     img[tissue] = np.clip(pink[tissue], 0, 255).astype(np.uint8)
     nuclei = tissue & (rng.random((h, w)) < 0.1)
     img[nuclei] = (90, 60, 140)  # dark purple nuclei inside tissue stay tissue
-    mask = detect_tissue(img)
-    assert mask.mean() == pytest.approx(tissue.mean(), abs=0.005)
-    assert (mask & tissue).sum() / (mask | tissue).sum() > 0.98
-    assert not mask[:, :40].any()
+    for method in ("od", "otsu"):
+        mask = detect_tissue(img, method=method)
+        assert mask.mean() == pytest.approx(tissue.mean(), abs=0.005)
+        assert (mask & tissue).sum() / (mask | tissue).sum() > 0.98
+        assert not mask[:, :40].any()
 
 
-def test_detect_tissue_equals_otsu_on_hsv_saturation(small_pool):
-    """Brute-force reference: skimage's full HSV conversion, Otsu on its saturation, the
-    same clean-up; on a slide thumbnail and on noise with black and white areas."""
+def test_detect_tissue_otsu_equals_otsu_on_hsv_saturation(small_pool):
+    """``method="otsu"`` (the default before optical density) against a brute-force
+    reference: skimage's full HSV conversion, Otsu on its saturation, the same clean-up; on a
+    slide thumbnail and on noise with black and white areas."""
     from skimage import color, filters, morphology
 
     def reference(rgb, min_saturation=0.07, black_value=0.15):
@@ -261,12 +263,12 @@ def test_detect_tissue_equals_otsu_on_hsv_saturation(small_pool):
         h, w = slide.levels[lvl].shape[:2]
         thumb = slide.read_region(0, 0, w, h, level=lvl)
     for img in (thumb, noise):
-        np.testing.assert_array_equal(detect_tissue(img), reference(img))
+        np.testing.assert_array_equal(detect_tissue(img, method="otsu"), reference(img))
 
 
 def test_detect_tissue_empty_slide():
     img = np.full((100, 100, 3), 245, np.uint8)
-    assert not detect_tissue(img).any()
+    assert not detect_tissue(img).any() and not detect_tissue(img, method="otsu").any()
     with pytest.raises(ValueError, match="rgb"):
         detect_tissue(np.zeros((10, 10)))
 

@@ -222,8 +222,8 @@ class Slide:
     def tissue_mask(self, level: int | None = None) -> np.ndarray:
         """Boolean tissue mask of one level (default: a low-resolution level).
 
-        Otsu threshold on saturation; white background and black (out-of-scan) areas are
-        both excluded. The result is cached per level. See :func:`detect_tissue`.
+        Optical density against the glass (:func:`detect_tissue`'s default); glass, black
+        (out-of-scan) areas and pen ink are excluded. The result is cached per level.
         """
         if level is None:
             level = self.tissue_level
@@ -290,16 +290,20 @@ class Slide:
 # Tissue detection (pure numpy / scikit-image)
 # ---------------------------------------------------------------------------------------
 def detect_tissue(
-    rgb: np.ndarray, *, min_saturation: float = 0.07, black_value: float = 0.15, method: str = "otsu"
+    rgb: np.ndarray, *, min_saturation: float = 0.07, black_value: float = 0.15, method: str = "od"
 ) -> np.ndarray:
     """Tissue mask of an RGB image.
 
+    ``method="od"`` (the default): optical density against the glass. Glass is what is as
+    clear as the flat, grey parts of the view (glass is neutral; pale counterstain is as flat
+    but tinted); tissue is denser than it by a margin, median-filtered so that no halo grows
+    around tissue. Pale but textured tissue (stroma, IHC counterstain) stays tissue, and a
+    view without glass (a field that is all tissue) is tissue wherever its optical density is
+    above an absolute floor. Ink that passes green more than red (green, blue, cyan pens;
+    no stain of H&E or DAB does) is no tissue, nor is its rim.
     ``method="otsu"``: Otsu's threshold on saturation. It assumes glass and tissue in the
-    view; on a field that is all tissue it splits tissue (nuclei from stroma) instead.
-    ``method="od"``: optical density against the glass: glass is what is as clear as the
-    flat, unsaturated parts of the view (median-filtered, so no halo around tissue); pale
-    but textured tissue (stroma, IHC counterstain) stays tissue, and a view without glass
-    is tissue wherever it is denser than ``min_od``.
+    view; on a field that is all tissue it splits tissue (nuclei from stroma) instead, and
+    pen marks are tissue to it.
 
     Parameters
     ----------
@@ -311,7 +315,7 @@ def detect_tissue(
     black_value : float
         Pixels whose brightest channel is below this fraction of full scale are treated as
         out-of-scan black areas, not tissue.
-    method : {"otsu", "od"}
+    method : {"od", "otsu"}
 
     Returns
     -------
@@ -320,7 +324,7 @@ def detect_tissue(
     Examples
     --------
     >>> img = np.full((64, 64, 3), 240, np.uint8); img[16:48, 16:48] = (200, 120, 170)
-    >>> float(detect_tissue(img).mean()), round(float(detect_tissue(img, method="od").mean()), 2)
+    >>> round(float(detect_tissue(img).mean()), 2), float(detect_tissue(img, method="otsu").mean())
     (0.25, 0.25)
     """
     from skimage import filters
@@ -365,6 +369,13 @@ def _saturation_value(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 #: which the view is flat, the OD above the glass's that is tissue, and the floor without glass.
 _OD_RADIUS, _OD_FLAT_STD, _OD_MARGIN, _OD_MIN = 3, 0.015, 0.12, 0.25
 _OD_SCALE = 255 / 4.0  # optical density (summed over channels, 0..4) as uint8 for the rank filter
+#: Glass is grey: its channels' local means differ by less than this fraction of the brightest
+#: (real glass: 0-3 levels of 255). Pale counterstain is as flat but tinted (haematoxylin at a
+#: density 0.12: 0.046), so a field of it is not taken for glass.
+_GLASS_CHROMA = 0.03
+#: Red optical density above green by this much is ink (green, blue, cyan, black-blue markers):
+#: haematoxylin, eosin and DAB all absorb green at least as much as red.
+_INK_RED_OVER_GREEN = 0.2
 
 
 def _denser_than_glass(rgb: np.ndarray, sat: np.ndarray, candidate: np.ndarray) -> np.ndarray:
@@ -373,16 +384,22 @@ def _denser_than_glass(rgb: np.ndarray, sat: np.ndarray, candidate: np.ndarray) 
     from skimage.morphology import disk
 
     f = rgb.astype(np.float32) / 255
-    od = -np.log(np.maximum(f, 1 / 255)).sum(axis=-1)
+    od_rgb = -np.log(np.maximum(f, 1 / 255))
+    od = od_rgb.sum(axis=-1)
     od_u8 = np.clip(np.round(od * _OD_SCALE), 0, 255).astype(np.uint8)
     od_med = rank.median(od_u8, disk(_OD_RADIUS)).astype(np.float32) / _OD_SCALE
-    grey = f.mean(axis=-1)
     size = 2 * _OD_RADIUS + 1
-    mean = ndi.uniform_filter(grey, size)
-    spread = np.sqrt(np.maximum(ndi.uniform_filter(grey * grey, size) - mean * mean, 0))
-    glass = candidate & (spread < _OD_FLAT_STD) & (sat < 0.1)
+    local = np.stack([ndi.uniform_filter(f[..., c], size) for c in range(3)], axis=-1)  # noise averaged out
+    grey = local.mean(axis=-1)
+    spread = np.sqrt(np.maximum(ndi.uniform_filter(f.mean(axis=-1) ** 2, size) - grey * grey, 0))
+    bright = np.maximum(local.max(axis=-1), 1e-6)
+    chroma = (local.max(axis=-1) - local.min(axis=-1)) / bright
+    glass = candidate & (spread < _OD_FLAT_STD) & (chroma < _GLASS_CHROMA)
     threshold = float(np.median(od_med[glass])) + _OD_MARGIN if glass.sum() > 0.01 * glass.size else _OD_MIN
-    return od_med > threshold
+    od_local = -np.log(np.maximum(local, 1 / 255))
+    # with its rim, where the neighbourhood mixes ink and glass
+    ink = ndi.binary_dilation(od_local[..., 0] - od_local[..., 1] > _INK_RED_OVER_GREEN, disk(_OD_RADIUS))
+    return (od_med > threshold) & ~ink
 
 
 def _clean(mask: np.ndarray) -> np.ndarray:
