@@ -74,7 +74,6 @@ def test_openslide_declines_what_it_does_not_know(tmp_path):
         open_slide(tmp_path / "notes.mrxs", backend="openslide")
 
 
-@pytest.mark.network
 def test_real_aperio_svs_same_level0_pixels_by_both_backends(aperio_svs):  # noqa: F811
     with open_slide(aperio_svs, backend="tifffile") as a, open_slide(aperio_svs, backend="openslide") as b:
         assert b.info.format == "openslide:aperio" and b.shape == a.shape == (2967, 2220)

@@ -94,7 +94,6 @@ def test_od_on_an_he_field_that_is_all_tissue(he_field):
     assert detect_tissue(he_field, method="od").mean() > 0.98  # by hand: tissue edge to edge
 
 
-@pytest.mark.network
 def test_od_on_a_real_slide_keeps_the_glass(aperio_svs):  # noqa: F811
     with open_slide(aperio_svs) as slide:
         view = np.asarray(slide.levels[slide.tissue_level])  # 741x555
