@@ -65,7 +65,7 @@ _LevelReader = Callable[[int, int, int, int], np.ndarray]
 class _Levels(Sequence):
     """The pyramid's dask arrays, each built the first time it is used.
 
-    A level's graph (zarr store, dask array) costs milliseconds per level, 130 ms for the
+    A level's graph (zarr store, dask array) costs milliseconds per level, 60-130 ms for the
     eight levels of a 40960² slide, against ~1.5 ms for OpenSlide's open; reads by
     :meth:`Slide.read_region` never need them. ``builders[i](levels)`` returns level i and
     may use earlier levels (a coarsened pyramid pools the one above).
@@ -98,6 +98,7 @@ class _Levels(Sequence):
 
 def _lazy_reader(levels: _Levels, i: int) -> _LevelReader:
     """A reader through level i's dask array (built on the first read)."""
+
     def read(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         return np.asarray(levels[i][y0:y1, x0:x1].compute(scheduler="threads"))
 
