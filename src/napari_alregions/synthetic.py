@@ -1,6 +1,8 @@
 """Deterministic synthetic whole-slide images with ground truth, for tests and the demo.
 
-Each slide is a tiled, JPEG-compressed pyramidal TIFF (SubIFD levels, 0.5 µm/px) showing
+Each slide is a tiled, JPEG-compressed pyramidal TIFF (0.5 µm/px; each level a top-level
+page, the coarser ones flagged reduced-resolution, as OpenSlide's generic-TIFF driver and
+so QuPath read pyramids; files written before with SubIFD levels open the same) showing
 irregular tissue pieces on a white background, rendered from a Beer–Lambert H&E stain
 model: lymph-node-like tissue with dense small round nuclei and stroma, and "tumour" with
 larger, pleomorphic, vesicular nuclei and more cytoplasm. Tumour ranges from isolated
@@ -501,11 +503,16 @@ def write_slide(spec: SlideSpec, image_path: Path, mask_path: Path, *, quality: 
 def _write_pyramids(spec: SlideSpec, level0: Callable[[], Iterator[np.ndarray]], level1: np.ndarray | None,
                     mask0: np.ndarray, shapes: list[tuple[int, int]], part_image: Path, part_mask: Path, tmp: Path,
                     output: Path, *, bigtiff: bool, jpeg: dict, opts: dict) -> None:
-    """:func:`write_slide`'s two TIFFs: the image (level 0 rendered as it streams in) and the mask."""
+    """:func:`write_slide`'s two TIFFs: the image (level 0 rendered as it streams in) and the mask.
+
+    Levels are top-level pages, level 0 first and the others NewSubfileType 1 (reduced
+    resolution), all tiled alike: the layout OpenSlide's generic-TIFF driver takes for a
+    pyramid. It sees only level 0 of SubIFD levels (and tifffile reads both layouts).
+    """
     H, W = shapes[0]
     with tifffile.TiffWriter(part_image, bigtiff=bigtiff) as tif:
         tif.write(
-            level0(), shape=(H, W, 3), subifds=len(shapes) - 1,
+            level0(), shape=(H, W, 3),
             description=f"napari-alregions synthetic slide {spec.name}; mpp={MPP}", **jpeg, **opts,
         )
         current = level1
@@ -519,8 +526,7 @@ def _write_pyramids(spec: SlideSpec, level0: Callable[[], Iterator[np.ndarray]],
             step = 2**lvl
             tif.write(
                 _tiles_of(mask0[::step, ::step], TILE), shape=shape, dtype=np.uint8,
-                photometric="minisblack", compression="zlib",
-                **({"subifds": len(shapes) - 1} if lvl == 0 else {"subfiletype": 1}), **opts,
+                photometric="minisblack", compression="zlib", subfiletype=1 if lvl else 0, **opts,
             )
 
 
