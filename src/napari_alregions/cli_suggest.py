@@ -129,15 +129,14 @@ def _cmd_suggest(args: argparse.Namespace) -> int:
     if args.descriptors:
         options["descriptors"] = load_map_nd(args.descriptors)
     if args.cell_features:
-        # per-patch embeddings (alregions embed) pooled to the grid the method needs
-        from .selection.diversity import region_embeddings
-        from .selection.focannot import focannot_descriptors
+        # per-patch embeddings (alregions embed) pooled to the grid the method needs, as the project does
+        from .selection import needed_array
 
-        cells, size = load_map_nd(args.cell_features), args.region_size // args.stride
-        if args.method == "diversity":
-            options.setdefault("embeddings", region_embeddings(cells, size=size))
-        elif args.method == "focannot":
-            options.setdefault("descriptors", focannot_descriptors(cells, size=size, overlap=float(options.get("overlap", 0.5))))
+        cells = load_map_nd(args.cell_features)
+        for need in METHODS[args.method].needs:
+            if need not in options:
+                options[need] = needed_array(need, cells, region_size=args.region_size, stride=args.stride,
+                                             options=options)
     annotated = read_labeled_regions(args.annotated) if args.annotated else []
     regions = select(
         args.method, priority, stride=args.stride, region_size=args.region_size, k=args.k,

@@ -116,6 +116,9 @@ class AnnotationProject:
         self._tissue_px_cache: dict[str, int] = {}
         #: What opening found and repaired (damaged caches, labels of no region), for the user.
         self.open_messages: list[str] = []
+        # accept, label writes, removals and proposals save at once; a batch caller (the
+        # simulation) sets this False and calls save() when its batch is done
+        self.autosave = True
 
     # -- creation ------------------------------------------------------------------------
     @classmethod
@@ -273,12 +276,26 @@ class AnnotationProject:
         with self.session.changing() as session:
             session.settings.trained_on = list(uids)
 
+    def save(self) -> None:
+        """Write the session now (what :attr:`autosave` would have written after each change;
+        labels: the chunks marked since the last save)."""
+        self.session.save()
+
+    def _autosave(self) -> None:
+        if self.autosave:
+            self.session.save()
+
     # -- model ----------------------------------------------------------------------------
     def _build(self, member: int):
         import torch
 
-        torch.manual_seed(member)
+        torch.manual_seed(self._seed_base() + member)
         return self.spec.build()
+
+    def _seed_base(self) -> int:
+        """``settings.training.seed`` (default 0): offsets every seed of the model's
+        initial weights and training draws (the simulation's repeats differ by it)."""
+        return self.session.settings.training.seed
 
     def new_model(self, *, arch: str = "compact", patch_size: int = 64, level: int = 1, stride: int | None = None,
                   members: int = 1) -> None:
@@ -459,7 +476,28 @@ class AnnotationProject:
         tissue = s.tissue_map(self.stride)
         gen = iter_progress(predict_probability_map, s, self.models, self.spec, stride=self.stride, tissue=tissue, cancel=cancel)
         prob = yield from relay(gen, lambda dt: {"phase": "predict", "slide": slide, "done": dt[0], "total": dt[1]})
+        return self.set_probabilities(slide, prob, measure=measure)
+
+    def set_probabilities(self, slide: str, probabilities: np.ndarray, *, measure: str = "least_confidence") -> MapRecord:
+        """Make a prediction of the current model, made elsewhere (e.g. on a dask cluster),
+        the slide's map: the priority map is derived as :meth:`iter_priority` derives it.
+
+        Parameters
+        ----------
+        probabilities : (H, W, C) or (E, H, W, C) float ndarray
+            Class probabilities on the map grid (``slide.map_shape(stride)``), NaN outside tissue.
+        """
+        if measure not in MEASURES:
+            raise ValueError(f"unknown measure {measure!r}; choose one of {', '.join(MEASURES)}")
+        fn, needs_ensemble = MEASURES[measure]
+        tissue = self._slide(slide).tissue_map(self.stride)
+        prob = np.asarray(probabilities)
         prob = prob if prob.ndim == 4 else prob[None]
+        if prob.shape[1:] != (*tissue.shape, len(self.classes)):
+            raise ValueError(f"probabilities must have shape (E, {tissue.shape[0]}, {tissue.shape[1]}, "
+                             f"{len(self.classes)}) or that without E, got {np.shape(probabilities)}")
+        if needs_ensemble and prob.shape[0] < 2:
+            raise ValueError(f"{measure} needs an ensemble: make a model with 2 or more members")
         members = prob if needs_ensemble else prob.mean(axis=0)
         priority = fn(members, tissue=tissue).astype(np.float32)
         record = MapRecord(prob.astype(np.float32), priority, measure, self.stride, self.cycle)
@@ -592,21 +630,40 @@ class AnnotationProject:
             regions = session.propose(regions, slide=slide, method=method)
             plan = session.settings.suggest.setdefault(slide, {})
             plan[method] = SuggestPlan(int(region_size), int(k), None if seed is None else int(seed), _jsonable(options))
-            session.save()
+            self._autosave()
         return regions
 
     def _needed_array(self, slide: str, need: str, region_size: int, options: dict[str, Any]) -> np.ndarray:
         """Per-region embeddings (diversity) or per-patch descriptors (focannot) of a slide."""
-        from .selection.diversity import region_embeddings
-        from .selection.focannot import focannot_descriptors
+        from .selection import needed_array
 
-        cells = self.cell_features(slide)
-        size = region_size // self.stride
-        if need == "embeddings":
-            return region_embeddings(cells, size=size)
-        if need == "descriptors":
-            return focannot_descriptors(cells, size=size, overlap=float(options.get("overlap", 0.5)))
-        raise ValueError(f"cannot provide {need!r}")  # pragma: no cover
+        return needed_array(need, self.cell_features(slide), region_size=region_size, stride=self.stride,
+                            options=options)
+
+    def iter_inputs(self, slide: str, method: str, *, measure: str = "least_confidence",
+                    cancel: Callable[[], bool] | None = None) -> Generator[dict, None, None]:
+        """Compute what ``method`` reads on ``slide`` and does not have yet for the current
+        model, so that :meth:`suggest` can run: the priority map (missing, or of an earlier
+        cycle), patch embeddings (diversity, focannot, prototype) and the prototype
+        similarity map. Yields the progress of each step. Changes no region.
+
+        Raises
+        ------
+        ValueError
+            For an unknown method, or prototype selection without a prototype set.
+        """
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        if method == "prototype" and self.prototypes is None:
+            raise ValueError("prototype selection needs a prototype set: load prototypes first")
+        self._slide(slide)
+        record = self.maps.get(slide)
+        if method not in ("random", "prototype") and (record is None or record.cycle != self.cycle or record.measure != measure):
+            yield from self.iter_priority(slide, measure=measure, cancel=cancel)
+        if (METHODS[method].needs or method == "prototype") and slide not in self.embeddings:
+            yield from self.iter_embed(slide, cancel=cancel)
+        if method == "prototype" and slide not in self.similarity:
+            yield from self.iter_similarity(slide, cancel=cancel)
 
     def cell_features(self, slide: str) -> np.ndarray:
         """(H, W, D) features per map cell: patch embeddings when computed, else the prediction."""
@@ -635,7 +692,7 @@ class AnnotationProject:
         for n, regions in zip(names, chosen):
             regions = [r.with_(slide=n, cycle=self.cycle, method="diversity") for r in regions]
             out[n] = self.session.propose(regions) if regions else []
-        self.session.save()
+        self._autosave()
         return out
 
     def uncertain_by_group(self, *, n: int, region_size: int | None = None) -> dict[str, list[Region]]:
@@ -741,7 +798,7 @@ class AnnotationProject:
         elif prefill == "prediction":
             crop[crop == 0] = self._predicted_labels(accepted)[crop == 0]
         self.session.mark_labels_changed(accepted.slide, (y0, x0, y1, x1))
-        self.session.save()
+        self._autosave()
         return accepted
 
     def remove_accepted(self, region: Region) -> Region:
@@ -771,7 +828,7 @@ class AnnotationProject:
         crop = self.session.labels(removed.slide)[y0:y1, x0:x1]
         crop[~keep] = 0
         self.session.mark_labels_changed(removed.slide, (y0, x0, y1, x1))
-        self.session.save()
+        self._autosave()
         return removed
 
     def accepted_overlapping(self, region: Region) -> list[Region]:
@@ -826,10 +883,6 @@ class AnnotationProject:
             self.session.save()
         return n_bad
 
-    def save(self) -> None:
-        """Write what changed since the last save (labels: the chunks marked since)."""
-        self.session.save()
-
     def region_labels(self, region: Region) -> np.ndarray:
         """A copy of the labels inside an accepted region (labeling level)."""
         region = self._accepted(region)
@@ -847,7 +900,7 @@ class AnnotationProject:
             raise ValueError(f"label values must be 0 (unlabeled) to {len(self.classes)}, got {data.min()}..{data.max()}")
         self.session.labels(region.slide)[y0:y1, x0:x1] = data
         self.session.mark_labels_changed(region.slide, (y0, x0, y1, x1))
-        self.session.save()
+        self._autosave()
 
     # -- training ---------------------------------------------------------------------------
     def candidates(self) -> list:
@@ -860,8 +913,8 @@ class AnnotationProject:
         """The cycle schedule (``model.CYCLE_SCHEDULE``, the simulation's too) within the
         session's budget: ``settings.training`` (a :class:`~napari_alregions.settings.TrainingBudget`)
         may set ``epochs``, ``patience``, ``patches_per_slide``, ``max_seconds`` (default 120 s;
-        300 s for the first training) and a step limit (``initial_steps`` for the first
-        training, ``fine_tune_steps`` after)."""
+        300 s for the first training; ``no_time_limit``: none), a step limit (``initial_steps``
+        for the first training, ``fine_tune_steps`` after) and ``seed`` (added to the cycle number)."""
         from dataclasses import replace
 
         from .model import CYCLE_SCHEDULE
@@ -874,8 +927,8 @@ class AnnotationProject:
             patience=b.patience or CYCLE_SCHEDULE.patience,
             patches_per_slide=b.patches_per_slide or CYCLE_SCHEDULE.patches_per_slide,
             max_steps=steps,
-            max_seconds=b.max_seconds or (120.0 if self.trained else 300.0),
-            seed=self.cycle,
+            max_seconds=None if b.no_time_limit else (b.max_seconds or (120.0 if self.trained else 300.0)),
+            seed=self._seed_base() + self.cycle,
         )
 
     def iter_retrain(self, *, cancel: Callable[[], bool] | None = None, refresh: bool = True,

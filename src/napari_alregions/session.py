@@ -91,6 +91,9 @@ def _acquire(folder: Path, *, take_over: bool) -> Path:
                     holder = {}  # half-written by a process killed while taking it
                 same_host = holder.get("host") == me["host"]
                 pid = holder.get("pid")
+                if same_host and pid == me["pid"]:  # ours (a folder copied while open): no other process
+                    path.unlink(missing_ok=True)
+                    continue
                 stale = not holder or (same_host and isinstance(pid, int) and not _pid_alive(pid))
                 if take_over and (stale or not same_host):  # never a live process's on this host
                     path.unlink(missing_ok=True)

@@ -34,6 +34,8 @@ class TrainingBudget:
     max_seconds: float | None = None
     initial_steps: int | None = None
     fine_tune_steps: int | None = None
+    no_time_limit: bool = False  # train to convergence whatever it takes (the simulation: repeatable)
+    seed: int = 0  # added to every seed of the training
 
     @classmethod
     def from_dict(cls, d: Any, key: str = "training") -> TrainingBudget:
@@ -43,7 +45,11 @@ class TrainingBudget:
             raise ValueError(f"'{key}' has unknown keys {sorted(unknown)}")
         out = cls()
         for name, value in d.items():
-            if value is not None:
+            if name == "no_time_limit":
+                _check(value, (bool,), f"{key}.{name}")
+            elif name == "seed":
+                _check(value, (int,), f"{key}.{name}")
+            elif value is not None:
                 kinds = (int, float) if name == "max_seconds" else (int,)
                 if _check(value, kinds, f"{key}.{name}") <= 0:
                     raise ValueError(f"'{key}.{name}' must be positive, got {value!r}")
@@ -147,5 +153,6 @@ class Settings:
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in asdict(self).items() if k not in ("extra", "legacy_trained_count")}
-        out["training"] = {k: v for k, v in out["training"].items() if v is not None}
+        defaults = asdict(TrainingBudget())
+        out["training"] = {k: v for k, v in out["training"].items() if v != defaults[k]}
         return {**self.extra, **out}
