@@ -630,7 +630,10 @@ def _open_tiff(path: Path, tif: tifffile.TiffFile) -> Slide:
 
     pyramidal = len(levels) > 1
     if not pyramidal:
-        levels, readers = _coarsened_pyramid(levels[0], readers[0])
+        # coarsened from a copy of level 0 in large chunks: rechunking the tile-sized
+        # chunks (the display's) built a graph of every tile at open, 4 s at 100k² px
+        big = tuple(_COARSEN_CHUNK if a in "YX" else n for a, n in zip(lvl.axes, z.shape, strict=True))
+        levels, readers = _coarsened_pyramid(levels[0], readers[0], base=_as_dask(z, index, transpose, chunks=big))
 
     shapes, downsamples = _level_geometry(levels)
     h0, w0 = shapes[0]
@@ -767,8 +770,8 @@ def _normalise_axes(axes: str) -> tuple[tuple[int | slice, ...], tuple[int, ...]
     return tuple(index), (None if order == (0, 1, 2) else order)
 
 
-def _as_dask(z: object, index: tuple, transpose: tuple[int, ...] | None) -> da.Array:
-    arr = da.from_zarr(z)[index]
+def _as_dask(z: object, index: tuple, transpose: tuple[int, ...] | None, chunks: tuple[int, ...] | None = None) -> da.Array:
+    arr = (da.from_zarr(z) if chunks is None else da.from_zarr(z, chunks=chunks))[index]
     return arr.transpose(transpose) if transpose else arr
 
 
@@ -1049,17 +1052,24 @@ class TiledLevel:
         return out
 
 
+#: Chunk side of the level-0 copy a non-pyramidal file's coarser levels are pooled from.
+_COARSEN_CHUNK = 2 * _MIN_PYRAMID_SIDE
+
+
 def _coarsened_pyramid(
-    level0: da.Array, reader0: _LevelReader
+    level0: da.Array, reader0: _LevelReader, *, base: da.Array | None = None
 ) -> tuple[list[da.Array], list[_LevelReader]]:
-    """Lazy 2x mean-pooled levels for a file that stores only full resolution."""
+    """Lazy 2x mean-pooled levels for a file that stores only full resolution, pooled from
+    ``base`` (level 0 in chunks of :data:`_COARSEN_CHUNK`; default ``level0``)."""
     levels, readers = [level0], [reader0]
-    current = level0
+    current = level0 if base is None else base
     while max(current.shape[:2]) > _MIN_PYRAMID_SIDE:
         h, w = current.shape[:2]
         trimmed = current[: h - h % 2, : w - w % 2]
-        chunk = 2 * _MIN_PYRAMID_SIDE
-        trimmed = trimmed.rechunk((chunk, chunk, 3))
+        chunk = _COARSEN_CHUNK
+        # pooling needs even chunks; chunks that pooling halved are merged again
+        if max(trimmed.chunksize[:2]) < chunk or any(c % 2 for c in trimmed.chunks[0] + trimmed.chunks[1]):
+            trimmed = trimmed.rechunk((chunk, chunk, 3))
         current = da.coarsen(np.mean, trimmed, {0: 2, 1: 2}).round().astype(np.uint8)
         levels.append(current)
         readers.append(_dask_reader(current))
