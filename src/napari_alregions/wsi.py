@@ -632,8 +632,10 @@ def _open_tiff(path: Path, tif: tifffile.TiffFile) -> Slide:
     if not pyramidal:
         # coarsened from a copy of level 0 in large chunks: rechunking the tile-sized
         # chunks (the display's) built a graph of every tile at open, 4 s at 100k² px
-        big = tuple(_COARSEN_CHUNK if a in "YX" else n for a, n in zip(lvl.axes, z.shape, strict=True))
-        levels, readers = _coarsened_pyramid(levels[0], readers[0], base=_as_dask(z, index, transpose, chunks=big))
+        big = (tuple(_COARSEN_CHUNK if a in "YX" else n for a, n in zip(lvl.axes, z.shape, strict=True))
+               if len(lvl.axes) == len(z.shape) else None)
+        base = None if big is None else _as_dask(z, index, transpose, chunks=big)
+        levels, readers = _coarsened_pyramid(levels[0], readers[0], base=base)
 
     shapes, downsamples = _level_geometry(levels)
     h0, w0 = shapes[0]
@@ -729,6 +731,11 @@ def _check_plausible_size(path: Path, level: tifffile.TiffPageSeries, file_size:
     file: a decompression bomb would otherwise build dask graphs of millions of chunks at
     open (minutes, GBs) and decode for hours."""
     declared = math.prod(int(n) for n in level.shape) * np.dtype(level.dtype).itemsize
+    # a multi-file OME-TIFF keeps its pixels in the files its pages come from
+    files = {getattr(getattr(p, "parent", None), "filehandle", None) for p in level.pages if p is not None}
+    paths = {fh.path for fh in files if fh is not None and getattr(fh, "path", None)}
+    if len(paths) > 1:
+        file_size = sum(os.path.getsize(f) for f in paths if os.path.isfile(f))
     if declared > MAX_COMPRESSION * max(file_size, 1):
         h, w = _yx(level.shape, level.axes)
         raise SlideError(
