@@ -560,7 +560,7 @@ def test_a_suggest_that_cannot_run_changes_nothing(tmp_path, small_pool):
     other = p.add_slide(small_pool[0] / small_pool[1]["slides"][1]["image"])  # no map there
     run(p.iter_priority(slide))
     before = [r.uid for r in p.suggest(slide, "adaptive", region_size=4 * p.stride, k=2)]
-    plan, files = json.dumps(p.session.params["suggest"]), _files(p.folder)
+    plan, files = json.dumps(p.session.settings.to_dict()["suggest"]), _files(p.folder)
     for args, match in [((slide, "prototype"), "similarity map"), ((other, "adaptive"), "needs a priority map"),
                         ((other, "diversity"), "needs a priority map"), ((slide, "bogus"), "unknown method"),
                         ((slide, "adaptive", {"region_size": p.stride + 1}), "multiple of the map stride"),
@@ -569,7 +569,7 @@ def test_a_suggest_that_cannot_run_changes_nothing(tmp_path, small_pool):
         with pytest.raises(ValueError, match=match):
             p.suggest(args[0], args[1], **kw)
         assert [r.uid for r in p.proposals(slide, "adaptive")] == before and not p.proposals(other)
-        assert json.dumps(p.session.params["suggest"]) == plan and _files(p.folder) == files
+        assert json.dumps(p.session.settings.to_dict()["suggest"]) == plan and _files(p.folder) == files
     p.close()
 
 
@@ -632,12 +632,12 @@ def test_training_seed_offsets_the_initial_weights_and_the_schedule(tmp_path, sm
     a, _, _ = _project(tmp_path, small_pool, name="a")
     b, _, _ = _project(tmp_path, small_pool, name="b")
     assert a.train_config().seed == 0
-    b.session.params["training"]["seed"] = 700
+    b.session.settings.training.seed = 700
     b.new_model(patch_size=32, level=1)
     assert b.train_config().seed == 700
     wa, wb = (next(iter(m.models[0].state_dict().values())).numpy() for m in (a, b))
     assert not np.array_equal(wa, wb)
-    a.session.params["training"]["seed"] = 700
+    a.session.settings.training.seed = 700
     a.new_model(patch_size=32, level=1)
     np.testing.assert_array_equal(next(iter(a.models[0].state_dict().values())).numpy(), wb)
     a.close()

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from napari_alregions.geometry import union_area
+from napari_alregions.settings import TrainingBudget
 from napari_alregions.simulate import SimConfig, oracle_labels, run_simulation
 from napari_alregions.wsi import open_labels, open_slide
 
@@ -303,8 +304,7 @@ def test_the_simulation_is_the_viewers_loop(sim_pool, tmp_path):
     res = run_simulation(sim_pool, cfg)
     pool = Pool.load(sim_pool, level=1, stride=64)
     p = AnnotationProject.create(tmp_path / "hand", patch_size=64, level=1, stride=64)
-    p.session.params["training"] = {"epochs": 2, "patience": 1, "patches_per_slide": 8, "max_seconds": None,
-                                    "seed": 400}
+    p.session.settings.training = TrainingBudget(epochs=2, patience=1, patches_per_slide=8, no_time_limit=True, seed=400)
     p.new_model(patch_size=64, level=1, stride=64)  # initial weights of that seed
     assert p.train_config().min_epoch_patches == CYCLE_SCHEDULE.min_epoch_patches
     got = []
