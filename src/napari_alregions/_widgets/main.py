@@ -15,18 +15,23 @@ import numpy as np
 from magicgui import widgets as mw
 from napari.utils.colormaps import Colormap
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import QEvent, QTimer
+from qtpy.QtCore import QEvent, Qt, QTimer, Signal
 from qtpy.QtWidgets import QListWidget, QMessageBox, QTabWidget, QVBoxLayout, QWidget
 
 from ..cli_suggest import _parse_option
 from ..geometry import Region
-from ..layers import METHOD_COLORS, overlay_kwargs, priority_colors, region_labels_layer, regions_layer, slide_image_layer, slide_scale
+from ..layers import METHOD_COLORS, box_means, overlay_kwargs, priority_colors, region_labels_layer, regions_layer, slide_image_layer, slide_layout, slide_scale
 from ..priority import MEASURES
 from ..project import AnnotationProject, region_size_px
 from ..selection import METHODS
 from ._runner import TaskRunner
 
 __all__ = ["ALRegionsWidget"]
+
+
+def _region_keys(regions) -> list[tuple]:
+    """What a drawn box shows of each region: a layer showing the same keys needs no redraw."""
+    return [(r.uid, r.x, r.y, r.w, r.h, r.method, r.rank, r.cycle, r.score) for r in regions]
 
 _UNIT = ("µm", "px")
 
@@ -50,6 +55,8 @@ def _option_widget(name: str, default: Any, help_: str) -> mw.Widget:
 class ALRegionsWidget(QWidget):
     """Region-based active learning in the viewer (SPEC §1)."""
 
+    _region_event = Signal(object)  # a session's region change (from any thread), to the GUI thread
+
     def __init__(self, napari_viewer) -> None:
         super().__init__()
         self.viewer = napari_viewer
@@ -62,6 +69,11 @@ class ALRegionsWidget(QWidget):
         self._unsaved: set[str] = set()
         self._watched: set[int] = set()  # ids of windows whose closing saves pending strokes (no reference kept)
         self._redrawing = False
+        self._redrawing_shapes = False  # our own redraw of a Shapes layer: no user edit
+        self._syncing = False  # a box and its list row being selected together
+        self._removing: list[str] = []  # uids of the boxes napari is deleting
+        self._pending_redraw: set[str] = set()
+        self._region_event.connect(self._region_event_arrived, Qt.ConnectionType.QueuedConnection)
         self._autosave = QTimer(self)
         self._autosave.setSingleShot(True)
         self._autosave.setInterval(250)
@@ -177,10 +189,18 @@ class ALRegionsWidget(QWidget):
         nxt.changed.connect(lambda: self._step_proposal(1))
         accept = _button("Accept region", "add the selected proposal to the labeled set and paint in it")
         accept.changed.connect(self.accept_selected)
+        reject = _button("Reject", "dismiss the selected proposal; it is not proposed again (or delete its box on the canvas)")
+        reject.changed.connect(self.reject_selected)
+        draw = _button("Draw region", "drag a rectangle of your own on the current slide")
+        draw.changed.connect(self.draw_region)
+        accept_drawn = _button("Accept drawn", "add the rectangles you drew to the labeled set")
+        accept_drawn.changed.connect(self.accept_drawn)
         box = mw.Container(widgets=[self.method, self.options, self.region_size, self.unit, self.k, self.seed, suggest, pool,
                                     self.compare_methods, compare, self.table,
-                                    mw.Container(widgets=[prev, nxt], layout="horizontal", labels=False), accept])
-        box.native.layout().insertWidget(len(box) - 2, self.proposal_list)
+                                    mw.Container(widgets=[prev, nxt], layout="horizontal", labels=False),
+                                    mw.Container(widgets=[accept, reject], layout="horizontal", labels=False),
+                                    mw.Container(widgets=[draw, accept_drawn], layout="horizontal", labels=False)])
+        box.native.layout().insertWidget(len(box) - 3, self.proposal_list)
         self._rebuild_options()
         return box
 
@@ -297,19 +317,31 @@ class ALRegionsWidget(QWidget):
             self._show_slide(name)
             if name in project.maps:
                 self._show_priority(name)
-            for method in {r.method for r in project.proposals(name)}:
-                self._show_proposals(name, method)
+            self._show_proposals(name)
             self._show_accepted(name)
             for r in project.session.accepted_on(name):
                 self._open_region_labels(r)
+        self._go_to_slide(self.current)  # the dropdown's slide is the one on screen
         self._message(f"opened {project.folder}: {len(project.slides)} slide(s), cycle {project.cycle}")
+
+    def _listen(self, project: AnnotationProject, on: bool) -> None:
+        """(Un)subscribe to the session's region change events."""
+        callbacks = getattr(project.session, "regions_changed", None)
+        if callbacks is None:
+            return
+        if on:
+            callbacks.append(self._on_region_event)
+        elif self._on_region_event in callbacks:
+            callbacks.remove(self._on_region_event)
 
     def _set_project(self, project: AnnotationProject) -> None:
         if self.project is not None:
             self.flush_labels(everything=True)  # the closing session keeps its last strokes
             self._drop_session_layers()
+            self._listen(self.project, False)
             self.project.close()
         self.project = project
+        self._listen(project, True)
         self.classes.value = ", ".join(project.classes)
         spec = project.spec
         self.arch.value, self.patch_size.value, self.level.value = spec.arch, spec.patch_size, spec.level
@@ -323,7 +355,7 @@ class ALRegionsWidget(QWidget):
     def _drop_session_layers(self) -> None:
         """Remove the layers of the session being closed (not its slide images): painting
         in them would reach no session."""
-        suffixes = ("priority", "accepted", "similarity", "prediction", *METHODS)
+        suffixes = ("priority", "accepted", "similarity", "prediction", "proposals", "draw")
         names = {f"{slide} {suffix}" for slide in self.project.slides for suffix in suffixes}
         ours = {id(layer) for layer in self._region_layers.values()}
         for layer in [lay for lay in self.viewer.layers if lay.name in names or id(lay) in ours]:
@@ -356,56 +388,216 @@ class ALRegionsWidget(QWidget):
 
     def _slide_changed(self, *_: Any) -> None:
         self._refill_lists()
+        self._go_to_slide(self.current)  # the current slide is the one on screen
 
     # ------------------------------------------------------------------ layers
     def _layer(self, name: str):
         return self.viewer.layers[name] if name in self.viewer.layers else None
 
+    def _offset(self, name: str) -> tuple[float, float]:
+        """Where the slide sits in the viewer (world units): side by side, in the session's order."""
+        return slide_layout(self.project.slides)[name]
+
+    def _placed(self, name: str, stride: float) -> dict[str, Any]:
+        return overlay_kwargs(self.project.slides[name], stride, self._offset(name))
+
     def _show_slide(self, name: str) -> None:
-        if self._layer(name) is None:
-            data, kwargs, _ = slide_image_layer(self.project.slides[name])
+        layer = self._layer(name)
+        if layer is None:
+            data, kwargs, _ = slide_image_layer(self.project.slides[name], self._offset(name))
             kwargs["name"] = name
             self.viewer.add_image(data, **kwargs)
+        else:  # opened before it was added (reader, sample): it moves to its place
+            layer.translate = self._offset(name)
 
     def _show_priority(self, name: str) -> None:
         rec = self.project.maps[name]
         lname = f"{name} priority"
         layer = self._layer(lname)
         if layer is None:
-            kwargs = overlay_kwargs(self.project.slides[name], rec.stride)
             cmap = Colormap(priority_colors(), name="alregions priority")
             self.viewer.add_image(rec.priority, name=lname, colormap=cmap, opacity=0.7, contrast_limits=(0.0, 1.0),
-                                  metadata={"measure": rec.measure}, **kwargs)
+                                  metadata={"measure": rec.measure}, **self._placed(name, rec.stride))
         else:
             layer.data = rec.priority
         self._layer(lname).metadata.update(measure=rec.measure, cycle=rec.cycle)
 
-    def _show_regions(self, name: str, lname: str, regions: list[Region], color=None) -> None:
-        data, kwargs, _ = regions_layer(regions, name=lname, slide=self.project.slides[name], color=color)
+    def _show_regions(self, name: str, lname: str, regions: list[Region], color=None) -> Any:
+        p = self.project
+        mean = box_means(p.maps[name].priority, regions, p.stride) if name in p.maps else None
+        data, kwargs, _ = regions_layer(regions, name=lname, slide=p.slides[name], offset=self._offset(name), color=color,
+                                        mean=mean)
         layer = self._layer(lname)
-        if layer is not None and layer.nshapes and data:
-            # update in place: re-creating a Shapes layer with text stalls the viewer ~0.5 s
-            with layer.events.blocker_all():
-                layer.data = [(d, "rectangle") for d in data]
+        if layer is None:
+            layer = self.viewer.add_shapes(data, **kwargs)
+            return layer
+        if _region_keys(layer.metadata.get("regions", [])) == _region_keys(regions) and layer.nshapes == len(regions):
+            return layer  # drawn already (a change event after the call that redrew it)
+        self._redrawing_shapes = True
+        try:  # in place: re-creating a Shapes layer with text stalls the viewer ~0.5 s
+            layer.selected_data = set()
+            layer.data = [(d, "rectangle") for d in data]
             layer.features = kwargs["features"]
-            layer.edge_color = kwargs["edge_color"]
-            layer.edge_width = kwargs["edge_width"]
+            if regions:
+                layer.edge_color = kwargs["edge_color"]
+                layer.edge_width = kwargs["edge_width"]
             layer.metadata["regions"] = kwargs["metadata"]["regions"]
-            layer.refresh()
-            return
-        if layer is not None:
-            self.viewer.layers.remove(layer)
-        self.viewer.add_shapes(data, **kwargs)
+        finally:
+            self._redrawing_shapes = False
+        layer.refresh()
+        return layer
 
-    def _show_proposals(self, name: str, method: str) -> None:
-        self._show_regions(name, f"{name} {method}", self.project.proposals(name, method))
+    def _show_proposals(self, name: str, method: str | None = None) -> None:
+        """Redraw the slide's one proposals layer (every method; ``method`` is not needed)."""
+        if name not in self.project.slides:
+            return
+        fresh = self._layer(f"{name} proposals") is None
+        layer = self._show_regions(name, f"{name} proposals", self.project.proposals(name))
+        if fresh:
+            layer.events.data.connect(lambda event, name=name: self._proposals_edited(name, event))
+            layer.selected_data.events.items_changed.connect(lambda *_, layer=layer: self._box_selected(layer))
+        self._refill_lists()
 
     def _show_accepted(self, name: str) -> None:
         self._show_regions(name, f"{name} accepted", self.project.session.accepted_on(name), METHOD_COLORS["accepted"])
 
-    def _layer_regions(self, method: str) -> list[Region]:
-        layer = self._layer(f"{self.current} {method}") if self.current else None
-        return list(layer.metadata.get("regions", [])) if layer is not None else []
+    def _proposal_rows(self) -> list[Region]:
+        """The proposal list's rows: the current slide's proposals of the chosen method, by rank."""
+        p, name = self.project, self.current
+        if p is None or name is None or name not in p.slides:
+            return []
+        return sorted(p.proposals(name, self.method.value), key=lambda r: r.rank)
+
+    # ------------------------------------------------------------------ proposals on the canvas
+    def _proposals_edited(self, name: str, event) -> None:
+        """The user deleted, moved or resized boxes of the proposals layer: the session follows
+        (a deleted proposal is dismissed; a moved one is edited, snapped to the map grid)."""
+        from napari.layers.base._base_constants import ActionType
+
+        if self._redrawing_shapes or self.project is None:
+            return
+        layer = event.source
+        action = event.action
+        if action == ActionType.REMOVING:  # the features still hold the boxes' uids
+            self._removing = [str(layer.features["uid"].iloc[i]) for i in event.data_indices]
+        elif action == ActionType.REMOVED:
+            uids, self._removing = self._removing, []
+            gone = [r for r in self.project.proposals(name) if r.uid in set(uids)]
+            for r in gone:
+                self._guard(self.project.dismiss, r)
+            self._later(name)
+            if gone:
+                self._message(f"dismissed {len(gone)} proposal(s) on {name}")
+        elif action == ActionType.CHANGED and len(layer.metadata.get("regions", [])) == layer.nshapes:
+            by_uid = {r.uid: r for r in self.project.proposals(name)}
+            for i in event.data_indices:
+                region = by_uid.get(str(layer.features["uid"].iloc[i]))
+                if region is None:
+                    continue
+                y0, x0 = np.min(layer.data[i], axis=0)
+                y1, x1 = np.max(layer.data[i], axis=0)
+                box = dict(x=int(round(x0)), y=int(round(y0)), w=max(1, int(round(x1 - x0))), h=max(1, int(round(y1 - y0))))
+                if (box["x"], box["y"], box["w"], box["h"]) != (region.x, region.y, region.w, region.h):
+                    edited = self._guard(self.project.edit_proposal, region, **box)
+                    if edited is not None:
+                        self._message(f"{region.method} #{region.rank + 1} moved to ({edited.x}, {edited.y}), "
+                                      f"{edited.w}×{edited.h} px")
+            self._later(name)  # the boxes are redrawn where they snapped
+        elif action == ActionType.ADDED:  # a box drawn here is a region to accept, not a proposal
+            self._later(name)
+
+    def _later(self, name: str) -> None:
+        """Redraw the slide's proposals on the next event-loop turn (not inside napari's handler)."""
+        self._pending_redraw.add(name)
+        QTimer.singleShot(0, self._redraw_pending)
+
+    def _redraw_pending(self) -> None:
+        names, self._pending_redraw = self._pending_redraw, set()
+        for name in names:
+            if self.project is not None and name in self.project.slides:
+                self._show_proposals(name)
+                self._show_accepted(name)
+
+    def _on_region_event(self, event) -> None:
+        # may run on a retrain's worker thread: the signal carries it to the GUI thread
+        self._region_event.emit(getattr(event, "slide", None))
+
+    def _region_event_arrived(self, slide) -> None:
+        if self.project is None:
+            return
+        for name in ([slide] if slide in self.project.slides else list(self.project.slides)):
+            self._later(name)
+
+    def _box_selected(self, layer) -> None:
+        if self._syncing or self._redrawing_shapes:
+            return
+        picked = sorted(layer.selected_data)
+        regions = layer.metadata.get("regions", [])
+        if len(picked) != 1 or not picked[0] < len(regions):
+            return
+        region = regions[picked[0]]
+        self._syncing = True
+        try:
+            if region.method != self.method.value:
+                self.method.value = region.method  # the list shows that method's proposals
+            rows = [r.uid for r in self._proposal_rows()]
+            if region.uid in rows:
+                self.tabs.setCurrentIndex(2)
+                self.proposal_list.setCurrentRow(rows.index(region.uid))
+        finally:
+            self._syncing = False
+
+    def reject_selected(self) -> None:
+        """Dismiss the proposal selected in the list (it is not proposed again)."""
+        rows = self._proposal_rows()
+        i = self.proposal_list.currentRow()
+        if not 0 <= i < len(rows):
+            self._message("select a proposal in the list first", True)
+            return
+        region = rows[i]
+        if self._guard(self.project.dismiss, region) is None:
+            return
+        self._show_proposals(region.slide)
+        self.proposal_list.setCurrentRow(min(i, self.proposal_list.count() - 1))
+        self._message(f"dismissed {region.method} #{region.rank + 1}")
+
+    def draw_region(self) -> None:
+        """A rectangle tool on the current slide's draw layer."""
+        name = self._slide_or_say()
+        if name is None:
+            return
+        lname = f"{name} draw"
+        layer = self._layer(lname)
+        if layer is None:
+            layer = self.viewer.add_shapes(name=lname, edge_color=METHOD_COLORS["accepted"], face_color="transparent",
+                                           edge_width=max(2.0, min(self.project.slides[name].shape) / 200),
+                                           **self._placed(name, 1))
+        self.viewer.layers.selection.active = layer
+        layer.mode = "add_rectangle"
+        self._message(f"drag a rectangle on {name}, then 'Accept drawn'")
+
+    def accept_drawn(self) -> None:
+        """Accept the rectangles of the current slide's draw layer as regions."""
+        name = self._slide_or_say()
+        if name is None:
+            return
+        layer = self._layer(f"{name} draw")
+        if layer is None or not layer.nshapes:
+            self._message("draw a rectangle first ('Draw region')", True)
+            return
+        h0, w0 = self.project.slides[name].shape
+        drawn = []
+        for corners in layer.data:
+            (y0, x0), (y1, x1) = np.clip(np.min(corners, 0), 0, (h0, w0)), np.clip(np.max(corners, 0), 0, (h0, w0))
+            y0, x0, y1, x1 = (int(round(v)) for v in (y0, x0, y1, x1))
+            if y1 > y0 and x1 > x0:
+                drawn.append(Region(x0, y0, x1 - x0, y1 - y0, method="manual", slide=name, cycle=self.project.cycle))
+        layer.data = []
+        if not drawn:
+            self._message("the rectangle is outside the slide", True)
+            return
+        for region in drawn:
+            self._accept(region, "background")
 
     @staticmethod
     def _labels_name(region: Region) -> str:
@@ -418,7 +610,8 @@ class ALRegionsWidget(QWidget):
         if shown is not None and shown in self.viewer.layers:  # by identity: the user may rename it
             return shown
         data, kwargs, _ = region_labels_layer(p.region_labels(region), p.label_box(region), factor=p.label_factor(region.slide),
-                                              name=lname, colors=p.colors, slide=p.slides[region.slide])
+                                              name=lname, colors=p.colors, slide=p.slides[region.slide],
+                                              offset=self._offset(region.slide))
         layer = self.viewer.add_labels(data, metadata={"region": region}, **kwargs)
         layer.selected_label = len(p.classes)  # the last class (tumour) is what gets painted most
         layer.events.paint.connect(lambda event, lname=lname: self._painted(lname))
@@ -493,25 +686,62 @@ class ALRegionsWidget(QWidget):
     # ------------------------------------------------------------------ navigation
     def _refill_lists(self) -> None:
         p, name = self.project, self.current
-        self.proposal_list.clear()
-        self.accepted_list.clear()
-        if p is None or name is None:
-            return
-        for r in self._layer_regions(self.method.value):
-            self.proposal_list.addItem(f"{r.method} #{r.rank + 1}  score {r.score:.3g}  ({r.w}×{r.h} px)")
-        for r in p.session.accepted_on(name):
-            self.accepted_list.addItem(f"{r.method or 'manual'}  ({r.x}, {r.y})  {r.w}×{r.h} px")
+        kept = self._row_uid()
+        self._syncing = True  # refilling is no choice of the user's: the camera stays
+        try:
+            self.proposal_list.clear()
+            self.accepted_list.clear()
+            if p is None or name is None or name not in p.slides:
+                return
+            rows = self._proposal_rows()
+            means = box_means(p.maps[name].priority, rows, p.stride) if name in p.maps else [float("nan")] * len(rows)
+            for r, mean in zip(rows, means):
+                score = "" if np.isnan(mean) else f"  mean priority {mean:.2f}"
+                self.proposal_list.addItem(f"{r.method} #{r.rank + 1}{score}  ({r.w}×{r.h} px)")
+            for r in p.session.accepted_on(name):
+                self.accepted_list.addItem(f"{r.method or 'manual'}  ({r.x}, {r.y})  {r.w}×{r.h} px")
+            uids = [r.uid for r in rows]
+            if kept in uids:
+                self.proposal_list.setCurrentRow(uids.index(kept))
+        finally:
+            self._syncing = False
+
+    def _row_uid(self) -> str | None:
+        rows, i = self._proposal_rows(), self.proposal_list.currentRow()
+        return rows[i].uid if 0 <= i < len(rows) and self.proposal_list.count() == len(rows) else None
 
     def _go_to(self, regions: list[Region], i: int) -> None:
         if not 0 <= i < len(regions):
             return
-        r, s = regions[i], self._scale(regions[i].slide)
-        self.viewer.scene.camera.center = ((r.y + r.h / 2) * s, (r.x + r.w / 2) * s)
+        r = regions[i]
+        self._frame(r.slide, r.y, r.x, r.h, r.w, 0.8)
+
+    def _frame(self, name: str, y: float, x: float, h: float, w: float, fill: float) -> None:
+        """Centre the camera on a level-0 box of a slide, filling ``fill`` of the canvas."""
+        s, (oy, ox) = self._scale(name), self._offset(name)
+        self.viewer.scene.camera.center = (oy + (y + h / 2) * s, ox + (x + w / 2) * s)
         canvas = tuple(getattr(self.viewer.canvas, "size", None) or (600, 800))
-        self.viewer.scene.camera.zoom = 0.8 * min(canvas[0] / (r.h * s), canvas[1] / (r.w * s))
+        self.viewer.scene.camera.zoom = fill * min(canvas[0] / (h * s), canvas[1] / (w * s))
+
+    def _go_to_slide(self, name: str | None) -> None:
+        if self.project is not None and name in self.project.slides:
+            h, w = self.project.slides[name].shape
+            self._frame(name, 0, 0, h, w, 0.95)
 
     def _go_to_proposal(self, i: int) -> None:
-        self._go_to(self._layer_regions(self.method.value), i)
+        if self._syncing:
+            return
+        rows = self._proposal_rows()
+        self._go_to(rows, i)
+        layer = self._layer(f"{self.current} proposals") if 0 <= i < len(rows) else None
+        regions = layer.metadata.get("regions", []) if layer is not None else []
+        uids = [r.uid for r in regions]
+        if rows[i].uid in uids:  # the box is selected with its row
+            self._syncing = True
+            try:
+                layer.selected_data = {uids.index(rows[i].uid)}
+            finally:
+                self._syncing = False
 
     def _go_to_accepted(self, i: int) -> None:
         regions = self.project.session.accepted_on(self.current) if self.project and self.current else []
@@ -602,7 +832,7 @@ class ALRegionsWidget(QWidget):
             lname = f"{name} similarity"
             if self._layer(lname) is None:
                 self.viewer.add_image(sim, name=lname, colormap=Colormap(priority_colors(), name="alregions similarity"),
-                                      opacity=0.7, contrast_limits=(0.0, 1.0), **overlay_kwargs(p.slides[name], p.stride))
+                                      opacity=0.7, contrast_limits=(0.0, 1.0), **self._placed(name, p.stride))
             else:
                 self._layer(lname).data = sim
             self._message(f"prototype similarity for {name} (max {float(sim.max()):.3f}); suggest with 'Prototype similarity'")
@@ -660,8 +890,7 @@ class ALRegionsWidget(QWidget):
         if result is None:
             return
         out, summaries, overlap = result
-        for m in out:
-            self._show_proposals(name, m)
+        self._show_proposals(name)
         mm2 = (self.project.slides[name].mpp or 0) ** 2 / 1e6
         table = {"method": [s.method for s in summaries], "count": [s.count for s in summaries],
                  "area (mm²)" if mm2 else "area (px²)": [round(s.area * mm2, 3) if mm2 else s.area for s in summaries],
@@ -688,7 +917,7 @@ class ALRegionsWidget(QWidget):
         self._message(f"diversity over {len(out)} slide(s): " + ", ".join(f"{s}: {len(r)}" for s, r in out.items()))
 
     def accept_selected(self) -> None:
-        regions = self._layer_regions(self.method.value)
+        regions = self._proposal_rows()
         i = self.proposal_list.currentRow()
         if not 0 <= i < len(regions):
             self._message("select a proposal in the list first", True)
@@ -756,7 +985,7 @@ class ALRegionsWidget(QWidget):
             for name in p.slides:
                 if name in p.maps:
                     steps.append(lambda name=name: self._show_priority(name))
-                steps += [lambda name=name, m=m: self._show_proposals(name, m) for m in sorted({r.method for r in p.proposals(name)})]
+                steps.append(lambda name=name: self._show_proposals(name))
             done_msg = (f"cycle {summary['cycle']}: trained on {summary['n_candidates']} patches, maps and "
                         f"proposals refreshed in {time.perf_counter() - t0:.1f} s")
             warnings = summary.get("messages", [])  # a kept model or one no better than chance
@@ -812,7 +1041,7 @@ class ALRegionsWidget(QWidget):
         layer = self._layer(lname)
         if layer is None:
             self.viewer.add_image(np.nan_to_num(prob), name=lname, colormap="red", opacity=0.4, contrast_limits=(0.0, 1.0),
-                                  blending="additive", **overlay_kwargs(self.project.slides[name], self.project.stride))
+                                  blending="additive", **self._placed(name, self.project.stride))
         else:
             layer.data = np.nan_to_num(prob)
 
