@@ -506,18 +506,20 @@ class AnnotationProject:
             raise ValueError(f"region_size ({region_size} px) must be a multiple of the map stride ({self.stride} px)")
         arrays = {need: self._needed_array(slide, need, region_size, options) for need in METHODS[method].needs}
         regions = select(method, priority, stride=self.stride, region_size=region_size, k=k, tissue=tissue,
-                         annotated=self.session.accepted_on(slide), seed=seed, slide=slide, cycle=self.cycle,
+                         annotated=self._taken(slide), seed=seed, slide=slide, cycle=self.cycle,
                          **arrays, **options)
         # one name per selector in the session (prototype records its base method itself)
         return [r.with_(method=method) for r in regions]
+
+    def _taken(self, slide: str) -> list[Region]:
+        """Where no selector proposes: the labeled set, and what the user dismissed."""
+        return self.session.accepted_on(slide) + self.session.store.dismissed(slide)
 
     def _propose(self, slide: str, method: str, regions: list[Region], *, region_size: int, k: int, seed: int | None,
                  options: dict[str, Any]) -> list[Region]:
         """Make ``regions`` the proposals of ``method`` on ``slide`` and remember how to rerun it."""
         with self.session.changing() as session:  # a retrain's refresh runs this in its worker thread
-            regions = session.propose(regions) if regions else []
-            if not regions:
-                session.regions = [r for r in session.regions if not (r.slide == slide and r.method == method)]
+            regions = session.propose(regions, slide=slide, method=method)
             plan = session.params.setdefault("suggest", {}).setdefault(slide, {})
             plan[method] = {"region_size": int(region_size), "k": int(k), "seed": seed, "options": _jsonable(options)}
             session.save()
@@ -580,7 +582,50 @@ class AnnotationProject:
             annotated={s: self.session.accepted_on(s) for s in self.slides})
 
     def proposals(self, slide: str, method: str | None = None) -> list[Region]:
-        return [r for r in self.session.regions if r.slide == slide and (method is None or r.method == method)]
+        return self.session.store.proposed(slide, method)
+
+    def dismiss(self, region: Region) -> Region:
+        """Dismiss a proposal: it is no longer offered, and no selector proposes its area
+        again (as if annotated); the session keeps it as dismissed.
+
+        Raises
+        ------
+        ValueError
+            If ``region`` (by ``uid``) is not a proposal of the session.
+        """
+        with self.session.changing() as session:
+            dismissed = session.store.dismiss(region.uid)
+            session.save()
+        return dismissed
+
+    def edit_proposal(self, region: Region, *, x: float, y: float, w: float, h: float) -> Region:
+        """Move or resize a proposal (level-0 px): snapped to the map grid (each side to the
+        nearest grid line, at least one cell) and clipped to the slide; the uid stays.
+
+        Raises
+        ------
+        ValueError
+            If ``region`` is not a proposal, or the box lies wholly outside the slide.
+        """
+        if not all(map(math.isfinite, (x, y, w, h))):
+            raise ValueError(f"region box must be finite numbers, got {(x, y, w, h)}")
+        old = self.session.store.get(region.uid)
+        if old is None or self.session.store.status(region.uid) != "proposed":
+            raise ValueError(f"region: {region.uid!r} is not a proposal of this session")
+        s = self.stride
+        height, width = self._slide(old.slide).shape
+        x0, x1 = sorted((x, x + w))
+        y0, y1 = sorted((y, y + h))
+        cx0, cy0 = max(0, round(x0 / s)), max(0, round(y0 / s))
+        cx1, cy1 = min(-(-width // s), round(x1 / s)), min(-(-height // s), round(y1 / s))
+        if cx0 >= -(-width // s) or cy0 >= -(-height // s) or cx1 <= 0 or cy1 <= 0:
+            raise ValueError(f"region box {(x, y, w, h)} lies outside the slide ({width} x {height} px)")
+        cx1, cy1 = max(cx1, cx0 + 1), max(cy1, cy0 + 1)
+        edited = old.with_(x=cx0 * s, y=cy0 * s, w=(cx1 - cx0) * s, h=(cy1 - cy0) * s)
+        with self.session.changing() as session:
+            edited = session.store.edit(edited)
+            session.save()
+        return edited
 
     def compare(self, slide: str, methods: Iterable[str], *, region_size: int, k: int, seed: int | None = 0,
                 options: dict[str, dict[str, Any]] | None = None) -> tuple[dict[str, list[Region]], list[MethodSummary], np.ndarray]:

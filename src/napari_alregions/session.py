@@ -28,6 +28,7 @@ from ._atomic import atomic_path
 from ._atomic import write_text as _atomic_write_text  # a module name: tests simulate a crash here
 from .geometry import Region
 from .io_qupath import read_regions, region_features, write_features
+from .regionset import ACCEPTED, DISMISSED, PROPOSED, RegionSet
 
 __all__ = ["Session", "SessionError", "SlideEntry"]
 
@@ -61,8 +62,7 @@ class Session:
     folder: Path
     classes: tuple[str, ...] = ("background", "tumour")
     slides: dict[str, SlideEntry] = field(default_factory=dict)
-    regions: list[Region] = field(default_factory=list)  # proposed, not yet accepted
-    accepted: list[Region] = field(default_factory=list)
+    store: RegionSet = field(default_factory=RegionSet)  # every region, with its status
     history: list[dict[str, Any]] = field(default_factory=list)
     params: dict[str, Any] = field(default_factory=dict)
     checkpoints: list[str] = field(default_factory=list)  # model (ensemble members), relative to folder
@@ -107,13 +107,18 @@ class Session:
                 d["label_shape"] = tuple(d["label_shape"])
             slides[d["name"]] = SlideEntry(**d)
         all_regions = read_regions(folder / REGIONS_FILE) if (folder / REGIONS_FILE).exists() else []
-        accepted_ids = set(meta.get("accepted", []))
+        accepted_ids, dismissed_ids = set(meta.get("accepted", [])), set(meta.get("dismissed", []))
+        by_uid = {r.uid: r for r in all_regions}
+        status = {r.uid: DISMISSED if r.uid in dismissed_ids else PROPOSED for r in all_regions}
+        # accepted in the order they were accepted (session.json keeps that order)
+        order = [by_uid[u] for u in meta.get("accepted", []) if u in by_uid]
+        store = RegionSet([(r, status[r.uid]) for r in all_regions if r.uid not in accepted_ids]
+                          + [(r, ACCEPTED) for r in order])
         return cls(
             folder=folder,
             classes=tuple(meta.get("classes", ("background", "tumour"))),
             slides=slides,
-            regions=[r for r in all_regions if r.uid not in accepted_ids],
-            accepted=[r for r in all_regions if r.uid in accepted_ids],
+            store=store,
             history=list(meta.get("history", [])),
             params=dict(meta.get("params", {})),
             checkpoints=list(meta.get("checkpoints", [])),
@@ -181,33 +186,37 @@ class Session:
             yield self
 
     # -- regions -------------------------------------------------------------------------
+    @property
+    def regions(self) -> list[Region]:
+        """The proposals (not yet accepted or dismissed)."""
+        return self.store.proposed()
+
+    @property
+    def accepted(self) -> list[Region]:
+        """The labeled set's regions, in the order they were accepted."""
+        return self.store.accepted()
+
+    @property
+    def regions_changed(self) -> list:
+        """Callbacks ``f(event)`` run after each change of the regions (:class:`RegionEvent`)."""
+        return self.store.changed
+
     def accept(self, region: Region) -> Region:
         """Move a proposed region (or a new one) into the labeled set."""
-        region = region if region.uid else region.with_(uid=_new_uid())
-        with self._lock:
-            self.regions = [r for r in self.regions if r.uid != region.uid]
-            self.accepted.append(region)
-        return region
+        return self.store.accept(region)
 
     def unaccept(self, uid: str | None) -> Region:
         """Drop the accepted region ``uid`` from the labeled set and return it. Its label
         pixels stay: :meth:`~napari_alregions.project.AnnotationProject.remove_accepted` clears them."""
-        with self._lock:
-            for i, r in enumerate(self.accepted):
-                if uid and r.uid == uid:
-                    return self.accepted.pop(i)
-        raise ValueError(f"region: {uid!r} is not an accepted region of this session (already removed?)")
+        return self.store.remove(uid, status=ACCEPTED)
 
-    def propose(self, regions: list[Region]) -> list[Region]:
-        """Replace the proposals of the same slides and methods with new ones."""
-        regions = [r if r.uid else r.with_(uid=_new_uid()) for r in regions]
-        keys = {(r.slide, r.method) for r in regions}
-        with self._lock:
-            self.regions = [r for r in self.regions if (r.slide, r.method) not in keys] + regions
-        return regions
+    def propose(self, regions: list[Region], *, slide: str | None = None, method: str | None = None) -> list[Region]:
+        """Replace the proposals of the same slides and methods with new ones (with no
+        regions: clear those of ``slide`` and ``method``)."""
+        return self.store.propose(regions, slide=slide, method=method)
 
     def accepted_on(self, slide: str) -> list[Region]:
-        return [r for r in self.accepted if r.slide == slide]
+        return self.store.accepted(slide)
 
     @property
     def cycle(self) -> int:
@@ -225,14 +234,19 @@ class Session:
             (self.folder / "checkpoints").mkdir(exist_ok=True)
             for name in sorted(self._dirty):
                 self._chunks[name] = _write_label_zip(self._label_path(name), self._labels[name], self._chunks.get(name))
-            write_features(self.folder / REGIONS_FILE, region_features(self.accepted, self.regions))
+            items = self.store.items()  # one snapshot: a region is in one list only
+            accepted = [r for r, st in items if st == ACCEPTED]
+            proposed = [r for r, st in items if st == PROPOSED]
+            dismissed = [r for r, st in items if st == DISMISSED]
+            write_features(self.folder / REGIONS_FILE, region_features(accepted, proposed + dismissed))
             meta = {
                 "format": FORMAT,
                 "version": 1,
                 "software": {"napari-alregions": __version__, "python": platform.python_version()},
                 "classes": list(self.classes),
                 "slides": [_entry_dict(e) for e in self.slides.values()],
-                "accepted": [r.uid for r in self.accepted],
+                "accepted": [r.uid for r in accepted],
+                "dismissed": [r.uid for r in dismissed],
                 "history": self.history,
                 "params": self.params,
                 "checkpoints": self.checkpoints,
@@ -256,12 +270,6 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, tuple):
         return list(o)
     raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
-
-
-def _new_uid() -> str:
-    import uuid
-
-    return str(uuid.uuid4())
 
 
 def _chunk_box(chunk: tuple[int, int], shape: tuple[int, ...]) -> tuple[slice, slice]:
