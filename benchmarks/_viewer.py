@@ -39,6 +39,7 @@ def demo_viewer(session: Path, *, patch_size: int = 64, size: int = 4096, traini
     w.folder.value = str(session)
     w.patch_size.value = patch_size
     click(w, "New session")
+    wait_idle(w)
     if training:
         w.project.session.params["training"] = dict(training)
     w.slide_file.value = str(folder / manifest["slides"][0]["image"])

@@ -27,6 +27,7 @@ __all__ = [
     "coarse_layer_kwargs",
     "overlay_kwargs",
     "priority_colors",
+    "priority_limits",
     "label_colormap",
     "region_labels_layer",
     "regions_layer",
@@ -127,6 +128,39 @@ def tissue_labels_layer(slide: Slide, offset: Offset = (0.0, 0.0)) -> tuple[np.n
     kwargs = overlay_kwargs(slide, slide.downsamples[level], offset)
     kwargs.update(name=f"{slide.path.name} tissue", opacity=0.3, metadata={"slide_path": str(slide.path)})
     return (mask, kwargs, "labels")
+
+
+def priority_limits(priority: np.ndarray, tissue: np.ndarray | None = None, *, low: float = 50.0,
+                    high: float = 99.5) -> tuple[float, float]:
+    """Contrast limits of a priority overlay relative to the slide's own tissue values.
+
+    The ``low`` percentile of the map over tissue is drawn transparent (the colormap starts
+    at alpha 0), the ``high`` percentile at full colour: half the tissue stays clear and the
+    most informative areas stand out, whatever the model's range (0.2-0.33 after training
+    was a faint grey at fixed limits 0-1). A flat map (untrained model) is drawn clear.
+
+    Parameters
+    ----------
+    priority : (H, W) array
+        The map; NaN where unknown.
+    tissue : (H, W) bool array, optional
+        Cells on tissue (default: every cell).
+    low, high : float
+        Percentiles (0-100, ``low < high``).
+    """
+    priority = np.asarray(priority)
+    if priority.ndim != 2:
+        raise ValueError(f"priority must be a 2-D map, got shape {priority.shape}")
+    if not 0 <= low < high <= 100:
+        raise ValueError(f"low and high must satisfy 0 <= low < high <= 100, got {low}, {high}")
+    values = priority if tissue is None else priority[np.asarray(tissue, dtype=bool)]
+    values = values[np.isfinite(values)]
+    if not values.size:
+        return 0.0, 1.0
+    lo, hi = (float(v) for v in np.percentile(values, [low, high]))
+    if hi <= lo:  # flat: everything at the transparent end
+        hi = lo + max(abs(lo), 1.0) * 1e-3
+    return lo, hi
 
 
 def priority_colors(n: int = 9) -> np.ndarray:

@@ -73,9 +73,10 @@ class TaskRunner:
         cancel = threading.Event()
         self._cancel = cancel
 
-        from ..model import InferenceCancelled, TrainingCancelled
-
         def work():
+            # torch is imported here, in the worker: importing it on the viewer's thread froze it for seconds
+            from ..model import InferenceCancelled, TrainingCancelled
+
             try:
                 return (yield from make(cancel.is_set))
             except (TrainingCancelled, InferenceCancelled):

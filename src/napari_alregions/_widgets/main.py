@@ -73,6 +73,10 @@ class ALRegionsWidget(QWidget):
         self._syncing = False  # a box and its list row being selected together
         self._removing: list[str] = []  # uids of the boxes napari is deleting
         self._pending_redraw: set[str] = set()
+        self._redraw_timer = QTimer(self)  # a child timer, not QTimer.singleShot: a pending shot kept the viewer alive
+        self._redraw_timer.setSingleShot(True)
+        self._redraw_timer.setInterval(0)
+        self._redraw_timer.timeout.connect(self._redraw_pending)
         self._region_event.connect(self._region_event_arrived, Qt.ConnectionType.QueuedConnection)
         self._autosave = QTimer(self)
         self._autosave.setSingleShot(True)
@@ -135,7 +139,7 @@ class ALRegionsWidget(QWidget):
                                      self.slide_file, add, add_layer, self.slide])
 
     def _model_tab(self) -> mw.Container:
-        from ..model import ARCHITECTURES
+        from ..architectures import ARCHITECTURES
 
         self.arch = mw.ComboBox(label="Architecture", choices=list(ARCHITECTURES), value="compact")
         self.patch_size = mw.SpinBox(label="Patch size (px)", value=64, min=16, max=1024, step=16)
@@ -294,35 +298,57 @@ class ALRegionsWidget(QWidget):
         return slide_scale(self.project.slides[name])
 
     # ------------------------------------------------------------------ session
+    def _session_folder(self) -> Path | None:
+        """The folder typed in, or None after asking for one (an empty field is no folder:
+        it used to create the session wherever napari was started)."""
+        text = self.folder.line_edit.value.strip()  # .value of an empty field is Path(".")
+        if not text:
+            self._message("choose a session folder first", True)
+            return None
+        return Path(text).expanduser()
+
     def new_session(self) -> None:
-        folder = Path(self.folder.value)
-        classes = [c.strip() for c in self.classes.value.split(",") if c.strip()]
-        try:
-            project = AnnotationProject.create(folder, classes=classes, arch=self.arch.value, patch_size=self.patch_size.value,
-                                               level=self.level.value, members=self.members.value)
-        except (ValueError, OSError) as exc:
-            self._message(str(exc), True)
+        folder = self._session_folder()
+        if folder is None:
             return
-        self._set_project(project)
-        self._message(f"new session in {folder}")
+        classes = [c.strip() for c in self.classes.value.split(",") if c.strip()]
+        settings = dict(classes=classes, arch=self.arch.value, patch_size=self.patch_size.value, level=self.level.value,
+                        members=self.members.value)
+
+        def make(cancel):  # building the model imports torch: seconds, off the viewer's thread
+            yield {"phase": "new session"}
+            return AnnotationProject.create(folder, **settings)
+
+        def done(project: AnnotationProject) -> None:
+            self._set_project(project)
+            self._message(f"new session in {folder}")
+
+        self.runner.start(make, desc="new session", on_done=done)
 
     def open_session(self) -> None:
-        try:
-            project = AnnotationProject.open(Path(self.folder.value))
-        except (ValueError, OSError) as exc:
-            self._message(str(exc), True)
+        folder = self._session_folder()
+        if folder is None:
             return
+
+        def make(cancel):  # slides, model, maps and labels are read in the worker
+            yield {"phase": "opening session"}
+            return AnnotationProject.open(folder)
+
+        self.runner.start(make, desc="open session", on_done=self._opened)
+
+    def _opened(self, project: AnnotationProject) -> None:
         self._set_project(project)
+        # one layer per event-loop turn: the viewer keeps responding while they appear
+        steps: list = []
         for name in project.slides:
-            self._show_slide(name)
+            steps.append(lambda name=name: self._show_slide(name))
             if name in project.maps:
-                self._show_priority(name)
-            self._show_proposals(name)
-            self._show_accepted(name)
-            for r in project.session.accepted_on(name):
-                self._open_region_labels(r)
-        self._go_to_slide(self.current)  # the dropdown's slide is the one on screen
-        self._message(f"opened {project.folder}: {len(project.slides)} slide(s), cycle {project.cycle}")
+                steps.append(lambda name=name: self._show_priority(name))
+            steps += [lambda name=name: self._show_proposals(name), lambda name=name: self._show_accepted(name)]
+            steps += [lambda r=r: self._open_region_labels(r) for r in project.session.accepted_on(name)]
+        steps += [lambda: self._go_to_slide(self.current),  # the dropdown's slide is the one on screen
+                  lambda: self._message(f"opened {project.folder}: {len(project.slides)} slide(s), cycle {project.cycle}")]
+        self._run_steps(steps)
 
     def _listen(self, project: AnnotationProject, on: bool) -> None:
         """(Un)subscribe to the session's region change events."""
@@ -485,6 +511,7 @@ class ALRegionsWidget(QWidget):
             gone = [r for r in self.project.proposals(name) if r.uid in set(uids)]
             for r in gone:
                 self._guard(self.project.dismiss, r)
+            self._refill_lists()  # the rows now; the layer is redrawn after napari's handler
             self._later(name)
             if gone:
                 self._message(f"dismissed {len(gone)} proposal(s) on {name}")
@@ -496,8 +523,8 @@ class ALRegionsWidget(QWidget):
                     continue
                 y0, x0 = np.min(layer.data[i], axis=0)
                 y1, x1 = np.max(layer.data[i], axis=0)
-                box = dict(x=int(round(x0)), y=int(round(y0)), w=max(1, int(round(x1 - x0))), h=max(1, int(round(y1 - y0))))
-                if (box["x"], box["y"], box["w"], box["h"]) != (region.x, region.y, region.w, region.h):
+                box = dict(x=float(x0), y=float(y0), w=float(x1 - x0), h=float(y1 - y0))
+                if not np.allclose((x0, y0, x1, y1), (region.x, region.y, region.x1, region.y1)):
                     edited = self._guard(self.project.edit_proposal, region, **box)
                     if edited is not None:
                         self._message(f"{region.method} #{region.rank + 1} moved to ({edited.x}, {edited.y}), "
@@ -509,7 +536,7 @@ class ALRegionsWidget(QWidget):
     def _later(self, name: str) -> None:
         """Redraw the slide's proposals on the next event-loop turn (not inside napari's handler)."""
         self._pending_redraw.add(name)
-        QTimer.singleShot(0, self._redraw_pending)
+        self._redraw_timer.start()
 
     def _redraw_pending(self) -> None:
         names, self._pending_redraw = self._pending_redraw, set()
@@ -569,7 +596,7 @@ class ALRegionsWidget(QWidget):
         lname = f"{name} draw"
         layer = self._layer(lname)
         if layer is None:
-            layer = self.viewer.add_shapes(name=lname, edge_color=METHOD_COLORS["accepted"], face_color="transparent",
+            layer = self.viewer.add_shapes(name=lname, edge_color=np.array(METHOD_COLORS["accepted"]), face_color="transparent",
                                            edge_width=max(2.0, min(self.project.slides[name].shape) / 200),
                                            **self._placed(name, 1))
         self.viewer.layers.selection.active = layer
@@ -1000,7 +1027,11 @@ class ALRegionsWidget(QWidget):
         self._redrawing = bool(steps)
         if not steps:
             return
-        steps[0]()
+        try:
+            steps[0]()
+        except Exception:
+            self._redrawing = False  # a failed step must not leave the widget busy for ever
+            raise
         QTimer.singleShot(0, lambda: self._run_steps(steps[1:]))
 
     @property
