@@ -12,13 +12,16 @@ pytestmark = pytest.mark.gui
 FAST = {"initial_steps": 12, "fine_tune_steps": 8, "patches_per_slide": 64}
 
 
-def _click(widget, text: str) -> None:
+def _click(widget, text: str, *, wait: bool = True) -> None:
+    """Click a button; ``wait``: until what it started (a worker, a redraw) is done."""
     from qtpy.QtWidgets import QPushButton
 
     buttons = [b for b in widget.findChildren(QPushButton) if b.text() == text]
     assert len(buttons) == 1, f"no single button {text!r}"
     assert buttons[0].isEnabled(), f"button {text!r} is disabled"
     buttons[0].click()
+    if wait and hasattr(widget, "busy"):
+        _idle(widget)
 
 
 def _wait(qtbot, w, timeout=120_000) -> None:
@@ -113,9 +116,12 @@ def test_loop_in_viewer_suggest_accept_paint_retrain_reopen(make_napari_viewer, 
     # side by side: one row per method in the table, IoU of a method with itself 1
     w.compare_methods.value = ["random", "standard"]
     _click(w, "Compare methods")
-    table = w.table.to_dict("list")
-    assert table["method"] == ["random", "standard"]
-    assert table["IoU random"][0] == 1.0 and table["IoU standard"][1] == 1.0
+    table = w.table.to_dict("dict")  # one column per method
+    assert list(table) == ["random", "standard"]
+    assert table["random"]["IoU random"] == 1.0 and table["standard"]["IoU standard"] == 1.0
+    for m in ("random", "standard"):  # the sum of the proposals' scores; the list shows the mean in the box
+        assert table[m]["sum priority"] == pytest.approx(sum(r.score for r in w.project.proposals(slide, m)), abs=0.01)
+    assert "standard" in w.legend.value and "random" in w.legend.value
     assert {"random", "standard"} <= set(viewer.layers[f"{slide} proposals"].features["method"])
     assert f"compared 2 methods on {slide}" in w.message.value
 
@@ -141,7 +147,7 @@ def test_loop_in_viewer_suggest_accept_paint_retrain_reopen(make_napari_viewer, 
     assert "annotated" in w.status.value
 
     before = prio.data.copy()
-    _click(w, "Retrain")
+    _click(w, "Retrain", wait=False)
     assert w.runner.busy
     _wait(qtbot, w)
     assert w.project.cycle == 1, w.message.value
@@ -180,14 +186,15 @@ def test_cancel_and_close_during_retrain_change_nothing(make_napari_viewer, qtbo
     w.proposal_list.setCurrentRow(0)
     _click(w, "Accept region")
     w.project.session.params["training"] = {"initial_steps": 100_000, "epochs": 1000, "patience": 1000}
-    _click(w, "Retrain")
+    _click(w, "Retrain", wait=False)
     qtbot.wait(300)
     assert w.runner.busy
-    _click(w, "Cancel")
+    _click(w, "Cancel", wait=False)
     _wait(qtbot, w)
     assert "cancelled" in w.message.value and w.project.cycle == 0 and not w.project.trained
     # closing the viewer while a worker runs: the worker stops, the session stays as saved
-    _click(w, "Retrain")
+    _click(w, "Retrain", wait=False)
+    assert w.message.value == "retrain…"  # not the last task's "cancelled"
     qtbot.wait(300)
     folder = w.project.folder
     viewer.close()
@@ -374,7 +381,9 @@ def test_overlapping_regions_keep_each_others_strokes(make_napari_viewer, qtbot,
     viewer, w, slide = _start(make_napari_viewer, tmp_path, small_pool)
     # methods side by side propose overlapping windows: accept one of each
     w._accept(Region(0, 0, 256, 256, slide=slide, method="standard"), "background")
+    _wait(qtbot, w)
     w._accept(Region(128, 128, 256, 256, slide=slide, method="adaptive"), "background")
+    _wait(qtbot, w)
     first, second = w.project.session.accepted
     la, lb = viewer.layers[w._labels_name(first)], viewer.layers[w._labels_name(second)]
     la.brush_size = 4
@@ -676,3 +685,77 @@ def test_reject_button_and_a_drawn_region(make_napari_viewer, qtbot, tmp_path, s
     region = w.project.session.accepted[-1]
     assert (region.slide, region.x, region.y, region.w, region.h, region.method) == (slide, 200, 100, 450, 300, "manual")
     assert draw.nshapes == 0 and w._labels_name(region) in viewer.layers
+
+
+def test_small_things_of_issue_20(make_napari_viewer, qtbot, tmp_path, small_pool, monkeypatch):
+    import shutil
+
+    from qtpy.QtWidgets import QDockWidget
+
+    from napari_alregions._widgets import ALRegionsWidget
+
+    folder, manifest = small_pool
+    viewer = make_napari_viewer(show=True)
+    w = ALRegionsWidget(viewer)
+    viewer.window.add_dock_widget(w, name="AL Regions")
+    # no session yet: the message says so (it said "add a slide first")
+    _click(w, "Suggest")
+    assert w.message.value == "create or open a session first"
+    # an empty folder field is no folder: nothing is created where napari was started
+    monkeypatch.chdir(tmp_path)
+    w.folder.line_edit.value = ""
+    _click(w, "New session")
+    assert w.project is None and "choose a session folder" in w.message.value
+    assert not (tmp_path / "session.json").exists()
+    w.folder.value = str(tmp_path / "sess")
+    w.patch_size.value = 32
+    _click(w, "New session")
+    _click(w, "Add slide")  # no slide chosen yet
+    slide_path = folder / manifest["slides"][0]["image"]
+    w.slide_file.value = str(slide_path)
+    _click(w, "Add slide")
+    first = w.current
+    # another file of the same name is added under a new name; the same file is not added twice
+    other = tmp_path / "other" / slide_path.name
+    other.parent.mkdir()
+    shutil.copy(folder / manifest["slides"][1]["image"], other)
+    w.slide_file.value = str(other)
+    _click(w, "Add slide")
+    stem, suffix = slide_path.name.rsplit(".", 1)
+    assert list(w.project.slides) == [first, f"{stem}_2.{suffix}"] and w.current == f"{stem}_2.{suffix}"
+    assert "is in the session already" in w.message.value
+    assert w.project.session.slides[w.current].path == str(other.resolve())
+    w.slide_file.value = str(slide_path)
+    _click(w, "Add slide")
+    assert len(w.project.slides) == 2 and f"in the session already, as {first}" in w.message.value
+    # adaptive boxes are reported at their own size, not the size asked for
+    w.slide.value = first
+    _compute(qtbot, w)
+    w.method.value, w.unit.value, w.region_size.value, w.k.value = "adaptive", "px", 8 * w.project.stride, 3
+    _click(w, "Suggest")
+    regions = w.project.proposals(first, "adaptive")
+    sides = {(r.w, r.h) for r in regions}
+    if sides == {(8 * w.project.stride,) * 2}:
+        assert f"of {8 * w.project.stride} px" in w.message.value
+    else:
+        assert f"of {8 * w.project.stride} px" not in w.message.value
+        assert all(str(r.w) in w.message.value or str(r.h) in w.message.value for r in regions), w.message.value
+    # a Cancel that comes during a task's last step: the results are kept and the message says so
+    results = []
+
+    def finishing(cancel):
+        yield {"phase": "last batch"}
+        w.runner.cancel()  # the user presses Cancel now; the task has nothing left to stop
+        return 42
+
+    w._task(finishing, desc="retrain", on_done=results.append)
+    _wait(qtbot, w)
+    assert results == [42] and "had finished before Cancel took effect" in w.message.value
+    # a long status line wraps: the dock keeps its width
+    [dock] = [d for d in viewer.window._qt_window.findChildren(QDockWidget) if d.widget() is w]
+    qtbot.wait(50)
+    width = dock.width()
+    w.status.value = "cycle 3 · annotated 12.34% of tissue · 40 accepted · autosaved 12:00:00 " * 3
+    w.message.value = str(tmp_path / ("a_very_long_folder_name_without_spaces" * 3))
+    qtbot.wait(50)
+    assert dock.width() == width

@@ -87,8 +87,10 @@ class TaskRunner:
         def returned(value: Any) -> None:
             if value is _CANCELLED:
                 self._on_message("cancelled: nothing was changed", False)
-            else:
-                on_done(value)
+                return
+            on_done(value)
+            if cancel.is_set():  # pressed during the last step: the task had finished, say so
+                self._on_message(f"{desc} had finished before Cancel took effect: its results are kept", True)
 
         worker = create_worker(work, _start_thread=False, _ignore_errors=True)  # errors become messages
         self._bar = self._progress

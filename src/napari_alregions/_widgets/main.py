@@ -16,17 +16,65 @@ from magicgui import widgets as mw
 from napari.utils.colormaps import Colormap
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QEvent, Qt, QTimer, Signal
-from qtpy.QtWidgets import QListWidget, QMessageBox, QTabWidget, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QHeaderView, QListWidget, QMessageBox, QSizePolicy, QTabWidget, QVBoxLayout, QWidget
 
 from ..cli_suggest import _parse_option
 from ..geometry import Region
-from ..layers import METHOD_COLORS, box_means, overlay_kwargs, priority_colors, region_labels_layer, regions_layer, slide_image_layer, slide_layout, slide_scale
+from ..layers import (
+    METHOD_COLORS,
+    box_means,
+    overlay_kwargs,
+    priority_colors,
+    priority_limits,
+    region_labels_layer,
+    regions_layer,
+    slide_image_layer,
+    slide_layout,
+    slide_scale,
+)
 from ..priority import MEASURES
 from ..project import AnnotationProject, region_size_px
 from ..selection import METHODS
 from ._runner import TaskRunner
 
 __all__ = ["ALRegionsWidget"]
+
+
+def _free_name(name: str, taken) -> str:
+    """``name``, or ``stem_2.ext``, ``stem_3.ext``... when a slide of that name exists."""
+    if name not in taken:
+        return name
+    path = Path(name)
+    stem, suffix = (path.name[: -len("".join(path.suffixes))], "".join(path.suffixes)) if path.suffixes else (name, "")
+    i = 2
+    while f"{stem}_{i}{suffix}" in taken:
+        i += 1
+    return f"{stem}_{i}{suffix}"
+
+
+def _sizes(regions) -> str:
+    """The box sizes of ``regions`` as a user reads them: "512 px", "512×256 px", "256-512 px"."""
+    sides = sorted({(r.w, r.h) for r in regions})
+    if not sides:
+        return ""
+    if len(sides) == 1:
+        w, h = sides[0]
+        return f"{w} px" if w == h else f"{w}×{h} px"
+    lo, hi = min(min(s) for s in sides), max(max(s) for s in sides)
+    return f"{lo}-{hi} px"
+
+
+def _unbind(viewer, keys: list[str]) -> None:
+    for key in keys:
+        try:
+            viewer.bind_key(key, None)
+        except (KeyError, ValueError, RuntimeError):  # already gone with the viewer
+            pass
+    keys.clear()
+
+
+def _hex(rgba) -> str:
+    return "#" + "".join(f"{round(255 * c):02x}" for c in rgba[:3])
 
 
 def _region_keys(regions) -> list[tuple]:
@@ -69,6 +117,7 @@ class ALRegionsWidget(QWidget):
         self._unsaved: set[str] = set()
         self._watched: set[int] = set()  # ids of windows whose closing saves pending strokes (no reference kept)
         self._redrawing = False
+        self._after_task = None  # what runs once the current task's worker has finished (auto-retrain)
         self._redrawing_shapes = False  # our own redraw of a Shapes layer: no user edit
         self._syncing = False  # a box and its list row being selected together
         self._removing: list[str] = []  # uids of the boxes napari is deleting
@@ -101,9 +150,20 @@ class ALRegionsWidget(QWidget):
         layout.addWidget(self.cancel_btn.native)
         layout.addWidget(self.status.native)
         layout.addWidget(self.message.native)
-        self.message.native.setWordWrap(True)
+        for label in (self.message, self.status):
+            # wrapped, and no width of its own: a long line widened the dock by ~84 px and cut the slide off
+            label.native.setWordWrap(True)
+            label.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.shortcuts = mw.Label(value="")
+        self.shortcuts.native.setWordWrap(True)
+        self.shortcuts.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        layout.addWidget(self.shortcuts.native)
+        self._bound: list[str] = []
+        self._bind_keys(2)
         runner = self.runner
+        viewer, bound = self.viewer, self._bound
         self.destroyed.connect(lambda *_: runner.wait())  # closing the viewer stops the worker first
+        self.destroyed.connect(lambda *_: _unbind(viewer, bound))
 
     def _watch_close(self) -> None:
         # closing the viewer's window must not drop strokes still waiting for the autosave
@@ -120,6 +180,42 @@ class ALRegionsWidget(QWidget):
         if event.type() == QEvent.Type.Close:
             self.flush_labels()
         return False
+
+    # ------------------------------------------------------------------ shortcuts
+    #: Alt+key: the viewer's plain letters and digits belong to napari's layers (modes, tools).
+    _KEYS = {"Alt-A": ("accept", "accept_selected"), "Alt-X": ("reject", "reject_selected"),
+             "Alt-N": ("next", "_next"), "Alt-P": ("previous", "_previous"), "Alt-D": ("draw", "draw_region"),
+             "Alt-R": ("retrain", "retrain")}
+
+    def _bind_keys(self, n_classes: int) -> None:
+        """Bind the plugin's shortcuts on the viewer (unbound when the widget goes) and list them."""
+        _unbind(self.viewer, self._bound)
+        keys = {k: getattr(self, attr) for k, (_, attr) in self._KEYS.items()}
+        keys.update({f"Alt-{i + 1}": (lambda i=i: self.pick_class(i + 1)) for i in range(min(n_classes, 9))})
+        for key, fn in keys.items():
+            self.viewer.bind_key(key, lambda _viewer, fn=fn: fn(), overwrite=True)
+            self._bound.append(key)
+        classes = self.project.classes if self.project is not None else ()
+        picks = ", ".join(f"{i + 1} {c}" for i, c in enumerate(classes[:9])) or "1..n class"
+        self.shortcuts.value = ("Shortcuts (Alt+): " + " · ".join(f"{k[4:]} {what}" for k, (what, _) in self._KEYS.items())
+                                + f" · {picks}")
+
+    def _next(self) -> None:
+        self._step_proposal(1)
+
+    def _previous(self) -> None:
+        self._step_proposal(-1)
+
+    def pick_class(self, value: int) -> None:
+        """Paint class ``value`` (1..n) in the active region labels layer."""
+        layer = self.viewer.layers.selection.active
+        if self.project is None or layer is None or "region" not in getattr(layer, "metadata", {}):
+            self._message("select a region's labels layer to paint in first", True)
+            return
+        if not 1 <= value <= len(self.project.classes):
+            return
+        layer.selected_label = value
+        self._message(f"painting {self.project.classes[value - 1]}")
 
     # ------------------------------------------------------------------ tabs
     def _session_tab(self) -> mw.Container:
@@ -185,7 +281,11 @@ class ALRegionsWidget(QWidget):
         compare.changed.connect(self.compare)
         pool = _button("Diversity over all slides", "k regions per slide that together cover the pool's variety")
         pool.changed.connect(self.pool_diversity)
-        self.table = mw.Table(value={"method": [], "count": [], "area (mm²)": [], "tissue %": [], "mean priority": []})
+        # one column per method, one row per measure: 4 methods fit the dock (11 columns did not)
+        self.table = mw.Table(value={"data": [], "index": [], "columns": []})
+        self.table.native.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        self.legend = mw.Label(value="")  # the colour of each method's boxes
+        self.legend.native.setWordWrap(True)
         self.proposal_list = QListWidget()
         self.proposal_list.currentRowChanged.connect(self._go_to_proposal)
         prev, nxt = _button("◀ Previous"), _button("Next ▶")
@@ -200,7 +300,7 @@ class ALRegionsWidget(QWidget):
         accept_drawn = _button("Accept drawn", "add the rectangles you drew to the labeled set")
         accept_drawn.changed.connect(self.accept_drawn)
         box = mw.Container(widgets=[self.method, self.options, self.region_size, self.unit, self.k, self.seed, suggest, pool,
-                                    self.compare_methods, compare, self.table,
+                                    self.compare_methods, compare, self.table, self.legend,
                                     mw.Container(widgets=[prev, nxt], layout="horizontal", labels=False),
                                     mw.Container(widgets=[accept, reject], layout="horizontal", labels=False),
                                     mw.Container(widgets=[draw, accept_drawn], layout="horizontal", labels=False)])
@@ -257,6 +357,9 @@ class ALRegionsWidget(QWidget):
         self.cancel_btn.enabled = busy
         for b in self._busy_buttons:
             b.enabled = not busy
+        then, self._after_task = (None, self._after_task) if not busy else (self._after_task, self._after_task)
+        if not busy and then is not None:
+            then()
 
     def _guard(self, fn, *args, **kwargs) -> Any:
         """Run a quick project call; a bad input becomes a message, not a traceback."""
@@ -268,6 +371,26 @@ class ALRegionsWidget(QWidget):
         except (ValueError, KeyError, OSError) as exc:
             self._message(str(exc), True)
             return None
+
+    def _call(self, desc: str, fn, *args, on_done, **kwargs) -> None:
+        """A project call that may take seconds (selecting, saving, opening files) run in the
+        worker; ``on_done(result)`` draws it. A bad input becomes a message, as in :meth:`_guard`."""
+        if self.project is None or fn is None:
+            self._message("create or open a session first", True)
+            return
+
+        def make(cancel):
+            yield {"phase": desc}
+            return fn(*args, **kwargs)
+
+        self._task(make, desc=desc, on_done=on_done)
+
+    def _task(self, make, *, desc: str, on_done) -> bool:
+        """Start a task; the message line says what runs (a message of the last task would go stale)."""
+        started = self.runner.start(make, desc=desc, on_done=on_done)
+        if started:
+            self.message.value = f"{desc}…"
+        return started
 
     def _done(self, fn, *args, **kwargs) -> bool:
         """:meth:`_guard` for calls that return nothing: whether it went through."""
@@ -288,8 +411,11 @@ class ALRegionsWidget(QWidget):
         return self.slide.value or None
 
     def _slide_or_say(self) -> str | None:
-        """The current slide, or None after telling the user to add one."""
-        if self.project is None or self.current is None:
+        """The current slide, or None after telling the user what is missing."""
+        if self.project is None:
+            self._message("create or open a session first", True)
+            return None
+        if self.current is None:
             self._message("add a slide first", True)
             return None
         return self.current
@@ -323,7 +449,7 @@ class ALRegionsWidget(QWidget):
             self._set_project(project)
             self._message(f"new session in {folder}")
 
-        self.runner.start(make, desc="new session", on_done=done)
+        self._task(make, desc="new session", on_done=done)
 
     def open_session(self) -> None:
         folder = self._session_folder()
@@ -334,7 +460,7 @@ class ALRegionsWidget(QWidget):
             yield {"phase": "opening session"}
             return AnnotationProject.open(folder)
 
-        self.runner.start(make, desc="open session", on_done=self._opened)
+        self._task(make, desc="open session", on_done=self._opened)
 
     def _opened(self, project: AnnotationProject) -> None:
         self._set_project(project)
@@ -368,6 +494,7 @@ class ALRegionsWidget(QWidget):
             self.project.close()
         self.project = project
         self._listen(project, True)
+        self._bind_keys(len(project.classes))
         self.classes.value = ", ".join(project.classes)
         spec = project.spec
         self.arch.value, self.patch_size.value, self.level.value = spec.arch, spec.patch_size, spec.level
@@ -401,19 +528,31 @@ class ALRegionsWidget(QWidget):
         self._add_slide(Path(path), layer=layer)
 
     def _add_slide(self, path: Path, layer=None) -> None:
-        name = self._guard(self.project.add_slide if self.project else None, path)
-        if name is None:
+        p = self.project
+        if p is None:
+            self._message("create or open a session first", True)
             return
-        if layer is not None:
-            layer.name = name
-        self.slide.choices = list(self.project.slides)
-        self.slide.value = name
-        self._show_slide(name)
-        self._refresh_status()
-        self._message(f"added {name}")
+        for entry in p.session.slides.values():
+            if Path(entry.path) == path.resolve():
+                self._message(f"{path.name} is in the session already, as {entry.name}", True)
+                return
+        name = _free_name(path.name, p.session.slides)  # another file of the same name gets a suffix
+
+        def done(added: str) -> None:
+            if layer is not None:
+                layer.name = added
+            self.slide.choices = list(p.slides)
+            self.slide.value = added
+            self._show_slide(added)
+            self._refresh_status()
+            renamed = "" if added == path.name else f" (a slide named {path.name} is in the session already)"
+            self._message(f"added {path.name} as {added}{renamed}" if renamed else f"added {added}")
+
+        self._call("adding slide", p.add_slide, path, name=name, on_done=done)
 
     def _slide_changed(self, *_: Any) -> None:
         self._refill_lists()
+        self._show_colorbar()
         self._go_to_slide(self.current)  # the current slide is the one on screen
 
     # ------------------------------------------------------------------ layers
@@ -440,13 +579,26 @@ class ALRegionsWidget(QWidget):
         rec = self.project.maps[name]
         lname = f"{name} priority"
         layer = self._layer(lname)
+        limits = priority_limits(rec.priority, self.project.slides[name].tissue_map(rec.stride))
         if layer is None:
             cmap = Colormap(priority_colors(), name="alregions priority")
-            self.viewer.add_image(rec.priority, name=lname, colormap=cmap, opacity=0.7, contrast_limits=(0.0, 1.0),
-                                  metadata={"measure": rec.measure}, **self._placed(name, rec.stride))
+            layer = self.viewer.add_image(rec.priority, name=lname, colormap=cmap, opacity=0.7, contrast_limits=limits,
+                                          metadata={"measure": rec.measure}, **self._placed(name, rec.stride))
+            layer.colorbar.box = True
         else:
             layer.data = rec.priority
-        self._layer(lname).metadata.update(measure=rec.measure, cycle=rec.cycle)
+            layer.contrast_limits = limits
+        layer.metadata.update(measure=rec.measure, cycle=rec.cycle)
+        self._show_colorbar()
+
+    def _show_colorbar(self) -> None:
+        """The colour bar of the current slide's priority map only (one per slide would stack)."""
+        if self.project is None:
+            return
+        for name in self.project.slides:
+            layer = self._layer(f"{name} priority")
+            if layer is not None:
+                layer.colorbar.visible = name == self.current
 
     def _show_regions(self, name: str, lname: str, regions: list[Region], color=None) -> Any:
         p = self.project
@@ -623,8 +775,9 @@ class ALRegionsWidget(QWidget):
         if not drawn:
             self._message("the rectangle is outside the slide", True)
             return
-        for region in drawn:
-            self._accept(region, "background")
+        p = self.project
+        self._call("accepting", lambda: [p.accept(r) for r in drawn],
+                   on_done=lambda accepted: [self._accepted(r, a) for r, a in zip(drawn, accepted)])
 
     @staticmethod
     def _labels_name(region: Region) -> str:
@@ -727,6 +880,9 @@ class ALRegionsWidget(QWidget):
                 self.proposal_list.addItem(f"{r.method} #{r.rank + 1}{score}  ({r.w}×{r.h} px)")
             for r in p.session.accepted_on(name):
                 self.accepted_list.addItem(f"{r.method or 'manual'}  ({r.x}, {r.y})  {r.w}×{r.h} px")
+            methods = sorted({r.method for r in p.proposals(name)})
+            self.legend.value = "  ".join(f'<span style="color:{_hex(METHOD_COLORS.get(m, (1, 1, 0, 1)))}">■</span> {m}'
+                                          for m in methods)
             uids = [r.uid for r in rows]
             if kept in uids:
                 self.proposal_list.setCurrentRow(uids.index(kept))
@@ -818,7 +974,7 @@ class ALRegionsWidget(QWidget):
             self._show_priority(name)
             self._message(f"priority map ({measure}) for {name}")
 
-        self.runner.start(lambda cancel: p.iter_priority(name, measure=measure, cancel=cancel),
+        self._task(lambda cancel: p.iter_priority(name, measure=measure, cancel=cancel),
                           desc="priority map", on_done=done)
 
     def _apply_encoder(self) -> bool:
@@ -838,7 +994,7 @@ class ALRegionsWidget(QWidget):
             return
         if not self._apply_encoder():
             return
-        self.runner.start(lambda cancel: p.iter_embed(name, cancel=cancel), desc="embeddings",
+        self._task(lambda cancel: p.iter_embed(name, cancel=cancel), desc="embeddings",
                           on_done=lambda emb: self._message(f"{int(np.isfinite(emb).all(-1).sum())} patch embeddings "
                                                             f"(D={emb.shape[-1]}) for {name}"))
 
@@ -864,7 +1020,7 @@ class ALRegionsWidget(QWidget):
                 self._layer(lname).data = sim
             self._message(f"prototype similarity for {name} (max {float(sim.max()):.3f}); suggest with 'Prototype similarity'")
 
-        self.runner.start(lambda cancel: p.iter_similarity(name, cancel=cancel), desc="similarity", on_done=done)
+        self._task(lambda cancel: p.iter_similarity(name, cancel=cancel), desc="similarity", on_done=done)
 
     # ------------------------------------------------------------------ suggest
     def _rebuild_options(self, *_: Any) -> None:
@@ -897,35 +1053,39 @@ class ALRegionsWidget(QWidget):
         if picked is None:
             return
         name, l_ = picked
-        method = self.method.value
-        regions = self._guard(self.project.suggest, name, method, region_size=l_, k=self.k.value, seed=self.seed.value,
-                              **self._method_options())
-        if regions is None:
+        method, k = self.method.value, self.k.value
+        options = self._guard(self._method_options)
+        if options is None:
             return
-        self._show_proposals(name, method)
-        self._refill_lists()
-        short = "" if len(regions) == self.k.value else f" (only {len(regions)} fit)"
-        self._message(f"{METHODS[method].title}: {len(regions)} region(s) of {l_} px{short}")
+
+        def done(regions: list[Region]) -> None:
+            self._show_proposals(name)
+            short = "" if len(regions) == k else f" (only {len(regions)} fit)"
+            self._message(f"{METHODS[method].title}: {len(regions)} region(s) of {_sizes(regions) or f'{l_} px'}{short}")
+
+        self._call("selecting regions", self.project.suggest, name, method, region_size=l_, k=k, seed=self.seed.value,
+                   on_done=done, **options)
 
     def compare(self) -> None:
         picked = self._slide_and_region_px()
         if picked is None:
             return
         name, l_ = picked
-        result = self._guard(self.project.compare, name, list(self.compare_methods.value), region_size=l_, k=self.k.value,
-                             seed=self.seed.value)
-        if result is None:
-            return
+        self._call("comparing methods", self.project.compare, name, list(self.compare_methods.value), region_size=l_,
+                   k=self.k.value, seed=self.seed.value, on_done=lambda result: self._compared(name, result))
+
+    def _compared(self, name: str, result) -> None:
         out, summaries, overlap = result
         self._show_proposals(name)
         mm2 = (self.project.slides[name].mpp or 0) ** 2 / 1e6
-        table = {"method": [s.method for s in summaries], "count": [s.count for s in summaries],
-                 "area (mm²)" if mm2 else "area (px²)": [round(s.area * mm2, 3) if mm2 else s.area for s in summaries],
-                 "tissue %": [round(s.tissue_pct, 2) for s in summaries],
-                 "mean priority": [round(s.mean_priority, 3) for s in summaries]}
+        rows = {"count": [s.count for s in summaries],
+                "area (mm²)" if mm2 else "area (px²)": [round(s.area * mm2, 3) if mm2 else s.area for s in summaries],
+                "tissue %": [round(s.tissue_pct, 1) for s in summaries],
+                "mean priority": [round(s.mean_priority, 3) for s in summaries],
+                "sum priority": [round(sum(r.score for r in out[s.method]), 2) for s in summaries]}
         for j, s in enumerate(summaries):
-            table[f"IoU {s.method}"] = [round(float(v), 3) for v in overlap[:, j]]
-        self.table.value = table
+            rows[f"IoU {s.method}"] = [round(float(v), 2) for v in overlap[j]]
+        self.table.value = {"data": list(rows.values()), "index": list(rows), "columns": [s.method for s in summaries]}
         self._refill_lists()
         self._message(f"compared {len(out)} methods on {name}")
 
@@ -934,14 +1094,14 @@ class ALRegionsWidget(QWidget):
         if picked is None:
             return
         _, l_ = picked
-        out = self._guard(self.project.suggest_pool_diversity, region_size=l_, n_per_slide=self.k.value,
-                          seed=self.seed.value)
-        if out is None:
-            return
-        for slide in out:
-            self._show_proposals(slide, "diversity")
-        self._refill_lists()
-        self._message(f"diversity over {len(out)} slide(s): " + ", ".join(f"{s}: {len(r)}" for s, r in out.items()))
+
+        def done(out: dict) -> None:
+            for slide in out:
+                self._show_proposals(slide)
+            self._message(f"diversity over {len(out)} slide(s): " + ", ".join(f"{s}: {len(r)}" for s, r in out.items()))
+
+        self._call("diversity over all slides", self.project.suggest_pool_diversity, region_size=l_,
+                   n_per_slide=self.k.value, seed=self.seed.value, on_done=done)
 
     def accept_selected(self) -> None:
         regions = self._proposal_rows()
@@ -952,11 +1112,13 @@ class ALRegionsWidget(QWidget):
         self._accept(regions[i], "background")
 
     def _accept(self, region: Region, prefill: str) -> None:
-        accepted = self._guard(self.project.accept, region, prefill=prefill)
-        if accepted is None:
-            return
+        """Accept in the worker (prefilling and saving the labels), then open the region to paint."""
+        self._call("accepting", self.project.accept if self.project else None, region, prefill=prefill,
+                   on_done=lambda accepted: self._accepted(region, accepted))
+
+    def _accepted(self, region: Region, accepted: Region) -> None:
         name = accepted.slide
-        self._show_proposals(name, region.method)
+        self._show_proposals(name)
         self._show_accepted(name)
         layer = self._open_region_labels(accepted)
         self._go_to([accepted], 0)  # show the region to paint
@@ -964,9 +1126,10 @@ class ALRegionsWidget(QWidget):
         layer.mode = "paint"
         self._refill_lists()
         self._refresh_status()
-        self._message(f"accepted {region.method} #{region.rank + 1}: paint in layer '{layer.name}'")
+        what = "your region" if region.method == "manual" else f"{region.method} #{region.rank + 1}"
+        self._message(f"accepted {what}: paint in layer '{layer.name}'")
         if self.auto_retrain.value and self.project.pending_regions >= self.auto_after.value:
-            self.retrain()
+            self._after_task = self.retrain  # once this task's worker has finished
 
     def remove_selected(self) -> None:
         p, name = self.project, self.current
@@ -1020,7 +1183,7 @@ class ALRegionsWidget(QWidget):
                       lambda: self._message("; ".join([done_msg, *warnings]), bool(warnings))]
             self._run_steps(steps)
 
-        self.runner.start(lambda cancel: p.iter_retrain(cancel=cancel, measure=self.measure.value), desc="retrain",
+        self._task(lambda cancel: p.iter_retrain(cancel=cancel, measure=self.measure.value), desc="retrain",
                           on_done=done)
 
     def _run_steps(self, steps: list) -> None:
@@ -1044,13 +1207,15 @@ class ALRegionsWidget(QWidget):
         p, name = self.project, self._slide_or_say()
         if name is None:
             return
-        regions = self._guard(p.suggest, name, "top_patches", region_size=p.stride, k=self.n_uncertain.value)
-        if regions is None:
-            return
-        self._show_prediction(name)
-        self._show_proposals(name, "top_patches")
-        self._fill_uncertain(regions, lambda r: f"#{r.rank + 1}  uncertainty {r.score:.3f}  at ({r.x}, {r.y})")
-        self._message(f"{len(regions)} uncertain patch(es); select one and correct the prediction")
+
+        def done(regions: list[Region]) -> None:
+            self._show_prediction(name)
+            self._show_proposals(name)
+            self._fill_uncertain(regions, lambda r: f"#{r.rank + 1}  uncertainty {r.score:.3f}  at ({r.x}, {r.y})")
+            self._message(f"{len(regions)} uncertain patch(es); select one and correct the prediction")
+
+        self._call("finding uncertain patches", p.suggest, name, "top_patches", region_size=p.stride,
+                   k=self.n_uncertain.value, on_done=done)
 
     def find_uncertain_by_group(self) -> None:
         p = self.project
