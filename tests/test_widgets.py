@@ -683,6 +683,18 @@ def test_reject_button_and_a_drawn_region(make_napari_viewer, qtbot, tmp_path, s
     assert draw.nshapes == 1
     _click(w, "Accept drawn")
     region = w.project.session.accepted[-1]
+    # the shortcuts: Alt+X rejects the selected proposal, Alt+1..n pick the class to paint
+    from qtpy.QtCore import Qt
+
+    canvas = viewer.window._qt_viewer.canvas.native
+    second = w._proposal_rows()[0]
+    w.proposal_list.setCurrentRow(0)
+    qtbot.keyClick(canvas, Qt.Key.Key_X, Qt.KeyboardModifier.AltModifier)
+    assert w.project.session.store.status(second.uid) == "dismissed"
+    viewer.layers.selection.active = viewer.layers[w._labels_name(region)]
+    qtbot.keyClick(canvas, Qt.Key.Key_1, Qt.KeyboardModifier.AltModifier)
+    assert viewer.layers[w._labels_name(region)].selected_label == 1
+    assert "X reject" in w.shortcuts.value and "1 background" in w.shortcuts.value
     assert (region.slide, region.x, region.y, region.w, region.h, region.method) == (slide, 200, 100, 450, 300, "manual")
     assert draw.nshapes == 0 and w._labels_name(region) in viewer.layers
 
