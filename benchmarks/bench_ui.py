@@ -86,7 +86,7 @@ def _run(args) -> int:
                 QApplication.processEvents()
                 time.sleep(0.01)
             t0 = time.perf_counter()
-            click(w, "Retrain")
+            click(w, "Retrain", wait=False)
             w.runner.worker.yielded.connect(lambda rec: phase.update(now=rec.get("phase", "?")))
             w.runner.worker.finished.connect(lambda: phase.update(now="redraw"))
             if w.runner.busy:  # wait in a real event loop, as the viewer does

@@ -456,9 +456,11 @@ class ALRegionsWidget(QWidget):
         if folder is None:
             return
 
-        def make(cancel):  # slides, model, maps and labels are read in the worker
+        def make(cancel):  # slides, model, maps, labels and tissue masks are read in the worker
             yield {"phase": "opening session"}
-            return AnnotationProject.open(folder)
+            project = AnnotationProject.open(folder)
+            project.annotated_pct()
+            return project
 
         self._task(make, desc="open session", on_done=self._opened)
 
@@ -548,7 +550,12 @@ class ALRegionsWidget(QWidget):
             renamed = "" if added == path.name else f" (a slide named {path.name} is in the session already)"
             self._message(f"added {path.name} as {added}{renamed}" if renamed else f"added {added}")
 
-        self._call("adding slide", p.add_slide, path, name=name, on_done=done)
+        def add() -> str:
+            added = p.add_slide(path, name=name)
+            p.annotated_pct(added)  # reads the tissue mask here, not when the status line is drawn
+            return added
+
+        self._call("adding slide", add, on_done=done)
 
     def _slide_changed(self, *_: Any) -> None:
         self._refill_lists()
