@@ -396,13 +396,16 @@ class ALRegionsWidget(QWidget):
         """:meth:`_guard` for calls that return nothing: whether it went through."""
         return self._guard(lambda: (fn(*args, **kwargs), True)[1]) is True
 
-    def _refresh_status(self) -> None:
+    def _refresh_status(self, pct: float | None = None) -> None:
+        """The status line; ``pct``: the annotated share, when a worker has computed it (it reads
+        every accepted region's labels: ~0.1-1 s with 40 regions)."""
         p = self.project
         if p is None:
             self.status.value = ""
             return
         saved = time.strftime("%H:%M:%S")
-        self.status.value = (f"cycle {p.cycle} · annotated {p.annotated_pct():.2f}% of tissue · "
+        pct = p.annotated_pct() if pct is None else pct
+        self.status.value = (f"cycle {p.cycle} · annotated {pct:.2f}% of tissue · "
                              f"{len(p.session.accepted)} accepted · autosaved {saved}")
         self.device.value = p.device
 
@@ -1120,10 +1123,15 @@ class ALRegionsWidget(QWidget):
 
     def _accept(self, region: Region, prefill: str) -> None:
         """Accept in the worker (prefilling and saving the labels), then open the region to paint."""
-        self._call("accepting", self.project.accept if self.project else None, region, prefill=prefill,
-                   on_done=lambda accepted: self._accepted(region, accepted))
+        p = self.project
 
-    def _accepted(self, region: Region, accepted: Region) -> None:
+        def accept() -> tuple[Region, float]:
+            accepted = p.accept(region, prefill=prefill)
+            return accepted, p.annotated_pct()
+
+        self._call("accepting", accept if p else None, on_done=lambda got: self._accepted(region, *got))
+
+    def _accepted(self, region: Region, accepted: Region, pct: float | None = None) -> None:
         name = accepted.slide
         self._show_proposals(name)
         self._show_accepted(name)
@@ -1132,7 +1140,7 @@ class ALRegionsWidget(QWidget):
         self.viewer.layers.selection.active = layer
         layer.mode = "paint"
         self._refill_lists()
-        self._refresh_status()
+        self._refresh_status(pct)
         what = "your region" if region.method == "manual" else f"{region.method} #{region.rank + 1}"
         self._message(f"accepted {what}: paint in layer '{layer.name}'")
         if self.auto_retrain.value and self.project.pending_regions >= self.auto_after.value:
