@@ -6,6 +6,9 @@ A session on a synthetic ``size``² slide labels at level 1 (a (size/2)² mask: 
 the default, like level 1 of a 40x WSI). A few 2048² regions are accepted and painted.
 Measured side by side in one run, same session, same labels:
 
+0. a 10×10 stroke's save on a slide with 1, 16 and 64 labeled 512² chunks: the chunks
+   marked since the last save (what a session does) vs every labeled chunk (how format-1
+   sessions saved, into one zip); the first should not grow with the labeled area;
 1. one stroke's autosave: the label chunks the stroke touched (what the widget does) vs
    scanning and writing the whole mask (``mark_labels_changed`` without a box);
 2. the annotated share of the tissue (shown after every autosave): counted in the accepted
@@ -84,12 +87,69 @@ def peak(fn) -> tuple[float, int, object]:
     return seconds, top, out
 
 
+def write_labeled_chunks(path: Path, labels: np.ndarray) -> None:
+    """Format 1's save: every chunk that holds labels, into a new zip (written whole)."""
+    import zarr
+    from zarr.storage import ZipStore
+
+    from napari_alregions.labelstore import LABEL_CHUNK as C
+
+    store = ZipStore(path, mode="w")
+    try:
+        z = zarr.create_array(store, shape=labels.shape, chunks=(C, C), dtype="uint8", fill_value=0)
+        for cy in range(-(-labels.shape[0] // C)):
+            for cx in range(-(-labels.shape[1] // C)):
+                box = np.s_[cy * C : (cy + 1) * C, cx * C : (cx + 1) * C]
+                if labels[box].any():
+                    z[box] = labels[box]
+    finally:
+        store.close()
+
+
+def stroke_saves(repeats: int) -> None:
+    """Item 0: a stroke's save against the labeled area, ours vs format 1."""
+    from napari_alregions.labelstore import LABEL_CHUNK as C
+    from napari_alregions.session import Session
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ratios = []
+        for n in (1, 16, 64):
+            s = Session.create(Path(tmp) / f"s{n}")
+            s.add_slide("a", "a.tif", label_shape=(16 * C, 16 * C))
+            lab = s.labels("a")
+            rng = np.random.default_rng(n)
+            for k in range(n):  # labeled chunks, each a mix of background and tumour
+                cy, cx = divmod(k, 16)
+                lab[cy * C : (cy + 1) * C, cx * C : (cx + 1) * C] = rng.integers(1, 3, (C, C), dtype=np.uint8)
+            s.mark_labels_changed("a")
+            s.save()
+
+            def stroke():
+                lab[10:20, 10:20] = 2
+                s.mark_labels_changed("a", (10, 10, 20, 20))
+                s.save()
+                return s._store.last_written
+
+            ours, written = timed(stroke, repeats)
+            old, _ = timed(lambda: write_labeled_chunks(Path(tmp) / "old.zarr.zip", lab), repeats)
+            ratios.append(ours)
+            print(f"10x10 stroke's save, {n:2d} labeled chunks: marked chunks {ours * 1e3:7.1f} ms ({written} chunk written) "
+                  f"vs every labeled chunk {old * 1e3:7.1f} ms ({n} chunks)  ({old / ours:5.1f}x)")
+            s.close()
+        print(f"stroke save with 64 vs 1 labeled chunks: {ratios[-1] / ratios[0]:.2f}x (1 = independent of the labeled area)")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=40960, help="slide side in level-0 px (generated once, ~5 min at 40960)")
     ap.add_argument("--regions", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--strokes-only", action="store_true", help="item 0 only (no large slide)")
     args = ap.parse_args()
+
+    stroke_saves(args.repeats)
+    if args.strokes_only:
+        return 0
 
     t = time.perf_counter()
     m = make_slide_pool(CACHE / f"io_{args.size}", n_slides=1, size=args.size, seed=7)

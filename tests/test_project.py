@@ -481,3 +481,64 @@ def test_a_failed_compare_changes_no_proposal(tmp_path, small_pool):
     assert [r.uid for r in AnnotationProject.open(p.folder).proposals(slide, "adaptive")] == before
     out, summaries, _ = p.compare(slide, ["adaptive", "standard"], region_size=4 * p.stride, k=2)
     assert set(out) == {"adaptive", "standard"} and len(summaries) == 2
+
+
+def test_opening_repairs_caches_and_unacknowledged_labels_and_notices_a_replaced_slide(tmp_path, small_pool):
+    import shutil
+
+    from napari_alregions.session import SessionError
+
+    p, slide, truth = _project(tmp_path, small_pool)
+    region = p.accept(p.suggest(slide, "random", region_size=4 * p.stride, k=1, seed=0)[0])
+    run(p.iter_priority(slide))
+    y0, x0, y1, x1 = p.label_box(region)
+    labels = p.session.labels(slide)
+    # a save killed after the labels of a new region, before the session file recorded it
+    outside = (y1 + 5, x1 + 5) if y1 + 5 < labels.shape[0] else (0, 0)
+    labels[outside] = 2
+    p.session.mark_labels_changed(slide, (*outside, outside[0] + 1, outside[1] + 1))
+    p.session._store.save()
+    p.close()
+    (p.folder / "maps" / f"{slide}.npz").write_bytes(b"PK\x03\x04 truncated")
+    back = AnnotationProject.open(p.folder)
+    assert back.session.labels(slide)[outside] == 0
+    assert (back.session.labels(slide)[y0:y1, x0:x1] == 1).all()  # the region's own labels stay
+    assert slide not in back.maps
+    assert any("outside every accepted region" in m for m in back.open_messages)
+    assert any("priority map is damaged" in m for m in back.open_messages)
+    back.close()
+    # the slide file replaced by another slide: refused, nothing rewritten
+    folder, manifest = small_pool
+    entry = back.session.slides[slide]
+    before = (p.folder / "session.json").read_text()
+    original = tmp_path / "original.tif"
+    shutil.copy(entry.path, original)
+    try:
+        shutil.copy(folder / manifest["slides"][1]["image"], entry.path)
+        with pytest.raises(SessionError, match="not the file added to this session"):
+            AnnotationProject.open(p.folder)
+    finally:
+        shutil.copy(original, entry.path)
+    assert (p.folder / "session.json").read_text() == before
+    assert not (p.folder / "session.lock").exists()  # a failed open holds no lock
+    AnnotationProject.open(p.folder).close()
+
+
+def test_regions_partly_or_wholly_off_the_slide_are_clipped_or_refused(tmp_path, small_pool):
+    p, slide, _ = _project(tmp_path, small_pool)
+    h, w = p.slides[slide].shape
+    # negative coordinates: clipped at 0, labels at the top-left corner (never wrapped around)
+    a = p.accept(Region(-100, -64, 300, 200, slide=slide))
+    assert (a.x, a.y, a.w, a.h) == (0, 0, 200, 136)
+    labels = p.session.labels(slide)
+    y0, x0, y1, x1 = p.label_box(a)
+    assert (y0, x0) == (0, 0) and labels[y0:y1, x0:x1].all() and labels.sum() == (y1 - y0) * (x1 - x0)
+    # past the far corner: clipped to the slide
+    b = p.accept(Region(w - 50, h - 40, 500, 500, slide=slide))
+    assert (b.x1, b.y1) == (w, h)
+    # wholly off the slide: refused, nothing changes
+    before = list(p.session.accepted)
+    with pytest.raises(ValueError, match="outside the slide"):
+        p.accept(Region(10**6, 0, 256, 256, slide=slide))
+    assert p.session.accepted == before
+    p.close()

@@ -240,11 +240,12 @@ def test_bad_input_gives_messages_and_loses_nothing(make_napari_viewer, qtbot, t
     # napari's "new label" (max + 1) is no class of the session: the brush stays on the last class
     lab.selected_label = 3
     assert lab.selected_label == 2 and "labels are 1..2" in w.message.value
-    # pixels given a value that is no class get back their saved label, the rest is still saved
+    # pixels given a value that is no class (by a script) become unlabeled, the rest is saved
     lab.data[0:3, 0:3] = 7
     lab.paint((20, 20), 2)
     qtbot.waitUntil(lambda: not w._unsaved, timeout=5000)
-    assert (lab.data[0:3, 0:3] == 1).all() and "no class" in w.message.value
+    assert (lab.data[0:3, 0:3] == 0).all() and "no class" in w.message.value
+    assert lab.data[20, 20] == 2
     [region] = w.project.session.accepted
     np.testing.assert_array_equal(w.project.region_labels(region), lab.data)
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import os
+import zipfile
 from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -44,7 +45,7 @@ from .io_qupath import (
 from .priority import MEASURES
 from .selection import METHODS, select
 from .selection.compare import MethodSummary, compare_proposals
-from .session import Session, SessionError
+from .session import Session, SessionError, file_fingerprint
 from .wsi import Slide, open_slide
 
 __all__ = ["AnnotationProject", "MapRecord", "region_size_px", "run"]
@@ -112,6 +113,8 @@ class AnnotationProject:
         self.models: list = []
         self.spec = None
         self._tissue_px_cache: dict[str, int] = {}
+        #: What opening found and repaired (damaged caches, labels of no region), for the user.
+        self.open_messages: list[str] = []
 
     # -- creation ------------------------------------------------------------------------
     @classmethod
@@ -138,16 +141,35 @@ class AnnotationProject:
         return project
 
     @classmethod
-    def open(cls, folder: str | os.PathLike[str]) -> AnnotationProject:
-        """Reopen a project: slides, labels, regions, model and last maps as saved."""
+    def open(cls, folder: str | os.PathLike[str], *, read_only: bool = False, take_over: bool = False) -> AnnotationProject:
+        """Reopen a project: slides, labels, regions, model and last maps as saved.
+
+        ``read_only`` and ``take_over`` are those of :meth:`Session.open` (the session lock).
+        """
+        session = Session.open(folder, read_only=read_only, take_over=take_over)
+        project = cls(session)
+        try:
+            project._load()
+        except BaseException:
+            project.close()
+            raise
+        return project
+
+    def _load(self) -> None:
         from .model import CheckpointError, ModelSpec, load_checkpoint
 
-        session = Session.open(folder)
-        project = cls(session)
+        project, session, folder = self, self.session, self.session.folder
         for name, entry in session.slides.items():
             if not Path(entry.path).is_file():
                 raise SessionError(f"slide {name!r}: {entry.path} is missing (moved or deleted?)")
-            project.slides[name] = open_slide(entry.path)
+            if entry.size is not None and file_fingerprint(entry.path) != (entry.size, entry.digest):
+                raise SessionError(f"slide {name!r}: {entry.path} is not the file added to this session (its size or "
+                                   "first bytes changed: replaced by another slide?); put the original back")
+            project.slides[name] = slide = open_slide(entry.path)
+            if entry.label_shape is not None and (entry.label_level >= slide.level_count
+                                                  or tuple(slide.levels[entry.label_level].shape[:2]) != entry.label_shape):
+                raise SessionError(f"slide {name!r}: {entry.path} does not have the size it had when added "
+                                   f"(labels {entry.label_shape} at level {entry.label_level}); put the original back")
         spec = ModelSpec.from_dict(session.params.get("model", {}))
         project.spec = spec
         if session.checkpoints:
@@ -159,16 +181,46 @@ class AnnotationProject:
             project.models = [project._build(i) for i in range(project.n_members)]
         for name in project.slides:
             record = _load_map(session.folder / MAPS_DIR / f"{name}.npz")
-            if record is not None:
+            if record is not None and record.priority.shape == project.slides[name].map_shape(record.stride):
                 project.maps[name] = record
+            elif (session.folder / MAPS_DIR / f"{name}.npz").is_file():
+                self.open_messages.append(f"{name}: the saved priority map is damaged; compute it again")
             emb = session.folder / EMBED_DIR / f"{name}.npy"
             if emb.is_file():
-                project.embeddings[name] = np.load(emb, allow_pickle=False)
+                try:
+                    project.embeddings[name] = np.load(emb, allow_pickle=False)
+                except (OSError, ValueError):
+                    self.open_messages.append(f"{name}: the saved embeddings are damaged; compute them again")
+        self._drop_orphan_labels()
         if (session.folder / PROTOTYPES_FILE).is_file():
             from .prototypes import load_prototypes
 
             project.prototypes = load_prototypes(session.folder / PROTOTYPES_FILE)
-        return project
+
+    def _drop_orphan_labels(self) -> None:
+        """Labels outside every accepted region were never acknowledged (a save killed
+        between the labels and the session file that records their region): they are cleared
+        in memory, and so on disk at the next save."""
+        from .labelstore import chunk_box
+
+        store = self.session._store
+        for name in self.session.slides:
+            if not (store.path(name).exists() or store.legacy_path(name).exists()):
+                continue
+            labels = self.session.labels(name)
+            boxes = [self.label_box(r) for r in self.session.accepted_on(name)]
+            dropped = 0
+            for k in sorted(store.stored_chunks(name)):
+                rows, cols = chunk_box(k, labels.shape)
+                box = (rows.start, cols.start, rows.stop, cols.stop)
+                orphan = labels[rows, cols].astype(bool) & ~_covered(box, boxes)
+                if orphan.any():
+                    dropped += int(orphan.sum())
+                    labels[rows, cols][orphan] = 0
+                    self.session.mark_labels_changed(name, box)
+            if dropped:
+                self.open_messages.append(f"{name}: {dropped} labeled pixel(s) outside every accepted region "
+                                          "(from an interrupted save) were cleared")
 
     # -- properties ------------------------------------------------------------------------
     @property
@@ -317,11 +369,29 @@ class AnnotationProject:
     def label_factor(self, slide: str) -> float:
         return self._slide(slide).level_factor(self.label_level)
 
+    def clipped(self, region: Region) -> Region:
+        """``region`` clipped to its slide (level-0 px), the same region if inside.
+
+        Raises
+        ------
+        ValueError
+            If no part of the region lies on the slide.
+        """
+        height, width = self._slide(region.slide).shape
+        x0, y0 = max(region.x, 0), max(region.y, 0)
+        x1, y1 = min(region.x1, width), min(region.y1, height)
+        if x1 <= x0 or y1 <= y0:
+            raise ValueError(f"region ({region.x}, {region.y}, {region.w} x {region.h} px) lies outside the slide "
+                             f"{region.slide!r} ({width} x {height} px)")
+        if (x0, y0, x1, y1) == (region.x, region.y, region.x1, region.y1):
+            return region
+        return region.with_(x=x0, y=y0, w=x1 - x0, h=y1 - y0)
+
     def label_box(self, region: Region) -> tuple[int, int, int, int]:
         """``(y0, x0, y1, x1)`` of a level-0 region in label pixels (rounded outwards)."""
         f = self.label_factor(region.slide)
         shape = self.session.slides[region.slide].label_shape
-        y0, x0 = int(region.y // f), int(region.x // f)
+        y0, x0 = max(0, int(region.y // f)), max(0, int(region.x // f))
         y1, x1 = min(shape[0], math.ceil(region.y1 / f)), min(shape[1], math.ceil(region.x1 / f))
         return y0, x0, y1, x1
 
@@ -662,7 +732,7 @@ class AnnotationProject:
             raise ValueError(f"region is on {region.slide!r}, which is not a slide of the session")
         if any(a.uid == region.uid for a in self.session.accepted if region.uid):
             return region
-        accepted = self.session.accept(region)
+        accepted = self.session.accept(self.clipped(region))
         y0, x0, y1, x1 = self.label_box(accepted)
         labels = self.session.labels(accepted.slide)
         crop = labels[y0:y1, x0:x1]
@@ -732,6 +802,33 @@ class AnnotationProject:
             if a.uid == region.uid:
                 return a
         raise ValueError("labels can only be painted inside accepted regions: accept the region first")
+
+    def region_view(self, region: Region) -> np.ndarray:
+        """The session's labels inside an accepted region (labeling level), as a writable view:
+        a Labels layer showing it paints into the session (then :meth:`labels_changed`), and
+        the layers of overlapping regions share those pixels."""
+        region = self._accepted(region)
+        return self.session.label_view(region.slide, self.label_box(region))
+
+    def labels_changed(self, region: Region, *, save: bool = True) -> int:
+        """Record that the labels in ``region``'s view changed (painted, undone), and save
+        (the chunks of this region only). Pixels whose value is no class (0 unlabeled,
+        1..n) become unlabeled; returns how many there were."""
+        region = self._accepted(region)
+        box = self.label_box(region)
+        view = self.session.label_view(region.slide, box)
+        bad = view > len(self.classes)
+        n_bad = int(bad.sum()) if bad.any() else 0
+        if n_bad:
+            view[bad] = 0
+        self.session.mark_labels_changed(region.slide, box)
+        if save:
+            self.session.save()
+        return n_bad
+
+    def save(self) -> None:
+        """Write what changed since the last save (labels: the chunks marked since)."""
+        self.session.save()
 
     def region_labels(self, region: Region) -> np.ndarray:
         """A copy of the labels inside an accepted region (labeling level)."""
@@ -981,8 +1078,10 @@ class AnnotationProject:
         return min(4 * max([int(v) for v in sizes if v] or [4 * self.stride]), min(self._slide(slide).shape[:2]) // 2)
 
     def close(self) -> None:
+        """Close the slides and release the session's lock."""
         for s in self.slides.values():
             s.close()
+        self.session.close()
 
 
 def _finite(v: float | None) -> float | None:
@@ -1052,5 +1151,5 @@ def _load_map(path: Path) -> MapRecord | None:
     try:
         with np.load(path, allow_pickle=False) as z:
             return MapRecord(z["probabilities"], z["priority"], str(z["measure"]), int(z["stride"]), int(z["cycle"]))
-    except (OSError, KeyError, ValueError):
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
         return None  # a damaged cache: the map is recomputed on demand

@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -24,23 +25,95 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from ._atomic import atomic_path
 from ._atomic import write_text as _atomic_write_text  # a module name: tests simulate a crash here
 from .geometry import Region
 from .io_qupath import read_regions, region_features, write_features
+from .labelstore import LABEL_CHUNK, LabelStore, LabelStoreError  # noqa: F401 (LABEL_CHUNK: re-exported)
 from .regionset import ACCEPTED, DISMISSED, PROPOSED, RegionSet
 
-__all__ = ["Session", "SessionError", "SlideEntry"]
+__all__ = ["Session", "SessionError", "SessionLocked", "SlideEntry"]
 
 SESSION_FILE = "session.json"
 REGIONS_FILE = "regions.geojson"
 FORMAT = "napari-alregions session"
-LABEL_CHUNK = 512  # label px per side of a stored label chunk
-_CHUNKS_ATTR = "napari-alregions chunks"  # the stored chunks, listed in the array's attributes
+#: The session file's format: 2 stores labels as zarr folders (1: zip files, still read).
+FORMAT_VERSION = 2
 
 
 class SessionError(ValueError):
     """A session folder that cannot be used; the message says why."""
+
+
+class SessionLocked(SessionError):
+    """Another process has the session open for writing. ``holder`` says who (host, pid,
+    since); ``stale`` is True when that process is known to be gone (same host, no such pid):
+    open with ``take_over=True`` then, or ``read_only=True`` in any case."""
+
+    def __init__(self, message: str, holder: dict[str, Any], stale: bool) -> None:
+        super().__init__(message)
+        self.holder, self.stale = holder, stale
+
+
+LOCK_FILE = "session.lock"
+_held: dict[Path, int] = {}  # lock files this process holds, with how many open sessions use each
+_held_lock = threading.Lock()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def _acquire(folder: Path, *, take_over: bool) -> Path:
+    """Take the session's lock file (host, pid, time), or raise :class:`SessionLocked`."""
+    path = (folder / LOCK_FILE).resolve()
+    me = {"host": platform.node(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    with _held_lock:
+        if path in _held:  # this process has it already (a second view of the same folder)
+            _held[path] += 1
+            return path
+        for _ in range(2):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                try:
+                    holder = json.loads(path.read_text())
+                    holder = holder if isinstance(holder, dict) else {}
+                except (OSError, ValueError):
+                    holder = {}  # half-written by a process killed while taking it
+                same_host = holder.get("host") == me["host"]
+                pid = holder.get("pid")
+                stale = not holder or (same_host and isinstance(pid, int) and not _pid_alive(pid))
+                if take_over and (stale or not same_host):  # never a live process's on this host
+                    path.unlink(missing_ok=True)
+                    continue
+                who = (f"process {pid} on {holder.get('host')}, since {holder.get('since')}" if holder
+                       else "an unreadable lock")
+                raise SessionLocked(
+                    f"{folder}: the session is open in another process ({who}){' which is no longer running' if stale else ''}. "
+                    + ("Take over the stale lock, or open the session read-only." if stale else
+                       "Close it there first, or open the session read-only (changes cannot be saved)."),
+                    holder, stale) from None
+            with os.fdopen(fd, "w") as fh:
+                json.dump(me, fh)
+            _held[path] = 1
+            return path
+    raise SessionError(f"{folder}: could not take the session lock")  # pragma: no cover (raced twice)
+
+
+def _release(path: Path) -> None:
+    with _held_lock:
+        n = _held.get(path, 0) - 1
+        if n > 0:
+            _held[path] = n
+            return
+        _held.pop(path, None)
+        path.unlink(missing_ok=True)
 
 
 @dataclass
@@ -53,6 +126,8 @@ class SlideEntry:
     label_shape: tuple[int, int] | None = None
     truth: str | None = None  # ground-truth mask (simulations)
     group: str | None = None  # e.g. centre or scanner, for per-group selection
+    size: int | None = None  # file size and digest of its first bytes when added: a replaced file is noticed
+    digest: str | None = None
 
 
 @dataclass
@@ -66,13 +141,18 @@ class Session:
     history: list[dict[str, Any]] = field(default_factory=list)
     params: dict[str, Any] = field(default_factory=dict)
     checkpoints: list[str] = field(default_factory=list)  # model (ensemble members), relative to folder
-    _labels: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
-    _dirty: set[str] = field(default_factory=set, repr=False)
-    # per slide, the label chunks that may hold labels (None: not known, scan the mask):
-    # saving and loading touch those only, so they cost the labeled area, not the slide's
-    _chunks: dict[str, set[tuple[int, int]] | None] = field(default_factory=dict, repr=False)
+    _store: LabelStore = field(default=None, repr=False, compare=False)  # type: ignore[assignment]
+    _format: int = field(default=FORMAT_VERSION, repr=False, compare=False)  # as read: 1 keeps labels in zips
+    _saved_chunks: dict[str, int] = field(default_factory=dict, repr=False, compare=False)  # as read, per slide
+    read_only: bool = field(default=False, compare=False)
+    _lock_file: Path | None = field(default=None, repr=False, compare=False)
     # a retrain proposes and saves from its worker thread while the viewer accepts and autosaves
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.folder = Path(self.folder)
+        if self._store is None:
+            self._store = LabelStore(self.folder)
 
     # -- creation ----------------------------------------------------------------------
     @classmethod
@@ -84,14 +164,39 @@ class Session:
         if len(classes) < 2:
             raise ValueError(f"classes needs at least two names, got {classes!r}")
         folder.mkdir(parents=True, exist_ok=True)
-        session = cls(folder=folder, classes=tuple(classes), params=dict(params))
-        session.save()
+        lock = _acquire(folder, take_over=False)
+        session = cls(folder=folder, classes=tuple(classes), params=dict(params), _lock_file=lock)
+        try:
+            session.save()
+        except BaseException:
+            session.close()
+            raise
         return session
 
     @classmethod
-    def open(cls, folder: str | os.PathLike[str]) -> Session:
-        """Reopen a saved session exactly as it was last saved."""
+    def open(cls, folder: str | os.PathLike[str], *, read_only: bool = False, take_over: bool = False) -> Session:
+        """Reopen a saved session exactly as it was last saved.
+
+        Opening for writing takes the session's lock (``session.lock``: host, pid, time)
+        until :meth:`close`; while another process holds it, :class:`SessionLocked` is
+        raised, unless ``take_over`` (for a lock whose process is gone, or another host's that
+        the user knows is closed). ``read_only`` takes no lock; :meth:`save` then refuses.
+        """
         folder = Path(folder)
+        session = cls._read(folder)
+        if not read_only:
+            session._lock_file = _acquire(folder, take_over=take_over)
+        session.read_only = read_only
+        return session
+
+    def close(self) -> None:
+        """Release the session's lock (nothing is saved: call :meth:`save` first)."""
+        if self._lock_file is not None:
+            _release(self._lock_file)
+            self._lock_file = None
+
+    @classmethod
+    def _read(cls, folder: Path) -> Session:
         path = folder / SESSION_FILE
         if not path.is_file():
             raise SessionError(f"{folder}: no {SESSION_FILE}; not a session folder")
@@ -99,16 +204,28 @@ class Session:
             meta = json.loads(path.read_text())
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise SessionError(f"{path}: unreadable ({exc})") from exc
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise SessionError(f"{path}: not a napari-alregions session file")
-        slides = {}
-        for d in meta.get("slides", []):
-            if d.get("label_shape") is not None:
-                d["label_shape"] = tuple(d["label_shape"])
-            slides[d["name"]] = SlideEntry(**d)
-        all_regions = read_regions(folder / REGIONS_FILE) if (folder / REGIONS_FILE).exists() else []
-        accepted_ids, dismissed_ids = set(meta.get("accepted", [])), set(meta.get("dismissed", []))
+        meta = _checked_meta(meta, path)
+        slides = {d["name"]: SlideEntry(**d) for d in meta["slides"]}
+        regions_path = folder / REGIONS_FILE
+        try:
+            all_regions = read_regions(regions_path) if regions_path.exists() else []
+        except ValueError as exc:
+            raise SessionError(f"{regions_path}: unreadable ({exc}); restore it from a backup") from exc
+        accepted_ids, dismissed_ids = set(meta["accepted"]), set(meta["dismissed"])
         by_uid = {r.uid: r for r in all_regions}
+        lost = [u for u in meta["accepted"] if u not in by_uid]
+        if lost:
+            raise SessionError(f"{regions_path}: {len(lost)} of the {len(accepted_ids)} accepted region(s) that "
+                               f"{SESSION_FILE} lists are not in it ({'the file is missing' if not regions_path.exists() else 'replaced or edited?'}); "
+                               "restore it from a backup")
+        labels = LabelStore(folder)
+        for name, n_chunks in meta["labels"].items():
+            if name not in slides:
+                continue
+            try:
+                labels.check(name, slides[name].label_shape, legacy=meta["version"] < 2, expect_chunks=n_chunks)
+            except LabelStoreError as exc:
+                raise SessionError(f"{exc}; restore it from a backup") from exc
         status = {r.uid: DISMISSED if r.uid in dismissed_ids else PROPOSED for r in all_regions}
         # accepted in the order they were accepted (session.json keeps that order)
         order = [by_uid[u] for u in meta.get("accepted", []) if u in by_uid]
@@ -122,6 +239,9 @@ class Session:
             history=list(meta.get("history", [])),
             params=dict(meta.get("params", {})),
             checkpoints=list(meta.get("checkpoints", [])),
+            _format=meta["version"],
+            _store=labels,
+            _saved_chunks=dict(meta["labels"]),
         )
 
     # -- slides and labels ---------------------------------------------------------------
@@ -129,7 +249,9 @@ class Session:
                   truth: str | os.PathLike[str] | None = None, group: str | None = None) -> SlideEntry:
         if name in self.slides:
             raise ValueError(f"slide {name!r} is already in the session")
-        entry = SlideEntry(name, str(path), label_level, tuple(label_shape), None if truth is None else str(truth), group)
+        size, digest = file_fingerprint(path) if Path(path).is_file() else (None, None)
+        entry = SlideEntry(name, str(path), label_level, tuple(label_shape), None if truth is None else str(truth), group,
+                           size, digest)
         self.slides[name] = entry
         return entry
 
@@ -138,17 +260,16 @@ class Session:
         if name not in self.slides:
             raise KeyError(f"no slide {name!r} in the session")
         with self._lock:
-            if name not in self._labels:
-                path = self._label_path(name)
-                if path.exists():
-                    self._labels[name], self._chunks[name] = _read_label_zip(path)
-                else:
-                    shape = self.slides[name].label_shape
-                    if shape is None:
-                        raise SessionError(f"slide {name!r} has no label shape")
-                    # np.zeros maps its pages on first write: an unlabeled mask costs no memory
-                    self._labels[name], self._chunks[name] = np.zeros(shape, dtype=np.uint8), set()
-            return self._labels[name]
+            try:
+                return self._store.get(name, self.slides[name].label_shape, legacy=self._format < 2)
+            except LabelStoreError as exc:
+                raise SessionError(str(exc)) from exc
+
+    def label_view(self, name: str, box: tuple[int, int, int, int]) -> np.ndarray:
+        """The writable view of the slide's labels in label box ``(y0, x0, y1, x1)``: what a
+        Labels layer of a region paints into (then :meth:`mark_labels_changed` with the box)."""
+        self.labels(name)
+        return self._store.view(name, box)
 
     def set_labels(self, name: str, labels: np.ndarray) -> None:
         labels = np.asarray(labels)
@@ -158,25 +279,14 @@ class Session:
         if labels.size and int(labels.max()) > len(self.classes):
             raise ValueError(f"label values must be 0 (unlabeled) to {len(self.classes)}, got {int(labels.max())}")
         with self._lock:
-            self._labels[name] = labels.astype(np.uint8)
-            self._chunks[name] = None
-            self._dirty.add(name)
+            self.labels(name)
+            self._store.replace(name, labels.astype(np.uint8))
 
     def mark_labels_changed(self, name: str, box: tuple[int, int, int, int] | None = None) -> None:
-        """Have the next :meth:`save` write the slide's labels; ``box`` ``(y0, x0, y1, x1)``
-        (label px): only there did they change (else the whole mask is scanned)."""
+        """Have the next :meth:`save` write the slide's labels in ``box`` ``(y0, x0, y1, x1)``
+        (label px; None: anywhere, the whole mask is scanned)."""
         with self._lock:
-            self._dirty.add(name)
-            known = self._chunks.get(name)
-            if box is None or known is None:
-                self._chunks[name] = None
-            else:
-                y0, x0, y1, x1 = (int(v) for v in box)
-                known.update((cy, cx) for cy in range(y0 // LABEL_CHUNK, (max(y1, y0 + 1) - 1) // LABEL_CHUNK + 1)
-                             for cx in range(x0 // LABEL_CHUNK, (max(x1, x0 + 1) - 1) // LABEL_CHUNK + 1))
-
-    def _label_path(self, name: str) -> Path:
-        return self.folder / "labels" / f"{name}.zarr.zip"
+            self._store.mark(name, box)
 
     @contextmanager
     def changing(self) -> Iterator[Session]:
@@ -229,11 +339,12 @@ class Session:
     def save(self) -> None:
         """Write everything changed, atomically file by file; ``session.json`` last.
         One save at a time (threads wait), so each writes a consistent state."""
+        if self.read_only:
+            raise SessionError(f"{self.folder}: the session was opened read-only; nothing was saved")
         with self._lock:
             (self.folder / "labels").mkdir(parents=True, exist_ok=True)
             (self.folder / "checkpoints").mkdir(exist_ok=True)
-            for name in sorted(self._dirty):
-                self._chunks[name] = _write_label_zip(self._label_path(name), self._labels[name], self._chunks.get(name))
+            self._store.save()
             items = self.store.items()  # one snapshot: a region is in one list only
             accepted = [r for r, st in items if st == ACCEPTED]
             proposed = [r for r, st in items if st == PROPOSED]
@@ -241,7 +352,7 @@ class Session:
             write_features(self.folder / REGIONS_FILE, region_features(accepted, proposed + dismissed))
             meta = {
                 "format": FORMAT,
-                "version": 1,
+                "version": FORMAT_VERSION,
                 "software": {"napari-alregions": __version__, "python": platform.python_version()},
                 "classes": list(self.classes),
                 "slides": [_entry_dict(e) for e in self.slides.values()],
@@ -250,9 +361,89 @@ class Session:
                 "history": self.history,
                 "params": self.params,
                 "checkpoints": self.checkpoints,
+                # labeled chunks per slide: opening checks the label files are there
+                "labels": {n: self._store.n_stored(n, self._saved_chunks.get(n, 0)) for n in self.slides},
             }
             _atomic_write_text(self.folder / SESSION_FILE, json.dumps(meta, indent=1, default=_json_default), fsync=True)
-            self._dirty.clear()
+            self._format = FORMAT_VERSION  # the labels are in folders now: format-1 zips can go
+            self._store.drop_legacy()
+
+
+_ENTRY_TYPES = {"name": str, "path": str, "label_level": int, "label_shape": (list, type(None)),
+                "truth": (str, type(None)), "group": (str, type(None)), "size": (int, type(None)),
+                "digest": (str, type(None))}
+_DIGEST_BYTES = 1 << 16
+
+
+def file_fingerprint(path: str | os.PathLike[str]) -> tuple[int, str]:
+    """A file's size and the SHA-256 of its first 64 KiB (a TIFF's header and first tags):
+    enough to tell a slide replaced by another file, without reading gigabytes."""
+    import hashlib
+
+    with open(path, "rb") as fh:
+        head = fh.read(_DIGEST_BYTES)
+        size = os.fstat(fh.fileno()).st_size
+    return size, hashlib.sha256(head).hexdigest()
+
+
+def _checked_meta(meta: Any, path: Path) -> dict[str, Any]:
+    """``session.json``'s content, type-checked field by field (a clear message naming the
+    field, never an AttributeError later); what is absent gets its default."""
+    def bad(what: str) -> SessionError:
+        return SessionError(f"{path}: {what}; the file was edited or damaged (restore it from a backup)")
+
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise SessionError(f"{path}: not a napari-alregions session file")
+    version = meta.get("version", 1)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise bad(f"'version' must be a positive integer, got {version!r}")
+    if version > FORMAT_VERSION:
+        raise SessionError(f"{path}: session format version {version} is newer than this napari-alregions "
+                           f"({__version__}) reads (up to {FORMAT_VERSION}); update napari-alregions to open it")
+    out: dict[str, Any] = {"version": version}
+    for key, kind, default in (("classes", list, ["background", "tumour"]), ("slides", list, []), ("accepted", list, []),
+                               ("dismissed", list, []), ("history", list, []), ("params", dict, {}),
+                               ("checkpoints", list, []), ("labels", dict, {})):
+        value = meta.get(key, default)
+        if not isinstance(value, kind):
+            raise bad(f"'{key}' must be a {kind.__name__}, got {type(value).__name__}")
+        out[key] = value
+    if len(out["classes"]) < 2 or not all(isinstance(c, str) and c for c in out["classes"]) \
+            or len(set(out["classes"])) != len(out["classes"]):
+        raise bad(f"'classes' must be two or more distinct names, got {out['classes']!r}")
+    for key in ("accepted", "dismissed", "checkpoints"):
+        if not all(isinstance(v, str) for v in out[key]):
+            raise bad(f"'{key}' must list strings")
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in out["labels"].values()):
+        raise bad("'labels' must map slide names to chunk counts")
+    for ck in out["checkpoints"]:
+        if Path(ck).is_absolute() or ".." in Path(ck).parts:
+            raise bad(f"checkpoint {ck!r} is outside the session folder")
+    if not all(isinstance(h, dict) for h in out["history"]):
+        raise bad("'history' must list objects")
+    slides = []
+    for i, d in enumerate(out["slides"]):
+        if not isinstance(d, dict):
+            raise bad(f"slide {i} must be an object, got {type(d).__name__}")
+        missing = [k for k in ("name", "path") if k not in d]
+        if missing:
+            raise bad(f"slide {i} has no {' or '.join(map(repr, missing))}")
+        d = {k: v for k, v in d.items() if k in _ENTRY_TYPES}  # fields of newer minor versions are dropped
+        for k, v in d.items():
+            if not isinstance(v, _ENTRY_TYPES[k]) or isinstance(v, bool):
+                raise bad(f"slide {i} ({d.get('name')!r}): '{k}' has the wrong type ({type(v).__name__})")
+        if d.get("label_shape") is not None:
+            shape = d["label_shape"]
+            if len(shape) != 2 or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape):
+                raise bad(f"slide {d['name']!r}: 'label_shape' must be two positive integers, got {shape!r}")
+            d["label_shape"] = tuple(shape)
+        if d.get("label_level", 1) < 0:
+            raise bad(f"slide {d['name']!r}: 'label_level' must be >= 0")
+        slides.append(d)
+    if len({d["name"] for d in slides}) != len(slides):
+        raise bad("two slides have the same name")
+    out["slides"] = slides
+    return out
 
 
 def _entry_dict(e: SlideEntry) -> dict[str, Any]:
@@ -270,55 +461,3 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, tuple):
         return list(o)
     raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
-
-
-def _chunk_box(chunk: tuple[int, int], shape: tuple[int, ...]) -> tuple[slice, slice]:
-    """The pixels of label chunk ``(cy, cx)`` in a mask of ``shape``."""
-    c = LABEL_CHUNK
-    cy, cx = chunk
-    return slice(cy * c, min((cy + 1) * c, shape[0])), slice(cx * c, min((cx + 1) * c, shape[1]))
-
-
-def _write_label_zip(path: Path, labels: np.ndarray, chunks: set[tuple[int, int]] | None) -> set[tuple[int, int]]:
-    """Write the chunks of ``labels`` that hold labels, among ``chunks`` (None: all), as a
-    zipped zarr array; returns the chunks written."""
-    import zarr
-    from zarr.storage import ZipStore
-
-    c = LABEL_CHUNK
-    if chunks is None:
-        chunks = {(cy, cx) for cy in range(-(-labels.shape[0] // c)) for cx in range(-(-labels.shape[1] // c))}
-    written = sorted(k for k in chunks if labels[_chunk_box(k, labels.shape)].any())
-    with atomic_path(path) as tmp:
-        store = ZipStore(tmp, mode="w")
-        try:
-            z = zarr.create_array(store, shape=labels.shape, chunks=(c, c), dtype="uint8", fill_value=0,
-                                  attributes={_CHUNKS_ATTR: [list(k) for k in written]})
-            for k in written:
-                box = _chunk_box(k, labels.shape)
-                z[box] = labels[box]
-        finally:
-            store.close()
-    return set(written)
-
-
-def _read_label_zip(path: Path) -> tuple[np.ndarray, set[tuple[int, int]] | None]:
-    """The label mask and its stored chunks (None where the file does not list them)."""
-    import zarr
-    from zarr.storage import ZipStore
-
-    store = ZipStore(path, mode="r")
-    try:
-        z = zarr.open_array(store, mode="r")
-        listed = z.attrs.get(_CHUNKS_ATTR)
-        if listed is None or tuple(z.chunks) != (LABEL_CHUNK, LABEL_CHUNK):  # an older file, written whole
-            return np.asarray(z[:], dtype=np.uint8), None
-        labels = np.zeros(z.shape, dtype=np.uint8)
-        for k in listed:
-            box = _chunk_box(k, z.shape)
-            labels[box] = z[box]
-        return labels, {(int(cy), int(cx)) for cy, cx in listed}
-    except Exception as exc:
-        raise SessionError(f"{path}: unreadable label array ({exc})") from exc
-    finally:
-        store.close()

@@ -799,7 +799,9 @@ class ALRegionsWidget(QWidget):
         shown = self._region_layers.get(lname)
         if shown is not None and shown in self.viewer.layers:  # by identity: the user may rename it
             return shown
-        data, kwargs, _ = region_labels_layer(p.region_labels(region), p.label_box(region), factor=p.label_factor(region.slide),
+        # the layer shows the session's own pixels (a view): painting is storing, and the
+        # layers of overlapping regions share them
+        data, kwargs, _ = region_labels_layer(p.region_view(region), p.label_box(region), factor=p.label_factor(region.slide),
                                               name=lname, colors=p.colors, slide=p.slides[region.slide],
                                               offset=self._offset(region.slide))
         layer = self.viewer.add_labels(data, metadata={"region": region}, **kwargs)
@@ -831,47 +833,37 @@ class ALRegionsWidget(QWidget):
             self._message(f"labels are 1..{n} ({', '.join(f'{i + 1} {c}' for i, c in enumerate(self.project.classes))}); "
                           "0 erases", True)
 
-    def _unknown_labels_restored(self, layer, region: Region) -> None:
-        # pixels set to a value that is no class (e.g. by a script) would make every save of
-        # this layer fail: they get back what was saved there
-        bad = layer.data > len(self.project.classes)
-        if bad.any():
-            saved = self._guard(self.project.region_labels, region)
-            if saved is not None:
-                layer.data[bad] = saved[bad]
-                layer.refresh()
-                self._message(f"{int(bad.sum())} pixel(s) of '{layer.name}' had a label that is no class; "
-                              "they were set back to their saved labels", True)
-
     def flush_labels(self, *, everything: bool = False) -> None:
-        """Save the painted labels of every region layer changed since the last save;
-        ``everything``: of every region layer whose pixels differ from the saved ones
-        (before the labels are read: retrain, export, removal)."""
+        """Save the strokes of the region layers painted since the last save (the layers
+        paint into the session's labels: saving writes the chunks of those regions only).
+        ``everything``: the regions of every labels layer, for edits no event announced (a
+        script writing ``layer.data``), before the labels are read (retrain, export, removal)."""
         pending, self._unsaved = (set(self._region_layers) if everything else self._unsaved), set()
-        written = False
-        for lname in pending:
+        if self.project is None or not pending:
+            return
+        changed = []
+        for lname in sorted(pending):
             layer = self._region_layers.get(lname)
-            if layer is None or self.project is None:
+            if layer is None:
                 continue
             region = layer.metadata["region"]
-            self._unknown_labels_restored(layer, region)
-            if everything and np.array_equal(layer.data, self._guard(self.project.region_labels, region)):
-                continue
-            self._guard(self.project.write_region_labels, region, layer.data)
-            self._reload_overlapping(region)
-            written = True
-        if written:
+            bad = self._guard(self.project.labels_changed, region, save=False)
+            if bad:
+                self._message(f"{bad} pixel(s) of '{layer.name}' had a label that is no class; they are unlabeled now", True)
+                layer.refresh()
+            changed.append(region)
+        if changed and self._done(self.project.save):
+            self._refresh_overlapping(changed)
             self._refresh_status()
 
-    def _reload_overlapping(self, region: Region) -> None:
-        # the layers of regions sharing pixels with this one show them as written now, so
-        # that their next save does not put back what they showed before
-        for other in self._guard(self.project.accepted_overlapping, region) or []:
-            layer = self._region_layers.get(self._labels_name(other))
-            fresh = self._guard(self.project.region_labels, other)
-            if layer is not None and fresh is not None and not np.array_equal(layer.data, fresh):
-                layer.data[...] = fresh  # in place: the layer keeps its undo history
-                layer.refresh()
+    def _refresh_overlapping(self, regions: list[Region]) -> None:
+        # the layers of regions sharing pixels with these show the same memory: redraw them
+        shown = {id(r) for r in regions}
+        for region in regions:
+            for other in self._guard(self.project.accepted_overlapping, region) or []:
+                layer = self._region_layers.get(self._labels_name(other))
+                if layer is not None and id(other) not in shown:
+                    layer.refresh()
 
     # ------------------------------------------------------------------ navigation
     def _refill_lists(self) -> None:
@@ -1136,6 +1128,7 @@ class ALRegionsWidget(QWidget):
         self._show_proposals(name)
         self._show_accepted(name)
         layer = self._open_region_labels(accepted)
+        self._refresh_overlapping([accepted])  # its background prefill shows in the layers it overlaps
         self._go_to([accepted], 0)  # show the region to paint
         self.viewer.layers.selection.active = layer
         layer.mode = "paint"
@@ -1290,8 +1283,7 @@ class ALRegionsWidget(QWidget):
             return
         self._show_accepted(name)
         for r in self.project.session.accepted_on(name):
-            layer = self._open_region_labels(r)
-            layer.data = self.project.region_labels(r)
+            self._open_region_labels(r).refresh()  # the layers show the session's pixels: redraw
         self._refill_lists()
         self._refresh_status()
         self._message(f"imported {counts['regions']} region(s) and {counts['labeled_annotations']} labeled annotation(s)")
