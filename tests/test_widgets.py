@@ -772,3 +772,46 @@ def test_small_things_of_issue_20(make_napari_viewer, qtbot, tmp_path, small_poo
     w.message.value = str(tmp_path / ("a_very_long_folder_name_without_spaces" * 3))
     qtbot.wait(50)
     assert dock.width() == width
+
+
+def test_class_list_names_colours_and_painting_value(make_napari_viewer, qtbot, tmp_path, small_pool, monkeypatch):
+    from qtpy.QtGui import QColor
+    from qtpy.QtWidgets import QColorDialog
+
+    from napari_alregions._widgets import ALRegionsWidget
+    from napari_alregions.project import AnnotationProject
+
+    folder, manifest = small_pool
+    viewer = make_napari_viewer(show=True)
+    w = ALRegionsWidget(viewer)
+    viewer.window.add_dock_widget(w, name="AL Regions")
+    w.class_name.value = "necrosis"
+    _click(w, "Add class")
+    w.class_list.setCurrentRow(1)
+    w.class_name.value = "carcinoma"
+    _click(w, "Rename class")
+    assert [w.class_list.item(i).text() for i in range(3)] == ["1  background", "2  carcinoma", "3  necrosis"]
+    w.folder.value = str(tmp_path / "sess")
+    w.patch_size.value = 32
+    _click(w, "New session")
+    assert w.project.classes == ("background", "carcinoma", "necrosis")
+    w.class_name.value = "stroma"
+    _click(w, "Add class")
+    assert "fixed once the session exists" in w.message.value and w.class_list.count() == 3
+    w.slide_file.value = str(folder / manifest["slides"][0]["image"])
+    _click(w, "Add slide")
+    [region] = _accept_random(w, 1)
+    lab = viewer.layers[w._labels_name(region)]
+    # a new colour for class 2, chosen in the colour dialog: the layer paints with it, the session keeps it
+    monkeypatch.setattr(QColorDialog, "getColor", lambda *a: QColor(0, 0, 255))
+    w.class_list.setCurrentRow(1)
+    assert lab.selected_label == 2  # choosing a class row picks its painting value
+    _click(w, "Class colour")
+    np.testing.assert_allclose(lab.colormap.map(np.array([2]))[0][:3], [0, 0, 1], atol=1e-6)
+    assert w.project.colors[1] == (0, 0, 255)
+    folder_ = w.project.folder
+    w.project.close()
+    w.project = None
+    back = AnnotationProject.open(folder_)
+    assert back.colors[1] == (0, 0, 255)
+    back.close()

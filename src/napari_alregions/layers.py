@@ -228,8 +228,7 @@ def regions_layer(regions: Sequence[Region], *, name: str, slide: Slide, offset:
         "features": features,
         # the rank only, dark on the light slide (the list has the scores): long coloured
         # "rank: score" labels of neighbouring boxes printed over each other
-        "text": {"string": "{rank}", "anchor": "upper_left", "color": TEXT_COLOR, "size": 12,
-                 "translation": (0, 0)},
+        "text": {"string": "{rank}", "anchor": "upper_left", "color": TEXT_COLOR, "size": 12},
         "metadata": {"regions": list(regions)},
     }
     kwargs.update(overlay_kwargs(slide, 1, offset))

@@ -16,13 +16,15 @@ from magicgui import widgets as mw
 from napari.utils.colormaps import Colormap
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QEvent, Qt, QTimer, Signal
-from qtpy.QtWidgets import QHeaderView, QListWidget, QMessageBox, QSizePolicy, QTabWidget, QVBoxLayout, QWidget
+from qtpy.QtGui import QColor, QIcon, QPixmap
+from qtpy.QtWidgets import QColorDialog, QHeaderView, QListWidget, QListWidgetItem, QMessageBox, QSizePolicy, QTabWidget, QVBoxLayout, QWidget
 
 from ..cli_suggest import _parse_option
 from ..geometry import Region
 from ..layers import (
     METHOD_COLORS,
     box_means,
+    label_colormap,
     overlay_kwargs,
     priority_colors,
     priority_limits,
@@ -33,7 +35,7 @@ from ..layers import (
     slide_scale,
 )
 from ..priority import MEASURES
-from ..project import AnnotationProject, region_size_px
+from ..project import DEFAULT_COLORS, AnnotationProject, region_size_px
 from ..selection import METHODS
 from ._runner import TaskRunner
 
@@ -220,7 +222,16 @@ class ALRegionsWidget(QWidget):
     # ------------------------------------------------------------------ tabs
     def _session_tab(self) -> mw.Container:
         self.folder = mw.FileEdit(label="Session folder", mode="d")
-        self.classes = mw.LineEdit(label="Classes", value="background, tumour")
+        # the classes and their colours: the painting value is the row (1..n), the colour the layer's
+        self.class_list = QListWidget()
+        self.class_list.setMaximumHeight(110)
+        self.class_list.currentRowChanged.connect(self._class_chosen)
+        self.class_name = mw.LineEdit(label="Class", value="", tooltip="a class name to add, or the new name of the selected class")
+        add_class, rename, recolour = _button("Add class"), _button("Rename class"), _button("Class colour")
+        add_class.changed.connect(self.add_class)
+        rename.changed.connect(self.rename_class)
+        recolour.changed.connect(self.recolour_class)
+        self._set_classes(["background", "tumour"], DEFAULT_COLORS[:2])
         new, open_ = _button("New session"), _button("Open session")
         new.changed.connect(self.new_session)
         open_.changed.connect(self.open_session)
@@ -231,8 +242,80 @@ class ALRegionsWidget(QWidget):
         add_layer.changed.connect(self.add_slide_layer)
         self.slide = mw.ComboBox(label="Current slide", choices=[])
         self.slide.changed.connect(self._slide_changed)
-        return mw.Container(widgets=[self.folder, self.classes, mw.Container(widgets=[new, open_], layout="horizontal", labels=False),
-                                     self.slide_file, add, add_layer, self.slide])
+        box = mw.Container(widgets=[self.folder, self.class_name,
+                                    mw.Container(widgets=[add_class, rename, recolour], layout="horizontal", labels=False),
+                                    mw.Container(widgets=[new, open_], layout="horizontal", labels=False),
+                                    self.slide_file, add, add_layer, self.slide])
+        box.native.layout().insertWidget(1, self.class_list)
+        return box
+
+    # ------------------------------------------------------------------ classes
+    def _set_classes(self, names, colors) -> None:
+        self._class_names, self._class_colors = list(names), [tuple(int(v) for v in c[:3]) for c in colors]
+        row = self.class_list.currentRow()
+        self.class_list.blockSignals(True)
+        self.class_list.clear()
+        for i, (name, color) in enumerate(zip(self._class_names, self._class_colors)):
+            pixmap = QPixmap(14, 14)
+            pixmap.fill(QColor(*color))
+            self.class_list.addItem(QListWidgetItem(QIcon(pixmap), f"{i + 1}  {name}"))
+        self.class_list.setCurrentRow(min(row, len(self._class_names) - 1))
+        self.class_list.blockSignals(False)
+
+    def _class_chosen(self, row: int) -> None:
+        layer = self.viewer.layers.selection.active
+        if 0 <= row < len(self._class_names) and layer is not None and "region" in getattr(layer, "metadata", {}):
+            self.pick_class(row + 1)
+
+    def add_class(self) -> None:
+        name = self.class_name.value.strip()
+        if self.project is not None:
+            self._message("the classes are fixed once the session exists (the model predicts them); "
+                          "colours can still change", True)
+            return
+        if not name or name in self._class_names:
+            self._message("type a new class name first" if not name else f"there is a class {name!r} already", True)
+            return
+        color = DEFAULT_COLORS[len(self._class_colors) % len(DEFAULT_COLORS)]
+        self._set_classes([*self._class_names, name], [*self._class_colors, color])
+        self.class_name.value = ""
+
+    def rename_class(self) -> None:
+        name, row = self.class_name.value.strip(), self.class_list.currentRow()
+        if self.project is not None:
+            self._message("the classes are fixed once the session exists (the model predicts them); "
+                          "colours can still change", True)
+            return
+        if not 0 <= row < len(self._class_names) or not name or name in self._class_names:
+            self._message("select a class and type its new name first", True)
+            return
+        names = list(self._class_names)
+        names[row] = name
+        self._set_classes(names, self._class_colors)
+        self.class_name.value = ""
+
+    def recolour_class(self, color=None) -> None:
+        """A new colour for the selected class (asked for with a colour dialog), in every
+        region's labels layer and, once there is a session, saved with it."""
+        row = self.class_list.currentRow()
+        if not 0 <= row < len(self._class_names):
+            self._message("select a class first", True)
+            return
+        if color is None:
+            picked = QColorDialog.getColor(QColor(*self._class_colors[row]), self, "Class colour")
+            if not picked.isValid():
+                return
+            color = (picked.red(), picked.green(), picked.blue())
+        colors = list(self._class_colors)
+        colors[row] = tuple(int(v) for v in color[:3])
+        if self.project is not None:
+            with self.project.session.changing() as session:
+                session.params["colors"] = [list(c) for c in colors]
+            if not self._done(self.project.session.save):
+                return
+            for layer in self._region_layers.values():
+                layer.colormap = label_colormap(colors)
+        self._set_classes(self._class_names, colors)
 
     def _model_tab(self) -> mw.Container:
         from ..architectures import ARCHITECTURES
@@ -440,8 +523,7 @@ class ALRegionsWidget(QWidget):
         folder = self._session_folder()
         if folder is None:
             return
-        classes = [c.strip() for c in self.classes.value.split(",") if c.strip()]
-        settings = dict(classes=classes, arch=self.arch.value, patch_size=self.patch_size.value, level=self.level.value,
+        settings = dict(classes=list(self._class_names), colors=list(self._class_colors), arch=self.arch.value, patch_size=self.patch_size.value, level=self.level.value,
                         members=self.members.value)
 
         def make(cancel):  # building the model imports torch: seconds, off the viewer's thread
@@ -500,7 +582,7 @@ class ALRegionsWidget(QWidget):
         self.project = project
         self._listen(project, True)
         self._bind_keys(len(project.classes))
-        self.classes.value = ", ".join(project.classes)
+        self._set_classes(project.classes, project.colors)
         spec = project.spec
         self.arch.value, self.patch_size.value, self.level.value = spec.arch, spec.patch_size, spec.level
         self.members.value = project.n_members
