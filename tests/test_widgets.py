@@ -804,8 +804,10 @@ def test_class_list_names_colours_and_painting_value(make_napari_viewer, qtbot, 
     lab = viewer.layers[w._labels_name(region)]
     # a new colour for class 2, chosen in the colour dialog: the layer paints with it, the session keeps it
     monkeypatch.setattr(QColorDialog, "getColor", lambda *a: QColor(0, 0, 255))
+    w.class_list.setCurrentRow(0)
+    assert lab.selected_label == 1  # choosing a class row picks its painting value
     w.class_list.setCurrentRow(1)
-    assert lab.selected_label == 2  # choosing a class row picks its painting value
+    assert lab.selected_label == 2
     _click(w, "Class colour")
     np.testing.assert_allclose(lab.colormap.map(np.array([2]))[0][:3], [0, 0, 1], atol=1e-6)
     assert w.project.colors[1] == (0, 0, 255)

@@ -226,11 +226,12 @@ class ALRegionsWidget(QWidget):
         self.class_list = QListWidget()
         self.class_list.setMaximumHeight(110)
         self.class_list.currentRowChanged.connect(self._class_chosen)
+        self.class_list.itemClicked.connect(lambda item: self._class_chosen(self.class_list.row(item)))  # the row again
         self.class_name = mw.LineEdit(label="Class", value="", tooltip="a class name to add, or the new name of the selected class")
         add_class, rename, recolour = _button("Add class"), _button("Rename class"), _button("Class colour")
         add_class.changed.connect(self.add_class)
         rename.changed.connect(self.rename_class)
-        recolour.changed.connect(self.recolour_class)
+        recolour.changed.connect(lambda: self.recolour_class())  # not the button's value
         self._set_classes(["background", "tumour"], DEFAULT_COLORS[:2])
         new, open_ = _button("New session"), _button("Open session")
         new.changed.connect(self.new_session)
