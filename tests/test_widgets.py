@@ -420,7 +420,12 @@ def test_slide_without_mpp_needs_px(make_napari_viewer, qtbot, tmp_path, small_p
     assert viewer.layers["nompp.tif proposals"].nshapes >= 1
 
 
-def test_qupath_round_trip_through_the_widget(make_napari_viewer, qtbot, tmp_path, small_pool):
+def test_qupath_round_trip_through_the_widget(make_napari_viewer, qtbot, tmp_path, small_pool, monkeypatch):
+    from qtpy.QtWidgets import QMessageBox
+
+    asked = []
+    answer = {"now": QMessageBox.StandardButton.No}
+    monkeypatch.setattr(QMessageBox, "question", lambda *a: asked.append(a[2]) or answer["now"])
     viewer, w, slide = _start(make_napari_viewer, tmp_path, small_pool)
     _accept_random(w, 2)
     lab = [lay for lay in viewer.layers if " labels " in lay.name]
@@ -432,7 +437,14 @@ def test_qupath_round_trip_through_the_widget(make_napari_viewer, qtbot, tmp_pat
     assert out.is_file(), w.message.value
     viewer2, w2, slide2 = _start(make_napari_viewer, tmp_path, small_pool, name="sess2")
     w2.qupath_file.value = str(out)
+    # the dry run's summary comes first; "No" writes nothing
     _click(w2, "Import from QuPath")
+    assert "Adds 2 region(s)" in asked[-1] and "Classes: by name" in asked[-1]
+    assert not w2.project.session.accepted and "nothing was written" in w2.message.value
+    answer["now"] = QMessageBox.StandardButton.Yes
+    w2.class_map.value = "Tumor=tumour, Other="
+    _click(w2, "Import from QuPath")
+    assert "Other → skipped" in asked[-1]
     np.testing.assert_array_equal(w2.project.session.labels(slide2), w.project.session.labels(slide))
     assert len([lay for lay in viewer2.layers if " labels " in lay.name]) == 2
     # a stroke still waiting for the autosave survives an import that redraws the layers

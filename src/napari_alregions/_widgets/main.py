@@ -66,6 +66,17 @@ def _sizes(regions) -> str:
     return f"{lo}-{hi} px"
 
 
+def _parse_class_map(text: str) -> dict[str, str | None]:
+    """``"Tumor=tumour, Other="`` -> ``{"Tumor": "tumour", "Other": None}`` (empty: skip)."""
+    out: dict[str, str | None] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        qupath, sep, ours = part.partition("=")
+        if not sep or not qupath.strip():
+            raise ValueError(f"class map: {part!r} is not QuPath class=session class")
+        out[qupath.strip()] = ours.strip() or None
+    return out
+
+
 def _unbind(viewer, keys: list[str]) -> None:
     for key in keys:
         try:
@@ -408,10 +419,13 @@ class ALRegionsWidget(QWidget):
         self.auto_retrain = mw.CheckBox(label="Auto-retrain", value=False)
         self.auto_after = mw.SpinBox(label="after N accepted regions", value=3, min=1, max=100)
         self.qupath_file = mw.FileEdit(label="QuPath GeoJSON", mode="w", filter="*.geojson *.json")
+        self.class_map = mw.LineEdit(label="Class map", value="",
+                                     tooltip="QuPath class=session class, comma-separated (Tumor=tumour, Other= to skip "
+                                             "Other); unlisted classes match by name (Tumor/Tumour alike)")
         export, import_ = _button("Export to QuPath"), _button("Import from QuPath")
         export.changed.connect(self.export_qupath)
         import_.changed.connect(self.import_qupath)
-        box = mw.Container(widgets=[hint, remove, self.retrain_btn, self.auto_retrain, self.auto_after, self.qupath_file,
+        box = mw.Container(widgets=[hint, remove, self.retrain_btn, self.auto_retrain, self.auto_after, self.qupath_file, self.class_map,
                                     mw.Container(widgets=[export, import_], layout="horizontal", labels=False)])
         box.native.layout().insertWidget(1, self.accepted_list)
         return box
@@ -1360,8 +1374,22 @@ class ALRegionsWidget(QWidget):
         name = self._slide_or_say()
         if name is None:
             return
+        class_map = self._guard(_parse_class_map, self.class_map.value)
+        if class_map is None:
+            return
+        path = Path(self.qupath_file.value)
+        # what the import would do, shown before anything is written
+        plan = self._guard(self.project.import_qupath, path, name, class_map=class_map or None, dry_run=True)
+        if plan is None:
+            return
+        mapping = ", ".join(f"{k} → {v or 'skipped'}" for k, v in class_map.items()) or "by name"
+        if not self._confirm(f"Import {path.name} into {name}?\n\n{plan['message']}\n"
+                             f"Adds {plan['regions']} region(s) and paints {plan['labeled_annotations']} labeled "
+                             f"annotation(s).\nClasses: {mapping}."):
+            self._message("import cancelled: nothing was written")
+            return
         self.flush_labels(everything=True)  # the import redraws every region layer from the session
-        counts = self._guard(self.project.import_qupath, Path(self.qupath_file.value), name)
+        counts = self._guard(self.project.import_qupath, path, name, class_map=class_map or None)
         if counts is None:
             return
         self._show_accepted(name)
