@@ -42,6 +42,10 @@ from ._runner import TaskRunner
 __all__ = ["ALRegionsWidget"]
 
 
+_SHORT = {"standard_nonsquare": "non-sq.", "standard": "std", "adaptive": "adapt.", "top_patches": "top", "diversity": "div.",
+          "prototype": "proto.", "focannot": "focan.", "random": "random"}
+
+
 def _free_name(name: str, taken) -> str:
     """``name``, or ``stem_2.ext``, ``stem_3.ext``... when a slide of that name exists."""
     if name not in taken:
@@ -980,8 +984,9 @@ class ALRegionsWidget(QWidget):
             for r in p.session.accepted_on(name):
                 self.accepted_list.addItem(f"{r.method or 'manual'}  ({r.x}, {r.y})  {r.w}×{r.h} px")
             methods = sorted({r.method for r in p.proposals(name)})
-            self.legend.value = "  ".join(f'<span style="color:{_hex(METHOD_COLORS.get(m, (1, 1, 0, 1)))}">■</span> {m}'
-                                          for m in methods)
+            self.legend.value = " ".join(f'<span style="white-space:nowrap"><span style="color:'
+                                         f'{_hex(METHOD_COLORS.get(m, (1, 1, 0, 1)))}">■</span>&nbsp;{m}</span>'
+                                         for m in methods)
             uids = [r.uid for r in rows]
             if kept in uids:
                 self.proposal_list.setCurrentRow(uids.index(kept))
@@ -1184,7 +1189,13 @@ class ALRegionsWidget(QWidget):
                 "sum priority": [round(sum(r.score for r in out[s.method]), 2) for s in summaries]}
         for j, s in enumerate(summaries):
             rows[f"IoU {s.method}"] = [round(float(v), 2) for v in overlap[j]]
-        self.table.value = {"data": list(rows.values()), "index": list(rows), "columns": [s.method for s in summaries]}
+        # short column names (the full one in the tooltip): 4 methods fit the dock
+        self.table.value = {"data": list(rows.values()), "index": list(rows),
+                            "columns": [_SHORT.get(s.method, s.method) for s in summaries]}
+        for j, s in enumerate(summaries):
+            item = self.table.native.horizontalHeaderItem(j)
+            if item is not None:
+                item.setToolTip(s.method)
         self._refill_lists()
         self._message(f"compared {len(out)} methods on {name}")
 
