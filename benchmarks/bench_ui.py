@@ -164,6 +164,14 @@ def _stroke(layer, value: int, moves: int = 16) -> float:
     return time.perf_counter() - t0
 
 
+def _on_screen(viewer, w, name: str) -> None:
+    """The current slide's image is where the camera looks (else the walkthrough fails)."""
+    extent = viewer.layers[name].extent.world
+    cy, cx = viewer.scene.camera.center[-2:]
+    if not (extent[0][0] <= cy <= extent[1][0] and extent[0][1] <= cx <= extent[1][1]):
+        raise AssertionError(f"{name} is current but the camera is at {(cy, cx)}, outside {extent.tolist()}")
+
+
 def _steps(args) -> int:
     """Every step of the walkthrough, with its largest event-loop gap."""
     import napari
@@ -209,7 +217,9 @@ def _steps(args) -> int:
         for i in range(3):
             w.slide_file.value = str(folder / manifest["slides"][i]["image"])
             step(f"Add slide {i + 1}", lambda: click(w, "Add slide"), w)
-        step("switch Current slide", lambda: setattr(w.slide, "value", list(w.project.slides)[0]), w)
+        for name in [*list(w.project.slides)[1:], list(w.project.slides)[0]]:
+            step(f"switch Current slide to {name}", lambda name=name: setattr(w.slide, "value", name), w)
+            _on_screen(viewer, w, name)
         step("Compute priority map", lambda: click(w, "Compute priority map"), w)
         w.method.value, w.unit.value, w.region_size.value, w.k.value = "adaptive", "px", 512, 5
         step("Suggest (adaptive, 5)", lambda: click(w, "Suggest"), w)
@@ -218,6 +228,19 @@ def _steps(args) -> int:
         w.method.value = "adaptive"
         w.proposal_list.setCurrentRow(1)
         step("Reject", lambda: click(w, "Reject"), w)
+        w.proposal_list.setCurrentRow(0)
+
+        def delete_on_canvas() -> None:  # what napari's Delete key runs on the selected box
+            from napari.layers.shapes._shapes_key_bindings import delete_selected_shapes
+
+            layer = viewer.layers[f"{w.current} proposals"]
+            delete_selected_shapes(layer)
+
+        step("delete a proposal on the canvas", delete_on_canvas, w)
+        step("Draw region", lambda: click(w, "Draw region"), w)
+        viewer.layers[f"{w.current} draw"].add_rectangles(np.array([[100.0, 100.0], [600.0, 500.0]]))
+        step("Accept drawn", lambda: click(w, "Accept drawn"), w)
+        w.method.value = "adaptive"
         w.proposal_list.setCurrentRow(0)
         step("Accept region", lambda: click(w, "Accept region"), w)
         first = viewer.layers.selection.active
@@ -260,6 +283,9 @@ def _steps(args) -> int:
         w2 = box["w2"]
         w2.folder.value = str(session)
         step(f"Open session ({n_acc} regions, 3 slides)", lambda: click(w2, "Open session"), w2)
+        _on_screen(viewer2, w2, w2.current)
+        for name in w2.project.slides:  # each slide's layers came back, placed over it
+            assert {f"{name} proposals", f"{name} accepted"} <= {lay.name for lay in viewer2.layers}, name
         viewer2.close()
         viewer.close()
     worst = max(rows, key=lambda r: r[1])

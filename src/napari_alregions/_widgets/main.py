@@ -1295,12 +1295,18 @@ class ALRegionsWidget(QWidget):
             done_msg = (f"cycle {summary['cycle']}: trained on {summary['n_candidates']} patches, maps and "
                         f"proposals refreshed in {time.perf_counter() - t0:.1f} s")
             warnings = summary.get("messages", [])  # a kept model or one no better than chance
-            steps += [self._refill_lists, self._refresh_status,
+            steps += [self._refill_lists, lambda: self._refresh_status(summary.get("annotated_pct")),
                       lambda: self._message("; ".join([done_msg, *warnings]), bool(warnings))]
             self._run_steps(steps)
 
-        self._task(lambda cancel: p.iter_retrain(cancel=cancel, measure=self.measure.value), desc="retrain",
-                          on_done=done)
+        measure = self.measure.value
+
+        def make(cancel):
+            summary = yield from p.iter_retrain(cancel=cancel, measure=measure)
+            # the status line's share reads every region's labels: here, not in the redraw
+            return {**summary, "annotated_pct": p.annotated_pct()}
+
+        self._task(make, desc="retrain", on_done=done)
 
     def _run_steps(self, steps: list) -> None:
         self._redrawing = bool(steps)
