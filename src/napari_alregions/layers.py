@@ -195,13 +195,14 @@ def edge_widths(regions: Sequence[Region]) -> list[float]:
 
 
 def regions_layer(regions: Sequence[Region], *, name: str, slide: Slide, offset: Offset = (0.0, 0.0),
-                  color: Sequence[float] | None = None, mean: Sequence[float] | None = None,
+                  color: Sequence[float] | None = None, mean: Sequence[float] | None = None, ranks: bool = True,
                   ) -> tuple[list[np.ndarray], dict[str, Any], str]:
     """Rectangles of level-0 regions as one Shapes layer tuple, whatever their methods.
 
     Each shape carries ``method``, ``score`` (the selector's), ``mean`` (mean priority in
     the box, NaN where not given), ``rank`` (1 first), ``cycle`` and ``uid`` features, its
-    method's edge colour (or ``color`` for all) and a border scaled to its size (:func:`edge_widths`).
+    method's edge colour (or ``color`` for all) and a border scaled to its size (:func:`edge_widths`);
+    ``ranks``: the rank printed at each box's corner (text costs redraws: none for accepted regions).
     Corners are napari ``(row, col)`` in level-0 px; scale and translate place them.
     """
     data = [np.array([[r.y, r.x], [r.y, r.x1], [r.y1, r.x1], [r.y1, r.x]], dtype=float) for r in regions]
@@ -228,9 +229,10 @@ def regions_layer(regions: Sequence[Region], *, name: str, slide: Slide, offset:
         "features": features,
         # the rank only, dark on the light slide (the list has the scores): long coloured
         # "rank: score" labels of neighbouring boxes printed over each other
-        "text": {"string": "{rank}", "anchor": "upper_left", "color": TEXT_COLOR, "size": 12},
         "metadata": {"regions": list(regions)},
     }
+    if ranks:
+        kwargs["text"] = {"string": "{rank}", "anchor": "upper_left", "color": TEXT_COLOR, "size": 12}
     kwargs.update(overlay_kwargs(slide, 1, offset))
     return data, kwargs, "shapes"
 

@@ -94,6 +94,16 @@ def _hex(rgba) -> str:
     return "#" + "".join(f"{round(255 * c):02x}" for c in rgba[:3])
 
 
+def _removed_only(old, new) -> list[int] | None:
+    """Indices of ``old`` to remove to get ``new`` when that is all that changed, else None."""
+    keys = set(_region_keys(new))
+    kept = [i for i, k in enumerate(_region_keys(old)) if k in keys]
+    if len(kept) == len(old) or _region_keys([old[i] for i in kept]) != _region_keys(new):
+        return None
+    kept_set = set(kept)
+    return [i for i in range(len(old)) if i not in kept_set]
+
+
 def _region_keys(regions) -> list[tuple]:
     """What a drawn box shows of each region: a layer showing the same keys needs no redraw."""
     return [(r.uid, r.x, r.y, r.w, r.h, r.method, r.rank, r.cycle, r.score) for r in regions]
@@ -715,13 +725,24 @@ class ALRegionsWidget(QWidget):
         p = self.project
         mean = box_means(p.maps[name].priority, regions, p.stride) if name in p.maps else None
         data, kwargs, _ = regions_layer(regions, name=lname, slide=p.slides[name], offset=self._offset(name), color=color,
-                                        mean=mean)
+                                        mean=mean, ranks=color is None)
         layer = self._layer(lname)
         if layer is None:
             layer = self.viewer.add_shapes(data, **kwargs)
             return layer
-        if _region_keys(layer.metadata.get("regions", [])) == _region_keys(regions) and layer.nshapes == len(regions):
+        old = layer.metadata.get("regions", [])
+        if _region_keys(old) == _region_keys(regions) and layer.nshapes == len(regions):
             return layer  # drawn already (a change event after the call that redrew it)
+        gone = _removed_only(old, regions) if layer.nshapes == len(old) else None
+        if gone:  # accepted or dismissed: remove those boxes (~10x cheaper than redrawing all with text)
+            self._redrawing_shapes = True
+            try:
+                layer.selected_data = set()
+                layer.remove(gone)
+                layer.metadata["regions"] = list(regions)
+            finally:
+                self._redrawing_shapes = False
+            return layer
         self._redrawing_shapes = True
         try:  # in place: re-creating a Shapes layer with text stalls the viewer ~0.5 s
             layer.selected_data = set()
