@@ -42,7 +42,9 @@ def demo_viewer(session: Path, *, patch_size: int = 64, size: int = 4096, traini
     click(w, "New session")
     wait_idle(w)
     if training:
-        w.project.session.params["training"] = dict(training)
+        from napari_alregions.settings import TrainingBudget
+
+        w.project.session.settings.training = TrainingBudget(**training)
     for entry in manifest["slides"][:n_slides]:
         w.slide_file.value = str(folder / entry["image"])
         click(w, "Add slide")

@@ -1,7 +1,7 @@
 """I/O benchmark: patch reads through ``Slide.read_region`` vs. tifffile directly, and the
 peak memory of opening a large slide.
 
-    python benchmarks/bench_io.py [--size 8192] [--big 40960] [--patches 400]
+    python benchmarks/bench_io.py [--size 8192] [--big 40960] [--patches 400] [--only reads|open]
 
 1. Random 256x256 patches from a JPEG pyramid (tile-aligned, and at arbitrary positions)
    per second through ``read_region`` vs. decoding the same tiles with tifffile's own
@@ -11,6 +11,12 @@ peak memory of opening a large slide.
    level 1 (what annotated regions give ``train``), with the decoded-tile cache vs without.
 3. Peak RSS of a fresh process that opens a >= 40k x 40k synthetic slide, reads its
    metadata and computes the tissue mask on a low-resolution level. Goal: < 300 MB.
+4. Opening a --big slide (levels as pages, so OpenSlide reads the same pyramid):
+   ``open_slide`` + close vs ``openslide.OpenSlide`` + close, and each with its first
+   256² read; then random 256² reads on level 0 and the same few patches read again and
+   again, the decoded-tile cache on vs off. Goal: cache on never slower than off (ratio
+   >= 0.95 given the noise). The slide repeats 64 textured JPEG tiles (written in seconds;
+   their content does not matter for these timings).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import sys
 import time
 from pathlib import Path
 
+import imagecodecs
 import numpy as np
 import tifffile
 
@@ -154,12 +161,111 @@ def bench_rss(path: Path) -> None:
           f"after tissue mask {mb(r['tissue_kb']):.0f} MB (goal < 300 MB)")
 
 
+def repeating_pyramid(path: Path, side: int, tile: int = 256, distinct: int = 64) -> Path:
+    """A side² JPEG pyramid of pre-encoded textured tiles, levels as pages (fast to write)."""
+    if path.exists():
+        return path
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:tile, :tile]
+    tiles = []
+    for i in range(distinct):
+        img = np.stack([128 + 100 * np.sin(xx / (7 + i) + c) * np.cos(yy / (5 + i % 7)) for c in range(3)], -1)
+        tiles.append(imagecodecs.jpeg_encode(np.clip(img + rng.normal(0, 8, img.shape), 0, 255).astype(np.uint8), level=90))
+    shapes = [(side, side)]
+    while max(shapes[-1]) > 512:
+        shapes.append(((shapes[-1][0] + 1) // 2, (shapes[-1][1] + 1) // 2))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    part = path.with_name(path.name + ".part")
+    with tifffile.TiffWriter(part, bigtiff=True) as tif:
+        for i, (h, w) in enumerate(shapes):
+            n = -(-h // tile) * -(-w // tile)
+            tif.write((tiles[k % distinct] for k in range(n)), shape=(h, w, 3), dtype=np.uint8, tile=(tile, tile),
+                      compression="jpeg", photometric="rgb", subfiletype=1 if i else 0, metadata=None)
+    part.replace(path)
+    return path
+
+
+def bench_open(path: Path, rounds: int = 15) -> None:
+    try:
+        import openslide
+    except (ImportError, OSError):
+        print("open: openslide not installed, ours only")
+        openslide = None
+
+    def ours(read: bool) -> float:
+        t = time.perf_counter()
+        with open_slide(path) as s:
+            if read:
+                s.read_region(1000, 1000, PATCH, PATCH)
+        return time.perf_counter() - t
+
+    def theirs(read: bool) -> float:
+        t = time.perf_counter()
+        o = openslide.OpenSlide(str(path))
+        if read:
+            np.asarray(o.read_region((1000, 1000), 0, (PATCH, PATCH)))
+        o.close()
+        return time.perf_counter() - t
+
+    with open_slide(path) as s:
+        print(f"slide {path.name}: {s.shape[1]}x{s.shape[0]} px, {s.level_count} levels")
+    print(f"{'(median of %d, ms)' % rounds:<24}{'ours':>10}{'openslide':>11}{'ratio':>8}")
+    for label, read in (("open + close", False), ("open + first read", True)):
+        a, b = [], []
+        for _ in range(rounds):  # interleaved, so both see the same load
+            a.append(ours(read))
+            if openslide is not None:
+                b.append(theirs(read))
+        ma = 1e3 * float(np.median(a))
+        mb = 1e3 * float(np.median(b)) if b else float("nan")
+        print(f"{label:<24}{ma:>10.2f}{mb:>11.2f}{ma / mb:>8.1f}")
+
+
+def bench_cache(path: Path, n: int, rng: np.random.Generator, rounds: int = 3) -> None:
+    budget = tile_cache_size()[1]
+    with open_slide(path) as slide:
+        h, w = slide.shape
+
+        def rate(pos: list[tuple[int, int]], size: int, passes: int = 1) -> float:
+            set_tile_cache_size(0)
+            set_tile_cache_size(size)  # emptied, then this budget
+            t = time.perf_counter()
+            for _ in range(passes):
+                for x, y in pos:
+                    slide.read_region(x, y, PATCH, PATCH)
+            return passes * len(pos) / (time.perf_counter() - t)
+
+        def positions(k: int) -> list[tuple[int, int]]:
+            return [(int(x), int(y)) for x, y in zip(rng.integers(0, w - PATCH, k), rng.integers(0, h - PATCH, k), strict=True)]
+
+        print(f"{'256² reads on level 0':<34}{'cache off /s':>13}{'cache on /s':>12}{'ratio':>8}")
+        # random: enough reads that the cache's first window (where it keeps every tile) is a small part
+        for label, k, passes in (("random (new positions each)", max(n, 1000), 1), ("the same 40, read 10 times", 40, 10)):
+            off, on = [], []
+            for r in range(2 * rounds):  # alternate which goes first; fresh positions for random reads
+                pos_a, pos_b = positions(k), positions(k)
+                if r % 2:
+                    on.append(rate(pos_a, budget, passes))
+                    off.append(rate(pos_b, 0, passes))
+                else:
+                    off.append(rate(pos_a, 0, passes))
+                    on.append(rate(pos_b, budget, passes))
+            print(f"{label:<34}{max(off):>13.0f}{max(on):>12.0f}{max(on) / max(off):>8.2f}")
+    set_tile_cache_size(budget)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=8192, help="side of the read benchmark slide")
     ap.add_argument("--big", type=int, default=40960, help="side of the RSS benchmark slide")
     ap.add_argument("--patches", type=int, default=400)
+    ap.add_argument("--only", choices=("reads", "open"), help="run only the read benchmarks (1-3) or only 4")
     args = ap.parse_args()
+    if args.only == "open":
+        big = repeating_pyramid(CACHE / f"repeating_{args.big}.tif", args.big)
+        bench_open(big)
+        bench_cache(big, args.patches, np.random.default_rng(0))
+        return
     rng = np.random.default_rng(0)
     t = time.perf_counter()
     m = make_slide_pool(CACHE / f"io_{args.size}", n_slides=1, size=args.size, seed=7)
@@ -170,6 +276,10 @@ def main() -> None:
     m = make_slide_pool(CACHE / f"io_{args.big}", n_slides=1, size=args.big, seed=7)
     print(f"(big slide ready in {time.perf_counter() - t:.1f} s)")
     bench_rss(CACHE / f"io_{args.big}" / m["slides"][0]["image"])
+    if args.only is None:
+        big = repeating_pyramid(CACHE / f"repeating_{args.big}.tif", args.big)
+        bench_open(big)
+        bench_cache(big, args.patches, rng)
 
 
 if __name__ == "__main__":

@@ -100,3 +100,31 @@ class MeanRedness(nn.Module):
         red = x[:, 0].mean(dim=(1, 2))  # spec mean 0, std 1: x is RGB in [0, 1]
         p = red.clamp(1e-4, 1 - 1e-4)
         return torch.stack([torch.log(1 - p), torch.log(p)], dim=1)
+
+
+def write_bomb_tiff(path: Path, side: int, *, tile: int = 1024, sparse: bool = False) -> None:
+    """A classic TIFF that declares a side² RGB image of tile² tiles, written by hand: every
+    tile points at one 16-byte uncompressed tile (or, ``sparse``, none has data: offset and
+    byte count 0). 10^6 px with 1024² tiles: a 7.6 MB file declaring 2.7 TiB."""
+    import struct
+
+    n = (-(-side // tile)) ** 2
+    entries = 11
+    bps_at = 8 + 2 + entries * 12 + 4
+    off_at = bps_at + 6
+    cnt_at = off_at + 4 * n
+    tile_at = cnt_at + 4 * n
+
+    def tag(code: int, typ: int, count: int, value: int) -> bytes:  # a SHORT inline, else a LONG or offset
+        inline = struct.pack("<HH", value, 0) if typ == 3 and count == 1 else struct.pack("<I", value)
+        return struct.pack("<HHI", code, typ, count) + inline
+
+    ifd = [tag(256, 4, 1, side), tag(257, 4, 1, side), tag(258, 3, 3, bps_at), tag(259, 3, 1, 1), tag(262, 3, 1, 2),
+           tag(277, 3, 1, 3), tag(284, 3, 1, 1), tag(322, 3, 1, tile), tag(323, 3, 1, tile), tag(324, 4, n, off_at),
+           tag(325, 4, n, cnt_at)]
+    with open(path, "wb") as fh:
+        fh.write(b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", entries) + b"".join(ifd) + struct.pack("<I", 0))
+        fh.write(struct.pack("<HHH", 8, 8, 8))
+        fh.write(np.full(n, 0 if sparse else tile_at, "<u4").tobytes())
+        fh.write(np.full(n, 0 if sparse else 16, "<u4").tobytes())
+        fh.write(bytes(16))

@@ -116,6 +116,36 @@ def test_features_from_labeled_boxes_equal_the_whole_mask():
         assert shapely.equals(shape(a["geometry"]), shape(b["geometry"]))
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_traced_polygons_equal_the_union_of_their_pixels(seed):
+    """Speckle (one-pixel blobs, diagonal contacts, holes in holes) in overlapping boxes,
+    against the union of one unit square per labeled pixel inside any box."""
+    import numpy as np
+    import shapely
+    from shapely.geometry import shape
+
+    from napari_alregions.geometry import Box
+    from napari_alregions.io_qupath import labels_to_features
+
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 3, (40, 50)).astype(np.uint8) if seed % 2 else (rng.random((40, 50)) < 0.5).astype(np.uint8)
+    y0, x0 = rng.integers(0, 25, 3), rng.integers(0, 35, 3)
+    boxes = [Box(int(a), int(b), int(a + rng.integers(1, 16)), int(b + rng.integers(1, 16))) for a, b in zip(y0, x0)]
+    inside = np.zeros(labels.shape, bool)
+    for box in boxes:
+        inside[box.slices] = True
+    features = labels_to_features(labels, classes=("background", "tumour"), boxes=boxes, factor=2.0, origin=(3, 5))
+    by_name = {f["properties"]["name"]: shape(f["geometry"]) for f in features}
+    for value, name in ((1, "background"), (2, "tumour")):
+        ys, xs = np.nonzero((labels == value) & inside)
+        if not len(ys):
+            assert name not in by_name
+            continue
+        want = shapely.union_all(shapely.box(2 * xs + 3, 2 * ys + 5, 2 * xs + 5, 2 * ys + 7))
+        got = by_name[name]
+        assert got.is_valid and shapely.equals(got, want) and got.area == want.area == 4 * len(ys)
+
+
 # A cell, a TMA core and a derived-class annotation as QuPath 0.5 writes them (Gson pretty
 # printing; coordinates by ROITypeAdapters, classes by PathClassTypeAdapter, measurements by
 # MeasurementListTypeAdapter with NaN as a string), and a v0.2 detection (type in "id").

@@ -74,7 +74,6 @@ def test_openslide_declines_what_it_does_not_know(tmp_path):
         open_slide(tmp_path / "notes.mrxs", backend="openslide")
 
 
-@pytest.mark.network
 def test_real_aperio_svs_same_level0_pixels_by_both_backends(aperio_svs):  # noqa: F811
     with open_slide(aperio_svs, backend="tifffile") as a, open_slide(aperio_svs, backend="openslide") as b:
         assert b.info.format == "openslide:aperio" and b.shape == a.shape == (2967, 2220)
@@ -98,3 +97,30 @@ def test_prediction_through_openslide_equals_tifffile(tmp_path):
             maps.append(predict_probability_map(s, [net], spec, stride=64, device="cpu", workers=1))
     assert maps[0].shape == (8, 8, 2) and np.isfinite(maps[0]).any()
     np.testing.assert_allclose(maps[1], maps[0], atol=1e-6, equal_nan=True)
+
+
+def test_synthetic_slides_are_pyramids_to_openslide(tmp_path):
+    """Our own slides (and their masks) as OpenSlide's generic-TIFF driver reads them: every level, same pixels."""
+    from napari_alregions.synthetic import slide_spec, write_slide
+
+    spec = slide_spec(0, size=(1300, 1100), seed=3)
+    write_slide(spec, tmp_path / "s.tif", tmp_path / "m.tif")
+    osr = openslide.OpenSlide(str(tmp_path / "s.tif"))
+    try:
+        assert osr.properties["openslide.vendor"] == "generic-tiff"
+        with open_slide(tmp_path / "s.tif", backend="tifffile") as ours:
+            assert osr.level_count == ours.level_count == 3
+            assert tuple((h, w) for w, h in osr.level_dimensions) == ours.info.level_shapes == ((1300, 1100), (650, 550), (325, 275))
+            assert osr.level_downsamples == pytest.approx(ours.downsamples)
+            for level, x, y, w, h in [(0, 0, 0, 256, 256), (0, 700, 900, 300, 200), (0, 1000, 1200, 100, 100),
+                                        (1, 260, 380, 200, 150), (1, 0, 0, 550, 650), (2, 40, 500, 100, 80)]:
+                theirs = np.asarray(osr.read_region((x, y), level, (w, h)))
+                assert (theirs[..., 3] == 255).all()
+                np.testing.assert_array_equal(theirs[..., :3], ours.read_region(x, y, w, h, level=level))
+    finally:
+        osr.close()
+    mask = openslide.OpenSlide(str(tmp_path / "m.tif"))
+    try:
+        assert mask.level_count == 3
+    finally:
+        mask.close()

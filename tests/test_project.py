@@ -9,6 +9,7 @@ import pytest
 
 from napari_alregions.geometry import Region
 from napari_alregions.project import AnnotationProject, region_size_px, run
+from napari_alregions.settings import SuggestPlan, TrainingBudget
 from napari_alregions.wsi import open_labels
 
 FAST = {"initial_steps": 12, "fine_tune_steps": 8, "patches_per_slide": 64}
@@ -17,7 +18,7 @@ FAST = {"initial_steps": 12, "fine_tune_steps": 8, "patches_per_slide": 64}
 def _project(tmp_path, small_pool, *, members=1, name="s"):
     folder, manifest = small_pool
     p = AnnotationProject.create(tmp_path / name, patch_size=32, level=1, members=members)
-    p.session.params["training"] = dict(FAST)
+    p.session.settings.training = TrainingBudget(**FAST)
     entry = manifest["slides"][0]
     slide = p.add_slide(folder / entry["image"])
     truth = np.asarray(open_labels(folder / entry["mask"])[1])
@@ -160,10 +161,14 @@ def test_pending_regions_count_by_region_through_removals(tmp_path, small_pool):
     assert p.pending_regions == 0
     # a session saved before regions were tracked by uid counted the first accepted ones
     p.accept(Region(512, 512, 256, 256, slide=slide))
-    del p.session.params["trained_on"]
-    p.session.params["trained_on_regions"] = 1
-    assert p.pending_regions == 1
     p.close()
+    meta = json.loads((p.folder / "session.json").read_text())
+    del meta["params"]["trained_on"]
+    meta["params"]["trained_on_regions"] = 1
+    (p.folder / "session.json").write_text(json.dumps(meta))
+    back = AnnotationProject.open(p.folder)
+    assert back.pending_regions == 1
+    back.close()
 
 
 def test_retrain_without_labels_and_cancelled_retrain_change_nothing(tmp_path, small_pool):
@@ -413,7 +418,7 @@ def test_retrain_on_more_labels_does_not_lower_validation_auc(tmp_path, small_po
     from napari_alregions.model.train import Validation, validation_split
 
     p, slide, truth = _project(tmp_path, small_pool)
-    p.session.params["training"] = {"epochs": 8, "patience": 3, "patches_per_slide": 32}
+    p.session.settings.training = TrainingBudget(epochs=8, patience=3, patches_per_slide=32)
     grid = [Region(x, y, 256, 256, slide=slide) for y in range(0, 1024, 256) for x in range(0, 1024, 256)]
     for r in grid[:8]:  # the top half first
         _paint_truth(p, p.accept(r), truth)
@@ -439,7 +444,7 @@ def test_a_method_that_cannot_rerun_does_not_break_the_retrain(tmp_path, small_p
         _paint_truth(p, p.accept(r), truth)
     run(p.iter_priority(slide))
     p.suggest(slide, "standard", region_size=l_, k=2)
-    p.session.params["suggest"][slide]["prototype"] = {"region_size": l_, "k": 2, "seed": 0, "options": {}}
+    p.session.settings.suggest[slide]["prototype"] = SuggestPlan(l_, 2, 0, {})
     summary = run(p.iter_retrain())
     assert any("prototype proposals not refreshed" in m for m in summary["messages"]), summary["messages"]
     assert {r.cycle for r in p.proposals(slide, "standard")} == {1}  # the others refreshed all the same
@@ -541,4 +546,125 @@ def test_regions_partly_or_wholly_off_the_slide_are_clipped_or_refused(tmp_path,
     with pytest.raises(ValueError, match="outside the slide"):
         p.accept(Region(10**6, 0, 256, 256, slide=slide))
     assert p.session.accepted == before
+
+
+def _files(folder):
+    """The bytes of every file of a session folder, by relative path."""
+    return {str(f.relative_to(folder)): f.read_bytes() for f in sorted(folder.rglob("*")) if f.is_file()}
+
+
+def test_a_suggest_that_cannot_run_changes_nothing(tmp_path, small_pool):
+    """A selector that cannot run raises before any state changes: proposals, the rerun plan
+    and every file of the session stay as they were."""
+    p, slide, truth = _project(tmp_path, small_pool)
+    other = p.add_slide(small_pool[0] / small_pool[1]["slides"][1]["image"])  # no map there
+    run(p.iter_priority(slide))
+    before = [r.uid for r in p.suggest(slide, "adaptive", region_size=4 * p.stride, k=2)]
+    plan, files = json.dumps(p.session.params["suggest"]), _files(p.folder)
+    for args, match in [((slide, "prototype"), "similarity map"), ((other, "adaptive"), "needs a priority map"),
+                        ((other, "diversity"), "needs a priority map"), ((slide, "bogus"), "unknown method"),
+                        ((slide, "adaptive", {"region_size": p.stride + 1}), "multiple of the map stride"),
+                        ((slide, "adaptive", {"warp": 9}), "takes no option")]:
+        kw = {"region_size": 4 * p.stride, "k": 2, **(args[2] if len(args) > 2 else {})}
+        with pytest.raises(ValueError, match=match):
+            p.suggest(args[0], args[1], **kw)
+        assert [r.uid for r in p.proposals(slide, "adaptive")] == before and not p.proposals(other)
+        assert json.dumps(p.session.params["suggest"]) == plan and _files(p.folder) == files
+    p.close()
+
+
+def test_autosave_off_writes_nothing_until_save(tmp_path, small_pool):
+    p, slide, truth = _project(tmp_path, small_pool)
+    p.autosave = False
+    files = _files(p.folder)
+    keep = p.accept(Region(0, 0, 256, 256, slide=slide))
+    _paint_truth(p, keep, truth)
+    p.remove_accepted(p.accept(Region(512, 0, 256, 256, slide=slide)))
+    p.suggest(slide, "random", region_size=4 * p.stride, k=2, seed=1)
+    assert _files(p.folder) == files  # nothing written yet
+    p.save()
+    back = AnnotationProject.open(p.folder)
+    assert [r.uid for r in back.session.accepted] == [keep.uid] and len(back.proposals(slide)) == 2
+    np.testing.assert_array_equal(back.session.labels(slide), p.session.labels(slide))
+    assert (back.session.labels(slide) == 2).any() == (p.region_labels(keep) == 2).any()
+    back.close()
+    p.close()
+
+
+def test_set_probabilities_derives_the_map_as_iter_priority(tmp_path, small_pool):
+    from napari_alregions.model import predict_probability_map
+
+    p, slide, _ = _project(tmp_path, small_pool)
+    rec = run(p.iter_priority(slide, measure="entropy"))
+    s = p.slides[slide]
+    prob = predict_probability_map(s, p.models[0], p.spec, stride=p.stride, tissue=s.tissue_map(p.stride))
+    got = p.set_probabilities(slide, prob, measure="entropy")
+    np.testing.assert_array_equal(got.priority, rec.priority)
+    assert got.cycle == p.cycle and AnnotationProject.open(p.folder).maps[slide].measure == "entropy"
+    with pytest.raises(ValueError, match="probabilities must have shape"):
+        p.set_probabilities(slide, prob[1:])
+    with pytest.raises(ValueError, match="needs an ensemble"):
+        p.set_probabilities(slide, prob, measure="ensemble_disagreement")
+    p.close()
+
+
+def test_iter_inputs_builds_what_a_method_reads_once_per_model(tmp_path, small_pool):
+    p, slide, truth = _project(tmp_path, small_pool)
+    run(p.iter_inputs(slide, "random"))
+    assert slide not in p.maps and slide not in p.embeddings  # random reads nothing
+    with pytest.raises(ValueError, match="prototype set"):
+        run(p.iter_inputs(slide, "prototype"))
+    run(p.iter_inputs(slide, "adaptive"))
+    first = p.maps[slide]
+    run(p.iter_inputs(slide, "adaptive"))
+    assert p.maps[slide] is first  # the current model's map is not computed again
+    run(p.iter_inputs(slide, "diversity"))
+    assert slide in p.embeddings and p.maps[slide] is first
+    p.suggest(slide, "diversity", region_size=4 * p.stride, k=2)
+    _paint_truth(p, p.accept(p.suggest(slide, "random", region_size=4 * p.stride, k=1, seed=2)[0]), truth)
+    run(p.iter_retrain(refresh=False))
+    run(p.iter_inputs(slide, "adaptive"))  # a new model: a new map
+    assert p.maps[slide] is not first and p.maps[slide].cycle == p.cycle == 1
+    p.close()
+
+
+def test_training_seed_offsets_the_initial_weights_and_the_schedule(tmp_path, small_pool):
+    a, _, _ = _project(tmp_path, small_pool, name="a")
+    b, _, _ = _project(tmp_path, small_pool, name="b")
+    assert a.train_config().seed == 0
+    b.session.params["training"]["seed"] = 700
+    b.new_model(patch_size=32, level=1)
+    assert b.train_config().seed == 700
+    wa, wb = (next(iter(m.models[0].state_dict().values())).numpy() for m in (a, b))
+    assert not np.array_equal(wa, wb)
+    a.session.params["training"]["seed"] = 700
+    a.new_model(patch_size=32, level=1)
+    np.testing.assert_array_equal(next(iter(a.models[0].state_dict().values())).numpy(), wb)
+    a.close()
+    b.close()
+
+
+def test_cli_suggest_builds_cell_features_as_the_project(tmp_path, small_pool):
+    """`alregions suggest --cell-features` and the project pool features into the same
+    region embeddings and descriptors: the same regions."""
+    from napari_alregions.cli import main
+    from napari_alregions.io_qupath import read_regions
+
+    p, slide, _ = _project(tmp_path, small_pool)
+    rec = run(p.iter_priority(slide))
+    emb = np.random.default_rng(0).random((*rec.priority.shape, 6)).astype(np.float32)
+    p.embeddings[slide] = emb
+    tissue = p.slides[slide].tissue_map(p.stride)
+    for name, arr in (("map", rec.priority), ("tissue", tissue), ("emb", emb)):
+        np.save(tmp_path / f"{name}.npy", arr)
+    l_ = 4 * p.stride
+    for method, extra in (("diversity", []), ("focannot", ["--option", "overlap=0.25"])):
+        options = {"overlap": 0.25} if extra else {}
+        mine = p.suggest(slide, method, region_size=l_, k=2, seed=3, **options)
+        out = tmp_path / f"{method}.geojson"
+        assert main(["suggest", str(tmp_path / "map.npy"), "--method", method, "-l", str(l_), "-k", "2",
+                     "--stride", str(p.stride), "--tissue", str(tmp_path / "tissue.npy"), "--cell-features",
+                     str(tmp_path / "emb.npy"), "--seed", "3", "--out", str(out), *extra]) == 0
+        cli = read_regions(out)
+        assert len(mine) == 2 and [(r.x, r.y, r.w, r.h) for r in cli] == [(r.x, r.y, r.w, r.h) for r in mine]
     p.close()

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from napari_alregions.project import AnnotationProject
+from napari_alregions.settings import TrainingBudget
 from tests import qupath_shapes as q
 
 FAST = {"initial_steps": 12, "fine_tune_steps": 8, "patches_per_slide": 64}
@@ -23,7 +24,7 @@ FAST = {"initial_steps": 12, "fine_tune_steps": 8, "patches_per_slide": 64}
 def project(tmp_path, small_pool):
     folder, manifest = small_pool
     p = AnnotationProject.create(tmp_path / "s", patch_size=32, level=1)
-    p.session.params["training"] = dict(FAST)
+    p.session.settings.training = TrainingBudget(**FAST)
     name = p.add_slide(folder / manifest["slides"][0]["image"])
     yield p, name
     p.close()

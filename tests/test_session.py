@@ -28,7 +28,7 @@ def _filled(tmp_path):
 def test_round_trip_restores_identical_state(tmp_path):
     s = _filled(tmp_path)
     back = Session.open(s.folder)
-    assert back.classes == s.classes and back.params == {"region_size": 512}
+    assert back.classes == s.classes and back.settings == s.settings and back.settings.extra == {"region_size": 512}
     assert back.slides == s.slides
     assert back.accepted == s.accepted and [r.uid for r in back.accepted] == [r.uid for r in s.accepted]
     assert back.regions == s.regions
@@ -216,6 +216,9 @@ def test_a_newer_session_format_is_refused(tmp_path):
     (lambda m: m.update(checkpoints=["../../etc/x.pt"]), "outside the session folder"),
     (lambda m: m.update(version="2"), "positive integer"),
     (lambda m: m.update(params=[]), "'params' must be a dict"),
+    (lambda m: m["params"].update(members=0), "'members' must be >= 1"),
+    (lambda m: m["params"].update(training={"epochs": "8"}), "'training.epochs' must be int"),
+    (lambda m: m["params"].update(suggest={"a": {"random": {"k": 3}}}), "'suggest.a.random' has no 'region_size'"),
 ])
 def test_malformed_session_fields_get_a_message_naming_the_field(tmp_path, edit, message):
     s = _filled(tmp_path)

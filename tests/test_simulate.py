@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from napari_alregions.geometry import union_area
-from napari_alregions.simulate import SimConfig, annotated_fraction, reveal, run_simulation
-from napari_alregions.wsi import open_labels
+from napari_alregions.simulate import SimConfig, oracle_labels, run_simulation
+from napari_alregions.wsi import open_labels, open_slide
 
 
 @pytest.fixture(scope="module")
@@ -139,41 +139,83 @@ def test_geojson_truth_takes_tissue_outlines_and_ignores_other_classes(sim_pool,
     np.testing.assert_array_equal(truth, expect)
 
 
+def _tissue_at_level1(slide) -> np.ndarray:
+    """The slide's own tissue mask at label level 1, nearest neighbour: label px (y, x) is
+    level-0 (2y, 2x), which falls in mask px (2y // f, 2x // f), f the mask level's downsample."""
+    mask, f = slide.tissue_mask(), slide.level_factor(slide.tissue_level)
+    h, w = slide.levels[1].shape[:2]
+    rows = np.minimum(np.arange(h) * 2 // f, mask.shape[0] - 1).astype(int)
+    cols = np.minimum(np.arange(w) * 2 // f, mask.shape[1] - 1).astype(int)
+    return mask[rows][:, cols]
+
+
 @pytest.mark.slow
 def test_annotated_area_matches_union_of_regions(sim_pool):
-    """Bookkeeping: the reported area equals tissue inside the union of the regions."""
-    res = run_simulation(sim_pool, CONFIG)
+    """Bookkeeping: the reported area equals tissue (the slide's own mask, as in the viewer)
+    inside the union of the regions."""
     import json
 
+    res = run_simulation(sim_pool, CONFIG)
     manifest = json.loads((sim_pool / "manifest.json").read_text())
     train = [s for s in manifest["slides"] if s["split"] == "train"]
     final = res["regions"]["adaptive_l256_k2"]
     tissue_in, tissue_total = 0, 0
     for entry in train:
-        truth0 = np.asarray(open_labels(sim_pool / entry["mask"])[1]) > 0  # level 1, factor 2
+        with open_slide(sim_pool / entry["image"]) as slide:
+            tissue = _tissue_at_level1(slide)
         mine = [r for r in final if r.slide == entry["name"]]
-        covered = np.zeros_like(truth0)
+        covered = np.zeros_like(tissue)
         for r in mine:  # independent rasterisation at level 1
             covered[r.y // 2 : -(-r.y1 // 2), r.x // 2 : -(-r.x1 // 2)] = True
-        tissue_in += int((covered & truth0).sum())
-        tissue_total += int(truth0.sum())
+        tissue_in += int((covered & tissue).sum())
+        tissue_total += int(tissue.sum())
         # regions never overlap: their union area is their summed area
         assert union_area(mine) == sum(r.area for r in mine)
     last = [r for r in res["rows"] if r["method"] == "adaptive"][-1]
+    assert last["n_regions"] == len(final) == 2 * len(train) * CONFIG.cycles
     assert last["annotated_area_pct"] == pytest.approx(100 * tissue_in / tissue_total, abs=1e-3)
 
 
-def test_reveal_and_fraction():
+def test_the_oracle_paints_the_truth_into_accepted_regions(sim_pool, tmp_path):
+    """Tumour (label 2) where the truth is tumour, background (1) elsewhere in the region,
+    glass included; nothing outside it; the region is accepted, and the share annotated is
+    the project's."""
+    from napari_alregions.geometry import Region
+    from napari_alregions.simulate import Pool, _Oracle
+
     truth = np.zeros((20, 20), np.uint8)
     truth[:, 10:] = 1
     truth[0:4, 12:16] = 2
-    labels = np.zeros_like(truth)
-    from napari_alregions.geometry import Region
+    expect = np.ones_like(truth)
+    expect[0:4, 12:16] = 2
+    np.testing.assert_array_equal(oracle_labels(truth), expect)
 
-    reveal(truth, labels, Region(20, 0, 16, 16), factor=2)  # level-0 region -> level-1 px 10..18
-    assert (labels[0:8, 10:18] > 0).all() and labels[:, :10].sum() == 0
-    assert (labels[0:4, 12:16] == 2).all()
-    assert annotated_fraction({"s": truth}, {"s": labels}, ["s"]) == pytest.approx(64 / 200)
+    pool = Pool.load(sim_pool, level=1, stride=64)
+    try:
+        oracle = _Oracle(pool, SimConfig(), tmp_path)
+        project = oracle.project("p", seed=0)
+        name = pool.train[0]
+        gt = pool.truth[name]
+        ys, xs = np.nonzero(gt == 2)
+        y, x = 2 * int(ys[len(ys) // 2]) - 101, 2 * int(xs[len(xs) // 2]) - 99  # odd: rounded outwards
+        oracle.label(project, [Region(x, y, 200, 200, slide=name)])
+        assert len(project.session.accepted) == 1
+        labels = project.session.labels(name)
+        y0, x0, y1, x1 = y // 2, x // 2, -(-(y + 200) // 2), -(-(x + 200) // 2)
+        inside = np.zeros(gt.shape, bool)
+        inside[y0:y1, x0:x1] = True
+        np.testing.assert_array_equal(labels[inside], np.where(gt[inside] == 2, 2, 1))
+        assert (labels[~inside] == 0).all() and (labels == 2).any()
+        with open_slide(sim_pool / f"{name}.tif") as s:
+            tissue = _tissue_at_level1(s)
+        total = 0
+        for n in pool.train:
+            with open_slide(sim_pool / f"{n}.tif") as s:
+                total += _tissue_at_level1(s).sum()
+        assert project.annotated_pct() == pytest.approx(100 * (inside & tissue).sum() / total)
+        project.close()
+    finally:
+        pool.close()
 
 
 def test_bad_config(sim_pool, tmp_path):
@@ -246,3 +288,47 @@ def test_simulate_cli(sim_pool, tmp_path, capsys):
     assert "| adaptive |" in capsys.readouterr().out
     assert (out / "results.csv").read_text().count("\n") == 3  # header + one cycle per method
     assert main(["simulate", "--slides", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
+
+
+@pytest.mark.slow
+def test_the_simulation_is_the_viewers_loop(sim_pool, tmp_path):
+    """What a user does in the viewer, by hand (suggest, accept every proposal, paint the
+    truth, retrain), gives the simulation's annotated share, regions and validation loss."""
+    from napari_alregions.model import CYCLE_SCHEDULE
+    from napari_alregions.project import AnnotationProject, run
+    from napari_alregions.simulate import Pool, _deterministic
+
+    cfg = SimConfig(methods=("adaptive",), settings=((256, 1),), cycles=2, epochs=2, patience=1, patches_per_slide=8,
+                    full_baseline=False, seed=4)
+    res = run_simulation(sim_pool, cfg)
+    pool = Pool.load(sim_pool, level=1, stride=64)
+    p = AnnotationProject.create(tmp_path / "hand", patch_size=64, level=1, stride=64)
+    p.session.params["training"] = {"epochs": 2, "patience": 1, "patches_per_slide": 8, "max_seconds": None,
+                                    "seed": 400}
+    p.new_model(patch_size=64, level=1, stride=64)  # initial weights of that seed
+    assert p.train_config().min_epoch_patches == CYCLE_SCHEDULE.min_epoch_patches
+    got = []
+    try:
+        with _deterministic():
+            for n in pool.train:
+                p.add_slide(pool.slides[n].path, name=n)
+            for cycle in range(cfg.cycles):
+                for i, n in enumerate(pool.train):
+                    if cycle:
+                        run(p.iter_priority(n))
+                    seed = 4000 + 97 * cycle + i if cycle else 4000 + i
+                    for r in p.suggest(n, "random" if cycle == 0 else "adaptive", region_size=256, k=1, seed=seed):
+                        a = p.accept(r)
+                        y0, x0, y1, x1 = p.label_box(a)
+                        lab = p.region_labels(a)  # background, as accepted
+                        lab[pool.truth[n][y0:y1, x0:x1] == 2] = 2  # the tumour painted
+                        p.write_region_labels(a, lab)
+                summary = run(p.iter_retrain(refresh=False))
+                got.append((round(p.annotated_pct(), 4), len(p.session.accepted), summary["val_loss"][0]))
+    finally:
+        p.close()
+        pool.close()
+    want = [(r["annotated_area_pct"], r["n_regions"], r["val_loss"]) for r in res["rows"]]
+    assert got == want
+    regions = [r.with_(uid=None) for n in pool.train for r in p.session.accepted_on(n)]
+    assert regions == res["regions"]["adaptive_l256_k1"]

@@ -94,3 +94,33 @@ def test_bad_arguments(tmp_path, bad):
     kwargs = {"n_slides": 1, "size": 512, **bad}
     with pytest.raises(ValueError, match=next(iter(bad))):
         make_slide_pool(tmp_path, **kwargs)
+
+
+def test_old_subifd_layout_reads_as_the_new_pages(tmp_path):
+    """Slides written before (levels as SubIFDs of page 0) open exactly as the pages layout written now."""
+    from napari_alregions.synthetic import write_slide
+    from tests.helpers import write_pyramid
+
+    spec = slide_spec(1, size=(1100, 1300), seed=2)
+    write_slide(spec, tmp_path / "new.tif", tmp_path / "mask.tif")
+    with tifffile.TiffFile(tmp_path / "new.tif") as tif:
+        assert len(tif.pages) == 3 and not tif.pages[0].subifds  # the new layout: one page a level
+        assert [p.subfiletype for p in tif.pages] == [0, 1, 1]
+        assert len({(p.compression, p.tilewidth, p.tilelength) for p in tif.pages}) == 1
+        stored = [p.asarray() for p in tif.pages]
+    write_pyramid(tmp_path / "old.tif", stored, compression="zlib", mpp=0.5)
+    with open_slide(tmp_path / "new.tif") as new, open_slide(tmp_path / "old.tif") as old:
+        assert new.info.level_shapes == old.info.level_shapes == ((1100, 1300), (550, 650), (275, 325))
+        assert new.downsamples == old.downsamples and new.mpp == old.mpp == pytest.approx(0.5)
+        assert new.info.tile_shape == old.info.tile_shape == (256, 256)
+        for level in range(3):
+            assert (new.tiled_level(level) is None) == (old.tiled_level(level) is None) is False
+            np.testing.assert_array_equal(np.asarray(new.levels[level]), stored[level])
+            np.testing.assert_array_equal(np.asarray(old.levels[level]), stored[level])
+        np.testing.assert_array_equal(new.read_region(300, 500, 400, 300, level=1), old.read_region(300, 500, 400, 300, level=1))
+        np.testing.assert_array_equal(new.tissue_mask(), old.tissue_mask())
+    labels = open_labels(tmp_path / "mask.tif")
+    assert [lv.shape for lv in labels] == [(1100, 1300), (550, 650), (275, 325)]
+    full = np.asarray(labels[0])
+    for i, lvl in enumerate(labels):
+        np.testing.assert_array_equal(np.asarray(lvl), full[:: 2**i, :: 2**i])

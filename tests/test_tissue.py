@@ -1,5 +1,6 @@
-"""Tissue detection by optical density against the glass (``detect_tissue(method="od")``),
-checked against masks drawn by hand on real fields."""
+"""Tissue detection by optical density against the glass (``detect_tissue``'s default,
+``method="od"``), checked against masks drawn by hand on real fields and against the masks
+that synthetic stain fields are rendered from, beside Otsu's (``method="otsu"``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import ndimage as ndi
 
 from napari_alregions.wsi import detect_tissue, open_slide
 from tests.test_wsi import aperio_svs  # noqa: F401  (the fixture)
@@ -92,11 +94,78 @@ def test_od_on_an_he_field_that_is_all_tissue(he_field):
     assert detect_tissue(he_field, method="od").mean() > 0.98  # by hand: tissue edge to edge
 
 
-@pytest.mark.network
 def test_od_on_a_real_slide_keeps_the_glass(aperio_svs):  # noqa: F811
     with open_slide(aperio_svs) as slide:
         view = np.asarray(slide.levels[slide.tissue_level])  # 741x555
-    otsu, od = detect_tissue(view), detect_tissue(view, method="od")
+    otsu, od = detect_tissue(view, method="otsu"), detect_tissue(view)
     assert not od[300:700, 0:100].any() and not od[0:100, 400:555].any()  # glass, by hand
     assert (otsu & od).sum() / otsu.sum() > 0.97  # what Otsu finds on glass is found
     assert 0.3 < od.mean() < 0.45
+
+
+# -- synthetic stain fields: Beer-Lambert with the Ruifrok-Johnston vectors, truth by construction
+_STAINS = {k: np.array(v) / np.linalg.norm(v) for k, v in
+           {"h": (0.65, 0.70, 0.29), "e": (0.07, 0.99, 0.11), "dab": (0.27, 0.57, 0.78)}.items()}
+_SHAPE = (384, 512)
+
+
+def _smooth(rng, sigma, lo, hi):
+    f = ndi.gaussian_filter(rng.random(_SHAPE), sigma)
+    return lo + (hi - lo) * (f - f.min()) / (f.max() - f.min())
+
+
+def _nuclei(rng, density):
+    return ndi.binary_dilation(rng.random(_SHAPE) < density, iterations=3)
+
+
+def _render(rng, glass=242, **density):
+    od = sum(density[k][..., None] * _STAINS[k] for k in density)
+    return np.clip(np.round(glass * np.exp(-od) + rng.normal(0, 2.5, (*_SHAPE, 3))), 0, 255).astype(np.uint8)
+
+
+def _pieces():
+    yy, xx = np.mgrid[: _SHAPE[0], : _SHAPE[1]]
+    return ((yy - 190) ** 2 + (xx - 200) ** 2 < 130**2) | ((yy > 60) & (yy < 200) & (xx > 360) & (xx < 480))
+
+
+def _field(case, seed=0):
+    """(image, tissue truth) for one case."""
+    rng = np.random.default_rng(seed)
+    if case == "all-tissue H&E":  # stroma to pale cytoplasm edge to edge, nuclei
+        return _render(rng, e=_smooth(rng, 12, 0.15, 0.9), h=0.05 + 1.3 * _nuclei(rng, 0.004)), np.ones(_SHAPE, bool)
+    if case == "all-tissue IHC":  # flat pale haematoxylin counterstain, DAB-positive patches, nuclei
+        h = _smooth(rng, 10, 0.12, 0.35) + 0.9 * _nuclei(rng, 0.003)
+        dab = np.where(_smooth(rng, 15, 0, 1) > 0.55, _smooth(rng, 5, 0.5, 1.3), 0.0)
+        return _render(rng, h=h, dab=dab), np.ones(_SHAPE, bool)
+    t = _pieces()
+    pale = case == "pale tissue on glass"
+    e = np.where(t, _smooth(rng, 12, *((0.06, 0.15) if pale else (0.3, 0.9))), 0)
+    h = np.where(t, (0.02 if pale else 0.05) + (0.5 if pale else 1.3) * _nuclei(rng, 0.002 if pale else 0.004), 0)
+    img = _render(rng, e=e, h=h)
+    if case == "pen marks on glass":
+        yy, xx = np.mgrid[: _SHAPE[0], : _SHAPE[1]]
+        img[(np.abs(yy - 0.3 * xx - 300) < 6) & ~ndi.binary_dilation(t, iterations=8)] = (40, 130, 70)  # green
+        img[np.abs(xx - 20 - 0.05 * yy) < 5] = (30, 60, 150)  # blue
+    return img, t
+
+
+# Otsu's IoU on each case (measured when the default changed), to show the case is a test of something
+_OTSU_FAILS = {"all-tissue H&E": 0.2, "all-tissue IHC": 0.5, "pen marks on glass": 0.95}
+
+
+@pytest.mark.parametrize("case", ["all-tissue H&E", "all-tissue IHC", "tissue on glass", "pale tissue on glass",
+                                  "pen marks on glass"])
+def test_default_matches_the_rendered_tissue(case):
+    img, truth = _field(case)
+    mask = detect_tissue(img)
+    assert (mask & truth).sum() / (mask | truth).sum() > 0.98
+    assert abs(mask.mean() - truth.mean()) < 0.01
+    otsu = detect_tissue(img, method="otsu")
+    if case in _OTSU_FAILS:
+        assert (otsu & truth).sum() / (otsu | truth).sum() < _OTSU_FAILS[case]
+
+
+def test_default_on_a_dim_scan_of_pale_tissue():
+    img, truth = _field("pale tissue on glass", seed=4)
+    mask = detect_tissue(np.round(img * 0.85).astype(np.uint8))  # glass at 206
+    assert (mask & truth).sum() / (mask | truth).sum() > 0.98

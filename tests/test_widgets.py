@@ -7,6 +7,8 @@ import json
 import numpy as np
 import pytest
 
+from napari_alregions.settings import TrainingBudget
+
 pytestmark = pytest.mark.gui
 
 FAST = {"initial_steps": 12, "fine_tune_steps": 8, "patches_per_slide": 64}
@@ -55,7 +57,7 @@ def _start(make_napari_viewer, tmp_path, small_pool, *, name="sess"):
     _click(w, "New session")
     _idle(w)
     assert w.project is not None, w.message.value
-    w.project.session.params["training"] = dict(FAST)
+    w.project.session.settings.training = TrainingBudget(**FAST)
     w.slide_file.value = str(folder / manifest["slides"][0]["image"])
     _click(w, "Add slide")
     return viewer, w, w.current
@@ -185,7 +187,7 @@ def test_cancel_and_close_during_retrain_change_nothing(make_napari_viewer, qtbo
     _click(w, "Suggest")
     w.proposal_list.setCurrentRow(0)
     _click(w, "Accept region")
-    w.project.session.params["training"] = {"initial_steps": 100_000, "epochs": 1000, "patience": 1000}
+    w.project.session.settings.training = TrainingBudget(initial_steps=100_000, epochs=1000, patience=1000)
     _click(w, "Retrain", wait=False)
     qtbot.wait(300)
     assert w.runner.busy
@@ -829,3 +831,45 @@ def test_class_list_names_colours_and_painting_value(make_napari_viewer, qtbot, 
     back = AnnotationProject.open(folder_)
     assert back.colors[1] == (0, 0, 255)
     back.close()
+
+
+def test_opening_a_session_another_process_holds_asks_and_a_stale_lock_can_be_taken_over(
+        make_napari_viewer, qtbot, tmp_path, small_pool, monkeypatch):
+    import os
+    import platform
+    import subprocess
+    import sys
+
+    from qtpy.QtWidgets import QMessageBox
+
+    viewer, w, slide = _start(make_napari_viewer, tmp_path, small_pool)
+    folder = w.project.folder
+    w.project.close()
+    w.project = None
+    lock = folder / "session.lock"
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock.write_text(json.dumps({"host": platform.node(), "pid": int(gone.stdout), "since": "earlier"}))
+    pressed = []
+
+    def press(text):
+        def exec_(box):
+            pressed.append([b.text() for b in box.buttons()])
+            next(b for b in box.buttons() if b.text().replace("&", "") == text).click()
+            return 0
+        return exec_
+
+    # cancel: nothing opens, the other process's lock stays
+    monkeypatch.setattr(QMessageBox, "exec", press("Cancel"))
+    w.folder.value = str(folder)
+    _click(w, "Open session")
+    assert w.project is None and "open in another process" in w.message.value
+    assert "Take over" in [t.replace("&", "") for t in pressed[-1]]  # the holder is gone: taking over is offered
+    # read-only: opens, paints nothing to disk
+    monkeypatch.setattr(QMessageBox, "exec", press("Open read-only"))
+    _click(w, "Open session")
+    assert w.project is not None and w.project.session.read_only and "read-only" in w.message.value
+    assert json.loads(lock.read_text())["pid"] == int(gone.stdout)
+    # take over: this process holds the lock now
+    monkeypatch.setattr(QMessageBox, "exec", press("Take over"))
+    _click(w, "Open session")
+    assert not w.project.session.read_only and json.loads(lock.read_text())["pid"] == os.getpid()

@@ -7,15 +7,24 @@ leaves the previous file, never half of a new one.
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
+import re
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["atomic_path", "save_npy", "write_text"]
+__all__ = ["atomic_path", "remove_stale", "save_npy", "target_of", "write_text"]
+
+logger = logging.getLogger(__name__)
+
+#: A temporary name of :func:`atomic_path`: ``.<stem>.<pid>-<thread id>.part<suffix>``.
+_TEMP_NAME = re.compile(r"^\.(?P<stem>.*)\.(?P<pid>\d+)-\d+\.part(?P<suffix>(\.[^.]*)?)$")
 
 
 @contextmanager
@@ -31,10 +40,64 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = path.with_name(f".{path.stem}.{os.getpid()}-{threading.get_ident()}.part{path.suffix}")
     try:
         yield tmp
+        os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    os.replace(tmp, path)
+
+
+def target_of(path: str | os.PathLike[str]) -> Path | None:
+    """The file a temporary name of :func:`atomic_path` stands for, None for other names;
+    error messages name the target, not ``.labels.4711-1397.part.zip``."""
+    path = Path(path)
+    m = _TEMP_NAME.match(path.name)
+    return None if m is None else path.with_name(m["stem"] + m["suffix"])
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True  # another thread of ours may be writing it
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError as exc:  # EPERM: someone else's live process
+        return exc.errno == errno.EPERM
+    return True
+
+
+def remove_stale(folder: str | os.PathLike[str], *, min_age_s: float = 5.0, max_age_s: float = 86400.0) -> list[Path]:
+    """Remove the temporary files that killed saves left under ``folder`` (recursively).
+
+    A temporary file of :func:`atomic_path` is stale when it is older than ``min_age_s`` and
+    the process named in it is gone, or older than ``max_age_s`` whatever its name says (a
+    pid on another machine, or reused). A live save is never touched: its process runs
+    and its file is young. Returns the files removed.
+
+    Examples
+    --------
+    >>> remove_stale("my-session")  # doctest: +SKIP
+    [PosixPath('my-session/checkpoints/.cycle-3.4711-1397.part.pt')]
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"folder: {folder} is not a folder")
+    removed = []
+    now = time.time()
+    for path in folder.rglob(".*.part*"):
+        m = _TEMP_NAME.match(path.name)
+        if m is None or not path.is_file():
+            continue
+        try:
+            age = now - path.stat().st_mtime
+            if age > max_age_s or (age > min_age_s and not _alive(int(m["pid"]))):
+                path.unlink()
+                removed.append(path)
+        except OSError as exc:  # gone meanwhile, or not ours to remove: leave it
+            logger.debug("cannot remove %s: %s", path, exc)
+    if removed:
+        logger.info("removed %d temporary files of interrupted saves under %s", len(removed), folder)
+    return removed
 
 
 def write_text(path: str | os.PathLike[str], text: str, *, fsync: bool = False) -> Path:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
+from ._argtypes import non_negative_int, positive_int, positive_ints
 from ._progress import progress_bar, steps_with_message
 
 __all__ = ["main"]
@@ -65,8 +69,7 @@ def _cmd_make_demo_data(args: argparse.Namespace) -> int:
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from .simulate import SimConfig, results_table, run_simulation
 
-    sizes = [int(v) for v in args.region_size.split(",")]
-    ks = [int(v) for v in args.k.split(",")]
+    sizes, ks = args.region_size, args.k
     config = SimConfig(
         methods=tuple(m.strip() for m in args.methods.split(",")),
         settings=tuple((l_, k_) for l_ in sizes for k_ in ks),
@@ -90,8 +93,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(Path(args.out), quick=args.quick)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line, like every other error of the command (exit status 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"alregions: error: {message} (see {self.prog} -h)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="alregions",
         description="Region-based active learning for whole-slide image annotation.",
     )
@@ -105,11 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("make-demo-data", help="write a synthetic slide pool with ground truth")
     s.add_argument("folder")
-    s.add_argument("--n-slides", type=int, default=6)
-    s.add_argument("--size", type=int, default=4096, help="level-0 side in pixels (0.5 µm/px)")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--n-test", type=int, help="test slides (the last ones; default: a third)")
-    s.add_argument("--test-size", type=int, help="level-0 side of the test slides (default: --size)")
+    s.add_argument("--n-slides", type=positive_int, default=6)
+    s.add_argument("--size", type=positive_int, default=4096, help="level-0 side in pixels (0.5 µm/px)")
+    s.add_argument("--seed", type=non_negative_int, default=0)
+    s.add_argument("--n-test", type=non_negative_int, help="test slides (the last ones; default: a third)")
+    s.add_argument("--test-size", type=positive_int, help="level-0 side of the test slides (default: --size)")
     s.add_argument("--lesions", choices=("mixed", "sparse"), default="mixed",
                    help="mixed: isolated cells to large lesions, some slides without; sparse: CAMELYON16-like small "
                         "metastases on every slide and tumour-like germinal centres (the demo's task)")
@@ -121,17 +131,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pool folder with manifest.json: slides with a split (train/test) and their ground truth as a "
                         "label mask (see make-demo-data) or QuPath GeoJSON (see README)")
     s.add_argument("--methods", default="random,standard,standard_nonsquare,adaptive")
-    s.add_argument("-l", "--region-size", default="384", help="region side(s) in level-0 px, comma-separated")
-    s.add_argument("-k", default="2", help="regions per slide and cycle, comma-separated")
-    s.add_argument("--cycles", type=int, default=5)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--repeats", type=int, default=1,
+    s.add_argument("-l", "--region-size", type=positive_ints, default=[384],
+                   help="region side(s) in level-0 px, comma-separated")
+    s.add_argument("-k", type=positive_ints, default=[2], help="regions per slide and cycle, comma-separated")
+    s.add_argument("--cycles", type=positive_int, default=5)
+    s.add_argument("--seed", type=non_negative_int, default=0)
+    s.add_argument("--repeats", type=positive_int, default=1,
                    help="runs from distinct initial labeled sets (the paper: 3); outputs give mean and min/max")
-    s.add_argument("--epochs", type=int, help="most epochs per cycle's training (default: the viewer's schedule)")
-    s.add_argument("--patience", type=int, help="early stopping after this many epochs without a better validation loss")
-    s.add_argument("--stride", type=int, default=64, help="map stride, level-0 px")
-    s.add_argument("--level", type=int, default=1, help="working pyramid level of the model")
-    s.add_argument("--patch-size", type=int, default=64, help="patch side at the working level")
+    s.add_argument("--epochs", type=positive_int, help="most epochs per cycle's training (default: the viewer's schedule)")
+    s.add_argument("--patience", type=positive_int, help="early stopping after this many epochs without a better validation loss")
+    s.add_argument("--stride", type=positive_int, default=64, help="map stride, level-0 px")
+    s.add_argument("--level", type=non_negative_int, default=1, help="working pyramid level of the model")
+    s.add_argument("--patch-size", type=positive_int, default=64, help="patch side at the working level")
     s.add_argument("--no-baseline", action="store_true", help="skip the full-annotation baseline")
     s.add_argument("--out", default="simulation")
     s.add_argument("--initial", default="random",
@@ -167,12 +178,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
         return int(args.func(args) or 0)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"alregions: error: {exc}", file=sys.stderr)
+    except (OSError, ValueError, MemoryError) as exc:  # expected failures: bad input, files, disks
+        logger.info("the traceback (-v):", exc_info=True)
+        print(f"alregions: error: {_message(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("alregions: interrupted", file=sys.stderr)
         return 130
+
+
+#: What to do about the OS errors a user can fix.
+_OS_HINTS = {
+    errno.ENOSPC: "the disk is full: free space or write elsewhere",
+    errno.EDQUOT: "the disk quota is exceeded: free space or write elsewhere",
+    errno.EROFS: "the file system is read-only: write elsewhere",
+    errno.EACCES: "no permission: write elsewhere or change the folder's permissions",
+    errno.EPERM: "not permitted: write elsewhere or change the folder's permissions",
+    errno.ENOENT: "no such file or folder: check the path (output folders must exist)",
+}
+
+
+def _message(exc: BaseException) -> str:
+    """One line for an expected failure. An OS error names the file it is about: for a
+    temporary file of an atomic save, the file being saved."""
+    from ._atomic import target_of
+
+    if isinstance(exc, MemoryError):
+        return f"out of memory ({exc or 'a too large allocation'}): use smaller inputs or a larger machine"
+    if isinstance(exc, OSError) and exc.strerror:
+        name = exc.filename
+        if name is not None:
+            name = target_of(os.fsdecode(name)) or os.fsdecode(name)
+        hint = _OS_HINTS.get(exc.errno or 0, "")
+        text = f"{name}: {exc.strerror}" if name is not None else exc.strerror
+        return f"{text} ({hint})" if hint else text
+    return " ".join(str(exc).split()) or type(exc).__name__  # one line
 
 
 if __name__ == "__main__":

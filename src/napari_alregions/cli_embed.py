@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._argtypes import non_negative_int, positive_int
 from ._atomic import save_npy
 from .cli_pool import add_inference_args
 
@@ -25,9 +26,9 @@ def _add_encoder_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--encoder", default="random",
                    help="our checkpoint (.pt), torchvision:<arch>[:weights], an exported program (.pt2), "
                         "or 'random' (untrained compact CNN, seeded; default)")
-    p.add_argument("--encoder-seed", type=int, default=0, help="seed of the 'random' encoder")
-    p.add_argument("--patch-size", type=int, help="encoder input side (px at --level)")
-    p.add_argument("--level", type=int, help="pyramid level the encoder reads")
+    p.add_argument("--encoder-seed", type=non_negative_int, default=0, help="seed of the 'random' encoder")
+    p.add_argument("--patch-size", type=positive_int, help="encoder input side (px at --level)")
+    p.add_argument("--level", type=non_negative_int, help="pyramid level the encoder reads")
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
@@ -103,7 +104,7 @@ def add_embed_parsers(sub: argparse._SubParsersAction) -> None:
                                    "(stride level-0 px), NaN off tissue, saved as .npy.")
     e.add_argument("slide")
     _add_encoder_args(e)
-    e.add_argument("--stride", type=int, default=128, help="level-0 px per map pixel")
+    e.add_argument("--stride", type=positive_int, default=128, help="level-0 px per map pixel")
     add_inference_args(e)
     e.add_argument("--out", default="embeddings.npy")
     e.set_defaults(func=_cmd_embed)
@@ -120,11 +121,11 @@ def add_embed_parsers(sub: argparse._SubParsersAction) -> None:
                    help="a keyword group: any of its comma-separated synonyms must occur (repeat: all groups)")
     k.add_argument("--without", action="append", metavar="WORD[,WORD...]", help="captions with any of these are left out")
     k.add_argument("--root", help="folder image paths are relative to (default: the table's folder)")
-    k.add_argument("--show", type=int, default=10, help="matching captions to print")
+    k.add_argument("--show", type=non_negative_int, default=10, help="matching captions to print")
     r = psub.add_parser("retrieve", help="top-N images by cosine similarity to a text embedding")
     r.add_argument("--images", required=True, help="image embeddings (.npy or Parquet column 'embedding')")
     r.add_argument("--text", required=True, help="the prompt's text embedding (.npy, one vector)")
-    r.add_argument("--top", type=int, default=50)
+    r.add_argument("--top", type=positive_int, default=50)
     r.add_argument("--prompt", help="recorded in the provenance")
     for q in (f, k, r):
         q.add_argument("--class", dest="cls", default="tumour", help="class of the prototypes (keyword, retrieve)")

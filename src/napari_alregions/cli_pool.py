@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ._argtypes import non_negative_int, positive_int
+
 __all__ = ["add_cluster_args", "add_inference_args", "add_pool_parser", "batch_size_arg"]
 
 
@@ -32,7 +34,7 @@ def add_inference_args(p: argparse.ArgumentParser, *, device_help: str = "cpu, c
 def add_cluster_args(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--scheduler", help="address of a running dask scheduler, e.g. tcp://10.0.0.5:8786")
-    g.add_argument("--local-cluster", type=int, default=0, metavar="N",
+    g.add_argument("--local-cluster", type=non_negative_int, default=0, metavar="N",
                    help="start a LocalCluster of N worker processes on this machine")
 
 
@@ -83,12 +85,12 @@ def add_pool_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("kind", choices=("predict", "embed"))
     p.add_argument("slides", nargs="+", help="a pool folder (manifest.json or slide files) or slide paths")
     p.add_argument("--checkpoint", help="our checkpoint (predict: the classifier; embed: its penultimate layer)")
-    p.add_argument("--encoder-seed", type=int, default=0, help="embed without --checkpoint: seed of the random encoder")
-    p.add_argument("--patch-size", type=int, default=64, help="embed without --checkpoint: patch side")
-    p.add_argument("--level", type=int, default=1, help="embed without --checkpoint: pyramid level")
-    p.add_argument("--stride", type=int, default=128, help="level-0 px per map pixel")
+    p.add_argument("--encoder-seed", type=non_negative_int, default=0, help="embed without --checkpoint: seed of the random encoder")
+    p.add_argument("--patch-size", type=positive_int, default=64, help="embed without --checkpoint: patch side")
+    p.add_argument("--level", type=non_negative_int, default=1, help="embed without --checkpoint: pyramid level")
+    p.add_argument("--stride", type=positive_int, default=128, help="level-0 px per map pixel")
     add_inference_args(p, device_help="cpu, cuda, cuda:N or auto (each worker's GPU when it has one)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads per task")
+    p.add_argument("--threads", type=positive_int, default=1, help="torch threads per task")
     p.add_argument("--out", default="pool-results")
     add_cluster_args(p)
     p.set_defaults(func=_cmd_pool)

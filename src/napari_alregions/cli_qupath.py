@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from ._argtypes import positive_float
+
 __all__ = ["add_qupath_parsers", "parse_class_map"]
 
 
@@ -74,7 +76,7 @@ def add_qupath_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--class-map", action="append", metavar="QUPATH=OURS[,...]",
                    help="map QuPath classes to session classes, e.g. 'Stroma=background'; 'Other=' skips a class "
                         "(names match case-insensitively; Tumor/Tumour and other spellings match by themselves)")
-    s.add_argument("--max-region", type=float, help="largest side (level-0 px) of an unclassified outline taken as a "
+    s.add_argument("--max-region", type=positive_float, help="largest side (level-0 px) of an unclassified outline taken as a "
                                                     "region; larger ones are tissue outlines and skipped")
     s.add_argument("--dry-run", action="store_true", help="only say what the import would do")
     s.add_argument("--json", action="store_true", help="machine-readable summary")

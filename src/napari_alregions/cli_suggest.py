@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ._argtypes import non_negative_int, positive_int
+
 __all__ = ["add_suggest_parser", "describe_methods", "load_map"]
 
 #: Refuse maps with more pixels than this (a bound on untrusted input).
@@ -127,15 +129,14 @@ def _cmd_suggest(args: argparse.Namespace) -> int:
     if args.descriptors:
         options["descriptors"] = load_map_nd(args.descriptors)
     if args.cell_features:
-        # per-patch embeddings (alregions embed) pooled to the grid the method needs
-        from .selection.diversity import region_embeddings
-        from .selection.focannot import focannot_descriptors
+        # per-patch embeddings (alregions embed) pooled to the grid the method needs, as the project does
+        from .selection import needed_array
 
-        cells, size = load_map_nd(args.cell_features), args.region_size // args.stride
-        if args.method == "diversity":
-            options.setdefault("embeddings", region_embeddings(cells, size=size))
-        elif args.method == "focannot":
-            options.setdefault("descriptors", focannot_descriptors(cells, size=size, overlap=float(options.get("overlap", 0.5))))
+        cells = load_map_nd(args.cell_features)
+        for need in METHODS[args.method].needs:
+            if need not in options:
+                options[need] = needed_array(need, cells, region_size=args.region_size, stride=args.stride,
+                                             options=options)
     annotated = read_labeled_regions(args.annotated) if args.annotated else []
     regions = select(
         args.method, priority, stride=args.stride, region_size=args.region_size, k=args.k,
@@ -171,18 +172,18 @@ def add_suggest_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--method", default="adaptive", nargs="?", action=_MethodAction, metavar="METHOD",
                    help="selector; --method alone lists them, --list with their options")
     s.add_argument("--list", action=_ListAction, help="list every selector with its options and defaults, then exit")
-    s.add_argument("-l", "--region-size", type=int, required=True, help="region side l, level-0 px")
-    s.add_argument("-k", type=int, default=5, help="number of regions")
-    s.add_argument("--stride", type=int, default=256, help="level-0 px per map pixel")
+    s.add_argument("-l", "--region-size", type=positive_int, required=True, help="region side l, level-0 px")
+    s.add_argument("-k", type=positive_int, default=5, help="number of regions")
+    s.add_argument("--stride", type=positive_int, default=256, help="level-0 px per map pixel")
     s.add_argument("--tissue", help="tissue mask at map resolution (.npy/.tif)")
     s.add_argument("--annotated", help="GeoJSON of regions already annotated (never re-proposed)")
     s.add_argument("--embeddings", help="diversity: (Gh, Gw, D) region embeddings .npy")
     s.add_argument("--descriptors", help="focannot: (Gr, Gc, D) patch descriptors .npy")
     s.add_argument("--cell-features", help="diversity/focannot: (H, W, D) patch embeddings from `alregions embed`, "
                                            "pooled to the region grid")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=non_negative_int, default=0)
     s.add_argument("--slide", help="slide name recorded on the regions (default: the map's name)")
-    s.add_argument("--cycle", type=int, help="active-learning cycle recorded on the regions")
+    s.add_argument("--cycle", type=non_negative_int, help="active-learning cycle recorded on the regions")
     s.add_argument("--option", action="append", type=_parse_option, metavar="KEY=VALUE",
                    help="method option, e.g. --option max_steps=8 (repeatable)")
     s.add_argument("--out", default="regions.geojson", help="output GeoJSON")

@@ -12,12 +12,14 @@ import math
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 __all__ = [
     "LABEL_BLOCK",
+    "Box",
+    "MAX_COORDINATE",
     "Region",
     "MapBox",
     "intersection_area",
@@ -32,6 +34,45 @@ __all__ = [
 #: QuPath's class for regions of interest; used for proposed regions by default.
 REGION_CLASS = "Region*"
 DEFAULT_REGION_COLOR = (0, 0, 180)
+#: No slide is larger than this (level-0 px); bigger coordinates are an error (beyond ~9.2e18
+#: they overflow int64 and a session holding them could not be opened again).
+MAX_COORDINATE = 2.0**31 - 1
+
+
+class Box(NamedTuple):
+    """A half-open pixel box ``(y0, x0, y1, x1)`` of an array (rows, then columns, as numpy
+    indexes): the one box type of label masks, maps and crops (a :class:`Region` is the
+    level-0 rectangle ``(x, y, w, h)`` that QuPath and the papers use).
+
+    Examples
+    --------
+    >>> b = Box(2, 3, 6, 8)
+    >>> b.shape, b.area, np.zeros((10, 10))[b.slices].shape
+    ((4, 5), 20, (4, 5))
+    """
+
+    y0: int
+    x0: int
+    y1: int
+    x1: int
+
+    @property
+    def slices(self) -> tuple[slice, slice]:
+        return slice(self.y0, self.y1), slice(self.x0, self.x1)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.y1 - self.y0, self.x1 - self.x0
+
+    @property
+    def area(self) -> int:
+        h, w = self.shape
+        return max(h, 0) * max(w, 0)
+
+    def intersection(self, other: Sequence[int]) -> Box:
+        """The overlap with ``other`` (empty boxes have ``area`` 0)."""
+        o = Box(*other)
+        return Box(max(self.y0, o.y0), max(self.x0, o.x0), min(self.y1, o.y1), min(self.x1, o.x1))
 
 
 @dataclass(frozen=True)
@@ -150,7 +191,8 @@ class Region:
         Raises
         ------
         ValueError
-            If the feature has no polygonal geometry or non-finite coordinates.
+            If the feature has no polygonal geometry, coordinates that are not finite or
+            beyond :data:`MAX_COORDINATE`, or properties of the wrong types.
         """
         if not isinstance(feature, dict) or feature.get("type") != "Feature":
             raise ValueError("feature must be a GeoJSON object with type 'Feature'")
@@ -160,18 +202,25 @@ class Region:
         if x1 <= x0 or y1 <= y0:
             raise ValueError(f"feature {feature.get('id')!r} has an empty bounding box")
         props = feature.get("properties") or {}
+        if not isinstance(props, dict):
+            raise ValueError(f"properties must be an object, got {type(props).__name__}")
         meas = _measurements(props.get("measurements"))
         meta = props.get("metadata") or {}
+        if not isinstance(meta, dict):
+            raise ValueError(f"properties.metadata must be an object, got {type(meta).__name__}")
         cycle = meas.get("cycle")
-        return cls(
-            x=int(x0), y=int(y0), w=int(x1 - x0), h=int(y1 - y0),
-            score=float(meas.get("score", 0.0)),
-            method=str(meta.get("method", "")),
-            rank=int(meas.get("rank", 0)),
-            slide=meta.get("slide"),
-            cycle=None if cycle is None else int(cycle),
-            uid=feature.get("id"),
-        )
+        try:
+            return cls(
+                x=int(x0), y=int(y0), w=int(x1 - x0), h=int(y1 - y0),
+                score=float(meas.get("score", 0.0)),
+                method=str(meta.get("method", "")),
+                rank=int(meas.get("rank", 0)),
+                slide=meta.get("slide"),
+                cycle=None if cycle is None else int(cycle),
+                uid=feature.get("id"),
+            )
+        except (TypeError, OverflowError) as exc:  # a measurement of another type, an infinite rank
+            raise ValueError(f"malformed measurements ({exc})") from exc
 
 
 def _measurements(m: Any) -> dict[str, Any]:
@@ -204,6 +253,10 @@ def _polygon_points(geometry: Any) -> tuple[list[float], list[float]]:
         raise ValueError(f"malformed {kind} coordinates: {exc}") from exc
     if not xs or not all(math.isfinite(v) for v in xs + ys):
         raise ValueError(f"{kind} has no finite coordinates")
+    largest = max(abs(v) for v in xs + ys)
+    if largest > MAX_COORDINATE:
+        raise ValueError(f"{kind} coordinates out of range (|value| up to {largest:.4g} px; "
+                         f"the limit is {MAX_COORDINATE:.0f})")
     return xs, ys
 
 
@@ -285,8 +338,8 @@ def rasterize(regions: Iterable[Region], shape: tuple[int, int], stride: int) ->
 LABEL_BLOCK = 256
 
 
-def labeled_boxes(labels: np.ndarray, *, block: int | None = None) -> list[tuple[int, int, int, int]]:
-    """Bounding boxes ``(y0, y1, x0, x1)`` of the labeled areas of a mask.
+def labeled_boxes(labels: np.ndarray, *, block: int | None = None) -> list[Box]:
+    """Bounding boxes (:class:`Box`: ``y0, x0, y1, x1``) of the labeled areas of a mask.
 
     The mask is cut into ``block``² blocks (default :data:`LABEL_BLOCK`); the 8-connected
     groups of blocks holding a nonzero pixel give one box each, so a connected labeled area
@@ -298,7 +351,7 @@ def labeled_boxes(labels: np.ndarray, *, block: int | None = None) -> list[tuple
     --------
     >>> m = np.zeros((1024, 1024), np.uint8); m[10:20, 10:20] = 1; m[700:800, 900:1000] = 2
     >>> labeled_boxes(m)
-    [(0, 256, 0, 256), (512, 1024, 768, 1024)]
+    [Box(y0=0, x0=0, y1=256, x1=256), Box(y0=512, x0=768, y1=1024, x1=1024)]
     """
     from scipy import ndimage
 
@@ -313,5 +366,5 @@ def labeled_boxes(labels: np.ndarray, *, block: int | None = None) -> list[tuple
     occupied = np.array([np.logical_or.reduceat(labels[r : r + b].any(axis=0), starts) for r in range(0, h, b)],
                         dtype=bool).reshape(-1, len(starts))
     groups, _ = ndimage.label(occupied, structure=np.ones((3, 3), bool))
-    return [(sy.start * b, min(h, sy.stop * b), sx.start * b, min(w, sx.stop * b))
+    return [Box(sy.start * b, sx.start * b, min(h, sy.stop * b), min(w, sx.stop * b))
             for sy, sx in ndimage.find_objects(groups)]

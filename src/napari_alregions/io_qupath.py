@@ -10,6 +10,7 @@ exactly.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import uuid
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ._atomic import write_text
-from .geometry import DEFAULT_REGION_COLOR, REGION_CLASS, Region, _measurements
+from .geometry import DEFAULT_REGION_COLOR, MAX_COORDINATE, REGION_CLASS, Box, Region, _measurements
 
 #: Class colours for QuPath (r, g, b): background grey, tumour red, then others.
 _PALETTE = [(160, 160, 160), (200, 0, 0), (0, 150, 0), (0, 90, 220), (230, 160, 0), (150, 0, 200)]
@@ -46,7 +47,10 @@ __all__ = [
     "write_regions",
 ]
 
-#: Refuse GeoJSON files larger than this (bytes): a bound on untrusted input.
+logger = logging.getLogger(__name__)
+
+#: Refuse GeoJSON files larger than this (bytes): a bound on untrusted input (parsing takes
+#: ~10x the file's size in memory). The readers' ``max_bytes`` keyword raises it.
 MAX_GEOJSON_BYTES = 256 * 1024 * 1024
 
 
@@ -107,20 +111,22 @@ def _strict(value: Any, measurement: bool = False) -> Any:
     return value
 
 
-def read_regions(path: str | os.PathLike[str]) -> list[Region]:
+def read_regions(path: str | os.PathLike[str], *, max_bytes: int = MAX_GEOJSON_BYTES) -> list[Region]:
     """Bounding boxes of the polygon annotations of a GeoJSON file (QuPath export or ours).
 
     Accepts a ``FeatureCollection``, a single ``Feature`` or a list of features (QuPath's
-    "Export objects" writes any of these). Non-polygonal features are skipped.
+    "Export objects" writes any of these). Non-polygonal features are skipped (and
+    counted in a logged warning). ``max_bytes``: the largest file read (default
+    :data:`MAX_GEOJSON_BYTES`).
 
     Raises
     ------
     FileNotFoundError, ValueError
-        For a missing, oversized or malformed file (the message names it).
+        For a missing, oversized or malformed file (the message names it and the feature).
     """
     path = Path(path)
     regions = []
-    for i, f in enumerate(read_features(path)):
+    for i, f in enumerate(read_features(path, max_bytes=max_bytes)):
         try:
             regions.append(Region.from_feature(f))
         except ValueError as exc:
@@ -128,13 +134,18 @@ def read_regions(path: str | os.PathLike[str]) -> list[Region]:
     return regions
 
 
-def read_labeled_regions(path: str | os.PathLike[str]) -> list[Region]:
+def read_labeled_regions(path: str | os.PathLike[str], *, max_bytes: int = MAX_GEOJSON_BYTES) -> list[Region]:
     """The labeled set's regions in a GeoJSON file (the session's, our export or QuPath's):
     ``Region*`` and unclassified polygon annotations. Proposals, class (label) polygons and
     objects that are no annotation are not regions of the labeled set."""
     path = Path(path)
     out = []
-    for i, kind, f in qupath_objects(read_geojson(path)):
+    features = read_geojson(path, max_bytes=max_bytes)
+    try:
+        objects = list(qupath_objects(features))
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from exc
+    for i, kind, f in objects:
         if kind != "annotation" or not _is_polygonal(f):
             continue
         try:
@@ -146,9 +157,21 @@ def read_labeled_regions(path: str | os.PathLike[str]) -> list[Region]:
     return out
 
 
-def read_features(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """The polygonal features (Polygon, MultiPolygon) of a GeoJSON file, others skipped."""
-    return [f for f in read_geojson(path) if _is_polygonal(f)]
+def read_features(path: str | os.PathLike[str], *, max_bytes: int = MAX_GEOJSON_BYTES) -> list[dict[str, Any]]:
+    """The polygonal features (Polygon, MultiPolygon) of a GeoJSON file; the others are
+    skipped, counted by geometry type in a logged warning."""
+    features = read_geojson(path, max_bytes=max_bytes)
+    kept = [f for f in features if _is_polygonal(f)]
+    if len(kept) < len(features):
+        kinds: dict[str, int] = {}
+        for f in features:
+            if not _is_polygonal(f):
+                geom = f.get("geometry") if isinstance(f, dict) else None
+                kind = str(geom.get("type")) if isinstance(geom, dict) else "no geometry"
+                kinds[kind] = kinds.get(kind, 0) + 1
+        logger.warning("%s: skipped %d of %d features that are not Polygon or MultiPolygon (%s)", path,
+                       len(features) - len(kept), len(features), ", ".join(f"{k}: {n}" for k, n in sorted(kinds.items())))
+    return kept
 
 
 def _is_polygonal(f: Any) -> bool:
@@ -156,17 +179,34 @@ def _is_polygonal(f: Any) -> bool:
     return isinstance(geom, dict) and geom.get("type") in ("Polygon", "MultiPolygon")
 
 
-def read_geojson(path: str | os.PathLike[str]) -> list[Any]:
-    """All features of a GeoJSON file, size-bounded and validated at the top level."""
+def read_geojson(path: str | os.PathLike[str], *, max_bytes: int = MAX_GEOJSON_BYTES) -> list[Any]:
+    """All features of a GeoJSON file, size-bounded and validated at the top level.
+
+    Parameters
+    ----------
+    path : str or PathLike
+    max_bytes : int
+        The largest file read (default :data:`MAX_GEOJSON_BYTES`, 256 MiB).
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+    """
     path = Path(path)
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
+        raise ValueError(f"max_bytes must be a positive int, got {max_bytes!r}")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
-    if path.stat().st_size > MAX_GEOJSON_BYTES:
-        raise ValueError(f"{path}: larger than {MAX_GEOJSON_BYTES // 2**20} MiB; refusing to read")
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise ValueError(f"{path}: {size / 2**20:.1f} MiB is larger than the {max_bytes / 2**20:.1f} MiB read at most; "
+                         "refusing to read (pass max_bytes= to raise the bound)")
     try:
         data = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+    except RecursionError as exc:  # arrays nested thousands deep
+        raise ValueError(f"{path}: JSON nested too deeply to be GeoJSON") from exc
     if isinstance(data, dict) and data.get("type") == "FeatureCollection":
         features = data.get("features")
     elif isinstance(data, dict) and data.get("type") == "Feature":
@@ -204,7 +244,7 @@ def labels_to_features(
     factor: float = 1.0,
     origin: tuple[int, int] = (0, 0),
     slide: str | None = None,
-    boxes: Sequence[tuple[int, int, int, int]] | None = None,
+    boxes: Sequence[Box] | None = None,
 ) -> list[dict[str, Any]]:
     """One QuPath annotation per class present in a label mask.
 
@@ -222,7 +262,7 @@ def labels_to_features(
         Level-0 position of ``labels[0, 0]``'s corner (a crop's offset).
     slide : str, optional
         Recorded in each feature's metadata.
-    boxes : sequence of (y0, y1, x0, x1), optional
+    boxes : sequence of :class:`~.geometry.Box` ``(y0, x0, y1, x1)``, optional
         Only these parts of ``labels`` hold labels (e.g. :func:`~.geometry.labeled_boxes`;
         they may overlap): read only there, so a slide-sized mask costs its labeled area.
 
@@ -253,16 +293,17 @@ def labels_to_features(
         raise ValueError(f"colors needs one colour per class ({len(classes)}), got {len(colors)}")
     features = []
     ox, oy = origin
-    boxes = [(0, labels.shape[0], 0, labels.shape[1])] if boxes is None else [tuple(int(v) for v in b) for b in boxes]
-    values = sorted({int(v) for y0, y1, x0, x1 in boxes for v in np.unique(labels[y0:y1, x0:x1])} - {0})
+    boxes = [Box(0, 0, *labels.shape)] if boxes is None else [Box(*(int(v) for v in b)) for b in boxes]
+    values = sorted({int(v) for b in boxes for v in np.unique(labels[b.slices])} - {0})
+    disjoint = _disjoint_boxes(boxes)
     for value in values:
         if not 1 <= value <= len(classes):
             raise ValueError(f"label value {value} has no class (classes: {list(classes)})")
-        # overlapping boxes give some runs twice: the union merges them
-        geom = shapely.union_all([run for y0, y1, x0, x1 in boxes for run in _row_runs(labels[y0:y1, x0:x1] == value, (y0, x0))])
+        geom = _mask_polygons(labels, value, disjoint)
         geom = shapely.affinity.affine_transform(geom, [factor, 0, 0, factor, ox, oy])
-        geom = shapely.simplify(geom, 0)  # drop collinear vertices of the run boxes
-        mapping = shapely.geometry.mapping(geom)
+        # drops the collinear vertices of the run boxes; a tolerance of 0 moves no edge, so
+        # the topology-preserving variant (5-15x slower) is not needed
+        geom = shapely.simplify(geom, 0, preserve_topology=False)
         name = classes[value - 1]
         props: dict[str, Any] = {
             "objectType": "annotation",
@@ -275,7 +316,7 @@ def labels_to_features(
         features.append({
             "type": "Feature",
             "id": str(uuid.uuid4()),
-            "geometry": {"type": mapping["type"], "coordinates": _lists(mapping["coordinates"])},
+            "geometry": _geojson_geometry(geom),
             "properties": props,
         })
     return features
@@ -343,24 +384,85 @@ def priority_to_features(
     return features
 
 
-def _row_runs(mask: np.ndarray, offset: tuple[int, int] = (0, 0)) -> list:
-    """Boxes of the horizontal runs of True in each row (their union is the mask), moved
-    by ``offset`` (y, x)."""
+def _disjoint_boxes(boxes: Sequence[Box]) -> list[Box]:
+    """Boxes that cover the union of ``boxes`` without overlapping: per band between
+    consecutive box edges in y, the merged x-intervals of the boxes there."""
+    ys = sorted({v for b in boxes for v in (b.y0, b.y1)})
+    out = []
+    for b0, b1 in zip(ys[:-1], ys[1:]):
+        spans = sorted((b.x0, b.x1) for b in boxes if b.y0 <= b0 and b1 <= b.y1 and b.x0 < b.x1)
+        merged: list[list[int]] = []
+        for x0, x1 in spans:
+            if merged and x0 <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], x1)
+            else:
+                merged.append([x0, x1])
+        out += [Box(b0, x0, b1, x1) for x0, x1 in merged]
+    return out
+
+
+def _mask_polygons(labels: np.ndarray, value: int, boxes: Sequence[Box]):
+    """The pixels of ``labels == value`` inside the disjoint ``boxes`` as one shapely
+    geometry (label px, edges on pixel borders).
+
+    Each row's runs of the value become rectangles that carry, on their top and bottom
+    edges, every run end of the rows above and below: then neighbours share whole edges
+    vertex for vertex, a valid polygonal coverage, which GEOS's coverage union merges in
+    linear time. A plain union of the run boxes (an overlay) took 3 s per 256² box at 30 %
+    speckle (benchmarks/bench_labels.py).
+    """
     import shapely
 
-    padded = np.zeros((mask.shape[0], mask.shape[1] + 2), dtype=np.int8)
-    padded[:, 1:-1] = mask
-    d = np.diff(padded, axis=1)
-    rows, starts = np.nonzero(d == 1)
-    _, ends = np.nonzero(d == -1)
-    oy, ox = offset
-    return list(shapely.box(starts + ox, rows + oy, ends + ox, rows + oy + 1))
+    runs = []
+    for y0, x0, y1, x1 in boxes:
+        padded = np.zeros((y1 - y0, x1 - x0 + 2), dtype=np.int8)
+        padded[:, 1:-1] = labels[y0:y1, x0:x1] == value
+        d = np.diff(padded, axis=1)
+        rows, starts = np.nonzero(d == 1)
+        _, ends = np.nonzero(d == -1)  # row-major, so each run's end pairs with its start
+        runs.append(np.stack([rows + y0, starts + x0, ends + x0], axis=1).astype(np.int64))
+    r, s, e = np.concatenate(runs).T if runs else (np.zeros(0, np.int64),) * 3
+    if not len(r):
+        return shapely.Polygon()
+    # the vertices on each horizontal pixel border y: every run end in row y - 1 or row y,
+    # as sorted keys y * k + x
+    k = int(e.max()) + 1
+    keys = np.unique(np.concatenate([r * k + s, r * k + e, (r + 1) * k + s, (r + 1) * k + e]))
+    top_lo, top_hi = np.searchsorted(keys, r * k + s), np.searchsorted(keys, r * k + e, side="right")
+    bot_lo, bot_hi = np.searchsorted(keys, (r + 1) * k + s), np.searchsorted(keys, (r + 1) * k + e, side="right")
+    n_top, n_bot = top_hi - top_lo, bot_hi - bot_lo
+    size = n_top + n_bot + 1  # the top left to right, the bottom right to left, closed
+    ring = np.repeat(np.arange(len(r)), size)
+    pos = np.arange(len(ring)) - np.repeat(np.cumsum(size) - size, size)  # index within the ring
+    n_top_r, n_bot_r = n_top[ring], n_bot[ring]
+    top = pos < n_top_r
+    bottom = ~top & (pos < n_top_r + n_bot_r)
+    which = np.where(top, top_lo[ring] + pos, bot_hi[ring] - 1 - (pos - n_top_r))
+    which = np.where(top | bottom, which, top_lo[ring])  # the closing vertex is the first
+    coords = np.stack([keys[which] % k, keys[which] // k], axis=1).astype(np.float64)
+    polygons = shapely.polygons(shapely.linearrings(coords, indices=ring))
+    return shapely.coverage_union_all(polygons)
 
 
-def _lists(coords: Any) -> Any:
-    if isinstance(coords, (tuple, list)) and coords and isinstance(coords[0], (int, float)):
-        return [float(c) if not float(c).is_integer() else int(c) for c in coords]
-    return [_lists(c) for c in coords]
+def _geojson_geometry(geom) -> dict[str, Any]:
+    """A (Multi)Polygon as a GeoJSON geometry of nested lists, built from shapely's arrays
+    (``mapping`` and a walk over its tuples took longer than tracing); coordinates are ints
+    when all are whole numbers (pixel borders at an integer factor)."""
+    import shapely
+
+    polygons = shapely.get_parts(geom)
+    rings, of_polygon = shapely.get_rings(polygons, return_index=True)
+    xy = shapely.get_coordinates(rings)
+    if len(xy) and np.array_equal(xy, np.round(xy)) and np.abs(xy).max() < 2**53:
+        xy = xy.astype(np.int64)
+    bounds = np.cumsum(shapely.get_num_coordinates(rings))[:-1]
+    ring_lists = [r.tolist() for r in np.split(xy, bounds)] if len(rings) else []
+    by_polygon: list[list] = [[] for _ in polygons]
+    for ring, i in zip(ring_lists, of_polygon.tolist()):
+        by_polygon[i].append(ring)
+    if shapely.get_type_id(geom) == 3:  # a Polygon
+        return {"type": "Polygon", "coordinates": by_polygon[0] if by_polygon else []}
+    return {"type": "MultiPolygon", "coordinates": by_polygon}
 
 
 def rasterize_annotations(
@@ -458,9 +560,6 @@ CLASS_SYNONYMS: tuple[frozenset[str], ...] = (
 PROPOSAL_CLASS = "Proposal"
 #: QuPath's built-in class for areas to leave out.
 IGNORE_CLASS = "Ignore*"
-
-#: No slide is larger than this (level-0 px); bigger coordinates are an error.
-MAX_COORDINATE = 2.0**31 - 1
 
 # reasons a feature is skipped: (singular, plural), in the order a summary lists them
 _SKIP_REASONS = {

@@ -25,13 +25,14 @@ from pathlib import Path
 
 import numpy as np
 
+from .geometry import Box
+
 __all__ = ["LABEL_CHUNK", "LabelStore"]
 
 LABEL_CHUNK = 512  # label px per side of a stored label chunk
 _CHUNKS_ATTR = "napari-alregions chunks"  # format 1: the stored chunks, listed in the zip's attributes
 
 Chunk = tuple[int, int]
-Box = tuple[int, int, int, int]  # (y0, x0, y1, x1) label px, half-open
 
 
 class LabelStoreError(ValueError):

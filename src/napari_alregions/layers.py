@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .geometry import Region, region_to_map_box
+from .geometry import Box, Region, region_to_map_box
 from .wsi import Slide
 
 __all__ = [
@@ -237,7 +237,7 @@ def regions_layer(regions: Sequence[Region], *, name: str, slide: Slide, offset:
     return data, kwargs, "shapes"
 
 
-def region_labels_layer(labels: np.ndarray, box: tuple[int, int, int, int], *, factor: float, name: str,
+def region_labels_layer(labels: np.ndarray, box: Box, *, factor: float, name: str,
                         colors: Sequence[Sequence[int]], slide: Slide, offset: Offset = (0.0, 0.0),
                         ) -> tuple[np.ndarray, dict[str, Any], str]:
     """A Labels layer over one region: ``labels`` at a level of downsample ``factor``.

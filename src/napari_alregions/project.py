@@ -32,7 +32,7 @@ import numpy as np
 
 from ._atomic import atomic_path, save_npy
 from ._progress import iter_progress, relay
-from .geometry import Region, labeled_boxes
+from .geometry import Box, Region, labeled_boxes
 from .io_qupath import (
     labels_to_features,
     plan_import,
@@ -46,6 +46,7 @@ from .priority import MEASURES
 from .selection import METHODS, select
 from .selection.compare import MethodSummary, compare_proposals
 from .session import Session, SessionError, file_fingerprint
+from .settings import SuggestPlan
 from .wsi import Slide, open_slide
 
 __all__ = ["AnnotationProject", "MapRecord", "region_size_px", "run"]
@@ -115,6 +116,9 @@ class AnnotationProject:
         self._tissue_px_cache: dict[str, int] = {}
         #: What opening found and repaired (damaged caches, labels of no region), for the user.
         self.open_messages: list[str] = []
+        # accept, label writes, removals and proposals save at once; a batch caller (the
+        # simulation) sets this False and calls save() when its batch is done
+        self.autosave = True
 
     # -- creation ------------------------------------------------------------------------
     @classmethod
@@ -170,7 +174,7 @@ class AnnotationProject:
                                                   or tuple(slide.levels[entry.label_level].shape[:2]) != entry.label_shape):
                 raise SessionError(f"slide {name!r}: {entry.path} does not have the size it had when added "
                                    f"(labels {entry.label_shape} at level {entry.label_level}); put the original back")
-        spec = ModelSpec.from_dict(session.params.get("model", {}))
+        spec = ModelSpec.from_dict(session.settings.model)
         project.spec = spec
         if session.checkpoints:
             try:
@@ -233,12 +237,12 @@ class AnnotationProject:
 
     @property
     def colors(self) -> list[tuple[int, int, int]]:
-        return [tuple(c) for c in self.session.params.get("colors", DEFAULT_COLORS[: len(self.classes)])]
+        return [tuple(c) for c in (self.session.settings.colors or DEFAULT_COLORS[: len(self.classes)])]
 
     @property
     def stride(self) -> int:
         """Level-0 px per map pixel: as set, else one patch footprint on the first slide."""
-        stride = self.session.params.get("stride")
+        stride = self.session.settings.stride
         if stride:
             return int(stride)
         factor = next((s.level_factor(self.label_level) for s in self.slides.values()), 2.0**self.label_level)
@@ -246,7 +250,7 @@ class AnnotationProject:
 
     @property
     def n_members(self) -> int:
-        return int(self.session.params.get("members", 1))
+        return self.session.settings.members
 
     @property
     def trained(self) -> bool:
@@ -265,22 +269,33 @@ class AnnotationProject:
     @property
     def pending_regions(self) -> int:
         """Accepted regions the model has not been trained on yet."""
-        params, accepted = self.session.params, self.session.accepted
-        # sessions before "trained_on" (uids) kept a count of the first accepted regions
-        trained = set(params.get("trained_on", [r.uid for r in accepted[: int(params.get("trained_on_regions", 0))]]))
-        return sum(r.uid not in trained for r in accepted)
+        trained = set(self.session.settings.trained_on)
+        return sum(r.uid not in trained for r in self.session.accepted)
 
     def _set_trained_on(self, uids: list[str]) -> None:
         with self.session.changing() as session:
-            session.params.pop("trained_on_regions", None)
-            session.params["trained_on"] = list(uids)
+            session.settings.trained_on = list(uids)
+
+    def save(self) -> None:
+        """Write the session now (what :attr:`autosave` would have written after each change;
+        labels: the chunks marked since the last save)."""
+        self.session.save()
+
+    def _autosave(self) -> None:
+        if self.autosave:
+            self.session.save()
 
     # -- model ----------------------------------------------------------------------------
     def _build(self, member: int):
         import torch
 
-        torch.manual_seed(member)
+        torch.manual_seed(self._seed_base() + member)
         return self.spec.build()
+
+    def _seed_base(self) -> int:
+        """``settings.training.seed`` (default 0): offsets every seed of the model's
+        initial weights and training draws (the simulation's repeats differ by it)."""
+        return self.session.settings.training.seed
 
     def new_model(self, *, arch: str = "compact", patch_size: int = 64, level: int = 1, stride: int | None = None,
                   members: int = 1) -> None:
@@ -300,7 +315,8 @@ class AnnotationProject:
         if self.session.slides and self.spec is not None and level != self.label_level:
             raise ValueError(f"the session labels slides at level {self.label_level}; a new model must work there too")
         self.spec = spec
-        self.session.params.update(model=spec.to_dict(), stride=int(stride) if stride else None, members=members)
+        settings = self.session.settings
+        settings.model, settings.stride, settings.members = spec.to_dict(), int(stride) if stride else None, members
         self._set_trained_on([])
         self.session.checkpoints = []
         self.models = [self._build(i) for i in range(members)]
@@ -324,7 +340,8 @@ class AnnotationProject:
         if Path(path).resolve() != target.resolve():
             shutil.copyfile(path, target)
         self.spec = spec
-        self.session.params.update(model=spec.to_dict(), stride=None, members=1)
+        settings = self.session.settings
+        settings.model, settings.stride, settings.members = spec.to_dict(), None, 1
         self._set_trained_on([r.uid for r in self.session.accepted])
         self.session.checkpoints = [str(target.relative_to(self.folder))]
         self.models = [model]
@@ -387,15 +404,15 @@ class AnnotationProject:
             return region
         return region.with_(x=x0, y=y0, w=x1 - x0, h=y1 - y0)
 
-    def label_box(self, region: Region) -> tuple[int, int, int, int]:
-        """``(y0, x0, y1, x1)`` of a level-0 region in label pixels (rounded outwards)."""
+    def label_box(self, region: Region) -> Box:
+        """The label pixels of a level-0 region (rounded outwards), as a :class:`Box`."""
         f = self.label_factor(region.slide)
         shape = self.session.slides[region.slide].label_shape
         y0, x0 = max(0, int(region.y // f)), max(0, int(region.x // f))
         y1, x1 = min(shape[0], math.ceil(region.y1 / f)), min(shape[1], math.ceil(region.x1 / f))
-        return y0, x0, y1, x1
+        return Box(y0, x0, y1, x1)
 
-    def _tissue_rows_cols(self, slide: str, box: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _tissue_rows_cols(self, slide: str, box: Box) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The tissue mask and, for the label px rows and columns of ``box``, the mask's row
         and column each falls in (nearest neighbour)."""
         s = self._slide(slide)
@@ -406,7 +423,7 @@ class AnnotationProject:
         cols = np.minimum((np.arange(x0, x1) * ratio).astype(int), mask.shape[1] - 1)
         return mask, rows, cols
 
-    def tissue_labels(self, slide: str, box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    def tissue_labels(self, slide: str, box: Box | None = None) -> np.ndarray:
         """The tissue mask resampled to the labeling level (nearest neighbour), in ``box``
         ``(y0, x0, y1, x1)`` (label px) or over the slide (large for a WSI)."""
         shape = self.session.slides[slide].label_shape
@@ -459,7 +476,28 @@ class AnnotationProject:
         tissue = s.tissue_map(self.stride)
         gen = iter_progress(predict_probability_map, s, self.models, self.spec, stride=self.stride, tissue=tissue, cancel=cancel)
         prob = yield from relay(gen, lambda dt: {"phase": "predict", "slide": slide, "done": dt[0], "total": dt[1]})
+        return self.set_probabilities(slide, prob, measure=measure)
+
+    def set_probabilities(self, slide: str, probabilities: np.ndarray, *, measure: str = "least_confidence") -> MapRecord:
+        """Make a prediction of the current model, made elsewhere (e.g. on a dask cluster),
+        the slide's map: the priority map is derived as :meth:`iter_priority` derives it.
+
+        Parameters
+        ----------
+        probabilities : (H, W, C) or (E, H, W, C) float ndarray
+            Class probabilities on the map grid (``slide.map_shape(stride)``), NaN outside tissue.
+        """
+        if measure not in MEASURES:
+            raise ValueError(f"unknown measure {measure!r}; choose one of {', '.join(MEASURES)}")
+        fn, needs_ensemble = MEASURES[measure]
+        tissue = self._slide(slide).tissue_map(self.stride)
+        prob = np.asarray(probabilities)
         prob = prob if prob.ndim == 4 else prob[None]
+        if prob.shape[1:] != (*tissue.shape, len(self.classes)):
+            raise ValueError(f"probabilities must have shape (E, {tissue.shape[0]}, {tissue.shape[1]}, "
+                             f"{len(self.classes)}) or that without E, got {np.shape(probabilities)}")
+        if needs_ensemble and prob.shape[0] < 2:
+            raise ValueError(f"{measure} needs an ensemble: make a model with 2 or more members")
         members = prob if needs_ensemble else prob.mean(axis=0)
         priority = fn(members, tissue=tissue).astype(np.float32)
         record = MapRecord(prob.astype(np.float32), priority, measure, self.stride, self.cycle)
@@ -476,13 +514,13 @@ class AnnotationProject:
     @property
     def encoder_source(self) -> str:
         """Where patch embeddings come from: "classifier" (default) or a source of ``load_encoder``."""
-        return str(self.session.params.get("encoder", "classifier"))
+        return self.session.settings.encoder
 
     def set_encoder(self, source: str) -> None:
         """Embed with another encoder (e.g. the one a prototype set was made with)."""
         if source != "classifier":
             self._load_encoder(source)  # fails here, with its message, if unusable
-        self.session.params["encoder"] = source
+        self.session.settings.encoder = source
         self._drop_embeddings()
         self.session.save()
 
@@ -590,23 +628,42 @@ class AnnotationProject:
         """Make ``regions`` the proposals of ``method`` on ``slide`` and remember how to rerun it."""
         with self.session.changing() as session:  # a retrain's refresh runs this in its worker thread
             regions = session.propose(regions, slide=slide, method=method)
-            plan = session.params.setdefault("suggest", {}).setdefault(slide, {})
-            plan[method] = {"region_size": int(region_size), "k": int(k), "seed": seed, "options": _jsonable(options)}
-            session.save()
+            plan = session.settings.suggest.setdefault(slide, {})
+            plan[method] = SuggestPlan(int(region_size), int(k), None if seed is None else int(seed), _jsonable(options))
+            self._autosave()
         return regions
 
     def _needed_array(self, slide: str, need: str, region_size: int, options: dict[str, Any]) -> np.ndarray:
         """Per-region embeddings (diversity) or per-patch descriptors (focannot) of a slide."""
-        from .selection.diversity import region_embeddings
-        from .selection.focannot import focannot_descriptors
+        from .selection import needed_array
 
-        cells = self.cell_features(slide)
-        size = region_size // self.stride
-        if need == "embeddings":
-            return region_embeddings(cells, size=size)
-        if need == "descriptors":
-            return focannot_descriptors(cells, size=size, overlap=float(options.get("overlap", 0.5)))
-        raise ValueError(f"cannot provide {need!r}")  # pragma: no cover
+        return needed_array(need, self.cell_features(slide), region_size=region_size, stride=self.stride,
+                            options=options)
+
+    def iter_inputs(self, slide: str, method: str, *, measure: str = "least_confidence",
+                    cancel: Callable[[], bool] | None = None) -> Generator[dict, None, None]:
+        """Compute what ``method`` reads on ``slide`` and does not have yet for the current
+        model, so that :meth:`suggest` can run: the priority map (missing, or of an earlier
+        cycle), patch embeddings (diversity, focannot, prototype) and the prototype
+        similarity map. Yields the progress of each step. Changes no region.
+
+        Raises
+        ------
+        ValueError
+            For an unknown method, or prototype selection without a prototype set.
+        """
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        if method == "prototype" and self.prototypes is None:
+            raise ValueError("prototype selection needs a prototype set: load prototypes first")
+        self._slide(slide)
+        record = self.maps.get(slide)
+        if method not in ("random", "prototype") and (record is None or record.cycle != self.cycle or record.measure != measure):
+            yield from self.iter_priority(slide, measure=measure, cancel=cancel)
+        if (METHODS[method].needs or method == "prototype") and slide not in self.embeddings:
+            yield from self.iter_embed(slide, cancel=cancel)
+        if method == "prototype" and slide not in self.similarity:
+            yield from self.iter_similarity(slide, cancel=cancel)
 
     def cell_features(self, slide: str) -> np.ndarray:
         """(H, W, D) features per map cell: patch embeddings when computed, else the prediction."""
@@ -635,7 +692,7 @@ class AnnotationProject:
         for n, regions in zip(names, chosen):
             regions = [r.with_(slide=n, cycle=self.cycle, method="diversity") for r in regions]
             out[n] = self.session.propose(regions) if regions else []
-        self.session.save()
+        self._autosave()
         return out
 
     def uncertain_by_group(self, *, n: int, region_size: int | None = None) -> dict[str, list[Region]]:
@@ -741,7 +798,7 @@ class AnnotationProject:
         elif prefill == "prediction":
             crop[crop == 0] = self._predicted_labels(accepted)[crop == 0]
         self.session.mark_labels_changed(accepted.slide, (y0, x0, y1, x1))
-        self.session.save()
+        self._autosave()
         return accepted
 
     def remove_accepted(self, region: Region) -> Region:
@@ -771,7 +828,7 @@ class AnnotationProject:
         crop = self.session.labels(removed.slide)[y0:y1, x0:x1]
         crop[~keep] = 0
         self.session.mark_labels_changed(removed.slide, (y0, x0, y1, x1))
-        self.session.save()
+        self._autosave()
         return removed
 
     def accepted_overlapping(self, region: Region) -> list[Region]:
@@ -826,10 +883,6 @@ class AnnotationProject:
             self.session.save()
         return n_bad
 
-    def save(self) -> None:
-        """Write what changed since the last save (labels: the chunks marked since)."""
-        self.session.save()
-
     def region_labels(self, region: Region) -> np.ndarray:
         """A copy of the labels inside an accepted region (labeling level)."""
         region = self._accepted(region)
@@ -847,7 +900,7 @@ class AnnotationProject:
             raise ValueError(f"label values must be 0 (unlabeled) to {len(self.classes)}, got {data.min()}..{data.max()}")
         self.session.labels(region.slide)[y0:y1, x0:x1] = data
         self.session.mark_labels_changed(region.slide, (y0, x0, y1, x1))
-        self.session.save()
+        self._autosave()
 
     # -- training ---------------------------------------------------------------------------
     def candidates(self) -> list:
@@ -858,23 +911,24 @@ class AnnotationProject:
 
     def train_config(self):
         """The cycle schedule (``model.CYCLE_SCHEDULE``, the simulation's too) within the
-        session's budget: ``params["training"]`` may set ``epochs``, ``patience``,
-        ``patches_per_slide``, ``max_seconds`` (default 120 s; 300 s for the first training)
-        and a step limit (``initial_steps`` for the first training, ``fine_tune_steps`` after)."""
+        session's budget: ``settings.training`` (a :class:`~napari_alregions.settings.TrainingBudget`)
+        may set ``epochs``, ``patience``, ``patches_per_slide``, ``max_seconds`` (default 120 s;
+        300 s for the first training; ``no_time_limit``: none), a step limit (``initial_steps``
+        for the first training, ``fine_tune_steps`` after) and ``seed`` (added to the cycle number)."""
         from dataclasses import replace
 
         from .model import CYCLE_SCHEDULE
 
-        p = self.session.params.get("training", {})
-        steps = p.get("fine_tune_steps") if self.trained else p.get("initial_steps")
+        b = self.session.settings.training
+        steps = b.fine_tune_steps if self.trained else b.initial_steps
         return replace(
             CYCLE_SCHEDULE,
-            epochs=int(p.get("epochs", CYCLE_SCHEDULE.epochs)),
-            patience=int(p.get("patience", CYCLE_SCHEDULE.patience)),
-            patches_per_slide=int(p.get("patches_per_slide", CYCLE_SCHEDULE.patches_per_slide)),
-            max_steps=None if steps is None else int(steps),
-            max_seconds=p.get("max_seconds", 120.0 if self.trained else 300.0),
-            seed=self.cycle,
+            epochs=b.epochs or CYCLE_SCHEDULE.epochs,
+            patience=b.patience or CYCLE_SCHEDULE.patience,
+            patches_per_slide=b.patches_per_slide or CYCLE_SCHEDULE.patches_per_slide,
+            max_steps=steps,
+            max_seconds=None if b.no_time_limit else (b.max_seconds or (120.0 if self.trained else 300.0)),
+            seed=self._seed_base() + self.cycle,
         )
 
     def iter_retrain(self, *, cancel: Callable[[], bool] | None = None, refresh: bool = True,
@@ -954,12 +1008,11 @@ class AnnotationProject:
         prototype selector without a similarity map): those keep their proposals, and
         the other methods are refreshed all the same.
         """
-        plan = self.session.params.get("suggest", {}).get(slide, {})
+        plan = self.session.settings.suggest.get(slide, {})
         done, failed = {}, {}
         for m, p in list(plan.items()):
             try:
-                done[m] = self.suggest(slide, m, region_size=p["region_size"], k=p["k"], seed=p.get("seed"),
-                                       **p.get("options", {}))
+                done[m] = self.suggest(slide, m, region_size=p.region_size, k=p.k, seed=p.seed, **p.options)
             except ValueError as exc:
                 failed[m] = str(exc)
         return done, failed
@@ -1064,9 +1117,8 @@ class AnnotationProject:
         rasterize_annotations(plan.labeled, labels, classes=self.classes, factor=self.label_factor(slide))
         # labels only inside accepted regions (looked for where labels are, not over the slide)
         boxes = [self.label_box(r) for r in self.session.accepted_on(slide)]
-        for y0, y1, x0, x1 in labeled_boxes(labels):
-            box = (y0, x0, y1, x1)
-            labels[y0:y1, x0:x1][~_covered(box, boxes)] = 0
+        for box in labeled_boxes(labels):
+            labels[box.slices][~_covered(box, boxes)] = 0
             self.session.mark_labels_changed(slide, box)
         self.session.save()
         return summary
@@ -1074,7 +1126,7 @@ class AnnotationProject:
     def _max_region(self, slide: str) -> int:
         """Default bound on a region's side at import: 4x the largest suggested region size
         (16 map cells when none was), at most half the slide's shorter side."""
-        sizes = [p.get("region_size", 0) for plan in self.session.params.get("suggest", {}).values() for p in plan.values()]
+        sizes = [p.region_size for plan in self.session.settings.suggest.values() for p in plan.values()]
         return min(4 * max([int(v) for v in sizes if v] or [4 * self.stride]), min(self._slide(slide).shape[:2]) // 2)
 
     def close(self) -> None:
@@ -1095,14 +1147,14 @@ def _bounding_region(ring: Sequence[tuple[float, float]]) -> Region:
     return Region(int(x0), int(y0), max(1, int(x1 - x0)), max(1, int(y1 - y0)))
 
 
-def _overlap(box: tuple[int, int, int, int], other: tuple[int, int, int, int]) -> tuple[slice, slice]:
+def _overlap(box: Box, other: Box) -> tuple[slice, slice]:
     """The part of ``box`` (y0, x0, y1, x1) that ``other`` covers, as slices of a crop of ``box``."""
     y0, x0, y1, x1 = box
     oy0, ox0, oy1, ox1 = other
     return (slice(max(oy0, y0) - y0, max(0, min(oy1, y1) - y0)), slice(max(ox0, x0) - x0, max(0, min(ox1, x1) - x0)))
 
 
-def _covered(box: tuple[int, int, int, int], others: Sequence[tuple[int, int, int, int]]) -> np.ndarray:
+def _covered(box: Box, others: Sequence[Box]) -> np.ndarray:
     """Which pixels of ``box`` (y0, x0, y1, x1) any of ``others`` covers, as a crop of ``box``."""
     y0, x0, y1, x1 = box
     out = np.zeros((y1 - y0, x1 - x0), dtype=bool)

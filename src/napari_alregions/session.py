@@ -11,6 +11,7 @@ middle of :meth:`Session.save` leaves the previous session readable.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import platform
@@ -25,11 +26,13 @@ from typing import Any
 import numpy as np
 
 from . import __version__
+from ._atomic import remove_stale
 from ._atomic import write_text as _atomic_write_text  # a module name: tests simulate a crash here
-from .geometry import Region
+from .geometry import Box, Region
 from .io_qupath import read_regions, region_features, write_features
 from .labelstore import LABEL_CHUNK, LabelStore, LabelStoreError  # noqa: F401 (LABEL_CHUNK: re-exported)
 from .regionset import ACCEPTED, DISMISSED, PROPOSED, RegionSet
+from .settings import Settings
 
 __all__ = ["Session", "SessionError", "SessionLocked", "SlideEntry"]
 
@@ -88,6 +91,9 @@ def _acquire(folder: Path, *, take_over: bool) -> Path:
                     holder = {}  # half-written by a process killed while taking it
                 same_host = holder.get("host") == me["host"]
                 pid = holder.get("pid")
+                if same_host and pid == me["pid"]:  # ours (a folder copied while open): no other process
+                    path.unlink(missing_ok=True)
+                    continue
                 stale = not holder or (same_host and isinstance(pid, int) and not _pid_alive(pid))
                 if take_over and (stale or not same_host):  # never a live process's on this host
                     path.unlink(missing_ok=True)
@@ -104,6 +110,15 @@ def _acquire(folder: Path, *, take_over: bool) -> Path:
             _held[path] = 1
             return path
     raise SessionError(f"{folder}: could not take the session lock")  # pragma: no cover (raced twice)
+
+
+@atexit.register
+def _release_all() -> None:
+    """An interpreter that exits without closing its sessions leaves no lock behind."""
+    with _held_lock:
+        for path in list(_held):
+            path.unlink(missing_ok=True)
+        _held.clear()
 
 
 def _release(path: Path) -> None:
@@ -139,7 +154,7 @@ class Session:
     slides: dict[str, SlideEntry] = field(default_factory=dict)
     store: RegionSet = field(default_factory=RegionSet)  # every region, with its status
     history: list[dict[str, Any]] = field(default_factory=list)
-    params: dict[str, Any] = field(default_factory=dict)
+    settings: Settings = field(default_factory=Settings)
     checkpoints: list[str] = field(default_factory=list)  # model (ensemble members), relative to folder
     _store: LabelStore = field(default=None, repr=False, compare=False)  # type: ignore[assignment]
     _format: int = field(default=FORMAT_VERSION, repr=False, compare=False)  # as read: 1 keeps labels in zips
@@ -165,7 +180,7 @@ class Session:
             raise ValueError(f"classes needs at least two names, got {classes!r}")
         folder.mkdir(parents=True, exist_ok=True)
         lock = _acquire(folder, take_over=False)
-        session = cls(folder=folder, classes=tuple(classes), params=dict(params), _lock_file=lock)
+        session = cls(folder=folder, classes=tuple(classes), settings=Settings.from_dict(params), _lock_file=lock)
         try:
             session.save()
         except BaseException:
@@ -200,6 +215,7 @@ class Session:
         path = folder / SESSION_FILE
         if not path.is_file():
             raise SessionError(f"{folder}: no {SESSION_FILE}; not a session folder")
+        remove_stale(folder)  # temporary files of saves killed mid-write (issue 22)
         try:
             meta = json.loads(path.read_text())
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -218,6 +234,13 @@ class Session:
             raise SessionError(f"{regions_path}: {len(lost)} of the {len(accepted_ids)} accepted region(s) that "
                                f"{SESSION_FILE} lists are not in it ({'the file is missing' if not regions_path.exists() else 'replaced or edited?'}); "
                                "restore it from a backup")
+        try:
+            settings = Settings.from_dict(meta["params"])
+        except ValueError as exc:
+            raise SessionError(f"{path}: params: {exc}; the file was edited or damaged (restore it from a backup)") from exc
+        if settings.legacy_trained_count is not None:  # format 1 counted the first accepted regions
+            settings.trained_on = list(meta["accepted"][: settings.legacy_trained_count])
+            settings.legacy_trained_count = None
         labels = LabelStore(folder)
         for name, n_chunks in meta["labels"].items():
             if name not in slides:
@@ -237,7 +260,7 @@ class Session:
             slides=slides,
             store=store,
             history=list(meta.get("history", [])),
-            params=dict(meta.get("params", {})),
+            settings=settings,
             checkpoints=list(meta.get("checkpoints", [])),
             _format=meta["version"],
             _store=labels,
@@ -265,7 +288,7 @@ class Session:
             except LabelStoreError as exc:
                 raise SessionError(str(exc)) from exc
 
-    def label_view(self, name: str, box: tuple[int, int, int, int]) -> np.ndarray:
+    def label_view(self, name: str, box: Box) -> np.ndarray:
         """The writable view of the slide's labels in label box ``(y0, x0, y1, x1)``: what a
         Labels layer of a region paints into (then :meth:`mark_labels_changed` with the box)."""
         self.labels(name)
@@ -282,7 +305,7 @@ class Session:
             self.labels(name)
             self._store.replace(name, labels.astype(np.uint8))
 
-    def mark_labels_changed(self, name: str, box: tuple[int, int, int, int] | None = None) -> None:
+    def mark_labels_changed(self, name: str, box: Box | None = None) -> None:
         """Have the next :meth:`save` write the slide's labels in ``box`` ``(y0, x0, y1, x1)``
         (label px; None: anywhere, the whole mask is scanned)."""
         with self._lock:
@@ -290,7 +313,7 @@ class Session:
 
     @contextmanager
     def changing(self) -> Iterator[Session]:
-        """Hold the session while changing several fields (``history``, ``params``, ...):
+        """Hold the session while changing several fields (``history``, ``settings``, ...):
         a save from another thread waits, so it never writes half of the change."""
         with self._lock:
             yield self
@@ -359,7 +382,7 @@ class Session:
                 "accepted": [r.uid for r in accepted],
                 "dismissed": [r.uid for r in dismissed],
                 "history": self.history,
-                "params": self.params,
+                "params": self.settings.to_dict(),
                 "checkpoints": self.checkpoints,
                 # labeled chunks per slide: opening checks the label files are there
                 "labels": {n: self._store.n_stored(n, self._saved_chunks.get(n, 0)) for n in self.slides},

@@ -1,18 +1,18 @@
 """Simulated region-based active learning with a ground-truth oracle (SPEC §8).
 
-The protocol of the adaptive-region paper (§2.1, §3): every training slide starts with k
-random regions (>= 10 % tissue; the same initial set for every method); each cycle trains
-the patch classifier on *all* revealed labels to convergence (:func:`model.iter_fit`, the
-training the viewer's retrain runs too: a stable validation split drawn from the labeled
-regions, early stopping, the best validation epoch kept, and the previous cycle's model
-kept when it is better on that split), predicts probability maps, turns them into
-least-confidence priority maps, selects k new regions per slide with the method under
-test and reveals the ground truth inside them. After every training the model is scored
-on the held-out test slides: mIoU(tumour) at threshold 0.5 averaged over the test slides
-with tumour, Dice, and the AUC of the tumour probability over all test cells in tissue.
-``repeats`` runs everything again from distinct initial sets and seeds; the outputs give
-the mean and min/max over repeats, as the paper's Fig. 4.
-"""
+The simulation drives the viewer's engine, :class:`~napari_alregions.project.AnnotationProject`,
+with the ground truth as the annotator, so it measures the code a user runs. The protocol
+of the adaptive-region paper (§2.1, §3): every training slide starts with k random regions
+(>= 10 % tissue; the same initial set for every method); each cycle the project retrains on
+*all* labels (``iter_retrain``: :func:`model.iter_fit` on a stable validation split drawn
+from the labeled regions, to convergence, the best validation epoch kept, and the previous
+model kept when it is better on that split), predicts least-confidence priority maps,
+``suggest`` proposes k new regions per slide with the method under test, and every
+proposal is accepted and labeled with the ground truth inside it. After every training
+the model is scored on the held-out test slides: mIoU(tumour) at threshold 0.5 averaged
+over the test slides with tumour, Dice, and the AUC of the tumour probability over all
+test cells in tissue. ``repeats`` runs everything again from distinct initial sets and
+seeds; the outputs give the mean and min/max over repeats, as the paper's Fig. 4."""
 
 from __future__ import annotations
 
@@ -33,10 +33,10 @@ from .geometry import Region
 from .io_qupath import write_regions
 from .metrics import iou_dice, roc_auc
 from .priority import MEASURES
-from .selection import select
+from .settings import TrainingBudget
 from .wsi import Slide, open_labels, open_slide
 
-__all__ = ["Pool", "SimConfig", "annotated_fraction", "reveal", "run_simulation", "write_outputs"]
+__all__ = ["Pool", "SimConfig", "oracle_labels", "run_simulation", "write_outputs"]
 
 logger = logging.getLogger(__name__)
 
@@ -114,14 +114,12 @@ class SimConfig:
         per_repeat = len(self.methods) * len(self.initial) * len(self.settings) * self.cycles + int(self.full_baseline)
         return self.repeats * per_repeat
 
-    def schedule(self, seed: int):
-        """The training schedule of one cycle: the viewer's, with this config's overrides."""
-        from dataclasses import replace
-
-        from .model import CYCLE_SCHEDULE
-
+    def training(self, seed: int) -> TrainingBudget:
+        """The project's training settings (``settings.training``) for one repeat: the
+        viewer's cycle schedule (``model.CYCLE_SCHEDULE``) with this config's overrides, no
+        time budget (so that the numbers repeat), seeds offset by ``seed``."""
         overrides = {k: getattr(self, k) for k in ("epochs", "patience", "patches_per_slide") if getattr(self, k) is not None}
-        return replace(CYCLE_SCHEDULE, seed=seed, **overrides)
+        return TrainingBudget(**overrides, no_time_limit=True, seed=100 * seed)
 
 
 @dataclass
@@ -239,144 +237,155 @@ def truth_from_geojson(slide: Slide, path: str | Path, *, level: int) -> np.ndar
     return truth
 
 
-def reveal(truth: np.ndarray, labels: np.ndarray, region: Region, factor: float) -> None:
-    """The oracle: copy the ground truth inside a level-0 region into a label mask (in place).
-
-    Labels: 2 (tumour) where the truth is tumour, 1 elsewhere (other tissue and glass).
-    """
-    y0, x0 = int(region.y // factor), int(region.x // factor)
-    y1, x1 = int(-(-region.y1 // factor)), int(-(-region.x1 // factor))
-    t = truth[y0:y1, x0:x1]
-    labels[y0:y1, x0:x1] = np.where(t == TUMOUR, 2, 1)
-
-
-def annotated_fraction(truth: dict[str, np.ndarray], labels: dict[str, np.ndarray], names: Sequence[str]) -> float:
-    """Share of the tissue of ``names`` that is labeled."""
-    done = sum(int(((labels[n] > 0) & (truth[n] > 0)).sum()) for n in names)
-    total = sum(int((truth[n] > 0).sum()) for n in names)
-    return done / total if total else 0.0
-
-
-class _Learner:
-    """The model of one simulated run across its cycles, trained as the viewer trains."""
-
-    def __init__(self, pool: Pool, config: SimConfig, client=None) -> None:
-        from .model import ModelSpec
-
-        self.pool, self.config = pool, config
-        self.spec = ModelSpec(level=config.level, patch_size=config.patch_size)
-        self.model = None
-        self.client = client
-
-    def fit(self, labels: dict[str, np.ndarray], seed: int, cancel=None):
-        from .model import fit, labeled_candidates
-
-        cands = labeled_candidates({n: self.pool.slides[n] for n in labels}, labels, level=self.config.level,
-                                   patch_size=self.config.patch_size)
-        if not cands:
-            raise ValueError("no labeled patches: the initial regions hold no tissue")
-        result = fit(self.spec, cands, self.config.schedule(seed), previous=self.model, cancel=cancel)
-        self.model = result.model
-        return result
-
-    def predict(self, name: str) -> np.ndarray:
-        from .model import predict_probability_map
-
-        return predict_probability_map(self.pool.slides[name], self.model, self.spec, stride=self.pool.stride,
-                                       tissue=self.pool.tissue[name])[..., 1]
-
-    def predict_many(self, names: Sequence[str]) -> dict[str, np.ndarray]:
-        """Tumour probability maps of several slides; on the cluster when there is a client."""
-        if self.client is None:
-            return {n: self.predict(n) for n in names}
-        import tempfile
-
-        from .distributed import PoolJob, run_pool, slide_name
-
-        with tempfile.TemporaryDirectory(prefix="alregions-sim-") as tmp:
-            files = run_pool([self.pool.slides[n].path for n in names], self.model, self.spec,
-                             PoolJob("predict", stride=self.pool.stride), tmp, client=self.client)
-            return {n: np.load(files[slide_name(self.pool.slides[n].path)])[..., 1] for n in names}
+def oracle_labels(truth: np.ndarray) -> np.ndarray:
+    """The labels the oracle paints for a crop of ground truth (0 glass, 1 tissue, 2 tumour):
+    the tumour class (label 2) where the truth is tumour, background (label 1) elsewhere,
+    glass included (a pathologist's labeled region has no holes)."""
+    return np.where(np.asarray(truth) == TUMOUR, 2, 1).astype(np.uint8)
 
 
 INITIAL = ("random", "diversity", "prototype")
 
 
-class _Features:
-    """Patch embeddings (one encoder, computed once per slide) and prototype similarity maps."""
+class _Oracle:
+    """Drives :class:`~napari_alregions.project.AnnotationProject`, the viewer's engine,
+    with the ground truth as the annotator: one project per repeat and method, copied from
+    a template that holds the training slides, the encoder and the prototypes."""
 
-    def __init__(self, pool: Pool, config: SimConfig) -> None:
-        self.pool, self.config = pool, config
-        self._emb: dict[str, np.ndarray] = {}
-        self._sim: dict[str, np.ndarray] = {}
-        self._protos = None
-        self._encoder = None
+    def __init__(self, pool: Pool, config: SimConfig, folder: Path, client=None) -> None:
+        from .project import AnnotationProject, run
 
-    def embeddings(self, name: str) -> np.ndarray:
-        if name not in self._emb:
-            from .embed import embed_slide, load_encoder
+        self.pool, self.config, self.folder, self.client = pool, config, folder, client
+        self._run = run
+        self.template = folder / "template"
+        project = AnnotationProject.create(self.template, patch_size=config.patch_size, level=config.level,
+                                           stride=config.stride)
+        try:
+            for n in pool.train:
+                project.add_slide(pool.slides[n].path, name=n)
+                shape = tuple(project.session.slides[n].label_shape)
+                if pool.truth[n].shape != shape:
+                    raise ValueError(f"{n}: its ground truth at level {config.level} is {pool.truth[n].shape}, "
+                                     f"the slide's level is {shape}")
+            needs = set(config.methods) | set(config.initial)
+            if needs & _EMBEDDING_METHODS:
+                project.set_encoder(config.encoder)
+                if config.prototypes:
+                    project.set_prototypes(config.prototypes)
+                if project.encoder_source != "classifier":  # an encoder that never changes: embed once
+                    for n in pool.train:
+                        run(project.iter_embed(n))
+        finally:
+            project.close()
 
-            if self._encoder is None:
-                self._encoder = load_encoder(self.config.encoder, patch_size=self.config.patch_size, level=self.config.level)
-            self._emb[name] = embed_slide(self.pool.slides[name], self._encoder, stride=self.pool.stride,
-                                          tissue=self.pool.tissue[name])
-        return self._emb[name]
+    def project(self, name: str, *, source: Path | None = None, seed: int | None = None):
+        """A copy of ``source`` (default: the template) as ``name``; with ``seed``, a new
+        untrained model seeded by it and the schedule of this config without time budget."""
+        import shutil
 
-    def similarity(self, name: str) -> np.ndarray:
-        if name not in self._sim:
-            from .embed import similarity_map
-            from .prototypes import load_prototypes
+        from .project import AnnotationProject
 
-            if self._protos is None:
-                self._protos = load_prototypes(self.config.prototypes)
-            self._sim[name] = similarity_map(self.embeddings(name), self._protos.of()) * self.pool.tissue[name]
-        return self._sim[name]
+        folder = self.folder / name
+        shutil.copytree(source or self.template, folder)
+        project = AnnotationProject.open(folder)
+        project.autosave = False  # saved once per cycle: the simulation has no viewer to lose work for
+        if seed is not None:
+            project.session.settings.training = self.config.training(seed)
+            spec = project.spec
+            project.new_model(arch=spec.arch, patch_size=spec.patch_size, level=spec.level, stride=self.config.stride)
+        return project
 
-    def map_for(self, method: str, name: str, priority: np.ndarray) -> np.ndarray:
-        return self.similarity(name) if method == "prototype" else priority
+    def label(self, project, regions: Sequence[Region]) -> None:
+        """Accept regions and paint the truth into them, as a pathologist ends in the viewer."""
+        for r in regions:
+            accepted = project.accept(r)
+            y0, x0, y1, x1 = project.label_box(accepted)
+            project.write_region_labels(accepted, oracle_labels(self.pool.truth[accepted.slide][y0:y1, x0:x1]))
 
-    def arrays(self, method: str, name: str, region_size: int) -> dict[str, np.ndarray]:
-        from .selection.diversity import region_embeddings
-        from .selection.focannot import focannot_descriptors
+    def inputs(self, project, method: str) -> None:
+        """What ``method`` reads on every training slide, for the current model."""
+        measure = self.config.measure
+        if self.client is not None and method not in ("random", "prototype"):  # maps predicted on the cluster
+            stale = [n for n in self.pool.train if n not in project.maps or project.maps[n].cycle != project.cycle]
+            for n, prob in _predict(project, {n: project.slides[n] for n in stale}, self.client).items():
+                project.set_probabilities(n, prob, measure=measure)
+        for n in self.pool.train:
+            self._run(project.iter_inputs(n, method, measure=measure))
 
-        size = region_size // self.pool.stride
-        if method == "diversity":
-            return {"embeddings": region_embeddings(self.embeddings(name), size=size)}
-        if method == "focannot":
-            return {"descriptors": focannot_descriptors(self.embeddings(name), size=size)}
-        return {}
-
-    def initial(self, strategy: str, l_: int, k_: int, seed: int) -> dict[str, list[Region]]:
-        """The initial labeled regions of every training slide (cycle 0)."""
-        from .selection import diversity_pool
-        from .selection.diversity import region_embeddings
-
-        pool = self.pool
+    def initial(self, project, strategy: str, l_: int, k_: int, seed: int) -> None:
+        """Label the initial regions of every training slide (cycle 0)."""
         if strategy == "diversity":
-            chosen = diversity_pool([region_embeddings(self.embeddings(n), size=l_ // pool.stride) for n in pool.train],
-                                    stride=pool.stride, region_size=l_, n_per_slide=k_,
-                                    tissue=[pool.tissue[n] for n in pool.train], rng=seed, slide_names=pool.train,
-                                    strict=False)
-            return {n: [r.with_(slide=n, cycle=0) for r in regs] for n, regs in zip(pool.train, chosen)}
-        out = {}
-        for i, n in enumerate(pool.train):
-            t = pool.tissue[n]
-            if strategy == "prototype":
-                out[n] = select("prototype", self.similarity(n), stride=pool.stride, region_size=l_, k=k_, tissue=t,
-                                seed=seed * 1000 + i, slide=n, cycle=0)
-            else:
-                out[n] = select("random", np.zeros(t.shape), stride=pool.stride, region_size=l_, k=k_,
-                                tissue=t, seed=seed * 1000 + i, slide=n, cycle=0)
-        return out
+            chosen = project.suggest_pool_diversity(region_size=l_, n_per_slide=k_, seed=seed)
+            self.label(project, [r for n in self.pool.train for r in chosen[n]])
+            return
+        for i, n in enumerate(self.pool.train):
+            self._run(project.iter_inputs(n, strategy))
+            self.label(project, project.suggest(n, strategy, region_size=l_, k=k_, seed=seed * 1000 + i))
+
+    def cycle(self, project, method: str, l_: int, k_: int, seed: int) -> None:
+        """One cycle of the viewer's loop: proposals on every slide, all accepted and labeled."""
+        self.inputs(project, method)
+        new = []
+        for i, n in enumerate(self.pool.train):
+            new += project.suggest(n, method, region_size=l_, k=k_, seed=seed * 1000 + 97 * project.cycle + i)
+        self.label(project, new)
+
+    def retrain(self, project) -> tuple[dict[str, Any], dict[str, float]]:
+        """The viewer's retrain (without its refresh), then the model scored on the test slides."""
+        summary = self._run(project.iter_retrain(refresh=False))
+        project.save()
+        return summary, _evaluate(project, self.pool, self.client)
+
+    def full_baseline(self, seed: int) -> dict[str, float]:
+        """Every training slide labeled whole, trained as a cycle."""
+        project = self.project(f"full_{seed}", seed=seed)
+        try:
+            for n in self.pool.train:
+                h, w = project.slides[n].shape[:2]
+                self.label(project, [Region(0, 0, w, h, method="full annotation", slide=n, cycle=0)])
+            return self.retrain(project)[1]
+        finally:
+            self.discard(project)
+
+    @staticmethod
+    def discard(project) -> None:
+        import shutil
+
+        project.close()
+        shutil.rmtree(project.folder, ignore_errors=True)
 
 
-def _evaluate(learner: _Learner, pool: Pool) -> dict[str, float]:
+_EMBEDDING_METHODS = {"diversity", "focannot", "prototype"}
+
+
+def _predict(project, slides: dict[str, Slide], client=None) -> dict[str, np.ndarray]:
+    """Class probabilities (H, W, C) of slides by the project's model, on the cluster when
+    there is a client."""
+    from .model import predict_probability_map
+
+    (model,) = project.models  # the simulation's model has one member
+    if client is None:
+        return {n: predict_probability_map(s, model, project.spec, stride=project.stride,
+                                           tissue=s.tissue_map(project.stride)) for n, s in slides.items()}
+    import tempfile
+
+    from .distributed import PoolJob, run_pool, slide_name
+
+    if not slides:
+        return {}
+    with tempfile.TemporaryDirectory(prefix="alregions-sim-") as tmp:
+        files = run_pool([s.path for s in slides.values()], model, project.spec,
+                         PoolJob("predict", stride=project.stride), tmp, client=client)
+        return {n: np.load(files[slide_name(s.path)]) for n, s in slides.items()}
+
+
+def _evaluate(project, pool: Pool, client=None) -> dict[str, float]:
     """mIoU and Dice (tumour) over the test slides with tumour; AUC over all test cells in tissue."""
-    probs = learner.predict_many(pool.test)
+    probs = _predict(project, {n: pool.slides[n] for n in pool.test}, client)
     ious, dices, scores, truths = [], [], [], []
     for n in pool.test:
         cells = pool.truth_cells(n)
-        prob = np.nan_to_num(probs[n], nan=0.0)
+        prob = np.nan_to_num(probs[n][..., 1], nan=0.0)
         tissue = pool.tissue[n]
         scores.append(prob[tissue])
         truths.append(cells[tissue])
@@ -405,7 +414,7 @@ def _deterministic() -> Iterator[None]:
         torch.use_deterministic_algorithms(before)
 
 
-def _r(v: float, digits: int = 6) -> float:
+def _r(v: float | None, digits: int = 6) -> float:
     return round(float(v), digits) if v is not None and math.isfinite(v) else math.nan
 
 
@@ -418,6 +427,15 @@ def run_simulation(
 ) -> dict[str, Any]:
     """Run the simulation for every repeat, (l, k) setting and method.
 
+    Each method of each repeat runs in an
+    :class:`~napari_alregions.project.AnnotationProject` (the viewer's engine, in a
+    temporary folder): every cycle it calls the project's ``suggest`` for the method on
+    each training slide, accepts every proposal, writes the ground truth's labels into it
+    (``write_region_labels``, where the viewer's painting ends) and retrains
+    (``iter_retrain``), so its training candidates, tissue rule and annotated share are
+    the viewer's. Cycle 0 (the initial set and its training) runs once per repeat,
+    setting and initial strategy, and its project is copied for each method.
+
     Returns a dict with ``rows`` (one per repeat, method, setting and cycle), ``full`` (the
     full-annotation baseline: mean, min and max mIoU over repeats, Dice, AUC), ``timings``
     (wall seconds per cycle, kept out of ``rows`` so that those are the same from run to
@@ -425,39 +443,48 @@ def run_simulation(
     With ``out``, also writes ``results.csv``, ``timings.csv``, ``table.md``,
     ``area_vs_miou.png`` and one GeoJSON of regions per method and setting.
     """
+    import tempfile
+
     config.validate()
     say = progress or (lambda msg: None)
     pool = Pool.load(pool_folder, level=config.level, stride=config.stride, patch_size=config.patch_size)
-    features = _Features(pool, config)
     from .distributed import close, connect
 
     client = connect(config.scheduler, config.local_cluster)
-    measure = MEASURES[config.measure][0]
     rows: list[dict[str, Any]] = []
     timings: list[dict[str, Any]] = []
     final_regions: dict[str, list[Region]] = {}
     full_runs: list[dict[str, float]] = []
     try:
-        with _deterministic():
+        with _deterministic(), tempfile.TemporaryDirectory(prefix="alregions-sim-") as tmp:
+            oracle = _Oracle(pool, config, Path(tmp), client)
             for rep in range(config.repeats):
                 seed = config.seed + 1000 * rep  # distinct initial sets and training seeds per repeat
                 if config.full_baseline:
-                    learner = _Learner(pool, config, client)
-                    learner.fit({n: np.where(pool.truth[n] == TUMOUR, 2, 1).astype(np.uint8) for n in pool.train}, seed)
-                    full_runs.append(_evaluate(learner, pool))
+                    full_runs.append(oracle.full_baseline(seed))
                     say(f"full annotation baseline (repeat {rep}): mIoU {full_runs[-1]['miou']:.3f}")
                 for l_, k_ in config.settings:
                     for init in config.initial:
-                        initial = features.initial(init, l_, k_, seed)  # the same for every method
-                        shared: dict[str, Any] = {}  # cycle 0 is the same for every method: run it once
-                        for method in config.methods:
-                            label = method if len(config.initial) == 1 else f"{method} (init {init})"
-                            rows_, regions = _run_method(pool, config, features, measure, client, label, method, init,
-                                                         l_, k_, rep, seed, initial, shared, timings, say)
-                            rows += rows_
-                            if rep == 0:
-                                key = f"{label.replace(' ', '_').replace('(', '').replace(')', '')}_l{l_}_k{k_}"
-                                final_regions[key] = [r for n in pool.train for r in regions[n]]
+                        t0 = time.perf_counter()
+                        base = oracle.project(f"r{rep}_l{l_}_k{k_}_{init}", seed=seed)
+                        try:
+                            oracle.initial(base, init, l_, k_, seed)
+                            first = oracle.retrain(base)
+                            for method in config.methods:  # maps and embeddings once, copied with the project
+                                oracle.inputs(base, method)
+                            base.save()
+                            shared_s = time.perf_counter() - t0
+                            for method in config.methods:
+                                label = method if len(config.initial) == 1 else f"{method} (init {init})"
+                                rows_, regions = _run_method(oracle, base.folder, first, label, method, init, l_, k_,
+                                                             rep, seed, timings, say, shared_s)
+                                shared_s = 0.0  # cycle 0's work is timed with the first method
+                                rows += rows_
+                                if rep == 0:
+                                    key = f"{label.replace(' ', '_').replace('(', '').replace(')', '')}_l{l_}_k{k_}"
+                                    final_regions[key] = regions
+                        finally:
+                            oracle.discard(base)
     finally:
         pool.close()
         close(client)
@@ -468,56 +495,38 @@ def run_simulation(
     return result
 
 
-def _run_method(pool, config, features, measure, client, label, method, init, l_, k_, rep, seed, initial, shared,
-                timings, say) -> tuple[list[dict[str, Any]], dict[str, list[Region]]]:
-    """The cycles of one method in one repeat; ``shared`` carries cycle 0 across methods."""
-    learner = _Learner(pool, config, client)
-    regions = {n: list(initial[n]) for n in pool.train}
-    labels = {n: np.zeros(pool.truth[n].shape, np.uint8) for n in pool.train}
+def _run_method(oracle: _Oracle, base: Path, first, label, method, init, l_, k_, rep, seed, timings, say,
+                shared_s: float) -> tuple[list[dict[str, Any]], list[Region]]:
+    """The cycles of one method in one repeat, in a copy of the repeat's cycle-0 project."""
+    config = oracle.config
+    t0 = time.perf_counter()
+    project = oracle.project(f"{base.name}_{method}", source=base)
     rows = []
-    for cycle in range(config.cycles):
-        t0 = time.perf_counter()
-        for n in pool.train:
-            f = pool.slides[n].level_factor(config.level)
-            for r in regions[n]:
-                reveal(pool.truth[n], labels[n], r, f)
-        if cycle == 0 and "fit" in shared:
-            fit, scores = shared["fit"], shared["scores"]
-            learner.model = fit.model
-        else:
-            fit = learner.fit(labels, seed * 100 + cycle)
-            scores = _evaluate(learner, pool)
-            if cycle == 0:
-                shared.update(fit=fit, scores=scores)
-        area = annotated_fraction(pool.truth, labels, pool.train)
-        rows.append({
-            "repeat": rep, "method": label, "initial": init, "region_size": l_, "k": k_, "cycle": cycle,
-            "annotated_area_pct": _r(100 * area, 4), "miou_tumour": _r(scores["miou"]), "dice_tumour": _r(scores["dice"]),
-            "auc_tumour": _r(scores["auc"]), "n_test_slides": scores["n_test"],
-            "n_regions": sum(len(v) for v in regions.values()), "train_steps": fit.train.steps,
-            "val_loss": _r(fit.val_loss), "val_auc": _r(fit.val_auc), "model": fit.status,
-        })
-        say(f"{label} l={l_} k={k_} repeat {rep} cycle {cycle}: area {100 * area:.2f}%  mIoU {scores['miou']:.3f}"
-            + (f" ({fit.status})" if fit.status != "new" else ""))
-        if cycle < config.cycles - 1:
-            if method == "random":
-                probs = None  # random ignores the map
-            elif cycle == 0 and "probs" in shared:
-                probs = shared["probs"]
+    try:
+        for cycle in range(config.cycles):
+            if cycle:
+                t0 = time.perf_counter()
+                oracle.cycle(project, method, l_, k_, seed)
+                summary, scores = oracle.retrain(project)
             else:
-                probs = learner.predict_many(pool.train)
-                if cycle == 0:
-                    shared["probs"] = probs
-            for i, n in enumerate(pool.train):
-                tissue = pool.tissue[n]
-                prio = np.zeros(tissue.shape, np.float32) if probs is None else measure(probs[n], tissue=tissue)
-                regions[n].extend(select(method, features.map_for(method, n, prio), stride=config.stride, region_size=l_,
-                                         k=k_, tissue=tissue, annotated=regions[n],
-                                         seed=seed * 1000 + 97 * (cycle + 1) + i, slide=n, cycle=cycle + 1,
-                                         **features.arrays(method, n, l_)))
-        timings.append({"repeat": rep, "method": label, "region_size": l_, "k": k_, "cycle": cycle,
-                        "wall_s": round(time.perf_counter() - t0, 2)})
-    return rows, regions
+                summary, scores = first
+            rows.append({
+                "repeat": rep, "method": label, "initial": init, "region_size": l_, "k": k_, "cycle": cycle,
+                "annotated_area_pct": _r(summary["annotated_pct"], 4), "miou_tumour": _r(scores["miou"]),
+                "dice_tumour": _r(scores["dice"]), "auc_tumour": _r(scores["auc"]), "n_test_slides": scores["n_test"],
+                "n_regions": summary["accepted_regions"], "train_steps": summary["train_steps"][0],
+                "val_loss": _r(summary["val_loss"][0]), "val_auc": _r(summary["val_auc"][0]),
+                "model": summary["model"][0],
+            })
+            status = summary["model"][0]
+            say(f"{label} l={l_} k={k_} repeat {rep} cycle {cycle}: area {summary['annotated_pct']:.2f}%  "
+                f"mIoU {scores['miou']:.3f}" + (f" ({status})" if status != "new" else ""))
+            timings.append({"repeat": rep, "method": label, "region_size": l_, "k": k_, "cycle": cycle,
+                            "wall_s": round(time.perf_counter() - t0 + (0 if cycle else shared_s), 2)})
+        # the labeled set as regions (without the session's random uids: the same from run to run)
+        return rows, [r.with_(uid=None) for n in oracle.pool.train for r in project.session.accepted_on(n)]
+    finally:
+        oracle.discard(project)
 
 
 def _full_summary(runs: Sequence[dict[str, float]]) -> dict[str, Any]:

@@ -1,6 +1,8 @@
 """Deterministic synthetic whole-slide images with ground truth, for tests and the demo.
 
-Each slide is a tiled, JPEG-compressed pyramidal TIFF (SubIFD levels, 0.5 µm/px) showing
+Each slide is a tiled, JPEG-compressed pyramidal TIFF (0.5 µm/px; each level a top-level
+page, the coarser ones flagged reduced-resolution, as OpenSlide's generic-TIFF driver and
+so QuPath read pyramids; files written before with SubIFD levels open the same) showing
 irregular tissue pieces on a white background, rendered from a Beer–Lambert H&E stain
 model: lymph-node-like tissue with dense small round nuclei and stroma, and "tumour" with
 larger, pleomorphic, vesicular nuclei and more cytoplasm. Tumour ranges from isolated
@@ -16,6 +18,7 @@ as a second pyramidal TIFF whose levels are the level-0 mask subsampled by 2^l.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -423,10 +426,27 @@ def _pool2(arr: np.ndarray) -> np.ndarray:
     return ((a[0::2, 0::2] + a[1::2, 0::2] + a[0::2, 1::2] + a[1::2, 1::2] + 2) // 4).astype(np.uint8)
 
 
-def _pool_to_memmap(src: np.ndarray, path: Path, band: int = 1024) -> np.ndarray:
+def _disk_array(path: Path, shape: tuple[int, ...], output: Path) -> np.ndarray:
+    """A new memory-mapped .npy file whose blocks are allocated now: a sparse map written
+    on a full disk kills the process (SIGBUS) at the page that finds no space, leaving
+    its files; here the full disk is an OSError naming ``output``, before any rendering."""
+    arr = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+    if hasattr(os, "posix_fallocate"):  # not on macOS and Windows
+        fd = os.open(path, os.O_RDWR)
+        try:
+            os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # a file system that cannot reserve
+                raise OSError(exc.errno, exc.strerror, str(output)) from exc
+        finally:
+            os.close(fd)
+    return arr
+
+
+def _pool_to_memmap(src: np.ndarray, path: Path, output: Path, band: int = 1024) -> np.ndarray:
     """2x2 mean pooling of an on-disk RGB level into a new on-disk level, band by band."""
     h, w = src.shape[:2]
-    dst = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=((h + 1) // 2, (w + 1) // 2, 3))
+    dst = _disk_array(path, ((h + 1) // 2, (w + 1) // 2, 3), output)
     for y in range(0, h, band):
         dst[y // 2 : (min(y + band, h) + 1) // 2] = _pool2(np.asarray(src[y : y + band]))
     return dst
@@ -445,8 +465,8 @@ def write_slide(spec: SlideSpec, image_path: Path, mask_path: Path, *, quality: 
     jpeg = dict(dtype=np.uint8, photometric="rgb", compression="jpeg", compressionargs={"level": quality})
     bigtiff = H * W * 3 > 2**31
     with tempfile.TemporaryDirectory(dir=image_path.parent, prefix=".tmp-") as tmp:
-        mask0 = np.lib.format.open_memmap(Path(tmp) / "mask0.npy", mode="w+", dtype=np.uint8, shape=(H, W))
-        level1 = np.lib.format.open_memmap(Path(tmp) / "level1.npy", mode="w+", dtype=np.uint8, shape=(*shapes[1], 3)) if len(shapes) > 1 else None
+        mask0 = _disk_array(Path(tmp) / "mask0.npy", (H, W), image_path)
+        level1 = _disk_array(Path(tmp) / "level1.npy", (*shapes[1], 3), image_path) if len(shapes) > 1 else None
 
         def level0() -> Iterator[np.ndarray]:
             for ty in range(0, H, TILE):
@@ -462,33 +482,52 @@ def write_slide(spec: SlideSpec, image_path: Path, mask_path: Path, *, quality: 
 
         part_image = image_path.with_name(image_path.name + ".part")
         part_mask = mask_path.with_name(mask_path.name + ".part")
-        with tifffile.TiffWriter(part_image, bigtiff=bigtiff) as tif:
-            tif.write(
-                level0(), shape=(H, W, 3), subifds=len(shapes) - 1,
-                description=f"napari-alregions synthetic slide {spec.name}; mpp={MPP}", **jpeg, **opts,
-            )
-            current = level1
-            for lvl in range(1, len(shapes)):
-                assert current is not None
-                tif.write(_tiles_of(current, TILE), shape=(*shapes[lvl], 3), subfiletype=1, **jpeg, **opts)
-                if lvl + 1 < len(shapes):
-                    current = _pool_to_memmap(current, Path(tmp) / f"level{lvl + 1}.npy")
-        with tifffile.TiffWriter(part_mask, bigtiff=bigtiff) as tif:
-            for lvl, shape in enumerate(shapes):
-                step = 2**lvl
-                tif.write(
-                    _tiles_of(mask0[::step, ::step], TILE), shape=shape, dtype=np.uint8,
-                    photometric="minisblack", compression="zlib",
-                    **({"subifds": len(shapes) - 1} if lvl == 0 else {"subfiletype": 1}), **opts,
-                )
-        mask0 = level1 = current = None  # close the memmaps before their folder goes
-        os.replace(part_image, image_path)
-        os.replace(part_mask, mask_path)
+        try:
+            _write_pyramids(spec, level0, level1, mask0, shapes, part_image, part_mask, Path(tmp), image_path,
+                            bigtiff=bigtiff, jpeg=jpeg, opts=opts)
+            os.replace(part_image, image_path)
+            os.replace(part_mask, mask_path)
+        except BaseException:  # a full disk, an interrupt: no half-written files left beside the pool
+            part_image.unlink(missing_ok=True)
+            part_mask.unlink(missing_ok=True)
+            raise
+        finally:
+            mask0 = level1 = None  # close the memmaps before their folder goes
     tissue = int(counts[TISSUE] + counts[TUMOUR])
     return {
         "tissue_fraction": tissue / float(H * W),
         "tumour_fraction_of_tissue": (int(counts[TUMOUR]) / tissue) if tissue else 0.0,
     }
+
+
+def _write_pyramids(spec: SlideSpec, level0: Callable[[], Iterator[np.ndarray]], level1: np.ndarray | None,
+                    mask0: np.ndarray, shapes: list[tuple[int, int]], part_image: Path, part_mask: Path, tmp: Path,
+                    output: Path, *, bigtiff: bool, jpeg: dict, opts: dict) -> None:
+    """:func:`write_slide`'s two TIFFs: the image (level 0 rendered as it streams in) and the mask.
+
+    Levels are top-level pages, level 0 first and the others NewSubfileType 1 (reduced
+    resolution), all tiled alike: the layout OpenSlide's generic-TIFF driver takes for a
+    pyramid. It sees only level 0 of SubIFD levels (and tifffile reads both layouts).
+    """
+    H, W = shapes[0]
+    with tifffile.TiffWriter(part_image, bigtiff=bigtiff) as tif:
+        tif.write(
+            level0(), shape=(H, W, 3),
+            description=f"napari-alregions synthetic slide {spec.name}; mpp={MPP}", **jpeg, **opts,
+        )
+        current = level1
+        for lvl in range(1, len(shapes)):
+            assert current is not None
+            tif.write(_tiles_of(current, TILE), shape=(*shapes[lvl], 3), subfiletype=1, **jpeg, **opts)
+            if lvl + 1 < len(shapes):
+                current = _pool_to_memmap(current, tmp / f"level{lvl + 1}.npy", output)
+    with tifffile.TiffWriter(part_mask, bigtiff=bigtiff) as tif:
+        for lvl, shape in enumerate(shapes):
+            step = 2**lvl
+            tif.write(
+                _tiles_of(mask0[::step, ::step], TILE), shape=shape, dtype=np.uint8,
+                photometric="minisblack", compression="zlib", subfiletype=1 if lvl else 0, **opts,
+            )
 
 
 def _sizes(size: int | Sequence[int], name: str) -> tuple[int, int]:

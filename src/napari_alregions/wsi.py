@@ -15,7 +15,7 @@ import re
 import threading
 import xml.etree.ElementTree as ET
 from collections import OrderedDict
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,8 +27,8 @@ import tifffile
 from ._integral import box_sum, integral_image
 from ._tiffzarr import open_level
 
-__all__ = ["Slide", "SlideError", "SlideInfo", "TiledLevel", "detect_tissue", "open_labels", "open_slide",
-           "set_tile_cache_size", "tile_cache_size"]
+__all__ = ["MAX_COMPRESSION", "MAX_READ_BYTES", "Slide", "SlideError", "SlideInfo", "TiledLevel", "detect_tissue",
+           "open_labels", "open_slide", "set_tile_cache_size", "tile_cache_size"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,15 @@ _AUXILIARY_SERIES = {"label", "macro", "thumbnail", "overview"}
 _MIN_PYRAMID_SIDE = 1024
 #: The tissue mask is computed on the finest level whose longer side is at most this.
 _TISSUE_LEVEL_MAX_SIDE = 1024
+#: The most uncompressed bytes of level 0 a TIFF may declare per byte of file. Real slides
+#: reach ~100-300:1 (JPEG with blank tiles), zlib's ceiling is ~1000:1, zstd of constant
+#: tiles a few 1000:1; a header declaring more is a decompression bomb or corrupt (a 7.6 MB
+#: file declaring 10^6 x 10^6 px is ~400,000:1). Sparse tiles (byte count 0) count as the
+#: few bytes their offsets take, so a file of empty tiles is bounded as well.
+MAX_COMPRESSION = 10_000
+#: The most bytes one read (:meth:`Slide.read_region`, a tissue mask's level) allocates:
+#: 2 GiB, a 26,000² px RGB region. Larger regions are read piecewise.
+MAX_READ_BYTES = 2**31
 
 
 class SlideError(ValueError):
@@ -62,6 +71,49 @@ class SlideInfo:
 _LevelReader = Callable[[int, int, int, int], np.ndarray]
 
 
+class _Levels(Sequence):
+    """The pyramid's dask arrays, each built the first time it is used.
+
+    A level's graph (zarr store, dask array) costs milliseconds per level, 60-130 ms for the
+    eight levels of a 40960² slide, against ~1.5 ms for OpenSlide's open; reads by
+    :meth:`Slide.read_region` never need them. ``builders[i](levels)`` returns level i and
+    may use earlier levels (a coarsened pyramid pools the one above).
+    """
+
+    def __init__(self, builders: Sequence[Callable[[_Levels], da.Array]]) -> None:
+        self._builders = list(builders)
+        self._arrays: list[da.Array | None] = [None] * len(self._builders)
+        self._lock = threading.RLock()  # a builder may index earlier levels
+
+    def __len__(self) -> int:
+        return len(self._builders)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        i = range(len(self))[i]  # negative indices; IndexError past the end
+        with self._lock:
+            if self._arrays[i] is None:
+                self._arrays[i] = self._builders[i](self)
+            return self._arrays[i]
+
+    def __iter__(self) -> Iterator[da.Array]:
+        return (self[i] for i in range(len(self)))
+
+    def __repr__(self) -> str:
+        built = sum(a is not None for a in self._arrays)
+        return f"<{len(self)} pyramid levels, {built} built>"
+
+
+def _lazy_reader(levels: _Levels, i: int) -> _LevelReader:
+    """A reader through level i's dask array (built on the first read)."""
+
+    def read(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        return np.asarray(levels[i][y0:y1, x0:x1].compute(scheduler="threads"))
+
+    return read
+
+
 class Slide:
     """A whole-slide image opened lazily; create with :func:`open_slide`.
 
@@ -69,8 +121,9 @@ class Slide:
     ----------
     path : Path
         The file.
-    levels : list of (H_i, W_i, 3) uint8 dask arrays
-        The pyramid, level 0 (full resolution) first.
+    levels : sequence of (H_i, W_i, 3) uint8 dask arrays
+        The pyramid, level 0 (full resolution) first; each level's dask array is built the
+        first time it is used (:attr:`info` has every level's shape without building).
     shape : tuple of int
         Level-0 ``(height, width)``.
     downsamples : tuple of float
@@ -82,7 +135,7 @@ class Slide:
     def __init__(
         self,
         path: Path,
-        levels: list[da.Array],
+        levels: Sequence[da.Array],
         readers: list[_LevelReader],
         info: SlideInfo,
         tif: tifffile.TiffFile | Any | None,  # the open file (an OpenSlide handle with that backend)
@@ -136,10 +189,20 @@ class Slide:
         return float(nearest) if nearest >= 1 and abs(ds - nearest) <= 0.01 * nearest else ds
 
     def _check_level(self, level: int) -> None:
-        if not isinstance(level, (int, np.integer)) or not 0 <= level < self.level_count:
+        # bool is an int: True would read level 1
+        if isinstance(level, bool) or not isinstance(level, (int, np.integer)) or not 0 <= level < self.level_count:
             raise SlideError(
                 f"{self.path}: level {level!r} does not exist; "
-                f"the slide has levels 0..{self.level_count - 1}"
+                f"level must be an int in 0..{self.level_count - 1}"
+            )
+
+    def _check_read_size(self, level: int, h: int, w: int, where: str) -> None:
+        nbytes = h * w * 3
+        if nbytes > MAX_READ_BYTES:
+            raise SlideError(
+                f"{self.path}: {where} at level {level} is {w}x{h} px, {nbytes / 2**30:.3g} GiB of RGB; one read is "
+                f"bounded by {MAX_READ_BYTES / 2**30:g} GiB (wsi.MAX_READ_BYTES): read it in pieces or at a "
+                "coarser level"
             )
 
     # -- pixels ---------------------------------------------------------------------------
@@ -184,11 +247,13 @@ class Slide:
         patch reads that need a few of the tiles under their bounding box. ``cache``: keep
         and reuse decoded tiles (:func:`set_tile_cache_size`); a one-pass sweep over the
         slide (the inference stream) passes False and leaves the cache to random reads."""
-        lh, lw = self.levels[level].shape[:2]
+        lh, lw = self.info.level_shapes[level]
+        where = where or f"box y={ly}, x={lx}, h={h}, w={w}"
+        self._check_read_size(level, h, w, where)  # before anything is allocated
         inside = 0 <= lx and 0 <= ly and lx + w <= lw and ly + h <= lh
         if fill is None and not inside:
             raise SlideError(
-                f"{self.path}: {where or f'box y={ly}, x={lx}, h={h}, w={w}'} at level {level} "
+                f"{self.path}: {where} at level {level} "
                 f"({lw}x{lh} px) is not inside the image; pass fill= to pad"
             )
         fill = 255 if fill is None else fill
@@ -222,22 +287,23 @@ class Slide:
     def tissue_mask(self, level: int | None = None) -> np.ndarray:
         """Boolean tissue mask of one level (default: a low-resolution level).
 
-        Otsu threshold on saturation; white background and black (out-of-scan) areas are
-        both excluded. The result is cached per level. See :func:`detect_tissue`.
+        Optical density against the glass (:func:`detect_tissue`'s default); glass, black
+        (out-of-scan) areas and pen ink are excluded. The result is cached per level.
         """
         if level is None:
             level = self.tissue_level
         self._check_level(level)
         if level not in self._tissue_cache:
-            lh, lw = self.levels[level].shape[:2]
+            lh, lw = self.info.level_shapes[level]
+            self._check_read_size(level, lh, lw, "the tissue mask's level")
             self._tissue_cache[level] = detect_tissue(self._read(level, 0, lh, 0, lw, cache=False))
         return self._tissue_cache[level]
 
     @property
     def tissue_level(self) -> int:
         """The level :meth:`tissue_mask` uses by default."""
-        for i, lvl in enumerate(self.levels):
-            if max(lvl.shape[:2]) <= _TISSUE_LEVEL_MAX_SIDE:
+        for i, shape in enumerate(self.info.level_shapes):
+            if max(shape) <= _TISSUE_LEVEL_MAX_SIDE:
                 return i
         return self.level_count - 1
 
@@ -290,16 +356,20 @@ class Slide:
 # Tissue detection (pure numpy / scikit-image)
 # ---------------------------------------------------------------------------------------
 def detect_tissue(
-    rgb: np.ndarray, *, min_saturation: float = 0.07, black_value: float = 0.15, method: str = "otsu"
+    rgb: np.ndarray, *, min_saturation: float = 0.07, black_value: float = 0.15, method: str = "od"
 ) -> np.ndarray:
     """Tissue mask of an RGB image.
 
+    ``method="od"`` (the default): optical density against the glass. Glass is what is as
+    clear as the flat, grey parts of the view (glass is neutral; pale counterstain is as flat
+    but tinted); tissue is denser than it by a margin, median-filtered so that no halo grows
+    around tissue. Pale but textured tissue (stroma, IHC counterstain) stays tissue, and a
+    view without glass (a field that is all tissue) is tissue wherever its optical density is
+    above an absolute floor. Ink that passes green more than red (green, blue, cyan pens;
+    no stain of H&E or DAB does) is no tissue, nor is its rim.
     ``method="otsu"``: Otsu's threshold on saturation. It assumes glass and tissue in the
-    view; on a field that is all tissue it splits tissue (nuclei from stroma) instead.
-    ``method="od"``: optical density against the glass: glass is what is as clear as the
-    flat, unsaturated parts of the view (median-filtered, so no halo around tissue); pale
-    but textured tissue (stroma, IHC counterstain) stays tissue, and a view without glass
-    is tissue wherever it is denser than ``min_od``.
+    view; on a field that is all tissue it splits tissue (nuclei from stroma) instead, and
+    pen marks are tissue to it.
 
     Parameters
     ----------
@@ -311,7 +381,7 @@ def detect_tissue(
     black_value : float
         Pixels whose brightest channel is below this fraction of full scale are treated as
         out-of-scan black areas, not tissue.
-    method : {"otsu", "od"}
+    method : {"od", "otsu"}
 
     Returns
     -------
@@ -320,7 +390,7 @@ def detect_tissue(
     Examples
     --------
     >>> img = np.full((64, 64, 3), 240, np.uint8); img[16:48, 16:48] = (200, 120, 170)
-    >>> float(detect_tissue(img).mean()), round(float(detect_tissue(img, method="od").mean()), 2)
+    >>> round(float(detect_tissue(img).mean()), 2), float(detect_tissue(img, method="otsu").mean())
     (0.25, 0.25)
     """
     from skimage import filters
@@ -365,6 +435,13 @@ def _saturation_value(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 #: which the view is flat, the OD above the glass's that is tissue, and the floor without glass.
 _OD_RADIUS, _OD_FLAT_STD, _OD_MARGIN, _OD_MIN = 3, 0.015, 0.12, 0.25
 _OD_SCALE = 255 / 4.0  # optical density (summed over channels, 0..4) as uint8 for the rank filter
+#: Glass is grey: its channels' local means differ by less than this fraction of the brightest
+#: (real glass: 0-3 levels of 255). Pale counterstain is as flat but tinted (haematoxylin at a
+#: density 0.12: 0.046), so a field of it is not taken for glass.
+_GLASS_CHROMA = 0.03
+#: Red optical density above green by this much is ink (green, blue, cyan, black-blue markers):
+#: haematoxylin, eosin and DAB all absorb green at least as much as red.
+_INK_RED_OVER_GREEN = 0.2
 
 
 def _denser_than_glass(rgb: np.ndarray, sat: np.ndarray, candidate: np.ndarray) -> np.ndarray:
@@ -373,16 +450,22 @@ def _denser_than_glass(rgb: np.ndarray, sat: np.ndarray, candidate: np.ndarray) 
     from skimage.morphology import disk
 
     f = rgb.astype(np.float32) / 255
-    od = -np.log(np.maximum(f, 1 / 255)).sum(axis=-1)
+    od_rgb = -np.log(np.maximum(f, 1 / 255))
+    od = od_rgb.sum(axis=-1)
     od_u8 = np.clip(np.round(od * _OD_SCALE), 0, 255).astype(np.uint8)
     od_med = rank.median(od_u8, disk(_OD_RADIUS)).astype(np.float32) / _OD_SCALE
-    grey = f.mean(axis=-1)
     size = 2 * _OD_RADIUS + 1
-    mean = ndi.uniform_filter(grey, size)
-    spread = np.sqrt(np.maximum(ndi.uniform_filter(grey * grey, size) - mean * mean, 0))
-    glass = candidate & (spread < _OD_FLAT_STD) & (sat < 0.1)
+    local = np.stack([ndi.uniform_filter(f[..., c], size) for c in range(3)], axis=-1)  # noise averaged out
+    grey = local.mean(axis=-1)
+    spread = np.sqrt(np.maximum(ndi.uniform_filter(f.mean(axis=-1) ** 2, size) - grey * grey, 0))
+    bright = np.maximum(local.max(axis=-1), 1e-6)
+    chroma = (local.max(axis=-1) - local.min(axis=-1)) / bright
+    glass = candidate & (spread < _OD_FLAT_STD) & (chroma < _GLASS_CHROMA)
     threshold = float(np.median(od_med[glass])) + _OD_MARGIN if glass.sum() > 0.01 * glass.size else _OD_MIN
-    return od_med > threshold
+    od_local = -np.log(np.maximum(local, 1 / 255))
+    # with its rim, where the neighbourhood mixes ink and glass
+    ink = ndi.binary_dilation(od_local[..., 0] - od_local[..., 1] > _INK_RED_OVER_GREEN, disk(_OD_RADIUS))
+    return (od_med > threshold) & ~ink
 
 
 def _clean(mask: np.ndarray) -> np.ndarray:
@@ -553,18 +636,21 @@ def _open_openslide(path: Path) -> Slide:
     tile_shape = (int(tile[0]), int(tile[1])) if all(tile) else None
     chunk = max(512, 4 * (tile_shape[0] if tile_shape else 256))
     readers = [_openslide_reader(osr, i, d) for i, d in enumerate(downsamples)]
-    levels = [da.from_array(_RegionArray(r, shp), chunks=(chunk, chunk, 3), asarray=False, meta=np.empty((0, 0, 3), np.uint8),
-                            name=f"openslide-{path.name}-{i}-{next(_LEVEL_TOKENS)}")
-              for i, (r, shp) in enumerate(zip(readers, shapes, strict=True))]
+
+    def builder(i: int, reader: _LevelReader, shape: tuple[int, int]) -> Callable[[_Levels], da.Array]:
+        return lambda _: da.from_array(_RegionArray(reader, shape), chunks=(chunk, chunk, 3), asarray=False,
+                                       meta=np.empty((0, 0, 3), np.uint8), name=f"openslide-{path.name}-{i}-{next(_LEVEL_TOKENS)}")
+
+    builders = [builder(i, r, shp) for i, (r, shp) in enumerate(zip(readers, shapes, strict=True))]
     mpp = None
     try:
         mpp = _plausible_mpp(float(props.get(openslide.PROPERTY_NAME_MPP_X, "nan")))
     except ValueError:
         pass
-    pyramidal = len(levels) > 1
+    pyramidal = len(builders) > 1
+    levels, readers, all_shapes = _pyramid(builders, readers, list(shapes))
     if not pyramidal:
-        levels, readers = _coarsened_pyramid(levels[0], readers[0])
-        shapes, downsamples = _level_geometry(levels)
+        shapes, downsamples = _level_geometry(all_shapes)
     info = SlideInfo(path=str(path), format=f"openslide:{fmt}", shape=shapes[0], level_shapes=shapes,
                      downsamples=downsamples, mpp=mpp, tile_shape=tile_shape, pyramidal=pyramidal)
     return Slide(path, levels, readers, info, osr)
@@ -585,29 +671,33 @@ def _open_tiff(path: Path, tif: tifffile.TiffFile) -> Slide:
     if len(level_refs) == 1:
         level_refs += _pyramid_from_series(tif, main)
     file_size = path.stat().st_size
+    _check_plausible_size(path, tif.series[main].levels[0], file_size)  # before any dask graph is built
     for s, i in level_refs:
         _check_not_truncated(path, tif.series[s].levels[i], file_size)
 
-    levels: list[da.Array] = []
+    # Only metadata here: a level's zarr store and dask array are made when first used
+    # (_Levels); tiled levels are read through TiledLevel, which needs neither.
+    builders: list[Callable[[_Levels], da.Array]] = []
     readers: list[_LevelReader] = []
     tiled: list[TiledLevel | None] = []
+    shapes: list[tuple[int, int]] = []
     tile_shape = None
     for s, i in level_refs:
         lvl = tif.series[s].levels[i]
-        z = open_level(tif, series=s, level=i)
-        index, transpose = _normalise_axes(lvl.axes)
-        levels.append(_as_dask(z, index, transpose))
+        zarr_level = _ZarrLevel(tif, s, i, lvl.axes)
+        builders.append(zarr_level.dask)
+        shapes.append(_yx(lvl.shape, lvl.axes))
         tl = TiledLevel.create(tif, lvl)
+        if tl is not None:
+            tl.name = f"level {len(tiled)}"
         tiled.append(tl)
-        readers.append(tl.read if tl is not None else _zarr_reader(z, index, transpose))
+        readers.append(tl.read if tl is not None else zarr_level.read)
         if tile_shape is None and lvl.keyframe.is_tiled:
             tile_shape = (int(lvl.keyframe.tilelength), int(lvl.keyframe.tilewidth))
 
-    pyramidal = len(levels) > 1
-    if not pyramidal:
-        levels, readers = _coarsened_pyramid(levels[0], readers[0])
-
-    shapes, downsamples = _level_geometry(levels)
+    pyramidal = len(builders) > 1
+    levels, readers, shapes = _pyramid(builders, readers, shapes)
+    shapes, downsamples = _level_geometry(shapes)
     h0, w0 = shapes[0]
     info = SlideInfo(
         path=str(path),
@@ -624,9 +714,9 @@ def _open_tiff(path: Path, tif: tifffile.TiffFile) -> Slide:
     return slide
 
 
-def _level_geometry(levels: list[da.Array]) -> tuple[tuple[tuple[int, int], ...], tuple[float, ...]]:
+def _level_geometry(level_shapes: Sequence[tuple[int, int]]) -> tuple[tuple[tuple[int, int], ...], tuple[float, ...]]:
     """Each level's (height, width) and its downsample (mean of the two axes' ratios)."""
-    shapes = tuple((int(a.shape[0]), int(a.shape[1])) for a in levels)
+    shapes = tuple((int(h), int(w)) for h, w in level_shapes)
     h0, w0 = shapes[0]
     return shapes, tuple(((h0 / h) + (w0 / w)) / 2 for h, w in shapes)
 
@@ -696,6 +786,21 @@ def _yx(shape: tuple[int, ...], axes: str) -> tuple[int, int]:
     return shape[axes.index("Y")], shape[axes.index("X")]
 
 
+def _check_plausible_size(path: Path, level: tifffile.TiffPageSeries, file_size: int) -> None:
+    """Refuse a level whose declared pixels are more than :data:`MAX_COMPRESSION` times the
+    file: a decompression bomb would otherwise build dask graphs of millions of chunks at
+    open (minutes, GBs) and decode for hours."""
+    declared = math.prod(int(n) for n in level.shape) * np.dtype(level.dtype).itemsize
+    if declared > MAX_COMPRESSION * max(file_size, 1):
+        h, w = _yx(level.shape, level.axes)
+        raise SlideError(
+            f"{path}: declares {w}x{h} px ({declared / 2**30:.4g} GiB uncompressed) in a file of "
+            f"{file_size / 2**20:.4g} MiB, {declared / max(file_size, 1):,.0f}:1; more than "
+            f"{MAX_COMPRESSION:,}:1 (wsi.MAX_COMPRESSION) is no plausible slide: a corrupt header or a "
+            "decompression bomb"
+        )
+
+
 def _check_not_truncated(path: Path, level: tifffile.TiffPageSeries, file_size: int) -> None:
     """Tile offsets past the end of the file mean a truncated download or copy."""
     for page in level.pages:
@@ -727,21 +832,48 @@ def _normalise_axes(axes: str) -> tuple[tuple[int | slice, ...], tuple[int, ...]
     return tuple(index), (None if order == (0, 1, 2) else order)
 
 
-def _as_dask(z: object, index: tuple, transpose: tuple[int, ...] | None) -> da.Array:
-    arr = da.from_zarr(z)[index]
-    return arr.transpose(transpose) if transpose else arr
+def _data_end(level: tifffile.TiffPageSeries) -> int:
+    """The byte after the level's last strip or tile."""
+    ends = [int((np.asarray(p.dataoffsets, np.int64) + np.asarray(p.databytecounts, np.int64)).max())
+            for p in level.pages if p is not None and len(p.dataoffsets)]
+    return max(ends, default=0)
 
 
-def _zarr_reader(z: object, index: tuple, transpose: tuple[int, ...] | None) -> _LevelReader:
-    yx = [i for i, s in enumerate(index) if isinstance(s, slice) and s.stop is None]
+class _ZarrLevel:
+    """One TIFF level through tifffile's zarr store, opened on first use: as a dask array
+    (:meth:`dask`, a :class:`_Levels` builder) and as a reader (:meth:`read`)."""
 
-    def read(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-        sel = list(index)
+    def __init__(self, tif: tifffile.TiffFile, series: int, level: int, axes: str) -> None:
+        self._tif, self._series, self._level = tif, series, level
+        self._index, self._transpose = _normalise_axes(axes)
+        self._z: object | None = None
+        self._end: int | None = None  # the byte after the level's data (read on first use)
+        self._lock = threading.Lock()
+
+    def store(self) -> object:
+        with self._lock:
+            if self._z is None:
+                self._z = open_level(self._tif, series=self._series, level=self._level)
+            return self._z
+
+    def dask(self, _levels: _Levels | None = None) -> da.Array:
+        arr = da.from_zarr(self.store())[self._index]
+        return arr.transpose(self._transpose) if self._transpose else arr
+
+    def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        # tifffile hands short reads of a file truncated since open to the codec, and libjpeg
+        # decodes a cut stream without an error; a truncation is caught here instead
+        if self._end is None:
+            self._end = _data_end(self._tif.series[self._series].levels[self._level])
+        size = Path(self._tif.filehandle.path).stat().st_size
+        if size < self._end:
+            raise SlideError(f"the file was truncated while open: the level's data extend to byte {self._end}, "
+                             f"the file now has {size} bytes")
+        yx = [i for i, s in enumerate(self._index) if isinstance(s, slice) and s.stop is None]
+        sel = list(self._index)
         sel[yx[0]], sel[yx[1]] = slice(y0, y1), slice(x0, x1)
-        out = np.asarray(z[tuple(sel)])  # type: ignore[index]
-        return np.ascontiguousarray(out.transpose(transpose)) if transpose else out
-
-    return read
+        out = np.asarray(self.store()[tuple(sel)])  # type: ignore[index]
+        return np.ascontiguousarray(out.transpose(self._transpose)) if self._transpose else out
 
 
 # APP14 "Adobe", version 100, no flags, transform 0: the components are RGB, not YCbCr
@@ -770,16 +902,39 @@ def _marked_rgb(stream: bytes) -> bytes:
     return b"".join(out)
 
 
+#: The tile cache judges itself over windows of this many lookups: when fewer than
+#: _CACHE_MIN_HIT_RATE of a window's lookups hit (or would have hit, had the tile been kept),
+#: it stops keeping tiles on their first decode. Keeping one costs ~20 % of a decode on a
+#: random sweep of a 40960² slide (a fresh 192 KiB allocation, page faults, an eviction;
+#: benchmarks/bench_io.py) and a random sweep never reads it again.
+_CACHE_WINDOW, _CACHE_MIN_HIT_RATE = 256, 0.1
+
+
 class _TileCache:
     """Decoded tiles of every open slide, least recently used dropped first, within a byte
     budget (as OpenSlide's tile cache). Training draws its patches again and again from a
-    few annotated regions: 32 distinct tiles were decoded 4827 times in one run."""
+    few annotated regions: 32 distinct tiles were decoded 4827 times in one run.
+
+    Every decoded tile is kept while the cache pays. When a window of lookups mostly
+    misses (random reads over a slide far larger than the budget), a tile is kept only on
+    its second decode among the last tiles not kept: a read pattern that turns
+    repetitive fills the cache again and the next window says so. Those keys are as many
+    as the budget holds tiles: a second decode among them would have been a hit of a cache
+    that kept everything, and counts as one. Lookups stay cheap either way (a dict under a
+    lock).
+    """
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self._tiles: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
+        self._reset_stats()
+
+    def _reset_stats(self) -> None:
+        self._lookups = self._hits = 0
+        self._selective = False  # keep a tile only on its second decode
+        self._ghosts: OrderedDict[tuple[int, int], None] = OrderedDict()
 
     @property
     def nbytes(self) -> int:
@@ -790,13 +945,25 @@ class _TileCache:
             tile = self._tiles.get(key)
             if tile is not None:
                 self._tiles.move_to_end(key)
+                self._hits += 1
+            self._lookups += 1
+            if self._lookups >= _CACHE_WINDOW:
+                self._selective = self._hits < _CACHE_MIN_HIT_RATE * self._lookups
+                self._lookups = self._hits = 0
             return tile
 
     def put(self, key: tuple[int, int], tile: np.ndarray) -> None:
         if tile.nbytes > self.capacity:
             return
-        tile.flags.writeable = False  # shared by every later read
         with self._lock:
+            if self._ghosts.pop(key, 0) is None:  # decoded before and not kept: it is reused
+                self._hits += 1  # it would have hit
+            elif self._selective:
+                self._ghosts[key] = None
+                if len(self._ghosts) > self.capacity // max(tile.nbytes, 1):
+                    self._ghosts.popitem(last=False)
+                return
+            tile.flags.writeable = False  # shared by every later read
             old = self._tiles.pop(key, None)
             if old is not None:
                 self._bytes -= old.nbytes
@@ -814,6 +981,7 @@ class _TileCache:
         with self._lock:
             self.capacity = capacity
             self._evict()
+            self._reset_stats()  # a new budget judges itself afresh
 
     def _evict(self) -> None:
         while self._bytes > self.capacity and self._tiles:
@@ -864,6 +1032,8 @@ class TiledLevel:
         self.decode = page.decode  # resolve once: the property reads from the file
         self.samples = int(page.samplesperpixel)
         self.is_jpeg = int(page.compression) == 7 and self.samples == 3
+        self._jpeg_any = int(page.compression) == 7  # tiles must end with their EOI marker
+        self.name = ""  # "level <i>" in error messages, set by open_slide
         # RGB components that only the TIFF tag declares (Aperio's SVS): jpeg_stream marks them
         self.rgb_jpeg = self.is_jpeg and int(page.photometric) == int(tifffile.PHOTOMETRIC.RGB)
         try:
@@ -889,14 +1059,34 @@ class TiledLevel:
         return ty * self.per_row + tx
 
     def raw(self, i: int) -> bytes:
-        """The stored bytes of tile i (empty for a sparse file's missing tile)."""
-        if not self.counts[i]:
+        """The stored bytes of tile i (empty for a sparse file's missing tile).
+
+        Raises
+        ------
+        SlideError
+            A short read (the file was truncated, or changed while open) or a JPEG tile
+            without its end-of-image marker: libjpeg decodes a cut stream without an error,
+            greying the rest of the tile.
+        """
+        count, offset = int(self.counts[i]), int(self.offsets[i])
+        if not count:
             return b""
         if self.fd is not None:
-            return os.pread(self.fd, int(self.counts[i]), int(self.offsets[i]))
-        with self.fh.lock:
-            self.fh.seek(self.offsets[i])
-            return self.fh.read(self.counts[i])
+            data = os.pread(self.fd, count, offset)
+        else:
+            with self.fh.lock:
+                self.fh.seek(offset)
+                data = self.fh.read(count)
+        if len(data) != count:
+            raise SlideError(f"{self._tile_name(i)}: read {len(data)} of its {count} bytes at offset {offset}: "
+                             "the file is truncated or was changed while open")
+        if self._jpeg_any and not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
+            raise SlideError(f"{self._tile_name(i)}: the JPEG stream ends without its end-of-image marker "
+                             "(truncated or corrupt tile data)")
+        return data
+
+    def _tile_name(self, i: int) -> str:
+        return f"{self.name + ' ' if self.name else ''}tile {i} (tile row {i // self.per_row}, col {i % self.per_row})"
 
     def jpeg_stream(self, i: int) -> bytes:
         """Tile i as a self-contained JPEG stream: shared JPEGTables spliced in after SOI
@@ -919,7 +1109,15 @@ class TiledLevel:
         data = self.raw(i)
         if not data:  # missing tiles read as zeros, as in tifffile
             return np.zeros((self.th, self.tw, self.samples), dtype=np.uint8)
-        tile = self.decode(data, i, jpegtables=self.tables)[0].reshape(self.th, self.tw, self.samples)
+        try:
+            decoded = self.decode(data, i, jpegtables=self.tables)[0]
+            if decoded is None:
+                raise ValueError("the decoder returned no pixels")
+            tile = decoded.reshape(self.th, self.tw, self.samples)
+        except SlideError:
+            raise
+        except Exception as exc:  # codec errors come in many types
+            raise SlideError(f"{self._tile_name(i)}: cannot decode ({type(exc).__name__}: {exc})") from exc
         if cache:
             _TILE_CACHE.put((self.token, i), tile)  # kept unless larger than the budget (0: off)
         return tile
@@ -966,28 +1164,27 @@ class TiledLevel:
         return out
 
 
-def _coarsened_pyramid(
-    level0: da.Array, reader0: _LevelReader
-) -> tuple[list[da.Array], list[_LevelReader]]:
-    """Lazy 2x mean-pooled levels for a file that stores only full resolution."""
-    levels, readers = [level0], [reader0]
-    current = level0
-    while max(current.shape[:2]) > _MIN_PYRAMID_SIDE:
-        h, w = current.shape[:2]
-        trimmed = current[: h - h % 2, : w - w % 2]
-        chunk = 2 * _MIN_PYRAMID_SIDE
-        trimmed = trimmed.rechunk((chunk, chunk, 3))
-        current = da.coarsen(np.mean, trimmed, {0: 2, 1: 2}).round().astype(np.uint8)
-        levels.append(current)
-        readers.append(_dask_reader(current))
-    return levels, readers
+def _pyramid(
+    builders: list[Callable[[_Levels], da.Array]], readers: list[_LevelReader], shapes: list[tuple[int, int]]
+) -> tuple[_Levels, list[_LevelReader], list[tuple[int, int]]]:
+    """The stored levels, and for a file that stores only full resolution lazy 2x
+    mean-pooled levels below it (odd last rows and columns dropped) until the longer side
+    is at most ``_MIN_PYRAMID_SIDE``, each read through its dask array."""
+    builders, shapes = list(builders), list(shapes)
+    if len(builders) == 1:
+        while max(shapes[-1]) > _MIN_PYRAMID_SIDE:
+            h, w = shapes[-1]
+            shapes.append((h // 2, w // 2))
+            builders.append(lambda levels, i=len(builders): _pooled(levels[i - 1]))
+    levels = _Levels(builders)
+    return levels, readers + [_lazy_reader(levels, i) for i in range(len(readers), len(builders))], shapes
 
 
-def _dask_reader(arr: da.Array) -> _LevelReader:
-    def read(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-        return np.asarray(arr[y0:y1, x0:x1].compute(scheduler="threads"))
-
-    return read
+def _pooled(current: da.Array) -> da.Array:
+    h, w = current.shape[:2]
+    chunk = 2 * _MIN_PYRAMID_SIDE
+    trimmed = current[: h - h % 2, : w - w % 2].rechunk((chunk, chunk, 3))
+    return da.coarsen(np.mean, trimmed, {0: 2, 1: 2}).round().astype(np.uint8)
 
 
 def _format_name(tif: tifffile.TiffFile) -> str:
@@ -1059,6 +1256,7 @@ def open_labels(path: str | os.PathLike[str]) -> list[da.Array]:
         if len(refs) == 1:
             refs += _pyramid_from_series(tif, main)
         levels = []
+        _check_plausible_size(path, series.levels[0], path.stat().st_size)
         for s, i in refs:
             _check_not_truncated(path, tif.series[s].levels[i], path.stat().st_size)
             z = open_level(tif, series=s, level=i)

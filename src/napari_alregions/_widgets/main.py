@@ -37,6 +37,7 @@ from ..layers import (
 from ..priority import MEASURES
 from ..project import DEFAULT_COLORS, AnnotationProject, region_size_px
 from ..selection import METHODS
+from ..session import SessionLocked
 from ._runner import TaskRunner
 
 __all__ = ["ALRegionsWidget"]
@@ -336,7 +337,7 @@ class ALRegionsWidget(QWidget):
         colors[row] = tuple(int(v) for v in color[:3])
         if self.project is not None:
             with self.project.session.changing() as session:
-                session.params["colors"] = [list(c) for c in colors]
+                session.settings.colors = [list(c) for c in colors]
             if not self._done(self.project.session.save):
                 return
             for layer in self._region_layers.values():
@@ -567,18 +568,39 @@ class ALRegionsWidget(QWidget):
 
     def open_session(self) -> None:
         folder = self._session_folder()
-        if folder is None:
-            return
+        if folder is not None:
+            self._open_in_worker(folder, {})
 
+    def _open_in_worker(self, folder: Path, how: dict[str, bool]) -> None:
         def make(cancel):  # slides, model, maps, labels and tissue masks are read in the worker
             yield {"phase": "opening session"}
-            project = AnnotationProject.open(folder)
+            try:
+                project = AnnotationProject.open(folder, **how)
+            except SessionLocked as exc:
+                return exc  # asked about on the viewer's thread, then opened again
             project.annotated_pct()
             return project
 
-        self._task(make, desc="open session", on_done=self._opened)
+        self._task(make, desc="open session", on_done=lambda got: self._opened(folder, got))
 
-    def _opened(self, project: AnnotationProject) -> None:
+    def _ask_locked(self, exc: SessionLocked) -> dict[str, bool] | None:
+        """Another process holds the session: open read-only, take over a stale lock, or cancel."""
+        box = QMessageBox(QMessageBox.Icon.Warning, "AL Regions", str(exc), parent=self)
+        read_only = box.addButton("Open read-only", QMessageBox.ButtonRole.AcceptRole)
+        take = box.addButton("Take over", QMessageBox.ButtonRole.DestructiveRole) if exc.stale else None
+        box.addButton(QMessageBox.StandardButton.Cancel)
+        box.exec()
+        if box.clickedButton() not in (read_only, take):
+            self._message("not opened: the session is open in another process", True)
+            return None
+        return {"read_only": box.clickedButton() is read_only, "take_over": box.clickedButton() is take}
+
+    def _opened(self, folder: Path, project) -> None:
+        if isinstance(project, SessionLocked):
+            how = self._ask_locked(project)
+            if how is not None:  # once this task's worker has finished
+                self._after_task = lambda: self._open_in_worker(folder, how)
+            return
         self._set_project(project)
         # one layer per event-loop turn: the viewer keeps responding while they appear
         steps: list = []
@@ -588,8 +610,10 @@ class ALRegionsWidget(QWidget):
                 steps.append(lambda name=name: self._show_priority(name))
             steps += [lambda name=name: self._show_proposals(name), lambda name=name: self._show_accepted(name)]
             steps += [lambda r=r: self._open_region_labels(r) for r in project.session.accepted_on(name)]
+        notes = [*project.open_messages, *(["read-only: changes are not saved"] if project.session.read_only else [])]
         steps += [lambda: self._go_to_slide(self.current),  # the dropdown's slide is the one on screen
-                  lambda: self._message(f"opened {project.folder}: {len(project.slides)} slide(s), cycle {project.cycle}")]
+                  lambda: self._message(f"opened {project.folder}: {len(project.slides)} slide(s), cycle {project.cycle}"
+                                        + "".join(f"; {m}" for m in notes), bool(notes))]
         self._run_steps(steps)
 
     def _listen(self, project: AnnotationProject, on: bool) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -52,6 +53,11 @@ class ModelSpec:
         object.__setattr__(self, "classes", tuple(self.classes))
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        if len(self.mean) != 3 or not all(math.isfinite(v) for v in self.mean):
+            raise ValueError(f"mean must be three finite numbers, got {self.mean}")
+        # a std of 0 divides every patch by zero: the model sees inf and predicts NaN
+        if len(self.std) != 3 or not all(math.isfinite(v) and v > 0 for v in self.std):
+            raise ValueError(f"std must be three finite numbers > 0, got {self.std}")
 
     def build(self) -> nn.Module:
         return build_model(self.arch, len(self.classes), dropout=self.dropout, width=self.width)
@@ -106,7 +112,8 @@ def load_checkpoint(
     FileNotFoundError
     CheckpointError
         Not a checkpoint of ours (e.g. a pickle or a bare state dict), another
-        architecture or class list than expected, or weights that do not fit.
+        architecture or class list than expected, weights that do not fit or are not
+        finite (NaN, inf), or a normalisation std that is not > 0.
     """
     path = Path(path)
     if not path.is_file():
@@ -128,6 +135,13 @@ def load_checkpoint(
             f"{path}: checkpoint is {spec.arch} for classes {list(spec.classes)}, "
             f"expected {expect.arch} for {list(expect.classes)}"
         )
+    state = payload.get("state_dict")
+    if isinstance(state, dict):
+        bad = [k for k, v in state.items()
+               if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if bad:
+            raise CheckpointError(f"{path}: {len(bad)} weight tensors hold NaN or inf values (first: {bad[0]!r}); "
+                                  "the training that wrote it diverged: retrain, or load an earlier checkpoint")
     model = spec.build()
     try:
         model.load_state_dict(payload["state_dict"], strict=True)

@@ -68,8 +68,8 @@ def find_candidates(
     # a slide's labels cover a few regions: work in the bounding box of each labeled area,
     # so memory follows the labeled area, not the slide (a level-1 WSI mask is ~10^9 px)
     boxes = labeled_boxes(labels) if ys.size and xs.size else []
-    n_classes = max((int(labels[y0:y1, x0:x1].max()) for y0, y1, x0, x1 in boxes), default=0)
-    for y0, y1, x0, x1 in boxes:
+    n_classes = max((int(labels[b.slices].max()) for b in boxes), default=0)
+    for y0, x0, y1, x1 in boxes:
         by = ys[(ys - half >= y0) & (ys + half <= y1)]
         bx = xs[(xs - half >= x0) & (xs + half <= x1)]
         if by.size and bx.size:

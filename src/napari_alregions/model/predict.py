@@ -319,4 +319,19 @@ def map_patches(
             if progress is not None:
                 progress(done_cells, total)
         drain(keep=0)
+    _check_finite(out, tissue)
     return out
+
+
+def _check_finite(out: np.ndarray, tissue: np.ndarray) -> None:
+    """Raise if a model gave NaN or inf on a tissue cell: a map of NaN is no uncertainty,
+    and every selector would silently find nothing in it."""
+    for e, m in enumerate(out):
+        bad = ~np.isfinite(m[tissue]).all(axis=-1)
+        if bad.any():
+            r, c = np.argwhere(tissue)[int(np.argmax(bad))]
+            which = f"model {e} of the ensemble" if len(out) > 1 else "the model"
+            raise ValueError(
+                f"model: {which} gave NaN or inf for {int(bad.sum())} of {int(tissue.sum())} patches (first at "
+                f"map cell ({r}, {c})): its weights or normalisation are broken; retrain or load another checkpoint"
+            )

@@ -28,7 +28,7 @@ from .random import random
 from .standard import standard
 from .top_patches import top_patches
 
-__all__ = ["METHODS", "MethodInfo", "OptionInfo", "diversity_pool", "select"]
+__all__ = ["METHODS", "MethodInfo", "OptionInfo", "diversity_pool", "needed_array", "select"]
 
 _COMMON = {"priority", "similarity", "stride", "region_size", "k", "tissue", "annotated", "rng", "options"}
 
@@ -173,3 +173,46 @@ def select(
     if slide is not None or cycle is not None:
         regions = [r.with_(slide=slide if slide is not None else r.slide, cycle=cycle if cycle is not None else r.cycle) for r in regions]
     return regions
+
+
+def needed_array(need: str, cell_features: np.ndarray, *, region_size: int, stride: int,
+                 options: dict[str, Any] | None = None) -> np.ndarray:
+    """An array a selector needs (a name in ``METHODS[method].needs``), from per-cell features.
+
+    The one builder of these inputs, for the project, the simulation and ``alregions
+    suggest``: ``"embeddings"`` (diversity) are the region embeddings of the l x l grid,
+    ``"descriptors"`` (focannot) the descriptors of its patch grid (``options["overlap"]``,
+    default 0.5).
+
+    Parameters
+    ----------
+    need : {"embeddings", "descriptors"}
+    cell_features : (H, W, D) float ndarray
+        One feature vector per map cell (patch embeddings, or class probabilities); NaN
+        off tissue.
+    region_size, stride : int
+        Region side l and map stride, level-0 px; l a multiple of the stride.
+    options : dict, optional
+        The method's options.
+
+    Returns
+    -------
+    ndarray
+        (Gh, Gw, D) region embeddings or (Gr, Gc, D) patch descriptors.
+
+    Examples
+    --------
+    >>> needed_array("embeddings", np.ones((8, 8, 4)), region_size=1024, stride=256).shape
+    (2, 2, 4)
+    """
+    from .diversity import region_embeddings
+    from .focannot import focannot_descriptors
+
+    if stride <= 0 or region_size <= 0 or region_size % stride:
+        raise ValueError(f"region_size ({region_size}) must be a positive multiple of stride ({stride})")
+    size = region_size // stride
+    if need == "embeddings":
+        return region_embeddings(cell_features, size=size)
+    if need == "descriptors":
+        return focannot_descriptors(cell_features, size=size, overlap=float((options or {}).get("overlap", 0.5)))
+    raise ValueError(f"need must be 'embeddings' or 'descriptors', got {need!r}")
