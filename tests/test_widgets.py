@@ -710,6 +710,13 @@ def test_reject_button_and_a_drawn_region(make_napari_viewer, qtbot, tmp_path, s
     qtbot.keyClick(canvas, Qt.Key.Key_1, Qt.KeyboardModifier.AltModifier)
     assert viewer.layers[w._labels_name(region)].selected_label == 1
     assert "X reject" in w.shortcuts.value and "1 background" in w.shortcuts.value
+    # auto-retrain starts once the accepting task has finished (it cannot run beside it)
+    w.auto_retrain.value, w.auto_after.value = True, 1
+    _click(w, "Draw region")
+    _drag(draw, _world(w, slide, 600, 600), _world(w, slide, 800, 800))
+    _click(w, "Accept drawn")
+    _wait(qtbot, w)
+    assert w.project.cycle == 1, w.message.value
     assert (region.slide, region.x, region.y, region.w, region.h, region.method) == (slide, 200, 100, 450, 300, "manual")
     assert draw.nshapes == 0 and w._labels_name(region) in viewer.layers
 

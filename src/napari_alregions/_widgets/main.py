@@ -47,6 +47,13 @@ _SHORT = {"standard_nonsquare": "non-sq.", "standard": "std", "adaptive": "adapt
           "prototype": "proto.", "focannot": "focan.", "random": "random"}
 
 
+class _Locked:
+    """An open that found the session held by another process: what to ask the user about."""
+
+    def __init__(self, exc: SessionLocked) -> None:
+        self.exc = exc
+
+
 def _free_name(name: str, taken) -> str:
     """``name``, or ``stem_2.ext``, ``stem_3.ext``... when a slide of that name exists."""
     if name not in taken:
@@ -470,8 +477,8 @@ class ALRegionsWidget(QWidget):
         self.cancel_btn.enabled = busy
         for b in self._busy_buttons:
             b.enabled = not busy
-        then, self._after_task = (None, self._after_task) if not busy else (self._after_task, self._after_task)
-        if not busy and then is not None:
+        if not busy and self._after_task is not None:
+            then, self._after_task = self._after_task, None
             then()
 
     def _guard(self, fn, *args, **kwargs) -> Any:
@@ -576,8 +583,8 @@ class ALRegionsWidget(QWidget):
             yield {"phase": "opening session"}
             try:
                 project = AnnotationProject.open(folder, **how)
-            except SessionLocked as exc:
-                return exc  # asked about on the viewer's thread, then opened again
+            except SessionLocked as exc:  # asked about on the viewer's thread, then opened again
+                return _Locked(exc)  # (a returned exception would be taken for the task's error)
             project.annotated_pct()
             return project
 
@@ -596,8 +603,8 @@ class ALRegionsWidget(QWidget):
         return {"read_only": box.clickedButton() is read_only, "take_over": box.clickedButton() is take}
 
     def _opened(self, folder: Path, project) -> None:
-        if isinstance(project, SessionLocked):
-            how = self._ask_locked(project)
+        if isinstance(project, _Locked):
+            how = self._ask_locked(project.exc)
             if how is not None:  # once this task's worker has finished
                 self._after_task = lambda: self._open_in_worker(folder, how)
             return
