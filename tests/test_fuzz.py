@@ -231,8 +231,11 @@ def priority_map(tmp_path) -> Path:
     (["qupath-import", "s", "f.geojson", "--max-region", "nan"], "argument --max-region: expected a finite number > 0"),
     (["suggest", "MAP"], "the following arguments are required: -l/--region-size"),
 ])
-def test_a_bad_number_on_the_command_line_is_one_line_and_exit_2(capsys, priority_map, argv, fragment):
+def test_a_bad_number_on_the_command_line_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys, priority_map, argv,
+                                                                fragment):
     from napari_alregions.cli import main
+
+    monkeypatch.chdir(tmp_path)  # default outputs, should a command run, land here
 
     with pytest.raises(SystemExit) as stop:
         main([str(priority_map) if a == "MAP" else a for a in argv])

@@ -190,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 #: What to do about the OS errors a user can fix.
 _OS_HINTS = {
     errno.ENOSPC: "the disk is full: free space or write elsewhere",
-    errno.EDQUOT: "the disk quota is exceeded: free space or write elsewhere",
+    getattr(errno, "EDQUOT", -1): "the disk quota is exceeded: free space or write elsewhere",
     errno.EROFS: "the file system is read-only: write elsewhere",
     errno.EACCES: "no permission: write elsewhere or change the folder's permissions",
     errno.EPERM: "not permitted: write elsewhere or change the folder's permissions",

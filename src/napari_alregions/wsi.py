@@ -696,7 +696,13 @@ def _open_tiff(path: Path, tif: tifffile.TiffFile) -> Slide:
             tile_shape = (int(lvl.keyframe.tilelength), int(lvl.keyframe.tilewidth))
 
     pyramidal = len(builders) > 1
-    levels, readers, shapes = _pyramid(builders, readers, shapes)
+    base = None
+    if not pyramidal and len(lvl.axes) == len(lvl.shape):
+        # coarsened from a copy of level 0 in large chunks: rechunking the tile-sized
+        # chunks (the display's) built a graph of every tile, 4 s at 100k² px
+        big = tuple(_COARSEN_CHUNK if a in "YX" else n for a, n in zip(lvl.axes, lvl.shape, strict=True))
+        base = lambda: zarr_level.dask(chunks=big)  # noqa: E731
+    levels, readers, shapes = _pyramid(builders, readers, shapes, base=base)
     shapes, downsamples = _level_geometry(shapes)
     h0, w0 = shapes[0]
     info = SlideInfo(
@@ -791,6 +797,11 @@ def _check_plausible_size(path: Path, level: tifffile.TiffPageSeries, file_size:
     file: a decompression bomb would otherwise build dask graphs of millions of chunks at
     open (minutes, GBs) and decode for hours."""
     declared = math.prod(int(n) for n in level.shape) * np.dtype(level.dtype).itemsize
+    # a multi-file OME-TIFF keeps its pixels in the files its pages come from
+    files = {getattr(getattr(p, "parent", None), "filehandle", None) for p in level.pages if p is not None}
+    paths = {fh.path for fh in files if fh is not None and getattr(fh, "path", None)}
+    if len(paths) > 1:
+        file_size = sum(os.path.getsize(f) for f in paths if os.path.isfile(f))
     if declared > MAX_COMPRESSION * max(file_size, 1):
         h, w = _yx(level.shape, level.axes)
         raise SlideError(
@@ -856,8 +867,9 @@ class _ZarrLevel:
                 self._z = open_level(self._tif, series=self._series, level=self._level)
             return self._z
 
-    def dask(self, _levels: _Levels | None = None) -> da.Array:
-        arr = da.from_zarr(self.store())[self._index]
+    def dask(self, _levels: _Levels | None = None, *, chunks: tuple[int, ...] | None = None) -> da.Array:
+        z = self.store()
+        arr = (da.from_zarr(z) if chunks is None else da.from_zarr(z, chunks=chunks))[self._index]
         return arr.transpose(self._transpose) if self._transpose else arr
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
@@ -1164,26 +1176,38 @@ class TiledLevel:
         return out
 
 
+#: Chunk side of the level-0 copy a non-pyramidal file's coarser levels are pooled from.
+_COARSEN_CHUNK = 2 * _MIN_PYRAMID_SIDE
+
+
 def _pyramid(
-    builders: list[Callable[[_Levels], da.Array]], readers: list[_LevelReader], shapes: list[tuple[int, int]]
+    builders: list[Callable[[_Levels], da.Array]], readers: list[_LevelReader], shapes: list[tuple[int, int]],
+    *, base: Callable[[], da.Array] | None = None,
 ) -> tuple[_Levels, list[_LevelReader], list[tuple[int, int]]]:
     """The stored levels, and for a file that stores only full resolution lazy 2x
     mean-pooled levels below it (odd last rows and columns dropped) until the longer side
-    is at most ``_MIN_PYRAMID_SIDE``, each read through its dask array."""
+    is at most ``_MIN_PYRAMID_SIDE``, each read through its dask array; the first pooled
+    from ``base()`` (level 0 in chunks of :data:`_COARSEN_CHUNK`) when given."""
     builders, shapes = list(builders), list(shapes)
     if len(builders) == 1:
         while max(shapes[-1]) > _MIN_PYRAMID_SIDE:
             h, w = shapes[-1]
             shapes.append((h // 2, w // 2))
-            builders.append(lambda levels, i=len(builders): _pooled(levels[i - 1]))
+            if len(builders) == 1 and base is not None:
+                builders.append(lambda levels: _pooled(base()))
+            else:
+                builders.append(lambda levels, i=len(builders): _pooled(levels[i - 1]))
     levels = _Levels(builders)
     return levels, readers + [_lazy_reader(levels, i) for i in range(len(readers), len(builders))], shapes
 
 
 def _pooled(current: da.Array) -> da.Array:
     h, w = current.shape[:2]
-    chunk = 2 * _MIN_PYRAMID_SIDE
-    trimmed = current[: h - h % 2, : w - w % 2].rechunk((chunk, chunk, 3))
+    chunk = _COARSEN_CHUNK
+    trimmed = current[: h - h % 2, : w - w % 2]
+    # pooling needs even chunks; chunks that pooling halved are merged again
+    if max(trimmed.chunksize[:2]) < chunk or any(c % 2 for c in trimmed.chunks[0] + trimmed.chunks[1]):
+        trimmed = trimmed.rechunk((chunk, chunk, 3))
     return da.coarsen(np.mean, trimmed, {0: 2, 1: 2}).round().astype(np.uint8)
 
 
