@@ -22,16 +22,17 @@ def ensure_display():
     return display
 
 
-def demo_viewer(session: Path, *, patch_size: int = 64, size: int = 4096, training: dict | None = None):
-    """A shown viewer, the widget docked, a new session in ``session`` and the demo slide added."""
+def demo_viewer(session: Path, *, patch_size: int = 64, size: int = 4096, training: dict | None = None, n_slides: int = 1):
+    """A shown viewer, the widget docked, a new session in ``session`` and ``n_slides`` demo
+    slides added (the first one current)."""
     import napari
 
     from napari_alregions._sample_data import cache_dir
     from napari_alregions._widgets import ALRegionsWidget
     from napari_alregions.synthetic import make_slide_pool
 
-    folder = cache_dir() / f"bench-{size}"
-    manifest = make_slide_pool(folder, n_slides=1, size=size, seed=0)
+    folder = cache_dir() / (f"bench-{size}" if n_slides == 1 else f"bench-{size}x{n_slides}")
+    manifest = make_slide_pool(folder, n_slides=n_slides, size=size, seed=0)
     viewer = napari.Viewer(show=True)
     viewer.window._qt_window.resize(1500, 950)
     w = ALRegionsWidget(viewer)
@@ -39,20 +40,26 @@ def demo_viewer(session: Path, *, patch_size: int = 64, size: int = 4096, traini
     w.folder.value = str(session)
     w.patch_size.value = patch_size
     click(w, "New session")
+    wait_idle(w)
     if training:
         from napari_alregions.settings import TrainingBudget
 
         w.project.session.settings.training = TrainingBudget(**training)
-    w.slide_file.value = str(folder / manifest["slides"][0]["image"])
-    click(w, "Add slide")
+    for entry in manifest["slides"][:n_slides]:
+        w.slide_file.value = str(folder / entry["image"])
+        click(w, "Add slide")
+    w.slide.value = list(w.project.slides)[0]
     return viewer, w, folder, manifest
 
 
-def click(widget, text: str) -> None:
+def click(widget, text: str, *, wait: bool = True) -> None:
+    """Click a button; ``wait``: until what it started (a worker, a redraw) is done."""
     from qtpy.QtWidgets import QPushButton
 
     [button] = [b for b in widget.findChildren(QPushButton) if b.text() == text]
     button.click()
+    if wait:
+        wait_idle(widget)
 
 
 def wait_idle(widget, timeout: float = 900.0) -> None:
@@ -77,7 +84,9 @@ def paint_truth(widget, folder: Path, manifest: dict, layer) -> None:
 
     region = layer.metadata["region"]
     p = widget.project
-    truth = np.asarray(open_labels(folder / manifest["slides"][0]["mask"])[p.label_level])
+    image = Path(p.session.slides[region.slide].path).name  # the region's slide, by its file
+    [entry] = [e for e in manifest["slides"] if Path(e["image"]).name == image]
+    truth = np.asarray(open_labels(folder / entry["mask"])[p.label_level])
     y0, x0, y1, x1 = p.label_box(region)
     data = layer.data.copy()
     data[truth[y0:y1, x0:x1] == 2] = 2

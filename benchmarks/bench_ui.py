@@ -9,7 +9,12 @@ then "Retrain" is clicked. Measured:
 * the event loop's responsiveness meanwhile: a 10 ms QTimer's tick gaps (max and p99);
   the goal is a max gap < 200 ms (the viewer never freezes).
 
-Run: ``python benchmarks/bench_ui.py`` (starts Xvfb when there is no display).
+``--steps``: every step of the walkthrough (dock, new session, three slides, switch, priority,
+suggest, compare, reject, accept, find/correct uncertain, retrain, reopen) with its largest
+event-loop gap, and a 16-move stroke's latency with 1 region and 1 method vs 40 accepted
+regions and the proposals of several methods, side by side in one run (issue 20).
+
+Run: ``python benchmarks/bench_ui.py [--steps]`` (starts Xvfb when there is no display).
 """
 
 from __future__ import annotations
@@ -31,10 +36,13 @@ def main() -> int:
     ap.add_argument("--regions", type=int, default=4, help="accepted regions before the measured retrain")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--tick-ms", type=int, default=10, help="probe timer interval (0: no probe, latency only)")
+    ap.add_argument("--steps", action="store_true", help="the walkthrough's steps, each with its largest gap")
+    ap.add_argument("--size", type=int, default=2048, help="--steps: side of the three synthetic slides (px)")
+    ap.add_argument("--profile", default="", help="--steps: profile the viewer's thread in the steps whose name has this")
     args = ap.parse_args()
     display = ensure_display()
     try:
-        return _run(args)
+        return _steps(args) if args.steps else _run(args)
     finally:
         if display is not None:
             display.stop()
@@ -78,7 +86,7 @@ def _run(args) -> int:
                 QApplication.processEvents()
                 time.sleep(0.01)
             t0 = time.perf_counter()
-            click(w, "Retrain")
+            click(w, "Retrain", wait=False)
             w.runner.worker.yielded.connect(lambda rec: phase.update(now=rec.get("phase", "?")))
             w.runner.worker.finished.connect(lambda: phase.update(now="redraw"))
             if w.runner.busy:  # wait in a real event loop, as the viewer does
@@ -104,6 +112,186 @@ def _run(args) -> int:
                   f"median {np.median(gaps):5.1f} ms over {len(gaps)} ticks   "
                   f"({'OK' if gaps.max() < 200 else 'over'} the 200 ms goal)")
         viewer.close()
+    return 0
+
+
+class GapProbe:
+    """The longest interval between the ticks of a 10 ms QTimer while a step runs: how long
+    the viewer's thread was busy at a stretch (a frozen viewer shows as one long gap)."""
+
+    def __init__(self, tick_ms: int = 10) -> None:
+        from qtpy.QtCore import QTimer
+
+        self.timer = QTimer()
+        self.timer.setInterval(tick_ms)
+        self.timer.timeout.connect(self._tick)
+        self.last = self.worst = 0.0
+
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        self.worst = max(self.worst, now - self.last)
+        self.last = now
+
+    def measure(self, step, widget=None) -> tuple[float, float]:
+        """Run ``step()``, wait until ``widget`` is idle; (largest gap, wall time), seconds."""
+        from qtpy.QtWidgets import QApplication
+
+        t0 = self.last = time.perf_counter()
+        self.worst = 0.0
+        self.timer.start()
+        step()
+        self._tick()  # a synchronous step is one gap
+        if widget is not None:
+            wait_idle(widget)
+        end = time.perf_counter() + 0.1  # what the step queued for the next turns
+        while time.perf_counter() < end:
+            QApplication.processEvents()
+            time.sleep(0.002)
+        self.timer.stop()
+        return self.worst, time.perf_counter() - t0
+
+
+def _stroke(layer, value: int, moves: int = 16) -> float:
+    """Seconds for a 16-move brush stroke across a labels layer, each move drawn (alternate
+    ``value``: painting pixels with the label they hold is skipped by napari)."""
+    from qtpy.QtWidgets import QApplication
+
+    h, w = layer.data.shape
+    t0 = time.perf_counter()
+    for i in range(moves):
+        layer.paint((h // 4 + i * h // (2 * moves), w // 2), value)
+        QApplication.processEvents()
+    return time.perf_counter() - t0
+
+
+def _on_screen(viewer, w, name: str) -> None:
+    """The current slide's image is where the camera looks (else the walkthrough fails)."""
+    extent = viewer.layers[name].extent.world
+    cy, cx = viewer.scene.camera.center[-2:]
+    if not (extent[0][0] <= cy <= extent[1][0] and extent[0][1] <= cx <= extent[1][1]):
+        raise AssertionError(f"{name} is current but the camera is at {(cy, cx)}, outside {extent.tolist()}")
+
+
+def _steps(args) -> int:
+    """Every step of the walkthrough, with its largest event-loop gap."""
+    import napari
+
+    from napari_alregions._sample_data import cache_dir
+    from napari_alregions.synthetic import make_slide_pool
+
+    rows: list[tuple[str, float, float]] = []
+    probe = GapProbe(args.tick_ms or 10)
+
+    def step(name: str, fn, widget=None) -> None:
+        if args.profile and args.profile.lower() in name.lower():  # where the viewer's thread spends the step
+            import cProfile
+            import pstats
+
+            prof = cProfile.Profile()
+            gap, wall = prof.runcall(probe.measure, fn, widget)
+            pstats.Stats(prof).sort_stats("cumulative").print_stats(25)
+        else:
+            gap, wall = probe.measure(fn, widget)
+        rows.append((name, gap, wall))
+        print(f"{name:<44} largest gap {gap * 1e3:8.0f} ms   wall {wall:6.2f} s", flush=True)
+
+    folder = cache_dir() / f"bench-steps-{args.size}"
+    manifest = make_slide_pool(folder, n_slides=3, size=args.size, seed=0)
+    with tempfile.TemporaryDirectory() as tmp:
+        viewer = napari.Viewer(show=True)
+        viewer.window._qt_window.resize(1500, 950)
+        box: dict = {}
+
+        def dock() -> None:
+            from napari_alregions._widgets import ALRegionsWidget
+
+            box["w"] = ALRegionsWidget(viewer)
+            viewer.window.add_dock_widget(box["w"], name="AL Regions", area="right")
+
+        step("dock the widget (first import)", dock)
+        w = box["w"]
+        w.folder.value = str(Path(tmp) / "session")
+        w.patch_size.value = 64
+        step("New session", lambda: click(w, "New session"), w)
+        from napari_alregions.settings import TrainingBudget
+
+        w.project.session.settings.training = TrainingBudget(initial_steps=40, fine_tune_steps=20, patches_per_slide=128)
+        for i in range(3):
+            w.slide_file.value = str(folder / manifest["slides"][i]["image"])
+            step(f"Add slide {i + 1}", lambda: click(w, "Add slide"), w)
+        for name in [*list(w.project.slides)[1:], list(w.project.slides)[0]]:
+            step(f"switch Current slide to {name}", lambda name=name: setattr(w.slide, "value", name), w)
+            _on_screen(viewer, w, name)
+        step("Compute priority map", lambda: click(w, "Compute priority map"), w)
+        w.method.value, w.unit.value, w.region_size.value, w.k.value = "adaptive", "px", 512, 5
+        step("Suggest (adaptive, 5)", lambda: click(w, "Suggest"), w)
+        w.compare_methods.value = ["random", "standard", "standard_nonsquare", "adaptive"]
+        step("Compare (4 methods)", lambda: click(w, "Compare methods"), w)
+        w.method.value = "adaptive"
+        w.proposal_list.setCurrentRow(1)
+        step("Reject", lambda: click(w, "Reject"), w)
+        w.proposal_list.setCurrentRow(0)
+
+        def delete_on_canvas() -> None:  # what napari's Delete key runs on the selected box
+            from napari.layers.shapes._shapes_key_bindings import delete_selected_shapes
+
+            layer = viewer.layers[f"{w.current} proposals"]
+            delete_selected_shapes(layer)
+
+        step("delete a proposal on the canvas", delete_on_canvas, w)
+        step("Draw region", lambda: click(w, "Draw region"), w)
+        viewer.layers[f"{w.current} draw"].add_rectangles(np.array([[100.0, 100.0], [600.0, 500.0]]))
+        step("Accept drawn", lambda: click(w, "Accept drawn"), w)
+        w.method.value = "adaptive"
+        w.proposal_list.setCurrentRow(0)
+        step("Accept region", lambda: click(w, "Accept region"), w)
+        first = viewer.layers.selection.active
+        one = min(_stroke(first, 2 - i % 2) for i in range(2 * args.repeats))
+        # 40 accepted regions and the proposals of 8 methods
+        w.method.value, w.region_size.value, w.k.value = "random", 128, 39
+        click(w, "Suggest")
+        while w.proposal_list.count() and len(w.project.session.accepted) < 40:
+            w.proposal_list.setCurrentRow(0)
+            click(w, "Accept region")
+        wait_idle(w)
+        from napari_alregions.selection import METHODS
+
+        w.compare_methods.value = [m for m in METHODS if m != "prototype"]  # prototype needs prototypes
+        click(w, "Compare methods")
+        wait_idle(w)
+        viewer.layers.selection.active = first
+        many = min(_stroke(first, 2 - i % 2) for i in range(2 * args.repeats))
+        n_acc = len(w.project.session.accepted)
+        n_methods = len({r.method for r in w.project.proposals(w.current)})
+        print(f"16-move stroke: 1 region, 1 method {one * 1e3:.0f} ms vs {n_acc} regions, {n_methods} methods "
+              f"{many * 1e3:.0f} ms (ratio {many / one:.2f})", flush=True)
+        w.tabs.setCurrentIndex(4)
+        w.n_uncertain.value = 5
+        step("Find uncertain patches", lambda: click(w, "Find uncertain patches"), w)
+        w.uncertain_list.setCurrentRow(0)
+        step("Correct selected patch", lambda: click(w, "Correct selected patch"), w)
+        step("Retrain", lambda: click(w, "Retrain"), w)
+        session = w.project.folder
+        viewer2 = napari.Viewer(show=True)
+        viewer2.window._qt_window.resize(1500, 950)
+
+        def dock2() -> None:
+            from napari_alregions._widgets import ALRegionsWidget
+
+            box["w2"] = ALRegionsWidget(viewer2)
+            viewer2.window.add_dock_widget(box["w2"], name="AL Regions", area="right")
+
+        step("dock the widget (again)", dock2)
+        w2 = box["w2"]
+        w2.folder.value = str(session)
+        step(f"Open session ({n_acc} regions, 3 slides)", lambda: click(w2, "Open session"), w2)
+        _on_screen(viewer2, w2, w2.current)
+        for name in w2.project.slides:  # each slide's layers came back, placed over it
+            assert {f"{name} proposals", f"{name} accepted"} <= {lay.name for lay in viewer2.layers}, name
+        viewer2.close()
+        viewer.close()
+    worst = max(rows, key=lambda r: r[1])
+    print(f"largest gap of all steps: {worst[1] * 1e3:.0f} ms ({worst[0]})")
     return 0
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE.parent / "benchmarks"))
-from _viewer import click, demo_viewer, ensure_display, paint_truth, wait_idle  # noqa: E402
+from _viewer import click, demo_viewer, ensure_display, paint_truth  # noqa: E402
 
 
 def shot(viewer, name: str, *, canvas_only: bool = False) -> None:
@@ -32,11 +32,11 @@ def main() -> int:
     display = ensure_display()
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            viewer, w, folder, manifest = demo_viewer(Path(tmp) / "session")
-            slide = w.current
-            viewer.layers[slide].visible = True
-            click(w, "Compute priority map")
-            wait_idle(w)
+            viewer, w, folder, manifest = demo_viewer(Path(tmp) / "session", n_slides=2)
+            first, second = list(w.project.slides)
+            for name in (second, first):
+                w.slide.value = name
+                click(w, "Compute priority map")
             w.method.value, w.unit.value, w.region_size.value, w.k.value = "random", "µm", 512, 3
             click(w, "Suggest")
             for _ in range(3):
@@ -44,12 +44,12 @@ def main() -> int:
                 click(w, "Accept region")
                 paint_truth(w, folder, manifest, viewer.layers.selection.active)
             click(w, "Retrain")
-            wait_idle(w)
             w.tabs.setCurrentIndex(2)
             w.region_size.value = 256
             w.compare_methods.value = ["standard", "standard_nonsquare", "adaptive"]
-            click(w, "Compare methods")
-            viewer.layers[f"{slide} random"].visible = False
+            for name in (second, first):  # both slides, side by side, each with its proposals
+                w.slide.value = name
+                click(w, "Compare methods")
             viewer.reset_view()
             shot(viewer, "compare")
             w.method.value = "adaptive"
@@ -62,10 +62,9 @@ def main() -> int:
             w.tabs.setCurrentIndex(4)
             w.n_uncertain.value = 6
             click(w, "Find uncertain patches")
-            viewer.layers[f"{slide} priority"].visible = False
-            for m in ("standard", "standard_nonsquare", "adaptive"):
-                viewer.layers[f"{slide} {m}"].visible = False
-            viewer.reset_view()
+            for name in (first, second):
+                viewer.layers[f"{name} priority"].visible = False
+            w._go_to_slide(first)
             shot(viewer, "correct")
             viewer.close()
     finally:

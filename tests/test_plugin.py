@@ -139,9 +139,16 @@ def test_picking_our_reader_in_napari(make_napari_viewer, small_pool):
 
 
 @pytest.mark.gui
-def test_sample_data_opens_slide_and_tissue(make_napari_viewer, artifacts_dir):
+def test_sample_data_opens_slide_and_tissue(make_napari_viewer, qtbot, artifacts_dir):
+    from napari_alregions._sample_data import sample_ready
+    from napari_alregions._widgets._sample import PLACEHOLDER
+
     viewer = make_napari_viewer(show=True)
+    assert not sample_ready()  # a fresh cache: the first Open Sample generates the slide
     viewer.open_sample("napari-alregions", "demo_slide")
+    # ... in a worker: the viewer shows a placeholder meanwhile, then the slide and its tissue
+    assert [layer.name for layer in viewer.layers] == [PLACEHOLDER]
+    qtbot.waitUntil(lambda: len(viewer.layers) == 2, timeout=180_000)
     image, tissue = viewer.layers
     assert image.multiscale and image.rgb
     assert tissue.data.dtype == np.uint8 and 0.05 < tissue.data.mean() < 0.9
@@ -150,6 +157,11 @@ def test_sample_data_opens_slide_and_tissue(make_napari_viewer, artifacts_dir):
     viewer.window._qt_window.resize(900, 700)
     viewer.reset_view()
     _save_png(artifacts_dir / "sample_data.png", viewer.screenshot(canvas_only=True, flash=False))
+    # once generated, it opens at once
+    assert sample_ready()
+    viewer.layers.clear()
+    viewer.open_sample("napari-alregions", "demo_slide")
+    assert len(viewer.layers) == 2 and viewer.layers[0].multiscale
 
 
 def _save_png(path: Path, rgba: np.ndarray) -> None:

@@ -14,17 +14,33 @@ pytestmark = pytest.mark.gui
 FAST = {"initial_steps": 12, "fine_tune_steps": 8, "patches_per_slide": 64}
 
 
-def _click(widget, text: str) -> None:
+def _click(widget, text: str, *, wait: bool = True) -> None:
+    """Click a button; ``wait``: until what it started (a worker, a redraw) is done."""
     from qtpy.QtWidgets import QPushButton
 
     buttons = [b for b in widget.findChildren(QPushButton) if b.text() == text]
     assert len(buttons) == 1, f"no single button {text!r}"
     assert buttons[0].isEnabled(), f"button {text!r} is disabled"
     buttons[0].click()
+    if wait and hasattr(widget, "busy"):
+        _idle(widget)
 
 
 def _wait(qtbot, w, timeout=120_000) -> None:
     qtbot.waitUntil(lambda: not w.busy, timeout=timeout)
+
+
+def _idle(w, timeout: float = 120.0) -> None:
+    """Process events until the widget's task and redraw are done (where no qtbot is at hand)."""
+    import time
+
+    from qtpy.QtWidgets import QApplication
+
+    t0 = time.monotonic()
+    while w.busy:
+        QApplication.processEvents()
+        time.sleep(0.005)
+        assert time.monotonic() - t0 < timeout, "the widget stayed busy"
 
 
 def _start(make_napari_viewer, tmp_path, small_pool, *, name="sess"):
@@ -39,6 +55,7 @@ def _start(make_napari_viewer, tmp_path, small_pool, *, name="sess"):
     w.patch_size.value = 32
     w.level.value = 1
     _click(w, "New session")
+    _idle(w)
     assert w.project is not None, w.message.value
     w.project.session.settings.training = TrainingBudget(**FAST)
     w.slide_file.value = str(folder / manifest["slides"][0]["image"])
@@ -83,28 +100,36 @@ def test_loop_in_viewer_suggest_accept_paint_retrain_reopen(make_napari_viewer, 
         if method == "prototype":  # needs prototypes (tested below)
             assert "similarity map" in w.message.value
             continue
-        layer = viewer.layers[f"{slide} {method}"]
-        assert layer.nshapes >= 1, (method, w.message.value)
-        assert set(layer.features.columns) >= {"method", "score", "rank", "cycle"}
-        assert (layer.features["method"] == method).all() and list(layer.features["rank"]) == list(range(1, layer.nshapes + 1))
-        corners = layer.data[0]
+        layer = viewer.layers[f"{slide} proposals"]  # one layer for every method
+        mine = (layer.features["method"] == method).to_numpy()
+        assert mine.sum() >= 1, (method, w.message.value)
+        assert set(layer.features.columns) >= {"method", "score", "mean", "rank", "cycle", "uid"}
+        assert sorted(layer.features["rank"][mine]) == list(range(1, mine.sum() + 1))
+        corners = layer.data[int(np.flatnonzero(mine)[0])]
         assert corners.shape == (4, 2)
-    # methods side by side put their labels at different corners (same windows: no overprint)
-    anchors = {str(viewer.layers[f"{slide} {m}"].text.anchor) for m in ("random", "standard", "standard_nonsquare", "adaptive")}
-    assert len(anchors) == 4, anchors
+    # each box has its method's colour; the earlier methods' boxes stay
+    layer = viewer.layers[f"{slide} proposals"]
+    assert set(layer.features["method"]) == set(METHODS) - {"prototype"}
+    from napari_alregions.layers import METHOD_COLORS
+
+    for method, colour in zip(layer.features["method"], layer.edge_color):
+        np.testing.assert_allclose(colour, METHOD_COLORS[method])
 
     # side by side: one row per method in the table, IoU of a method with itself 1
     w.compare_methods.value = ["random", "standard"]
     _click(w, "Compare methods")
-    table = w.table.to_dict("list")
-    assert table["method"] == ["random", "standard"]
-    assert table["IoU random"][0] == 1.0 and table["IoU standard"][1] == 1.0
-    assert all(viewer.layers[f"{slide} {m}"].nshapes >= 1 for m in ("random", "standard"))
+    table = w.table.to_dict("dict")  # one column per method, short names
+    assert list(table) == ["random", "std"]
+    assert table["random"]["IoU random"] == 1.0 and table["std"]["IoU standard"] == 1.0
+    for col, m in (("random", "random"), ("std", "standard")):  # the sum of the scores; the list has the mean in the box
+        assert table[col]["sum priority"] == pytest.approx(sum(r.score for r in w.project.proposals(slide, m)), abs=0.01)
+    assert "standard" in w.legend.value and "random" in w.legend.value
+    assert {"random", "standard"} <= set(viewer.layers[f"{slide} proposals"].features["method"])
     assert f"compared 2 methods on {slide}" in w.message.value
 
     w.method.value = "adaptive"
     w.proposal_list.setCurrentRow(0)
-    region = w._layer_regions("adaptive")[0]
+    region = w._proposal_rows()[0]
     # the list jumps the camera to the region
     np.testing.assert_allclose(viewer.scene.camera.center[-2:], [(region.y + region.h / 2) * 0.5, (region.x + region.w / 2) * 0.5])
     _click(w, "Accept region")
@@ -124,13 +149,14 @@ def test_loop_in_viewer_suggest_accept_paint_retrain_reopen(make_napari_viewer, 
     assert "annotated" in w.status.value
 
     before = prio.data.copy()
-    _click(w, "Retrain")
+    _click(w, "Retrain", wait=False)
     assert w.runner.busy
     _wait(qtbot, w)
     assert w.project.cycle == 1, w.message.value
     assert not np.array_equal(viewer.layers[f"{slide} priority"].data, before)
     assert (w.project.folder / w.project.session.checkpoints[0]).is_file()
-    assert set(viewer.layers[f"{slide} adaptive"].features["cycle"]) == {1}
+    feats = viewer.layers[f"{slide} proposals"].features
+    assert set(feats["cycle"][feats["method"] == "adaptive"]) == {1}
     viewer.reset_view()
     shot = viewer.screenshot(canvas_only=True, flash=False)
     assert shot.std() > 5  # something is drawn
@@ -146,6 +172,7 @@ def test_loop_in_viewer_suggest_accept_paint_retrain_reopen(make_napari_viewer, 
     viewer2.window.add_dock_widget(w2)
     w2.folder.value = str(w.project.folder)
     _click(w2, "Open session")
+    _wait(qtbot, w2)
     assert w2.project.cycle == 1 and w2.project.trained
     names = [lay.name for lay in viewer2.layers]
     assert slide in names and f"{slide} priority" in names and f"{slide} accepted" in names
@@ -161,14 +188,15 @@ def test_cancel_and_close_during_retrain_change_nothing(make_napari_viewer, qtbo
     w.proposal_list.setCurrentRow(0)
     _click(w, "Accept region")
     w.project.session.settings.training = TrainingBudget(initial_steps=100_000, epochs=1000, patience=1000)
-    _click(w, "Retrain")
+    _click(w, "Retrain", wait=False)
     qtbot.wait(300)
     assert w.runner.busy
-    _click(w, "Cancel")
+    _click(w, "Cancel", wait=False)
     _wait(qtbot, w)
     assert "cancelled" in w.message.value and w.project.cycle == 0 and not w.project.trained
     # closing the viewer while a worker runs: the worker stops, the session stays as saved
-    _click(w, "Retrain")
+    _click(w, "Retrain", wait=False)
+    assert w.message.value == "retrain…"  # not the last task's "cancelled"
     qtbot.wait(300)
     folder = w.project.folder
     viewer.close()
@@ -335,6 +363,7 @@ def test_switching_sessions_saves_and_clears_the_old_ones_layers(make_napari_vie
     first = w.project.folder
     w.folder.value = str(tmp_path / "second")
     _click(w, "New session")
+    _wait(qtbot, w)
     assert w.project.folder == tmp_path / "second" and not w.project.slides
     # the first session's layers are gone (painting in them would reach no session), its image stays
     assert [lay.name for lay in viewer.layers] == [slide]
@@ -342,9 +371,10 @@ def test_switching_sessions_saves_and_clears_the_old_ones_layers(make_napari_vie
     # ... and reopening it brings them back with the last stroke
     w.folder.value = str(first)
     _click(w, "Open session")
+    _wait(qtbot, w)
     back = viewer.layers[w._labels_name(region)]
     np.testing.assert_array_equal(back.data, painted)
-    assert {f"{slide} accepted", f"{slide} random"} <= {lay.name for lay in viewer.layers}
+    assert {f"{slide} accepted", f"{slide} proposals"} <= {lay.name for lay in viewer.layers}
     assert [lay.name for lay in viewer.layers].count(slide) == 1
 
 
@@ -354,7 +384,9 @@ def test_overlapping_regions_keep_each_others_strokes(make_napari_viewer, qtbot,
     viewer, w, slide = _start(make_napari_viewer, tmp_path, small_pool)
     # methods side by side propose overlapping windows: accept one of each
     w._accept(Region(0, 0, 256, 256, slide=slide, method="standard"), "background")
+    _wait(qtbot, w)
     w._accept(Region(128, 128, 256, 256, slide=slide, method="adaptive"), "background")
+    _wait(qtbot, w)
     first, second = w.project.session.accepted
     la, lb = viewer.layers[w._labels_name(first)], viewer.layers[w._labels_name(second)]
     la.brush_size = 4
@@ -387,10 +419,15 @@ def test_slide_without_mpp_needs_px(make_napari_viewer, qtbot, tmp_path, small_p
     assert "no pixel size" in w.message.value
     w.unit.value = "px"
     _click(w, "Suggest")
-    assert viewer.layers["nompp.tif random"].nshapes >= 1
+    assert viewer.layers["nompp.tif proposals"].nshapes >= 1
 
 
-def test_qupath_round_trip_through_the_widget(make_napari_viewer, qtbot, tmp_path, small_pool):
+def test_qupath_round_trip_through_the_widget(make_napari_viewer, qtbot, tmp_path, small_pool, monkeypatch):
+    from qtpy.QtWidgets import QMessageBox
+
+    asked = []
+    answer = {"now": QMessageBox.StandardButton.No}
+    monkeypatch.setattr(QMessageBox, "question", lambda *a: asked.append(a[2]) or answer["now"])
     viewer, w, slide = _start(make_napari_viewer, tmp_path, small_pool)
     _accept_random(w, 2)
     lab = [lay for lay in viewer.layers if " labels " in lay.name]
@@ -402,7 +439,14 @@ def test_qupath_round_trip_through_the_widget(make_napari_viewer, qtbot, tmp_pat
     assert out.is_file(), w.message.value
     viewer2, w2, slide2 = _start(make_napari_viewer, tmp_path, small_pool, name="sess2")
     w2.qupath_file.value = str(out)
+    # the dry run's summary comes first; "No" writes nothing
     _click(w2, "Import from QuPath")
+    assert "Adds 2 region(s)" in asked[-1] and "Classes: by name" in asked[-1]
+    assert not w2.project.session.accepted and "nothing was written" in w2.message.value
+    answer["now"] = QMessageBox.StandardButton.Yes
+    w2.class_map.value = "Tumor=tumour, Other="
+    _click(w2, "Import from QuPath")
+    assert "Other → skipped" in asked[-1]
     np.testing.assert_array_equal(w2.project.session.labels(slide2), w.project.session.labels(slide))
     assert len([lay for lay in viewer2.layers if " labels " in lay.name]) == 2
     # a stroke still waiting for the autosave survives an import that redraws the layers
@@ -426,9 +470,10 @@ def test_correct_uncertain_patches_prefills_prediction(make_napari_viewer, qtbot
     w.n_uncertain.value = 4
     _click(w, "Find uncertain patches")
     assert f"{slide} prediction" in viewer.layers and w.uncertain_list.count() >= 1
-    patches = viewer.layers[f"{slide} top_patches"]
+    patches = viewer.layers[f"{slide} proposals"]
     # one-cell patches sit side by side: their labels are the rank alone, the list has the scores
-    assert list(patches.text.values) == [str(i + 1) for i in range(len(patches.data))]
+    assert list(patches.text.values) == [str(r) for r in patches.features["rank"]]
+    assert sorted(patches.features["rank"]) == list(range(1, w.uncertain_list.count() + 1))
     w.uncertain_list.setCurrentRow(0)
     _click(w, "Correct selected patch")
     lab = next(lay for lay in viewer.layers if lay.name.startswith(f"{slide} labels top_patches"))
@@ -460,13 +505,13 @@ def test_prototype_similarity_and_pool_diversity_in_viewer(make_napari_viewer, q
     w.method.value, w.unit.value, w.region_size.value, w.k.value = "prototype", "px", s, 1
     w.options["base"].value = "standard"
     _click(w, "Suggest")
-    region = viewer.layers[f"{slide} prototype"].metadata["regions"][0]
+    [region] = w.project.proposals(slide, "prototype")
     assert (region.y // s, region.x // s) == (r, c)
     _click(w, "Compute priority map")
     _wait(qtbot, w)
     w.region_size.value, w.k.value = 4 * s, 2
     _click(w, "Diversity over all slides")
-    assert viewer.layers[f"{slide} diversity"].nshapes == 2, w.message.value
+    assert list(viewer.layers[f"{slide} proposals"].features["method"]).count("diversity") == 2, w.message.value
     w.n_uncertain.value = 3
     _click(w, "Per slide group")
     assert w.uncertain_list.count() == 3
@@ -506,6 +551,293 @@ def test_correct_selected_patch_of_a_group_list_accepts_that_patch(make_napari_v
     _click(w, "Correct selected patch")
     got = w.project.session.accepted[-1]
     assert (got.slide, got.x, got.y) == (second, x, y)  # the patch the row names
+
+
+def _mouse(layer, kind: str, position, dragging: bool = False) -> None:
+    """A mouse event at a world position, through napari's own mouse callbacks."""
+    from napari.utils._test_utils import read_only_mouse_event
+    from napari.utils.interactions import mouse_move_callbacks, mouse_press_callbacks, mouse_release_callbacks
+
+    run = {"press": mouse_press_callbacks, "move": mouse_move_callbacks, "release": mouse_release_callbacks}[kind]
+    run(layer, read_only_mouse_event(type=f"mouse_{kind}", is_dragging=dragging, position=tuple(position)))
+
+
+def _drag(layer, start, end) -> None:
+    _mouse(layer, "press", start, True)
+    _mouse(layer, "move", start, True)
+    _mouse(layer, "move", (np.add(start, end)) / 2, True)
+    _mouse(layer, "move", end, True)
+    _mouse(layer, "release", end, True)
+
+
+def _world(w, slide: str, y: float, x: float) -> np.ndarray:
+    """World coordinates of a level-0 pixel of ``slide``, computed from its image layer."""
+    image = w.viewer.layers[slide]
+    return np.asarray(image.translate) + np.array([y, x]) * np.asarray(image.scale)
+
+
+def _add_slide(w, folder, manifest, i: int) -> str:
+    w.slide_file.value = str(folder / manifest["slides"][i]["image"])
+    _click(w, "Add slide")
+    return w.current
+
+
+def test_slides_sit_side_by_side_with_their_overlays_and_the_camera_follows(make_napari_viewer, qtbot, tmp_path, small_pool):
+    folder, manifest = small_pool
+    viewer, w, first = _start(make_napari_viewer, tmp_path, small_pool)
+    second, third = _add_slide(w, folder, manifest, 1), _add_slide(w, folder, manifest, 2)
+    # 1024-px slides at 0.5 µm/px, 10 % of a slide's width between neighbours
+    for i, name in enumerate((first, second, third)):
+        np.testing.assert_allclose(viewer.layers[name].translate, [0, i * 512 * 1.1])
+    extents = [viewer.layers[n].extent.world for n in (first, second, third)]
+    assert extents[0][1, 1] < extents[1][0, 1] and extents[1][1, 1] < extents[2][0, 1]  # no slide covers another
+    # the second slide's overlays move with it: priority map, proposals, accepted box, labels
+    w.slide.value = second
+    _compute(qtbot, w)
+    s, stride, off = 0.5, w.project.stride, 512 * 1.1
+    np.testing.assert_allclose(viewer.layers[f"{second} priority"].translate, [(stride - 1) / 2 * s, off + (stride - 1) / 2 * s])
+    [region] = _accept_random(w, 1)
+    for lname in (f"{second} proposals", f"{second} accepted"):
+        np.testing.assert_allclose(viewer.layers[lname].translate, [0, off])
+    lab = viewer.layers[w._labels_name(region)]
+    f = w.project.label_factor(second)
+    np.testing.assert_allclose(lab.translate, [region.y * s + (f - 1) / 2 * s, off + region.x * s + (f - 1) / 2 * s])
+    # the region's box lies on the second slide's pixels where the region is
+    box = viewer.layers[f"{second} accepted"]
+    np.testing.assert_allclose(box.data_to_world(box.data[0][0]), _world(w, second, region.y, region.x))
+    # choosing a slide takes the camera to it, centred
+    for name in (third, first, second):
+        w.slide.value = name
+        np.testing.assert_allclose(viewer.scene.camera.center[-2:], _world(w, name, 512, 512), atol=1e-6)
+    # after reopening, the dropdown's slide is the one on screen
+    from napari_alregions._widgets import ALRegionsWidget
+
+    viewer2 = make_napari_viewer(show=True)
+    w2 = ALRegionsWidget(viewer2)
+    viewer2.window.add_dock_widget(w2)
+    w2.folder.value = str(w.project.folder)
+    _click(w2, "Open session")
+    _wait(qtbot, w2)
+    assert w2.current == first
+    np.testing.assert_allclose(viewer2.scene.camera.center[-2:], _world(w2, first, 512, 512), atol=1e-6)
+    np.testing.assert_allclose(viewer2.layers[w2._labels_name(region)].translate, lab.translate)
+
+
+def test_proposals_edited_on_the_canvas_reach_the_session(make_napari_viewer, qtbot, tmp_path, small_pool):
+    """Issue 19, item 2: a deleted box was still accepted, a dragged one accepted at its old
+    place, and clicking a box did not select its row."""
+    from napari.layers.shapes._shapes_key_bindings import delete_selected_shapes
+
+    from napari_alregions.session import Session
+
+    folder, manifest = small_pool
+    viewer, w, _ = _start(make_napari_viewer, tmp_path, small_pool)
+    slide = _add_slide(w, folder, manifest, 1)  # on the second slide: canvas coordinates are offset
+    w.method.value, w.unit.value, w.region_size.value, w.k.value = "random", "px", 256, 3
+    _click(w, "Suggest")
+    layer = viewer.layers[f"{slide} proposals"]
+    rows = w._proposal_rows()
+    assert layer.nshapes == w.proposal_list.count() == 3
+    uids = list(layer.features["uid"])
+
+    # clicking a box selects its row; choosing a row selects its box
+    layer.mode = "select"
+    r = rows[2]
+    centre = _world(w, slide, r.y + r.h / 2, r.x + r.w / 2)
+    _mouse(layer, "press", centre)
+    _mouse(layer, "release", centre)
+    assert layer.selected_data == {uids.index(r.uid)} and w.proposal_list.currentRow() == 2
+    w.proposal_list.setCurrentRow(1)
+    assert layer.selected_data == {uids.index(rows[1].uid)}
+
+    # dragging a box moves the proposal; it snaps to the map grid and is redrawn there
+    moved = rows[0]
+    dx = 100 if moved.x1 + 100 <= 1024 else -100
+    start = _world(w, slide, moved.y + moved.h / 2, moved.x + moved.w / 2)
+    _drag(layer, start, start + np.array([0, dx * 0.5]))
+    stride = w.project.stride
+    snapped_x = round((moved.x + dx) / stride) * stride
+    qtbot.waitUntil(lambda: w.project.session.store.get(moved.uid).x == snapped_x, timeout=5000)
+    after = w.project.session.store.get(moved.uid)
+    assert (after.y, after.w, after.h) == (moved.y, moved.w, moved.h)
+    qtbot.waitUntil(lambda: any(np.allclose(d.min(0), [moved.y, snapped_x]) for d in layer.data), timeout=5000)
+
+    # deleting a box (Delete key) dismisses its proposal: gone from the list, never accepted
+    deleted = rows[2]
+    layer.selected_data = {list(layer.features["uid"]).index(deleted.uid)}
+    delete_selected_shapes(layer)
+    qtbot.waitUntil(lambda: w.project.session.store.status(deleted.uid) == "dismissed", timeout=5000)
+    assert deleted.uid not in [r.uid for r in w._proposal_rows()] and w.proposal_list.count() == 2
+    while w.proposal_list.count():
+        w.proposal_list.setCurrentRow(0)
+        _click(w, "Accept region")
+    accepted = {r.uid: r for r in w.project.session.accepted}
+    assert deleted.uid not in accepted
+    assert (accepted[moved.uid].x, accepted[moved.uid].y) == (snapped_x, moved.y)  # accepted where it was dragged
+    assert Session.open(w.project.folder).store.status(deleted.uid) == "dismissed"
+
+
+def test_reject_button_and_a_drawn_region(make_napari_viewer, qtbot, tmp_path, small_pool):
+    folder, manifest = small_pool
+    viewer, w, _ = _start(make_napari_viewer, tmp_path, small_pool)
+    slide = _add_slide(w, folder, manifest, 1)
+    w.method.value, w.unit.value, w.region_size.value, w.k.value = "random", "px", 256, 2
+    _click(w, "Suggest")
+    first = w._proposal_rows()[0]
+    w.proposal_list.setCurrentRow(0)
+    _click(w, "Reject")
+    assert w.project.session.store.status(first.uid) == "dismissed" and w.proposal_list.count() == 1
+    assert first.uid not in list(viewer.layers[f"{slide} proposals"].features["uid"])
+    _click(w, "Accept drawn")
+    assert "draw a rectangle first" in w.message.value
+    # draw a rectangle on the canvas and accept it
+    _click(w, "Draw region")
+    draw = viewer.layers[f"{slide} draw"]
+    assert viewer.layers.selection.active is draw and draw.mode == "add_rectangle"
+    _drag(draw, _world(w, slide, 100, 200), _world(w, slide, 400, 650))
+    assert draw.nshapes == 1
+    _click(w, "Accept drawn")
+    region = w.project.session.accepted[-1]
+    # the shortcuts: Alt+X rejects the selected proposal, Alt+1..n pick the class to paint
+    from qtpy.QtCore import Qt
+
+    canvas = viewer.window._qt_viewer.canvas.native
+    second = w._proposal_rows()[0]
+    w.proposal_list.setCurrentRow(0)
+    qtbot.keyClick(canvas, Qt.Key.Key_X, Qt.KeyboardModifier.AltModifier)
+    assert w.project.session.store.status(second.uid) == "dismissed"
+    viewer.layers.selection.active = viewer.layers[w._labels_name(region)]
+    qtbot.keyClick(canvas, Qt.Key.Key_1, Qt.KeyboardModifier.AltModifier)
+    assert viewer.layers[w._labels_name(region)].selected_label == 1
+    assert "X reject" in w.shortcuts.value and "1 background" in w.shortcuts.value
+    # auto-retrain starts once the accepting task has finished (it cannot run beside it)
+    w.auto_retrain.value, w.auto_after.value = True, 1
+    _click(w, "Draw region")
+    _drag(draw, _world(w, slide, 600, 600), _world(w, slide, 800, 800))
+    _click(w, "Accept drawn")
+    _wait(qtbot, w)
+    assert w.project.cycle == 1, w.message.value
+    assert (region.slide, region.x, region.y, region.w, region.h, region.method) == (slide, 200, 100, 450, 300, "manual")
+    assert draw.nshapes == 0 and w._labels_name(region) in viewer.layers
+
+
+def test_small_things_of_issue_20(make_napari_viewer, qtbot, tmp_path, small_pool, monkeypatch):
+    import shutil
+
+    from qtpy.QtWidgets import QDockWidget
+
+    from napari_alregions._widgets import ALRegionsWidget
+
+    folder, manifest = small_pool
+    viewer = make_napari_viewer(show=True)
+    w = ALRegionsWidget(viewer)
+    viewer.window.add_dock_widget(w, name="AL Regions")
+    # no session yet: the message says so (it said "add a slide first")
+    _click(w, "Suggest")
+    assert w.message.value == "create or open a session first"
+    # an empty folder field is no folder: nothing is created where napari was started
+    monkeypatch.chdir(tmp_path)
+    w.folder.line_edit.value = ""
+    _click(w, "New session")
+    assert w.project is None and "choose a session folder" in w.message.value
+    assert not (tmp_path / "session.json").exists()
+    w.folder.value = str(tmp_path / "sess")
+    w.patch_size.value = 32
+    _click(w, "New session")
+    _click(w, "Add slide")  # no slide chosen yet
+    slide_path = folder / manifest["slides"][0]["image"]
+    w.slide_file.value = str(slide_path)
+    _click(w, "Add slide")
+    first = w.current
+    # another file of the same name is added under a new name; the same file is not added twice
+    other = tmp_path / "other" / slide_path.name
+    other.parent.mkdir()
+    shutil.copy(folder / manifest["slides"][1]["image"], other)
+    w.slide_file.value = str(other)
+    _click(w, "Add slide")
+    stem, suffix = slide_path.name.rsplit(".", 1)
+    assert list(w.project.slides) == [first, f"{stem}_2.{suffix}"] and w.current == f"{stem}_2.{suffix}"
+    assert "is in the session already" in w.message.value
+    assert w.project.session.slides[w.current].path == str(other.resolve())
+    w.slide_file.value = str(slide_path)
+    _click(w, "Add slide")
+    assert len(w.project.slides) == 2 and f"in the session already, as {first}" in w.message.value
+    # adaptive boxes are reported at their own size, not the size asked for
+    w.slide.value = first
+    _compute(qtbot, w)
+    w.method.value, w.unit.value, w.region_size.value, w.k.value = "adaptive", "px", 8 * w.project.stride, 3
+    _click(w, "Suggest")
+    regions = w.project.proposals(first, "adaptive")
+    sides = {(r.w, r.h) for r in regions}
+    if sides == {(8 * w.project.stride,) * 2}:
+        assert f"of {8 * w.project.stride} px" in w.message.value
+    else:
+        assert f"of {8 * w.project.stride} px" not in w.message.value
+        assert all(str(r.w) in w.message.value or str(r.h) in w.message.value for r in regions), w.message.value
+    # a Cancel that comes during a task's last step: the results are kept and the message says so
+    results = []
+
+    def finishing(cancel):
+        yield {"phase": "last batch"}
+        w.runner.cancel()  # the user presses Cancel now; the task has nothing left to stop
+        return 42
+
+    w._task(finishing, desc="retrain", on_done=results.append)
+    _wait(qtbot, w)
+    assert results == [42] and "had finished before Cancel took effect" in w.message.value
+    # a long status line wraps: the dock keeps its width
+    [dock] = [d for d in viewer.window._qt_window.findChildren(QDockWidget) if d.widget() is w]
+    qtbot.wait(50)
+    width = dock.width()
+    w.status.value = "cycle 3 · annotated 12.34% of tissue · 40 accepted · autosaved 12:00:00 " * 3
+    w.message.value = str(tmp_path / ("a_very_long_folder_name_without_spaces" * 3))
+    qtbot.wait(50)
+    assert dock.width() == width
+
+
+def test_class_list_names_colours_and_painting_value(make_napari_viewer, qtbot, tmp_path, small_pool, monkeypatch):
+    from qtpy.QtGui import QColor
+    from qtpy.QtWidgets import QColorDialog
+
+    from napari_alregions._widgets import ALRegionsWidget
+    from napari_alregions.project import AnnotationProject
+
+    folder, manifest = small_pool
+    viewer = make_napari_viewer(show=True)
+    w = ALRegionsWidget(viewer)
+    viewer.window.add_dock_widget(w, name="AL Regions")
+    w.class_name.value = "necrosis"
+    _click(w, "Add class")
+    w.class_list.setCurrentRow(1)
+    w.class_name.value = "carcinoma"
+    _click(w, "Rename class")
+    assert [w.class_list.item(i).text() for i in range(3)] == ["1  background", "2  carcinoma", "3  necrosis"]
+    w.folder.value = str(tmp_path / "sess")
+    w.patch_size.value = 32
+    _click(w, "New session")
+    assert w.project.classes == ("background", "carcinoma", "necrosis")
+    w.class_name.value = "stroma"
+    _click(w, "Add class")
+    assert "fixed once the session exists" in w.message.value and w.class_list.count() == 3
+    w.slide_file.value = str(folder / manifest["slides"][0]["image"])
+    _click(w, "Add slide")
+    [region] = _accept_random(w, 1)
+    lab = viewer.layers[w._labels_name(region)]
+    # a new colour for class 2, chosen in the colour dialog: the layer paints with it, the session keeps it
+    monkeypatch.setattr(QColorDialog, "getColor", lambda *a: QColor(0, 0, 255))
+    w.class_list.setCurrentRow(0)
+    assert lab.selected_label == 1  # choosing a class row picks its painting value
+    w.class_list.setCurrentRow(1)
+    assert lab.selected_label == 2
+    _click(w, "Class colour")
+    np.testing.assert_allclose(lab.colormap.map(np.array([2]))[0][:3], [0, 0, 1], atol=1e-6)
+    assert w.project.colors[1] == (0, 0, 255)
+    folder_ = w.project.folder
+    w.project.close()
+    w.project = None
+    back = AnnotationProject.open(folder_)
+    assert back.colors[1] == (0, 0, 255)
+    back.close()
 
 
 def test_opening_a_session_another_process_holds_asks_and_a_stale_lock_can_be_taken_over(

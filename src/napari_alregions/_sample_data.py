@@ -1,4 +1,8 @@
-"""npe2 sample-data contribution: a generated synthetic slide and its tissue mask."""
+"""The demo slide (a generated synthetic slide and its tissue mask), without napari.
+
+``File ▸ Open Sample`` goes through :mod:`napari_alregions._widgets._sample`, which
+generates the slide in a worker the first time (19 s on the viewer's thread before).
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,11 @@ import os
 from pathlib import Path
 
 from .layers import slide_image_layer, tissue_labels_layer
-from .synthetic import make_slide_pool
+from .synthetic import MANIFEST, make_slide_pool
 from .wsi import open_slide
+
+#: Side of the demo slide (level-0 px, 0.5 µm/px).
+SAMPLE_SIZE = 4096
 
 
 def cache_dir() -> Path:
@@ -18,9 +25,15 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "napari-alregions"
 
 
-def demo_slide() -> list[tuple]:
-    """Generate (once) and open a 4096² synthetic slide with its tissue mask."""
+def sample_ready() -> bool:
+    """Whether the demo slide has been generated (opening it is then quick)."""
     folder = cache_dir() / "sample"
-    manifest = make_slide_pool(folder, n_slides=1, size=4096, seed=0)
+    return (folder / MANIFEST).is_file() and any(folder.glob("*_mask.tif"))
+
+
+def demo_slide() -> list[tuple]:
+    """Generate (once) and open a 4096² synthetic slide: its image and tissue mask layers."""
+    folder = cache_dir() / "sample"
+    manifest = make_slide_pool(folder, n_slides=1, size=SAMPLE_SIZE, seed=0)
     slide = open_slide(folder / manifest["slides"][0]["image"])
     return [slide_image_layer(slide), tissue_labels_layer(slide)]

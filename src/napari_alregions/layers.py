@@ -4,29 +4,35 @@ Every layer of a slide lives in the slide's level-0 frame scaled by mpp (µm), s
 coarse map of stride ``s`` needs ``scale = s * mpp`` and a translate of ``(s - 1) / 2``
 level-0 pixels: napari places pixel centres, and map pixel (r, c) covers level-0 pixels
 ``[c*s, (c+1)*s)``.
+
+Slides are laid out side by side, left to right in the session's order (:func:`slide_layout`):
+each builder takes the slide's ``offset`` (world units: level-0 px × scale) and adds it to
+its translate, so a slide's overlays, regions and labels move with it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from .geometry import Box, Region
+from .geometry import Box, Region, region_to_map_box
 from .wsi import Slide
 
 __all__ = [
-    "METHOD_ANCHORS",
     "METHOD_COLORS",
-    "METHOD_LABELS",
+    "box_means",
+    "edge_widths",
     "coarse_layer_kwargs",
     "overlay_kwargs",
     "priority_colors",
+    "priority_limits",
     "label_colormap",
     "region_labels_layer",
     "regions_layer",
     "slide_image_layer",
+    "slide_layout",
     "tissue_labels_layer",
 ]
 
@@ -42,13 +48,8 @@ METHOD_COLORS = {
     "focannot": (0.09, 0.75, 0.81, 1.0),
     "accepted": (0.0, 0.9, 0.3, 1.0),
 }
-_CORNERS = ("upper_left", "upper_right", "lower_left", "lower_right")
-#: Corner of each selector's "rank: score" labels: methods side by side often propose the
-#: same or nearby windows, whose labels would otherwise print over each other.
-METHOD_ANCHORS = {method: _CORNERS[i % len(_CORNERS)] for i, method in enumerate(METHOD_COLORS)}
-#: Label text of a selector's proposals where it is not "rank: score": top-uncertain patches
-#: are one map cell and often adjacent, so they show the rank only (the widget lists scores).
-METHOD_LABELS = {"top_patches": "{rank}"}
+#: Colour of the rank printed at each box's corner.
+TEXT_COLOR = (0.05, 0.05, 0.05, 1.0)
 
 
 def slide_scale(slide: Slide) -> float:
@@ -56,23 +57,54 @@ def slide_scale(slide: Slide) -> float:
     return float(slide.mpp) if slide.mpp else 1.0
 
 
-def coarse_layer_kwargs(stride: float, unit_scale: float = 1.0) -> dict[str, Any]:
-    """``scale`` and ``translate`` that put a map of ``stride`` level-0 px on level 0."""
-    offset = (stride - 1) / 2 * unit_scale
-    return {"scale": (stride * unit_scale,) * 2, "translate": (offset, offset)}
+#: Gap between neighbouring slides, as a share of the left one's width.
+SLIDE_GAP = 0.1
+
+Offset = tuple[float, float]
 
 
-def overlay_kwargs(slide: Slide, stride: float) -> dict[str, Any]:
-    """Placement of a map of ``stride`` level-0 px over ``slide`` (scale, translate, units)."""
-    kwargs = coarse_layer_kwargs(stride, slide_scale(slide))
+def slide_layout(slides: Mapping[str, Slide], gap: float = SLIDE_GAP) -> dict[str, Offset]:
+    """Where each slide sits: side by side, left to right in ``slides``' order.
+
+    Parameters
+    ----------
+    slides : mapping of str to Slide
+        The session's slides, in the order they were added.
+    gap : float
+        Space after each slide, as a share of its width (>= 0).
+
+    Returns
+    -------
+    dict of str to (float, float)
+        ``(y, x)`` translate of each slide in world units (level-0 px × :func:`slide_scale`).
+        A slide's place depends only on the slides before it, so adding one moves no other.
+    """
+    if gap < 0:
+        raise ValueError(f"gap must be >= 0, got {gap}")
+    out, x = {}, 0.0
+    for name, slide in slides.items():
+        out[name] = (0.0, x)
+        x += slide.shape[1] * slide_scale(slide) * (1 + gap)
+    return out
+
+
+def coarse_layer_kwargs(stride: float, unit_scale: float = 1.0, offset: Offset = (0.0, 0.0)) -> dict[str, Any]:
+    """``scale`` and ``translate`` that put a map of ``stride`` level-0 px on level 0 at ``offset``."""
+    centre = (stride - 1) / 2 * unit_scale
+    return {"scale": (stride * unit_scale,) * 2, "translate": (offset[0] + centre, offset[1] + centre)}
+
+
+def overlay_kwargs(slide: Slide, stride: float, offset: Offset = (0.0, 0.0)) -> dict[str, Any]:
+    """Placement of a map of ``stride`` level-0 px over ``slide`` (scale, translate, units):
+    the one placement every layer builder uses."""
+    kwargs = coarse_layer_kwargs(stride, slide_scale(slide), offset)
     if slide.mpp:
         kwargs["units"] = ("µm", "µm")
     return kwargs
 
 
-def slide_image_layer(slide: Slide) -> tuple[list, dict[str, Any], str]:
+def slide_image_layer(slide: Slide, offset: Offset = (0.0, 0.0)) -> tuple[list, dict[str, Any], str]:
     """A multiscale RGB image layer of the slide."""
-    s = slide_scale(slide)
     meta = {
         "slide_path": str(slide.path),
         "mpp": slide.mpp,
@@ -82,24 +114,53 @@ def slide_image_layer(slide: Slide) -> tuple[list, dict[str, Any], str]:
         "name": slide.path.name,
         "multiscale": True,
         "rgb": True,
-        "scale": (s, s),
         "metadata": meta,
         "contrast_limits": (0, 255),
+        **overlay_kwargs(slide, 1, offset),
     }
-    if slide.mpp:
-        kwargs["units"] = ("µm", "µm")
     return (list(slide.levels), kwargs, "image")
 
 
-def tissue_labels_layer(slide: Slide) -> tuple[np.ndarray, dict[str, Any], str]:
+def tissue_labels_layer(slide: Slide, offset: Offset = (0.0, 0.0)) -> tuple[np.ndarray, dict[str, Any], str]:
     """The tissue mask as a labels layer aligned with level 0."""
     level = slide.tissue_level
     mask = slide.tissue_mask(level).astype(np.uint8)
-    kwargs = coarse_layer_kwargs(slide.downsamples[level], slide_scale(slide))
+    kwargs = overlay_kwargs(slide, slide.downsamples[level], offset)
     kwargs.update(name=f"{slide.path.name} tissue", opacity=0.3, metadata={"slide_path": str(slide.path)})
-    if slide.mpp:
-        kwargs["units"] = ("µm", "µm")
     return (mask, kwargs, "labels")
+
+
+def priority_limits(priority: np.ndarray, tissue: np.ndarray | None = None, *, low: float = 50.0,
+                    high: float = 99.5) -> tuple[float, float]:
+    """Contrast limits of a priority overlay relative to the slide's own tissue values.
+
+    The ``low`` percentile of the map over tissue is drawn transparent (the colormap starts
+    at alpha 0), the ``high`` percentile at full colour: half the tissue stays clear and the
+    most informative areas stand out, whatever the model's range (0.2-0.33 after training
+    was a faint grey at fixed limits 0-1). A flat map (untrained model) is drawn clear.
+
+    Parameters
+    ----------
+    priority : (H, W) array
+        The map; NaN where unknown.
+    tissue : (H, W) bool array, optional
+        Cells on tissue (default: every cell).
+    low, high : float
+        Percentiles (0-100, ``low < high``).
+    """
+    priority = np.asarray(priority)
+    if priority.ndim != 2:
+        raise ValueError(f"priority must be a 2-D map, got shape {priority.shape}")
+    if not 0 <= low < high <= 100:
+        raise ValueError(f"low and high must satisfy 0 <= low < high <= 100, got {low}, {high}")
+    values = priority if tissue is None else priority[np.asarray(tissue, dtype=bool)]
+    values = values[np.isfinite(values)]
+    if not values.size:
+        return 0.0, 1.0
+    lo, hi = (float(v) for v in np.percentile(values, [low, high]))
+    if hi <= lo:  # flat: everything at the transparent end
+        hi = lo + max(abs(lo), 1.0) * 1e-3
+    return lo, hi
 
 
 def priority_colors(n: int = 9) -> np.ndarray:
@@ -111,19 +172,50 @@ def priority_colors(n: int = 9) -> np.ndarray:
     return np.stack([np.interp(t, at, anchors[:, i]) for i in range(4)], axis=1)
 
 
-def regions_layer(regions: Sequence[Region], *, name: str, slide: Slide, color: Sequence[float] | None = None,
-                  edge_width: float | None = None) -> tuple[list[np.ndarray], dict[str, Any], str]:
-    """Rectangles of level-0 regions as a Shapes layer tuple, with method/score/rank/cycle features.
+def box_means(priority: np.ndarray, regions: Sequence[Region], stride: int) -> np.ndarray:
+    """Mean of ``priority`` over the map cells each region covers (NaN cells left out; NaN
+    for a region with no known cell): a score that reads the same for any region size."""
+    if priority.ndim != 2:
+        raise ValueError(f"priority must be a 2-D map, got shape {priority.shape}")
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+    out = np.full(len(regions), np.nan)
+    for i, r in enumerate(regions):
+        cells = priority[region_to_map_box(r, stride, priority.shape).slices]
+        known = cells[np.isfinite(cells)]
+        if known.size:
+            out[i] = float(known.mean())
+    return out
 
-    Corners are napari ``(row, col)`` in level-0 px; the layer's ``scale`` is the µm size.
+
+def edge_widths(regions: Sequence[Region]) -> list[float]:
+    """Border width (level-0 px) of each region's box: a 50th of its short side, so that a
+    small patch is not hidden under the border of a large region."""
+    return [max(1.0, min(r.w, r.h) / 50) for r in regions]
+
+
+def regions_layer(regions: Sequence[Region], *, name: str, slide: Slide, offset: Offset = (0.0, 0.0),
+                  color: Sequence[float] | None = None, mean: Sequence[float] | None = None, ranks: bool = True,
+                  ) -> tuple[list[np.ndarray], dict[str, Any], str]:
+    """Rectangles of level-0 regions as one Shapes layer tuple, whatever their methods.
+
+    Each shape carries ``method``, ``score`` (the selector's), ``mean`` (mean priority in
+    the box, NaN where not given), ``rank`` (1 first), ``cycle`` and ``uid`` features, its
+    method's edge colour (or ``color`` for all) and a border scaled to its size (:func:`edge_widths`);
+    ``ranks``: the rank printed at each box's corner (text costs redraws: none for accepted regions).
+    Corners are napari ``(row, col)`` in level-0 px; scale and translate place them.
     """
     data = [np.array([[r.y, r.x], [r.y, r.x1], [r.y1, r.x1], [r.y1, r.x]], dtype=float) for r in regions]
-    method = regions[0].method if regions else ""
-    color = np.asarray(color if color is not None else METHOD_COLORS.get(method, (1.0, 1.0, 0.0, 1.0)), dtype=float)
-    side = max((max(r.w, r.h) for r in regions), default=256)
+    if mean is not None and len(mean) != len(regions):
+        raise ValueError(f"mean needs one value per region ({len(regions)}), got {len(mean)}")
+    if color is not None:
+        colors = np.tile(np.asarray(color, dtype=float), (len(regions), 1))
+    else:
+        colors = np.array([METHOD_COLORS.get(r.method, (1.0, 1.0, 0.0, 1.0)) for r in regions], dtype=float).reshape(-1, 4)
     features = {
         "method": [r.method for r in regions],
         "score": [float(r.score) for r in regions],
+        "mean": [float(v) for v in mean] if mean is not None else [float("nan")] * len(regions),
         "rank": [int(r.rank) + 1 for r in regions],
         "cycle": [-1 if r.cycle is None else int(r.cycle) for r in regions],
         "uid": [r.uid or "" for r in regions],
@@ -131,25 +223,23 @@ def regions_layer(regions: Sequence[Region], *, name: str, slide: Slide, color: 
     kwargs: dict[str, Any] = {
         "name": name,
         "shape_type": "rectangle",
-        "edge_color": color,
+        "edge_color": colors if len(regions) else "yellow",
         "face_color": "transparent",
-        "edge_width": edge_width if edge_width is not None else max(2.0, side / 40),
+        "edge_width": edge_widths(regions) if regions else 1.0,
         "features": features,
-        "text": {"string": METHOD_LABELS.get(method, "{rank}: {score:.2f}"), "anchor": METHOD_ANCHORS.get(method, "upper_left"), "color": color,
-                 "size": 10},
+        # the rank only, dark on the light slide (the list has the scores): long coloured
+        # "rank: score" labels of neighbouring boxes printed over each other
         "metadata": {"regions": list(regions)},
     }
-    kwargs.update(_placement(slide))
+    if ranks:
+        kwargs["text"] = {"string": "{rank}", "anchor": "upper_left", "color": TEXT_COLOR, "size": 12}
+    kwargs.update(overlay_kwargs(slide, 1, offset))
     return data, kwargs, "shapes"
 
 
-def _placement(slide: Slide) -> dict[str, Any]:
-    s = slide_scale(slide)
-    return {"scale": (s, s), **({"units": ("µm", "µm")} if slide.mpp else {})}
-
-
 def region_labels_layer(labels: np.ndarray, box: Box, *, factor: float, name: str,
-                        colors: Sequence[Sequence[int]], slide: Slide) -> tuple[np.ndarray, dict[str, Any], str]:
+                        colors: Sequence[Sequence[int]], slide: Slide, offset: Offset = (0.0, 0.0),
+                        ) -> tuple[np.ndarray, dict[str, Any], str]:
     """A Labels layer over one region: ``labels`` at a level of downsample ``factor``.
 
     ``box`` is ``(y0, x0, y1, x1)`` in label px; pixel (r, c) covers level-0
@@ -157,9 +247,7 @@ def region_labels_layer(labels: np.ndarray, box: Box, *, factor: float, name: st
     """
     y0, x0 = box[0], box[1]
     unit_scale = slide_scale(slide)
-    kwargs = overlay_kwargs(slide, factor)
-    off = kwargs["translate"][0]
-    kwargs["translate"] = (y0 * factor * unit_scale + off, x0 * factor * unit_scale + off)
+    kwargs = overlay_kwargs(slide, factor, (offset[0] + y0 * factor * unit_scale, offset[1] + x0 * factor * unit_scale))
     kwargs.update(name=name, colormap=label_colormap(colors), opacity=0.45)
     return labels, kwargs, "labels"
 

@@ -73,9 +73,10 @@ class TaskRunner:
         cancel = threading.Event()
         self._cancel = cancel
 
-        from ..model import InferenceCancelled, TrainingCancelled
-
         def work():
+            # torch is imported here, in the worker: importing it on the viewer's thread froze it for seconds
+            from ..model import InferenceCancelled, TrainingCancelled
+
             try:
                 return (yield from make(cancel.is_set))
             except (TrainingCancelled, InferenceCancelled):
@@ -86,8 +87,10 @@ class TaskRunner:
         def returned(value: Any) -> None:
             if value is _CANCELLED:
                 self._on_message("cancelled: nothing was changed", False)
-            else:
-                on_done(value)
+                return
+            on_done(value)
+            if cancel.is_set():  # pressed during the last step: the task had finished, say so
+                self._on_message(f"{desc} had finished before Cancel took effect: its results are kept", True)
 
         worker = create_worker(work, _start_thread=False, _ignore_errors=True)  # errors become messages
         self._bar = self._progress

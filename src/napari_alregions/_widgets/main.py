@@ -15,19 +15,106 @@ import numpy as np
 from magicgui import widgets as mw
 from napari.utils.colormaps import Colormap
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import QEvent, QTimer
-from qtpy.QtWidgets import QListWidget, QMessageBox, QTabWidget, QVBoxLayout, QWidget
+from qtpy.QtCore import QEvent, Qt, QTimer, Signal
+from qtpy.QtGui import QColor, QIcon, QPixmap
+from qtpy.QtWidgets import QColorDialog, QHeaderView, QListWidget, QListWidgetItem, QMessageBox, QSizePolicy, QTabWidget, QVBoxLayout, QWidget
 
 from ..cli_suggest import _parse_option
 from ..geometry import Region
-from ..layers import METHOD_COLORS, overlay_kwargs, priority_colors, region_labels_layer, regions_layer, slide_image_layer, slide_scale
+from ..layers import (
+    METHOD_COLORS,
+    box_means,
+    label_colormap,
+    overlay_kwargs,
+    priority_colors,
+    priority_limits,
+    region_labels_layer,
+    regions_layer,
+    slide_image_layer,
+    slide_layout,
+    slide_scale,
+)
 from ..priority import MEASURES
-from ..project import AnnotationProject, region_size_px
+from ..project import DEFAULT_COLORS, AnnotationProject, region_size_px
 from ..selection import METHODS
 from ..session import SessionLocked
 from ._runner import TaskRunner
 
 __all__ = ["ALRegionsWidget"]
+
+
+_SHORT = {"standard_nonsquare": "non-sq.", "standard": "std", "adaptive": "adapt.", "top_patches": "top", "diversity": "div.",
+          "prototype": "proto.", "focannot": "focan.", "random": "random"}
+
+
+class _Locked:
+    """An open that found the session held by another process: what to ask the user about."""
+
+    def __init__(self, exc: SessionLocked) -> None:
+        self.exc = exc
+
+
+def _free_name(name: str, taken) -> str:
+    """``name``, or ``stem_2.ext``, ``stem_3.ext``... when a slide of that name exists."""
+    if name not in taken:
+        return name
+    path = Path(name)
+    stem, suffix = (path.name[: -len("".join(path.suffixes))], "".join(path.suffixes)) if path.suffixes else (name, "")
+    i = 2
+    while f"{stem}_{i}{suffix}" in taken:
+        i += 1
+    return f"{stem}_{i}{suffix}"
+
+
+def _sizes(regions) -> str:
+    """The box sizes of ``regions`` as a user reads them: "512 px", "512×256 px", "256-512 px"."""
+    sides = sorted({(r.w, r.h) for r in regions})
+    if not sides:
+        return ""
+    if len(sides) == 1:
+        w, h = sides[0]
+        return f"{w} px" if w == h else f"{w}×{h} px"
+    lo, hi = min(min(s) for s in sides), max(max(s) for s in sides)
+    return f"{lo}-{hi} px"
+
+
+def _parse_class_map(text: str) -> dict[str, str | None]:
+    """``"Tumor=tumour, Other="`` -> ``{"Tumor": "tumour", "Other": None}`` (empty: skip)."""
+    out: dict[str, str | None] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        qupath, sep, ours = part.partition("=")
+        if not sep or not qupath.strip():
+            raise ValueError(f"class map: {part!r} is not QuPath class=session class")
+        out[qupath.strip()] = ours.strip() or None
+    return out
+
+
+def _unbind(viewer, keys: list[str]) -> None:
+    for key in keys:
+        try:
+            viewer.bind_key(key, None)
+        except (KeyError, ValueError, RuntimeError):  # already gone with the viewer
+            pass
+    keys.clear()
+
+
+def _hex(rgba) -> str:
+    return "#" + "".join(f"{round(255 * c):02x}" for c in rgba[:3])
+
+
+def _removed_only(old, new) -> list[int] | None:
+    """Indices of ``old`` to remove to get ``new`` when that is all that changed, else None."""
+    keys = set(_region_keys(new))
+    kept = [i for i, k in enumerate(_region_keys(old)) if k in keys]
+    if len(kept) == len(old) or _region_keys([old[i] for i in kept]) != _region_keys(new):
+        return None
+    kept_set = set(kept)
+    return [i for i in range(len(old)) if i not in kept_set]
+
+
+def _region_keys(regions) -> list[tuple]:
+    """What a drawn box shows of each region: a layer showing the same keys needs no redraw."""
+    return [(r.uid, r.x, r.y, r.w, r.h, r.method, r.rank, r.cycle, r.score) for r in regions]
 
 _UNIT = ("µm", "px")
 
@@ -51,6 +138,8 @@ def _option_widget(name: str, default: Any, help_: str) -> mw.Widget:
 class ALRegionsWidget(QWidget):
     """Region-based active learning in the viewer (SPEC §1)."""
 
+    _region_event = Signal(object)  # a session's region change (from any thread), to the GUI thread
+
     def __init__(self, napari_viewer) -> None:
         super().__init__()
         self.viewer = napari_viewer
@@ -63,6 +152,16 @@ class ALRegionsWidget(QWidget):
         self._unsaved: set[str] = set()
         self._watched: set[int] = set()  # ids of windows whose closing saves pending strokes (no reference kept)
         self._redrawing = False
+        self._after_task = None  # what runs once the current task's worker has finished (auto-retrain)
+        self._redrawing_shapes = False  # our own redraw of a Shapes layer: no user edit
+        self._syncing = False  # a box and its list row being selected together
+        self._removing: list[str] = []  # uids of the boxes napari is deleting
+        self._pending_redraw: set[str] = set()
+        self._redraw_timer = QTimer(self)  # a child timer, not QTimer.singleShot: a pending shot kept the viewer alive
+        self._redraw_timer.setSingleShot(True)
+        self._redraw_timer.setInterval(0)
+        self._redraw_timer.timeout.connect(self._redraw_pending)
+        self._region_event.connect(self._region_event_arrived, Qt.ConnectionType.QueuedConnection)
         self._autosave = QTimer(self)
         self._autosave.setSingleShot(True)
         self._autosave.setInterval(250)
@@ -86,9 +185,20 @@ class ALRegionsWidget(QWidget):
         layout.addWidget(self.cancel_btn.native)
         layout.addWidget(self.status.native)
         layout.addWidget(self.message.native)
-        self.message.native.setWordWrap(True)
+        for label in (self.message, self.status):
+            # wrapped, and no width of its own: a long line widened the dock by ~84 px and cut the slide off
+            label.native.setWordWrap(True)
+            label.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.shortcuts = mw.Label(value="")
+        self.shortcuts.native.setWordWrap(True)
+        self.shortcuts.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        layout.addWidget(self.shortcuts.native)
+        self._bound: list[str] = []
+        self._bind_keys(2)
         runner = self.runner
+        viewer, bound = self.viewer, self._bound
         self.destroyed.connect(lambda *_: runner.wait())  # closing the viewer stops the worker first
+        self.destroyed.connect(lambda *_: _unbind(viewer, bound))
 
     def _watch_close(self) -> None:
         # closing the viewer's window must not drop strokes still waiting for the autosave
@@ -106,10 +216,56 @@ class ALRegionsWidget(QWidget):
             self.flush_labels()
         return False
 
+    # ------------------------------------------------------------------ shortcuts
+    #: Alt+key: the viewer's plain letters and digits belong to napari's layers (modes, tools).
+    _KEYS = {"Alt-A": ("accept", "accept_selected"), "Alt-X": ("reject", "reject_selected"),
+             "Alt-N": ("next", "_next"), "Alt-P": ("previous", "_previous"), "Alt-D": ("draw", "draw_region"),
+             "Alt-R": ("retrain", "retrain")}
+
+    def _bind_keys(self, n_classes: int) -> None:
+        """Bind the plugin's shortcuts on the viewer (unbound when the widget goes) and list them."""
+        _unbind(self.viewer, self._bound)
+        keys = {k: getattr(self, attr) for k, (_, attr) in self._KEYS.items()}
+        keys.update({f"Alt-{i + 1}": (lambda i=i: self.pick_class(i + 1)) for i in range(min(n_classes, 9))})
+        for key, fn in keys.items():
+            self.viewer.bind_key(key, lambda _viewer, fn=fn: fn(), overwrite=True)
+            self._bound.append(key)
+        classes = self.project.classes if self.project is not None else ()
+        picks = ", ".join(f"{i + 1} {c}" for i, c in enumerate(classes[:9])) or "1..n class"
+        self.shortcuts.value = ("Shortcuts (Alt+): " + " · ".join(f"{k[4:]} {what}" for k, (what, _) in self._KEYS.items())
+                                + f" · {picks}")
+
+    def _next(self) -> None:
+        self._step_proposal(1)
+
+    def _previous(self) -> None:
+        self._step_proposal(-1)
+
+    def pick_class(self, value: int) -> None:
+        """Paint class ``value`` (1..n) in the active region labels layer."""
+        layer = self.viewer.layers.selection.active
+        if self.project is None or layer is None or "region" not in getattr(layer, "metadata", {}):
+            self._message("select a region's labels layer to paint in first", True)
+            return
+        if not 1 <= value <= len(self.project.classes):
+            return
+        layer.selected_label = value
+        self._message(f"painting {self.project.classes[value - 1]}")
+
     # ------------------------------------------------------------------ tabs
     def _session_tab(self) -> mw.Container:
         self.folder = mw.FileEdit(label="Session folder", mode="d")
-        self.classes = mw.LineEdit(label="Classes", value="background, tumour")
+        # the classes and their colours: the painting value is the row (1..n), the colour the layer's
+        self.class_list = QListWidget()
+        self.class_list.setMaximumHeight(110)
+        self.class_list.currentRowChanged.connect(self._class_chosen)
+        self.class_list.itemClicked.connect(lambda item: self._class_chosen(self.class_list.row(item)))  # the row again
+        self.class_name = mw.LineEdit(label="Class", value="", tooltip="a class name to add, or the new name of the selected class")
+        add_class, rename, recolour = _button("Add class"), _button("Rename class"), _button("Class colour")
+        add_class.changed.connect(self.add_class)
+        rename.changed.connect(self.rename_class)
+        recolour.changed.connect(lambda: self.recolour_class())  # not the button's value
+        self._set_classes(["background", "tumour"], DEFAULT_COLORS[:2])
         new, open_ = _button("New session"), _button("Open session")
         new.changed.connect(self.new_session)
         open_.changed.connect(self.open_session)
@@ -120,11 +276,83 @@ class ALRegionsWidget(QWidget):
         add_layer.changed.connect(self.add_slide_layer)
         self.slide = mw.ComboBox(label="Current slide", choices=[])
         self.slide.changed.connect(self._slide_changed)
-        return mw.Container(widgets=[self.folder, self.classes, mw.Container(widgets=[new, open_], layout="horizontal", labels=False),
-                                     self.slide_file, add, add_layer, self.slide])
+        box = mw.Container(widgets=[self.folder, self.class_name,
+                                    mw.Container(widgets=[add_class, rename, recolour], layout="horizontal", labels=False),
+                                    mw.Container(widgets=[new, open_], layout="horizontal", labels=False),
+                                    self.slide_file, add, add_layer, self.slide])
+        box.native.layout().insertWidget(1, self.class_list)
+        return box
+
+    # ------------------------------------------------------------------ classes
+    def _set_classes(self, names, colors) -> None:
+        self._class_names, self._class_colors = list(names), [tuple(int(v) for v in c[:3]) for c in colors]
+        row = self.class_list.currentRow()
+        self.class_list.blockSignals(True)
+        self.class_list.clear()
+        for i, (name, color) in enumerate(zip(self._class_names, self._class_colors)):
+            pixmap = QPixmap(14, 14)
+            pixmap.fill(QColor(*color))
+            self.class_list.addItem(QListWidgetItem(QIcon(pixmap), f"{i + 1}  {name}"))
+        self.class_list.setCurrentRow(min(row, len(self._class_names) - 1))
+        self.class_list.blockSignals(False)
+
+    def _class_chosen(self, row: int) -> None:
+        layer = self.viewer.layers.selection.active
+        if 0 <= row < len(self._class_names) and layer is not None and "region" in getattr(layer, "metadata", {}):
+            self.pick_class(row + 1)
+
+    def add_class(self) -> None:
+        name = self.class_name.value.strip()
+        if self.project is not None:
+            self._message("the classes are fixed once the session exists (the model predicts them); "
+                          "colours can still change", True)
+            return
+        if not name or name in self._class_names:
+            self._message("type a new class name first" if not name else f"there is a class {name!r} already", True)
+            return
+        color = DEFAULT_COLORS[len(self._class_colors) % len(DEFAULT_COLORS)]
+        self._set_classes([*self._class_names, name], [*self._class_colors, color])
+        self.class_name.value = ""
+
+    def rename_class(self) -> None:
+        name, row = self.class_name.value.strip(), self.class_list.currentRow()
+        if self.project is not None:
+            self._message("the classes are fixed once the session exists (the model predicts them); "
+                          "colours can still change", True)
+            return
+        if not 0 <= row < len(self._class_names) or not name or name in self._class_names:
+            self._message("select a class and type its new name first", True)
+            return
+        names = list(self._class_names)
+        names[row] = name
+        self._set_classes(names, self._class_colors)
+        self.class_name.value = ""
+
+    def recolour_class(self, color=None) -> None:
+        """A new colour for the selected class (asked for with a colour dialog), in every
+        region's labels layer and, once there is a session, saved with it."""
+        row = self.class_list.currentRow()
+        if not 0 <= row < len(self._class_names):
+            self._message("select a class first", True)
+            return
+        if color is None:
+            picked = QColorDialog.getColor(QColor(*self._class_colors[row]), self, "Class colour")
+            if not picked.isValid():
+                return
+            color = (picked.red(), picked.green(), picked.blue())
+        colors = list(self._class_colors)
+        colors[row] = tuple(int(v) for v in color[:3])
+        if self.project is not None:
+            with self.project.session.changing() as session:
+                session.settings.colors = [list(c) for c in colors]
+            if not self._done(self.project.session.save):
+                return
+            for layer in self._region_layers.values():
+                layer.colormap = label_colormap(colors)
+        self._set_classes(self._class_names, colors)
 
     def _model_tab(self) -> mw.Container:
-        from ..model import ARCHITECTURES
+        from ..architectures import ARCHITECTURES
 
         self.arch = mw.ComboBox(label="Architecture", choices=list(ARCHITECTURES), value="compact")
         self.patch_size = mw.SpinBox(label="Patch size (px)", value=64, min=16, max=1024, step=16)
@@ -170,7 +398,11 @@ class ALRegionsWidget(QWidget):
         compare.changed.connect(self.compare)
         pool = _button("Diversity over all slides", "k regions per slide that together cover the pool's variety")
         pool.changed.connect(self.pool_diversity)
-        self.table = mw.Table(value={"method": [], "count": [], "area (mm²)": [], "tissue %": [], "mean priority": []})
+        # one column per method, one row per measure: 4 methods fit the dock (11 columns did not)
+        self.table = mw.Table(value={"data": [], "index": [], "columns": []})
+        self.table.native.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        self.legend = mw.Label(value="")  # the colour of each method's boxes
+        self.legend.native.setWordWrap(True)
         self.proposal_list = QListWidget()
         self.proposal_list.currentRowChanged.connect(self._go_to_proposal)
         prev, nxt = _button("◀ Previous"), _button("Next ▶")
@@ -178,10 +410,18 @@ class ALRegionsWidget(QWidget):
         nxt.changed.connect(lambda: self._step_proposal(1))
         accept = _button("Accept region", "add the selected proposal to the labeled set and paint in it")
         accept.changed.connect(self.accept_selected)
+        reject = _button("Reject", "dismiss the selected proposal; it is not proposed again (or delete its box on the canvas)")
+        reject.changed.connect(self.reject_selected)
+        draw = _button("Draw region", "drag a rectangle of your own on the current slide")
+        draw.changed.connect(self.draw_region)
+        accept_drawn = _button("Accept drawn", "add the rectangles you drew to the labeled set")
+        accept_drawn.changed.connect(self.accept_drawn)
         box = mw.Container(widgets=[self.method, self.options, self.region_size, self.unit, self.k, self.seed, suggest, pool,
-                                    self.compare_methods, compare, self.table,
-                                    mw.Container(widgets=[prev, nxt], layout="horizontal", labels=False), accept])
-        box.native.layout().insertWidget(len(box) - 2, self.proposal_list)
+                                    self.compare_methods, compare, self.table, self.legend,
+                                    mw.Container(widgets=[prev, nxt], layout="horizontal", labels=False),
+                                    mw.Container(widgets=[accept, reject], layout="horizontal", labels=False),
+                                    mw.Container(widgets=[draw, accept_drawn], layout="horizontal", labels=False)])
+        box.native.layout().insertWidget(len(box) - 3, self.proposal_list)
         self._rebuild_options()
         return box
 
@@ -201,10 +441,13 @@ class ALRegionsWidget(QWidget):
         self.auto_retrain = mw.CheckBox(label="Auto-retrain", value=False)
         self.auto_after = mw.SpinBox(label="after N accepted regions", value=3, min=1, max=100)
         self.qupath_file = mw.FileEdit(label="QuPath GeoJSON", mode="w", filter="*.geojson *.json")
+        self.class_map = mw.LineEdit(label="Class map", value="",
+                                     tooltip="QuPath class=session class, comma-separated (Tumor=tumour, Other= to skip "
+                                             "Other); unlisted classes match by name (Tumor/Tumour alike)")
         export, import_ = _button("Export to QuPath"), _button("Import from QuPath")
         export.changed.connect(self.export_qupath)
         import_.changed.connect(self.import_qupath)
-        box = mw.Container(widgets=[hint, remove, self.retrain_btn, self.auto_retrain, self.auto_after, self.qupath_file,
+        box = mw.Container(widgets=[hint, remove, self.retrain_btn, self.auto_retrain, self.auto_after, self.qupath_file, self.class_map,
                                     mw.Container(widgets=[export, import_], layout="horizontal", labels=False)])
         box.native.layout().insertWidget(1, self.accepted_list)
         return box
@@ -234,6 +477,9 @@ class ALRegionsWidget(QWidget):
         self.cancel_btn.enabled = busy
         for b in self._busy_buttons:
             b.enabled = not busy
+        if not busy and self._after_task is not None:
+            then, self._after_task = self._after_task, None
+            then()
 
     def _guard(self, fn, *args, **kwargs) -> Any:
         """Run a quick project call; a bad input becomes a message, not a traceback."""
@@ -246,17 +492,40 @@ class ALRegionsWidget(QWidget):
             self._message(str(exc), True)
             return None
 
+    def _call(self, desc: str, fn, *args, on_done, **kwargs) -> None:
+        """A project call that may take seconds (selecting, saving, opening files) run in the
+        worker; ``on_done(result)`` draws it. A bad input becomes a message, as in :meth:`_guard`."""
+        if self.project is None or fn is None:
+            self._message("create or open a session first", True)
+            return
+
+        def make(cancel):
+            yield {"phase": desc}
+            return fn(*args, **kwargs)
+
+        self._task(make, desc=desc, on_done=on_done)
+
+    def _task(self, make, *, desc: str, on_done) -> bool:
+        """Start a task; the message line says what runs (a message of the last task would go stale)."""
+        started = self.runner.start(make, desc=desc, on_done=on_done)
+        if started:
+            self.message.value = f"{desc}…"
+        return started
+
     def _done(self, fn, *args, **kwargs) -> bool:
         """:meth:`_guard` for calls that return nothing: whether it went through."""
         return self._guard(lambda: (fn(*args, **kwargs), True)[1]) is True
 
-    def _refresh_status(self) -> None:
+    def _refresh_status(self, pct: float | None = None) -> None:
+        """The status line; ``pct``: the annotated share, when a worker has computed it (it reads
+        every accepted region's labels: ~0.1-1 s with 40 regions)."""
         p = self.project
         if p is None:
             self.status.value = ""
             return
         saved = time.strftime("%H:%M:%S")
-        self.status.value = (f"cycle {p.cycle} · annotated {p.annotated_pct():.2f}% of tissue · "
+        pct = p.annotated_pct() if pct is None else pct
+        self.status.value = (f"cycle {p.cycle} · annotated {pct:.2f}% of tissue · "
                              f"{len(p.session.accepted)} accepted · autosaved {saved}")
         self.device.value = p.device
 
@@ -265,8 +534,11 @@ class ALRegionsWidget(QWidget):
         return self.slide.value or None
 
     def _slide_or_say(self) -> str | None:
-        """The current slide, or None after telling the user to add one."""
-        if self.project is None or self.current is None:
+        """The current slide, or None after telling the user what is missing."""
+        if self.project is None:
+            self._message("create or open a session first", True)
+            return None
+        if self.current is None:
             self._message("add a slide first", True)
             return None
         return self.current
@@ -275,67 +547,102 @@ class ALRegionsWidget(QWidget):
         return slide_scale(self.project.slides[name])
 
     # ------------------------------------------------------------------ session
-    def new_session(self) -> None:
-        folder = Path(self.folder.value)
-        classes = [c.strip() for c in self.classes.value.split(",") if c.strip()]
-        try:
-            project = AnnotationProject.create(folder, classes=classes, arch=self.arch.value, patch_size=self.patch_size.value,
-                                               level=self.level.value, members=self.members.value)
-        except (ValueError, OSError) as exc:
-            self._message(str(exc), True)
-            return
-        self._set_project(project)
-        self._message(f"new session in {folder}")
-
-    def _open_project(self, folder: Path) -> AnnotationProject | None:
-        """Open a session; when another process holds it, ask: read-only, take over a
-        stale lock, or cancel."""
-        try:
-            return AnnotationProject.open(folder)
-        except SessionLocked as exc:
-            box = QMessageBox(QMessageBox.Icon.Warning, "AL Regions", str(exc), parent=self)
-            read_only = box.addButton("Open read-only", QMessageBox.ButtonRole.AcceptRole)
-            take = box.addButton("Take over", QMessageBox.ButtonRole.DestructiveRole) if exc.stale else None
-            box.addButton(QMessageBox.StandardButton.Cancel)
-            box.exec()
-            if box.clickedButton() not in (read_only, take):
-                self._message("not opened: the session is open in another process", True)
-                return None
-            try:
-                return AnnotationProject.open(folder, read_only=box.clickedButton() is read_only,
-                                              take_over=box.clickedButton() is take)
-            except (ValueError, OSError) as again:
-                self._message(str(again), True)
-                return None
-        except (ValueError, OSError) as exc:
-            self._message(str(exc), True)
+    def _session_folder(self) -> Path | None:
+        """The folder typed in, or None after asking for one (an empty field is no folder:
+        it used to create the session wherever napari was started)."""
+        text = self.folder.line_edit.value.strip()  # .value of an empty field is Path(".")
+        if not text:
+            self._message("choose a session folder first", True)
             return None
+        return Path(text).expanduser()
+
+    def new_session(self) -> None:
+        folder = self._session_folder()
+        if folder is None:
+            return
+        settings = dict(classes=list(self._class_names), colors=list(self._class_colors), arch=self.arch.value, patch_size=self.patch_size.value, level=self.level.value,
+                        members=self.members.value)
+
+        def make(cancel):  # building the model imports torch: seconds, off the viewer's thread
+            yield {"phase": "new session"}
+            return AnnotationProject.create(folder, **settings)
+
+        def done(project: AnnotationProject) -> None:
+            self._set_project(project)
+            self._message(f"new session in {folder}")
+
+        self._task(make, desc="new session", on_done=done)
 
     def open_session(self) -> None:
-        project = self._open_project(Path(self.folder.value))
-        if project is None:
+        folder = self._session_folder()
+        if folder is not None:
+            self._open_in_worker(folder, {})
+
+    def _open_in_worker(self, folder: Path, how: dict[str, bool]) -> None:
+        def make(cancel):  # slides, model, maps, labels and tissue masks are read in the worker
+            yield {"phase": "opening session"}
+            try:
+                project = AnnotationProject.open(folder, **how)
+            except SessionLocked as exc:  # asked about on the viewer's thread, then opened again
+                return _Locked(exc)  # (a returned exception would be taken for the task's error)
+            project.annotated_pct()
+            return project
+
+        self._task(make, desc="open session", on_done=lambda got: self._opened(folder, got))
+
+    def _ask_locked(self, exc: SessionLocked) -> dict[str, bool] | None:
+        """Another process holds the session: open read-only, take over a stale lock, or cancel."""
+        box = QMessageBox(QMessageBox.Icon.Warning, "AL Regions", str(exc), parent=self)
+        read_only = box.addButton("Open read-only", QMessageBox.ButtonRole.AcceptRole)
+        take = box.addButton("Take over", QMessageBox.ButtonRole.DestructiveRole) if exc.stale else None
+        box.addButton(QMessageBox.StandardButton.Cancel)
+        box.exec()
+        if box.clickedButton() not in (read_only, take):
+            self._message("not opened: the session is open in another process", True)
+            return None
+        return {"read_only": box.clickedButton() is read_only, "take_over": box.clickedButton() is take}
+
+    def _opened(self, folder: Path, project) -> None:
+        if isinstance(project, _Locked):
+            how = self._ask_locked(project.exc)
+            if how is not None:  # once this task's worker has finished
+                self._after_task = lambda: self._open_in_worker(folder, how)
             return
         self._set_project(project)
+        # one layer per event-loop turn: the viewer keeps responding while they appear
+        steps: list = []
         for name in project.slides:
-            self._show_slide(name)
+            steps.append(lambda name=name: self._show_slide(name))
             if name in project.maps:
-                self._show_priority(name)
-            for method in {r.method for r in project.proposals(name)}:
-                self._show_proposals(name, method)
-            self._show_accepted(name)
-            for r in project.session.accepted_on(name):
-                self._open_region_labels(r)
+                steps.append(lambda name=name: self._show_priority(name))
+            steps += [lambda name=name: self._show_proposals(name), lambda name=name: self._show_accepted(name)]
+            steps += [lambda r=r: self._open_region_labels(r) for r in project.session.accepted_on(name)]
         notes = [*project.open_messages, *(["read-only: changes are not saved"] if project.session.read_only else [])]
-        self._message(f"opened {project.folder}: {len(project.slides)} slide(s), cycle {project.cycle}"
-                      + "".join(f"; {m}" for m in notes), bool(notes))
+        steps += [lambda: self._go_to_slide(self.current),  # the dropdown's slide is the one on screen
+                  lambda: self._message(f"opened {project.folder}: {len(project.slides)} slide(s), cycle {project.cycle}"
+                                        + "".join(f"; {m}" for m in notes), bool(notes))]
+        self._run_steps(steps)
+
+    def _listen(self, project: AnnotationProject, on: bool) -> None:
+        """(Un)subscribe to the session's region change events."""
+        callbacks = getattr(project.session, "regions_changed", None)
+        if callbacks is None:
+            return
+        if on:
+            callbacks.append(self._on_region_event)
+        elif self._on_region_event in callbacks:
+            callbacks.remove(self._on_region_event)
 
     def _set_project(self, project: AnnotationProject) -> None:
         if self.project is not None:
             self.flush_labels(everything=True)  # the closing session keeps its last strokes
             self._drop_session_layers()
+            self._listen(self.project, False)
             self.project.close()
         self.project = project
-        self.classes.value = ", ".join(project.classes)
+        self._listen(project, True)
+        self._bind_keys(len(project.classes))
+        self._set_classes(project.classes, project.colors)
         spec = project.spec
         self.arch.value, self.patch_size.value, self.level.value = spec.arch, spec.patch_size, spec.level
         self.members.value = project.n_members
@@ -348,7 +655,7 @@ class ALRegionsWidget(QWidget):
     def _drop_session_layers(self) -> None:
         """Remove the layers of the session being closed (not its slide images): painting
         in them would reach no session."""
-        suffixes = ("priority", "accepted", "similarity", "prediction", *METHODS)
+        suffixes = ("priority", "accepted", "similarity", "prediction", "proposals", "draw")
         names = {f"{slide} {suffix}" for slide in self.project.slides for suffix in suffixes}
         ours = {id(layer) for layer in self._region_layers.values()}
         for layer in [lay for lay in self.viewer.layers if lay.name in names or id(lay) in ours]:
@@ -368,69 +675,272 @@ class ALRegionsWidget(QWidget):
         self._add_slide(Path(path), layer=layer)
 
     def _add_slide(self, path: Path, layer=None) -> None:
-        name = self._guard(self.project.add_slide if self.project else None, path)
-        if name is None:
+        p = self.project
+        if p is None:
+            self._message("create or open a session first", True)
             return
-        if layer is not None:
-            layer.name = name
-        self.slide.choices = list(self.project.slides)
-        self.slide.value = name
-        self._show_slide(name)
-        self._refresh_status()
-        self._message(f"added {name}")
+        for entry in p.session.slides.values():
+            if Path(entry.path) == path.resolve():
+                self._message(f"{path.name} is in the session already, as {entry.name}", True)
+                return
+        name = _free_name(path.name, p.session.slides)  # another file of the same name gets a suffix
+
+        def done(added: str) -> None:
+            if layer is not None:
+                layer.name = added
+            self.slide.choices = list(p.slides)
+            self.slide.value = added
+            self._show_slide(added)
+            self._refresh_status()
+            renamed = "" if added == path.name else f" (a slide named {path.name} is in the session already)"
+            self._message(f"added {path.name} as {added}{renamed}" if renamed else f"added {added}")
+
+        def add() -> str:
+            added = p.add_slide(path, name=name)
+            p.annotated_pct(added)  # reads the tissue mask here, not when the status line is drawn
+            return added
+
+        self._call("adding slide", add, on_done=done)
 
     def _slide_changed(self, *_: Any) -> None:
         self._refill_lists()
+        self._show_colorbar()
+        self._go_to_slide(self.current)  # the current slide is the one on screen
 
     # ------------------------------------------------------------------ layers
     def _layer(self, name: str):
         return self.viewer.layers[name] if name in self.viewer.layers else None
 
+    def _offset(self, name: str) -> tuple[float, float]:
+        """Where the slide sits in the viewer (world units): side by side, in the session's order."""
+        return slide_layout(self.project.slides)[name]
+
+    def _placed(self, name: str, stride: float) -> dict[str, Any]:
+        return overlay_kwargs(self.project.slides[name], stride, self._offset(name))
+
     def _show_slide(self, name: str) -> None:
-        if self._layer(name) is None:
-            data, kwargs, _ = slide_image_layer(self.project.slides[name])
+        layer = self._layer(name)
+        if layer is None:
+            data, kwargs, _ = slide_image_layer(self.project.slides[name], self._offset(name))
             kwargs["name"] = name
             self.viewer.add_image(data, **kwargs)
+        else:  # opened before it was added (reader, sample): it moves to its place
+            layer.translate = self._offset(name)
 
     def _show_priority(self, name: str) -> None:
         rec = self.project.maps[name]
         lname = f"{name} priority"
         layer = self._layer(lname)
+        limits = priority_limits(rec.priority, self.project.slides[name].tissue_map(rec.stride))
         if layer is None:
-            kwargs = overlay_kwargs(self.project.slides[name], rec.stride)
             cmap = Colormap(priority_colors(), name="alregions priority")
-            self.viewer.add_image(rec.priority, name=lname, colormap=cmap, opacity=0.7, contrast_limits=(0.0, 1.0),
-                                  metadata={"measure": rec.measure}, **kwargs)
+            layer = self.viewer.add_image(rec.priority, name=lname, colormap=cmap, opacity=0.7, contrast_limits=limits,
+                                          metadata={"measure": rec.measure}, **self._placed(name, rec.stride))
+            layer.colorbar.box = True
         else:
             layer.data = rec.priority
-        self._layer(lname).metadata.update(measure=rec.measure, cycle=rec.cycle)
+            layer.contrast_limits = limits
+        layer.metadata.update(measure=rec.measure, cycle=rec.cycle)
+        self._show_colorbar()
 
-    def _show_regions(self, name: str, lname: str, regions: list[Region], color=None) -> None:
-        data, kwargs, _ = regions_layer(regions, name=lname, slide=self.project.slides[name], color=color)
-        layer = self._layer(lname)
-        if layer is not None and layer.nshapes and data:
-            # update in place: re-creating a Shapes layer with text stalls the viewer ~0.5 s
-            with layer.events.blocker_all():
-                layer.data = [(d, "rectangle") for d in data]
-            layer.features = kwargs["features"]
-            layer.edge_color = kwargs["edge_color"]
-            layer.edge_width = kwargs["edge_width"]
-            layer.metadata["regions"] = kwargs["metadata"]["regions"]
-            layer.refresh()
+    def _show_colorbar(self) -> None:
+        """The colour bar of the current slide's priority map only (one per slide would stack)."""
+        if self.project is None:
             return
-        if layer is not None:
-            self.viewer.layers.remove(layer)
-        self.viewer.add_shapes(data, **kwargs)
+        for name in self.project.slides:
+            layer = self._layer(f"{name} priority")
+            if layer is not None:
+                layer.colorbar.visible = name == self.current
 
-    def _show_proposals(self, name: str, method: str) -> None:
-        self._show_regions(name, f"{name} {method}", self.project.proposals(name, method))
+    def _show_regions(self, name: str, lname: str, regions: list[Region], color=None) -> Any:
+        p = self.project
+        mean = box_means(p.maps[name].priority, regions, p.stride) if name in p.maps else None
+        data, kwargs, _ = regions_layer(regions, name=lname, slide=p.slides[name], offset=self._offset(name), color=color,
+                                        mean=mean, ranks=color is None)
+        layer = self._layer(lname)
+        if layer is None:
+            layer = self.viewer.add_shapes(data, **kwargs)
+            return layer
+        old = layer.metadata.get("regions", [])
+        if _region_keys(old) == _region_keys(regions) and layer.nshapes == len(regions):
+            return layer  # drawn already (a change event after the call that redrew it)
+        gone = _removed_only(old, regions) if layer.nshapes == len(old) else None
+        if gone:  # accepted or dismissed: remove those boxes (~10x cheaper than redrawing all with text)
+            self._redrawing_shapes = True
+            try:
+                layer.selected_data = set()
+                layer.remove(gone)
+                layer.metadata["regions"] = list(regions)
+            finally:
+                self._redrawing_shapes = False
+            return layer
+        self._redrawing_shapes = True
+        try:  # in place: re-creating a Shapes layer with text stalls the viewer ~0.5 s
+            layer.selected_data = set()
+            layer.data = [(d, "rectangle") for d in data]
+            layer.features = kwargs["features"]
+            if regions:
+                layer.edge_color = kwargs["edge_color"]
+                layer.edge_width = kwargs["edge_width"]
+            layer.metadata["regions"] = kwargs["metadata"]["regions"]
+        finally:
+            self._redrawing_shapes = False
+        layer.refresh()
+        return layer
+
+    def _show_proposals(self, name: str, method: str | None = None) -> None:
+        """Redraw the slide's one proposals layer (every method; ``method`` is not needed)."""
+        if name not in self.project.slides:
+            return
+        fresh = self._layer(f"{name} proposals") is None
+        layer = self._show_regions(name, f"{name} proposals", self.project.proposals(name))
+        if fresh:
+            layer.events.data.connect(lambda event, name=name: self._proposals_edited(name, event))
+            layer.selected_data.events.items_changed.connect(lambda *_, layer=layer: self._box_selected(layer))
+        self._refill_lists()
 
     def _show_accepted(self, name: str) -> None:
         self._show_regions(name, f"{name} accepted", self.project.session.accepted_on(name), METHOD_COLORS["accepted"])
 
-    def _layer_regions(self, method: str) -> list[Region]:
-        layer = self._layer(f"{self.current} {method}") if self.current else None
-        return list(layer.metadata.get("regions", [])) if layer is not None else []
+    def _proposal_rows(self) -> list[Region]:
+        """The proposal list's rows: the current slide's proposals of the chosen method, by rank."""
+        p, name = self.project, self.current
+        if p is None or name is None or name not in p.slides:
+            return []
+        return sorted(p.proposals(name, self.method.value), key=lambda r: r.rank)
+
+    # ------------------------------------------------------------------ proposals on the canvas
+    def _proposals_edited(self, name: str, event) -> None:
+        """The user deleted, moved or resized boxes of the proposals layer: the session follows
+        (a deleted proposal is dismissed; a moved one is edited, snapped to the map grid)."""
+        from napari.layers.base._base_constants import ActionType
+
+        if self._redrawing_shapes or self.project is None:
+            return
+        layer = event.source
+        action = event.action
+        if action == ActionType.REMOVING:  # the features still hold the boxes' uids
+            self._removing = [str(layer.features["uid"].iloc[i]) for i in event.data_indices]
+        elif action == ActionType.REMOVED:
+            uids, self._removing = self._removing, []
+            gone = [r for r in self.project.proposals(name) if r.uid in set(uids)]
+            for r in gone:
+                self._guard(self.project.dismiss, r)
+            self._refill_lists()  # the rows now; the layer is redrawn after napari's handler
+            self._later(name)
+            if gone:
+                self._message(f"dismissed {len(gone)} proposal(s) on {name}")
+        elif action == ActionType.CHANGED and len(layer.metadata.get("regions", [])) == layer.nshapes:
+            by_uid = {r.uid: r for r in self.project.proposals(name)}
+            for i in event.data_indices:
+                region = by_uid.get(str(layer.features["uid"].iloc[i]))
+                if region is None:
+                    continue
+                y0, x0 = np.min(layer.data[i], axis=0)
+                y1, x1 = np.max(layer.data[i], axis=0)
+                box = dict(x=float(x0), y=float(y0), w=float(x1 - x0), h=float(y1 - y0))
+                if not np.allclose((x0, y0, x1, y1), (region.x, region.y, region.x1, region.y1)):
+                    edited = self._guard(self.project.edit_proposal, region, **box)
+                    if edited is not None:
+                        self._message(f"{region.method} #{region.rank + 1} moved to ({edited.x}, {edited.y}), "
+                                      f"{edited.w}×{edited.h} px")
+            self._later(name)  # the boxes are redrawn where they snapped
+        elif action == ActionType.ADDED:  # a box drawn here is a region to accept, not a proposal
+            self._later(name)
+
+    def _later(self, name: str) -> None:
+        """Redraw the slide's proposals on the next event-loop turn (not inside napari's handler)."""
+        self._pending_redraw.add(name)
+        self._redraw_timer.start()
+
+    def _redraw_pending(self) -> None:
+        names, self._pending_redraw = self._pending_redraw, set()
+        for name in names:
+            if self.project is not None and name in self.project.slides:
+                self._show_proposals(name)
+                self._show_accepted(name)
+
+    def _on_region_event(self, event) -> None:
+        # may run on a retrain's worker thread: the signal carries it to the GUI thread
+        self._region_event.emit(getattr(event, "slide", None))
+
+    def _region_event_arrived(self, slide) -> None:
+        if self.project is None:
+            return
+        for name in ([slide] if slide in self.project.slides else list(self.project.slides)):
+            self._later(name)
+
+    def _box_selected(self, layer) -> None:
+        if self._syncing or self._redrawing_shapes:
+            return
+        picked = sorted(layer.selected_data)
+        regions = layer.metadata.get("regions", [])
+        if len(picked) != 1 or not picked[0] < len(regions):
+            return
+        region = regions[picked[0]]
+        self._syncing = True
+        try:
+            if region.method != self.method.value:
+                self.method.value = region.method  # the list shows that method's proposals
+            rows = [r.uid for r in self._proposal_rows()]
+            if region.uid in rows:
+                self.tabs.setCurrentIndex(2)
+                self.proposal_list.setCurrentRow(rows.index(region.uid))
+        finally:
+            self._syncing = False
+
+    def reject_selected(self) -> None:
+        """Dismiss the proposal selected in the list (it is not proposed again)."""
+        rows = self._proposal_rows()
+        i = self.proposal_list.currentRow()
+        if not 0 <= i < len(rows):
+            self._message("select a proposal in the list first", True)
+            return
+        region = rows[i]
+        if self._guard(self.project.dismiss, region) is None:
+            return
+        self._show_proposals(region.slide)
+        self.proposal_list.setCurrentRow(min(i, self.proposal_list.count() - 1))
+        self._message(f"dismissed {region.method} #{region.rank + 1}")
+
+    def draw_region(self) -> None:
+        """A rectangle tool on the current slide's draw layer."""
+        name = self._slide_or_say()
+        if name is None:
+            return
+        lname = f"{name} draw"
+        layer = self._layer(lname)
+        if layer is None:
+            layer = self.viewer.add_shapes(name=lname, edge_color=np.array(METHOD_COLORS["accepted"]), face_color="transparent",
+                                           edge_width=max(2.0, min(self.project.slides[name].shape) / 200),
+                                           **self._placed(name, 1))
+        self.viewer.layers.selection.active = layer
+        layer.mode = "add_rectangle"
+        self._message(f"drag a rectangle on {name}, then 'Accept drawn'")
+
+    def accept_drawn(self) -> None:
+        """Accept the rectangles of the current slide's draw layer as regions."""
+        name = self._slide_or_say()
+        if name is None:
+            return
+        layer = self._layer(f"{name} draw")
+        if layer is None or not layer.nshapes:
+            self._message("draw a rectangle first ('Draw region')", True)
+            return
+        h0, w0 = self.project.slides[name].shape
+        drawn = []
+        for corners in layer.data:
+            (y0, x0), (y1, x1) = np.clip(np.min(corners, 0), 0, (h0, w0)), np.clip(np.max(corners, 0), 0, (h0, w0))
+            y0, x0, y1, x1 = (int(round(v)) for v in (y0, x0, y1, x1))
+            if y1 > y0 and x1 > x0:
+                drawn.append(Region(x0, y0, x1 - x0, y1 - y0, method="manual", slide=name, cycle=self.project.cycle))
+        layer.data = []
+        if not drawn:
+            self._message("the rectangle is outside the slide", True)
+            return
+        p = self.project
+        self._call("accepting", lambda: [p.accept(r) for r in drawn],
+                   on_done=lambda accepted: [self._accepted(r, a) for r, a in zip(drawn, accepted)])
 
     @staticmethod
     def _labels_name(region: Region) -> str:
@@ -445,7 +955,8 @@ class ALRegionsWidget(QWidget):
         # the layer shows the session's own pixels (a view): painting is storing, and the
         # layers of overlapping regions share them
         data, kwargs, _ = region_labels_layer(p.region_view(region), p.label_box(region), factor=p.label_factor(region.slide),
-                                              name=lname, colors=p.colors, slide=p.slides[region.slide])
+                                              name=lname, colors=p.colors, slide=p.slides[region.slide],
+                                              offset=self._offset(region.slide))
         layer = self.viewer.add_labels(data, metadata={"region": region}, **kwargs)
         layer.selected_label = len(p.classes)  # the last class (tumour) is what gets painted most
         layer.events.paint.connect(lambda event, lname=lname: self._painted(lname))
@@ -510,25 +1021,66 @@ class ALRegionsWidget(QWidget):
     # ------------------------------------------------------------------ navigation
     def _refill_lists(self) -> None:
         p, name = self.project, self.current
-        self.proposal_list.clear()
-        self.accepted_list.clear()
-        if p is None or name is None:
-            return
-        for r in self._layer_regions(self.method.value):
-            self.proposal_list.addItem(f"{r.method} #{r.rank + 1}  score {r.score:.3g}  ({r.w}×{r.h} px)")
-        for r in p.session.accepted_on(name):
-            self.accepted_list.addItem(f"{r.method or 'manual'}  ({r.x}, {r.y})  {r.w}×{r.h} px")
+        kept = self._row_uid()
+        self._syncing = True  # refilling is no choice of the user's: the camera stays
+        try:
+            self.proposal_list.clear()
+            self.accepted_list.clear()
+            if p is None or name is None or name not in p.slides:
+                return
+            rows = self._proposal_rows()
+            means = box_means(p.maps[name].priority, rows, p.stride) if name in p.maps else [float("nan")] * len(rows)
+            for r, mean in zip(rows, means):
+                score = "" if np.isnan(mean) else f"  mean priority {mean:.2f}"
+                self.proposal_list.addItem(f"{r.method} #{r.rank + 1}{score}  ({r.w}×{r.h} px)")
+            for r in p.session.accepted_on(name):
+                self.accepted_list.addItem(f"{r.method or 'manual'}  ({r.x}, {r.y})  {r.w}×{r.h} px")
+            methods = sorted({r.method for r in p.proposals(name)})
+            self.legend.value = " ".join(f'<span style="white-space:nowrap"><span style="color:'
+                                         f'{_hex(METHOD_COLORS.get(m, (1, 1, 0, 1)))}">■</span>&nbsp;{m}</span>'
+                                         for m in methods)
+            uids = [r.uid for r in rows]
+            if kept in uids:
+                self.proposal_list.setCurrentRow(uids.index(kept))
+        finally:
+            self._syncing = False
+
+    def _row_uid(self) -> str | None:
+        rows, i = self._proposal_rows(), self.proposal_list.currentRow()
+        return rows[i].uid if 0 <= i < len(rows) and self.proposal_list.count() == len(rows) else None
 
     def _go_to(self, regions: list[Region], i: int) -> None:
         if not 0 <= i < len(regions):
             return
-        r, s = regions[i], self._scale(regions[i].slide)
-        self.viewer.scene.camera.center = ((r.y + r.h / 2) * s, (r.x + r.w / 2) * s)
+        r = regions[i]
+        self._frame(r.slide, r.y, r.x, r.h, r.w, 0.8)
+
+    def _frame(self, name: str, y: float, x: float, h: float, w: float, fill: float) -> None:
+        """Centre the camera on a level-0 box of a slide, filling ``fill`` of the canvas."""
+        s, (oy, ox) = self._scale(name), self._offset(name)
+        self.viewer.scene.camera.center = (oy + (y + h / 2) * s, ox + (x + w / 2) * s)
         canvas = tuple(getattr(self.viewer.canvas, "size", None) or (600, 800))
-        self.viewer.scene.camera.zoom = 0.8 * min(canvas[0] / (r.h * s), canvas[1] / (r.w * s))
+        self.viewer.scene.camera.zoom = fill * min(canvas[0] / (h * s), canvas[1] / (w * s))
+
+    def _go_to_slide(self, name: str | None) -> None:
+        if self.project is not None and name in self.project.slides:
+            h, w = self.project.slides[name].shape
+            self._frame(name, 0, 0, h, w, 0.95)
 
     def _go_to_proposal(self, i: int) -> None:
-        self._go_to(self._layer_regions(self.method.value), i)
+        if self._syncing:
+            return
+        rows = self._proposal_rows()
+        self._go_to(rows, i)
+        layer = self._layer(f"{self.current} proposals") if 0 <= i < len(rows) else None
+        regions = layer.metadata.get("regions", []) if layer is not None else []
+        uids = [r.uid for r in regions]
+        if rows[i].uid in uids:  # the box is selected with its row
+            self._syncing = True
+            try:
+                layer.selected_data = {uids.index(rows[i].uid)}
+            finally:
+                self._syncing = False
 
     def _go_to_accepted(self, i: int) -> None:
         regions = self.project.session.accepted_on(self.current) if self.project and self.current else []
@@ -578,7 +1130,7 @@ class ALRegionsWidget(QWidget):
             self._show_priority(name)
             self._message(f"priority map ({measure}) for {name}")
 
-        self.runner.start(lambda cancel: p.iter_priority(name, measure=measure, cancel=cancel),
+        self._task(lambda cancel: p.iter_priority(name, measure=measure, cancel=cancel),
                           desc="priority map", on_done=done)
 
     def _apply_encoder(self) -> bool:
@@ -598,7 +1150,7 @@ class ALRegionsWidget(QWidget):
             return
         if not self._apply_encoder():
             return
-        self.runner.start(lambda cancel: p.iter_embed(name, cancel=cancel), desc="embeddings",
+        self._task(lambda cancel: p.iter_embed(name, cancel=cancel), desc="embeddings",
                           on_done=lambda emb: self._message(f"{int(np.isfinite(emb).all(-1).sum())} patch embeddings "
                                                             f"(D={emb.shape[-1]}) for {name}"))
 
@@ -619,12 +1171,12 @@ class ALRegionsWidget(QWidget):
             lname = f"{name} similarity"
             if self._layer(lname) is None:
                 self.viewer.add_image(sim, name=lname, colormap=Colormap(priority_colors(), name="alregions similarity"),
-                                      opacity=0.7, contrast_limits=(0.0, 1.0), **overlay_kwargs(p.slides[name], p.stride))
+                                      opacity=0.7, contrast_limits=(0.0, 1.0), **self._placed(name, p.stride))
             else:
                 self._layer(lname).data = sim
             self._message(f"prototype similarity for {name} (max {float(sim.max()):.3f}); suggest with 'Prototype similarity'")
 
-        self.runner.start(lambda cancel: p.iter_similarity(name, cancel=cancel), desc="similarity", on_done=done)
+        self._task(lambda cancel: p.iter_similarity(name, cancel=cancel), desc="similarity", on_done=done)
 
     # ------------------------------------------------------------------ suggest
     def _rebuild_options(self, *_: Any) -> None:
@@ -657,36 +1209,45 @@ class ALRegionsWidget(QWidget):
         if picked is None:
             return
         name, l_ = picked
-        method = self.method.value
-        regions = self._guard(self.project.suggest, name, method, region_size=l_, k=self.k.value, seed=self.seed.value,
-                              **self._method_options())
-        if regions is None:
+        method, k = self.method.value, self.k.value
+        options = self._guard(self._method_options)
+        if options is None:
             return
-        self._show_proposals(name, method)
-        self._refill_lists()
-        short = "" if len(regions) == self.k.value else f" (only {len(regions)} fit)"
-        self._message(f"{METHODS[method].title}: {len(regions)} region(s) of {l_} px{short}")
+
+        def done(regions: list[Region]) -> None:
+            self._show_proposals(name)
+            short = "" if len(regions) == k else f" (only {len(regions)} fit)"
+            self._message(f"{METHODS[method].title}: {len(regions)} region(s) of {_sizes(regions) or f'{l_} px'}{short}")
+
+        self._call("selecting regions", self.project.suggest, name, method, region_size=l_, k=k, seed=self.seed.value,
+                   on_done=done, **options)
 
     def compare(self) -> None:
         picked = self._slide_and_region_px()
         if picked is None:
             return
         name, l_ = picked
-        result = self._guard(self.project.compare, name, list(self.compare_methods.value), region_size=l_, k=self.k.value,
-                             seed=self.seed.value)
-        if result is None:
-            return
+        self._call("comparing methods", self.project.compare, name, list(self.compare_methods.value), region_size=l_,
+                   k=self.k.value, seed=self.seed.value, on_done=lambda result: self._compared(name, result))
+
+    def _compared(self, name: str, result) -> None:
         out, summaries, overlap = result
-        for m in out:
-            self._show_proposals(name, m)
+        self._show_proposals(name)
         mm2 = (self.project.slides[name].mpp or 0) ** 2 / 1e6
-        table = {"method": [s.method for s in summaries], "count": [s.count for s in summaries],
-                 "area (mm²)" if mm2 else "area (px²)": [round(s.area * mm2, 3) if mm2 else s.area for s in summaries],
-                 "tissue %": [round(s.tissue_pct, 2) for s in summaries],
-                 "mean priority": [round(s.mean_priority, 3) for s in summaries]}
+        rows = {"count": [s.count for s in summaries],
+                "area (mm²)" if mm2 else "area (px²)": [round(s.area * mm2, 3) if mm2 else s.area for s in summaries],
+                "tissue %": [round(s.tissue_pct, 1) for s in summaries],
+                "mean priority": [round(s.mean_priority, 3) for s in summaries],
+                "sum priority": [round(sum(r.score for r in out[s.method]), 2) for s in summaries]}
         for j, s in enumerate(summaries):
-            table[f"IoU {s.method}"] = [round(float(v), 3) for v in overlap[:, j]]
-        self.table.value = table
+            rows[f"IoU {s.method}"] = [round(float(v), 2) for v in overlap[j]]
+        # short column names (the full one in the tooltip): 4 methods fit the dock
+        self.table.value = {"data": list(rows.values()), "index": list(rows),
+                            "columns": [_SHORT.get(s.method, s.method) for s in summaries]}
+        for j, s in enumerate(summaries):
+            item = self.table.native.horizontalHeaderItem(j)
+            if item is not None:
+                item.setToolTip(s.method)
         self._refill_lists()
         self._message(f"compared {len(out)} methods on {name}")
 
@@ -695,17 +1256,17 @@ class ALRegionsWidget(QWidget):
         if picked is None:
             return
         _, l_ = picked
-        out = self._guard(self.project.suggest_pool_diversity, region_size=l_, n_per_slide=self.k.value,
-                          seed=self.seed.value)
-        if out is None:
-            return
-        for slide in out:
-            self._show_proposals(slide, "diversity")
-        self._refill_lists()
-        self._message(f"diversity over {len(out)} slide(s): " + ", ".join(f"{s}: {len(r)}" for s, r in out.items()))
+
+        def done(out: dict) -> None:
+            for slide in out:
+                self._show_proposals(slide)
+            self._message(f"diversity over {len(out)} slide(s): " + ", ".join(f"{s}: {len(r)}" for s, r in out.items()))
+
+        self._call("diversity over all slides", self.project.suggest_pool_diversity, region_size=l_,
+                   n_per_slide=self.k.value, seed=self.seed.value, on_done=done)
 
     def accept_selected(self) -> None:
-        regions = self._layer_regions(self.method.value)
+        regions = self._proposal_rows()
         i = self.proposal_list.currentRow()
         if not 0 <= i < len(regions):
             self._message("select a proposal in the list first", True)
@@ -713,11 +1274,18 @@ class ALRegionsWidget(QWidget):
         self._accept(regions[i], "background")
 
     def _accept(self, region: Region, prefill: str) -> None:
-        accepted = self._guard(self.project.accept, region, prefill=prefill)
-        if accepted is None:
-            return
+        """Accept in the worker (prefilling and saving the labels), then open the region to paint."""
+        p = self.project
+
+        def accept() -> tuple[Region, float]:
+            accepted = p.accept(region, prefill=prefill)
+            return accepted, p.annotated_pct()
+
+        self._call("accepting", accept if p else None, on_done=lambda got: self._accepted(region, *got))
+
+    def _accepted(self, region: Region, accepted: Region, pct: float | None = None) -> None:
         name = accepted.slide
-        self._show_proposals(name, region.method)
+        self._show_proposals(name)
         self._show_accepted(name)
         layer = self._open_region_labels(accepted)
         self._refresh_overlapping([accepted])  # its background prefill shows in the layers it overlaps
@@ -725,10 +1293,11 @@ class ALRegionsWidget(QWidget):
         self.viewer.layers.selection.active = layer
         layer.mode = "paint"
         self._refill_lists()
-        self._refresh_status()
-        self._message(f"accepted {region.method} #{region.rank + 1}: paint in layer '{layer.name}'")
+        self._refresh_status(pct)
+        what = "your region" if region.method == "manual" else f"{region.method} #{region.rank + 1}"
+        self._message(f"accepted {what}: paint in layer '{layer.name}'")
         if self.auto_retrain.value and self.project.pending_regions >= self.auto_after.value:
-            self.retrain()
+            self._after_task = self.retrain  # once this task's worker has finished
 
     def remove_selected(self) -> None:
         p, name = self.project, self.current
@@ -774,22 +1343,32 @@ class ALRegionsWidget(QWidget):
             for name in p.slides:
                 if name in p.maps:
                     steps.append(lambda name=name: self._show_priority(name))
-                steps += [lambda name=name, m=m: self._show_proposals(name, m) for m in sorted({r.method for r in p.proposals(name)})]
+                steps.append(lambda name=name: self._show_proposals(name))
             done_msg = (f"cycle {summary['cycle']}: trained on {summary['n_candidates']} patches, maps and "
                         f"proposals refreshed in {time.perf_counter() - t0:.1f} s")
             warnings = summary.get("messages", [])  # a kept model or one no better than chance
-            steps += [self._refill_lists, self._refresh_status,
+            steps += [self._refill_lists, lambda: self._refresh_status(summary.get("annotated_pct")),
                       lambda: self._message("; ".join([done_msg, *warnings]), bool(warnings))]
             self._run_steps(steps)
 
-        self.runner.start(lambda cancel: p.iter_retrain(cancel=cancel, measure=self.measure.value), desc="retrain",
-                          on_done=done)
+        measure = self.measure.value
+
+        def make(cancel):
+            summary = yield from p.iter_retrain(cancel=cancel, measure=measure)
+            # the status line's share reads every region's labels: here, not in the redraw
+            return {**summary, "annotated_pct": p.annotated_pct()}
+
+        self._task(make, desc="retrain", on_done=done)
 
     def _run_steps(self, steps: list) -> None:
         self._redrawing = bool(steps)
         if not steps:
             return
-        steps[0]()
+        try:
+            steps[0]()
+        except Exception:
+            self._redrawing = False  # a failed step must not leave the widget busy for ever
+            raise
         QTimer.singleShot(0, lambda: self._run_steps(steps[1:]))
 
     @property
@@ -802,13 +1381,15 @@ class ALRegionsWidget(QWidget):
         p, name = self.project, self._slide_or_say()
         if name is None:
             return
-        regions = self._guard(p.suggest, name, "top_patches", region_size=p.stride, k=self.n_uncertain.value)
-        if regions is None:
-            return
-        self._show_prediction(name)
-        self._show_proposals(name, "top_patches")
-        self._fill_uncertain(regions, lambda r: f"#{r.rank + 1}  uncertainty {r.score:.3f}  at ({r.x}, {r.y})")
-        self._message(f"{len(regions)} uncertain patch(es); select one and correct the prediction")
+
+        def done(regions: list[Region]) -> None:
+            self._show_prediction(name)
+            self._show_proposals(name)
+            self._fill_uncertain(regions, lambda r: f"#{r.rank + 1}  uncertainty {r.score:.3f}  at ({r.x}, {r.y})")
+            self._message(f"{len(regions)} uncertain patch(es); select one and correct the prediction")
+
+        self._call("finding uncertain patches", p.suggest, name, "top_patches", region_size=p.stride,
+                   k=self.n_uncertain.value, on_done=done)
 
     def find_uncertain_by_group(self) -> None:
         p = self.project
@@ -830,7 +1411,7 @@ class ALRegionsWidget(QWidget):
         layer = self._layer(lname)
         if layer is None:
             self.viewer.add_image(np.nan_to_num(prob), name=lname, colormap="red", opacity=0.4, contrast_limits=(0.0, 1.0),
-                                  blending="additive", **overlay_kwargs(self.project.slides[name], self.project.stride))
+                                  blending="additive", **self._placed(name, self.project.stride))
         else:
             layer.data = np.nan_to_num(prob)
 
@@ -862,8 +1443,22 @@ class ALRegionsWidget(QWidget):
         name = self._slide_or_say()
         if name is None:
             return
+        class_map = self._guard(_parse_class_map, self.class_map.value)
+        if class_map is None:
+            return
+        path = Path(self.qupath_file.value)
+        # what the import would do, shown before anything is written
+        plan = self._guard(self.project.import_qupath, path, name, class_map=class_map or None, dry_run=True)
+        if plan is None:
+            return
+        mapping = ", ".join(f"{k} → {v or 'skipped'}" for k, v in class_map.items()) or "by name"
+        if not self._confirm(f"Import {path.name} into {name}?\n\n{plan['message']}\n"
+                             f"Adds {plan['regions']} region(s) and paints {plan['labeled_annotations']} labeled "
+                             f"annotation(s).\nClasses: {mapping}."):
+            self._message("import cancelled: nothing was written")
+            return
         self.flush_labels(everything=True)  # the import redraws every region layer from the session
-        counts = self._guard(self.project.import_qupath, Path(self.qupath_file.value), name)
+        counts = self._guard(self.project.import_qupath, path, name, class_map=class_map or None)
         if counts is None:
             return
         self._show_accepted(name)

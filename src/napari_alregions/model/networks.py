@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..architectures import ARCHITECTURES
+
 __all__ = ["ARCHITECTURES", "CompactCNN", "build_model", "features"]
 
 
@@ -76,7 +78,6 @@ class _TorchvisionClassifier(nn.Module):
         return self.head(self.forward_features(x))
 
 
-ARCHITECTURES = ("compact", "mobilenet_v2", "resnet18")
 
 
 def build_model(arch: str = "compact", n_classes: int = 2, *, dropout: float = 0.0, width: int = 16) -> nn.Module:

@@ -1,0 +1,47 @@
+"""``File ▸ Open Sample``: the demo slide, generated in a worker the first time.
+
+napari calls a sample command on the viewer's thread and needs a layer back: while the
+slide is generated (about 20 s, once; it is cached), a light placeholder of the slide's
+size stands in, and the slide and its tissue mask replace it when they are ready.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .._sample_data import SAMPLE_SIZE, sample_ready
+from .._sample_data import demo_slide as _demo_layers
+
+PLACEHOLDER = "demo slide (generating…)"
+_workers: set = set()  # running generations (a worker nobody holds could be collected)
+
+
+def demo_slide() -> list[tuple]:
+    """The demo slide's layers; the first time, a placeholder and a worker that generates it."""
+    import napari
+    from napari.qt.threading import create_worker
+
+    viewer = napari.current_viewer()
+    if sample_ready() or viewer is None:
+        return _demo_layers()
+    worker = create_worker(_demo_layers, _start_thread=False)
+    _workers.add(worker)
+    worker.returned.connect(lambda layers: _replace(viewer, layers))
+    worker.finished.connect(lambda: _workers.discard(worker))
+    worker.start()
+    side = 64
+    scale = SAMPLE_SIZE / side * 0.5  # the slide's extent (µm), so the view does not jump
+    return [(np.full((side, side, 3), 235, np.uint8), {"name": PLACEHOLDER, "rgb": True, "scale": (scale, scale),
+                                                         "translate": ((scale - 0.5) / 2,) * 2, "opacity": 0.5}, "image")]
+
+
+def _replace(viewer: Any, layers: list[tuple]) -> None:
+    try:
+        if PLACEHOLDER in viewer.layers:
+            viewer.layers.remove(PLACEHOLDER)
+        for data, kwargs, kind in layers:
+            getattr(viewer, f"add_{kind}")(data, **kwargs)
+    except RuntimeError:  # the viewer was closed meanwhile
+        pass
