@@ -615,3 +615,18 @@ def test_picks_do_not_depend_on_the_maps_scale(method, scale):
     got = select(method, base * scale, stride=64, region_size=512, k=3, seed=0)
     assert len(ref) == 3 and [(r.x, r.y, r.w, r.h) for r in got] == [(r.x, r.y, r.w, r.h) for r in ref]
     assert all(np.isfinite(r.score) and r.score > 0 for r in got)
+
+
+def test_needed_array_pools_cell_features_to_the_methods_grid():
+    from napari_alregions.selection import needed_array
+
+    cells = np.arange(8 * 8 * 2, dtype=np.float64).reshape(8, 8, 2)
+    emb = needed_array("embeddings", cells, region_size=1024, stride=256)  # 4x4-cell regions
+    mean = cells[:4, 4:].reshape(-1, 2).mean(axis=0)  # by hand: region (0, 1), L2-normalised
+    np.testing.assert_allclose(emb[0, 1], mean / np.linalg.norm(mean))
+    desc = needed_array("descriptors", cells, region_size=1024, stride=256, options={"overlap": 0.5})
+    np.testing.assert_allclose(desc[0, 1], cells[:4, 2:6].reshape(-1, 2).mean(axis=0))  # windows 2 cells apart
+    with pytest.raises(ValueError, match="region_size"):
+        needed_array("embeddings", cells, region_size=1000, stride=256)
+    with pytest.raises(ValueError, match="need must be"):
+        needed_array("similarity", cells, region_size=1024, stride=256)
