@@ -298,3 +298,21 @@ def test_write_features_is_strict_json(tmp_path):
     text = write_features(tmp_path / "f.geojson", [f]).read_text()
     [back] = json.loads(text, parse_constant=lambda c: pytest.fail(f"bare {c}"))["features"]
     assert back["properties"] == {"measurements": {"a": "NaN", "b": "-Infinity", "c": 1.0}, "metadata": {"x": None}}
+
+
+def test_an_import_plan_gains_only_what_the_labeled_set_lacks():
+    from napari_alregions.geometry import Region
+    from napari_alregions.io_qupath import ClassAnnotation, ImportPlan
+
+    a, b = Region(0, 0, 100, 100, slide="s"), Region(100, 0, 100, 100, slide="s")  # touching, accepted
+    square = lambda x0, y0, x1, y1: [[(x0, y0), (x1, y0), (x1, y1), (x0, y1), (x0, y0)]]  # noqa: E731
+    plan = ImportPlan(
+        regions=[Region(0, 0, 100, 100), Region(300, 300, 50, 50, method="")],  # a again, and a new one
+        labeled=[ClassAnnotation("tumour", [square(50, 10, 150, 60)], {}),  # spans a and b: covered together
+                 ClassAnnotation("tumour", [square(180.5, 90, 260, 130.2)], {})],  # partly outside both
+        skipped={}, annotations=4)
+    new = plan.new_regions([a, b], slide="s")
+    assert [(r.x, r.y, r.w, r.h, r.method, r.slide) for r in new] == [
+        (300, 300, 50, 50, "qupath", "s"), (180, 90, 80, 41, "qupath", "s")]
+    # the same plan again, now that those are in the labeled set: nothing
+    assert plan.new_regions([a, b, *new], slide="s") == []

@@ -613,6 +613,40 @@ class ImportPlan:
         skipped = [count(self.skipped[k], *names) for k, names in _SKIP_REASONS.items() if self.skipped.get(k)]
         return text + (f"; skipped {', '.join(skipped)}" if skipped else "")
 
+    def new_regions(self, accepted: Sequence[Region], *, slide: str | None = None) -> list[Region]:
+        """The regions a labeled set holding ``accepted`` gains from this plan: each region
+        not held already (same box), then the bounding box of each labeled polygon that the
+        regions together do not cover (a label polygon may span two touching regions).
+        Importing a file twice, or into the session that exported it, gains nothing."""
+        accepted = list(accepted)
+        new: list[Region] = []
+        for r in self.regions:
+            if not any((a.x, a.y, a.w, a.h) == (r.x, r.y, r.w, r.h) for a in accepted + new):
+                new.append(r.with_(slide=slide, method=r.method or "qupath", uid=None))
+        for a in self.labeled:
+            for poly in a.polygons:
+                if not _covered_by(poly, accepted + new):
+                    new.append(_bounding_region(poly[0]).with_(method="qupath", slide=slide))
+        return new
+
+
+def _bounding_region(ring: Sequence[tuple[float, float]]) -> Region:
+    xy = np.asarray(ring, dtype=np.float64)
+    x0, y0 = np.floor(xy.min(axis=0)).astype(int)
+    x1, y1 = np.ceil(xy.max(axis=0)).astype(int)
+    return Region(int(x0), int(y0), max(1, int(x1 - x0)), max(1, int(y1 - y0)))
+
+
+def _covered_by(polygon: Sequence[Sequence[tuple[float, float]]], regions: Sequence[Region]) -> bool:
+    """Whether the union of ``regions`` covers a polygon (outer ring first, then holes)."""
+    import shapely
+
+    if not regions:
+        return False
+    shape = shapely.Polygon(polygon[0], polygon[1:])
+    boxes = shapely.union_all([shapely.box(r.x, r.y, r.x1, r.y1) for r in regions])
+    return shape.difference(boxes).area <= 1e-6 * max(shape.area, 1.0)
+
 
 def class_names(classification: Any) -> list[str]:
     """The names of a QuPath classification, base class first (``[]`` when unclassified).

@@ -1091,18 +1091,7 @@ class AnnotationProject:
                                max_region=self._max_region(slide) if max_region is None else max_region)
         except ValueError as exc:
             raise ValueError(f"{path}: {exc}") from exc
-        # what the labeled set gains: each region not held already (same box), then the
-        # bounding box of each labeled polygon that no region holds
-        accepted = list(self.session.accepted_on(slide))
-        new: list[Region] = []
-        for r in plan.regions:
-            if not any(_same_box(acc, r) for acc in accepted + new):
-                new.append(r.with_(slide=slide, method=r.method or "qupath", uid=None))
-        for a in plan.labeled:
-            for poly in a.polygons:
-                # covered by the regions together (a label polygon may span two touching regions)
-                if not _covered_by(poly, accepted + new):
-                    new.append(_bounding_region(poly[0]).with_(method="qupath", slide=slide))
+        new = plan.new_regions(self.session.accepted_on(slide), slide=slide)
         summary = {"regions": len(new), "labeled_annotations": len(plan.labeled), "skipped": sum(plan.skipped.values()),
                    "skipped_by": dict(plan.skipped), "annotations": plan.annotations, "message": plan.message}
         if dry_run:
@@ -1140,13 +1129,6 @@ def _finite(v: float | None) -> float | None:
     return None if v is None or not math.isfinite(v) else round(float(v), 5)
 
 
-def _bounding_region(ring: Sequence[tuple[float, float]]) -> Region:
-    xy = np.asarray(ring, dtype=np.float64)
-    x0, y0 = np.floor(xy.min(axis=0)).astype(int)
-    x1, y1 = np.ceil(xy.max(axis=0)).astype(int)
-    return Region(int(x0), int(y0), max(1, int(x1 - x0)), max(1, int(y1 - y0)))
-
-
 def _overlap(box: Box, other: Box) -> tuple[slice, slice]:
     """The part of ``box`` (y0, x0, y1, x1) that ``other`` covers, as slices of a crop of ``box``."""
     y0, x0, y1, x1 = box
@@ -1161,21 +1143,6 @@ def _covered(box: Box, others: Sequence[Box]) -> np.ndarray:
     for other in others:
         out[_overlap(box, other)] = True
     return out
-
-
-def _same_box(a: Region, b: Region) -> bool:
-    return (a.x, a.y, a.w, a.h) == (b.x, b.y, b.w, b.h)
-
-
-def _covered_by(polygon: Sequence[Sequence[tuple[float, float]]], regions: Sequence[Region]) -> bool:
-    """Whether the union of ``regions`` covers a polygon (outer ring first, then holes)."""
-    import shapely
-
-    shape = shapely.Polygon(polygon[0], polygon[1:])
-    if not regions:
-        return False
-    boxes = shapely.union_all([shapely.box(r.x, r.y, r.x1, r.y1) for r in regions])
-    return shape.difference(boxes).area <= 1e-6 * max(shape.area, 1.0)
 
 
 def _jsonable(options: dict[str, Any]) -> dict[str, Any]:
