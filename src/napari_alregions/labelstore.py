@@ -176,6 +176,15 @@ class LabelStore:
     def stored_chunks(self, name: str) -> set[Chunk]:
         return set(self._stored.get(name, ()))
 
+    def saved(self, name: str) -> bool:
+        """Whether a label file of ``name`` exists (either format)."""
+        return self.path(name).exists() or self.legacy_path(name).exists()
+
+    def chunks_with_labels(self, name: str) -> set[Chunk]:
+        """The chunks of the loaded mask ``name`` that may hold labels: those on disk and
+        those marked since the last save."""
+        return self.stored_chunks(name) | self._dirty.get(name, set())
+
     def n_stored(self, name: str, default: int = 0) -> int:
         """Chunks of ``name`` on disk (``default`` for a mask not loaded: unchanged since read)."""
         return len(self._stored[name]) if name in self._stored else default

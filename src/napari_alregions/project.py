@@ -207,14 +207,14 @@ class AnnotationProject:
         in memory, and so on disk at the next save."""
         from .labelstore import chunk_box
 
-        store = self.session._store
         for name in self.session.slides:
-            if not (store.path(name).exists() or store.legacy_path(name).exists()):
+            chunks = self.session.label_chunks(name)
+            if not chunks:
                 continue
             labels = self.session.labels(name)
             boxes = [self.label_box(r) for r in self.session.accepted_on(name)]
             dropped = 0
-            for k in sorted(store.stored_chunks(name)):
+            for k in sorted(chunks):
                 rows, cols = chunk_box(k, labels.shape)
                 box = (rows.start, cols.start, rows.stop, cols.stop)
                 orphan = labels[rows, cols].astype(bool) & ~_covered(box, boxes)

@@ -294,6 +294,15 @@ class Session:
         self.labels(name)
         return self._store.view(name, box)
 
+    def label_chunks(self, name: str) -> set[tuple[int, int]] | None:
+        """The label chunks ``(cy, cx)`` of the slide that may hold labels (saved, or marked
+        since), or None when the slide has no saved labels and none were loaded."""
+        with self._lock:
+            if not (self._store.saved(name) or self._store.loaded(name)):
+                return None
+            self.labels(name)
+            return self._store.chunks_with_labels(name)
+
     def set_labels(self, name: str, labels: np.ndarray) -> None:
         labels = np.asarray(labels)
         expected = self.slides[name].label_shape
