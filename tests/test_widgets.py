@@ -63,6 +63,19 @@ def _start(make_napari_viewer, tmp_path, small_pool, *, name="sess"):
     return viewer, w, w.current
 
 
+def _reopen(make_napari_viewer, qtbot, folder):
+    """The session in ``folder`` opened in a fresh viewer, as a user does."""
+    from napari_alregions._widgets import ALRegionsWidget
+
+    viewer = make_napari_viewer(show=True)
+    w = ALRegionsWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w.folder.value = str(folder)
+    _click(w, "Open session")
+    _wait(qtbot, w)
+    return viewer, w
+
+
 def _accept_random(w, n: int, *, k: int | None = None) -> list:
     """Suggest k (default n) random 256-px regions and accept n, clicking as a user does;
     the slide's accepted regions."""
@@ -165,14 +178,7 @@ def test_loop_in_viewer_suggest_accept_paint_retrain_reopen(make_napari_viewer, 
     imsave(artifacts_dir / "widget_loop.png", shot, check_contrast=False)
 
     # reopen the session in a fresh viewer: layers, regions, labels and model come back
-    from napari_alregions._widgets import ALRegionsWidget
-
-    viewer2 = make_napari_viewer(show=True)
-    w2 = ALRegionsWidget(viewer2)
-    viewer2.window.add_dock_widget(w2)
-    w2.folder.value = str(w.project.folder)
-    _click(w2, "Open session")
-    _wait(qtbot, w2)
+    viewer2, w2 = _reopen(make_napari_viewer, qtbot, w.project.folder)
     assert w2.project.cycle == 1 and w2.project.trained
     names = [lay.name for lay in viewer2.layers]
     assert slide in names and f"{slide} priority" in names and f"{slide} accepted" in names
@@ -610,14 +616,7 @@ def test_slides_sit_side_by_side_with_their_overlays_and_the_camera_follows(make
         w.slide.value = name
         np.testing.assert_allclose(viewer.scene.camera.center[-2:], _world(w, name, 512, 512), atol=1e-6)
     # after reopening, the dropdown's slide is the one on screen
-    from napari_alregions._widgets import ALRegionsWidget
-
-    viewer2 = make_napari_viewer(show=True)
-    w2 = ALRegionsWidget(viewer2)
-    viewer2.window.add_dock_widget(w2)
-    w2.folder.value = str(w.project.folder)
-    _click(w2, "Open session")
-    _wait(qtbot, w2)
+    viewer2, w2 = _reopen(make_napari_viewer, qtbot, w.project.folder)
     assert w2.current == first
     np.testing.assert_allclose(viewer2.scene.camera.center[-2:], _world(w2, first, 512, 512), atol=1e-6)
     np.testing.assert_allclose(viewer2.layers[w2._labels_name(region)].translate, lab.translate)

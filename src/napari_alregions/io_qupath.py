@@ -401,6 +401,20 @@ def _disjoint_boxes(boxes: Sequence[Box]) -> list[Box]:
     return out
 
 
+def row_runs(labels: np.ndarray, value: int, boxes: Sequence[Box]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The runs of ``labels == value`` along rows inside ``boxes``: row, first column and
+    one past the last column of each (label px, int64)."""
+    runs = []
+    for y0, x0, y1, x1 in boxes:
+        padded = np.zeros((y1 - y0, x1 - x0 + 2), dtype=np.int8)
+        padded[:, 1:-1] = labels[y0:y1, x0:x1] == value
+        d = np.diff(padded, axis=1)
+        rows, starts = np.nonzero(d == 1)
+        _, ends = np.nonzero(d == -1)  # row-major, so each run's end pairs with its start
+        runs.append(np.stack([rows + y0, starts + x0, ends + x0], axis=1).astype(np.int64))
+    return tuple(np.concatenate(runs).T) if runs else (np.zeros(0, np.int64),) * 3
+
+
 def _mask_polygons(labels: np.ndarray, value: int, boxes: Sequence[Box]):
     """The pixels of ``labels == value`` inside the disjoint ``boxes`` as one shapely
     geometry (label px, edges on pixel borders).
@@ -413,15 +427,7 @@ def _mask_polygons(labels: np.ndarray, value: int, boxes: Sequence[Box]):
     """
     import shapely
 
-    runs = []
-    for y0, x0, y1, x1 in boxes:
-        padded = np.zeros((y1 - y0, x1 - x0 + 2), dtype=np.int8)
-        padded[:, 1:-1] = labels[y0:y1, x0:x1] == value
-        d = np.diff(padded, axis=1)
-        rows, starts = np.nonzero(d == 1)
-        _, ends = np.nonzero(d == -1)  # row-major, so each run's end pairs with its start
-        runs.append(np.stack([rows + y0, starts + x0, ends + x0], axis=1).astype(np.int64))
-    r, s, e = np.concatenate(runs).T if runs else (np.zeros(0, np.int64),) * 3
+    r, s, e = row_runs(labels, value, boxes)
     if not len(r):
         return shapely.Polygon()
     # the vertices on each horizontal pixel border y: every run end in row y - 1 or row y,

@@ -889,14 +889,20 @@ class ALRegionsWidget(QWidget):
         finally:
             self._syncing = False
 
-    def reject_selected(self) -> None:
-        """Dismiss the proposal selected in the list (it is not proposed again)."""
+    def _selected_proposal(self) -> Region | None:
+        """The proposal selected in the list, or None (and a message saying to select one)."""
         rows = self._proposal_rows()
         i = self.proposal_list.currentRow()
         if not 0 <= i < len(rows):
             self._message("select a proposal in the list first", True)
+            return None
+        return rows[i]
+
+    def reject_selected(self) -> None:
+        """Dismiss the proposal selected in the list (it is not proposed again)."""
+        region, i = self._selected_proposal(), self.proposal_list.currentRow()
+        if region is None:
             return
-        region = rows[i]
         if self._guard(self.project.dismiss, region) is None:
             return
         self._show_proposals(region.slide)
@@ -1266,12 +1272,9 @@ class ALRegionsWidget(QWidget):
                    n_per_slide=self.k.value, seed=self.seed.value, on_done=done)
 
     def accept_selected(self) -> None:
-        regions = self._proposal_rows()
-        i = self.proposal_list.currentRow()
-        if not 0 <= i < len(regions):
-            self._message("select a proposal in the list first", True)
-            return
-        self._accept(regions[i], "background")
+        region = self._selected_proposal()
+        if region is not None:
+            self._accept(region, "background")
 
     def _accept(self, region: Region, prefill: str) -> None:
         """Accept in the worker (prefilling and saving the labels), then open the region to paint."""
