@@ -8,6 +8,7 @@ import pytest
 from napari_alregions.geometry import Region
 from napari_alregions.layers import (
     METHOD_COLORS,
+    LabelPyramid,
     box_means,
     edge_widths,
     overlay_kwargs,
@@ -15,6 +16,7 @@ from napari_alregions.layers import (
     region_labels_layer,
     regions_layer,
     slide_image_layer,
+    slide_labels_layer,
     slide_layout,
     tissue_labels_layer,
 )
@@ -103,3 +105,46 @@ def test_priority_limits_follow_the_tissue_values():
     assert priority_limits(np.full((3, 3), np.nan)) == (0.0, 1.0)
     with pytest.raises(ValueError, match="low and high"):
         priority_limits(priority, low=60, high=50)
+
+
+def test_label_pyramid_levels_are_strided_views_with_the_painted_region_left_out():
+    rng = np.random.default_rng(3)
+    mask = rng.integers(0, 3, (37, 50)).astype(np.uint8)
+    pyramid = LabelPyramid(mask, min_side=5)
+    # halved until the longer side fits 5 px: 50, 25, 13, 7, 4
+    assert [lv.shape for lv in pyramid.levels] == [(37, 50), (19, 25), (10, 13), (5, 7), (3, 4)]
+    assert [lv.step for lv in pyramid.levels] == [1, 2, 4, 8, 16]
+    pyramid.hidden = (3, 7, 20, 31)  # label px (y0, x0, y1, x1) of the region being painted
+    expected = mask.copy()
+    expected[3:20, 7:31] = 0
+    keys = [(slice(None), slice(None)), (slice(2, 9), slice(1, 17, 2)), (1, slice(None)), (Ellipsis, 2), (slice(0, 3),)]
+    for level in pyramid.levels:
+        ref = expected[:: level.step, :: level.step]  # brute force: every step-th pixel, the box cleared
+        for key in keys:
+            np.testing.assert_array_equal(level[key], ref[key])
+        assert level[1, 2] == ref[1, 2]
+        np.testing.assert_array_equal(np.asarray(level), ref)
+    # views, not copies: what is painted in the mask shows at every level at once
+    pyramid.hidden = None
+    mask[32, 48] = 2
+    assert pyramid.levels[1][16, 24] == 2 and pyramid.levels[4][2, 3] == 2
+    with pytest.raises(TypeError, match="int and slice"):
+        pyramid.levels[0][np.array([0, 1])]
+    with pytest.raises(ValueError, match="mask"):
+        LabelPyramid(np.zeros((2, 2, 2)))
+    with pytest.raises(ValueError, match="min_side"):
+        LabelPyramid(mask, min_side=0)
+    assert len(LabelPyramid(np.zeros((3, 3), np.uint8)).levels) == 2  # napari takes one level for no pyramid
+
+
+def test_slide_labels_layer_lies_over_the_labeling_level(slide):
+    pyramid = LabelPyramid(np.zeros((64, 64), np.uint8))
+    off = (0.0, 100.0)
+    data, kwargs, kind = slide_labels_layer(pyramid, factor=4.0, name="s labels", colors=[(0, 0, 0), (255, 0, 0)],
+                                            slide=slide, offset=off)
+    s = slide.mpp
+    assert kind == "labels" and kwargs["multiscale"] and data is pyramid.levels
+    # label px (r, c) covers level-0 [r f, (r + 1) f): centre r f + (f - 1) / 2
+    np.testing.assert_allclose(kwargs["scale"], (4 * s, 4 * s))
+    np.testing.assert_allclose(kwargs["translate"], (1.5 * s, 100.0 + 1.5 * s))
+    assert kwargs["colormap"][2] == (1.0, 0.0, 0.0, 1.0) and kwargs["colormap"][0][3] == 0.0

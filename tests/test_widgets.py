@@ -155,7 +155,7 @@ def test_loop_in_viewer_suggest_accept_paint_retrain_reopen(make_napari_viewer, 
     cy, cx = lab.data.shape[0] // 2, lab.data.shape[1] // 2
     lab.paint((cy, cx), 2)
     assert (lab.data == 2).any()
-    qtbot.waitUntil(lambda: not w._unsaved, timeout=5000)
+    qtbot.waitUntil(lambda: not w.labels.unsaved, timeout=5000)
     on_disk = Session.open(w.project.folder).labels(slide)
     y0, x0, y1, x1 = w.project.label_box(region)
     np.testing.assert_array_equal(on_disk[y0:y1, x0:x1], lab.data)  # autosaved per stroke
@@ -182,8 +182,14 @@ def test_loop_in_viewer_suggest_accept_paint_retrain_reopen(make_napari_viewer, 
     assert w2.project.cycle == 1 and w2.project.trained
     names = [lay.name for lay in viewer2.layers]
     assert slide in names and f"{slide} priority" in names and f"{slide} accepted" in names
-    relab = [lay for lay in viewer2.layers if lay.name.startswith(f"{slide} labels adaptive")]
-    np.testing.assert_array_equal(relab[0].data, lab.data)
+    # one labels layer for the slide's regions; selecting a region puts the painting layer over it
+    np.testing.assert_array_equal(np.asarray(viewer2.layers[f"{slide} labels"].data[0])[y0:y1, x0:x1], lab.data)
+    assert not [lay for lay in viewer2.layers if lay.name.startswith(f"{slide} labels adaptive")]
+    w2.tabs.setCurrentIndex(3)
+    w2.accepted_list.setCurrentRow(0)
+    relab = viewer2.layers.selection.active
+    assert relab.name.startswith(f"{slide} labels adaptive") and relab.mode == "paint"
+    np.testing.assert_array_equal(relab.data, lab.data)
 
 
 def test_cancel_and_close_during_retrain_change_nothing(make_napari_viewer, qtbot, tmp_path, small_pool):
@@ -251,7 +257,7 @@ def test_bad_input_gives_messages_and_loses_nothing(make_napari_viewer, qtbot, t
     # pixels given a value that is no class (by a script) become unlabeled, the rest is saved
     lab.data[0:3, 0:3] = 7
     lab.paint((20, 20), 2)
-    qtbot.waitUntil(lambda: not w._unsaved, timeout=5000)
+    qtbot.waitUntil(lambda: not w.labels.unsaved, timeout=5000)
     assert (lab.data[0:3, 0:3] == 0).all() and "no class" in w.message.value
     assert lab.data[20, 20] == 2
     [region] = w.project.session.accepted
@@ -265,7 +271,14 @@ def test_remove_accepted_region_asks_when_painted(make_napari_viewer, qtbot, tmp
 
     viewer, w, slide = _start(make_napari_viewer, tmp_path, small_pool)
     first, second = _accept_random(w, 2)
+    from napari.layers import Labels
+
+    # however many regions: one labels layer for the slide, one to paint in
+    assert [lay.name for lay in viewer.layers if isinstance(lay, Labels)] == [f"{slide} labels", w._labels_name(second)]
+    w.tabs.setCurrentIndex(3)
+    w.accepted_list.setCurrentRow(0)  # the painting layer moves to the first region
     painted = viewer.layers[w._labels_name(first)]
+    assert w._labels_name(second) not in viewer.layers
     painted.paint((20, 20), 2)  # a stroke still waiting for the autosave
     asked = []
     monkeypatch.setattr(QMessageBox, "question", lambda *a: asked.append(a[2]) or QMessageBox.StandardButton.No)
@@ -307,15 +320,15 @@ def test_undo_redo_close_and_unsignalled_edits_reach_the_session(make_napari_vie
 
     lab.brush_size = 6
     lab.paint((20, 20), 2)
-    qtbot.waitUntil(lambda: not w._unsaved, timeout=5000)
+    qtbot.waitUntil(lambda: not w.labels.unsaved, timeout=5000)
     stroke = lab.data.copy()
     assert (saved() == 2).any()
     undo(lab)
     assert not (lab.data == 2).any()
-    qtbot.waitUntil(lambda: not w._unsaved, timeout=5000)
+    qtbot.waitUntil(lambda: not w.labels.unsaved, timeout=5000)
     np.testing.assert_array_equal(saved(), lab.data)  # the undone stroke is not kept on disk
     redo(lab)
-    qtbot.waitUntil(lambda: not w._unsaved, timeout=5000)
+    qtbot.waitUntil(lambda: not w.labels.unsaved, timeout=5000)
     np.testing.assert_array_equal(saved(), stroke)
     # pixels changed without any event (a script, a plugin) are saved before they are read
     lab.data[:4, :4] = 2
@@ -324,7 +337,10 @@ def test_undo_redo_close_and_unsignalled_edits_reach_the_session(make_napari_vie
     np.testing.assert_array_equal(saved(), lab.data)
     np.testing.assert_array_equal(w.project.region_labels(region), lab.data)
     # a labels layer the user closed comes back, ready to paint, from the list of accepted regions
+    overview = viewer.layers[f"{slide} labels"]
+    assert not np.asarray(overview.data[0])[y0:y1, x0:x1].any()  # the painting layer draws the region
     viewer.layers.remove(lab)
+    np.testing.assert_array_equal(np.asarray(overview.data[0])[y0:y1, x0:x1], lab.data)  # now the slide's layer does
     w.tabs.setCurrentIndex(3)
     w.accepted_list.setCurrentRow(0)
     back = viewer.layers[w._labels_name(region)]
@@ -334,10 +350,10 @@ def test_undo_redo_close_and_unsignalled_edits_reach_the_session(make_napari_vie
     back.name = "my tumour outline"
     w.accepted_list.setCurrentRow(-1)
     w.accepted_list.setCurrentRow(0)
-    assert viewer.layers.selection.active is back and sum(isinstance(lay, type(back)) for lay in viewer.layers) == 1
+    assert viewer.layers.selection.active is back and [lay for lay in viewer.layers if "region" in lay.metadata] == [back]
     # closing the viewer right after a stroke (before the autosave timer) keeps the stroke
     back.paint((60, 60), 2)
-    assert w._unsaved
+    assert w.labels.unsaved
     viewer.close()
     np.testing.assert_array_equal(saved(), back.data)
 
@@ -353,7 +369,7 @@ def test_closing_the_viewer_keeps_a_fresh_stroke_with_the_dock_floating(make_nap
     [region] = _accept_random(w, 1)
     lab = viewer.layers[w._labels_name(region)]
     lab.paint((30, 30), 2)
-    assert w._unsaved  # the autosave timer has not fired yet
+    assert w.labels.unsaved  # the autosave timer has not fired yet
     folder = w.project.folder
     viewer.close()
     y0, x0, y1, x1 = w.project.label_box(region)
@@ -373,13 +389,13 @@ def test_switching_sessions_saves_and_clears_the_old_ones_layers(make_napari_vie
     assert w.project.folder == tmp_path / "second" and not w.project.slides
     # the first session's layers are gone (painting in them would reach no session), its image stays
     assert [lay.name for lay in viewer.layers] == [slide]
-    assert not w._region_layers and w.accepted_list.count() == 0
+    assert w.labels.painting is None and w.accepted_list.count() == 0
     # ... and reopening it brings them back with the last stroke
     w.folder.value = str(first)
     _click(w, "Open session")
     _wait(qtbot, w)
-    back = viewer.layers[w._labels_name(region)]
-    np.testing.assert_array_equal(back.data, painted)
+    y0, x0, y1, x1 = w.project.label_box(region)
+    np.testing.assert_array_equal(np.asarray(viewer.layers[f"{slide} labels"].data[0])[y0:y1, x0:x1], painted)
     assert {f"{slide} accepted", f"{slide} proposals"} <= {lay.name for lay in viewer.layers}
     assert [lay.name for lay in viewer.layers].count(slide) == 1
 
@@ -394,20 +410,35 @@ def test_overlapping_regions_keep_each_others_strokes(make_napari_viewer, qtbot,
     w._accept(Region(128, 128, 256, 256, slide=slide, method="adaptive"), "background")
     _wait(qtbot, w)
     first, second = w.project.session.accepted
-    la, lb = viewer.layers[w._labels_name(first)], viewer.layers[w._labels_name(second)]
+    w.tabs.setCurrentIndex(3)
+    w.accepted_list.setCurrentRow(0)
+    la = viewer.layers[w._labels_name(first)]
     la.brush_size = 4
     la.paint((100, 100), 2)  # in the overlap (label px 64..128 of the first, 0..64 of the second)
-    qtbot.waitUntil(lambda: not w._unsaved, timeout=5000)
-    assert (lb.data[35:37, 35:37] == 2).all()  # the second layer shows the stroke
+    la.paint((20, 20), 2)  # outside it
+    qtbot.waitUntil(lambda: not w.labels.unsaved, timeout=5000)
+    overview = viewer.layers[f"{slide} labels"]
+    # the slide's layer leaves the region being painted to the painting layer (drawn once)
+    assert not np.asarray(overview.data[0])[0:128, 0:128].any()
+    w.accepted_list.setCurrentRow(1)
+    lb = viewer.layers[w._labels_name(second)]
+    assert lb is la  # one painting layer, moved to the second region
+    assert (lb.data[35:37, 35:37] == 2).all()  # the second region shows the first one's stroke
+    assert (np.asarray(overview.data[0])[19:21, 19:21] == 2).all()  # the first region is drawn by the slide's layer now
+    assert not np.asarray(overview.data[0])[99:101, 99:101].any()  # (its overlap with the second by the painting layer)
     lb.brush_size = 4
     lb.paint((100, 100), 2)  # elsewhere in the second region
-    qtbot.waitUntil(lambda: not w._unsaved, timeout=5000)
+    qtbot.waitUntil(lambda: not w.labels.unsaved, timeout=5000)
     labels = w.project.session.labels(slide)
-    np.testing.assert_array_equal(labels[0:128, 0:128], la.data)  # the first stroke survived
     np.testing.assert_array_equal(labels[64:192, 64:192], lb.data)
-    assert (labels[99:101, 99:101] == 2).all() and (labels[163:165, 163:165] == 2).all()
+    assert (labels[99:101, 99:101] == 2).all() and (labels[163:165, 163:165] == 2).all()  # both strokes
     w.flush_labels(everything=True)  # what a retrain does first: nothing stale is written back
-    np.testing.assert_array_equal(w.project.session.labels(slide)[0:128, 0:128], la.data)
+    assert (w.project.session.labels(slide)[99:101, 99:101] == 2).all()
+    # undo after moving to another region undoes nothing of the last one's
+    from napari.layers.labels._labels_key_bindings import undo
+
+    undo(lb)
+    assert (w.project.session.labels(slide)[99:101, 99:101] == 2).all()
 
 
 def test_slide_without_mpp_needs_px(make_napari_viewer, qtbot, tmp_path, small_pool):
@@ -454,9 +485,11 @@ def test_qupath_round_trip_through_the_widget(make_napari_viewer, qtbot, tmp_pat
     _click(w2, "Import from QuPath")
     assert "Other → skipped" in asked[-1]
     np.testing.assert_array_equal(w2.project.session.labels(slide2), w.project.session.labels(slide))
-    assert len([lay for lay in viewer2.layers if " labels " in lay.name]) == 2
+    np.testing.assert_array_equal(np.asarray(viewer2.layers[f"{slide2} labels"].data[0]), w.project.session.labels(slide))
     # a stroke still waiting for the autosave survives an import that redraws the layers
-    lab2 = [lay for lay in viewer2.layers if " labels " in lay.name][0]
+    w2.tabs.setCurrentIndex(3)
+    w2.accepted_list.setCurrentRow(0)
+    lab2 = viewer2.layers.selection.active
     lab2.paint((40, 40), 2)
     stroke = lab2.data.copy()
     region_file = tmp_path / "region.geojson"
@@ -619,7 +652,9 @@ def test_slides_sit_side_by_side_with_their_overlays_and_the_camera_follows(make
     viewer2, w2 = _reopen(make_napari_viewer, qtbot, w.project.folder)
     assert w2.current == first
     np.testing.assert_allclose(viewer2.scene.camera.center[-2:], _world(w2, first, 512, 512), atol=1e-6)
-    np.testing.assert_allclose(viewer2.layers[w2._labels_name(region)].translate, lab.translate)
+    # the slide's labels layer sits on the second slide: label px (r, c) centred on level-0 (r f + (f - 1) / 2)
+    np.testing.assert_allclose(viewer2.layers[f"{second} labels"].translate, [(f - 1) / 2 * s, off + (f - 1) / 2 * s])
+    np.testing.assert_allclose(viewer2.layers[f"{second} labels"].scale, [f * s, f * s])
 
 
 def test_proposals_edited_on_the_canvas_reach_the_session(make_napari_viewer, qtbot, tmp_path, small_pool):
@@ -717,7 +752,9 @@ def test_reject_button_and_a_drawn_region(make_napari_viewer, qtbot, tmp_path, s
     _wait(qtbot, w)
     assert w.project.cycle == 1, w.message.value
     assert (region.slide, region.x, region.y, region.w, region.h, region.method) == (slide, 200, 100, 450, 300, "manual")
-    assert draw.nshapes == 0 and w._labels_name(region) in viewer.layers
+    latest = w.project.session.accepted[-1]
+    assert draw.nshapes == 0 and latest.method == "manual" and w._labels_name(latest) in viewer.layers
+    assert w._labels_name(region) not in viewer.layers  # one painting layer: on the latest region
 
 
 def test_small_things_of_issue_20(make_napari_viewer, qtbot, tmp_path, small_pool, monkeypatch):

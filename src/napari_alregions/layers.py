@@ -29,7 +29,9 @@ __all__ = [
     "priority_colors",
     "priority_limits",
     "label_colormap",
+    "LabelPyramid",
     "region_labels_layer",
+    "slide_labels_layer",
     "regions_layer",
     "slide_image_layer",
     "slide_layout",
@@ -250,6 +252,92 @@ def region_labels_layer(labels: np.ndarray, box: Box, *, factor: float, name: st
     kwargs = overlay_kwargs(slide, factor, (offset[0] + y0 * factor * unit_scale, offset[1] + x0 * factor * unit_scale))
     kwargs.update(name=name, colormap=label_colormap(colors), opacity=0.45)
     return labels, kwargs, "labels"
+
+
+class LabelPyramid:
+    """A slide's label mask as a display pyramid of views: level k is every ``2**k``-th pixel.
+
+    The levels read the mask itself (no copy), so what is painted anywhere shows at every
+    level at once, at no memory cost. The pixels of :attr:`hidden` (a label box, or None) read
+    as 0: the region being painted is drawn by its own editable layer, and drawn once.
+
+    Parameters
+    ----------
+    mask : (H, W) array
+        The slide's labels at the labeling level (0 unlabeled, ``i + 1`` class i).
+    min_side : int
+        The coarsest level is the first whose longer side is at most this (>= 1); there are
+        two levels at least.
+
+    Examples
+    --------
+    >>> mask = np.arange(16, dtype=np.uint8).reshape(4, 4)
+    >>> pyramid = LabelPyramid(mask, min_side=2)
+    >>> [level.shape for level in pyramid.levels]
+    [(4, 4), (2, 2)]
+    >>> pyramid.hidden = (0, 0, 2, 2)
+    >>> pyramid.levels[1][:, :]
+    array([[ 0,  2],
+           [ 8, 10]], dtype=uint8)
+    """
+
+    def __init__(self, mask: np.ndarray, *, min_side: int = 512) -> None:
+        if np.ndim(mask) != 2:
+            raise ValueError(f"mask must be 2-D, got shape {np.shape(mask)}")
+        if min_side < 1:
+            raise ValueError(f"min_side must be >= 1, got {min_side}")
+        self.mask = mask
+        self.hidden: Box | None = None
+        steps = [1]
+        while len(steps) < 2 or max(mask.shape) > min_side * steps[-1]:  # napari unwraps a one-level list
+            steps.append(2 * steps[-1])
+        self.levels = [_PyramidLevel(self, step) for step in steps]
+
+
+class _PyramidLevel:
+    """One level of a :class:`LabelPyramid`: what napari reads (shape, dtype, slicing)."""
+
+    def __init__(self, pyramid: LabelPyramid, step: int) -> None:
+        self._pyramid, self.step = pyramid, step
+        h, w = pyramid.mask.shape
+        self.shape = (-(-h // step), -(-w // step))
+        self.dtype = pyramid.mask.dtype
+        self.ndim = 2
+        self.size = self.shape[0] * self.shape[1]
+
+    def __getitem__(self, key) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        if any(k is Ellipsis for k in key):
+            i = key.index(Ellipsis)
+            key = key[:i] + (slice(None),) * (2 - len(key) + 1) + key[i + 1:]
+        key = key + (slice(None),) * (2 - len(key))
+        if len(key) != 2 or not all(isinstance(k, (slice, int, np.integer)) for k in key):
+            raise TypeError(f"a label pyramid level takes int and slice keys, got {key!r}")
+        s = self.step
+        out = np.array(self._pyramid.mask[::s, ::s][key], copy=True)
+        hidden = self._pyramid.hidden
+        if hidden is not None:
+            y0, x0, y1, x1 = hidden
+            rows = np.arange(self.shape[0])[key[0]] * s  # label px of each row read (scalar for an int key)
+            cols = np.arange(self.shape[1])[key[1]] * s
+            out[np.logical_and.outer((rows >= y0) & (rows < y1), (cols >= x0) & (cols < x1)).reshape(out.shape)] = 0
+        return out if out.ndim else out[()]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self[:, :]
+        return out if dtype is None else out.astype(dtype)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+
+def slide_labels_layer(pyramid: LabelPyramid, *, factor: float, name: str, colors: Sequence[Sequence[int]],
+                       slide: Slide, offset: Offset = (0.0, 0.0)) -> tuple[list, dict[str, Any], str]:
+    """A multiscale Labels layer of a slide's labels (``pyramid`` at a level of downsample
+    ``factor``), read-only: one layer for every region, however many there are."""
+    kwargs = overlay_kwargs(slide, factor, offset)
+    kwargs.update(name=name, colormap=label_colormap(colors), opacity=0.45, multiscale=True)
+    return pyramid.levels, kwargs, "labels"
 
 
 def label_colormap(colors: Sequence[Sequence[int]]) -> dict[int | None, tuple[float, ...]]:

@@ -7,6 +7,7 @@ the project's state. No algorithm lives here.
 
 from __future__ import annotations
 
+import gc
 import time
 from pathlib import Path
 from typing import Any
@@ -24,11 +25,9 @@ from ..geometry import Region
 from ..layers import (
     METHOD_COLORS,
     box_means,
-    label_colormap,
     overlay_kwargs,
     priority_colors,
     priority_limits,
-    region_labels_layer,
     regions_layer,
     slide_image_layer,
     slide_layout,
@@ -38,6 +37,7 @@ from ..priority import MEASURES
 from ..project import DEFAULT_COLORS, AnnotationProject, region_size_px
 from ..selection import METHODS
 from ..session import SessionLocked
+from ._labels import LabelLayers, labels_name
 from ._runner import TaskRunner
 
 __all__ = ["ALRegionsWidget"]
@@ -52,6 +52,18 @@ class _Locked:
 
     def __init__(self, exc: SessionLocked) -> None:
         self.exc = exc
+
+
+_frozen = False
+
+
+def _freeze_startup_objects() -> None:
+    """Leave the objects alive now (napari, Qt, torch: ~0.5 M) out of the garbage collector's
+    full passes, once per process: with them every full pass stalled the viewer ~0.3 s."""
+    global _frozen
+    if not _frozen:
+        gc.freeze()
+        _frozen = True
 
 
 def _free_name(name: str, taken) -> str:
@@ -147,9 +159,7 @@ class ALRegionsWidget(QWidget):
         self.progress = mw.ProgressBar(value=0, min=0, max=0, label="")
         self.progress.visible = False
         self.runner = TaskRunner(self._set_busy, self._message, self.progress)
-        self._region_layers: dict[str, Any] = {}
         self._busy_buttons: list[mw.PushButton] = []
-        self._unsaved: set[str] = set()
         self._watched: set[int] = set()  # ids of windows whose closing saves pending strokes (no reference kept)
         self._redrawing = False
         self._after_task = None  # what runs once the current task's worker has finished (auto-retrain)
@@ -162,10 +172,8 @@ class ALRegionsWidget(QWidget):
         self._redraw_timer.setInterval(0)
         self._redraw_timer.timeout.connect(self._redraw_pending)
         self._region_event.connect(self._region_event_arrived, Qt.ConnectionType.QueuedConnection)
-        self._autosave = QTimer(self)
-        self._autosave.setSingleShot(True)
-        self._autosave.setInterval(250)
-        self._autosave.timeout.connect(self.flush_labels)
+        self.labels = LabelLayers(napari_viewer, self, message=self._message, saved=self._refresh_status,
+                                  painted=self._watch_close)
 
         self.message = mw.Label(value="Create or open a session to start.")
         self.status = mw.Label(value="")
@@ -199,6 +207,8 @@ class ALRegionsWidget(QWidget):
         viewer, bound = self.viewer, self._bound
         self.destroyed.connect(lambda *_: runner.wait())  # closing the viewer stops the worker first
         self.destroyed.connect(lambda *_: _unbind(viewer, bound))
+        labels = self.labels
+        self.destroyed.connect(lambda *_: labels.close())
 
     def _watch_close(self) -> None:
         # closing the viewer's window must not drop strokes still waiting for the autosave
@@ -242,15 +252,11 @@ class ALRegionsWidget(QWidget):
         self._step_proposal(-1)
 
     def pick_class(self, value: int) -> None:
-        """Paint class ``value`` (1..n) in the active region labels layer."""
-        layer = self.viewer.layers.selection.active
-        if self.project is None or layer is None or "region" not in getattr(layer, "metadata", {}):
-            self._message("select a region's labels layer to paint in first", True)
+        """Paint class ``value`` (1..n) in the region being painted."""
+        if self.project is None:
+            self._message("create or open a session first", True)
             return
-        if not 1 <= value <= len(self.project.classes):
-            return
-        layer.selected_label = value
-        self._message(f"painting {self.project.classes[value - 1]}")
+        self.labels.pick_class(value)
 
     # ------------------------------------------------------------------ tabs
     def _session_tab(self) -> mw.Container:
@@ -297,8 +303,7 @@ class ALRegionsWidget(QWidget):
         self.class_list.blockSignals(False)
 
     def _class_chosen(self, row: int) -> None:
-        layer = self.viewer.layers.selection.active
-        if 0 <= row < len(self._class_names) and layer is not None and "region" in getattr(layer, "metadata", {}):
+        if 0 <= row < len(self._class_names) and self.project is not None and self.labels.painting is not None:
             self.pick_class(row + 1)
 
     def add_class(self) -> None:
@@ -347,8 +352,7 @@ class ALRegionsWidget(QWidget):
                 session.settings.colors = [list(c) for c in colors]
             if not self._done(self.project.session.save):
                 return
-            for layer in self._region_layers.values():
-                layer.colormap = label_colormap(colors)
+            self.labels.recolour(colors)
         self._set_classes(self._class_names, colors)
 
     def _model_tab(self) -> mw.Container:
@@ -565,7 +569,9 @@ class ALRegionsWidget(QWidget):
 
         def make(cancel):  # building the model imports torch: seconds, off the viewer's thread
             yield {"phase": "new session"}
-            return AnnotationProject.create(folder, **settings)
+            project = AnnotationProject.create(folder, **settings)
+            _freeze_startup_objects()  # torch is imported by now
+            return project
 
         def done(project: AnnotationProject) -> None:
             self._set_project(project)
@@ -586,6 +592,7 @@ class ALRegionsWidget(QWidget):
             except SessionLocked as exc:  # asked about on the viewer's thread, then opened again
                 return _Locked(exc)  # (a returned exception would be taken for the task's error)
             project.annotated_pct()
+            _freeze_startup_objects()  # torch is imported by now
             return project
 
         self._task(make, desc="open session", on_done=lambda got: self._opened(folder, got))
@@ -616,7 +623,8 @@ class ALRegionsWidget(QWidget):
             if name in project.maps:
                 steps.append(lambda name=name: self._show_priority(name))
             steps += [lambda name=name: self._show_proposals(name), lambda name=name: self._show_accepted(name)]
-            steps += [lambda r=r: self._open_region_labels(r) for r in project.session.accepted_on(name)]
+            if project.session.accepted_on(name):  # one labels layer per slide, however many regions
+                steps.append(lambda name=name: self.labels.show_slide(name))
         notes = [*project.open_messages, *(["read-only: changes are not saved"] if project.session.read_only else [])]
         steps += [lambda: self._go_to_slide(self.current),  # the dropdown's slide is the one on screen
                   lambda: self._message(f"opened {project.folder}: {len(project.slides)} slide(s), cycle {project.cycle}"
@@ -635,9 +643,10 @@ class ALRegionsWidget(QWidget):
 
     def _set_project(self, project: AnnotationProject) -> None:
         if self.project is not None:
-            self.flush_labels(everything=True)  # the closing session keeps its last strokes
             self._drop_session_layers()
             self._listen(self.project, False)
+        self.labels.set_project(project)  # the closing session keeps its last strokes
+        if self.project is not None:
             self.project.close()
         self.project = project
         self._listen(project, True)
@@ -657,11 +666,8 @@ class ALRegionsWidget(QWidget):
         in them would reach no session."""
         suffixes = ("priority", "accepted", "similarity", "prediction", "proposals", "draw")
         names = {f"{slide} {suffix}" for slide in self.project.slides for suffix in suffixes}
-        ours = {id(layer) for layer in self._region_layers.values()}
-        for layer in [lay for lay in self.viewer.layers if lay.name in names or id(lay) in ours]:
+        for layer in [lay for lay in self.viewer.layers if lay.name in names]:
             self.viewer.layers.remove(layer)
-        self._region_layers.clear()
-        self._unsaved.clear()
 
     def add_slide_file(self) -> None:
         self._add_slide(Path(self.slide_file.value))
@@ -950,79 +956,11 @@ class ALRegionsWidget(QWidget):
 
     @staticmethod
     def _labels_name(region: Region) -> str:
-        return f"{region.slide} labels {region.method} {region.uid[:8]}"
-
-    def _open_region_labels(self, region: Region) -> Any:
-        p = self.project
-        lname = self._labels_name(region)
-        shown = self._region_layers.get(lname)
-        if shown is not None and shown in self.viewer.layers:  # by identity: the user may rename it
-            return shown
-        # the layer shows the session's own pixels (a view): painting is storing, and the
-        # layers of overlapping regions share them
-        data, kwargs, _ = region_labels_layer(p.region_view(region), p.label_box(region), factor=p.label_factor(region.slide),
-                                              name=lname, colors=p.colors, slide=p.slides[region.slide],
-                                              offset=self._offset(region.slide))
-        layer = self.viewer.add_labels(data, metadata={"region": region}, **kwargs)
-        layer.selected_label = len(p.classes)  # the last class (tumour) is what gets painted most
-        layer.events.paint.connect(lambda event, lname=lname: self._painted(lname))
-        layer.events.selected_label.connect(lambda event, layer=layer: self._keep_to_classes(layer))
-        # napari's undo and redo (Ctrl+Z, Ctrl+Shift+Z) change the pixels without a paint event
-        for name in ("undo", "redo"):
-            def replay(step=getattr(layer, name), lname=lname) -> None:
-                step()
-                self._painted(lname)
-
-            setattr(layer, name, replay)
-        self._region_layers[lname] = layer
-        return layer
-
-    def _painted(self, lname: str) -> None:
-        # napari reports a stroke before its pixels are stored: save on the next event-loop
-        # turn, batching the strokes of that moment (a crash loses at most this batch)
-        self._unsaved.add(lname)
-        self._autosave.start()
-        self._watch_close()
-
-    def _keep_to_classes(self, layer) -> None:
-        # napari offers any label ("new" picks max + 1); the session knows its classes only
-        n = len(self.project.classes) if self.project is not None else None
-        if n is not None and layer.selected_label > n:
-            layer.selected_label = n
-            self._message(f"labels are 1..{n} ({', '.join(f'{i + 1} {c}' for i, c in enumerate(self.project.classes))}); "
-                          "0 erases", True)
+        return labels_name(region)
 
     def flush_labels(self, *, everything: bool = False) -> None:
-        """Save the strokes of the region layers painted since the last save (the layers
-        paint into the session's labels: saving writes the chunks of those regions only).
-        ``everything``: the regions of every labels layer, for edits no event announced (a
-        script writing ``layer.data``), before the labels are read (retrain, export, removal)."""
-        pending, self._unsaved = (set(self._region_layers) if everything else self._unsaved), set()
-        if self.project is None or not pending:
-            return
-        changed = []
-        for lname in sorted(pending):
-            layer = self._region_layers.get(lname)
-            if layer is None:
-                continue
-            region = layer.metadata["region"]
-            bad = self._guard(self.project.labels_changed, region, save=False)
-            if bad:
-                self._message(f"{bad} pixel(s) of '{layer.name}' had a label that is no class; they are unlabeled now", True)
-                layer.refresh()
-            changed.append(region)
-        if changed and self._done(self.project.save):
-            self._refresh_overlapping(changed)
-            self._refresh_status()
-
-    def _refresh_overlapping(self, regions: list[Region]) -> None:
-        # the layers of regions sharing pixels with these show the same memory: redraw them
-        shown = {id(r) for r in regions}
-        for region in regions:
-            for other in self._guard(self.project.accepted_overlapping, region) or []:
-                layer = self._region_layers.get(self._labels_name(other))
-                if layer is not None and id(other) not in shown:
-                    layer.refresh()
+        """Save the strokes painted since the last save (see :meth:`LabelLayers.flush`)."""
+        self.labels.flush(everything=everything)
 
     # ------------------------------------------------------------------ navigation
     def _refill_lists(self) -> None:
@@ -1093,10 +1031,7 @@ class ALRegionsWidget(QWidget):
         if not 0 <= i < len(regions):
             return
         self._go_to(regions, i)
-        # ready to paint: its labels layer active (opened again if the user closed it)
-        layer = self._open_region_labels(regions[i])
-        self.viewer.layers.selection.active = layer
-        layer.mode = "paint"
+        self.labels.paint(regions[i])  # ready to paint: the painting layer over it, active
 
     def _step_proposal(self, delta: int) -> None:
         n = self.proposal_list.count()
@@ -1290,11 +1225,8 @@ class ALRegionsWidget(QWidget):
         name = accepted.slide
         self._show_proposals(name)
         self._show_accepted(name)
-        layer = self._open_region_labels(accepted)
-        self._refresh_overlapping([accepted])  # its background prefill shows in the layers it overlaps
+        layer = self.labels.paint(accepted)
         self._go_to([accepted], 0)  # show the region to paint
-        self.viewer.layers.selection.active = layer
-        layer.mode = "paint"
         self._refill_lists()
         self._refresh_status(pct)
         what = "your region" if region.method == "manual" else f"{region.method} #{region.rank + 1}"
@@ -1319,9 +1251,7 @@ class ALRegionsWidget(QWidget):
             return
         if self._guard(p.remove_accepted, region) is None:
             return
-        layer = self._region_layers.pop(self._labels_name(region), None)
-        if layer is not None and layer in self.viewer.layers:
-            self.viewer.layers.remove(layer)
+        self.labels.removed(region)
         self._show_accepted(name)
         self._refill_lists()
         self._refresh_status()
@@ -1465,8 +1395,7 @@ class ALRegionsWidget(QWidget):
         if counts is None:
             return
         self._show_accepted(name)
-        for r in self.project.session.accepted_on(name):
-            self._open_region_labels(r).refresh()  # the layers show the session's pixels: redraw
+        self.labels.refresh(name)  # the layers show the session's pixels: redraw
         self._refill_lists()
         self._refresh_status()
         self._message(f"imported {counts['regions']} region(s) and {counts['labeled_annotations']} labeled annotation(s)")
