@@ -430,8 +430,9 @@ class ALRegionsWidget(QWidget):
         return box
 
     def _annotate_tab(self) -> mw.Container:
-        hint = mw.Label(value="Paint in an accepted region's labels layer; outside accepted regions "
-                              "nothing can be painted. Unpainted pixels of a region are background.")
+        hint = mw.Label(value="Select an accepted region to paint in it (its own labels layer, on top; the slide's "
+                              "labels layer shows the others). Outside accepted regions nothing can be painted; "
+                              "unpainted pixels of a region are background.")
         hint.native.setWordWrap(True)
         self.accepted_list = QListWidget()
         self.accepted_list.currentRowChanged.connect(self._go_to_accepted)
@@ -481,6 +482,8 @@ class ALRegionsWidget(QWidget):
         self.cancel_btn.enabled = busy
         for b in self._busy_buttons:
             b.enabled = not busy
+        if not busy and self._pending_redraw:
+            self._redraw_timer.start()  # what the task's region events asked for
         if not busy and self._after_task is not None:
             then, self._after_task = self._after_task, None
             then()
@@ -758,18 +761,18 @@ class ALRegionsWidget(QWidget):
             if layer is not None:
                 layer.colorbar.visible = name == self.current
 
-    def _show_regions(self, name: str, lname: str, regions: list[Region], color=None) -> Any:
+    def _show_regions(self, name: str, lname: str, regions: list[Region], color=None) -> tuple[Any, bool]:
+        """The slide's Shapes layer ``lname`` showing ``regions``, and whether it was (re)drawn."""
         p = self.project
+        layer = self._layer(lname)
+        old = layer.metadata.get("regions", []) if layer is not None else []
+        if layer is not None and _region_keys(old) == _region_keys(regions) and layer.nshapes == len(regions):
+            return layer, False  # drawn already (a change event after the call that redrew it)
         mean = box_means(p.maps[name].priority, regions, p.stride) if name in p.maps else None
         data, kwargs, _ = regions_layer(regions, name=lname, slide=p.slides[name], offset=self._offset(name), color=color,
                                         mean=mean, ranks=color is None)
-        layer = self._layer(lname)
         if layer is None:
-            layer = self.viewer.add_shapes(data, **kwargs)
-            return layer
-        old = layer.metadata.get("regions", [])
-        if _region_keys(old) == _region_keys(regions) and layer.nshapes == len(regions):
-            return layer  # drawn already (a change event after the call that redrew it)
+            return self.viewer.add_shapes(data, **kwargs), True
         gone = _removed_only(old, regions) if layer.nshapes == len(old) else None
         if gone:  # accepted or dismissed: remove those boxes (~10x cheaper than redrawing all with text)
             self._redrawing_shapes = True
@@ -779,7 +782,7 @@ class ALRegionsWidget(QWidget):
                 layer.metadata["regions"] = list(regions)
             finally:
                 self._redrawing_shapes = False
-            return layer
+            return layer, True
         self._redrawing_shapes = True
         try:  # in place: re-creating a Shapes layer with text stalls the viewer ~0.5 s
             layer.selected_data = set()
@@ -792,18 +795,19 @@ class ALRegionsWidget(QWidget):
         finally:
             self._redrawing_shapes = False
         layer.refresh()
-        return layer
+        return layer, True
 
     def _show_proposals(self, name: str, method: str | None = None) -> None:
         """Redraw the slide's one proposals layer (every method; ``method`` is not needed)."""
         if name not in self.project.slides:
             return
         fresh = self._layer(f"{name} proposals") is None
-        layer = self._show_regions(name, f"{name} proposals", self.project.proposals(name))
+        layer, drawn = self._show_regions(name, f"{name} proposals", self.project.proposals(name))
         if fresh:
             layer.events.data.connect(lambda event, name=name: self._proposals_edited(name, event))
             layer.selected_data.events.items_changed.connect(lambda *_, layer=layer: self._box_selected(layer))
-        self._refill_lists()
+        if drawn:
+            self._refill_lists()
 
     def _show_accepted(self, name: str) -> None:
         self._show_regions(name, f"{name} accepted", self.project.session.accepted_on(name), METHOD_COLORS["accepted"])
@@ -873,7 +877,11 @@ class ALRegionsWidget(QWidget):
     def _region_event_arrived(self, slide) -> None:
         if self.project is None:
             return
-        for name in ([slide] if slide in self.project.slides else list(self.project.slides)):
+        names = [slide] if slide in self.project.slides else list(self.project.slides)
+        if self.runner.busy:  # a task changes regions in bursts (a retrain: every method of every slide):
+            self._pending_redraw.update(names)  # drawn once, when it has finished (see _set_busy)
+            return
+        for name in names:
             self._later(name)
 
     def _box_selected(self, layer) -> None:
