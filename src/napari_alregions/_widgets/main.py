@@ -16,9 +16,8 @@ import numpy as np
 from magicgui import widgets as mw
 from napari.utils.colormaps import Colormap
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import QEvent, Qt, QTimer, Signal
-from qtpy.QtGui import QColor, QIcon, QPixmap
-from qtpy.QtWidgets import QColorDialog, QHeaderView, QListWidget, QListWidgetItem, QMessageBox, QSizePolicy, QTabWidget, QVBoxLayout, QWidget
+from qtpy.QtCore import QEvent, QTimer
+from qtpy.QtWidgets import QHeaderView, QListWidget, QMessageBox, QSizePolicy, QTabWidget, QVBoxLayout, QWidget
 
 from ..cli_suggest import _parse_option
 from ..geometry import Region
@@ -28,16 +27,17 @@ from ..layers import (
     overlay_kwargs,
     priority_colors,
     priority_limits,
-    regions_layer,
     slide_image_layer,
     slide_layout,
     slide_scale,
 )
 from ..priority import MEASURES
-from ..project import DEFAULT_COLORS, AnnotationProject, region_size_px
+from ..project import AnnotationProject, region_size_px
 from ..selection import METHODS
 from ..session import SessionLocked
+from ._classes import ClassList
 from ._labels import LabelLayers, labels_name
+from ._regions import RegionLayers
 from ._runner import TaskRunner
 
 __all__ = ["ALRegionsWidget"]
@@ -114,20 +114,6 @@ def _hex(rgba) -> str:
     return "#" + "".join(f"{round(255 * c):02x}" for c in rgba[:3])
 
 
-def _removed_only(old, new) -> list[int] | None:
-    """Indices of ``old`` to remove to get ``new`` when that is all that changed, else None."""
-    keys = set(_region_keys(new))
-    kept = [i for i, k in enumerate(_region_keys(old)) if k in keys]
-    if len(kept) == len(old) or _region_keys([old[i] for i in kept]) != _region_keys(new):
-        return None
-    kept_set = set(kept)
-    return [i for i in range(len(old)) if i not in kept_set]
-
-
-def _region_keys(regions) -> list[tuple]:
-    """What a drawn box shows of each region: a layer showing the same keys needs no redraw."""
-    return [(r.uid, r.x, r.y, r.w, r.h, r.method, r.rank, r.cycle, r.score) for r in regions]
-
 _UNIT = ("µm", "px")
 
 
@@ -150,8 +136,6 @@ def _option_widget(name: str, default: Any, help_: str) -> mw.Widget:
 class ALRegionsWidget(QWidget):
     """Region-based active learning in the viewer (SPEC §1)."""
 
-    _region_event = Signal(object)  # a session's region change (from any thread), to the GUI thread
-
     def __init__(self, napari_viewer) -> None:
         super().__init__()
         self.viewer = napari_viewer
@@ -163,15 +147,9 @@ class ALRegionsWidget(QWidget):
         self._watched: set[int] = set()  # ids of windows whose closing saves pending strokes (no reference kept)
         self._redrawing = False
         self._after_task = None  # what runs once the current task's worker has finished (auto-retrain)
-        self._redrawing_shapes = False  # our own redraw of a Shapes layer: no user edit
         self._syncing = False  # a box and its list row being selected together
-        self._removing: list[str] = []  # uids of the boxes napari is deleting
-        self._pending_redraw: set[str] = set()
-        self._redraw_timer = QTimer(self)  # a child timer, not QTimer.singleShot: a pending shot kept the viewer alive
-        self._redraw_timer.setSingleShot(True)
-        self._redraw_timer.setInterval(0)
-        self._redraw_timer.timeout.connect(self._redraw_pending)
-        self._region_event.connect(self._region_event_arrived, Qt.ConnectionType.QueuedConnection)
+        self.regions = RegionLayers(napari_viewer, self, message=self._message, guard=self._guard,
+                                    drawn=self._refill_lists, chosen=self._box_chosen, busy=lambda: self.runner.busy)
         self.labels = LabelLayers(napari_viewer, self, message=self._message, saved=self._refresh_status,
                                   painted=self._watch_close)
 
@@ -261,17 +239,9 @@ class ALRegionsWidget(QWidget):
     # ------------------------------------------------------------------ tabs
     def _session_tab(self) -> mw.Container:
         self.folder = mw.FileEdit(label="Session folder", mode="d")
-        # the classes and their colours: the painting value is the row (1..n), the colour the layer's
-        self.class_list = QListWidget()
-        self.class_list.setMaximumHeight(110)
-        self.class_list.currentRowChanged.connect(self._class_chosen)
-        self.class_list.itemClicked.connect(lambda item: self._class_chosen(self.class_list.row(item)))  # the row again
-        self.class_name = mw.LineEdit(label="Class", value="", tooltip="a class name to add, or the new name of the selected class")
-        add_class, rename, recolour = _button("Add class"), _button("Rename class"), _button("Class colour")
-        add_class.changed.connect(self.add_class)
-        rename.changed.connect(self.rename_class)
-        recolour.changed.connect(lambda: self.recolour_class())  # not the button's value
-        self._set_classes(["background", "tumour"], DEFAULT_COLORS[:2])
+        self.classes = ClassList(message=self._message, fixed=lambda: self.project is not None,
+                                 recoloured=self._recoloured, chosen=self._class_chosen)
+        self.class_list, self.class_name = self.classes.list, self.classes.name
         new, open_ = _button("New session"), _button("Open session")
         new.changed.connect(self.new_session)
         open_.changed.connect(self.open_session)
@@ -282,78 +252,27 @@ class ALRegionsWidget(QWidget):
         add_layer.changed.connect(self.add_slide_layer)
         self.slide = mw.ComboBox(label="Current slide", choices=[])
         self.slide.changed.connect(self._slide_changed)
-        box = mw.Container(widgets=[self.folder, self.class_name,
-                                    mw.Container(widgets=[add_class, rename, recolour], layout="horizontal", labels=False),
+        box = mw.Container(widgets=[self.folder, self.class_name, self.classes.buttons,
                                     mw.Container(widgets=[new, open_], layout="horizontal", labels=False),
                                     self.slide_file, add, add_layer, self.slide])
         box.native.layout().insertWidget(1, self.class_list)
         return box
 
     # ------------------------------------------------------------------ classes
-    def _set_classes(self, names, colors) -> None:
-        self._class_names, self._class_colors = list(names), [tuple(int(v) for v in c[:3]) for c in colors]
-        row = self.class_list.currentRow()
-        self.class_list.blockSignals(True)
-        self.class_list.clear()
-        for i, (name, color) in enumerate(zip(self._class_names, self._class_colors)):
-            pixmap = QPixmap(14, 14)
-            pixmap.fill(QColor(*color))
-            self.class_list.addItem(QListWidgetItem(QIcon(pixmap), f"{i + 1}  {name}"))
-        self.class_list.setCurrentRow(min(row, len(self._class_names) - 1))
-        self.class_list.blockSignals(False)
+    def _class_chosen(self, value: int) -> None:
+        if self.project is not None and self.labels.painting is not None:
+            self.pick_class(value)
 
-    def _class_chosen(self, row: int) -> None:
-        if 0 <= row < len(self._class_names) and self.project is not None and self.labels.painting is not None:
-            self.pick_class(row + 1)
-
-    def add_class(self) -> None:
-        name = self.class_name.value.strip()
-        if self.project is not None:
-            self._message("the classes are fixed once the session exists (the model predicts them); "
-                          "colours can still change", True)
-            return
-        if not name or name in self._class_names:
-            self._message("type a new class name first" if not name else f"there is a class {name!r} already", True)
-            return
-        color = DEFAULT_COLORS[len(self._class_colors) % len(DEFAULT_COLORS)]
-        self._set_classes([*self._class_names, name], [*self._class_colors, color])
-        self.class_name.value = ""
-
-    def rename_class(self) -> None:
-        name, row = self.class_name.value.strip(), self.class_list.currentRow()
-        if self.project is not None:
-            self._message("the classes are fixed once the session exists (the model predicts them); "
-                          "colours can still change", True)
-            return
-        if not 0 <= row < len(self._class_names) or not name or name in self._class_names:
-            self._message("select a class and type its new name first", True)
-            return
-        names = list(self._class_names)
-        names[row] = name
-        self._set_classes(names, self._class_colors)
-        self.class_name.value = ""
-
-    def recolour_class(self, color=None) -> None:
-        """A new colour for the selected class (asked for with a colour dialog), in every
-        region's labels layer and, once there is a session, saved with it."""
-        row = self.class_list.currentRow()
-        if not 0 <= row < len(self._class_names):
-            self._message("select a class first", True)
-            return
-        if color is None:
-            picked = QColorDialog.getColor(QColor(*self._class_colors[row]), self, "Class colour")
-            if not picked.isValid():
-                return
-            color = (picked.red(), picked.green(), picked.blue())
-        colors = list(self._class_colors)
-        colors[row] = tuple(int(v) for v in color[:3])
-        if self.project is not None:
-            with self.project.session.changing() as session:
-                session.settings.colors = [list(c) for c in colors]
-            if not self._done(self.project.session.save):
-                return
-            self.labels.recolour(colors)
-        self._set_classes(self._class_names, colors)
+    def _recoloured(self, colors) -> bool:
+        """New class colours: saved with the session (when there is one) and shown by the labels layers."""
+        if self.project is None:
+            return True
+        with self.project.session.changing() as session:
+            session.settings.colors = [list(c) for c in colors]
+        if not self._done(self.project.session.save):
+            return False
+        self.labels.recolour(colors)
+        return True
 
     def _model_tab(self) -> mw.Container:
         from ..architectures import ARCHITECTURES
@@ -482,8 +401,8 @@ class ALRegionsWidget(QWidget):
         self.cancel_btn.enabled = busy
         for b in self._busy_buttons:
             b.enabled = not busy
-        if not busy and self._pending_redraw:
-            self._redraw_timer.start()  # what the task's region events asked for
+        if not busy:
+            self.regions.task_finished()  # what the task's region events asked for
         if not busy and self._after_task is not None:
             then, self._after_task = self._after_task, None
             then()
@@ -567,7 +486,7 @@ class ALRegionsWidget(QWidget):
         folder = self._session_folder()
         if folder is None:
             return
-        settings = dict(classes=list(self._class_names), colors=list(self._class_colors), arch=self.arch.value, patch_size=self.patch_size.value, level=self.level.value,
+        settings = dict(classes=list(self.classes.names), colors=list(self.classes.colors), arch=self.arch.value, patch_size=self.patch_size.value, level=self.level.value,
                         members=self.members.value)
 
         def make(cancel):  # building the model imports torch: seconds, off the viewer's thread
@@ -634,27 +553,16 @@ class ALRegionsWidget(QWidget):
                                         + "".join(f"; {m}" for m in notes), bool(notes))]
         self._run_steps(steps)
 
-    def _listen(self, project: AnnotationProject, on: bool) -> None:
-        """(Un)subscribe to the session's region change events."""
-        callbacks = getattr(project.session, "regions_changed", None)
-        if callbacks is None:
-            return
-        if on:
-            callbacks.append(self._on_region_event)
-        elif self._on_region_event in callbacks:
-            callbacks.remove(self._on_region_event)
-
     def _set_project(self, project: AnnotationProject) -> None:
         if self.project is not None:
             self._drop_session_layers()
-            self._listen(self.project, False)
+        self.regions.set_project(project)
         self.labels.set_project(project)  # the closing session keeps its last strokes
         if self.project is not None:
             self.project.close()
         self.project = project
-        self._listen(project, True)
         self._bind_keys(len(project.classes))
-        self._set_classes(project.classes, project.colors)
+        self.classes.set(project.classes, project.colors)
         spec = project.spec
         self.arch.value, self.patch_size.value, self.level.value = spec.arch, spec.patch_size, spec.level
         self.members.value = project.n_members
@@ -761,56 +669,11 @@ class ALRegionsWidget(QWidget):
             if layer is not None:
                 layer.colorbar.visible = name == self.current
 
-    def _show_regions(self, name: str, lname: str, regions: list[Region], color=None) -> tuple[Any, bool]:
-        """The slide's Shapes layer ``lname`` showing ``regions``, and whether it was (re)drawn."""
-        p = self.project
-        layer = self._layer(lname)
-        old = layer.metadata.get("regions", []) if layer is not None else []
-        if layer is not None and _region_keys(old) == _region_keys(regions) and layer.nshapes == len(regions):
-            return layer, False  # drawn already (a change event after the call that redrew it)
-        mean = box_means(p.maps[name].priority, regions, p.stride) if name in p.maps else None
-        data, kwargs, _ = regions_layer(regions, name=lname, slide=p.slides[name], offset=self._offset(name), color=color,
-                                        mean=mean, ranks=color is None)
-        if layer is None:
-            return self.viewer.add_shapes(data, **kwargs), True
-        gone = _removed_only(old, regions) if layer.nshapes == len(old) else None
-        if gone:  # accepted or dismissed: remove those boxes (~10x cheaper than redrawing all with text)
-            self._redrawing_shapes = True
-            try:
-                layer.selected_data = set()
-                layer.remove(gone)
-                layer.metadata["regions"] = list(regions)
-            finally:
-                self._redrawing_shapes = False
-            return layer, True
-        self._redrawing_shapes = True
-        try:  # in place: re-creating a Shapes layer with text stalls the viewer ~0.5 s
-            layer.selected_data = set()
-            layer.data = [(d, "rectangle") for d in data]
-            layer.features = kwargs["features"]
-            if regions:
-                layer.edge_color = kwargs["edge_color"]
-                layer.edge_width = kwargs["edge_width"]
-            layer.metadata["regions"] = kwargs["metadata"]["regions"]
-        finally:
-            self._redrawing_shapes = False
-        layer.refresh()
-        return layer, True
-
-    def _show_proposals(self, name: str, method: str | None = None) -> None:
-        """Redraw the slide's one proposals layer (every method; ``method`` is not needed)."""
-        if name not in self.project.slides:
-            return
-        fresh = self._layer(f"{name} proposals") is None
-        layer, drawn = self._show_regions(name, f"{name} proposals", self.project.proposals(name))
-        if fresh:
-            layer.events.data.connect(lambda event, name=name: self._proposals_edited(name, event))
-            layer.selected_data.events.items_changed.connect(lambda *_, layer=layer: self._box_selected(layer))
-        if drawn:
-            self._refill_lists()
+    def _show_proposals(self, name: str) -> None:
+        self.regions.show_proposals(name)
 
     def _show_accepted(self, name: str) -> None:
-        self._show_regions(name, f"{name} accepted", self.project.session.accepted_on(name), METHOD_COLORS["accepted"])
+        self.regions.show_accepted(name)
 
     def _proposal_rows(self) -> list[Region]:
         """The proposal list's rows: the current slide's proposals of the chosen method, by rank."""
@@ -819,79 +682,8 @@ class ALRegionsWidget(QWidget):
             return []
         return sorted(p.proposals(name, self.method.value), key=lambda r: r.rank)
 
-    # ------------------------------------------------------------------ proposals on the canvas
-    def _proposals_edited(self, name: str, event) -> None:
-        """The user deleted, moved or resized boxes of the proposals layer: the session follows
-        (a deleted proposal is dismissed; a moved one is edited, snapped to the map grid)."""
-        from napari.layers.base._base_constants import ActionType
-
-        if self._redrawing_shapes or self.project is None:
-            return
-        layer = event.source
-        action = event.action
-        if action == ActionType.REMOVING:  # the features still hold the boxes' uids
-            self._removing = [str(layer.features["uid"].iloc[i]) for i in event.data_indices]
-        elif action == ActionType.REMOVED:
-            uids, self._removing = self._removing, []
-            gone = [r for r in self.project.proposals(name) if r.uid in set(uids)]
-            for r in gone:
-                self._guard(self.project.dismiss, r)
-            self._refill_lists()  # the rows now; the layer is redrawn after napari's handler
-            self._later(name)
-            if gone:
-                self._message(f"dismissed {len(gone)} proposal(s) on {name}")
-        elif action == ActionType.CHANGED and len(layer.metadata.get("regions", [])) == layer.nshapes:
-            by_uid = {r.uid: r for r in self.project.proposals(name)}
-            for i in event.data_indices:
-                region = by_uid.get(str(layer.features["uid"].iloc[i]))
-                if region is None:
-                    continue
-                y0, x0 = np.min(layer.data[i], axis=0)
-                y1, x1 = np.max(layer.data[i], axis=0)
-                box = dict(x=float(x0), y=float(y0), w=float(x1 - x0), h=float(y1 - y0))
-                if not np.allclose((x0, y0, x1, y1), (region.x, region.y, region.x1, region.y1)):
-                    edited = self._guard(self.project.edit_proposal, region, **box)
-                    if edited is not None:
-                        self._message(f"{region.method} #{region.rank + 1} moved to ({edited.x}, {edited.y}), "
-                                      f"{edited.w}×{edited.h} px")
-            self._later(name)  # the boxes are redrawn where they snapped
-        elif action == ActionType.ADDED:  # a box drawn here is a region to accept, not a proposal
-            self._later(name)
-
-    def _later(self, name: str) -> None:
-        """Redraw the slide's proposals on the next event-loop turn (not inside napari's handler)."""
-        self._pending_redraw.add(name)
-        self._redraw_timer.start()
-
-    def _redraw_pending(self) -> None:
-        names, self._pending_redraw = self._pending_redraw, set()
-        for name in names:
-            if self.project is not None and name in self.project.slides:
-                self._show_proposals(name)
-                self._show_accepted(name)
-
-    def _on_region_event(self, event) -> None:
-        # may run on a retrain's worker thread: the signal carries it to the GUI thread
-        self._region_event.emit(getattr(event, "slide", None))
-
-    def _region_event_arrived(self, slide) -> None:
-        if self.project is None:
-            return
-        names = [slide] if slide in self.project.slides else list(self.project.slides)
-        if self.runner.busy:  # a task changes regions in bursts (a retrain: every method of every slide):
-            self._pending_redraw.update(names)  # drawn once, when it has finished (see _set_busy)
-            return
-        for name in names:
-            self._later(name)
-
-    def _box_selected(self, layer) -> None:
-        if self._syncing or self._redrawing_shapes:
-            return
-        picked = sorted(layer.selected_data)
-        regions = layer.metadata.get("regions", [])
-        if len(picked) != 1 or not picked[0] < len(regions):
-            return
-        region = regions[picked[0]]
+    def _box_chosen(self, region: Region) -> None:
+        """A box clicked on the canvas: its row is selected in the list."""
         self._syncing = True
         try:
             if region.method != self.method.value:
@@ -1023,16 +815,9 @@ class ALRegionsWidget(QWidget):
         if self._syncing:
             return
         rows = self._proposal_rows()
-        self._go_to(rows, i)
-        layer = self._layer(f"{self.current} proposals") if 0 <= i < len(rows) else None
-        regions = layer.metadata.get("regions", []) if layer is not None else []
-        uids = [r.uid for r in regions]
-        if rows[i].uid in uids:  # the box is selected with its row
-            self._syncing = True
-            try:
-                layer.selected_data = {uids.index(rows[i].uid)}
-            finally:
-                self._syncing = False
+        if 0 <= i < len(rows):
+            self._go_to(rows, i)
+            self.regions.select(self.current, rows[i].uid)  # the box is selected with its row
 
     def _go_to_accepted(self, i: int) -> None:
         regions = self.project.session.accepted_on(self.current) if self.project and self.current else []
