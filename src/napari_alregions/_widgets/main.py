@@ -326,6 +326,9 @@ class ALRegionsWidget(QWidget):
         self.table.native.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
         self.legend = mw.Label(value="")  # the colour of each method's boxes
         self.legend.native.setWordWrap(True)
+        self.map_legend = mw.Label(value="")  # what the priority colours mean (the colour bar's ticks are vispy's)
+        self.map_legend.native.setWordWrap(True)
+        self.map_legend.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         self.proposal_list = QListWidget()
         self.proposal_list.currentRowChanged.connect(self._go_to_proposal)
         prev, nxt = _button("◀ Previous"), _button("Next ▶")
@@ -340,7 +343,7 @@ class ALRegionsWidget(QWidget):
         accept_drawn = _button("Accept drawn", "add the rectangles you drew to the labeled set")
         accept_drawn.changed.connect(self.accept_drawn)
         box = mw.Container(widgets=[self.method, self.options, self.region_size, self.unit, self.k, self.seed, suggest, pool,
-                                    self.compare_methods, compare, self.table, self.legend,
+                                    self.compare_methods, compare, self.table, self.legend, self.map_legend,
                                     mw.Container(widgets=[prev, nxt], layout="horizontal", labels=False),
                                     mw.Container(widgets=[accept, reject], layout="horizontal", labels=False),
                                     mw.Container(widgets=[draw, accept_drawn], layout="horizontal", labels=False)])
@@ -664,10 +667,16 @@ class ALRegionsWidget(QWidget):
         """The colour bar of the current slide's priority map only (one per slide would stack)."""
         if self.project is None:
             return
+        self.map_legend.value = ""
         for name in self.project.slides:
             layer = self._layer(f"{name} priority")
             if layer is not None:
                 layer.colorbar.visible = name == self.current
+                if name == self.current:
+                    lo, hi = layer.contrast_limits
+                    measure = str(layer.metadata.get("measure", "priority")).replace("_", " ")
+                    self.map_legend.value = (f"{measure} map: clear up to {lo:.3g} (the tissue's median), "
+                                             f"full colour from {hi:.3g} (its top 0.5 %)")
 
     def _show_proposals(self, name: str) -> None:
         self.regions.show_proposals(name)
