@@ -129,6 +129,10 @@ def test_prototypes_from_folder_round_trip(tmp_path, encoder):
     back = load_prototypes(save_prototypes(tmp_path / "p.npz", ps))
     np.testing.assert_array_equal(back.of("tumour"), ps.of("tumour"))
     assert back.provenance["source"] == "folder"
+    (tmp_path / "junk.npz").write_bytes(b"x")  # numpy takes any non-archive for a pickle
+    with pytest.raises(ValueError, match=r"not a prototype set \(not an \.npz archive of arrays\)") as err:
+        load_prototypes(tmp_path / "junk.npz")
+    assert "allow_pickle" not in str(err.value)
     (tmp_path / "empty" / "tumour").mkdir(parents=True)
     with pytest.raises(ValueError, match="no images"):
         from_folder(tmp_path / "empty", encoder)

@@ -133,8 +133,12 @@ def test_checkpoint_round_trip_and_bad_checkpoints(tmp_path, trained):
             return (print, ("pwned",))
 
     (tmp_path / "evil.pt").write_bytes(pickle.dumps(Evil()))
-    with pytest.raises(CheckpointError, match="weights-only"):
+    with pytest.raises(CheckpointError, match="not a checkpoint that can be loaded safely") as err:
         load_checkpoint(tmp_path / "evil.pt")
+    assert "weights_only=False" not in str(err.value)  # torch's advice to run the file's code is not passed on
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint" * 8)
+    with pytest.raises(CheckpointError, match="damaged, another format"):
+        load_checkpoint(tmp_path / "junk.pt")
     payload = torch.load(path, weights_only=True)
     payload["spec"]["classes"] = ["a", "b", "c"]
     torch.save(payload, tmp_path / "mismatch.pt")

@@ -312,6 +312,11 @@ def test_export_import_round_trip(tmp_path, small_pool):
     y0, x0, _, _ = p.label_box(r0)
     lab[y0 : y0 + 5, x0 : x0 + 5] = 0  # some erased (unlabeled) pixels survive too
     p.session.mark_labels_changed(slide)
+    with pytest.raises(IsADirectoryError, match=r"is a folder; choose a file name") as err:
+        p.export_qupath(tmp_path, slide)  # a folder picked as the target
+    with pytest.raises(FileNotFoundError, match="nope: no such folder"):
+        p.export_qupath(tmp_path / "nope" / "export.geojson", slide)
+    assert ".part" not in str(err.value) and not list(tmp_path.glob(".*.part*"))  # the temporary name stays ours
     out = p.export_qupath(tmp_path / "export.geojson", slide)
     data = json.loads(out.read_text())
     assert all(f["properties"]["classification"]["color"] for f in data["features"])
@@ -337,8 +342,9 @@ def test_malformed_geojson_changes_nothing(tmp_path, small_pool):
     with pytest.raises(ValueError, match="bad.geojson"):
         p.import_qupath(bad, slide)
     bad.write_text("{not json")
-    with pytest.raises(ValueError, match="not valid JSON"):
+    with pytest.raises(ValueError, match="not valid JSON") as err:
         p.import_qupath(bad, slide)
+    assert str(err.value).count(str(bad)) == 1  # the path once, not once per layer that passed the error on
     assert not p.session.accepted and not p.session.labels(slide).any()
     p.close()
 

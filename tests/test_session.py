@@ -69,8 +69,9 @@ def test_bad_folders_and_labels(tmp_path):
     with pytest.raises(SessionError, match="not a napari-alregions"):
         Session.open(tmp_path)
     s = Session.create(tmp_path / "new")
-    with pytest.raises(SessionError, match="already"):
+    with pytest.raises(SessionError, match="already holds a session: open it instead") as err:
         Session.create(tmp_path / "new")
+    assert "Open session" in str(err.value)  # what a viewer user does, not only the Python call
     s.add_slide("x", "x.tif", label_shape=(4, 4))
     with pytest.raises(ValueError, match="shape"):
         s.set_labels("x", np.zeros((3, 3)))

@@ -472,6 +472,14 @@ def test_qupath_round_trip_through_the_widget(make_napari_viewer, qtbot, tmp_pat
     lab = [lay for lay in viewer.layers if " labels " in lay.name]
     lab[0].paint((20, 20), 2)
     w.flush_labels()
+    # a missing folder, or a folder for the file: said of the path the user gave, not of the save's temporary file
+    w.qupath_file.value = str(tmp_path / "nope" / "export.geojson")
+    _click(w, "Export to QuPath")
+    assert w.message.value.startswith(f"{tmp_path / 'nope' / 'export.geojson'}: No such file")
+    assert "output folders must exist" in w.message.value and ".part" not in w.message.value
+    w.qupath_file.value = str(tmp_path)
+    _click(w, "Export to QuPath")
+    assert "choose a file name" in w.message.value and ".part" not in w.message.value, w.message.value
     out = tmp_path / "export.geojson"
     w.qupath_file.value = str(out)
     _click(w, "Export to QuPath")
@@ -918,3 +926,33 @@ def test_opening_a_session_another_process_holds_asks_and_a_stale_lock_can_be_ta
     monkeypatch.setattr(QMessageBox, "exec", press("Take over"))
     _click(w, "Open session")
     assert not w.project.session.read_only and json.loads(lock.read_text())["pid"] == os.getpid()
+
+
+def test_the_painting_layer_stays_active_when_the_plugin_adds_or_redraws_layers(make_napari_viewer, qtbot, tmp_path, small_pool):
+    viewer, w, slide = _start(make_napari_viewer, tmp_path, small_pool)
+    [region] = _accept_random(w, 1, k=3)
+    painting = viewer.layers[w._labels_name(region)]
+    assert viewer.layers.selection.active is painting and painting.mode == "paint"
+    painting.paint((20, 20), 2)
+    w.flush_labels()
+
+    def still_painting(step):
+        assert viewer.layers.selection.active is painting, (step, viewer.layers.selection.active)
+        assert painting.mode == "paint", step
+        assert viewer.layers[-1] is painting, step  # over the priority map, not under it
+
+    steps = [("Compute priority map", None), ("Suggest", None), ("Compare methods", None),
+             ("Reject", lambda: w.proposal_list.setCurrentRow(0)), ("Retrain", None), ("Find uncertain patches", None)]
+    w.compare_methods.value = ["random", "standard"]
+    for text, before in steps:
+        if before is not None:
+            before()
+        _click(w, text)
+        _wait(qtbot, w)
+        still_painting(text)
+    # a user who chose another layer keeps it: the plugin restores only what it took away
+    image = next(lay for lay in viewer.layers if lay.name == slide)
+    viewer.layers.selection.active = image
+    _click(w, "Compute priority map")
+    _wait(qtbot, w)
+    assert viewer.layers.selection.active is image

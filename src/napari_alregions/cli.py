@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
 from ._argtypes import non_negative_int, positive_int, positive_ints
+from ._errors import describe
 from ._progress import progress_bar, steps_with_message
 
 __all__ = ["main"]
@@ -180,39 +179,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except (OSError, ValueError, MemoryError) as exc:  # expected failures: bad input, files, disks
         logger.info("the traceback (-v):", exc_info=True)
-        print(f"alregions: error: {_message(exc)}", file=sys.stderr)
+        print(f"alregions: error: {describe(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("alregions: interrupted", file=sys.stderr)
         return 130
-
-
-#: What to do about the OS errors a user can fix.
-_OS_HINTS = {
-    errno.ENOSPC: "the disk is full: free space or write elsewhere",
-    getattr(errno, "EDQUOT", -1): "the disk quota is exceeded: free space or write elsewhere",
-    errno.EROFS: "the file system is read-only: write elsewhere",
-    errno.EACCES: "no permission: write elsewhere or change the folder's permissions",
-    errno.EPERM: "not permitted: write elsewhere or change the folder's permissions",
-    errno.ENOENT: "no such file or folder: check the path (output folders must exist)",
-}
-
-
-def _message(exc: BaseException) -> str:
-    """One line for an expected failure. An OS error names the file it is about: for a
-    temporary file of an atomic save, the file being saved."""
-    from ._atomic import target_of
-
-    if isinstance(exc, MemoryError):
-        return f"out of memory ({exc or 'a too large allocation'}): use smaller inputs or a larger machine"
-    if isinstance(exc, OSError) and exc.strerror:
-        name = exc.filename
-        if name is not None:
-            name = target_of(os.fsdecode(name)) or os.fsdecode(name)
-        hint = _OS_HINTS.get(exc.errno or 0, "")
-        text = f"{name}: {exc.strerror}" if name is not None else exc.strerror
-        return f"{text} ({hint})" if hint else text
-    return " ".join(str(exc).split()) or type(exc).__name__  # one line
 
 
 if __name__ == "__main__":

@@ -1086,8 +1086,9 @@ class AnnotationProject:
             nothing is written then.
         """
         h, w = self._slide(slide).shape[:2]
+        features = read_geojson(path)  # its errors name the file already
         try:
-            plan = plan_import(read_geojson(path), classes=self.classes, class_map=class_map, extent=(w, h),
+            plan = plan_import(features, classes=self.classes, class_map=class_map, extent=(w, h),
                                max_region=self._max_region(slide) if max_region is None else max_region)
         except ValueError as exc:
             raise ValueError(f"{path}: {exc}") from exc

@@ -92,7 +92,9 @@ def load_prototypes(path: str | os.PathLike[str]) -> PrototypeSet:
             emb = {k[len("class:"):]: z[k] for k in z.files if k.startswith("class:")}
             prov = json.loads(str(z["provenance"])) if "provenance" in z.files else {}
     except (OSError, ValueError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: not a prototype set ({exc})") from exc
+        # numpy reads any non-archive as a pickle and suggests allow_pickle=True: not advice to pass on
+        why = "not an .npz archive of arrays" if "pickle" in str(exc) else str(exc)
+        raise ValueError(f"{path}: not a prototype set ({why})") from exc
     if not emb:
         raise ValueError(f"{path}: empty prototype set")
     return PrototypeSet(emb, prov)

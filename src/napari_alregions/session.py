@@ -175,7 +175,7 @@ class Session:
         """A new, empty session in ``folder`` (which must not hold a session yet)."""
         folder = Path(folder)
         if (folder / SESSION_FILE).exists():
-            raise SessionError(f"{folder}: already holds a session; open it with Session.open")
+            raise SessionError(f"{folder}: already holds a session: open it instead (Open session in the viewer, Session.open in Python)")
         if len(classes) < 2:
             raise ValueError(f"classes needs at least two names, got {classes!r}")
         folder.mkdir(parents=True, exist_ok=True)

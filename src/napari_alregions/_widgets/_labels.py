@@ -14,8 +14,10 @@ from typing import Any, Callable
 
 from qtpy.QtCore import QObject, QTimer
 
+from .._errors import describe
 from ..geometry import Region
 from ..layers import LabelPyramid, label_colormap, region_labels_layer, slide_labels_layer, slide_layout
+from ._active import kept_active
 
 __all__ = ["LabelLayers", "labels_name"]
 
@@ -94,7 +96,8 @@ class LabelLayers:
         pyramid.hidden = p.label_box(region) if region is not None and region.slide == slide else None
         data, kwargs, _ = slide_labels_layer(pyramid, factor=p.label_factor(slide), name=f"{slide} labels",
                                              colors=p.colors, slide=p.slides[slide], offset=self._offset(slide))
-        layer = self.viewer.add_labels(data, **kwargs)
+        with kept_active(self.viewer):
+            layer = self.viewer.add_labels(data, **kwargs)
         self._overviews[slide] = layer
         if self.painting is not None and self.painting in self.viewer.layers:  # the painting layer stays on top
             layers = self.viewer.layers
@@ -237,7 +240,7 @@ class LabelLayers:
             try:
                 bad = self.project.labels_changed(region, save=False)
             except (ValueError, KeyError, OSError) as exc:
-                self._message(str(exc), True)
+                self._message(describe(exc), True)
                 continue
             if bad:
                 self._message(f"{bad} pixel(s) of '{labels_name(region)}' had a label that is no class; "
@@ -249,6 +252,6 @@ class LabelLayers:
             try:
                 self.project.save()
             except (ValueError, OSError) as exc:
-                self._message(str(exc), True)
+                self._message(describe(exc), True)
                 return
             self._saved()

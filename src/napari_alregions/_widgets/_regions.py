@@ -17,6 +17,7 @@ from qtpy.QtCore import QObject, Qt, QTimer, Signal
 
 from ..geometry import Region
 from ..layers import METHOD_COLORS, box_means, regions_layer, slide_layout
+from ._active import kept_active
 
 __all__ = ["RegionLayers"]
 
@@ -91,7 +92,8 @@ class RegionLayers(QObject):
         data, kwargs, _ = regions_layer(regions, name=lname, slide=p.slides[name], offset=slide_layout(p.slides)[name],
                                         color=color, mean=mean, ranks=color is None)
         if layer is None:
-            return self.viewer.add_shapes(data, **kwargs), True
+            with kept_active(self.viewer):
+                return self.viewer.add_shapes(data, **kwargs), True
         gone = _removed_only(old, regions) if layer.nshapes == len(old) else None
         self._redrawing = True
         try:

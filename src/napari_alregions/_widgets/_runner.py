@@ -17,6 +17,8 @@ from typing import Any
 from napari.qt.threading import create_worker
 from qtpy.QtCore import QThreadPool
 
+from .._errors import describe
+
 __all__ = ["TaskRunner"]
 
 
@@ -135,7 +137,7 @@ class TaskRunner:
             _set_text(bar, phase)
 
     def _failed(self, exc: BaseException) -> None:
-        self._on_message(str(exc) or type(exc).__name__, True)
+        self._on_message(describe(exc), True)
 
     def _finished(self) -> None:
         if self._bar is not None:

@@ -19,6 +19,7 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QEvent, QTimer
 from qtpy.QtWidgets import QHeaderView, QListWidget, QMessageBox, QSizePolicy, QTabWidget, QVBoxLayout, QWidget
 
+from .._errors import describe
 from ..cli_suggest import _parse_option
 from ..geometry import Region
 from ..layers import (
@@ -35,6 +36,7 @@ from ..priority import MEASURES
 from ..project import AnnotationProject, region_size_px
 from ..selection import METHODS
 from ..session import SessionLocked
+from ._active import kept_active
 from ._classes import ClassList
 from ._labels import LabelLayers, labels_name
 from ._regions import RegionLayers
@@ -418,7 +420,7 @@ class ALRegionsWidget(QWidget):
         try:
             return fn(*args, **kwargs)
         except (ValueError, KeyError, OSError) as exc:
-            self._message(str(exc), True)
+            self._message(describe(exc), True)
             return None
 
     def _call(self, desc: str, fn, *args, on_done, **kwargs) -> None:
@@ -643,7 +645,8 @@ class ALRegionsWidget(QWidget):
         if layer is None:
             data, kwargs, _ = slide_image_layer(self.project.slides[name], self._offset(name))
             kwargs["name"] = name
-            self.viewer.add_image(data, **kwargs)
+            with kept_active(self.viewer):
+                self.viewer.add_image(data, **kwargs)
         else:  # opened before it was added (reader, sample): it moves to its place
             layer.translate = self._offset(name)
 
@@ -654,8 +657,9 @@ class ALRegionsWidget(QWidget):
         limits = priority_limits(rec.priority, self.project.slides[name].tissue_map(rec.stride))
         if layer is None:
             cmap = Colormap(priority_colors(), name="alregions priority")
-            layer = self.viewer.add_image(rec.priority, name=lname, colormap=cmap, opacity=0.7, contrast_limits=limits,
-                                          metadata={"measure": rec.measure}, **self._placed(name, rec.stride))
+            with kept_active(self.viewer):
+                layer = self.viewer.add_image(rec.priority, name=lname, colormap=cmap, opacity=0.7, contrast_limits=limits,
+                                              metadata={"measure": rec.measure}, **self._placed(name, rec.stride))
             layer.colorbar.box = True
         else:
             layer.data = rec.priority
@@ -858,7 +862,7 @@ class ALRegionsWidget(QWidget):
         try:
             self.project.load_model(Path(self.checkpoint.value))
         except (CheckpointError, FileNotFoundError) as exc:
-            self._message(str(exc), True)
+            self._message(describe(exc), True)
             return
         self._refresh_status()
         self._message(f"loaded {Path(self.checkpoint.value).name}")
@@ -883,7 +887,7 @@ class ALRegionsWidget(QWidget):
         try:
             self.project.set_encoder(source)
         except (ValueError, OSError) as exc:
-            self._message(str(exc), True)
+            self._message(describe(exc), True)
             return False
         return True
 
@@ -913,8 +917,9 @@ class ALRegionsWidget(QWidget):
         def done(sim: np.ndarray) -> None:
             lname = f"{name} similarity"
             if self._layer(lname) is None:
-                self.viewer.add_image(sim, name=lname, colormap=Colormap(priority_colors(), name="alregions similarity"),
-                                      opacity=0.7, contrast_limits=(0.0, 1.0), **self._placed(name, p.stride))
+                with kept_active(self.viewer):
+                    self.viewer.add_image(sim, name=lname, colormap=Colormap(priority_colors(), name="alregions similarity"),
+                                          opacity=0.7, contrast_limits=(0.0, 1.0), **self._placed(name, p.stride))
             else:
                 self._layer(lname).data = sim
             self._message(f"prototype similarity for {name} (max {float(sim.max()):.3f}); suggest with 'Prototype similarity'")
@@ -1145,8 +1150,9 @@ class ALRegionsWidget(QWidget):
         lname = f"{name} prediction"
         layer = self._layer(lname)
         if layer is None:
-            self.viewer.add_image(np.nan_to_num(prob), name=lname, colormap="red", opacity=0.4, contrast_limits=(0.0, 1.0),
-                                  blending="additive", **self._placed(name, self.project.stride))
+            with kept_active(self.viewer):
+                self.viewer.add_image(np.nan_to_num(prob), name=lname, colormap="red", opacity=0.4, contrast_limits=(0.0, 1.0),
+                                      blending="additive", **self._placed(name, self.project.stride))
         else:
             layer.data = np.nan_to_num(prob)
 

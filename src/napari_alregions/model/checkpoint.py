@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,9 +120,13 @@ def load_checkpoint(
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # unpickling errors come in many types
-        raise CheckpointError(f"{path}: not a loadable weights-only checkpoint ({type(exc).__name__}: {exc})") from exc
+        with warnings.catch_warnings():  # torch warns of pickle protocols it may not read; the outcome says enough
+            warnings.simplefilter("ignore", UserWarning)
+            payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # a damaged or foreign file fails in many ways (UnpicklingError, KeyError, EOFError)
+        # not torch's text: it advises weights_only=False, i.e. running the file's code
+        raise CheckpointError(f"{path}: not a checkpoint that can be loaded safely (damaged, another format, or objects "
+                              f"other than weights: {type(exc).__name__}); no code from it was run") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a napari-alregions checkpoint (no spec; a bare state dict?)")
     if payload.get("version", 0) > VERSION:
