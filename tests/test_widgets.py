@@ -930,6 +930,11 @@ def test_opening_a_session_another_process_holds_asks_and_a_stale_lock_can_be_ta
 
 def test_the_painting_layer_stays_active_when_the_plugin_adds_or_redraws_layers(make_napari_viewer, qtbot, tmp_path, small_pool):
     viewer, w, slide = _start(make_napari_viewer, tmp_path, small_pool)
+    image = viewer.layers[slide]
+    assert viewer.layers.selection.active is image and viewer.layers[-1] is image
+    _compute(qtbot, w)  # a slide only looked at stays active but leaves the top to its overlays
+    assert viewer.layers.selection.active is image
+    assert viewer.layers.index(viewer.layers[f"{slide} priority"]) > viewer.layers.index(image)
     [region] = _accept_random(w, 1, k=3)
     painting = viewer.layers[w._labels_name(region)]
     assert viewer.layers.selection.active is painting and painting.mode == "paint"
@@ -951,7 +956,6 @@ def test_the_painting_layer_stays_active_when_the_plugin_adds_or_redraws_layers(
         _wait(qtbot, w)
         still_painting(text)
     # a user who chose another layer keeps it: the plugin restores only what it took away
-    image = next(lay for lay in viewer.layers if lay.name == slide)
     viewer.layers.selection.active = image
     _click(w, "Compute priority map")
     _wait(qtbot, w)

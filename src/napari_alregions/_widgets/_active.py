@@ -8,6 +8,8 @@ from typing import Any
 
 __all__ = ["kept_active"]
 
+_VIEWING_MODES = {"pan_zoom", "transform"}  # the modes in which a layer is only looked at
+
 
 @contextmanager
 def kept_active(viewer: Any) -> Iterator[None]:
@@ -16,12 +18,13 @@ def kept_active(viewer: Any) -> Iterator[None]:
     napari makes each new layer the active one: a pathologist painting in a region found
     the brush gone (and the painting layer under the new priority map) after every
     Compute, Suggest or Retrain. Afterwards the layer active before is active again, in
-    the mode it was in, and on top if it was on top.
+    the mode it was in, and a layer being drawn in (painting, a rectangle tool) stays on
+    top if it was; one only looked at (a slide) leaves the top to the new overlays.
     """
     layers = viewer.layers
     active = layers.selection.active
-    on_top = active is not None and layers[-1] is active
     mode = getattr(active, "mode", None)
+    on_top = active is not None and layers[-1] is active and str(mode) not in _VIEWING_MODES
     try:
         yield
     finally:
