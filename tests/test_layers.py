@@ -8,6 +8,7 @@ import pytest
 from napari_alregions.geometry import Region
 from napari_alregions.layers import (
     METHOD_COLORS,
+    MIN_PRIORITY_SPAN,
     LabelPyramid,
     box_means,
     edge_widths,
@@ -101,7 +102,14 @@ def test_priority_limits_follow_the_tissue_values():
     assert 0.2 < lo < hi < 0.33
     # an untrained model's flat map: everything at the transparent end
     lo, hi = priority_limits(np.full((5, 5), 0.7))
-    assert lo == pytest.approx(0.7) and hi > lo
+    assert lo == pytest.approx(0.7) and hi == pytest.approx(0.75)
+    # a model at chance: tissue values within 0.002 are not stretched over the ramp
+    near_flat = rng.uniform(0.937, 0.939, (50, 50))
+    lo, hi = priority_limits(near_flat)
+    assert lo == pytest.approx(np.median(near_flat)) and hi == pytest.approx(lo + MIN_PRIORITY_SPAN)
+    assert priority_limits(np.full((5, 5), 0.7), min_span=0)[1] > 0.7  # flat still has two limits
+    with pytest.raises(ValueError, match="min_span"):
+        priority_limits(priority, min_span=-1)
     assert priority_limits(np.full((3, 3), np.nan)) == (0.0, 1.0)
     with pytest.raises(ValueError, match="low and high"):
         priority_limits(priority, low=60, high=50)

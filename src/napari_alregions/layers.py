@@ -132,14 +132,21 @@ def tissue_labels_layer(slide: Slide, offset: Offset = (0.0, 0.0)) -> tuple[np.n
     return (mask, kwargs, "labels")
 
 
+#: The least span of a priority overlay's contrast limits: a map whose tissue values differ
+#: by less (a model at chance: 0.937-0.939 everywhere) stays faint instead of noise
+#: stretched over the whole colour ramp.
+MIN_PRIORITY_SPAN = 0.05
+
+
 def priority_limits(priority: np.ndarray, tissue: np.ndarray | None = None, *, low: float = 50.0,
-                    high: float = 99.5) -> tuple[float, float]:
+                    high: float = 99.5, min_span: float = MIN_PRIORITY_SPAN) -> tuple[float, float]:
     """Contrast limits of a priority overlay relative to the slide's own tissue values.
 
     The ``low`` percentile of the map over tissue is drawn transparent (the colormap starts
     at alpha 0), the ``high`` percentile at full colour: half the tissue stays clear and the
     most informative areas stand out, whatever the model's range (0.2-0.33 after training
-    was a faint grey at fixed limits 0-1). A flat map (untrained model) is drawn clear.
+    was a faint grey at fixed limits 0-1). The limits are at least ``min_span`` apart: a
+    nearly flat map (an untrained model, or one at chance) is drawn clear or faint.
 
     Parameters
     ----------
@@ -149,18 +156,31 @@ def priority_limits(priority: np.ndarray, tissue: np.ndarray | None = None, *, l
         Cells on tissue (default: every cell).
     low, high : float
         Percentiles (0-100, ``low < high``).
+    min_span : float
+        The least ``high - low`` limit (priority maps are in [0, 1]); >= 0.
+
+    Examples
+    --------
+    >>> [round(v, 3) for v in priority_limits(np.array([[0.2, 0.25], [0.3, 0.9]]))]
+    [0.275, 0.891]
+    >>> [round(v, 3) for v in priority_limits(np.full((2, 2), 0.938))]  # a model at chance: nothing stands out
+    [0.938, 0.988]
     """
     priority = np.asarray(priority)
     if priority.ndim != 2:
         raise ValueError(f"priority must be a 2-D map, got shape {priority.shape}")
     if not 0 <= low < high <= 100:
         raise ValueError(f"low and high must satisfy 0 <= low < high <= 100, got {low}, {high}")
+    if not min_span >= 0:
+        raise ValueError(f"min_span must be >= 0, got {min_span}")
     values = priority if tissue is None else priority[np.asarray(tissue, dtype=bool)]
     values = values[np.isfinite(values)]
     if not values.size:
         return 0.0, 1.0
     lo, hi = (float(v) for v in np.percentile(values, [low, high]))
-    if hi <= lo:  # flat: everything at the transparent end
+    if hi - lo < min_span:
+        hi = lo + min_span
+    if hi <= lo:  # flat, and no span asked for: everything at the transparent end
         hi = lo + max(abs(lo), 1.0) * 1e-3
     return lo, hi
 

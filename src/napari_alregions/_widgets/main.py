@@ -24,6 +24,7 @@ from ..cli_suggest import _parse_option
 from ..geometry import Region
 from ..layers import (
     METHOD_COLORS,
+    MIN_PRIORITY_SPAN,
     box_means,
     overlay_kwargs,
     priority_colors,
@@ -679,8 +680,10 @@ class ALRegionsWidget(QWidget):
                 if name == self.current:
                     lo, hi = layer.contrast_limits
                     measure = str(layer.metadata.get("measure", "priority")).replace("_", " ")
+                    top = ("its top 0.5 %" if hi - lo > MIN_PRIORITY_SPAN * (1 + 1e-6)
+                           else "the map is nearly flat over the tissue: no area stands out")
                     self.map_legend.value = (f"{measure} map: clear up to {lo:.3g} (the tissue's median), "
-                                             f"full colour from {hi:.3g} (its top 0.5 %)")
+                                             f"full colour from {hi:.3g} ({top})")
 
     def _show_proposals(self, name: str) -> None:
         self.regions.show_proposals(name)
