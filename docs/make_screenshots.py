@@ -38,11 +38,13 @@ def main() -> int:
                 w.slide.value = name
                 click(w, "Compute priority map")
             w.method.value, w.unit.value, w.region_size.value, w.k.value = "random", "µm", 512, 3
-            click(w, "Suggest")
-            for _ in range(3):
-                w.proposal_list.setCurrentRow(0)
-                click(w, "Accept region")
-                paint_truth(w, folder, manifest, viewer.layers.selection.active)
+            for name in (second, first):  # regions on both slides: three on one alone held too little tumour to learn
+                w.slide.value = name
+                click(w, "Suggest")
+                for _ in range(3):
+                    w.proposal_list.setCurrentRow(0)
+                    click(w, "Accept region")
+                    paint_truth(w, folder, manifest, viewer.layers.selection.active)
             click(w, "Retrain")
             w.tabs.setCurrentIndex(2)
             w.region_size.value = 256
