@@ -316,7 +316,7 @@ def test_export_import_round_trip(tmp_path, small_pool):
 
     with pytest.raises(IsADirectoryError) as err:
         p.export_qupath(tmp_path, slide)  # a folder picked as the target
-    assert describe(err.value) == f"{tmp_path}: Is a directory (a folder where a file is meant: choose a file name)"
+    assert describe(err.value) == f"{tmp_path}: Is a directory (choose a file name, not a folder)"
     with pytest.raises(FileNotFoundError) as err:
         p.export_qupath(tmp_path / "nope" / "export.geojson", slide)
     assert describe(err.value).startswith(f"{tmp_path / 'nope' / 'export.geojson'}: No such file")  # not the temporary name
@@ -345,6 +345,8 @@ def test_malformed_geojson_changes_nothing(tmp_path, small_pool):
                    '{"type": "Polygon", "coordinates": [[["a", 1]]]}}]}')
     with pytest.raises(ValueError, match="bad.geojson"):
         p.import_qupath(bad, slide)
+    with pytest.raises(IsADirectoryError, match=r"is a folder; choose a \.geojson file in it"):
+        p.import_qupath(tmp_path, slide)  # a folder picked in the file field
     bad.write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON") as err:
         p.import_qupath(bad, slide)

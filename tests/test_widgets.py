@@ -105,9 +105,21 @@ def test_loop_in_viewer_suggest_accept_paint_retrain_reopen(make_napari_viewer, 
     np.testing.assert_allclose(prio.scale, [stride * 0.5] * 2)
     np.testing.assert_allclose(prio.translate, [(stride - 1) / 2 * 0.5] * 2)
     np.testing.assert_array_equal(prio.data, w.project.maps[slide].priority)
-    lo, hi = prio.contrast_limits  # the colour bar's range, in words: its ticks are vispy's (one label at times)
-    top = "its top 0.5 %" if hi - lo > 0.051 else "the map is nearly flat over the tissue: no area stands out"
-    assert w.map_legend.value == f"least confidence map: clear up to {lo:.3g} (the tissue's median), full colour from {hi:.3g} ({top})"
+    # the colour bar's range, in words (its ticks are vispy's, one label at times): a map with structure, a flat one
+    rec = w.project.maps[slide]
+    saved = rec.priority.copy()
+    rec.priority[...] = np.linspace(0, 1, saved.size, dtype=saved.dtype).reshape(saved.shape)
+    w._show_priority(slide)
+    lo, hi = prio.contrast_limits
+    assert hi - lo > 0.3
+    assert w.map_legend.value == (f"least confidence map: clear up to {lo:.3g} (the tissue's median), "
+                                  f"full colour from {hi:.3g} (its top 0.5 %)")
+    rec.priority[...] = 0.98
+    w._show_priority(slide)
+    assert w.map_legend.value == ("least confidence map: clear up to 0.98 (the tissue's median), "
+                                  "faint above: the map is nearly flat over the tissue, no area stands out")
+    rec.priority[...] = saved
+    w._show_priority(slide)
 
     w.region_size.value, w.unit.value, w.k.value = 4 * stride, "px", 3
     for method in METHODS:

@@ -16,8 +16,8 @@ _OS_HINTS = {
     errno.EROFS: "the file system is read-only: write elsewhere",
     errno.EACCES: "no permission: write elsewhere or change the folder's permissions",
     errno.EPERM: "not permitted: write elsewhere or change the folder's permissions",
-    errno.ENOENT: "no such file or folder: check the path (output folders must exist)",
-    errno.EISDIR: "a folder where a file is meant: choose a file name",
+    errno.ENOENT: "check the path: output folders must exist",
+    errno.EISDIR: "choose a file name, not a folder",
 }
 
 
@@ -30,7 +30,7 @@ def describe(exc: BaseException) -> str:
     Examples
     --------
     >>> describe(FileNotFoundError(2, "No such file or directory", "/data/.r.12-34.part.geojson"))
-    '/data/r.geojson: No such file or directory (no such file or folder: check the path (output folders must exist))'
+    '/data/r.geojson: No such file or directory (check the path: output folders must exist)'
     >>> describe(ValueError("k must be >= 1,\\n got 0"))
     'k must be >= 1, got 0'
     """

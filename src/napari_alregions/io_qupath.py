@@ -195,6 +195,8 @@ def read_geojson(path: str | os.PathLike[str], *, max_bytes: int = MAX_GEOJSON_B
     path = Path(path)
     if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
         raise ValueError(f"max_bytes must be a positive int, got {max_bytes!r}")
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: is a folder; choose a .geojson file in it")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     size = path.stat().st_size

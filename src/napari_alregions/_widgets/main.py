@@ -680,10 +680,12 @@ class ALRegionsWidget(QWidget):
                 if name == self.current:
                     lo, hi = layer.contrast_limits
                     measure = str(layer.metadata.get("measure", "priority")).replace("_", " ")
-                    top = ("its top 0.5 %" if hi - lo > MIN_PRIORITY_SPAN * (1 + 1e-6)
-                           else "the map is nearly flat over the tissue: no area stands out")
-                    self.map_legend.value = (f"{measure} map: clear up to {lo:.3g} (the tissue's median), "
-                                             f"full colour from {hi:.3g} ({top})")
+                    text = f"{measure} map: clear up to {lo:.3g} (the tissue's median), "
+                    if hi - lo > MIN_PRIORITY_SPAN * (1 + 1e-6):
+                        text += f"full colour from {hi:.3g} (its top 0.5 %)"
+                    else:  # the upper limit is the least span, above any value the map has (1.03 for a flat 0.98)
+                        text += "faint above: the map is nearly flat over the tissue, no area stands out"
+                    self.map_legend.value = text
 
     def _show_proposals(self, name: str) -> None:
         self.regions.show_proposals(name)
