@@ -671,6 +671,8 @@ def test_slides_sit_side_by_side_with_their_overlays_and_the_camera_follows(make
     for name in (third, first, second):
         w.slide.value = name
         np.testing.assert_allclose(viewer.scene.camera.center[-2:], _world(w, name, 512, 512), atol=1e-6)
+        n_accepted = 1 if name == second else 0  # the message is the slide's, not the last one's
+        assert w.message.value == f"showing {name}: 0 proposed, {n_accepted} accepted regions", w.message.value
     # after reopening, the dropdown's slide is the one on screen
     viewer2, w2 = _reopen(make_napari_viewer, qtbot, w.project.folder)
     assert w2.current == first

@@ -629,6 +629,10 @@ class ALRegionsWidget(QWidget):
         self._refill_lists()
         self._show_colorbar()
         self._go_to_slide(self.current)  # the current slide is the one on screen
+        p, name = self.project, self.current
+        if p is not None and name in p.slides:  # the last slide's message would mislead here
+            self.message.value = (f"showing {name}: {len(p.proposals(name))} proposed, "
+                                  f"{len(p.session.accepted_on(name))} accepted regions")
 
     # ------------------------------------------------------------------ layers
     def _layer(self, name: str):
