@@ -168,3 +168,34 @@ def _save_png(path: Path, rgba: np.ndarray) -> None:
     from skimage.io import imsave
 
     imsave(path, rgba, check_contrast=False)
+
+
+def test_napari_lazy_loads_are_done_off_the_viewers_thread_without_a_second_unit_registry():
+    """The worker preloads what napari would load at the first layer of each kind; the unit
+    registry it builds is the one layers use, and a registry already in use is never replaced."""
+    import subprocess
+    import sys
+
+    code = """
+import sys, threading
+import numpy as np, pint
+from pint.registry import LazyRegistry
+from napari_alregions._widgets import _preload
+assert type(pint.get_application_registry().get()) is LazyRegistry
+missing = [m for m in _preload.LAZY_MODULES if m in sys.modules]
+worker = threading.Thread(target=_preload.preload_layer_dependencies)
+worker.start(); worker.join()
+registry = pint.get_application_registry().get()
+assert type(registry) is pint.UnitRegistry, type(registry)
+assert all(m in sys.modules for m in _preload.LAZY_MODULES), [m for m in _preload.LAZY_MODULES if m not in sys.modules]
+import napari.layers
+layer = napari.layers.Image(np.zeros((4, 4)), scale=(0.5, 0.5))
+assert layer.units[0] == registry.pixel and layer.units[0]._REGISTRY is registry
+_preload._done = False  # a second call (another session) leaves the registry in use alone
+_preload.preload_layer_dependencies()
+assert pint.get_application_registry().get() is registry
+print(missing)
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.strip() == "[]", "imported before the preload (nothing left to preload): " + res.stdout

@@ -677,6 +677,11 @@ def test_slides_sit_side_by_side_with_their_overlays_and_the_camera_follows(make
     viewer2, w2 = _reopen(make_napari_viewer, qtbot, w.project.folder)
     assert w2.current == first
     np.testing.assert_allclose(viewer2.scene.camera.center[-2:], _world(w2, first, 512, 512), atol=1e-6)
+    # a slide gets Shapes layers once it has regions, not empty ones at each open and retrain
+    names = {lay.name for lay in viewer2.layers}
+    assert f"{second} accepted" in names
+    assert not ({f"{n} proposals" for n in (first, second, third)} | {f"{n} accepted" for n in (first, third)}) & names, names
+    assert f"{second} proposals" in {lay.name for lay in viewer.layers}  # emptied by the accept: kept
     # the slide's labels layer sits on the second slide: label px (r, c) centred on level-0 (r f + (f - 1) / 2)
     np.testing.assert_allclose(viewer2.layers[f"{second} labels"].translate, [(f - 1) / 2 * s, off + (f - 1) / 2 * s])
     np.testing.assert_allclose(viewer2.layers[f"{second} labels"].scale, [f * s, f * s])
@@ -780,6 +785,17 @@ def test_reject_button_and_a_drawn_region(make_napari_viewer, qtbot, tmp_path, s
     latest = w.project.session.accepted[-1]
     assert draw.nshapes == 0 and latest.method == "manual" and w._labels_name(latest) in viewer.layers
     assert w._labels_name(region) not in viewer.layers  # one painting layer: on the latest region
+    # two rectangles accepted at once: both regions, one message, the last one open to paint
+    w.auto_retrain.value = False
+    _click(w, "Draw region")
+    _drag(draw, _world(w, slide, 850, 50), _world(w, slide, 950, 250))
+    _drag(draw, _world(w, slide, 850, 300), _world(w, slide, 950, 500))
+    n = len(w.project.session.accepted)
+    _click(w, "Accept drawn")
+    last = w.project.session.accepted[-1]
+    assert len(w.project.session.accepted) == n + 2 and (last.x, last.y) == (300, 850)
+    assert w.message.value == f"accepted your 2 regions: paint in layer '{w._labels_name(last)}'", w.message.value
+    assert viewer.layers.selection.active is viewer.layers[w._labels_name(last)]
 
 
 def test_small_things_of_issue_20(make_napari_viewer, qtbot, tmp_path, small_pool, monkeypatch):

@@ -82,9 +82,13 @@ class RegionLayers(QObject):
 
     # ------------------------------------------------------------------ drawing
     def _show(self, name: str, lname: str, regions: list[Region], color=None) -> tuple[Any, bool]:
-        """The slide's Shapes layer ``lname`` showing ``regions``, and whether it was (re)drawn."""
+        """The slide's Shapes layer ``lname`` showing ``regions`` (None while it has never had
+        any: an empty layer per slide cost ~0.3 s of the viewer's thread at each retrain and
+        open), and whether it was (re)drawn."""
         p = self.project
         layer = self._layer(lname)
+        if layer is None and not regions:
+            return None, False
         old = layer.metadata.get("regions", []) if layer is not None else []
         if layer is not None and _region_keys(old) == _region_keys(regions) and layer.nshapes == len(regions):
             return layer, False  # drawn already (a change event after the call that redrew it)
@@ -120,7 +124,7 @@ class RegionLayers(QObject):
             return
         fresh = self._layer(f"{name} proposals") is None
         layer, drawn = self._show(name, f"{name} proposals", self.project.proposals(name))
-        if fresh:
+        if fresh and layer is not None:
             layer.events.data.connect(lambda event, name=name: self._edited(name, event))
             layer.selected_data.events.items_changed.connect(lambda *_, layer=layer: self._box_selected(layer))
         if drawn:

@@ -40,6 +40,7 @@ from ..session import SessionLocked
 from ._active import kept_active
 from ._classes import ClassList
 from ._labels import LabelLayers, labels_name
+from ._preload import preload_layer_dependencies
 from ._regions import RegionLayers
 from ._runner import TaskRunner
 
@@ -498,6 +499,7 @@ class ALRegionsWidget(QWidget):
         def make(cancel):  # building the model imports torch: seconds, off the viewer's thread
             yield {"phase": "new session"}
             project = AnnotationProject.create(folder, **settings)
+            preload_layer_dependencies()  # what the session's first layers would load on the viewer's thread
             _freeze_startup_objects()  # torch is imported by now
             return project
 
@@ -520,6 +522,7 @@ class ALRegionsWidget(QWidget):
             except SessionLocked as exc:  # asked about on the viewer's thread, then opened again
                 return _Locked(exc)  # (a returned exception would be taken for the task's error)
             project.annotated_pct()
+            preload_layer_dependencies()
             _freeze_startup_objects()  # torch is imported by now
             return project
 
@@ -774,7 +777,7 @@ class ALRegionsWidget(QWidget):
             return
         p = self.project
         self._call("accepting", lambda: [p.accept(r) for r in drawn],
-                   on_done=lambda accepted: [self._accepted(r, a) for r, a in zip(drawn, accepted)])
+                   on_done=lambda accepted: self._accepted(drawn[-1], accepted[-1], more=len(drawn) - 1))
 
     @staticmethod
     def _labels_name(region: Region) -> str:
@@ -1037,18 +1040,29 @@ class ALRegionsWidget(QWidget):
 
         self._call("accepting", accept if p else None, on_done=lambda got: self._accepted(region, *got))
 
-    def _accepted(self, region: Region, accepted: Region, pct: float | None = None) -> None:
+    def _accepted(self, region: Region, accepted: Region, pct: float | None = None, *, more: int = 0) -> None:
+        """Draw what accepting ``region`` (as ``accepted``; ``more`` others with it) changed, then
+        open it to paint. One layer per event-loop turn: a slide's first accept adds its accepted
+        boxes, its labels layer and the painting layer, ~0.8 s of the viewer's thread in one turn."""
         name = accepted.slide
-        self._show_proposals(name)
-        self._show_accepted(name)
+        self._run_steps([lambda: self._show_proposals(name), lambda: self._show_accepted(name),
+                         lambda: self.labels.show_slide(name),
+                         lambda: self._paint_accepted(region, accepted, pct, more)])
+
+    def _paint_accepted(self, region: Region, accepted: Region, pct: float | None, more: int) -> None:
         layer = self.labels.paint(accepted)
         self._go_to([accepted], 0)  # show the region to paint
         self._refill_lists()
         self._refresh_status(pct)
         what = "your region" if region.method == "manual" else f"{region.method} #{region.rank + 1}"
+        if more:
+            what = f"your {more + 1} regions" if region.method == "manual" else f"{what} and {more} more"
         self._message(f"accepted {what}: paint in layer '{layer.name}'")
         if self.auto_retrain.value and self.project.pending_regions >= self.auto_after.value:
-            self._after_task = self.retrain  # once this task's worker has finished
+            if self.runner.busy:
+                self._after_task = self.retrain  # once this task's worker has finished
+            else:
+                self.retrain()
 
     def remove_selected(self) -> None:
         p, name = self.project, self.current
@@ -1118,7 +1132,9 @@ class ALRegionsWidget(QWidget):
         except Exception:
             self._redrawing = False  # a failed step must not leave the widget busy for ever
             raise
-        QTimer.singleShot(0, lambda: self._run_steps(steps[1:]))
+        # a 1 ms timer, not 0: Qt 6 posts a 0 ms shot as an event, and a chain of posted events
+        # runs ahead of every timer (napari's and Qt's own), so the steps ran as one long turn
+        QTimer.singleShot(1, lambda: self._run_steps(steps[1:]))
 
     @property
     def busy(self) -> bool:
@@ -1131,14 +1147,20 @@ class ALRegionsWidget(QWidget):
         if name is None:
             return
 
-        def done(regions: list[Region]) -> None:
-            self._show_prediction(name)
-            self._show_proposals(name)
-            self._fill_uncertain(regions, lambda r: f"#{r.rank + 1}  uncertainty {r.score:.3f}  at ({r.x}, {r.y})")
-            self._message(f"{len(regions)} uncertain patch(es); select one and correct the prediction")
+        k = self.n_uncertain.value
 
-        self._call("finding uncertain patches", p.suggest, name, "top_patches", region_size=p.stride,
-                   k=self.n_uncertain.value, on_done=done)
+        def find() -> tuple[list[Region], np.ndarray]:
+            regions = p.suggest(name, "top_patches", region_size=p.stride, k=k)
+            return regions, np.nan_to_num(p.prediction(name)[..., -1])
+
+        def done(got: tuple[list[Region], np.ndarray]) -> None:
+            regions, prob = got
+            self._run_steps([  # one layer per event-loop turn
+                lambda: self._show_prediction(name, prob), lambda: self._show_proposals(name),
+                lambda: self._fill_uncertain(regions, lambda r: f"#{r.rank + 1}  uncertainty {r.score:.3f}  at ({r.x}, {r.y})"),
+                lambda: self._message(f"{len(regions)} uncertain patch(es); select one and correct the prediction")])
+
+        self._call("finding uncertain patches", find, on_done=done)
 
     def find_uncertain_by_group(self) -> None:
         p = self.project
@@ -1154,16 +1176,16 @@ class ALRegionsWidget(QWidget):
                                        f"at ({r.x}, {r.y})")
         self._message(f"most uncertain patches of {len(groups)} group(s); set groups when adding slides")
 
-    def _show_prediction(self, name: str) -> None:
-        prob = self.project.prediction(name)[..., -1]
+    def _show_prediction(self, name: str, prob: np.ndarray) -> None:
+        """The model's probability of the last class (NaN outside tissue read as 0)."""
         lname = f"{name} prediction"
         layer = self._layer(lname)
         if layer is None:
             with kept_active(self.viewer):
-                self.viewer.add_image(np.nan_to_num(prob), name=lname, colormap="red", opacity=0.4, contrast_limits=(0.0, 1.0),
+                self.viewer.add_image(prob, name=lname, colormap="red", opacity=0.4, contrast_limits=(0.0, 1.0),
                                       blending="additive", **self._placed(name, self.project.stride))
         else:
-            layer.data = np.nan_to_num(prob)
+            layer.data = prob
 
     def _fill_uncertain(self, regions: list[Region], text) -> None:
         """Rows and the patches they stand for, together (a row of a group list is on any slide)."""
