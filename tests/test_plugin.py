@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -81,7 +82,6 @@ def test_reader_layer_data(small_pool):
 def test_core_imports_no_gui_and_no_torch():
     """The headless engine never pulls in napari or Qt; torch stays in model/."""
     import subprocess
-    import sys
 
     code = (
         "import sys, napari_alregions.wsi, napari_alregions.synthetic, napari_alregions.cli, "
@@ -174,7 +174,6 @@ def test_napari_lazy_loads_are_done_off_the_viewers_thread_without_a_second_unit
     """The worker preloads what napari would load at the first layer of each kind; the unit
     registry it builds is the one layers use, and a registry already in use is never replaced."""
     import subprocess
-    import sys
 
     code = """
 import sys, threading
@@ -199,3 +198,47 @@ print(missing)
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
     assert res.stdout.strip() == "[]", "imported before the preload (nothing left to preload): " + res.stdout
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
+def test_torch_library_is_loaded_before_torch_is_imported():
+    """The worker loads libtorch_cpu itself (a dlopen that releases the GIL), so the import
+    that follows does not hold the GIL through it; torch then imports and works as usual."""
+    import subprocess
+
+    code = """
+import sys
+from napari_alregions._widgets import _preload
+def loaded():
+    return any(line.rstrip().endswith("/libtorch_cpu.so") for line in open("/proc/self/maps"))
+assert "torch" not in sys.modules and not loaded()
+_preload.load_torch_library()
+assert loaded(), "libtorch_cpu.so not loaded"
+assert "torch" not in sys.modules  # only the C++ library: torch's Python side is imported as before
+import torch
+assert float(torch.ones(3).sum()) == 3.0
+_preload.load_torch_library()  # again, with torch imported: nothing to do
+print("ok")
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stdout + res.stderr
+
+
+def test_collector_paused_restores_the_collector_as_it_was():
+    import gc
+
+    from napari_alregions._widgets._preload import collector_paused
+
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError, match="in the worker"):
+        with collector_paused():
+            assert not gc.isenabled()
+            raise RuntimeError("failed in the worker")
+    assert gc.isenabled()  # a failed task leaves the collector on
+    gc.disable()
+    try:
+        with collector_paused():
+            pass
+        assert not gc.isenabled()  # one switched off by someone else stays off
+    finally:
+        gc.enable()

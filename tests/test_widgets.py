@@ -93,6 +93,7 @@ def _compute(qtbot, w):
 
 
 def test_loop_in_viewer_suggest_accept_paint_retrain_reopen(make_napari_viewer, qtbot, tmp_path, small_pool, artifacts_dir):
+    from napari_alregions._widgets._colorbar import TISSUE, ColorBar
     from napari_alregions.selection import METHODS
     from napari_alregions.session import Session
 
@@ -114,6 +115,19 @@ def test_loop_in_viewer_suggest_accept_paint_retrain_reopen(make_napari_viewer, 
     assert hi - lo > 0.3
     assert w.map_legend.value == (f"least confidence map: clear up to {lo:.3g} (the tissue's median), "
                                   f"full colour from {hi:.3g} (its top 0.5 %)")
+    # the colour bar sits in the dock (napari's canvas bar cost ~0.3 s of the viewer's thread per map)
+    assert not prio.colorbar.visible and w.colorbar.isVisible()
+    assert w.colorbar.ticks() == [(0.0, f"{lo:.3g}"), (0.5, f"{(lo + hi) / 2:.3g}"), (1.0, f"{hi:.3g}")]
+    bar = w.colorbar.grab().toImage()
+    y = ColorBar.BAR_HEIGHT // 2 + 1
+    left, right = bar.pixelColor(4, y), bar.pixelColor(bar.width() - 5, y)
+    # clear at the low end (the tissue shows through), the ramp's yellow at the high end
+    np.testing.assert_allclose([left.red(), left.green(), left.blue()], [TISSUE.red(), TISSUE.green(), TISSUE.blue()], atol=8)
+    assert right.red() > 240 and right.green() > 140 and right.blue() < 200, right.getRgb()
+    prio.visible = False  # hiding the map hides its bar and legend
+    assert not w.colorbar.isVisible() and not w.map_legend.value and not w.map_legend.native.isVisible()
+    prio.visible = True
+    assert w.colorbar.isVisible() and w.map_legend.value and w.map_legend.native.isVisible()
     rec.priority[...] = 0.98
     w._show_priority(slide)
     assert w.map_legend.value == ("least confidence map: clear up to 0.98 (the tissue's median), "
@@ -673,6 +687,8 @@ def test_slides_sit_side_by_side_with_their_overlays_and_the_camera_follows(make
         np.testing.assert_allclose(viewer.scene.camera.center[-2:], _world(w, name, 512, 512), atol=1e-6)
         n_accepted = 1 if name == second else 0  # the message is the slide's, not the last one's
         assert w.message.value == f"showing {name}: 0 proposed, {n_accepted} accepted regions", w.message.value
+        # the colour bar and its legend are the current slide's: none on a slide without a map
+        assert w.colorbar.isVisible() == (name == second) and bool(w.map_legend.value) == (name == second)
     # after reopening, the dropdown's slide is the one on screen
     viewer2, w2 = _reopen(make_napari_viewer, qtbot, w.project.folder)
     assert w2.current == first

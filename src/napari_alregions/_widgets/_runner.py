@@ -18,6 +18,7 @@ from napari.qt.threading import create_worker
 from qtpy.QtCore import QThreadPool
 
 from .._errors import describe
+from ._preload import collector_paused, load_torch_library
 
 __all__ = ["TaskRunner"]
 
@@ -77,7 +78,9 @@ class TaskRunner:
 
         def work():
             # torch is imported here, in the worker: importing it on the viewer's thread froze it for seconds
-            from ..model import InferenceCancelled, TrainingCancelled
+            with collector_paused():  # and where the worker would hold the GIL long, it does not
+                load_torch_library()
+                from ..model import InferenceCancelled, TrainingCancelled
 
             try:
                 return (yield from make(cancel.is_set))

@@ -39,10 +39,11 @@ from ..selection import METHODS
 from ..session import SessionLocked
 from ._active import kept_active
 from ._classes import ClassList
+from ._colorbar import ColorBar
 from ._labels import LabelLayers, labels_name
-from ._preload import preload_layer_dependencies
+from ._preload import collector_paused, preload_layer_dependencies
 from ._regions import RegionLayers
-from ._runner import TaskRunner
+from ._runner import TaskRunner, _alive
 
 __all__ = ["ALRegionsWidget"]
 
@@ -174,8 +175,14 @@ class ALRegionsWidget(QWidget):
         layout.addWidget(self.progress.native)
         layout.addWidget(self.cancel_btn.native)
         layout.addWidget(self.status.native)
+        # the current slide's priority colours and what they mean, whichever tab is open
+        self.colorbar = ColorBar()
+        self.map_legend = mw.Label(value="")
+        layout.addWidget(self.colorbar)
+        layout.addWidget(self.map_legend.native)
+        self.map_legend.native.hide()
         layout.addWidget(self.message.native)
-        for label in (self.message, self.status):
+        for label in (self.message, self.status, self.map_legend):
             # wrapped, and no width of its own: a long line widened the dock by ~84 px and cut the slide off
             label.native.setWordWrap(True)
             label.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
@@ -330,9 +337,6 @@ class ALRegionsWidget(QWidget):
         self.table.native.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
         self.legend = mw.Label(value="")  # the colour of each method's boxes
         self.legend.native.setWordWrap(True)
-        self.map_legend = mw.Label(value="")  # what the priority colours mean (the colour bar's ticks are vispy's)
-        self.map_legend.native.setWordWrap(True)
-        self.map_legend.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         self.proposal_list = QListWidget()
         self.proposal_list.currentRowChanged.connect(self._go_to_proposal)
         prev, nxt = _button("◀ Previous"), _button("Next ▶")
@@ -347,7 +351,7 @@ class ALRegionsWidget(QWidget):
         accept_drawn = _button("Accept drawn", "add the rectangles you drew to the labeled set")
         accept_drawn.changed.connect(self.accept_drawn)
         box = mw.Container(widgets=[self.method, self.options, self.region_size, self.unit, self.k, self.seed, suggest, pool,
-                                    self.compare_methods, compare, self.table, self.legend, self.map_legend,
+                                    self.compare_methods, compare, self.table, self.legend,
                                     mw.Container(widgets=[prev, nxt], layout="horizontal", labels=False),
                                     mw.Container(widgets=[accept, reject], layout="horizontal", labels=False),
                                     mw.Container(widgets=[draw, accept_drawn], layout="horizontal", labels=False)])
@@ -498,9 +502,10 @@ class ALRegionsWidget(QWidget):
 
         def make(cancel):  # building the model imports torch: seconds, off the viewer's thread
             yield {"phase": "new session"}
-            project = AnnotationProject.create(folder, **settings)
-            preload_layer_dependencies()  # what the session's first layers would load on the viewer's thread
-            _freeze_startup_objects()  # torch is imported by now
+            with collector_paused():
+                project = AnnotationProject.create(folder, **settings)
+                preload_layer_dependencies()  # what the session's first layers would load on the viewer's thread
+                _freeze_startup_objects()  # torch is imported by now
             return project
 
         def done(project: AnnotationProject) -> None:
@@ -517,13 +522,14 @@ class ALRegionsWidget(QWidget):
     def _open_in_worker(self, folder: Path, how: dict[str, bool]) -> None:
         def make(cancel):  # slides, model, maps, labels and tissue masks are read in the worker
             yield {"phase": "opening session"}
-            try:
-                project = AnnotationProject.open(folder, **how)
-            except SessionLocked as exc:  # asked about on the viewer's thread, then opened again
-                return _Locked(exc)  # (a returned exception would be taken for the task's error)
-            project.annotated_pct()
-            preload_layer_dependencies()
-            _freeze_startup_objects()  # torch is imported by now
+            with collector_paused():
+                try:
+                    project = AnnotationProject.open(folder, **how)
+                except SessionLocked as exc:  # asked about on the viewer's thread, then opened again
+                    return _Locked(exc)  # (a returned exception would be taken for the task's error)
+                project.annotated_pct()
+                preload_layer_dependencies()
+                _freeze_startup_objects()  # torch is imported by now
             return project
 
         self._task(make, desc="open session", on_done=lambda got: self._opened(folder, got))
@@ -668,7 +674,7 @@ class ALRegionsWidget(QWidget):
             with kept_active(self.viewer):
                 layer = self.viewer.add_image(rec.priority, name=lname, colormap=cmap, opacity=0.7, contrast_limits=limits,
                                               metadata={"measure": rec.measure}, **self._placed(name, rec.stride))
-            layer.colorbar.box = True
+            layer.events.visible.connect(_alive(lambda _: self._show_colorbar()))  # the bar describes what is shown
         else:
             layer.data = rec.priority
             layer.contrast_limits = limits
@@ -676,23 +682,23 @@ class ALRegionsWidget(QWidget):
         self._show_colorbar()
 
     def _show_colorbar(self) -> None:
-        """The colour bar of the current slide's priority map only (one per slide would stack)."""
-        if self.project is None:
-            return
+        """The colour bar and legend of the current slide's priority map (none without one)."""
         self.map_legend.value = ""
-        for name in self.project.slides:
-            layer = self._layer(f"{name} priority")
-            if layer is not None:
-                layer.colorbar.visible = name == self.current
-                if name == self.current:
-                    lo, hi = layer.contrast_limits
-                    measure = str(layer.metadata.get("measure", "priority")).replace("_", " ")
-                    text = f"{measure} map: clear up to {lo:.3g} (the tissue's median), "
-                    if hi - lo > MIN_PRIORITY_SPAN * (1 + 1e-6):
-                        text += f"full colour from {hi:.3g} (its top 0.5 %)"
-                    else:  # the upper limit is the least span, above any value the map has (1.03 for a flat 0.98)
-                        text += "faint above: the map is nearly flat over the tissue, no area stands out"
-                    self.map_legend.value = text
+        self.map_legend.native.hide()  # an empty line would leave a gap in the dock
+        self.colorbar.clear()
+        layer = None if self.project is None or self.current is None else self._layer(f"{self.current} priority")
+        if layer is None or not layer.visible:
+            return
+        lo, hi = layer.contrast_limits
+        self.colorbar.show_ramp(layer.colormap.colors, lo, hi)
+        measure = str(layer.metadata.get("measure", "priority")).replace("_", " ")
+        text = f"{measure} map: clear up to {lo:.3g} (the tissue's median), "
+        if hi - lo > MIN_PRIORITY_SPAN * (1 + 1e-6):
+            text += f"full colour from {hi:.3g} (its top 0.5 %)"
+        else:  # the upper limit is the least span, above any value the map has (1.03 for a flat 0.98)
+            text += "faint above: the map is nearly flat over the tissue, no area stands out"
+        self.map_legend.value = text
+        self.map_legend.native.show()
 
     def _show_proposals(self, name: str) -> None:
         self.regions.show_proposals(name)
