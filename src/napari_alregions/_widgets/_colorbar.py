@@ -53,7 +53,7 @@ class ColorBar(QWidget):
     def ticks(self) -> list[tuple[float, str]]:
         """Where along the bar (0..1) each label sits, and its text: the limits and the middle."""
         lo, hi = self._range
-        return [(f, f"{lo + f * (hi - lo):.3g}") for f in (0.0, 0.5, 1.0)]
+        return [(0.0, f"{lo:.3g}"), (0.5, f"{(lo + hi) / 2:.3g}"), (1.0, f"{hi:.3g}")]
 
     def paintEvent(self, event) -> None:  # noqa: N802 (Qt's name)
         if self._colors is None:
