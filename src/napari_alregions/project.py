@@ -55,6 +55,9 @@ __all__ = ["AnnotationProject", "MapRecord", "region_size_px", "run"]
 DEFAULT_COLORS = [(160, 160, 160), (220, 30, 30), (40, 160, 40), (30, 90, 220), (230, 160, 0), (150, 0, 200)]
 MAPS_DIR = "maps"
 EMBED_DIR = "embeddings"
+FEATURES_DIR = "features"
+#: feature grids up to this size are kept in memory once computed (else read from the cache)
+_FEATURES_IN_MEMORY = 512 * 2**20
 PROTOTYPES_FILE = "prototypes.npz"
 
 
@@ -110,6 +113,8 @@ class AnnotationProject:
         self.maps: dict[str, MapRecord] = {}
         self.embeddings: dict[str, np.ndarray] = {}  # (H, W, D) per slide, cached in embeddings/
         self.similarity: dict[str, np.ndarray] = {}  # prototype similarity maps
+        self.feature_grids: dict = {}  # slide -> features.FeatureGrid of the fast learner (cached in features/)
+        self.fast = None  # learner.FastModel: the fast learner's fitted head (refit from the cache on open)
         self.prototypes = None  # PrototypeSet
         self.models: list = []
         self.spec = None
@@ -470,13 +475,115 @@ class AnnotationProject:
         if measure not in MEASURES:
             raise ValueError(f"unknown measure {measure!r}; choose one of {', '.join(MEASURES)}")
         fn, needs_ensemble = MEASURES[measure]
-        if needs_ensemble and self.n_members < 2:
-            raise ValueError(f"{measure} needs an ensemble: make a model with 2 or more members")
+        fast = self.fast_in_use
+        if needs_ensemble and self.n_members < 2 and not (fast and self.session.settings.head == "forest"):
+            raise ValueError(f"{measure} needs an ensemble: make a model with 2 or more members, or use the fast "
+                             "learner's forest")
         s = self._slide(slide)
         tissue = s.tissue_map(self.stride)
+        if fast:
+            prob = yield from self.iter_predict(slide, members=needs_ensemble, cancel=cancel)
+            return self.set_probabilities(slide, prob, measure=measure)
         gen = iter_progress(predict_probability_map, s, self.models, self.spec, stride=self.stride, tissue=tissue, cancel=cancel)
         prob = yield from relay(gen, lambda dt: {"phase": "predict", "slide": slide, "done": dt[0], "total": dt[1]})
         return self.set_probabilities(slide, prob, measure=measure)
+
+    # -- the fast learner ---------------------------------------------------------------------
+    @property
+    def fast_in_use(self) -> bool:
+        """Whether the maps come from the fast learner: it is the model in use and it has
+        been trained (an untrained session predicts with its untrained CNN)."""
+        settings = self.session.settings
+        return settings.in_use == "fast" and (self.fast is not None or bool(settings.trained_on))
+
+    def _features_folder(self, slide: str) -> Path:
+        from .features import feature_key
+
+        return self.folder / FEATURES_DIR / feature_key(self.session.settings.features) / f"{slide}.zarr"
+
+    def _drop_features(self) -> None:
+        import shutil
+
+        self.feature_grids.clear()
+        self.fast = None
+        shutil.rmtree(self.folder / FEATURES_DIR, ignore_errors=True)
+
+    def iter_features(self, slide: str, *, cancel: Callable[[], bool] | None = None) -> Generator[dict, None, Any]:
+        """The fast learner's features of a slide (a :class:`~napari_alregions.features.FeatureGrid`),
+        computed once per slide and encoder (``settings.features``) and cached in the
+        session's ``features/``; yields ``{"phase": "features", "done", "total"}`` while
+        computing. A retrain reads the cache, never the slide."""
+        from .features import TEXTURE, TextureEncoder, commit_features, open_features, slide_features, store_features
+
+        if slide in self.feature_grids:
+            return self.feature_grids[slide]
+        s = self._slide(slide)
+        source, folder = self.session.settings.features, self._features_folder(slide)
+        grid = open_features(folder)
+        if grid is None or grid.stride != self.stride or grid.encoder != source or grid.map_shape != s.map_shape(self.stride):
+            tissue = s.tissue_map(self.stride)
+            out = None
+            if source == TEXTURE:  # computed straight into the chunked cache: bounded memory on any slide
+                from .features import sub_cells
+
+                sub = sub_cells(int(self.stride / self.label_factor(slide)))
+                h, w = s.map_shape(self.stride)
+                out = store_features(folder, (h * sub, w * sub, TextureEncoder(level=self.label_level).dim))
+            gen = iter_progress(slide_features, s, source, stride=self.stride, level=self.label_level, tissue=tissue,
+                                spec=self.spec, model=self.models[0] if self.models else None, out=out, cancel=cancel)
+            grid = yield from relay(gen, lambda dt: {"phase": "features", "slide": slide, "done": dt[0], "total": dt[1]})
+            if out is None:
+                out = store_features(folder, grid.data.shape)
+                out[...] = grid.data
+            grid = commit_features(folder, grid)
+        if grid.data.nbytes <= _FEATURES_IN_MEMORY:
+            grid.data = np.asarray(grid.data[...])
+        self.feature_grids[slide] = grid
+        return grid
+
+    def iter_fit_fast(self, *, cancel: Callable[[], bool] | None = None) -> Generator[dict, None, Any]:
+        """Fit the fast learner's head on every label (features of each labeled slide first);
+        returns the :class:`~napari_alregions.learner.FastModel` without installing it.
+
+        Raises
+        ------
+        ValueError
+            If no labeled window lies on tissue.
+        """
+        from .learner import fit_head, training_set
+
+        names = [n for n in self.slides if self.session.accepted_on(n)]
+        grids = {}
+        for n in names:
+            grids[n] = yield from self.iter_features(n, cancel=cancel)
+        if not names:
+            raise ValueError("no labels to train on: accept a region and paint labels in it first")
+        yield {"phase": "fit", "done": 0, "total": 1}
+        ts = training_set(grids, {n: self.session.labels(n) for n in names},
+                          cell_px={n: self._cell_px(n) for n in names}, n_classes=len(self.classes),
+                          boxes={n: [tuple(self.label_box(r)) for r in self.session.accepted_on(n)] for n in names})
+        model = fit_head(ts, head=self.session.settings.head, seed=self._seed_base() + self.cycle)
+        yield {"phase": "fit", "done": 1, "total": 1}
+        return model
+
+    def iter_predict(self, slide: str, *, members: bool = False,
+                     cancel: Callable[[], bool] | None = None) -> Generator[dict, None, np.ndarray]:
+        """Class probabilities of the fast learner on ``slide``'s map grid ((H, W, C), or
+        (E, H, W, C) sub-forests with ``members``), refitting the head first when the session
+        was reopened."""
+        from .learner import predict_grid
+
+        if self.fast is None:
+            self.fast = yield from self.iter_fit_fast(cancel=cancel)
+        grid = yield from self.iter_features(slide, cancel=cancel)
+        return predict_grid(self.fast, grid, cell_px=self._cell_px(slide), patch_size=self.spec.patch_size,
+                            tissue=self._slide(slide).tissue_map(self.stride), members=members)
+
+    def _cell_px(self, slide: str) -> int:
+        """A map cell's side in label px on ``slide``."""
+        from .learner import cell_px
+
+        return cell_px(self.stride, self.label_factor(slide))
 
     def set_probabilities(self, slide: str, probabilities: np.ndarray, *, measure: str = "least_confidence") -> MapRecord:
         """Make a prediction of the current model, made elsewhere (e.g. on a dask cluster),
@@ -542,9 +649,12 @@ class AnnotationProject:
             f.unlink()
 
     def _model_changed(self) -> None:
-        """Maps are recomputed on demand; classifier embeddings are stale now."""
+        """Maps are recomputed on demand; classifier embeddings (and the fast learner's
+        features when they are the classifier's) are stale now."""
         if self.encoder_source == "classifier":
             self._drop_embeddings()
+        if self.session.settings.features == "classifier":
+            self._drop_features()
 
     def iter_embed(self, slide: str, *, encoder=None, cancel: Callable[[], bool] | None = None) -> Generator[dict, None, np.ndarray]:
         """Patch embeddings of a slide on the map grid (cached in the session); yields progress."""
@@ -931,8 +1041,62 @@ class AnnotationProject:
             seed=self._seed_base() + self.cycle,
         )
 
-    def iter_retrain(self, *, cancel: Callable[[], bool] | None = None, refresh: bool = True,
+    def iter_retrain(self, *, deep: bool | None = None, cancel: Callable[[], bool] | None = None, refresh: bool = True,
                      measure: str | None = None) -> Generator[dict, None, dict]:
+        """Retrain on all labels, then refresh the maps and proposals of every slide that has them.
+
+        ``deep`` None: the session's learner (``settings.learner``, "fast" by default);
+        False: the fast learner (:meth:`iter_fit_fast`: the head refits on cached features
+        in seconds, and becomes the model in use); True: the deep learner
+        (:meth:`_iter_retrain_deep`), which replaces the fast model only when it estimates
+        better (in a session whose learner is "deep", as the simulation's ``--learner deep``,
+        it is always the model in use).
+
+        The summary's ``messages`` say how good the model is and why a model was or was not
+        replaced.
+        """
+        if deep is None:
+            deep = self.session.settings.learner == "deep"
+        if deep:
+            return (yield from self._iter_retrain_deep(cancel=cancel, refresh=refresh, measure=measure))
+        trained_on = [r.uid for r in self.session.accepted]
+        model = yield from self.iter_fit_fast(cancel=cancel)
+        q = model.quality
+        settings = self.session.settings
+        was_deep = settings.in_use == "deep" and self.trained
+        self.fast = model
+        status = "at chance" if q.at_chance else "new"
+        messages = [f"fast model ({model.head}): {q.describe()}"]
+        if was_deep:
+            messages.append("it replaces the deep model, which had not seen the newest labels (Deep retrain to compare again)")
+        summary = self._record_cycle(learner="fast", trained_on=trained_on, in_use="fast", details={
+            "train_steps": [0], "val_loss": [None], "val_auc": [_finite(q.auc)], "previous_val_loss": [None],
+            "n_val": [q.n_samples], "model": [status], "messages": messages, "n_candidates": q.n_samples,
+            "quality": q.describe()})
+        if refresh:
+            yield from self._refresh(summary, measure, cancel)
+        return summary
+
+    def _record_cycle(self, *, learner: str, trained_on: list[str], in_use: str, details: dict) -> dict:
+        """Append a cycle to the history (saved at once) and return its summary."""
+        summary = {"cycle": self.cycle + 1, "learner": learner, "accepted_regions": len(self.session.accepted),
+                   "annotated_pct": round(self.annotated_pct(), 4), **details}
+        with self.session.changing() as session:  # in a worker thread, beside the viewer's autosaves
+            session.settings.in_use = in_use
+            session.history.append(summary)
+            self._set_trained_on(trained_on)
+            session.save()
+        return summary
+
+    def _refresh(self, summary: dict, measure: str | None, cancel: Callable[[], bool] | None) -> Generator[dict, None, None]:
+        """New maps of the slides that had one (their measure, unless ``measure``), and their proposals rerun."""
+        for slide, record in list(self.maps.items()):
+            yield from self.iter_priority(slide, measure=measure or record.measure, cancel=cancel)
+            _, failed = self.refresh_suggestions(slide)
+            summary["messages"] += [f"{slide}: {m} proposals not refreshed ({why})" for m, why in failed.items()]
+
+    def _iter_retrain_deep(self, *, cancel: Callable[[], bool] | None = None, refresh: bool = True,
+                           measure: str | None = None) -> Generator[dict, None, dict]:
         """Train every member on all labels (``model.iter_fit``: the simulation's training),
         then refresh.
 
@@ -976,8 +1140,26 @@ class AnnotationProject:
         self.models = new_models
         self._model_changed()
         who = (lambda i: f"member {i}: ") if len(fits) > 1 else (lambda i: "")
+        in_use, messages = "deep", [who(i) + f.message() for i, f in enumerate(fits) if f.message()]
+        if self.session.settings.learner != "deep":  # beside the fast learner: the better estimate is used
+            fast = self.fast if self.fast is not None and not self.pending_regions else None
+            if fast is None:
+                fast = yield from self.iter_fit_fast(cancel=cancel)
+            aucs = [f.val_auc for f in fits if f.val_auc is not None and math.isfinite(f.val_auc)]
+            deep_auc = float(np.mean(aucs)) if aucs else None
+            fast_auc = fast.quality.auc
+            if deep_auc is not None and (fast_auc is None or deep_auc > fast_auc):
+                messages.append(f"the deep model (validation AUC {deep_auc:.3f}) replaces the fast one "
+                                f"({fast.quality.describe()})")
+            else:
+                in_use = "fast"
+                deep_txt = "no validation AUC" if deep_auc is None else f"validation AUC {deep_auc:.3f}"
+                messages.append(f"kept the fast model ({fast.quality.describe()}): the deep model ({deep_txt}) "
+                                "does not estimate better")
+            self.fast = fast
         summary = {
             "cycle": cycle,
+            "learner": "deep",
             "accepted_regions": len(self.session.accepted),
             "annotated_pct": round(self.annotated_pct(), 4),
             "train_steps": [f.train.steps for f in fits],
@@ -986,19 +1168,17 @@ class AnnotationProject:
             "previous_val_loss": [_finite(f.previous_val_loss) for f in fits],
             "n_val": [f.n_val for f in fits],
             "model": [f.status for f in fits],
-            "messages": [who(i) + f.message() for i, f in enumerate(fits) if f.message()],
+            "messages": messages,
             "n_candidates": sum(len(c) for c in cands),
         }
         with self.session.changing() as session:  # in a worker thread, beside the viewer's autosaves
             session.checkpoints = [str(p.relative_to(self.folder)) for p in paths]
+            session.settings.in_use = in_use
             session.history.append(summary)
             self._set_trained_on(trained_on)
             session.save()
         if refresh:
-            for slide in list(self.maps):
-                yield from self.iter_priority(slide, measure=measure or self.maps[slide].measure, cancel=cancel)
-                _, failed = self.refresh_suggestions(slide)
-                summary["messages"] += [f"{slide}: {m} proposals not refreshed ({why})" for m, why in failed.items()]
+            yield from self._refresh(summary, measure, cancel)
         return summary
 
     def refresh_suggestions(self, slide: str) -> tuple[dict[str, list[Region]], dict[str, str]]:

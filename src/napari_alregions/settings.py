@@ -11,7 +11,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-__all__ = ["Settings", "SuggestPlan", "TrainingBudget"]
+__all__ = ["LEARNERS", "Settings", "SuggestPlan", "TrainingBudget"]
+
+#: the two learners (SPEC §6): frozen features and a head, or the patch CNN
+LEARNERS = ("fast", "deep")
 
 
 def _check(value: Any, kinds: tuple[type, ...], key: str) -> Any:
@@ -99,6 +102,10 @@ class Settings:
     members: int = 1  # ensemble members
     colors: list[list[int]] | None = None  # RGB per class
     encoder: str = "classifier"  # embeddings for diversity and prototypes
+    learner: str = "fast"  # what Retrain trains: "fast" (features + head) or "deep" (the CNN)
+    head: str = "forest"  # the fast learner's head: "forest" or "logistic"
+    features: str = "texture"  # the fast learner's encoder (features.slide_features)
+    in_use: str = "fast"  # whose maps are shown: "fast" or "deep" (a deep retrain replaces the fast model when better)
     trained_on: list[str] = field(default_factory=list)  # uids of the accepted regions the model was trained on
     training: TrainingBudget = field(default_factory=TrainingBudget)
     suggest: dict[str, dict[str, SuggestPlan]] = field(default_factory=dict)  # slide -> method -> plan
@@ -132,6 +139,15 @@ class Settings:
         d.pop("colors", None)
         if "encoder" in d:
             s.encoder = _check(d.pop("encoder"), (str,), "encoder")
+        had_in_use = "in_use" in d
+        for key, allowed in (("learner", LEARNERS), ("head", ("forest", "logistic")), ("in_use", LEARNERS)):
+            if key in d:
+                value = _check(d.pop(key), (str,), key)
+                if value not in allowed:
+                    raise ValueError(f"'{key}' must be one of {', '.join(allowed)}, got {value!r}")
+                setattr(s, key, value)
+        if "features" in d:
+            s.features = _check(d.pop("features"), (str,), "features")
         if d.get("trained_on") is not None:
             s.trained_on = list(_check(d["trained_on"], (list,), "trained_on"))
             if not all(isinstance(u, str) for u in s.trained_on):
@@ -141,6 +157,8 @@ class Settings:
             count = _check(d.pop("trained_on_regions"), (int,), "trained_on_regions")
             if not s.trained_on:
                 s.legacy_trained_count = count
+        if not had_in_use and (s.trained_on or s.legacy_trained_count):
+            s.in_use = "deep"  # a session of an earlier version: its trained model is the CNN
         if "training" in d:
             s.training = TrainingBudget.from_dict(d.pop("training"))
         if "suggest" in d:

@@ -52,6 +52,7 @@ class SimConfig:
     """
 
     methods: tuple[str, ...] = ("random", "standard", "standard_nonsquare", "adaptive")
+    learner: str = "fast"  # "fast": features + head (the viewer's default); "deep": the CNN, the paper's protocol
     settings: tuple[tuple[int, int], ...] = ((384, 2),)
     cycles: int = 5
     seed: int = 0
@@ -78,8 +79,12 @@ class SimConfig:
         """Raise ``ValueError`` naming the setting that cannot run (before any work)."""
         from .selection import METHODS
 
+        from .settings import LEARNERS
+
         if not self.methods:
             raise ValueError("methods: name at least one selector")
+        if self.learner not in LEARNERS:
+            raise ValueError(f"learner must be one of {', '.join(LEARNERS)}, got {self.learner!r}")
         for m in self.methods:
             if m not in METHODS:
                 raise ValueError(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
@@ -257,6 +262,7 @@ class _Oracle:
 
         self.pool, self.config, self.folder, self.client = pool, config, folder, client
         self._run = run
+        self._test_features: dict = {}
         self.template = folder / "template"
         project = AnnotationProject.create(self.template, patch_size=config.patch_size, level=config.level,
                                            stride=config.stride)
@@ -267,6 +273,9 @@ class _Oracle:
                 if pool.truth[n].shape != shape:
                     raise ValueError(f"{n}: its ground truth at level {config.level} is {pool.truth[n].shape}, "
                                      f"the slide's level is {shape}")
+            if config.learner == "fast":  # features once, copied with the template into every project
+                for n in pool.train:
+                    run(project.iter_features(n))
             needs = set(config.methods) | set(config.initial)
             if needs & _EMBEDDING_METHODS:
                 project.set_encoder(config.encoder)
@@ -291,9 +300,21 @@ class _Oracle:
         project.autosave = False  # saved once per cycle: the simulation has no viewer to lose work for
         if seed is not None:
             project.session.settings.training = self.config.training(seed)
+            project.session.settings.learner = project.session.settings.in_use = self.config.learner
             spec = project.spec
             project.new_model(arch=spec.arch, patch_size=spec.patch_size, level=spec.level, stride=self.config.stride)
         return project
+
+    def test_features(self, name: str):
+        """The fast learner's features of a test slide (computed once per run: they depend on
+        the slide and the encoder, never on the model)."""
+        from .features import slide_features
+
+        if name not in self._test_features:
+            s = self.pool.slides[name]
+            self._test_features[name] = slide_features(s, "texture", stride=self.config.stride, level=self.config.level,
+                                                       tissue=self.pool.tissue[name])
+        return self._test_features[name]
 
     def label(self, project, regions: Sequence[Region]) -> None:
         """Accept regions and paint the truth into them, as a pathologist ends in the viewer."""
@@ -305,7 +326,7 @@ class _Oracle:
     def inputs(self, project, method: str) -> None:
         """What ``method`` reads on every training slide, for the current model."""
         measure = self.config.measure
-        if self.client is not None and method not in ("random", "prototype"):  # maps predicted on the cluster
+        if self.client is not None and method not in ("random", "prototype") and not project.fast_in_use:  # on the cluster
             stale = [n for n in self.pool.train if n not in project.maps or project.maps[n].cycle != project.cycle]
             for n, prob in _predict(project, {n: project.slides[n] for n in stale}, self.client).items():
                 project.set_probabilities(n, prob, measure=measure)
@@ -334,7 +355,7 @@ class _Oracle:
         """The viewer's retrain (without its refresh), then the model scored on the test slides."""
         summary = self._run(project.iter_retrain(refresh=False))
         project.save()
-        return summary, _evaluate(project, self.pool, self.client)
+        return summary, _evaluate(project, self.pool, self.client, self)
 
     def full_baseline(self, seed: int) -> dict[str, float]:
         """Every training slide labeled whole, trained as a cycle."""
@@ -379,9 +400,18 @@ def _predict(project, slides: dict[str, Slide], client=None) -> dict[str, np.nda
         return {n: np.load(files[slide_name(s.path)]) for n, s in slides.items()}
 
 
-def _evaluate(project, pool: Pool, client=None) -> dict[str, float]:
+def _evaluate(project, pool: Pool, client=None, oracle: _Oracle | None = None) -> dict[str, float]:
     """mIoU and Dice (tumour) over the test slides with tumour; AUC over all test cells in tissue."""
-    probs = _predict(project, {n: pool.slides[n] for n in pool.test}, client)
+    if project.fast_in_use and oracle is not None:
+        from .learner import predict_grid
+
+        if project.fast is None:  # a reopened copy: the head refits from the cached features
+            project.fast = oracle._run(project.iter_fit_fast())
+        cfg = oracle.config
+        probs = {n: predict_grid(project.fast, oracle.test_features(n), tissue=pool.tissue[n], patch_size=cfg.patch_size,
+                                 cell_px=int(cfg.stride / pool.slides[n].level_factor(cfg.level))) for n in pool.test}
+    else:
+        probs = _predict(project, {n: pool.slides[n] for n in pool.test}, client)
     ious, dices, scores, truths = [], [], [], []
     for n in pool.test:
         cells = pool.truth_cells(n)
@@ -511,7 +541,7 @@ def _run_method(oracle: _Oracle, base: Path, first, label, method, init, l_, k_,
             else:
                 summary, scores = first
             rows.append({
-                "repeat": rep, "method": label, "initial": init, "region_size": l_, "k": k_, "cycle": cycle,
+                "repeat": rep, "learner": config.learner, "method": label, "initial": init, "region_size": l_, "k": k_, "cycle": cycle,
                 "annotated_area_pct": _r(summary["annotated_pct"], 4), "miou_tumour": _r(scores["miou"]),
                 "dice_tumour": _r(scores["dice"]), "auc_tumour": _r(scores["auc"]), "n_test_slides": scores["n_test"],
                 "n_regions": summary["accepted_regions"], "train_steps": summary["train_steps"][0],

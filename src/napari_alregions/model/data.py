@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .._integral import box_sum, integral_image
+from ..patchlabels import centre_classes
 from ..geometry import labeled_boxes
 from ..wsi import Slide
 
@@ -73,7 +74,7 @@ def find_candidates(
         by = ys[(ys - half >= y0) & (ys + half <= y1)]
         bx = xs[(xs - half >= x0) & (xs + half <= x1)]
         if by.size and bx.size:
-            found.append(_centre_classes(labels[y0:y1, x0:x1], by - y0, bx - x0, half, n_classes, (y0, x0)))
+            found.append(centre_classes(labels[y0:y1, x0:x1], by - y0, bx - x0, half, n_classes, (y0, x0)))
     if not found:
         return PatchCandidates(slide, level, d, np.zeros((0, 2), int), np.zeros(0, int))
     centres = np.concatenate([c for c, _ in found])
@@ -110,32 +111,6 @@ def labeled_candidates(
         if len(c):
             out.append(c)
     return out
-
-
-def _centre_classes(labels: np.ndarray, ys: np.ndarray, xs: np.ndarray, half: int, n_classes: int,
-                    offset: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Centres (offset back to the slide) of the grid points ys x xs of ``labels`` whose
-    centre area is entirely labeled, and their classes (the module's label rule)."""
-    # centre-area statistics for every grid point via integral images
-    labeled = _box_sums((labels > 0).astype(np.float64), ys, xs, half)
-    full = labeled >= (2 * half) ** 2 - 0.5
-    if n_classes <= 2:
-        cls = (_box_sums((labels == 2).astype(np.float64), ys, xs, half) > 0).astype(int)
-    else:
-        counts = np.stack([_box_sums((labels == v).astype(np.float64), ys, xs, half) for v in range(1, n_classes + 1)], -1)
-        cls = np.argmax(counts, axis=-1)
-    gy, gx = np.nonzero(full)
-    return np.stack([ys[gy] + offset[0], xs[gx] + offset[1]], axis=1), cls[gy, gx]
-
-
-def _box_sums(a: np.ndarray, ys: np.ndarray, xs: np.ndarray, half: int) -> np.ndarray:
-    """Sums of ``a`` over the boxes of half-side ``half`` centred on the grid ys x xs."""
-    s = integral_image(a)
-    y0 = np.clip(ys - half, 0, a.shape[0])[:, None]
-    y1 = np.clip(ys + half, 0, a.shape[0])[:, None]
-    x0 = np.clip(xs - half, 0, a.shape[1])[None, :]
-    x1 = np.clip(xs + half, 0, a.shape[1])[None, :]
-    return box_sum(s, y0, x0, y1, x1)
 
 
 def read_patches(slide: Slide, centres: np.ndarray, *, level: int, patch_size: int) -> np.ndarray:
