@@ -15,10 +15,13 @@ from napari_alregions.wsi import open_labels
 FAST = {"initial_steps": 12, "fine_tune_steps": 8, "patches_per_slide": 64}
 
 
-def _project(tmp_path, small_pool, *, members=1, name="s"):
+def _project(tmp_path, small_pool, *, members=1, name="s", learner="deep"):
+    """A project on the pool's first slide; these tests drive the deep learner's loop unless
+    ``learner="fast"`` (the fast learner's loop: tests at the end)."""
     folder, manifest = small_pool
     p = AnnotationProject.create(tmp_path / name, patch_size=32, level=1, members=members)
     p.session.settings.training = TrainingBudget(**FAST)
+    p.session.settings.learner = p.session.settings.in_use = learner
     entry = manifest["slides"][0]
     slide = p.add_slide(folder / entry["image"])
     truth = np.asarray(open_labels(folder / entry["mask"])[1])
@@ -680,3 +683,74 @@ def test_cli_suggest_builds_cell_features_as_the_project(tmp_path, small_pool):
         cli = read_regions(out)
         assert len(mine) == 2 and [(r.x, r.y, r.w, r.h) for r in cli] == [(r.x, r.y, r.w, r.h) for r in mine]
     p.close()
+
+
+# -- the fast learner's loop (the viewer's default) -------------------------------------------
+def test_fast_loop_refits_in_seconds_on_cached_features_and_refreshes(tmp_path, small_pool, monkeypatch):
+    p, slide, truth = _project(tmp_path, small_pool, learner="fast")
+    assert p.session.settings.learner == "fast" and not p.fast_in_use  # untrained: the untrained CNN's map
+    l_ = 4 * p.stride
+    for r in p.suggest(slide, "random", region_size=l_, k=2, seed=3):
+        _paint_truth(p, p.accept(r), truth)
+    run(p.iter_priority(slide))
+    p.suggest(slide, "standard", region_size=l_, k=2)
+    records = []
+    summary = run(p.iter_retrain(), records.append)
+    phases = {r["phase"] for r in records}
+    assert phases >= {"features", "fit"} and "train" not in phases  # no CNN training
+    assert summary["learner"] == "fast" and summary["cycle"] == 1 and p.fast_in_use and not p.trained
+    assert any("fast model (forest)" in m for m in summary["messages"])
+    assert p.maps[slide].cycle == 1 and all(r.cycle == 1 for r in p.proposals(slide, "standard"))
+    assert (p.folder / "features" / "texture" / f"{slide}.zarr").is_dir()
+
+    # a retrain reads the cached features, never the slide
+    def no_reads(*a, **k):
+        raise AssertionError("the slide was read")
+
+    monkeypatch.setattr(type(p.slides[slide]), "read_region", no_reads)
+    a = p.accept(p.proposals(slide, "standard")[0])
+    _paint_truth(p, a, truth)
+    summary = run(p.iter_retrain())
+    assert summary["cycle"] == 2 and summary["n_candidates"] > 0
+    prob = p.prediction(slide)
+    tissue = p.slides[slide].tissue_map(p.stride)
+    assert np.isfinite(prob[tissue]).all() and np.isnan(prob[~tissue]).all()
+    monkeypatch.undo()
+
+    # reopened: the head refits from the cache on the first map; the forest's sub-forests
+    # serve the ensemble measures
+    p.close()
+    q = AnnotationProject.open(p.folder)
+    try:
+        assert q.fast is None and q.fast_in_use
+        record = run(q.iter_priority(slide, measure="ensemble_disagreement"))
+        assert record.probabilities.shape[0] == 10 and q.fast is not None
+    finally:
+        q.close()
+
+
+def test_deep_retrain_replaces_the_fast_model_only_when_it_estimates_better(tmp_path, small_pool):
+    p, slide, truth = _project(tmp_path, small_pool, learner="fast")
+    for r in p.suggest(slide, "random", region_size=4 * p.stride, k=3, seed=5):
+        _paint_truth(p, p.accept(r), truth)
+    run(p.iter_retrain())
+    fast_auc = p.fast.quality.auc
+    summary = run(p.iter_retrain(deep=True))
+    assert summary["learner"] == "deep" and p.trained
+    deep_auc = np.nanmean([v if v is not None else np.nan for v in summary["val_auc"]])
+    replaced = p.session.settings.in_use == "deep"
+    if replaced:
+        assert any("replaces the fast one" in m for m in summary["messages"])
+        assert fast_auc is None or deep_auc > fast_auc
+    else:
+        assert any("kept the fast model" in m for m in summary["messages"]) and p.fast_in_use
+
+
+def test_sessions_of_earlier_versions_keep_their_trained_cnn():
+    from napari_alregions.settings import Settings
+
+    old = Settings.from_dict({"trained_on": ["a"]})
+    assert old.in_use == "deep" and old.learner == "fast"
+    assert Settings.from_dict({}).in_use == "fast"
+    with pytest.raises(ValueError, match="learner"):
+        Settings.from_dict({"learner": "svm"})

@@ -43,7 +43,11 @@ def _idle(w, timeout: float = 120.0) -> None:
         assert time.monotonic() - t0 < timeout, "the widget stayed busy"
 
 
-def _start(make_napari_viewer, tmp_path, small_pool, *, name="sess"):
+def _start(make_napari_viewer, tmp_path, small_pool, *, name="sess", learner="deep"):
+    """A viewer with the widget, a new session and the pool's first slide. The session's
+    learner is the deep one and live refits are off unless ``learner="fast"``: the tests
+    before the fast learner's drive the CNN's loop with its buttons; those of the fast
+    loop come last in this file."""
     from napari_alregions._widgets import ALRegionsWidget
 
     folder, manifest = small_pool
@@ -58,6 +62,8 @@ def _start(make_napari_viewer, tmp_path, small_pool, *, name="sess"):
     _idle(w)
     assert w.project is not None, w.message.value
     w.project.session.settings.training = TrainingBudget(**FAST)
+    w.project.session.settings.learner = w.project.session.settings.in_use = learner
+    w.live.value = learner == "fast"
     w.slide_file.value = str(folder / manifest["slides"][0]["image"])
     _click(w, "Add slide")
     return viewer, w, w.current
@@ -1007,3 +1013,40 @@ def test_the_painting_layer_stays_active_when_the_plugin_adds_or_redraws_layers(
     _click(w, "Compute priority map")
     _wait(qtbot, w)
     assert viewer.layers.selection.active is image
+
+
+# -- the fast learner's live loop (the viewer's default) ---------------------------------------
+def test_live_loop_refits_after_accept_and_stroke_and_deep_retrain_beside_it(make_napari_viewer, qtbot, tmp_path,
+                                                                              small_pool, artifacts_dir):
+    viewer, w, slide = _start(make_napari_viewer, tmp_path, small_pool, learner="fast")
+    assert w.live.value and w.project.session.settings.learner == "fast"
+    _compute(qtbot, w)  # the untrained CNN's map, before any label
+    w.method.value, w.unit.value, w.region_size.value, w.k.value = "adaptive", "px", 256, 2
+    _click(w, "Suggest")
+    w.proposal_list.setCurrentRow(0)
+    _click(w, "Accept region")  # the accept alone refits the head (background only: a novelty map)
+    _wait(qtbot, w)
+    assert w.project.cycle == 1 and w.project.fast_in_use, w.message.value
+    assert "fast model (novelty)" in w.message.value
+    lab = w.labels.painting
+    lab.brush_size = 24
+    cy, cx = lab.data.shape[0] // 2, lab.data.shape[1] // 2
+    before = viewer.layers[f"{slide} priority"].data.copy()
+    lab.paint((cy, cx), 2)  # a tumour stroke: saved 250 ms later, then the head refits
+    qtbot.waitUntil(lambda: w.project.cycle == 2, timeout=60_000)
+    _wait(qtbot, w)
+    assert "fast model (forest)" in w.message.value and "refreshed" in w.message.value, w.message.value
+    assert not np.array_equal(viewer.layers[f"{slide} priority"].data, before)
+    feats = viewer.layers[f"{slide} proposals"].features
+    assert set(feats["cycle"][feats["method"] == "adaptive"]) == {2}  # the proposals follow the new map
+    assert w.project.maps[slide].cycle == 2
+    viewer.reset_view()
+    from skimage.io import imsave
+
+    imsave(artifacts_dir / "widget_live_loop.png", viewer.screenshot(canvas_only=True, flash=False), check_contrast=False)
+
+    _click(w, "Deep retrain", wait=False)
+    assert w.runner.busy
+    _wait(qtbot, w)
+    assert w.project.cycle == 3 and w.project.trained, w.message.value
+    assert "kept the fast model" in w.message.value or "replaces the fast one" in w.message.value

@@ -89,7 +89,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(Path(args.out), quick=args.quick)
+    return run_demo(Path(args.out), quick=args.quick, learner=args.learner)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -161,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", help="the main job on built-in synthetic data")
     s.add_argument("--out", default="alregions-demo", help="output folder")
     s.add_argument("--quick", action="store_true", help="a smaller run (for smoke tests)")
+    s.add_argument("--learner", choices=("fast", "deep"), default="fast",
+                   help="fast (default; minutes) or deep (the paper's CNN protocol; much longer)")
     s.set_defaults(func=_cmd_demo)
 
     from .cli_embed import add_embed_parsers

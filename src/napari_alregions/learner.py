@@ -2,7 +2,7 @@
 
 Samples are the *sub-cells* of a :class:`~napari_alregions.features.FeatureGrid` (a map
 cell split ``sub`` x ``sub``): a 256-px region gives 16 map cells at stride 64, but 256
-labeled sub-cells, each labeled precisely (the majority of its pixels). A sub-cell's
+labeled sub-cells, each labeled precisely (by its own pixels). A sub-cell's
 features are its own and the means over two neighbourhoods (about 40 and 120 px: the
 context a pathologist reads a nest in). A map cell's probability follows the label rule
 of the deep learner and of the simulation's truth (a cell is positive when the centre of
@@ -39,6 +39,7 @@ MAX_SAMPLES = 20000  # sub-cells a head fits on at most (drawn per class): fits 
 FOREST_TREES = 100
 FOREST_GROUPS = 10  # sub-forests: the ensemble members of the disagreement measures
 CV_FOLDS = 3
+POSITIVE_SHARE = 0.25  # share of a sub-cell's pixels that makes it positive in a binary task
 
 
 @dataclass(frozen=True)
@@ -189,8 +190,10 @@ def training_set(grids: Mapping[str, FeatureGrid], labels: Mapping[str, np.ndarr
     """The labeled sub-cells of every slide with their context features.
 
     A sub-cell is a sample when all its label pixels are labeled; its class is the
-    majority of its pixels (a tumour sub-cell is mostly tumour: precise samples, where the
-    any-pixel rule of a whole cell would call mostly-background cells tumour).
+    majority of its pixels, except in a binary task, where a quarter of positive pixels
+    makes it positive (:data:`POSITIVE_SHARE`: a small focus or a brush stroke counts).
+    Samples are precise: the any-pixel rule of a whole cell would call cells of mostly
+    background tumour.
 
     Parameters
     ----------
@@ -226,6 +229,8 @@ def training_set(grids: Mapping[str, FeatureGrid], labels: Mapping[str, np.ndarr
             full = (lab > 0).all(axis=(1, 3))
             counts = np.stack([(lab == v + 1).sum(axis=(1, 3)) for v in range(n_classes)], axis=-1)
             cls = np.argmax(counts, axis=-1)
+            if n_classes == 2:  # a stroke across a quarter of a sub-cell makes it positive (small foci count)
+                cls = (counts[..., 1] >= POSITIVE_SHARE * px * px).astype(int)
             keep = full & np.isfinite(feats).all(axis=-1)
             xs.append(feats[keep])
             ys.append(cls[keep])

@@ -1066,13 +1066,13 @@ class AnnotationProject:
         was_deep = settings.in_use == "deep" and self.trained
         self.fast = model
         status = "at chance" if q.at_chance else "new"
-        messages = [f"fast model ({model.head}): {q.describe()}"]
+        messages = [f"the fast model is no better than chance on its labels ({q.describe()})"] if q.at_chance else []
         if was_deep:
             messages.append("it replaces the deep model, which had not seen the newest labels (Deep retrain to compare again)")
         summary = self._record_cycle(learner="fast", trained_on=trained_on, in_use="fast", details={
             "train_steps": [0], "val_loss": [None], "val_auc": [_finite(q.auc)], "previous_val_loss": [None],
             "n_val": [q.n_samples], "model": [status], "messages": messages, "n_candidates": q.n_samples,
-            "quality": q.describe()})
+            "quality": f"fast model ({model.head}): {q.describe()}"})
         if refresh:
             yield from self._refresh(summary, measure, cancel)
         return summary

@@ -152,10 +152,11 @@ class ALRegionsWidget(QWidget):
         self._watched: set[int] = set()  # ids of windows whose closing saves pending strokes (no reference kept)
         self._redrawing = False
         self._after_task = None  # what runs once the current task's worker has finished (auto-retrain)
+        self._flushing_for_retrain = False  # a retrain saves the strokes itself: no live refit for that save
         self._syncing = False  # a box and its list row being selected together
         self.regions = RegionLayers(napari_viewer, self, message=self._message, guard=self._guard,
                                     drawn=self._refill_lists, chosen=self._box_chosen, busy=lambda: self.runner.busy)
-        self.labels = LabelLayers(napari_viewer, self, message=self._message, saved=self._refresh_status,
+        self.labels = LabelLayers(napari_viewer, self, message=self._message, saved=self._strokes_saved,
                                   painted=self._watch_close)
 
         self.message = mw.Label(value="Create or open a session to start.")
@@ -369,10 +370,18 @@ class ALRegionsWidget(QWidget):
         remove = _button("Remove region", "take the selected region out of the labeled set; its labels are deleted")
         remove.changed.connect(self.remove_selected)
         self._busy_buttons.append(remove)  # not while a retrain reads the labels
-        self.retrain_btn = _button("Retrain", "train on all labels until the held-out loss stops improving (the better of the new and "
-                                               "the current model is kept), then refresh the map and proposals")
-        self.retrain_btn.changed.connect(self.retrain)
+        self.retrain_btn = _button("Retrain", "the session's learner (the fast one by default: a random forest on cached "
+                                               "texture features refits on all labels in seconds), then the map and "
+                                               "proposals refresh")
+        self.retrain_btn.changed.connect(lambda: self.retrain())
         self._busy_buttons.append(self.retrain_btn)
+        self.deep_btn = _button("Deep retrain", "the patch CNN trained on all labels to convergence (minutes); it replaces "
+                                                "the fast model only when its validation estimate is better")
+        self.deep_btn.changed.connect(self.deep_retrain)
+        self._busy_buttons.append(self.deep_btn)
+        self.live = mw.CheckBox(label="Live: refit after each stroke and accept", value=True,
+                                tooltip="the fast learner refits (about a second) and the map and proposals refresh "
+                                        "after every saved stroke and accepted region")
         self.auto_retrain = mw.CheckBox(label="Auto-retrain", value=False)
         self.auto_after = mw.SpinBox(label="after N accepted regions", value=3, min=1, max=100)
         self.qupath_file = mw.FileEdit(label="QuPath GeoJSON", mode="w", filter="*.geojson *.json")
@@ -382,7 +391,8 @@ class ALRegionsWidget(QWidget):
         export, import_ = _button("Export to QuPath"), _button("Import from QuPath")
         export.changed.connect(self.export_qupath)
         import_.changed.connect(self.import_qupath)
-        box = mw.Container(widgets=[hint, remove, self.retrain_btn, self.auto_retrain, self.auto_after, self.qupath_file, self.class_map,
+        box = mw.Container(widgets=[hint, remove, mw.Container(widgets=[self.retrain_btn, self.deep_btn], layout="horizontal",
+                                                               labels=False), self.live, self.auto_retrain, self.auto_after, self.qupath_file, self.class_map,
                                     mw.Container(widgets=[export, import_], layout="horizontal", labels=False)])
         box.native.layout().insertWidget(1, self.accepted_list)
         return box
@@ -1069,6 +1079,23 @@ class ALRegionsWidget(QWidget):
                 self._after_task = self.retrain  # once this task's worker has finished
             else:
                 self.retrain()
+        else:
+            self._live_refit()
+
+    def _strokes_saved(self) -> None:
+        self._refresh_status()
+        if not self._flushing_for_retrain:
+            self._live_refit()
+
+    def _live_refit(self) -> None:
+        """The fast learner's live loop: refit and refresh after a saved stroke or an accept."""
+        p = self.project
+        if p is None or not self.live.value or p.session.settings.learner != "fast":
+            return
+        if self.runner.busy:
+            self._after_task = self.retrain  # once this task's worker has finished (one refit for many strokes)
+        else:
+            self.retrain()
 
     def remove_selected(self) -> None:
         p, name = self.project, self.current
@@ -1098,12 +1125,20 @@ class ALRegionsWidget(QWidget):
         return answer == QMessageBox.StandardButton.Yes
 
     # ------------------------------------------------------------------ retrain
-    def retrain(self) -> None:
+    def deep_retrain(self) -> None:
+        """The patch CNN trained to convergence (minutes); it replaces the fast model only when it estimates better."""
+        self.retrain(deep=True)
+
+    def retrain(self, deep: bool = False) -> None:
         p = self.project
         if p is None:
             self._message("create or open a session first", True)
             return
-        self.flush_labels(everything=True)  # train on the pixels shown, undone strokes included
+        self._flushing_for_retrain = True
+        try:
+            self.flush_labels(everything=True)  # train on the pixels shown, undone strokes included
+        finally:
+            self._flushing_for_retrain = False
         t0 = time.perf_counter()
 
         def done(summary: dict) -> None:
@@ -1113,21 +1148,23 @@ class ALRegionsWidget(QWidget):
                 if name in p.maps:
                     steps.append(lambda name=name: self._show_priority(name))
                 steps.append(lambda name=name: self._show_proposals(name))
-            done_msg = (f"cycle {summary['cycle']}: trained on {summary['n_candidates']} patches, maps and "
+            what = "sub-cells" if summary.get("learner") == "fast" else "patches"
+            done_msg = (f"cycle {summary['cycle']}: trained on {summary['n_candidates']} {what}, maps and "
                         f"proposals refreshed in {time.perf_counter() - t0:.1f} s")
-            warnings = summary.get("messages", [])  # a kept model or one no better than chance
+            warnings = summary.get("messages", [])  # why a model was or was not replaced; one at chance
+            quality = [summary["quality"]] if summary.get("quality") else []  # how good the fast model is
             steps += [self._refill_lists, lambda: self._refresh_status(summary.get("annotated_pct")),
-                      lambda: self._message("; ".join([done_msg, *warnings]), bool(warnings))]
+                      lambda: self._message("; ".join([done_msg, *quality, *warnings]), bool(warnings))]
             self._run_steps(steps)
 
         measure = self.measure.value
 
         def make(cancel):
-            summary = yield from p.iter_retrain(cancel=cancel, measure=measure)
+            summary = yield from p.iter_retrain(deep=True if deep else None, cancel=cancel, measure=measure)
             # the status line's share reads every region's labels: here, not in the redraw
             return {**summary, "annotated_pct": p.annotated_pct()}
 
-        self._task(make, desc="retrain", on_done=done)
+        self._task(make, desc="deep retrain" if deep else "retrain", on_done=done)
 
     def _run_steps(self, steps: list) -> None:
         self._redrawing = bool(steps)
