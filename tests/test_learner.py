@@ -133,7 +133,7 @@ def test_head_learns_separable_features_and_predicts_cells_by_the_centre_rule():
         labels[y0 : y0 + 128, x0 : x0 + 128] = np.kron(crop, np.ones((8, 8))).astype(np.uint8) + 1
     boxes = {"a": [(0, 0, 128, 128), (128, 0, 256, 128), (0, 128, 128, 256)]}
     ts = training_set({"a": grid}, {"a": labels}, cell_px=32, n_classes=2, boxes=boxes)
-    for head in ("forest", "logistic"):
+    for head in ("blend", "forest", "logistic"):
         model = fit_head(ts, head=head, seed=0)
         assert model.quality.auc is not None and model.quality.auc > 0.95
         assert "labeled areas" in model.quality.scheme or "optimistic" in model.quality.scheme
@@ -142,8 +142,12 @@ def test_head_learns_separable_features_and_predicts_cells_by_the_centre_rule():
         np.testing.assert_allclose(prob.sum(axis=-1), 1.0, atol=1e-5)
         cells = truth_sub.reshape(8, 4, 8, 4).max(axis=(1, 3)) > 0  # any tumour sub-cell in the cell
         assert roc_auc(prob[..., 1].ravel(), cells.ravel()) > 0.95
-    members = predict_grid(fit_head(ts, head="forest"), grid, cell_px=32, patch_size=64, members=True)
-    assert members.shape == (10, 8, 8, 2)
+    for head in ("blend", "forest"):  # sub-forests, in the blend each averaged with the logistic regression
+        model = fit_head(ts, head=head)
+        members = predict_grid(model, grid, cell_px=32, patch_size=64, members=True)
+        assert members.shape == (10, 8, 8, 2)
+        # per sub-cell, the members average to the head's probabilities (cells take a max over sub-cells)
+        np.testing.assert_allclose(model.predict_members(ts.x).mean(axis=0), model.predict_proba(ts.x), atol=1e-5)
 
 
 def test_predict_grid_is_nan_off_tissue():

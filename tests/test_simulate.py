@@ -324,11 +324,12 @@ def test_the_simulation_is_the_viewers_loop(sim_pool, tmp_path):
                         lab[pool.truth[n][y0:y1, x0:x1] == 2] = 2  # the tumour painted
                         p.write_region_labels(a, lab)
                 summary = run(p.iter_retrain(refresh=False))
-                got.append((round(p.annotated_pct(), 4), len(p.session.accepted), summary["val_loss"][0]))
+                auc = summary["val_auc"][0]  # the fast learner's cross-validated estimate
+                got.append((round(p.annotated_pct(), 4), len(p.session.accepted), None if auc is None else round(auc, 6)))
     finally:
         p.close()
         pool.close()
-    want = [(r["annotated_area_pct"], r["n_regions"], r["val_loss"]) for r in res["rows"]]
+    want = [(r["annotated_area_pct"], r["n_regions"], None if np.isnan(r["val_auc"]) else r["val_auc"]) for r in res["rows"]]
     assert got == want
     regions = [r.with_(uid=None) for n in pool.train for r in p.session.accepted_on(n)]
     assert regions == res["regions"]["adaptive_l256_k1"]

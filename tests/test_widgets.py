@@ -1035,7 +1035,7 @@ def test_live_loop_refits_after_accept_and_stroke_and_deep_retrain_beside_it(mak
     lab.paint((cy, cx), 2)  # a tumour stroke: saved 250 ms later, then the head refits
     qtbot.waitUntil(lambda: w.project.cycle == 2, timeout=60_000)
     _wait(qtbot, w)
-    assert "fast model (forest)" in w.message.value and "refreshed" in w.message.value, w.message.value
+    assert "fast model (blend)" in w.message.value and "refreshed" in w.message.value, w.message.value
     assert not np.array_equal(viewer.layers[f"{slide} priority"].data, before)
     feats = viewer.layers[f"{slide} proposals"].features
     assert set(feats["cycle"][feats["method"] == "adaptive"]) == {2}  # the proposals follow the new map

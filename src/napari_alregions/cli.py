@@ -76,7 +76,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         patch_size=args.patch_size, full_baseline=not args.no_baseline,
         initial=tuple(m.strip() for m in args.initial.split(",")), prototypes=args.prototypes, encoder=args.encoder,
         scheduler=args.scheduler, local_cluster=args.local_cluster, repeats=args.repeats, epochs=args.epochs,
-        patience=args.patience, learner=args.learner,
+        patience=args.patience, learner=args.learner, head=args.head,
     )
     config.validate()  # before the bar starts
     with progress_bar(config.n_steps, "simulation", "cycle") as bar:
@@ -140,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--learner", choices=("fast", "deep"), default="fast",
                    help="fast: cached texture features and a random forest, refit in seconds (the viewer's default); "
                         "deep: the patch CNN trained to convergence every cycle (the adaptive paper's protocol)")
+    s.add_argument("--head", choices=("blend", "forest", "logistic"), default="blend",
+                   help="the fast learner's head: a random forest and a logistic regression averaged (default), or either")
     s.add_argument("--epochs", type=positive_int, help="most epochs per cycle's training (deep learner; default: the viewer's schedule)")
     s.add_argument("--patience", type=positive_int, help="early stopping after this many epochs without a better validation loss")
     s.add_argument("--stride", type=positive_int, default=64, help="map stride, level-0 px")

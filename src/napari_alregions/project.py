@@ -476,7 +476,7 @@ class AnnotationProject:
             raise ValueError(f"unknown measure {measure!r}; choose one of {', '.join(MEASURES)}")
         fn, needs_ensemble = MEASURES[measure]
         fast = self.fast_in_use
-        if needs_ensemble and self.n_members < 2 and not (fast and self.session.settings.head == "forest"):
+        if needs_ensemble and self.n_members < 2 and not (fast and self.session.settings.head in ("forest", "blend")):
             raise ValueError(f"{measure} needs an ensemble: make a model with 2 or more members, or use the fast "
                              "learner's forest")
         s = self._slide(slide)

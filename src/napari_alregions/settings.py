@@ -103,7 +103,7 @@ class Settings:
     colors: list[list[int]] | None = None  # RGB per class
     encoder: str = "classifier"  # embeddings for diversity and prototypes
     learner: str = "fast"  # what Retrain trains: "fast" (features + head) or "deep" (the CNN)
-    head: str = "forest"  # the fast learner's head: "forest" or "logistic"
+    head: str = "blend"  # the fast learner's head: "blend" (forest + logistic), "forest" or "logistic"
     features: str = "texture"  # the fast learner's encoder (features.slide_features)
     in_use: str = "fast"  # whose maps are shown: "fast" or "deep" (a deep retrain replaces the fast model when better)
     trained_on: list[str] = field(default_factory=list)  # uids of the accepted regions the model was trained on
@@ -140,7 +140,7 @@ class Settings:
         if "encoder" in d:
             s.encoder = _check(d.pop("encoder"), (str,), "encoder")
         had_in_use = "in_use" in d
-        for key, allowed in (("learner", LEARNERS), ("head", ("forest", "logistic")), ("in_use", LEARNERS)):
+        for key, allowed in (("learner", LEARNERS), ("head", ("blend", "forest", "logistic")), ("in_use", LEARNERS)):
             if key in d:
                 value = _check(d.pop(key), (str,), key)
                 if value not in allowed:

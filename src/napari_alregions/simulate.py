@@ -53,6 +53,7 @@ class SimConfig:
 
     methods: tuple[str, ...] = ("random", "standard", "standard_nonsquare", "adaptive")
     learner: str = "fast"  # "fast": features + head (the viewer's default); "deep": the CNN, the paper's protocol
+    head: str = "blend"  # the fast learner's head: "blend" (forest + logistic), "forest" or "logistic"
     settings: tuple[tuple[int, int], ...] = ((384, 2),)
     cycles: int = 5
     seed: int = 0
@@ -85,6 +86,8 @@ class SimConfig:
             raise ValueError("methods: name at least one selector")
         if self.learner not in LEARNERS:
             raise ValueError(f"learner must be one of {', '.join(LEARNERS)}, got {self.learner!r}")
+        if self.head not in ("blend", "forest", "logistic"):
+            raise ValueError(f"head must be 'blend', 'forest' or 'logistic', got {self.head!r}")
         for m in self.methods:
             if m not in METHODS:
                 raise ValueError(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
@@ -301,6 +304,7 @@ class _Oracle:
         if seed is not None:
             project.session.settings.training = self.config.training(seed)
             project.session.settings.learner = project.session.settings.in_use = self.config.learner
+            project.session.settings.head = self.config.head
             spec = project.spec
             project.new_model(arch=spec.arch, patch_size=spec.patch_size, level=spec.level, stride=self.config.stride)
         return project
