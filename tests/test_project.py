@@ -754,3 +754,15 @@ def test_sessions_of_earlier_versions_keep_their_trained_cnn():
     assert Settings.from_dict({}).in_use == "fast"
     with pytest.raises(ValueError, match="learner"):
         Settings.from_dict({"learner": "svm"})
+
+
+def test_a_deep_model_at_chance_is_trained_again_from_new_weights(tmp_path, small_pool):
+    p, slide, truth = _project(tmp_path, small_pool)
+    for r in p.suggest(slide, "random", region_size=4 * p.stride, k=2, seed=1):
+        _paint_truth(p, p.accept(r), truth)
+    run(p.iter_retrain(refresh=False))
+    p.session.history[-1]["model"] = ["at chance"]  # as if the first training had learned nothing
+    assert p._deep_at_chance() == [True]
+    summary = run(p.iter_retrain(refresh=False))
+    assert summary["model"] != ["kept previous"]
+    assert any("new weights" in m for m in summary["messages"])

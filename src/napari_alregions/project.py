@@ -587,7 +587,9 @@ class AnnotationProject:
 
     def set_probabilities(self, slide: str, probabilities: np.ndarray, *, measure: str = "least_confidence") -> MapRecord:
         """Make a prediction of the current model, made elsewhere (e.g. on a dask cluster),
-        the slide's map: the priority map is derived as :meth:`iter_priority` derives it.
+        the slide's map: the priority map is derived as :meth:`iter_priority` derives it (the
+        measure, weighted by the share of each cell on tissue, so that glass edges and
+        debris do not draw the proposals).
 
         Parameters
         ----------
@@ -606,7 +608,10 @@ class AnnotationProject:
         if needs_ensemble and prob.shape[0] < 2:
             raise ValueError(f"{measure} needs an ensemble: make a model with 2 or more members")
         members = prob if needs_ensemble else prob.mean(axis=0)
-        priority = fn(members, tissue=tissue).astype(np.float32)
+        # a cell half on glass (a tissue edge, a fold, debris) is half as worth labeling: the
+        # uncertainty of an edge is the glass's, not the tissue's
+        share = np.clip(self._slide(slide).tissue_share_map(self.stride), 0.0, 1.0)
+        priority = (fn(members, tissue=tissue) * share).astype(np.float32)
         record = MapRecord(prob.astype(np.float32), priority, measure, self.stride, self.cycle)
         self.maps[slide] = record
         _save_map(self.folder / MAPS_DIR / f"{slide}.npz", record)
@@ -1123,10 +1128,15 @@ class AnnotationProject:
         trained_on = [r.uid for r in self.session.accepted]  # regions accepted meanwhile are still pending
         config = self.train_config()
         new_models, fits = [], []
+        restart = self._deep_at_chance()
         for i, model in enumerate(self.models):
             member_config = replace(config, seed=config.seed * 100 + i)
             result = None
-            for rec in iter_fit(self.spec, cands, member_config, previous=model if self.trained else None, start=model,
+            # a member at chance after its last training starts again from new weights: fine-tuning
+            # a model that learned nothing keeps it where it is
+            fresh = restart[i] if i < len(restart) else False
+            previous = model if self.trained and not fresh else None
+            for rec in iter_fit(self.spec, cands, member_config, previous=previous, start=None if fresh else model,
                                 cancel=cancel):
                 if rec.get("done"):
                     result = rec["result"]
@@ -1141,6 +1151,8 @@ class AnnotationProject:
         self._model_changed()
         who = (lambda i: f"member {i}: ") if len(fits) > 1 else (lambda i: "")
         in_use, messages = "deep", [who(i) + f.message() for i, f in enumerate(fits) if f.message()]
+        messages += [who(i) + "trained from new weights: the last model was no better than chance"
+                     for i, fresh in enumerate(restart[: len(fits)]) if fresh]
         if self.session.settings.learner != "deep":  # beside the fast learner: the better estimate is used
             fast = self.fast if self.fast is not None and not self.pending_regions else None
             if fast is None:
@@ -1180,6 +1192,13 @@ class AnnotationProject:
         if refresh:
             yield from self._refresh(summary, measure, cancel)
         return summary
+
+    def _deep_at_chance(self) -> list[bool]:
+        """Per member: was the CNN at chance after its last deep training?"""
+        for entry in reversed(self.session.history):
+            if entry.get("learner", "deep") == "deep" and "model" in entry:
+                return [status == "at chance" for status in entry["model"]]
+        return []
 
     def refresh_suggestions(self, slide: str) -> tuple[dict[str, list[Region]], dict[str, str]]:
         """Re-run every method last used on ``slide`` with its parameters (new map, new cycle).

@@ -318,6 +318,10 @@ class Slide:
 
         Map pixel (r, c) covers level-0 ``[c*s, (c+1)*s) x [r*s, (r+1)*s)``.
         """
+        return self.tissue_share_map(stride) >= min_fraction
+
+    def tissue_share_map(self, stride: int) -> np.ndarray:
+        """The share of each map cell (``stride`` level-0 px) that the tissue mask covers, in [0, 1]."""
         mask = self.tissue_mask()
         f = self.level_factor(self.tissue_level)
         h, w = self.map_shape(stride)
@@ -329,8 +333,7 @@ class Slide:
         y0, x0 = ys[:-1, None], xs[None, :-1]
         y1, x1 = ye[:, None], xe[None, :]
         area = np.maximum((y1 - y0) * (x1 - x0), 1)
-        frac = box_sum(integral_image(mask), y0, x0, y1, x1) / area
-        return frac >= min_fraction
+        return box_sum(integral_image(mask), y0, x0, y1, x1) / area
 
     def tissue_fraction(self) -> float:
         """Fraction of the slide area covered by tissue."""

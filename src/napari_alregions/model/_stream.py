@@ -134,6 +134,9 @@ def _assemble_on_device(items: list, tiles, step: int, d: int, dev: torch.device
     lut_d = table[2 * n :].view(lut.shape)
     offs = torch.arange(d, device=dev)
     ys, xs = yx[:, 0:1] + offs, yx[:, 1:2] + offs  # (N, d) level pixels
+    # off the level the image is mirrored at its edge (as the CPU reader does), never white
+    ys = torch.where(ys < 0, -ys - 1, torch.where(ys >= tiles.height, 2 * tiles.height - ys - 1, ys))
+    xs = torch.where(xs < 0, -xs - 1, torch.where(xs >= tiles.width, 2 * tiles.width - xs - 1, xs))
     tys, txs = torch.div(ys, th, rounding_mode="floor"), torch.div(xs, tw, rounding_mode="floor")
     inside = ((ys >= 0) & (ys < tiles.height))[:, :, None] & ((xs >= 0) & (xs < tiles.width))[:, None, :]
     tid = lut_d[(tys - ty0).clamp_(0, lut.shape[0] - 1)[:, :, None], (txs - tx0).clamp_(0, lut.shape[1] - 1)[:, None, :]]

@@ -414,8 +414,8 @@ def iter_fit(
     labeled regions, to convergence (early stopping, best validation epoch kept; SPEC §8).
     Training starts from ``start`` (default: a copy of ``previous``, else a fresh model
     seeded by ``config.seed``). ``previous``, the model in use, is scored on the same
-    validation patches and kept when it is better: a retrain never replaces a model by
-    a worse one. Yields :func:`iter_train`'s records; the last has ``"done": True`` and
+    validation patches and kept when it is better (unless it is at chance there): a
+    retrain never replaces a model by a worse one, and never keeps one that learned nothing. Yields :func:`iter_train`'s records; the last has ``"done": True`` and
     ``"result"``, a :class:`FitResult`. Neither ``previous`` nor ``start`` is modified.
     """
     if start is None and previous is not None:
@@ -439,7 +439,9 @@ def iter_fit(
             dev = pick_device(device)
             prev = copy.deepcopy(previous).to(dev)
             fit.previous_val_loss, fit.previous_val_auc = validation.score(prev, dev)
-            if fit.previous_val_loss < result.best_val_loss:
+            # a previous model at chance is never kept: its low loss on few patches is noise
+            if (fit.previous_val_loss < result.best_val_loss
+                    and not validation.at_chance(fit.previous_val_loss, fit.previous_val_auc)):
                 fit.model, fit.kept_previous = previous, True
                 fit.val_loss, fit.val_auc = fit.previous_val_loss, fit.previous_val_auc
     yield {"phase": "done", "done": True, "result": fit, "step": result.steps}
