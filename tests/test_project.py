@@ -766,3 +766,27 @@ def test_a_deep_model_at_chance_is_trained_again_from_new_weights(tmp_path, smal
     summary = run(p.iter_retrain(refresh=False))
     assert summary["model"] != ["kept previous"]
     assert any("new weights" in m for m in summary["messages"])
+
+
+def test_set_learner_checks_its_choices_and_changes_features(tmp_path, small_pool):
+    p, slide, truth = _project(tmp_path, small_pool, learner="fast")
+    with pytest.raises(ValueError, match="learner"):
+        p.set_learner(learner="svm")
+    with pytest.raises(ValueError, match="head"):
+        p.set_learner(head="svm")
+    with pytest.raises(ValueError, match="no such file"):
+        p.set_learner(features=str(tmp_path / "missing.pt"))
+    for r in p.suggest(slide, "random", region_size=4 * p.stride, k=2, seed=2):
+        _paint_truth(p, p.accept(r), truth)
+    run(p.iter_retrain(refresh=False))
+    p.set_learner(features="random:3", head="logistic")  # an untrained CNN's features, per map cell
+    assert p.fast is None and not p.feature_grids
+    summary = run(p.iter_retrain(refresh=False))
+    grid = p.feature_grids[slide]
+    assert grid.sub == 1 and grid.encoder == "random:3" and summary["quality"].startswith("fast model (logistic)")
+    assert (p.folder / "features" / "random_3" / f"{slide}.zarr").is_dir()
+    reopened = AnnotationProject.open(p.folder, take_over=True)
+    try:
+        assert reopened.session.settings.features == "random:3" and reopened.session.settings.head == "logistic"
+    finally:
+        reopened.close()

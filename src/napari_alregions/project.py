@@ -496,6 +496,41 @@ class AnnotationProject:
         settings = self.session.settings
         return settings.in_use == "fast" and (self.fast is not None or bool(settings.trained_on))
 
+    def set_learner(self, *, learner: str | None = None, head: str | None = None, features: str | None = None) -> None:
+        """Choose what Retrain trains (``learner``: "fast" or "deep"), the fast learner's
+        ``head`` ("blend", "forest", "logistic") and its ``features``: "texture" (built in),
+        "classifier" (the session CNN's penultimate layer) or any source of
+        :func:`napari_alregions.embed.load_encoder` (a checkpoint, ``torchvision:<arch>:<weights>``,
+        an exported program). New features are computed on the next retrain; the fast
+        model refits then.
+
+        Raises
+        ------
+        ValueError
+            For an unknown learner or head, or features that cannot be loaded (its message).
+        """
+        from .learner import HEADS
+        from .settings import LEARNERS
+
+        if learner is not None and learner not in LEARNERS:
+            raise ValueError(f"learner must be one of {', '.join(LEARNERS)}, got {learner!r}")
+        if head is not None and head not in HEADS:
+            raise ValueError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
+        if features is not None and features not in ("texture", "classifier"):
+            self._load_encoder(features)  # fails here, with its message, if unusable
+        with self.session.changing() as session:
+            settings = session.settings
+            if features is not None and features != settings.features:
+                self.feature_grids.clear()
+                self.fast = None
+                settings.features = features
+            if head is not None and head != settings.head:
+                self.fast = None
+                settings.head = head
+            if learner is not None:
+                settings.learner = learner
+            session.save()
+
     def _features_folder(self, slide: str) -> Path:
         from .features import feature_key
 
