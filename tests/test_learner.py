@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from .helpers import downsample2, write_pyramid
 from napari_alregions.features import FeatureGrid, TextureEncoder, pixel_features, sub_cells
 from napari_alregions.learner import (
     OneClassHead,
@@ -19,6 +18,8 @@ from napari_alregions.learner import (
 )
 from napari_alregions.metrics import roc_auc
 from napari_alregions.wsi import open_slide
+
+from .helpers import downsample2, write_pyramid
 
 
 def _slide_file(tmp_path, img):
@@ -106,7 +107,7 @@ def _grid(h, w, sub, truth_sub, seed=0, noise=0.3):
 
 
 def test_training_set_labels_sub_cells_by_their_own_pixels():
-    sub, px = 4, 8  # cells of 32 label px
+    sub = 4  # sub-cells of 8 px in cells of 32 label px
     truth_sub = np.zeros((16, 16))
     grid = _grid(4, 4, sub, truth_sub)
     labels = np.zeros((128, 128), np.uint8)

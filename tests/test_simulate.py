@@ -333,3 +333,18 @@ def test_the_simulation_is_the_viewers_loop(sim_pool, tmp_path):
     assert got == want
     regions = [r.with_(uid=None) for n in pool.train for r in p.session.accepted_on(n)]
     assert regions == res["regions"]["adaptive_l256_k1"]
+
+
+def test_table_warns_when_the_full_annotation_baseline_is_below_cycle_0():
+    from napari_alregions.simulate import results_table
+
+    def result(full_miou):
+        rows = [{"repeat": 0, "method": "random", "region_size": 256, "k": 1, "cycle": c,
+                 "annotated_area_pct": 5.0 * (c + 1), "miou_tumour": m} for c, m in enumerate((0.5, 0.6))]
+        return {"rows": rows, "full": {"miou": full_miou, "n_test_slides": 2, "repeats": [{"miou": full_miou}]},
+                "config": {"target": 0.95, "settings": [[256, 1]], "cycles": 2, "methods": ["random"]}}
+
+    low = results_table(result(0.25))
+    assert low.startswith("**Warning:** the full-annotation baseline (0.250) is below the mean mIoU at cycle 0 (0.500)")
+    fine = results_table(result(0.62))
+    assert "Warning" not in fine and "| random | 10.0 |" in fine  # 0.6 >= 0.95 x 0.62 at 10 % annotated

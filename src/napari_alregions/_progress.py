@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable, Generator
 from typing import Any, TypeVar
 
-__all__ = ["iter_progress", "progress_bar", "relay", "steps_with_message"]
+__all__ = ["iter_progress", "progress_bar", "relay", "steps_with_message", "within_step"]
 
 T = TypeVar("T")
 _DONE = object()
@@ -86,3 +86,16 @@ def steps_with_message(bar) -> Callable[[str], None]:
         bar.update(1)
 
     return progress
+
+
+def within_step(bar) -> Callable[[str], None]:
+    """A ``detail(message)`` callback: the message shown after ``bar`` without a step (what a
+    long step is doing: "training epoch 3", "predicting slide_002 40 %"), at most once a
+    second on the terminal (tqdm's ``mininterval``)."""
+    def detail(message: str) -> None:
+        if len(message) > _MESSAGE_CHARS:
+            message = message[: _MESSAGE_CHARS - 1] + "…"
+        bar.set_postfix_str(message, refresh=False)
+        bar.update(0)
+
+    return detail

@@ -12,7 +12,7 @@ from typing import NoReturn
 
 from ._argtypes import non_negative_int, positive_int, positive_ints
 from ._errors import describe
-from ._progress import progress_bar, steps_with_message
+from ._progress import progress_bar, steps_with_message, within_step
 
 __all__ = ["main"]
 
@@ -80,7 +80,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     )
     config.validate()  # before the bar starts
     with progress_bar(config.n_steps, "simulation", "cycle") as bar:
-        result = run_simulation(args.slides, config, out=args.out, progress=steps_with_message(bar))
+        result = run_simulation(args.slides, config, out=args.out, progress=steps_with_message(bar),
+                                detail=within_step(bar))
     print(results_table(result))
     print(f"results in {args.out}")
     return 0

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ._progress import progress_bar, steps_with_message
+from ._progress import progress_bar, steps_with_message, within_step
 from .simulate import SimConfig, results_table, run_simulation
 from .synthetic import make_slide_pool
 
@@ -33,7 +33,8 @@ def run_demo(out: Path, *, quick: bool = False, learner: str = "fast") -> int:
     config = (SimConfig(cycles=2, epochs=3, patience=2, settings=((256, 2),), repeats=1, learner=learner) if quick
               else SimConfig(repeats=2, learner=learner))
     with progress_bar(config.n_steps, "simulation", "cycle") as bar:
-        result = run_simulation(data, config, out=out / "results", progress=steps_with_message(bar))
+        result = run_simulation(data, config, out=out / "results", progress=steps_with_message(bar),
+                                detail=within_step(bar))
     n_train = pool["n_slides"] - pool["n_test"]
     full = result["full"]
     print(f"\nSynthetic pool: {data} ({n_train} training slides of {pool['size']}² px and {pool['n_test']} test slides of "

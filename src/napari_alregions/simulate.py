@@ -79,7 +79,6 @@ class SimConfig:
     def validate(self) -> None:
         """Raise ``ValueError`` naming the setting that cannot run (before any work)."""
         from .selection import METHODS
-
         from .settings import LEARNERS
 
         if not self.methods:
@@ -260,11 +259,14 @@ class _Oracle:
     with the ground truth as the annotator: one project per repeat and method, copied from
     a template that holds the training slides, the encoder and the prototypes."""
 
-    def __init__(self, pool: Pool, config: SimConfig, folder: Path, client=None) -> None:
+    def __init__(self, pool: Pool, config: SimConfig, folder: Path, client=None,
+                 detail: Callable[[str], None] | None = None) -> None:
         from .project import AnnotationProject, run
 
         self.pool, self.config, self.folder, self.client = pool, config, folder, client
-        self._run = run
+        self.doing = ""  # the step under way, for the progress details
+        self._detail = detail
+        self._run = lambda gen: run(gen, self._report if detail is not None else None)
         self._test_features: dict = {}
         self.template = folder / "template"
         project = AnnotationProject.create(self.template, patch_size=config.patch_size, level=config.level,
@@ -289,6 +291,19 @@ class _Oracle:
                         run(project.iter_embed(n))
         finally:
             project.close()
+
+    def _report(self, rec: dict) -> None:
+        """A progress record of a long step as a line beside the bar."""
+        phase = rec.get("phase")
+        if phase == "epoch":
+            what = f"training epoch {rec.get('epoch', '?')}"
+        elif phase in ("predict", "features", "embed") and rec.get("total"):
+            what = f"{phase} {rec.get('slide', '')} {100 * rec['done'] // max(1, rec['total'])} %"
+        elif phase == "fit":
+            what = "fitting the head"
+        else:
+            return
+        self._detail(f"{self.doing}: {what}" if self.doing else what)
 
     def project(self, name: str, *, source: Path | None = None, seed: int | None = None):
         """A copy of ``source`` (default: the template) as ``name``; with ``seed``, a new
@@ -363,6 +378,7 @@ class _Oracle:
 
     def full_baseline(self, seed: int) -> dict[str, float]:
         """Every training slide labeled whole, trained as a cycle."""
+        self.doing = "full annotation baseline"
         project = self.project(f"full_{seed}", seed=seed)
         try:
             for n in self.pool.train:
@@ -406,6 +422,8 @@ def _predict(project, slides: dict[str, Slide], client=None) -> dict[str, np.nda
 
 def _evaluate(project, pool: Pool, client=None, oracle: _Oracle | None = None) -> dict[str, float]:
     """mIoU and Dice (tumour) over the test slides with tumour; AUC over all test cells in tissue."""
+    if oracle is not None and oracle._detail is not None:
+        oracle._detail(f"{oracle.doing}: scoring the {len(pool.test)} test slides")
     if project.fast_in_use and oracle is not None:
         from .learner import predict_grid
 
@@ -458,6 +476,7 @@ def run_simulation(
     *,
     out: str | Path | None = None,
     progress: Callable[[str], None] | None = None,
+    detail: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run the simulation for every repeat, (l, k) setting and method.
 
@@ -476,6 +495,8 @@ def run_simulation(
     run) and ``regions`` (final regions per method and setting, of the first repeat).
     With ``out``, also writes ``results.csv``, ``timings.csv``, ``table.md``,
     ``area_vs_miou.png`` and one GeoJSON of regions per method and setting.
+    ``progress(message)`` is called once per cycle and baseline (a step), ``detail(message)``
+    within one (the epoch being trained, the slide being predicted).
     """
     import tempfile
 
@@ -491,7 +512,7 @@ def run_simulation(
     full_runs: list[dict[str, float]] = []
     try:
         with _deterministic(), tempfile.TemporaryDirectory(prefix="alregions-sim-") as tmp:
-            oracle = _Oracle(pool, config, Path(tmp), client)
+            oracle = _Oracle(pool, config, Path(tmp), client, detail)
             for rep in range(config.repeats):
                 seed = config.seed + 1000 * rep  # distinct initial sets and training seeds per repeat
                 if config.full_baseline:
@@ -500,6 +521,7 @@ def run_simulation(
                 for l_, k_ in config.settings:
                     for init in config.initial:
                         t0 = time.perf_counter()
+                        oracle.doing = f"repeat {rep} cycle 0 (l={l_}, k={k_}, initial {init})"
                         base = oracle.project(f"r{rep}_l{l_}_k{k_}_{init}", seed=seed)
                         try:
                             oracle.initial(base, init, l_, k_, seed)
@@ -539,6 +561,7 @@ def _run_method(oracle: _Oracle, base: Path, first, label, method, init, l_, k_,
     try:
         for cycle in range(config.cycles):
             if cycle:
+                oracle.doing = f"{label} repeat {rep} cycle {cycle}"
                 t0 = time.perf_counter()
                 oracle.cycle(project, method, l_, k_, seed)
                 summary, scores = oracle.retrain(project)
@@ -622,6 +645,11 @@ def results_table(result: dict[str, Any]) -> str:
         head,
         rule,
     ]
+    first = [r["miou_tumour"] for r in rows if r["cycle"] == 0 and math.isfinite(r["miou_tumour"])]
+    if first and math.isfinite(full["miou"]) and full["miou"] < np.mean(first):
+        lines[0:0] = [f"**Warning:** the full-annotation baseline ({full['miou']:.3f}) is below the mean mIoU at cycle 0 "
+                      f"({np.mean(first):.3f}): it is no ceiling (a training cut short?), and an area that 'reaches' "
+                      "it says nothing.", ""]
     for m in _labels(result):
         cells = []
         for l_, k_ in settings:

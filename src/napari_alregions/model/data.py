@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from .._integral import box_sum, integral_image
-from ..patchlabels import centre_classes
 from ..geometry import labeled_boxes
+from ..patchlabels import centre_classes
 from ..wsi import Slide
 
 __all__ = ["PatchCandidates", "augment", "find_candidates", "labeled_candidates", "normalise", "read_patches"]
