@@ -9,6 +9,7 @@ regions it wrote.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from ._progress import progress_bar, steps_with_message, within_step
@@ -21,6 +22,8 @@ __all__ = ["run_demo"]
 #: The demo's task: CAMELYON16-like training slides (small metastases, tumour-like germinal
 #: centres) and many smaller test slides, so that mIoU is averaged over 8 slides with tumour.
 DEMO_POOL = {"n_slides": 11, "size": 4096, "n_test": 8, "test_size": 2048, "lesions": "sparse", "seed": 0}
+#: The demo's protocol: the adaptive paper's four selectors, l = 384 px, k = 2, 5 cycles, 2 repeats, the fast learner.
+DEMO_CONFIG = SimConfig(repeats=2)
 QUICK_POOL = {"n_slides": 5, "size": 2048, "n_test": 3, "test_size": 1024, "lesions": "sparse", "seed": 0}
 
 
@@ -31,7 +34,7 @@ def run_demo(out: Path, *, quick: bool = False, learner: str = "fast") -> int:
     with progress_bar(pool["n_slides"], "demo slides", "slide") as bar:
         make_slide_pool(data, **pool, progress=lambda d, t: bar.update(1))
     config = (SimConfig(cycles=2, epochs=3, patience=2, settings=((256, 2),), repeats=1, learner=learner) if quick
-              else SimConfig(repeats=2, learner=learner))
+              else replace(DEMO_CONFIG, learner=learner))
     with progress_bar(config.n_steps, "simulation", "cycle") as bar:
         result = run_simulation(data, config, out=out / "results", progress=steps_with_message(bar),
                                 detail=within_step(bar))

@@ -412,6 +412,11 @@ def centre_sub_cells(cell: int, sub: int, patch_size: int) -> slice:
     return slice(max(0, int(math.floor(lo / px))), min(sub, int(math.ceil(hi / px))))
 
 
+def _cell_positive(p: np.ndarray) -> np.ndarray:
+    """A cell's positive probability from its centre sub-cells' (E, h, a, w, b): the highest."""
+    return np.nanmax(p, axis=(2, 4))
+
+
 def predict_grid(model: FastModel, grid: FeatureGrid, *, cell_px: int, patch_size: int,
                  tissue: np.ndarray | None = None, rows_per_chunk: int = 32, members: bool = False) -> np.ndarray:
     """Class probabilities on the map grid: (H, W, C), or (E, H, W, C) with ``members``
@@ -448,7 +453,7 @@ def predict_grid(model: FastModel, grid: FeatureGrid, *, cell_px: int, patch_siz
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN cells (off tissue) stay NaN
             if c == 2:
-                pos = np.nanmax(subs[:, :, centre, :, centre, 1], axis=(2, 4))
+                pos = _cell_positive(subs[:, :, centre, :, centre, 1])
                 cells = np.stack([1.0 - pos, pos], axis=-1)
             else:
                 cells = np.nanmean(subs, axis=(2, 4))
