@@ -33,7 +33,9 @@ import math
 import os
 import re
 import shutil
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,20 +126,26 @@ def pixel_features(rgb: np.ndarray, *, sigmas: tuple[float, ...] = TEXTURE_SIGMA
     >>> pixel_features(np.full((32, 32, 3), 200, np.uint8)).shape
     (32, 32, 120)
     """
-    from skimage.color import rgb2hed
-    from skimage.feature import multiscale_basic_features
-
     rgb = np.asarray(rgb)
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"rgb must be an (h, w, 3) uint8 image, got {rgb.dtype} {rgb.shape}")
     if not sigmas or any(not s > 0 for s in sigmas):
         raise ValueError(f"sigmas must be positive, got {sigmas}")
+    return np.concatenate(list(_channel_features(rgb, sigmas)), axis=-1)
+
+
+def _channel_features(rgb: np.ndarray, sigmas: tuple[float, ...]):
+    """:func:`pixel_features` one channel at a time (R, G, B, H, E, D): a caller that pools
+    each part at once holds a sixth of the features."""
+    from skimage.color import rgb2hed
+    from skimage.feature import multiscale_basic_features
+
     x = rgb.astype(np.float32) / 255.0
     hed = rgb2hed(x).astype(np.float32) * _HED_SCALE
-    channels = np.concatenate([x, hed], axis=-1)
-    out = multiscale_basic_features(channels, intensity=True, edges=True, texture=True, sigma_min=min(sigmas),
-                                    sigma_max=max(sigmas), num_sigma=len(sigmas), channel_axis=-1)
-    return np.asarray(out, dtype=np.float32)
+    for channel in (*np.moveaxis(x, -1, 0), *np.moveaxis(hed, -1, 0)):
+        out = multiscale_basic_features(channel, intensity=True, edges=True, texture=True, sigma_min=min(sigmas),
+                                        sigma_max=max(sigmas), num_sigma=len(sigmas))
+        yield np.asarray(out, dtype=np.float32)
 
 
 def _pool(pixels: np.ndarray, px: int) -> np.ndarray:
@@ -165,6 +173,7 @@ class TextureEncoder:
     level: int = 1
     sigmas: tuple[float, ...] = TEXTURE_SIGMAS
     block: int = 8  # map cells per tile side
+    workers: int | None = None  # threads computing blocks (default: the cores, at most 4)
 
     @property
     def dim(self) -> int:
@@ -197,20 +206,40 @@ class TextureEncoder:
         stats = _Moments(self.dim)
         blocks = [(r0, c0) for r0 in range(0, h, self.block) for c0 in range(0, w, self.block)
                   if tissue[r0 : r0 + self.block, c0 : c0 + self.block].any()]
-        for i, (r0, c0) in enumerate(blocks):
-            if cancel is not None and cancel():
-                raise InferenceCancelled("feature computation cancelled")
+        def compute(r0: int, c0: int) -> np.ndarray:
             r1, c1 = min(r0 + self.block, h), min(c0 + self.block, w)
             rgb = _read_mirrored(slide, self.level, r0 * cell - halo, c0 * cell - halo,
                                  (r1 - r0) * cell + 2 * halo, (c1 - c0) * cell + 2 * halo)
-            pix = pixel_features(rgb, sigmas=self.sigmas)[halo:-halo, halo:-halo]
-            pooled = _pool(pix, px)
-            off = ~np.repeat(np.repeat(tissue[r0:r1, c0:c1], sub, 0), sub, 1)
-            pooled[off] = np.nan
-            out[r0 * sub : r1 * sub, c0 * sub : c1 * sub] = pooled
-            stats.add(pooled[~off])
-            if progress is not None:
-                progress(i + 1, len(blocks))
+            return np.concatenate([_pool(part[halo:-halo, halo:-halo], px)
+                                   for part in _channel_features(rgb, self.sigmas)], axis=-1)
+
+        # blocks in threads (the filters release the GIL), at most 2 per thread in flight, each
+        # holding one channel's pixel features at a time (26 MB for a block of 8 x 8 cells of 64 px):
+        # results are written in order, so memory stays a few blocks whatever the slide
+        workers = self.workers or min(4, os.cpu_count() or 1)
+        with ThreadPoolExecutor(workers, thread_name_prefix="alregions-features") as pool:
+            pending: deque = deque()
+            todo = iter(blocks)
+            done = 0
+            while True:
+                while len(pending) < 2 * workers and (nxt := next(todo, None)) is not None:
+                    pending.append((nxt, pool.submit(compute, *nxt)))
+                if not pending:
+                    break
+                if cancel is not None and cancel():
+                    for _, fut in pending:
+                        fut.cancel()
+                    raise InferenceCancelled("feature computation cancelled")
+                (r0, c0), fut = pending.popleft()
+                pooled = fut.result()
+                r1, c1 = min(r0 + self.block, h), min(c0 + self.block, w)
+                off = ~np.repeat(np.repeat(tissue[r0:r1, c0:c1], sub, 0), sub, 1)
+                pooled[off] = np.nan
+                out[r0 * sub : r1 * sub, c0 * sub : c1 * sub] = pooled
+                stats.add(pooled[~off])
+                done += 1
+                if progress is not None:
+                    progress(done, len(blocks))
         if not blocks and progress is not None:
             progress(0, 0)
         return FeatureGrid(out, sub, stride, TEXTURE, *stats.mean_scale())

@@ -39,6 +39,7 @@ __all__ = ["HEADS", "FastModel", "Quality", "TrainingSet", "estimate_quality", "
 
 HEADS = ("blend", "forest", "logistic")
 MAX_SAMPLES = 20000  # sub-cells a head fits on at most (drawn per class): fits stay in seconds
+CV_SAMPLES = 4000  # sub-cells the quality estimate's folds draw from (drawn per class)
 FOREST_TREES = 100
 FOREST_GROUPS = 10  # sub-forests: the ensemble members of the disagreement measures
 CV_FOLDS = 3
@@ -325,7 +326,7 @@ def estimate_quality(ts: TrainingSet, *, head: str = "blend", seed: int = 0) -> 
     if len(present) < 2:
         return Quality(None, "", len(ts), counts, "labels of one class only" if present else "no labeled sub-cells")
     rng = np.random.default_rng(seed)
-    idx = _subsample(ts, MAX_SAMPLES // 2, rng)
+    idx = _subsample(ts, CV_SAMPLES, rng)
     x, y, g = ts.x[idx], ts.y[idx], ts.groups[idx]
     groups_per_class = min(len(np.unique(g[y == c])) for c in present)
     if groups_per_class >= 2:
