@@ -790,3 +790,40 @@ def test_set_learner_checks_its_choices_and_changes_features(tmp_path, small_poo
         assert reopened.session.settings.features == "random:3" and reopened.session.settings.head == "logistic"
     finally:
         reopened.close()
+
+
+def test_a_reopened_fast_model_is_the_same_and_a_new_model_forgets_it(tmp_path, small_pool):
+    p, slide, truth = _project(tmp_path, small_pool, learner="fast")
+    for r in p.suggest(slide, "random", region_size=4 * p.stride, k=3, seed=4):
+        _paint_truth(p, p.accept(r), truth)
+    run(p.iter_retrain(refresh=False))
+    before = run(p.iter_predict(slide))
+    extra = p.accept(p.suggest(slide, "random", region_size=4 * p.stride, k=1, seed=9)[0])  # pending: not trained on
+    _paint_truth(p, extra, truth)
+    p.close()
+    q = AnnotationProject.open(p.folder)
+    try:
+        np.testing.assert_allclose(run(q.iter_predict(slide)), before, atol=1e-6)  # its regions, its seed
+        q.new_model(patch_size=32, level=1, stride=2 * q.stride)  # start over on another grid
+        assert q.fast is None and not q.fast_in_use and not q.feature_grids
+        record = run(q.iter_priority(slide))  # the untrained CNN's map, on the new grid
+        assert record.priority.shape == q.slides[slide].map_shape(q.stride)
+        summary = run(q.iter_retrain(refresh=False))  # features of the new grid
+        assert q.feature_grids[slide].stride == q.stride and summary["learner"] == "fast"
+    finally:
+        q.close()
+
+
+def test_a_fast_refit_keeps_a_deep_model_that_estimates_better(tmp_path, small_pool):
+    p, slide, truth = _project(tmp_path, small_pool, learner="fast")
+    for r in p.suggest(slide, "random", region_size=4 * p.stride, k=2, seed=6):
+        _paint_truth(p, p.accept(r), truth)
+    run(p.iter_retrain(deep=True, refresh=False))
+    p.session.settings.in_use = "deep"
+    p.session.history[-1]["val_auc"] = [0.9999]  # as if the CNN had validated near perfectly
+    summary = run(p.iter_retrain(refresh=False))
+    assert p.session.settings.in_use == "deep" and any("kept the deep model" in m for m in summary["messages"])
+    p.session.history[-2]["val_auc"] = [0.5]
+    p.session.settings.in_use = "deep"
+    summary = run(p.iter_retrain(refresh=False))
+    assert p.fast_in_use and any("replaces the deep one" in m for m in summary["messages"])

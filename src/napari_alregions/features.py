@@ -47,6 +47,8 @@ __all__ = ["TEXTURE", "FeatureGrid", "TextureEncoder", "feature_key", "open_feat
            "slide_features", "store_features", "sub_cells"]
 
 TEXTURE = "texture"
+#: written with every cache: a cache of another version (other sigmas, channels) is recomputed
+FEATURES_VERSION = 1
 #: sigmas (working-level px) of the built-in encoder
 TEXTURE_SIGMAS = (1.0, 2.0, 4.0, 8.0, 16.0)
 #: rgb2hed's channels are optical densities: scaled so that stained tissue spans about [0, 1]
@@ -320,7 +322,7 @@ def commit_features(folder: str | os.PathLike[str], grid: FeatureGrid) -> Featur
     folder = Path(folder)
     tmp = folder.with_name(folder.name + ".partial")
     arr = zarr.open_array(str(tmp), mode="r+")
-    arr.attrs.update({"sub": grid.sub, "stride": grid.stride, "encoder": grid.encoder,
+    arr.attrs.update({"version": FEATURES_VERSION, "sub": grid.sub, "stride": grid.stride, "encoder": grid.encoder,
                       "mean": None if grid.mean is None else [float(v) for v in grid.mean],
                       "scale": None if grid.scale is None else [float(v) for v in grid.scale]})
     shutil.rmtree(folder, ignore_errors=True)
@@ -338,6 +340,8 @@ def open_features(folder: str | os.PathLike[str]) -> FeatureGrid | None:
     try:
         arr = zarr.open_array(str(folder), mode="r")
         a = dict(arr.attrs)
+        if a.get("version") != FEATURES_VERSION:
+            return None
         mean, scale = (None if a.get(k) is None else np.asarray(a[k], np.float32) for k in ("mean", "scale"))
         if mean is not None and (mean.shape != (arr.shape[2],) or scale is None or scale.shape != mean.shape):
             return None

@@ -186,6 +186,32 @@ def _grid_block(grid: FeatureGrid, r0: int, c0: int, r1: int, c1: int, margin: i
     return block, (slice(r0 - br0, r1 - br0), slice(c0 - bc0, c1 - bc0))
 
 
+def merge_boxes(boxes: Sequence[tuple[int, int, int, int]]) -> list[tuple[int, int, int, int]]:
+    """Overlapping boxes (y0, x0, y1, x1) merged into their common bounding box, until none
+    overlap: each sub-cell is then a sample once, and in one cross-validation group.
+
+    Examples
+    --------
+    >>> merge_boxes([(0, 0, 4, 4), (2, 2, 6, 6), (10, 10, 12, 12)])
+    [(0, 0, 6, 6), (10, 10, 12, 12)]
+    """
+    out = [tuple(int(v) for v in b) for b in boxes]
+    merged = True
+    while merged:
+        merged = False
+        for i in range(len(out)):
+            for j in range(i + 1, len(out)):
+                a, b = out[i], out[j]
+                if a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]:
+                    out[i] = (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]))
+                    del out[j]
+                    merged = True
+                    break
+            if merged:
+                break
+    return out
+
+
 def _sub_px(grid: FeatureGrid, cell: int, name: str = "") -> int:
     px = cell // grid.sub
     if px * grid.sub != cell:
@@ -213,8 +239,9 @@ def training_set(grids: Mapping[str, FeatureGrid], labels: Mapping[str, np.ndarr
         Map cell side in label px (``stride`` / the level's downsample), per slide or for all.
     n_classes : int
     boxes : mapping of slide name to boxes (y0, x0, y1, x1), optional
-        Where the labels are (label px; e.g. the accepted regions): each box is one group of
-        the cross-validation. Default: the bounding boxes of the labeled areas.
+        Where the labels are (label px; e.g. the accepted regions): each box, overlapping
+        ones merged (:func:`merge_boxes`), is one group of the cross-validation. Default:
+        the bounding boxes of the labeled areas.
     """
     xs, ys, gs = [], [], []
     group = 0
@@ -225,7 +252,7 @@ def training_set(grids: Mapping[str, FeatureGrid], labels: Mapping[str, np.ndarr
         px = _sub_px(grid, int(cell_px if isinstance(cell_px, int) else cell_px[name]), name)
         sizes = context_sizes(px)
         hs, ws = grid.data.shape[:2]
-        where = labeled_boxes(mask) if boxes is None else boxes.get(name, [])
+        where = labeled_boxes(mask) if boxes is None else merge_boxes(boxes.get(name, []))
         for y0, x0, y1, x1 in where:
             r0, c0 = -(-int(y0) // px), -(-int(x0) // px)  # sub-cells wholly inside the box
             r1, c1 = min(hs, int(y1) // px), min(ws, int(x1) // px)
@@ -400,7 +427,9 @@ def fit_head(ts: TrainingSet, *, head: str = "blend", seed: int = 0, quality: bo
 
 def centre_sub_cells(cell: int, sub: int, patch_size: int) -> slice:
     """The sub-cells of a cell (``cell`` px, ``sub`` per side) that the centre area of a
-    ``patch_size`` patch ((d/2)², the label rule's) overlaps.
+    ``patch_size`` patch ((d/2)², the label rule's) overlaps. A centre area wider than the
+    cell (a patch more than twice the cell) is cut to the cell: its neighbours' sub-cells
+    are not read.
 
     Examples
     --------

@@ -325,6 +325,7 @@ class AnnotationProject:
         self._set_trained_on([])
         self.session.checkpoints = []
         self.models = [self._build(i) for i in range(members)]
+        self._drop_fast(stride_changed=True)
         self._drop_maps()
         self._model_changed()
         self.session.save()
@@ -350,6 +351,8 @@ class AnnotationProject:
         self._set_trained_on([r.uid for r in self.session.accepted])
         self.session.checkpoints = [str(target.relative_to(self.folder))]
         self.models = [model]
+        self._drop_fast(stride_changed=True)
+        settings.in_use = "deep"  # the loaded model is the one in use, until a retrain
         self._drop_maps()
         self._model_changed()
         self.session.save()
@@ -482,6 +485,11 @@ class AnnotationProject:
         s = self._slide(slide)
         tissue = s.tissue_map(self.stride)
         if fast:
+            if needs_ensemble:
+                model = yield from self.iter_fast_model(cancel=cancel)
+                if model.head not in ("forest", "blend"):
+                    raise ValueError(f"{measure} needs the forest's members, and the fast model is a {model.head} one "
+                                     "(labels of one class only?): label both classes, or use another measure")
             prob = yield from self.iter_predict(slide, members=needs_ensemble, cancel=cancel)
             return self.set_probabilities(slide, prob, measure=measure)
         gen = iter_progress(predict_probability_map, s, self.models, self.spec, stride=self.stride, tissue=tissue, cancel=cancel)
@@ -536,6 +544,13 @@ class AnnotationProject:
 
         return self.folder / FEATURES_DIR / feature_key(self.session.settings.features) / f"{slide}.zarr"
 
+    def _drop_fast(self, *, stride_changed: bool = False) -> None:
+        """Forget the fast model (and, when the map grid may have changed, the features in memory;
+        the cache on disk is checked against the grid when read)."""
+        self.fast = None
+        if stride_changed:
+            self.feature_grids.clear()
+
     def _drop_features(self) -> None:
         import shutil
 
@@ -550,12 +565,22 @@ class AnnotationProject:
         computing. A retrain reads the cache, never the slide."""
         from .features import TEXTURE, TextureEncoder, commit_features, open_features, slide_features, store_features
 
-        if slide in self.feature_grids:
-            return self.feature_grids[slide]
         s = self._slide(slide)
         source, folder = self.session.settings.features, self._features_folder(slide)
+
+        def current(grid) -> bool:
+            return (grid is not None and grid.stride == self.stride and grid.encoder == source
+                    and grid.map_shape == s.map_shape(self.stride))
+
+        if current(self.feature_grids.get(slide)):
+            return self.feature_grids[slide]
         grid = open_features(folder)
-        if grid is None or grid.stride != self.stride or grid.encoder != source or grid.map_shape != s.map_shape(self.stride):
+        if grid is not None and grid.data.nbytes <= _FEATURES_IN_MEMORY:
+            try:  # a damaged chunk is recomputed, not a codec's traceback
+                grid.data = np.asarray(grid.data[...])
+            except Exception:
+                grid = None
+        if not current(grid):
             tissue = s.tissue_map(self.stride)
             out = None
             if source == TEXTURE:  # computed straight into the chunked cache: bounded memory on any slide
@@ -576,9 +601,11 @@ class AnnotationProject:
         self.feature_grids[slide] = grid
         return grid
 
-    def iter_fit_fast(self, *, cancel: Callable[[], bool] | None = None) -> Generator[dict, None, Any]:
-        """Fit the fast learner's head on every label (features of each labeled slide first);
-        returns the :class:`~napari_alregions.learner.FastModel` without installing it.
+    def iter_fit_fast(self, *, cancel: Callable[[], bool] | None = None, regions: Sequence[Region] | None = None,
+                      seed: int | None = None) -> Generator[dict, None, Any]:
+        """Fit the fast learner's head on the labels of ``regions`` (default: every accepted
+        region; features of each labeled slide first) with ``seed`` (default: the next
+        cycle's); returns the :class:`~napari_alregions.learner.FastModel` without installing it.
 
         Raises
         ------
@@ -587,7 +614,8 @@ class AnnotationProject:
         """
         from .learner import fit_head, training_set
 
-        names = [n for n in self.slides if self.session.accepted_on(n)]
+        regions = list(self.session.accepted if regions is None else regions)
+        names = [n for n in self.slides if any(r.slide == n for r in regions)]
         grids = {}
         for n in names:
             grids[n] = yield from self.iter_features(n, cancel=cancel)
@@ -596,10 +624,20 @@ class AnnotationProject:
         yield {"phase": "fit", "done": 0, "total": 1}
         ts = training_set(grids, {n: self.session.labels(n) for n in names},
                           cell_px={n: self._cell_px(n) for n in names}, n_classes=len(self.classes),
-                          boxes={n: [tuple(self.label_box(r)) for r in self.session.accepted_on(n)] for n in names})
-        model = fit_head(ts, head=self.session.settings.head, seed=self._seed_base() + self.cycle)
+                          boxes={n: [tuple(self.label_box(r)) for r in regions if r.slide == n] for n in names})
+        model = fit_head(ts, head=self.session.settings.head, seed=self._seed_base() + self.cycle if seed is None else seed)
         yield {"phase": "fit", "done": 1, "total": 1}
         return model
+
+    def iter_fast_model(self, *, cancel: Callable[[], bool] | None = None) -> Generator[dict, None, Any]:
+        """The fast model in use; after a reopen, the model of the last cycle fitted again (on
+        the regions it was trained on, with its seed: the same model)."""
+        if self.fast is None:
+            trained = set(self.session.settings.trained_on)
+            self.fast = yield from self.iter_fit_fast(
+                cancel=cancel, regions=[r for r in self.session.accepted if r.uid in trained],
+                seed=self._seed_base() + max(0, self.cycle - 1))
+        return self.fast
 
     def iter_predict(self, slide: str, *, members: bool = False,
                      cancel: Callable[[], bool] | None = None) -> Generator[dict, None, np.ndarray]:
@@ -608,10 +646,9 @@ class AnnotationProject:
         was reopened."""
         from .learner import predict_grid
 
-        if self.fast is None:
-            self.fast = yield from self.iter_fit_fast(cancel=cancel)
+        model = yield from self.iter_fast_model(cancel=cancel)
         grid = yield from self.iter_features(slide, cancel=cancel)
-        return predict_grid(self.fast, grid, cell_px=self._cell_px(slide), patch_size=self.spec.patch_size,
+        return predict_grid(model, grid, cell_px=self._cell_px(slide), patch_size=self.spec.patch_size,
                             tissue=self._slide(slide).tissue_map(self.stride), members=members)
 
     def _cell_px(self, slide: str) -> int:
@@ -1103,13 +1140,19 @@ class AnnotationProject:
         model = yield from self.iter_fit_fast(cancel=cancel)
         q = model.quality
         settings = self.session.settings
-        was_deep = settings.in_use == "deep" and self.trained
         self.fast = model
         status = "at chance" if q.at_chance else "new"
         messages = [f"the fast model is no better than chance on its labels ({q.describe()})"] if q.at_chance else []
-        if was_deep:
-            messages.append("it replaces the deep model, which had not seen the newest labels (Deep retrain to compare again)")
-        summary = self._record_cycle(learner="fast", trained_on=trained_on, in_use="fast", details={
+        in_use = "fast"
+        if settings.in_use == "deep" and self.trained:
+            deep_auc = self._deep_val_auc()
+            if deep_auc is not None and (q.auc is None or deep_auc > q.auc):
+                in_use = "deep"
+                messages.append(f"kept the deep model (validation AUC {deep_auc:.3f}) over the fast one: Deep retrain "
+                                "to train it on the newest labels")
+            else:
+                messages.append("the fast model replaces the deep one, which estimates no better")
+        summary = self._record_cycle(learner="fast", trained_on=trained_on, in_use=in_use, details={
             "train_steps": [0], "val_loss": [None], "val_auc": [_finite(q.auc)], "previous_val_loss": [None],
             "n_val": [q.n_samples], "model": [status], "messages": messages, "n_candidates": q.n_samples,
             "quality": f"fast model ({model.head}): {q.describe()}"})
@@ -1180,10 +1223,6 @@ class AnnotationProject:
             new_models.append(result.model.cpu())
             fits.append(result)
         cycle = self.cycle + 1
-        paths = [save_checkpoint(self.session.checkpoint_path(f"cycle_{cycle:03d}_m{i}.pt"), m, self.spec, cycle=cycle)
-                 for i, m in enumerate(new_models)]
-        self.models = new_models
-        self._model_changed()
         who = (lambda i: f"member {i}: ") if len(fits) > 1 else (lambda i: "")
         in_use, messages = "deep", [who(i) + f.message() for i, f in enumerate(fits) if f.message()]
         messages += [who(i) + "trained from new weights: the last model was no better than chance"
@@ -1191,11 +1230,16 @@ class AnnotationProject:
         if self.session.settings.learner != "deep":  # beside the fast learner: the better estimate is used
             fast = self.fast if self.fast is not None and not self.pending_regions else None
             if fast is None:
-                fast = yield from self.iter_fit_fast(cancel=cancel)
+                try:
+                    fast = yield from self.iter_fit_fast(cancel=cancel)
+                except ValueError:  # no labeled sub-cell on tissue: nothing for the fast learner
+                    fast = None
             aucs = [f.val_auc for f in fits if f.val_auc is not None and math.isfinite(f.val_auc)]
             deep_auc = float(np.mean(aucs)) if aucs else None
-            fast_auc = fast.quality.auc
-            if deep_auc is not None and (fast_auc is None or deep_auc > fast_auc):
+            fast_auc = fast.quality.auc if fast is not None else None
+            if fast is None:
+                messages.append("the deep model is used: the fast learner has no labeled tissue to learn from")
+            elif deep_auc is not None and (fast_auc is None or deep_auc > fast_auc):
                 messages.append(f"the deep model (validation AUC {deep_auc:.3f}) replaces the fast one "
                                 f"({fast.quality.describe()})")
             else:
@@ -1203,6 +1247,14 @@ class AnnotationProject:
                 deep_txt = "no validation AUC" if deep_auc is None else f"validation AUC {deep_auc:.3f}"
                 messages.append(f"kept the fast model ({fast.quality.describe()}): the deep model ({deep_txt}) "
                                 "does not estimate better")
+        else:
+            fast = self.fast
+        # nothing is installed before here: a cancel or an error above leaves the session as it was
+        paths = [save_checkpoint(self.session.checkpoint_path(f"cycle_{cycle:03d}_m{i}.pt"), m, self.spec, cycle=cycle)
+                 for i, m in enumerate(new_models)]
+        self.models = new_models
+        self._model_changed()
+        if self.session.settings.features != "classifier":  # (classifier features are stale now: refit later)
             self.fast = fast
         summary = {
             "cycle": cycle,
@@ -1227,6 +1279,14 @@ class AnnotationProject:
         if refresh:
             yield from self._refresh(summary, measure, cancel)
         return summary
+
+    def _deep_val_auc(self) -> float | None:
+        """The mean validation AUC of the CNN's last training, None when it has none."""
+        for entry in reversed(self.session.history):
+            if entry.get("learner", "deep") == "deep" and "val_auc" in entry:
+                aucs = [v for v in entry["val_auc"] if v is not None]
+                return float(np.mean(aucs)) if aucs else None
+        return None
 
     def _deep_at_chance(self) -> list[bool]:
         """Per member: was the CNN at chance after its last deep training?"""

@@ -427,8 +427,8 @@ def _evaluate(project, pool: Pool, client=None, oracle: _Oracle | None = None) -
     if project.fast_in_use and oracle is not None:
         from .learner import predict_grid
 
-        if project.fast is None:  # a reopened copy: the head refits from the cached features
-            project.fast = oracle._run(project.iter_fit_fast())
+        if project.fast is None:  # a reopened copy: the head of its last cycle refits from the cached features
+            oracle._run(project.iter_fast_model())
         cfg = oracle.config
         probs = {n: predict_grid(project.fast, oracle.test_features(n), tissue=pool.tissue[n], patch_size=cfg.patch_size,
                                  cell_px=int(cfg.stride / pool.slides[n].level_factor(cfg.level))) for n in pool.test}
