@@ -335,7 +335,7 @@ def _fold_aucs(x: np.ndarray, y: np.ndarray, splits, head: str, seed: int, n_cla
     for tr, te in splits:
         if len(np.unique(y[tr])) < 2 or len(np.unique(y[te])) < 2:
             continue
-        est = _estimator(head, seed, trees=50)
+        est = _estimator(head, seed, trees=FOREST_TREES // 2)
         est.fit(x[tr], y[tr])
         cols = np.zeros((len(te), n_classes), np.float32)
         cols[:, est.classes_] = est.predict_proba(x[te])

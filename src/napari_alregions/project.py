@@ -115,6 +115,9 @@ class AnnotationProject:
         self.similarity: dict[str, np.ndarray] = {}  # prototype similarity maps
         self.feature_grids: dict = {}  # slide -> features.FeatureGrid of the fast learner (cached in features/)
         self.fast = None  # learner.FastModel: the fast learner's fitted head (refit from the cache on open)
+        #: cross-validate the fast model at each fit (the status line, fast vs. deep); the
+        #: simulation, which decides nothing by it, sets this False (a third of its time)
+        self.estimate_quality = True
         self.prototypes = None  # PrototypeSet
         self.models: list = []
         self.spec = None
@@ -625,7 +628,8 @@ class AnnotationProject:
         ts = training_set(grids, {n: self.session.labels(n) for n in names},
                           cell_px={n: self._cell_px(n) for n in names}, n_classes=len(self.classes),
                           boxes={n: [tuple(self.label_box(r)) for r in regions if r.slide == n] for n in names})
-        model = fit_head(ts, head=self.session.settings.head, seed=self._seed_base() + self.cycle if seed is None else seed)
+        model = fit_head(ts, head=self.session.settings.head, seed=self._seed_base() + self.cycle if seed is None else seed,
+                         quality=self.estimate_quality)
         yield {"phase": "fit", "done": 1, "total": 1}
         return model
 

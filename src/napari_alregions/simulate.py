@@ -316,6 +316,7 @@ class _Oracle:
         shutil.copytree(source or self.template, folder)
         project = AnnotationProject.open(folder)
         project.autosave = False  # saved once per cycle: the simulation has no viewer to lose work for
+        project.estimate_quality = False  # the fast model is installed whatever its estimate: none is made
         if seed is not None:
             project.session.settings.training = self.config.training(seed)
             project.session.settings.learner = project.session.settings.in_use = self.config.learner
