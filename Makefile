@@ -46,3 +46,5 @@ bench: setup-test
 	$(BIN)/python benchmarks/bench_embed.py
 	$(BIN)/python benchmarks/bench_pool.py
 	$(BIN)/python benchmarks/bench_ui.py
+	$(BIN)/python benchmarks/bench_learner.py all
+	$(BIN)/python benchmarks/bench_priority_edges.py
