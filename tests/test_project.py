@@ -28,6 +28,14 @@ def _project(tmp_path, small_pool, *, members=1, name="s", learner="deep"):
     return p, slide, truth
 
 
+def _labeled(tmp_path, small_pool, *, k, seed, learner="deep"):
+    """:func:`_project` with ``k`` random regions of 4 cells accepted and painted."""
+    p, slide, truth = _project(tmp_path, small_pool, learner=learner)
+    for r in p.suggest(slide, "random", region_size=4 * p.stride, k=k, seed=seed):
+        _paint_truth(p, p.accept(r), truth)
+    return p, slide, truth
+
+
 def _paint_truth(p, region, truth):
     """Paint like a pathologist: tumour where the ground truth is tumour (label 2)."""
     y0, x0, y1, x1 = p.label_box(region)
@@ -307,9 +315,7 @@ def test_import_hand_written_qupath_file(tmp_path, small_pool):
 
 
 def test_export_import_round_trip(tmp_path, small_pool):
-    p, slide, truth = _project(tmp_path, small_pool)
-    for r in p.suggest(slide, "random", region_size=4 * p.stride, k=3, seed=3):
-        _paint_truth(p, p.accept(r), truth)
+    p, slide, truth = _labeled(tmp_path, small_pool, k=3, seed=3)
     lab = p.session.labels(slide)
     r0 = p.session.accepted[0]
     y0, x0, _, _ = p.label_box(r0)
@@ -730,9 +736,7 @@ def test_fast_loop_refits_in_seconds_on_cached_features_and_refreshes(tmp_path, 
 
 
 def test_deep_retrain_replaces_the_fast_model_only_when_it_estimates_better(tmp_path, small_pool):
-    p, slide, truth = _project(tmp_path, small_pool, learner="fast")
-    for r in p.suggest(slide, "random", region_size=4 * p.stride, k=3, seed=5):
-        _paint_truth(p, p.accept(r), truth)
+    p, slide, truth = _labeled(tmp_path, small_pool, k=3, seed=5, learner="fast")
     run(p.iter_retrain())
     fast_auc = p.fast.quality.auc
     summary = run(p.iter_retrain(deep=True))
@@ -757,9 +761,7 @@ def test_sessions_of_earlier_versions_keep_their_trained_cnn():
 
 
 def test_a_deep_model_at_chance_is_trained_again_from_new_weights(tmp_path, small_pool):
-    p, slide, truth = _project(tmp_path, small_pool)
-    for r in p.suggest(slide, "random", region_size=4 * p.stride, k=2, seed=1):
-        _paint_truth(p, p.accept(r), truth)
+    p, slide, truth = _labeled(tmp_path, small_pool, k=2, seed=1)
     run(p.iter_retrain(refresh=False))
     p.session.history[-1]["model"] = ["at chance"]  # as if the first training had learned nothing
     assert p._deep_at_chance() == [True]
@@ -793,9 +795,7 @@ def test_set_learner_checks_its_choices_and_changes_features(tmp_path, small_poo
 
 
 def test_a_reopened_fast_model_is_the_same_and_a_new_model_forgets_it(tmp_path, small_pool):
-    p, slide, truth = _project(tmp_path, small_pool, learner="fast")
-    for r in p.suggest(slide, "random", region_size=4 * p.stride, k=3, seed=4):
-        _paint_truth(p, p.accept(r), truth)
+    p, slide, truth = _labeled(tmp_path, small_pool, k=3, seed=4, learner="fast")
     run(p.iter_retrain(refresh=False))
     before = run(p.iter_predict(slide))
     extra = p.accept(p.suggest(slide, "random", region_size=4 * p.stride, k=1, seed=9)[0])  # pending: not trained on
@@ -815,9 +815,7 @@ def test_a_reopened_fast_model_is_the_same_and_a_new_model_forgets_it(tmp_path, 
 
 
 def test_a_fast_refit_keeps_a_deep_model_that_estimates_better(tmp_path, small_pool):
-    p, slide, truth = _project(tmp_path, small_pool, learner="fast")
-    for r in p.suggest(slide, "random", region_size=4 * p.stride, k=2, seed=6):
-        _paint_truth(p, p.accept(r), truth)
+    p, slide, truth = _labeled(tmp_path, small_pool, k=2, seed=6, learner="fast")
     run(p.iter_retrain(deep=True, refresh=False))
     p.session.settings.in_use = "deep"
     p.session.history[-1]["val_auc"] = [0.9999]  # as if the CNN had validated near perfectly
