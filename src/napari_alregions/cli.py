@@ -139,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--repeats", type=positive_int, default=1,
                    help="runs from distinct initial labeled sets (the paper: 3); outputs give mean and min/max")
     s.add_argument("--learner", choices=("fast", "deep"), default="fast",
-                   help="fast: cached texture features and a random forest, refit in seconds (the viewer's default); "
+                   help="fast: cached texture features and a forest + logistic head, refit in seconds (the viewer's default); "
                         "deep: the patch CNN trained to convergence every cycle (the adaptive paper's protocol)")
     s.add_argument("--head", choices=("blend", "forest", "logistic"), default="blend",
                    help="the fast learner's head: a random forest and a logistic regression averaged (default), or either")
