@@ -132,28 +132,9 @@ def read_block(slide: Slide, level: int, box: tuple[int, int, int, int], need: l
     white: white padding reads as an edge of glass and draws the priority to the border.
     Bypasses the tile cache: a stream sweeps the slide once. The reader threads and the
     read processes both read this way."""
-    ly, lx, h, w = box
-    lh, lw = slide.levels[level].shape[:2]
-    y0, x0, y1, x1 = max(ly, 0), max(lx, 0), min(ly + h, lh), min(lx + w, lw)
-    if (y0, x0, y1, x1) == (ly, lx, ly + h, lx + w) or y1 <= y0 or x1 <= x0:
-        region = slide._read_box(level, *box, 255, only=need, cache=False)
-    else:
-        inner = slide._read_box(level, y0, x0, y1 - y0, x1 - x0, 255, only=need, cache=False)
-        region = _mirror_pad(inner, ((y0 - ly, ly + h - y1), (x0 - lx, lx + w - x1)))
+    region = slide._read_mirrored(level, *box, only=need, cache=False)
     for i, (y, x) in enumerate(origins):
         out[i] = region[y : y + patch, x : x + patch]
-
-
-def _mirror_pad(img: np.ndarray, pads: tuple[tuple[int, int], tuple[int, int]]) -> np.ndarray:
-    """``img`` padded by mirroring (repeatedly where a pad is wider than the image)."""
-    out = img
-    while True:
-        step = tuple((min(a, out.shape[0]), min(b, out.shape[0])) if i == 0 else (min(a, out.shape[1]), min(b, out.shape[1]))
-                     for i, (a, b) in enumerate(pads))
-        out = np.pad(out, (*step, (0, 0)), mode="symmetric")
-        pads = tuple((a - sa, b - sb) for (a, b), (sa, sb) in zip(pads, step, strict=True))
-        if not any(v for pair in pads for v in pair):
-            return out
 
 
 # -- in the worker processes ----------------------------------------------------------------

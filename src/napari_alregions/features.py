@@ -156,18 +156,6 @@ def _pool(pixels: np.ndarray, px: int) -> np.ndarray:
     return pixels.reshape(h // px, px, w // px, px, d).mean(axis=(1, 3))
 
 
-def _read_mirrored(slide: Slide, level: int, y0: int, x0: int, h: int, w: int) -> np.ndarray:
-    """The level's box (level px), the image mirrored where the box leaves it."""
-    lh, lw = slide.levels[level].shape[:2]
-    cy0, cx0, cy1, cx1 = max(y0, 0), max(x0, 0), min(y0 + h, lh), min(x0 + w, lw)
-    f = slide.level_factor(level)
-    inner = slide.read_region(int(cx0 * f), int(cy0 * f), cx1 - cx0, cy1 - cy0, level=level)
-    pads = ((cy0 - y0, y0 + h - cy1), (cx0 - x0, x0 + w - cx1), (0, 0))
-    if not any(p for pair in pads for p in pair):
-        return inner
-    return np.pad(inner, pads, mode="symmetric")
-
-
 @dataclass(frozen=True)
 class TextureEncoder:
     """The built-in encoder: :func:`pixel_features` at pyramid ``level``, mean per sub-cell."""
@@ -210,8 +198,8 @@ class TextureEncoder:
                   if tissue[r0 : r0 + self.block, c0 : c0 + self.block].any()]
         def compute(r0: int, c0: int) -> np.ndarray:
             r1, c1 = min(r0 + self.block, h), min(c0 + self.block, w)
-            rgb = _read_mirrored(slide, self.level, r0 * cell - halo, c0 * cell - halo,
-                                 (r1 - r0) * cell + 2 * halo, (c1 - c0) * cell + 2 * halo)
+            rgb = slide._read_mirrored(self.level, r0 * cell - halo, c0 * cell - halo,
+                                       (r1 - r0) * cell + 2 * halo, (c1 - c0) * cell + 2 * halo)
             return np.concatenate([_pool(part[halo:-halo, halo:-halo], px)
                                    for part in _channel_features(rgb, self.sigmas)], axis=-1)
 

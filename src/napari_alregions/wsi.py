@@ -267,6 +267,18 @@ class Slide:
                                                                     cache=cache)
         return out
 
+    def _read_mirrored(self, level: int, ly: int, lx: int, h: int, w: int, *,
+                       only: Collection[tuple[int, int]] | None = None, cache: bool = True) -> np.ndarray:
+        """:meth:`_read_box` with the image mirrored at its edge where the box leaves the level
+        (never white: white padding reads as glass and draws the priority to the border).
+        A box wholly off the level reads white."""
+        lh, lw = self.info.level_shapes[level]
+        y0, x0, y1, x1 = max(ly, 0), max(lx, 0), min(ly + h, lh), min(lx + w, lw)
+        if (y0, x0, y1, x1) == (ly, lx, ly + h, lx + w) or y1 <= y0 or x1 <= x0:
+            return self._read_box(level, ly, lx, h, w, 255, only=only, cache=cache)
+        inner = self._read_box(level, y0, x0, y1 - y0, x1 - x0, 255, only=only, cache=cache)
+        return np.pad(inner, ((y0 - ly, ly + h - y1), (x0 - lx, lx + w - x1), (0, 0)), mode="symmetric")
+
     def _read(self, level: int, y0: int, y1: int, x0: int, x1: int, *,
               only: Collection[tuple[int, int]] | None = None, fill: int = 255, cache: bool = True) -> np.ndarray:
         try:
