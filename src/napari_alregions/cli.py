@@ -13,6 +13,7 @@ from typing import NoReturn
 from ._argtypes import non_negative_int, positive_int, positive_ints
 from ._errors import describe
 from ._progress import progress_bar, steps_with_message, within_step
+from .settings import HEADS
 
 __all__ = ["main"]
 
@@ -141,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--learner", choices=("fast", "deep"), default="fast",
                    help="fast: cached texture features and a forest + logistic head, refit in seconds (the viewer's default); "
                         "deep: the patch CNN trained to convergence every cycle (the adaptive paper's protocol)")
-    s.add_argument("--head", choices=("blend", "forest", "logistic"), default="blend",
+    s.add_argument("--head", choices=HEADS, default="blend",
                    help="the fast learner's head: a random forest and a logistic regression averaged (default), or either")
     s.add_argument("--epochs", type=positive_int, help="most epochs per cycle's training (deep learner; default: the viewer's schedule)")
     s.add_argument("--patience", type=positive_int, help="early stopping after this many epochs without a better validation loss")

@@ -43,7 +43,7 @@ import numpy as np
 
 from .wsi import Slide
 
-__all__ = ["TEXTURE", "FeatureGrid", "TextureEncoder", "feature_key", "open_features", "pixel_features",
+__all__ = ["TEXTURE", "FeatureGrid", "TextureEncoder", "cell_px", "feature_key", "open_features", "pixel_features",
            "slide_features", "store_features", "sub_cells"]
 
 TEXTURE = "texture"
@@ -90,6 +90,20 @@ class FeatureGrid:
     @property
     def dim(self) -> int:
         return int(self.data.shape[2])
+
+
+def cell_px(stride: int, factor: float) -> int:
+    """A map cell's side (``stride`` level-0 px) in px of a level with downsample ``factor``.
+
+    Examples
+    --------
+    >>> cell_px(128, 2.0)
+    64
+    """
+    c = stride / factor
+    if c != math.floor(c) or c < 1:
+        raise ValueError(f"stride ({stride} px) must be a multiple of the level's downsample ({factor:g})")
+    return int(c)
 
 
 def sub_cells(cell_px: int) -> int:
@@ -176,11 +190,7 @@ class TextureEncoder:
         """The slide's :class:`FeatureGrid` (into ``out``, e.g. a zarr array, when given)."""
         from .model.predict import InferenceCancelled
 
-        f = slide.level_factor(self.level)
-        cell = stride / f
-        if cell != int(cell) or cell < 1:
-            raise ValueError(f"stride ({stride} px) must be a multiple of the level-{self.level} downsample ({f:g})")
-        cell = int(cell)
+        cell = cell_px(stride, slide.level_factor(self.level))
         sub = sub_cells(cell)
         px = cell // sub
         h, w = slide.map_shape(stride)

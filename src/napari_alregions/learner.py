@@ -33,11 +33,11 @@ import numpy as np
 
 from .features import FeatureGrid
 from .geometry import labeled_boxes
+from .settings import HEADS
 
 __all__ = ["HEADS", "FastModel", "Quality", "TrainingSet", "estimate_quality", "fit_head", "predict_grid",
            "context_features", "centre_sub_cells", "training_set"]
 
-HEADS = ("blend", "forest", "logistic")
 MAX_SAMPLES = 20000  # sub-cells a head fits on at most (drawn per class): fits stay in seconds
 CV_SAMPLES = 4000  # sub-cells the quality estimate's folds draw from (drawn per class)
 FOREST_TREES = 100
@@ -98,6 +98,11 @@ class FastModel:
     quality: Quality
     classes_: np.ndarray = field(default_factory=lambda: np.zeros(0, int))  # classes seen in training
 
+    @property
+    def has_members(self) -> bool:
+        """Whether the head holds a forest, whose sub-forests are an ensemble."""
+        return self.head in ("forest", "blend")
+
     def _columns(self, proba: np.ndarray) -> np.ndarray:
         out = np.zeros((len(proba), self.n_classes), np.float32)
         out[:, self.classes_] = proba
@@ -111,7 +116,7 @@ class FastModel:
         """(E, N, C): the forest's sub-forests (E = 10; in a blend each averaged with the
         logistic regression, as the blend averages them) for disagreement measures; (1, N, C)
         for a head without a forest."""
-        if self.head not in ("forest", "blend"):
+        if not self.has_members:
             return self.predict_proba(x)[None]
         forest = self.estimator if self.head == "forest" else self.estimator.named_estimators_["forest"]
         linear = None if self.head == "forest" else self.estimator.named_estimators_["logistic"].predict_proba(x)
@@ -463,7 +468,7 @@ def predict_grid(model: FastModel, grid: FeatureGrid, *, cell_px: int, patch_siz
     px = _sub_px(grid, cell_px)
     sizes = context_sizes(px)
     centre = centre_sub_cells(cell_px, sub, patch_size)
-    e = FOREST_GROUPS if members and model.head in ("forest", "blend") else 1
+    e = FOREST_GROUPS if members and model.has_members else 1
     c = model.n_classes
     out = np.full((e, h, w, c), np.nan, np.float32)
     for r0 in range(0, h, rows_per_chunk):
@@ -491,12 +496,4 @@ def predict_grid(model: FastModel, grid: FeatureGrid, *, cell_px: int, patch_siz
     if tissue is not None:
         out[:, ~np.asarray(tissue, bool)] = np.nan
     return out if members else out[0]
-
-
-def cell_px(stride: int, factor: float) -> int:
-    """Map cell side in px of a level with downsample ``factor``."""
-    c = stride / factor
-    if c != math.floor(c):
-        raise ValueError(f"stride ({stride}) must be a multiple of the level's downsample ({factor:g})")
-    return int(c)
 

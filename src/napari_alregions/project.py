@@ -328,7 +328,7 @@ class AnnotationProject:
         self._set_trained_on([])
         self.session.checkpoints = []
         self.models = [self._build(i) for i in range(members)]
-        self._drop_fast(stride_changed=True)
+        self._drop_fast()
         self._drop_maps()
         self._model_changed()
         self.session.save()
@@ -354,7 +354,7 @@ class AnnotationProject:
         self._set_trained_on([r.uid for r in self.session.accepted])
         self.session.checkpoints = [str(target.relative_to(self.folder))]
         self.models = [model]
-        self._drop_fast(stride_changed=True)
+        self._drop_fast()
         settings.in_use = "deep"  # the loaded model is the one in use, until a retrain
         self._drop_maps()
         self._model_changed()
@@ -482,7 +482,7 @@ class AnnotationProject:
             raise ValueError(f"unknown measure {measure!r}; choose one of {', '.join(MEASURES)}")
         fn, needs_ensemble = MEASURES[measure]
         fast = self.fast_in_use
-        if needs_ensemble and self.n_members < 2 and not (fast and self.session.settings.head in ("forest", "blend")):
+        if needs_ensemble and self.n_members < 2 and not fast:
             raise ValueError(f"{measure} needs an ensemble: make a model with 2 or more members, or use the fast "
                              "learner's forest")
         s = self._slide(slide)
@@ -490,7 +490,7 @@ class AnnotationProject:
         if fast:
             if needs_ensemble:
                 model = yield from self.iter_fast_model(cancel=cancel)
-                if model.head not in ("forest", "blend"):
+                if not model.has_members:
                     raise ValueError(f"{measure} needs the forest's members, and the fast model is a {model.head} one "
                                      "(labels of one class only?): label both classes, or use another measure")
             prob = yield from self.iter_predict(slide, members=needs_ensemble, cancel=cancel)
@@ -520,8 +520,7 @@ class AnnotationProject:
         ValueError
             For an unknown learner or head, or features that cannot be loaded (its message).
         """
-        from .learner import HEADS
-        from .settings import LEARNERS
+        from .settings import HEADS, LEARNERS
 
         if learner is not None and learner not in LEARNERS:
             raise ValueError(f"learner must be one of {', '.join(LEARNERS)}, got {learner!r}")
@@ -532,8 +531,7 @@ class AnnotationProject:
         with self.session.changing() as session:
             settings = session.settings
             if features is not None and features != settings.features:
-                self.feature_grids.clear()
-                self.fast = None
+                self._drop_fast()
                 settings.features = features
             if head is not None and head != settings.head:
                 self.fast = None
@@ -547,18 +545,16 @@ class AnnotationProject:
 
         return self.folder / FEATURES_DIR / feature_key(self.session.settings.features) / f"{slide}.zarr"
 
-    def _drop_fast(self, *, stride_changed: bool = False) -> None:
-        """Forget the fast model (and, when the map grid may have changed, the features in memory;
-        the cache on disk is checked against the grid when read)."""
+    def _drop_fast(self) -> None:
+        """Forget the fast model and the features in memory (the cache on disk is checked
+        against the map grid and the encoder when read)."""
         self.fast = None
-        if stride_changed:
-            self.feature_grids.clear()
+        self.feature_grids.clear()
 
     def _drop_features(self) -> None:
         import shutil
 
-        self.feature_grids.clear()
-        self.fast = None
+        self._drop_fast()
         shutil.rmtree(self.folder / FEATURES_DIR, ignore_errors=True)
 
     def iter_features(self, slide: str, *, cancel: Callable[[], bool] | None = None) -> Generator[dict, None, Any]:
@@ -589,7 +585,7 @@ class AnnotationProject:
             if source == TEXTURE:  # computed straight into the chunked cache: bounded memory on any slide
                 from .features import sub_cells
 
-                sub = sub_cells(int(self.stride / self.label_factor(slide)))
+                sub = sub_cells(self._cell_px(slide))
                 h, w = s.map_shape(self.stride)
                 out = store_features(folder, (h * sub, w * sub, TextureEncoder(level=self.label_level).dim))
             gen = iter_progress(slide_features, s, source, stride=self.stride, level=self.label_level, tissue=tissue,
@@ -657,7 +653,7 @@ class AnnotationProject:
 
     def _cell_px(self, slide: str) -> int:
         """A map cell's side in label px on ``slide``."""
-        from .learner import cell_px
+        from .features import cell_px
 
         return cell_px(self.stride, self.label_factor(slide))
 
@@ -1164,11 +1160,15 @@ class AnnotationProject:
             yield from self._refresh(summary, measure, cancel)
         return summary
 
-    def _record_cycle(self, *, learner: str, trained_on: list[str], in_use: str, details: dict) -> dict:
-        """Append a cycle to the history (saved at once) and return its summary."""
+    def _record_cycle(self, *, learner: str, trained_on: list[str], in_use: str, details: dict,
+                      checkpoints: list[str] | None = None) -> dict:
+        """Append a cycle to the history with the model in use (and the CNN's new
+        ``checkpoints``), saved at once; return its summary."""
         summary = {"cycle": self.cycle + 1, "learner": learner, "accepted_regions": len(self.session.accepted),
                    "annotated_pct": round(self.annotated_pct(), 4), **details}
         with self.session.changing() as session:  # in a worker thread, beside the viewer's autosaves
+            if checkpoints is not None:
+                session.checkpoints = checkpoints
             session.settings.in_use = in_use
             session.history.append(summary)
             self._set_trained_on(trained_on)
@@ -1260,11 +1260,7 @@ class AnnotationProject:
         self._model_changed()
         if self.session.settings.features != "classifier":  # (classifier features are stale now: refit later)
             self.fast = fast
-        summary = {
-            "cycle": cycle,
-            "learner": "deep",
-            "accepted_regions": len(self.session.accepted),
-            "annotated_pct": round(self.annotated_pct(), 4),
+        summary = self._record_cycle(learner="deep", trained_on=trained_on, in_use=in_use, details={
             "train_steps": [f.train.steps for f in fits],
             "val_loss": [_finite(f.val_loss) for f in fits],
             "val_auc": [_finite(f.val_auc) for f in fits],
@@ -1273,31 +1269,24 @@ class AnnotationProject:
             "model": [f.status for f in fits],
             "messages": messages,
             "n_candidates": sum(len(c) for c in cands),
-        }
-        with self.session.changing() as session:  # in a worker thread, beside the viewer's autosaves
-            session.checkpoints = [str(p.relative_to(self.folder)) for p in paths]
-            session.settings.in_use = in_use
-            session.history.append(summary)
-            self._set_trained_on(trained_on)
-            session.save()
+        }, checkpoints=[str(p.relative_to(self.folder)) for p in paths])
         if refresh:
             yield from self._refresh(summary, measure, cancel)
         return summary
 
+    def _last_deep_cycle(self) -> dict:
+        """The history's entry of the CNN's last training ({} when it has none; entries of
+        earlier versions, without ``learner``, are the CNN's)."""
+        return next((e for e in reversed(self.session.history) if e.get("learner", "deep") == "deep"), {})
+
     def _deep_val_auc(self) -> float | None:
         """The mean validation AUC of the CNN's last training, None when it has none."""
-        for entry in reversed(self.session.history):
-            if entry.get("learner", "deep") == "deep" and "val_auc" in entry:
-                aucs = [v for v in entry["val_auc"] if v is not None]
-                return float(np.mean(aucs)) if aucs else None
-        return None
+        aucs = [v for v in self._last_deep_cycle().get("val_auc", []) if v is not None]
+        return float(np.mean(aucs)) if aucs else None
 
     def _deep_at_chance(self) -> list[bool]:
         """Per member: was the CNN at chance after its last deep training?"""
-        for entry in reversed(self.session.history):
-            if entry.get("learner", "deep") == "deep" and "model" in entry:
-                return [status == "at chance" for status in entry["model"]]
-        return []
+        return [status == "at chance" for status in self._last_deep_cycle().get("model", [])]
 
     def refresh_suggestions(self, slide: str) -> tuple[dict[str, list[Region]], dict[str, str]]:
         """Re-run every method last used on ``slide`` with its parameters (new map, new cycle).

@@ -11,10 +11,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-__all__ = ["LEARNERS", "Settings", "SuggestPlan", "TrainingBudget"]
+__all__ = ["HEADS", "LEARNERS", "Settings", "SuggestPlan", "TrainingBudget"]
 
 #: the two learners (SPEC §6): frozen features and a head, or the patch CNN
 LEARNERS = ("fast", "deep")
+#: the fast learner's heads (learner.py): a forest and a logistic regression averaged, or either
+HEADS = ("blend", "forest", "logistic")
 
 
 def _check(value: Any, kinds: tuple[type, ...], key: str) -> Any:
@@ -140,7 +142,7 @@ class Settings:
         if "encoder" in d:
             s.encoder = _check(d.pop("encoder"), (str,), "encoder")
         had_in_use = "in_use" in d
-        for key, allowed in (("learner", LEARNERS), ("head", ("blend", "forest", "logistic")), ("in_use", LEARNERS)):
+        for key, allowed in (("learner", LEARNERS), ("head", HEADS), ("in_use", LEARNERS)):
             if key in d:
                 value = _check(d.pop(key), (str,), key)
                 if value not in allowed:

@@ -79,14 +79,14 @@ class SimConfig:
     def validate(self) -> None:
         """Raise ``ValueError`` naming the setting that cannot run (before any work)."""
         from .selection import METHODS
-        from .settings import LEARNERS
+        from .settings import HEADS, LEARNERS
 
         if not self.methods:
             raise ValueError("methods: name at least one selector")
         if self.learner not in LEARNERS:
             raise ValueError(f"learner must be one of {', '.join(LEARNERS)}, got {self.learner!r}")
-        if self.head not in ("blend", "forest", "logistic"):
-            raise ValueError(f"head must be 'blend', 'forest' or 'logistic', got {self.head!r}")
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
         for m in self.methods:
             if m not in METHODS:
                 raise ValueError(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
@@ -426,13 +426,14 @@ def _evaluate(project, pool: Pool, client=None, oracle: _Oracle | None = None) -
     if oracle is not None and oracle._detail is not None:
         oracle._detail(f"{oracle.doing}: scoring the {len(pool.test)} test slides")
     if project.fast_in_use and oracle is not None:
+        from .features import cell_px
         from .learner import predict_grid
 
         if project.fast is None:  # a reopened copy: the head of its last cycle refits from the cached features
             oracle._run(project.iter_fast_model())
         cfg = oracle.config
         probs = {n: predict_grid(project.fast, oracle.test_features(n), tissue=pool.tissue[n], patch_size=cfg.patch_size,
-                                 cell_px=int(cfg.stride / pool.slides[n].level_factor(cfg.level))) for n in pool.test}
+                                 cell_px=cell_px(cfg.stride, pool.slides[n].level_factor(cfg.level))) for n in pool.test}
     else:
         probs = _predict(project, {n: pool.slides[n] for n in pool.test}, client)
     ious, dices, scores, truths = [], [], [], []
