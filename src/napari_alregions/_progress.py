@@ -80,9 +80,7 @@ def progress_bar(total: int | None, desc: str, unit: str):
 def steps_with_message(bar) -> Callable[[str], None]:
     """A ``progress(message)`` callback: one step of ``bar``, the message shown after it."""
     def progress(message: str) -> None:
-        if len(message) > _MESSAGE_CHARS:
-            message = message[: _MESSAGE_CHARS - 1] + "…"
-        bar.set_postfix_str(message)
+        bar.set_postfix_str(_cut(message))
         bar.update(1)
 
     return progress
@@ -93,9 +91,12 @@ def within_step(bar) -> Callable[[str], None]:
     long step is doing: "training epoch 3", "predicting slide_002 40 %"), at most once a
     second on the terminal (tqdm's ``mininterval``)."""
     def detail(message: str) -> None:
-        if len(message) > _MESSAGE_CHARS:
-            message = message[: _MESSAGE_CHARS - 1] + "…"
-        bar.set_postfix_str(message, refresh=False)
+        bar.set_postfix_str(_cut(message), refresh=False)
         bar.update(0)
 
     return detail
+
+
+def _cut(message: str) -> str:
+    """A message beside the bar, cut at its end (never at its start) when too long."""
+    return message if len(message) <= _MESSAGE_CHARS else message[: _MESSAGE_CHARS - 1] + "…"

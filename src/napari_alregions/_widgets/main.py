@@ -1075,10 +1075,7 @@ class ALRegionsWidget(QWidget):
             what = f"your {more + 1} regions" if region.method == "manual" else f"{what} and {more} more"
         self._message(f"accepted {what}: paint in layer '{layer.name}'")
         if self.auto_retrain.value and self.project.pending_regions >= self.auto_after.value:
-            if self.runner.busy:
-                self._after_task = self.retrain  # once this task's worker has finished
-            else:
-                self.retrain()
+            self._retrain_soon()
         else:
             self._live_refit()
 
@@ -1090,10 +1087,13 @@ class ALRegionsWidget(QWidget):
     def _live_refit(self) -> None:
         """The fast learner's live loop: refit and refresh after a saved stroke or an accept."""
         p = self.project
-        if p is None or not self.live.value or p.session.settings.learner != "fast":
-            return
+        if p is not None and self.live.value and p.session.settings.learner == "fast":
+            self._retrain_soon()
+
+    def _retrain_soon(self) -> None:
+        """Retrain now, or once the task under way has finished (one retrain for many asks)."""
         if self.runner.busy:
-            self._after_task = self.retrain  # once this task's worker has finished (one refit for many strokes)
+            self._after_task = self.retrain
         else:
             self.retrain()
 
