@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from napari_alregions import session as session_module
 from napari_alregions.geometry import Region
 from napari_alregions.project import AnnotationProject, region_size_px, run
 from napari_alregions.settings import SuggestPlan, TrainingBudget
@@ -523,7 +524,14 @@ def test_opening_repairs_caches_and_unacknowledged_labels_and_notices_a_replaced
     outside = (y1 + 5, x1 + 5) if y1 + 5 < labels.shape[0] else (0, 0)
     labels[outside] = 2
     p.session.mark_labels_changed(slide, (*outside, outside[0] + 1, outside[1] + 1))
-    p.session._store.save()
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(session_module, "write_features", killed)
+        with pytest.raises(KeyboardInterrupt):
+            p.session.save()
     p.close()
     (p.folder / "maps" / f"{slide}.npz").write_bytes(b"PK\x03\x04 truncated")
     back = AnnotationProject.open(p.folder)
@@ -548,6 +556,70 @@ def test_opening_repairs_caches_and_unacknowledged_labels_and_notices_a_replaced
     assert (p.folder / "session.json").read_text() == before
     assert not (p.folder / "session.lock").exists()  # a failed open holds no lock
     AnnotationProject.open(p.folder).close()
+
+
+def _edit_regions_file(folder, edit) -> str:
+    """Rewrite the session's ``regions.geojson`` with ``edit(features)``; returns the original."""
+    path = folder / "regions.geojson"
+    original = path.read_text()
+    data = json.loads(original)
+    edit(data["features"])
+    path.write_text(json.dumps(data))
+    return original
+
+
+def test_a_duplicated_region_id_is_refused_and_no_label_is_lost(tmp_path, small_pool):
+    from napari_alregions.session import SessionError
+
+    p, slide, _ = _project(tmp_path, small_pool)
+    region = p.accept(p.suggest(slide, "random", region_size=4 * p.stride, k=1, seed=0)[0])
+    p.save()
+    labels = p.session.labels(slide).copy()
+    y0, x0, y1, x1 = p.label_box(region)
+    assert (labels[y0:y1, x0:x1] > 0).all() and labels.sum() > 0
+    p.close()
+
+    def duplicate(features):  # a copy of the accepted region, elsewhere, with the same id
+        copy = json.loads(json.dumps(features[0]))
+        copy["geometry"]["coordinates"] = [[[0, 0], [8, 0], [8, 8], [0, 8], [0, 0]]]
+        features.append(copy)
+
+    original = _edit_regions_file(p.folder, duplicate)
+    with pytest.raises(SessionError, match=r"regions\.geojson: region id.*more than once"):
+        AnnotationProject.open(p.folder)
+    (p.folder / "regions.geojson").write_text(original)  # the backup restored
+    back = AnnotationProject.open(p.folder)
+    np.testing.assert_array_equal(back.session.labels(slide), labels)
+    assert back.open_messages == []
+    back.close()
+
+
+def test_labels_outside_the_regions_of_an_edited_regions_file_are_kept(tmp_path, small_pool):
+    p, slide, _ = _project(tmp_path, small_pool)
+    region = p.accept(p.suggest(slide, "random", region_size=4 * p.stride, k=1, seed=0)[0])
+    p.save()
+    labels = p.session.labels(slide).copy()
+    p.close()
+
+    def shrink(features):  # the accepted region edited down to a quarter of its box
+        (f,) = [f for f in features if f["id"] == region.uid]
+        x, y, w, h = region.x, region.y, region.w // 2, region.h // 2
+        f["geometry"]["coordinates"] = [[[x, y], [x + w, y], [x + w, y + h], [x, y + h], [x, y]]]
+
+    original = _edit_regions_file(p.folder, shrink)
+    back = AnnotationProject.open(p.folder)
+    np.testing.assert_array_equal(back.session.labels(slide), labels)
+    outside = int(labels.astype(bool).sum() - (back.region_labels(back.session.accepted[0]) > 0).sum())
+    assert outside > 0
+    assert any(f"{outside} labeled pixel(s) lie outside every accepted region" in m and "kept" in m
+               for m in back.open_messages)
+    back.save()  # one save with the edited file ...
+    back.close()
+    (p.folder / "regions.geojson").write_text(original)  # ... and the backup restored: nothing lost
+    again = AnnotationProject.open(p.folder)
+    np.testing.assert_array_equal(again.session.labels(slide), labels)
+    assert again.open_messages == []
+    again.close()
 
 
 def test_regions_partly_or_wholly_off_the_slide_are_clipped_or_refused(tmp_path, small_pool):

@@ -128,6 +128,10 @@ class LabelStore:
             return  # never loaded: nothing changed
         self._dirty.setdefault(name, set()).update(_all_chunks(labels.shape) if box is None else chunks_of(box))
 
+    def dirty_chunks(self, name: str) -> set[Chunk]:
+        """The chunks of ``name`` the next save writes or deletes."""
+        return set(self._dirty.get(name, ()))
+
     def pending(self, name: str) -> int:
         return len(self._dirty.get(name, ()))
 

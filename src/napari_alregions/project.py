@@ -210,29 +210,41 @@ class AnnotationProject:
             project.prototypes = load_prototypes(session.folder / PROTOTYPES_FILE)
 
     def _drop_orphan_labels(self) -> None:
-        """Labels outside every accepted region were never acknowledged (a save killed
-        between the labels and the session file that records their region): they are cleared
-        in memory, and so on disk at the next save."""
+        """Labels outside every accepted region are cleared only where a save killed before
+        ``session.json`` recorded their region was writing them (its journal lists the
+        chunks, :func:`~napari_alregions.session.interrupted_chunks`); they are cleared in
+        memory, and so on disk at the next save. Any other such label is the user's (an edited
+        or restored ``regions.geojson``): kept, and reported."""
         from .labelstore import chunk_box
+        from .session import interrupted_chunks
 
+        ours = interrupted_chunks(self.session.folder)
         for name in self.session.slides:
             chunks = self.session.label_chunks(name)
             if not chunks:
                 continue
             labels = self.session.labels(name)
             boxes = [self.label_box(r) for r in self.session.accepted_on(name)]
-            dropped = 0
+            dropped = kept = 0
             for k in sorted(chunks):
                 rows, cols = chunk_box(k, labels.shape)
                 box = (rows.start, cols.start, rows.stop, cols.stop)
                 orphan = labels[rows, cols].astype(bool) & ~_covered(box, boxes)
-                if orphan.any():
-                    dropped += int(orphan.sum())
-                    labels[rows, cols][orphan] = 0
-                    self.session.mark_labels_changed(name, box)
+                if not orphan.any():
+                    continue
+                if k not in ours.get(name, ()):
+                    kept += int(orphan.sum())
+                    continue
+                dropped += int(orphan.sum())
+                labels[rows, cols][orphan] = 0
+                self.session.mark_labels_changed(name, box)
             if dropped:
                 self.open_messages.append(f"{name}: {dropped} labeled pixel(s) outside every accepted region "
                                           "(from an interrupted save) were cleared")
+            if kept:
+                self.open_messages.append(f"{name}: {kept} labeled pixel(s) lie outside every accepted region "
+                                          f"(regions.geojson edited or restored?); they were kept: accept a region "
+                                          "over them, or restore the regions file they belong to")
 
     # -- properties ------------------------------------------------------------------------
     @property

@@ -227,6 +227,7 @@ class Session:
             all_regions = read_regions(regions_path) if regions_path.exists() else []
         except ValueError as exc:
             raise SessionError(f"{regions_path}: unreadable ({exc}); restore it from a backup") from exc
+        _check_unique_uids(all_regions, regions_path)
         accepted_ids, dismissed_ids = set(meta["accepted"]), set(meta["dismissed"])
         by_uid = {r.uid: r for r in all_regions}
         lost = [u for u in meta["accepted"] if u not in by_uid]
@@ -374,8 +375,10 @@ class Session:
         if self.read_only:
             raise SessionError(f"{self.folder}: the session was opened read-only; nothing was saved")
         with self._lock:
-            (self.folder / "labels").mkdir(parents=True, exist_ok=True)
+            _check_still_there(self.folder)
+            (self.folder / "labels").mkdir(exist_ok=True)  # never the session folder: one moved away stays away
             (self.folder / "checkpoints").mkdir(exist_ok=True)
+            _write_journal(self.folder, {n: self._store.dirty_chunks(n) for n in self.slides})
             self._store.save()
             items = self.store.items()  # one snapshot: a region is in one list only
             accepted = [r for r, st in items if st == ACCEPTED]
@@ -397,8 +400,49 @@ class Session:
                 "labels": {n: self._store.n_stored(n, self._saved_chunks.get(n, 0)) for n in self.slides},
             }
             _atomic_write_text(self.folder / SESSION_FILE, json.dumps(meta, indent=1, default=_json_default), fsync=True)
+            (self.folder / JOURNAL_FILE).unlink(missing_ok=True)  # the labels' regions are on record now
             self._format = FORMAT_VERSION  # the labels are in folders now: format-1 zips can go
             self._store.drop_legacy()
+
+
+#: Written before a save's labels, removed once ``session.json`` is: while it is there, the
+#: label chunks it lists may hold strokes of a save killed before their regions were recorded.
+JOURNAL_FILE = "labels/saving.json"
+
+
+def _write_journal(folder: Path, chunks: dict[str, set[tuple[int, int]]]) -> None:
+    chunks = {n: sorted(ks) for n, ks in chunks.items() if ks}
+    if chunks:
+        _atomic_write_text(folder / JOURNAL_FILE, json.dumps({"chunks": chunks}), fsync=True)
+
+
+def interrupted_chunks(folder: str | os.PathLike[str]) -> dict[str, set[tuple[int, int]]]:
+    """The label chunks, by slide, that a save killed before it wrote ``session.json`` was
+    writing (empty when the last save completed, or the journal is unreadable: then no label
+    is provably ours to clear)."""
+    try:
+        listed = json.loads((Path(folder) / JOURNAL_FILE).read_text())["chunks"]
+        return {str(n): {(int(cy), int(cx)) for cy, cx in ks} for n, ks in listed.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
+def _check_unique_uids(regions: list[Region], path: Path) -> None:
+    """Two regions of one uid would make one of them (and so its labels) vanish: refused."""
+    seen: set[str | None] = set()
+    twice = sorted({r.uid for r in regions if r.uid in seen or seen.add(r.uid)}, key=str)
+    if twice:
+        raise SessionError(f"{path}: region id(s) {', '.join(map(repr, twice[:3]))} appear more than once (the file "
+                           "was edited or merged by hand?); give each region its own 'id' or restore the file from a "
+                           "backup. Nothing was changed")
+
+
+def _check_still_there(folder: Path) -> None:
+    """A session folder moved or deleted while open: saving must not create a second one at
+    the old path (the in-memory session stays; move the folder back and save again)."""
+    if not ((folder / SESSION_FILE).is_file() or (folder / LOCK_FILE).is_file()):
+        raise SessionError(f"{folder}: the session folder is gone (moved, renamed or deleted while open); nothing "
+                           "was saved. Move it back and save again, or reopen it where it is now")
 
 
 _ENTRY_TYPES = {"name": str, "path": str, "label_level": int, "label_shape": (list, type(None)),
