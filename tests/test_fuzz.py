@@ -461,3 +461,309 @@ def test_qupath_reading_is_bounded(tmp_path):
     path.write_text("[" * 100_000 + "]" * 100_000)  # nesting that exhausts the parser's recursion
     with pytest.raises(ValueError, match="nested too deeply"):
         io_qupath.read_geojson(path)
+
+
+# -- issue 33: everyday input that gave a traceback ---------------------------------------------
+
+
+@pytest.fixture
+def project(tmp_path, slide_file):
+    """A session on one 512² slide (labels at level 1: 256² px), open; closed afterwards."""
+    from napari_alregions.project import AnnotationProject
+
+    path, _ = slide_file("zlib")
+    p = AnnotationProject.create(tmp_path / "session", patch_size=32, level=1, stride=64)
+    p.add_slide(path)
+    p.save()
+    yield p
+    p.close()
+
+
+def test_a_slide_name_typo_on_the_command_line_lists_the_sessions_slides(tmp_path, capsys, project):
+    from napari_alregions.cli import main
+
+    [name] = project.slides
+    project.close()  # the command takes the session's lock
+    assert main(["qupath-export", str(project.folder), str(tmp_path / "out.geojson"), "--slide", name + "x"]) == 2
+    _one_line_error(capsys.readouterr().err, f"--slide: no slide '{name}x' in the session (its slides: {name})")
+
+
+@pytest.mark.parametrize("failure", ["python", "torch"])
+def test_a_full_disk_while_saving_a_checkpoint_keeps_the_old_one(tmp_path, monkeypatch, failure):
+    """A write that fails half-way (ENOSPC through a Python file, or torch's own writer's
+    RuntimeError) is an OSError naming the checkpoint; the previous file stays whole."""
+    import errno
+
+    import torch
+
+    from napari_alregions._errors import describe
+    from napari_alregions.model import ModelSpec, load_checkpoint, save_checkpoint
+    from napari_alregions.model import checkpoint as checkpoint_module
+
+    spec = ModelSpec(patch_size=32, level=0)
+    old = spec.build()
+    path = save_checkpoint(tmp_path / "m.pt", old, spec, cycle=1)
+    before = path.read_bytes()
+    real_save = torch.save
+
+    def full_disk(obj, f, *args, **kwargs):
+        real_save(obj, tmp_path / "scratch.pt")
+        f.write((tmp_path / "scratch.pt").read_bytes()[:100])  # some bytes made it
+        if failure == "torch":
+            raise RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 64 vs 0")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", full_disk)
+    with pytest.raises(OSError) as caught:
+        save_checkpoint(path, spec.build(), spec, cycle=2)
+    text = describe(caught.value)
+    assert text.startswith(f"{path}: ") and "inline_container" not in text
+    assert ("No space left on device (the disk is full" if failure == "python" else "could not be written") in text
+    assert path.read_bytes() == before and [f.name for f in tmp_path.iterdir()] == ["m.pt", "scratch.pt"]
+    monkeypatch.undo()
+    assert load_checkpoint(path)[2] == {"cycle": 1}
+
+
+def _obj(path: Path) -> None:
+    np.save(path, np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+
+
+def _truncated(path: Path) -> None:
+    np.save(path, np.random.default_rng(0).random((16, 16)))
+    os.truncate(path, path.stat().st_size - 100)
+
+
+def _npz(path: Path) -> None:
+    with open(path, "wb") as fh:
+        np.savez(fh, a=np.zeros((16, 16)))
+
+
+def _strings(path: Path) -> None:
+    np.save(path, np.full((16, 16), "x"))
+
+
+@pytest.mark.parametrize(("make", "fragment"), [
+    (_obj, "not a readable .npy priority map (Array can't be memory-mapped: Python objects in dtype.)"),
+    (_truncated, "not a readable .npy priority map (mmap length is greater than file size)"),
+    (_npz, "an .npz archive, not the .npy priority map expected"),
+    (_strings, "a priority map must hold numbers, got dtype <U1"),
+])
+def test_a_bad_npy_map_is_one_line_naming_the_file(tmp_path, capsys, make, fragment):
+    from napari_alregions.cli import main
+
+    path = tmp_path / "bad.npy"
+    make(path)
+    assert main(_suggest(path, tmp_path / "r.geojson")) == 2
+    _one_line_error(capsys.readouterr().err, f"{path}: {fragment}")
+
+
+@pytest.mark.parametrize("make", [_obj, _truncated, _npz, _strings])
+def test_bad_npy_embeddings_name_the_file(tmp_path, make):
+    from napari_alregions.cli_suggest import load_map_nd
+    from napari_alregions.prototypes import load_embeddings
+
+    path = tmp_path / "emb.npy"
+    make(path)
+    for load in (load_map_nd, load_embeddings):
+        with pytest.raises(ValueError, match=f"^{path}: "):
+            load(path)
+
+
+@pytest.mark.parametrize(("args", "name"), [
+    ((float("nan"), 0, 8, 8), "x"), ((0, float("inf"), 8, 8), "y"), ((0, 0, float("nan"), 8), "w"),
+    ((0, 0, 8, "8"), "h"),
+])
+def test_read_region_of_no_number_names_the_argument(slide_file, args, name):
+    path, _ = slide_file("zlib")
+    with open_slide(path) as slide:
+        with pytest.raises(SlideError, match=f"read_region: {name} must be a finite number"):
+            slide.read_region(*args)
+
+
+def test_a_region_larger_than_the_map_is_a_clear_error(tmp_path, capsys):
+    from napari_alregions.cli import main
+    from napari_alregions.selection import needed_array, select
+    from napari_alregions.selection.diversity import region_embeddings
+
+    cells = np.random.default_rng(0).random((6, 5, 4))
+    with pytest.raises(ValueError, match=r"region size: a region of 8x8 map px does not fit the 6x5 map"):
+        region_embeddings(cells, size=8)
+    with pytest.raises(ValueError, match="does not fit the 6x5 map"):
+        select("diversity", np.ones((6, 5)), stride=64, region_size=512, k=1,
+               embeddings=needed_array("embeddings", cells, region_size=512, stride=64))
+    np.save(tmp_path / "m.npy", np.ones((6, 5)))
+    np.save(tmp_path / "cells.npy", cells)
+    assert main(["suggest", str(tmp_path / "m.npy"), "--method", "diversity", "-l", "512", "--stride", "64",
+                 "--cell-features", str(tmp_path / "cells.npy"), "--out", str(tmp_path / "r.geojson")]) == 2
+    _one_line_error(capsys.readouterr().err, "does not fit the 6x5 map; choose a smaller region")
+
+
+def test_a_session_cannot_be_created_on_a_file(tmp_path):
+    from napari_alregions.project import AnnotationProject
+    from napari_alregions.session import SessionError
+
+    path = tmp_path / "notes.txt"
+    path.write_text("mine")
+    with pytest.raises(SessionError, match=f"{path}: a file, not a folder"):
+        AnnotationProject.create(path)
+    assert path.read_text() == "mine"
+
+
+# -- issue 33: silently wrong results ----------------------------------------------------------
+
+
+def test_a_cmyk_tiff_is_refused_not_read_as_rgb(tmp_path):
+    path = tmp_path / "cmyk.tif"
+    cmyk = np.random.default_rng(0).integers(0, 256, (64, 64, 4), dtype=np.uint8)
+    tifffile.imwrite(path, cmyk, photometric="separated")
+    with pytest.raises(SlideError, match=r"CMYK \(photometric 'separated'\) colour, not RGB; convert"):
+        open_slide(path)
+
+
+@pytest.mark.parametrize("mpp", [2.3e-6, 0.01, 51.0, 99.0])
+def test_an_implausible_pixel_size_is_ignored_with_a_message_naming_the_file(tmp_path, caplog, mpp):
+    from napari_alregions.project import region_size_px
+
+    path = tmp_path / "s.tif"
+    write_pyramid(path, [smooth_rgb(256, 256)], compression="zlib", mpp=mpp, ome=True)
+    with caplog.at_level("WARNING", logger="napari_alregions.wsi"), open_slide(path) as slide:
+        assert slide.mpp is None
+    assert f"{path}: pixel size {mpp:.4g} µm/px in its metadata is outside 0.05-50 µm/px" in caplog.text
+    with pytest.raises(ValueError, match=r"mpp: .* µm/px is no microscope's pixel size \(expected 0.05 to 50\)"):
+        region_size_px(500, "µm", mpp=mpp, stride=64)
+    with pytest.raises(ValueError, match="this slide has no pixel size"):
+        region_size_px(500, "µm", mpp=None, stride=64)
+    for good in (0.05, 0.25, 50.0):  # the bounds are plausible
+        assert region_size_px(500, "µm", mpp=good, stride=1) == round(500 / good)
+
+
+def test_a_session_folder_moved_while_open_is_not_recreated(tmp_path, project):
+    from napari_alregions.geometry import Region
+    from napari_alregions.project import AnnotationProject
+    from napari_alregions.session import SessionError
+
+    [name] = project.slides
+    region = project.accept(Region(0, 0, 128, 128, slide=name))
+    old, moved = project.folder, tmp_path / "moved"
+    old.rename(moved)
+    stroke = np.full((64, 64), 2, np.uint8)
+    with pytest.raises(SessionError, match=f"{old}: the session folder is gone .*nothing was saved. Move it back"):
+        project.write_region_labels(region, stroke)  # autosave
+    assert not old.exists()  # not re-created half-empty
+    np.testing.assert_array_equal(project.region_labels(region), stroke)  # the stroke is still in memory
+    moved.rename(old)  # moved back: the next save writes it
+    project.save()
+    project.close()
+    back = AnnotationProject.open(old)
+    np.testing.assert_array_equal(back.region_labels(back.session.accepted[0]), stroke)
+    back.close()
+
+
+def test_a_replaced_slide_with_the_same_size_and_head_is_noticed(tmp_path):
+    import json
+
+    from napari_alregions.project import AnnotationProject
+    from napari_alregions.session import SessionError, file_fingerprint
+
+    a, b = tmp_path / "a.tif", tmp_path / "b.tif"
+    write_pyramid(a, [smooth_rgb(512, 512, seed=1), smooth_rgb(256, 256, seed=1)])  # uncompressed: same size
+    write_pyramid(b, [smooth_rgb(512, 512, seed=2), smooth_rgb(256, 256, seed=2)])
+    head = 1 << 16
+    other = a.read_bytes()[:head] + b.read_bytes()[head:]
+    assert len(other) == a.stat().st_size and other != a.read_bytes()
+    p = AnnotationProject.create(tmp_path / "s", patch_size=32, level=1)
+    p.add_slide(a)
+    p.save()
+    p.close()
+    original = a.read_bytes()
+    a.write_bytes(other)
+    with pytest.raises(SessionError, match="is not the file added to this session"):
+        AnnotationProject.open(p.folder)
+    a.write_bytes(original)
+    # a session saved before (digest version 1: the first 64 KiB) opens, and still tells a replaced file
+    meta = json.loads((p.folder / "session.json").read_text())
+    assert meta["slides"][0]["digest"] == file_fingerprint(a)[1] and meta["slides"][0]["digest"].startswith("v2:")
+    import hashlib
+    meta["slides"][0]["digest"] = hashlib.sha256(original[:head]).hexdigest()
+    (p.folder / "session.json").write_text(json.dumps(meta))
+    AnnotationProject.open(p.folder).close()
+    a.write_bytes(b.read_bytes())
+    with pytest.raises(SessionError, match="is not the file added to this session"):
+        AnnotationProject.open(p.folder)
+
+
+def test_a_replaced_checkpoint_of_another_normalisation_is_refused(tmp_path, project):
+    from napari_alregions.model import ModelSpec, save_checkpoint
+    from napari_alregions.project import AnnotationProject
+    from napari_alregions.session import SessionError
+
+    spec = ModelSpec(classes=project.classes, patch_size=32, level=1)
+    project.load_model(save_checkpoint(tmp_path / "mine.pt", spec.build(), spec))
+    project.save()
+    project.close()
+    [stored] = project.session.checkpoints
+    other = ModelSpec(classes=project.classes, patch_size=32, level=1, mean=(0.5, 0.5, 0.5))
+    save_checkpoint(project.folder / stored, other.build(), other)
+    with pytest.raises(SessionError, match=r"not the checkpoint of this model: its mean \(0.5, 0.5, 0.5\) "
+                                           r"\(the session's: \(0.7, 0.55, 0.7\)\)"):
+        AnnotationProject.open(project.folder)
+    save_checkpoint(project.folder / stored, spec.build(), spec)  # the original back
+    AnnotationProject.open(project.folder).close()
+
+
+@pytest.mark.parametrize("method", ["standard", "standard_nonsquare", "adaptive", "random"])
+def test_suggest_with_an_empty_tissue_mask_proposes_nothing(tmp_path, capsys, method):
+    from napari_alregions.cli import main
+    from napari_alregions.io_qupath import read_regions
+
+    np.save(tmp_path / "m.npy", np.random.default_rng(0).random((16, 16)))
+    np.save(tmp_path / "t.npy", np.zeros((16, 16), bool))
+    out = tmp_path / "r.geojson"
+    assert main(["suggest", str(tmp_path / "m.npy"), "--method", method, "-l", "256", "-k", "5", "--stride", "64",
+                 "--tissue", str(tmp_path / "t.npy"), "--out", str(out)]) == 0
+    assert read_regions(out) == []
+    captured = capsys.readouterr()
+    assert "the tissue mask marks no tissue" in captured.err and "0 " in captured.out
+
+
+def test_labels_that_are_no_whole_numbers_are_refused(project):
+    from napari_alregions.geometry import Region
+
+    [name] = project.slides
+    region = project.accept(Region(0, 0, 128, 128, slide=name))
+    before = project.region_labels(region)
+    for bad, fragment in ((1.7, r"whole numbers.*such as 1\.7"), (np.nan, "whole numbers.*such as nan"),
+                          (3, r"0 \(unlabeled\) to 2, got 0..3"), (-1, r"0 \(unlabeled\) to 2, got -1")):
+        data = np.zeros(before.shape)
+        data[0, 0] = bad
+        with pytest.raises(ValueError, match=fragment):
+            project.write_region_labels(region, data)
+        with pytest.raises(ValueError, match=fragment):
+            project.session.set_labels(name, np.pad(data, ((0, 256 - 64), (0, 256 - 64))))
+    np.testing.assert_array_equal(project.region_labels(region), before)
+    project.write_region_labels(region, np.full(before.shape, 2.0))  # whole numbers in floats are fine
+    assert (project.region_labels(region) == 2).all()
+
+
+def test_probabilities_that_are_none_are_refused(project):
+    from napari_alregions.priority import MEASURES
+
+    [name] = project.slides
+    tissue = project.slides[name].tissue_map(project.stride)
+    assert tissue.any()
+    prob = np.full((*tissue.shape, 2), 0.5)
+    prob[~tissue] = np.nan  # NaN off tissue: cells never predicted (SPEC §4)
+    project.set_probabilities(name, prob)
+    r, c = np.argwhere(tissue)[0]
+    nan = prob.copy()
+    nan[r, c] = np.nan
+    with pytest.raises(ValueError, match=f"probabilities: NaN at 1 map cell.*on tissue \\(first: row {r}, col {c}\\)"):
+        project.set_probabilities(name, nan)
+    scores = prob.copy()
+    scores[r, c] = (0.9, 0.6)
+    with pytest.raises(ValueError, match=r"must sum to 1, got 1.5 at .* \(1 pixel\(s\) off\)"):
+        project.set_probabilities(name, scores)
+    for measure in ("least_confidence", "margin", "entropy"):
+        fn, _ = MEASURES[measure]
+        with pytest.raises(ValueError, match="probabilities: the class probabilities of a pixel must sum to 1"):
+            fn(scores)

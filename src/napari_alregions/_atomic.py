@@ -2,7 +2,8 @@
 
 Every file the package saves (sessions, labels, maps, embeddings, checkpoints, GeoJSON,
 prototype sets, pool results) goes through :func:`atomic_path`, so a crash mid-write
-leaves the previous file, never half of a new one.
+leaves the previous file, never half of a new one. :func:`load_npy` reads such an array back
+(or one a user gives) with an error that names the file.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["atomic_path", "remove_stale", "save_npy", "target_of", "write_text"]
+__all__ = ["atomic_path", "load_npy", "remove_stale", "save_npy", "target_of", "write_text"]
 
 logger = logging.getLogger(__name__)
 
@@ -115,3 +116,21 @@ def save_npy(path: str | os.PathLike[str], array: np.ndarray) -> Path:
     with atomic_path(path) as tmp:
         np.save(tmp, array)
     return Path(path)
+
+
+def load_npy(path: str | os.PathLike[str], *, what: str = "array", mmap_mode: str | None = None) -> np.ndarray:
+    """A numeric array from a ``.npy`` file, never a pickle; a truncated or foreign file, an
+    ``.npz`` archive or a non-numeric dtype is a ValueError naming the file and ``what``."""
+    path = Path(path)
+    try:
+        arr = np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    except OSError:
+        raise  # missing, no permission: the OS's message names the file already
+    except (ValueError, EOFError) as exc:
+        raise ValueError(f"{path}: not a readable .npy {what} ({exc})") from exc
+    if not isinstance(arr, np.ndarray):  # np.load opens an .npz archive whatever its name
+        arr.close()
+        raise ValueError(f"{path}: an .npz archive, not the .npy {what} expected")
+    if arr.dtype.kind not in "biuf":
+        raise ValueError(f"{path}: a {what} must hold numbers, got dtype {arr.dtype}")
+    return arr

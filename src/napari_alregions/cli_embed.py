@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ._argtypes import non_negative_int, positive_int
-from ._atomic import save_npy
+from ._atomic import load_npy, save_npy
 from .cli_pool import add_inference_args
 
 __all__ = ["add_embed_parsers"]
@@ -91,7 +91,7 @@ def _cmd_similarity(args: argparse.Namespace) -> int:
     from .embed import similarity_map
     from .prototypes import load_prototypes
 
-    emb = np.load(args.embeddings, allow_pickle=False)
+    emb = load_npy(args.embeddings, what="embeddings")
     sim = similarity_map(emb, load_prototypes(args.prototypes).of(args.cls))
     out = save_npy(args.out, sim)
     print(f"similarity map {sim.shape[0]}x{sim.shape[1]} (max {sim.max():.3f}) written to {out}")

@@ -39,6 +39,9 @@ def _open(args: argparse.Namespace):
             project.close()
             raise ValueError(f"--slide: the session has {len(project.slides)} slides ({', '.join(project.slides) or 'none'}); name one")
         [slide] = project.slides
+    elif slide not in project.slides:
+        project.close()
+        raise ValueError(f"--slide: no slide {slide!r} in the session (its slides: {', '.join(project.slides) or 'none'})")
     return project, slide
 
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from ._argtypes import non_negative_int, positive_int
+from ._atomic import load_npy
 
 __all__ = ["add_suggest_parser", "describe_methods", "load_map"]
 
@@ -25,7 +27,7 @@ def load_map(path: str | Path, *, what: str = "priority map") -> np.ndarray:
         raise FileNotFoundError(f"{path}: no such file")
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        arr = load_npy(path, what=what, mmap_mode="r")
     elif suffix in (".tif", ".tiff"):
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
@@ -124,6 +126,8 @@ def _cmd_suggest(args: argparse.Namespace) -> int:
     priority = load_map(args.map)
     options = dict(args.option or [])
     tissue = load_map(args.tissue, what="tissue mask").astype(bool) if args.tissue else None
+    if tissue is not None and not tissue.any():
+        print(f"{args.tissue}: the tissue mask marks no tissue: no region can be proposed", file=sys.stderr)
     if args.embeddings:
         options["embeddings"] = load_map_nd(args.embeddings)
     if args.descriptors:
@@ -157,7 +161,7 @@ def load_map_nd(path: str | Path) -> np.ndarray:
     path = Path(path)
     if path.suffix.lower() != ".npy":
         raise ValueError(f"{path}: expected a .npy file")
-    return np.load(path, allow_pickle=False)
+    return load_npy(path)
 
 
 def add_suggest_parser(sub: argparse._SubParsersAction) -> None:

@@ -27,7 +27,7 @@ import numpy as np
 
 from .geometry import Box
 
-__all__ = ["LABEL_CHUNK", "LabelStore"]
+__all__ = ["LABEL_CHUNK", "LabelStore", "as_label_values"]
 
 LABEL_CHUNK = 512  # label px per side of a stored label chunk
 _CHUNKS_ATTR = "napari-alregions chunks"  # format 1: the stored chunks, listed in the zip's attributes
@@ -270,3 +270,19 @@ def _read_label_zip(path: Path) -> tuple[np.ndarray, set[Chunk] | None]:
         raise LabelStoreError(f"{path}: unreadable label array ({exc})") from exc
     finally:
         store.close()
+
+
+def as_label_values(data: np.ndarray, n_classes: int, *, name: str = "labels") -> np.ndarray:
+    """``data`` as a uint8 label mask (0 unlabeled, ``i + 1`` for class i), or a ValueError
+    naming ``name``: values that are not whole numbers (1.7 is no class: never rounded
+    or cut), or outside ``0..n_classes``."""
+    data = np.asarray(data)
+    if data.dtype.kind not in "biuf":
+        raise ValueError(f"{name}: label values must be whole numbers, got dtype {data.dtype}")
+    if data.dtype.kind == "f" and data.size and not (np.isfinite(data).all() and (data == np.round(data)).all()):
+        bad = data[~(np.isfinite(data) & (data == np.round(data)))]
+        raise ValueError(f"{name}: label values must be whole numbers (0 unlabeled, 1..{n_classes} a class), got "
+                         f"{bad.size} other value(s) such as {float(bad.flat[0])}")
+    if data.size and (data.min() < 0 or data.max() > n_classes):
+        raise ValueError(f"{name}: label values must be 0 (unlabeled) to {n_classes}, got {data.min():g}..{data.max():g}")
+    return data.astype(np.uint8)

@@ -21,6 +21,7 @@ __all__ = [
 ]
 
 _EPS = 1e-7
+_SUM_TOL = 1e-2  # class probabilities stored as float16 sum to 1 within a few 1e-3
 
 
 def _as_classes(p: np.ndarray, name: str = "probabilities", *, lead: int = 0) -> np.ndarray:
@@ -42,6 +43,12 @@ def _as_classes(p: np.ndarray, name: str = "probabilities", *, lead: int = 0) ->
         return np.stack([1.0 - p, p], axis=-1)
     if p.shape[-1] < 2:
         raise ValueError(f"{name} needs at least 2 classes on its last axis, got {p.shape[-1]}")
+    sums = p.sum(axis=-1)
+    off = np.isfinite(sums) & (np.abs(sums - 1.0) > _SUM_TOL)
+    if off.any():
+        where = tuple(int(i) for i in np.argwhere(off)[0])
+        raise ValueError(f"{name}: the class probabilities of a pixel must sum to 1, got {sums[where]:.4g} at "
+                         f"{where} ({int(off.sum())} pixel(s) off); pass softmax outputs, not scores")
     return p
 
 

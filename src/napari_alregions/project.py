@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from ._atomic import atomic_path, save_npy
+from ._atomic import atomic_path, load_npy, save_npy
 from ._progress import iter_progress, relay
 from .geometry import Box, Region, labeled_boxes
 from .io_qupath import (
@@ -42,12 +42,13 @@ from .io_qupath import (
     region_features,
     write_features,
 )
+from .labelstore import as_label_values
 from .priority import MEASURES
 from .selection import METHODS, select
 from .selection.compare import MethodSummary, compare_proposals
 from .session import Session, SessionError, file_fingerprint
 from .settings import SuggestPlan
-from .wsi import Slide, open_slide
+from .wsi import MPP_RANGE, Slide, open_slide
 
 __all__ = ["AnnotationProject", "MapRecord", "region_size_px", "run"]
 
@@ -80,11 +81,14 @@ def region_size_px(value: float, unit: str, *, mpp: float | None, stride: int) -
     >>> region_size_px(500, "µm", mpp=0.5, stride=128)
     1024
     """
-    if not value > 0:
-        raise ValueError(f"region size must be positive, got {value}")
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"region size must be a positive number, got {value}")
+    if mpp is not None and not MPP_RANGE[0] <= mpp <= MPP_RANGE[1]:
+        raise ValueError(f"mpp: {mpp} µm/px is no microscope's pixel size (expected {MPP_RANGE[0]:g} to {MPP_RANGE[1]:g})")
     if unit in ("µm", "um"):
         if not mpp:
-            raise ValueError("this slide has no pixel size (mpp); give the region size in px")
+            raise ValueError("this slide has no pixel size (mpp: missing from its file, or implausible); give the "
+                             "region size in px")
         px = value / mpp
     elif unit == "px":
         px = value
@@ -174,9 +178,9 @@ class AnnotationProject:
         for name, entry in session.slides.items():
             if not Path(entry.path).is_file():
                 raise SessionError(f"slide {name!r}: {entry.path} is missing (moved or deleted?)")
-            if entry.size is not None and file_fingerprint(entry.path) != (entry.size, entry.digest):
+            if entry.size is not None and file_fingerprint(entry.path, like=entry.digest) != (entry.size, entry.digest):
                 raise SessionError(f"slide {name!r}: {entry.path} is not the file added to this session (its size or "
-                                   "first bytes changed: replaced by another slide?); put the original back")
+                                   "content changed: replaced by another slide?); put the original back")
             project.slides[name] = slide = open_slide(entry.path)
             if entry.label_shape is not None and (entry.label_level >= slide.level_count
                                                   or tuple(slide.levels[entry.label_level].shape[:2]) != entry.label_shape):
@@ -200,7 +204,7 @@ class AnnotationProject:
             emb = session.folder / EMBED_DIR / f"{name}.npy"
             if emb.is_file():
                 try:
-                    project.embeddings[name] = np.load(emb, allow_pickle=False)
+                    project.embeddings[name] = load_npy(emb, what="embeddings")
                 except (OSError, ValueError):
                     self.open_messages.append(f"{name}: the saved embeddings are damaged; compute them again")
         self._drop_orphan_labels()
@@ -691,6 +695,7 @@ class AnnotationProject:
                              f"{len(self.classes)}) or that without E, got {np.shape(probabilities)}")
         if needs_ensemble and prob.shape[0] < 2:
             raise ValueError(f"{measure} needs an ensemble: make a model with 2 or more members")
+        _check_predicted(prob, tissue)
         members = prob if needs_ensemble else prob.mean(axis=0)
         # a cell half on glass (a tissue edge, a fold, debris) is half as worth labeling: the
         # uncertainty of an edge is the glass's, not the tissue's
@@ -1095,8 +1100,7 @@ class AnnotationProject:
         data = np.asarray(data)
         if data.shape != (y1 - y0, x1 - x0):
             raise ValueError(f"labels of this region must have shape {(y1 - y0, x1 - x0)}, got {data.shape}")
-        if data.size and (data.min() < 0 or data.max() > len(self.classes)):
-            raise ValueError(f"label values must be 0 (unlabeled) to {len(self.classes)}, got {data.min()}..{data.max()}")
+        data = as_label_values(data, len(self.classes))
         self.session.labels(region.slide)[y0:y1, x0:x1] = data
         self.session.mark_labels_changed(region.slide, (y0, x0, y1, x1))
         self._autosave()
@@ -1434,6 +1438,18 @@ def _overlap(box: Box, other: Box) -> tuple[slice, slice]:
     y0, x0, y1, x1 = box
     oy0, ox0, oy1, ox1 = other
     return (slice(max(oy0, y0) - y0, max(0, min(oy1, y1) - y0)), slice(max(ox0, x0) - x0, max(0, min(ox1, x1) - x0)))
+
+
+def _check_predicted(prob: np.ndarray, tissue: np.ndarray) -> None:
+    """Probabilities made elsewhere: NaN only off tissue (a NaN on tissue is a failed
+    prediction, never priority 0, SPEC §4)."""
+    if prob.dtype.kind not in "fiu":
+        raise ValueError(f"probabilities must be numeric, got dtype {prob.dtype}")
+    missing = np.isnan(prob).any(axis=(0, -1)) & tissue.astype(bool)
+    if missing.any():
+        r, c = (int(v) for v in np.argwhere(missing)[0])
+        raise ValueError(f"probabilities: NaN at {int(missing.sum())} map cell(s) on tissue (first: row {r}, col {c}); "
+                         "the prediction failed there: predict again")
 
 
 def _covered(box: Box, others: Sequence[Box]) -> np.ndarray:

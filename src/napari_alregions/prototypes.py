@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ._atomic import atomic_path
+from ._atomic import atomic_path, load_npy
 
 __all__ = [
     "ParquetMissing",
@@ -259,7 +259,7 @@ def load_embeddings(path: str | os.PathLike[str], column: str = "embedding") -> 
     if not path.is_file():
         raise ValueError(f"{path}: no such file")
     if path.suffix.lower() == ".npy":
-        arr = np.load(path, allow_pickle=False)
+        arr = load_npy(path, what="embeddings")
     else:
         try:
             arr = np.stack(_read_parquet(path, columns=[column])[column].to_numpy())

@@ -30,7 +30,7 @@ from ._atomic import remove_stale
 from ._atomic import write_text as _atomic_write_text  # a module name: tests simulate a crash here
 from .geometry import Box, Region
 from .io_qupath import read_regions, region_features, write_features
-from .labelstore import LABEL_CHUNK, LabelStore, LabelStoreError  # noqa: F401 (LABEL_CHUNK: re-exported)
+from .labelstore import LABEL_CHUNK, LabelStore, LabelStoreError, as_label_values  # noqa: F401 (LABEL_CHUNK: re-exported)
 from .regionset import ACCEPTED, DISMISSED, PROPOSED, RegionSet
 from .settings import Settings
 
@@ -174,6 +174,8 @@ class Session:
     def create(cls, folder: str | os.PathLike[str], *, classes: tuple[str, ...] = ("background", "tumour"), **params: Any) -> Session:
         """A new, empty session in ``folder`` (which must not hold a session yet)."""
         folder = Path(folder)
+        if folder.exists() and not folder.is_dir():
+            raise SessionError(f"{folder}: a file, not a folder; a session needs a folder (a new or empty one)")
         if (folder / SESSION_FILE).exists():
             raise SessionError(f"{folder}: already holds a session: open it instead (Open session in the viewer, Session.open in Python)")
         if len(classes) < 2:
@@ -309,11 +311,10 @@ class Session:
         expected = self.slides[name].label_shape
         if expected is not None and labels.shape != tuple(expected):
             raise ValueError(f"labels for {name!r} must have shape {tuple(expected)}, got {labels.shape}")
-        if labels.size and int(labels.max()) > len(self.classes):
-            raise ValueError(f"label values must be 0 (unlabeled) to {len(self.classes)}, got {int(labels.max())}")
+        labels = as_label_values(labels, len(self.classes), name=f"labels of {name!r}")
         with self._lock:
             self.labels(name)
-            self._store.replace(name, labels.astype(np.uint8))
+            self._store.replace(name, labels)
 
     def mark_labels_changed(self, name: str, box: Box | None = None) -> None:
         """Have the next :meth:`save` write the slide's labels in ``box`` ``(y0, x0, y1, x1)``
@@ -449,17 +450,32 @@ _ENTRY_TYPES = {"name": str, "path": str, "label_level": int, "label_shape": (li
                 "truth": (str, type(None)), "group": (str, type(None)), "size": (int, type(None)),
                 "digest": (str, type(None))}
 _DIGEST_BYTES = 1 << 16
+_SAMPLES, _SAMPLE_BYTES = 64, 1 << 12  # digest v2: 64 blocks of 4 KiB spread over the file, its end included
+_DIGEST_V2 = "v2:"
 
 
-def file_fingerprint(path: str | os.PathLike[str]) -> tuple[int, str]:
-    """A file's size and the SHA-256 of its first 64 KiB (a TIFF's header and first tags):
-    enough to tell a slide replaced by another file, without reading gigabytes."""
+def file_fingerprint(path: str | os.PathLike[str], *, like: str | None = None) -> tuple[int, str]:
+    """A file's size and a SHA-256 digest of its first 64 KiB (a TIFF's header and first
+    tags) and of 64 blocks of 4 KiB evenly spread over the rest (tiles, tile offsets and the
+    tags at the end): enough to tell a slide replaced by another one of the same size and
+    header, reading 320 KiB however large the file is.
+
+    ``like``: a digest stored earlier; one of version 1 (no ``v2:`` prefix: the first 64 KiB
+    only, sessions saved before) is computed the same way, so old sessions still open.
+    """
     import hashlib
 
     with open(path, "rb") as fh:
-        head = fh.read(_DIGEST_BYTES)
+        digest = hashlib.sha256(fh.read(_DIGEST_BYTES))
         size = os.fstat(fh.fileno()).st_size
-    return size, hashlib.sha256(head).hexdigest()
+        if like is not None and not like.startswith(_DIGEST_V2):
+            return size, digest.hexdigest()
+        if size > _DIGEST_BYTES:
+            last = max(size - _SAMPLE_BYTES, _DIGEST_BYTES)
+            for at in sorted({_DIGEST_BYTES + (last - _DIGEST_BYTES) * i // (_SAMPLES - 1) for i in range(_SAMPLES)}):
+                fh.seek(at)
+                digest.update(fh.read(_SAMPLE_BYTES))
+    return size, _DIGEST_V2 + digest.hexdigest()
 
 
 def _checked_meta(meta: Any, path: Path) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from ._atomic import load_npy
 from .geometry import Region
 from .io_qupath import write_regions
 from .metrics import iou_dice, roc_auc
@@ -418,7 +419,7 @@ def _predict(project, slides: dict[str, Slide], client=None) -> dict[str, np.nda
     with tempfile.TemporaryDirectory(prefix="alregions-sim-") as tmp:
         files = run_pool([s.path for s in slides.values()], model, project.spec,
                          PoolJob("predict", stride=project.stride), tmp, client=client)
-        return {n: np.load(files[slide_name(s.path)]) for n, s in slides.items()}
+        return {n: load_npy(files[slide_name(s.path)], what="probability map") for n, s in slides.items()}
 
 
 def _evaluate(project, pool: Pool, client=None, oracle: _Oracle | None = None) -> dict[str, float]:

@@ -27,7 +27,7 @@ import tifffile
 from ._integral import box_sum, integral_image
 from ._tiffzarr import open_level
 
-__all__ = ["MAX_COMPRESSION", "MAX_READ_BYTES", "Slide", "SlideError", "SlideInfo", "TiledLevel", "detect_tissue",
+__all__ = ["MAX_COMPRESSION", "MAX_READ_BYTES", "MPP_RANGE", "Slide", "SlideError", "SlideInfo", "TiledLevel", "detect_tissue",
            "open_labels", "open_slide", "set_tile_cache_size", "tile_cache_size"]
 
 logger = logging.getLogger(__name__)
@@ -232,6 +232,9 @@ class Slide:
         >>> patch = slide.read_region(1024, 2048, 256, 256, level=0)  # doctest: +SKIP
         """
         self._check_level(level)
+        for name, v in zip("xywh", (x, y, w, h), strict=True):
+            if not isinstance(v, (int, np.integer, float, np.floating)) or not math.isfinite(v):
+                raise SlideError(f"{self.path}: read_region: {name} must be a finite number, got {v!r}")
         x, y, w, h = (int(v) for v in (x, y, w, h))
         if w <= 0 or h <= 0:
             raise SlideError(f"{self.path}: region size must be positive, got w={w}, h={h}")
@@ -659,7 +662,7 @@ def _open_openslide(path: Path) -> Slide:
     builders = [builder(i, r, shp) for i, (r, shp) in enumerate(zip(readers, shapes, strict=True))]
     mpp = None
     try:
-        mpp = _plausible_mpp(float(props.get(openslide.PROPERTY_NAME_MPP_X, "nan")))
+        mpp = _plausible_mpp(float(props.get(openslide.PROPERTY_NAME_MPP_X, "nan")), path)
     except ValueError:
         pass
     pyramidal = len(builders) > 1
@@ -680,6 +683,7 @@ def _open_tiff(path: Path, tif: tifffile.TiffFile) -> Slide:
     series = tif.series[main]
     axes = series.axes
     _check_pixels(path, series.shape, axes, series.dtype)
+    _check_colour_space(path, series.keyframe)
 
     # (series index, level index) of each pyramid level, finest first
     level_refs = [(main, i) for i in range(len(series.levels))]
@@ -779,6 +783,20 @@ def _check_pixels(path: Path, shape: tuple[int, ...], axes: str, dtype: np.dtype
     if channels not in (3, 4):
         kind = "greyscale" if channels == 1 else f"{channels}-channel"
         raise SlideError(f"{path}: {kind} image; expected an RGB (brightfield) slide")
+
+
+#: Photometric interpretations whose channels are not red, green and blue: read as RGB they
+#: would be silently wrong colours (a CMYK slide's mean error was 232 of 255), and converting
+#: them faithfully needs the scanner's colour profile, so they are refused.
+_NOT_RGB = {"SEPARATED": "CMYK (photometric 'separated')", "CIELAB": "CIE L*a*b*", "ICCLAB": "ICC L*a*b*",
+            "ITULAB": "ITU L*a*b*", "LOGLUV": "LogLuv", "PALETTE": "palette"}
+
+
+def _check_colour_space(path: Path, page: Any) -> None:
+    name = getattr(page.photometric, "name", str(page.photometric))
+    if name in _NOT_RGB:
+        raise SlideError(f"{path}: {_NOT_RGB[name]} colour, not RGB; convert the slide to RGB first (e.g. "
+                         "`vips icc_transform` or an image editor), its colours would be wrong read as RGB")
 
 
 def _pyramid_from_series(tif: tifffile.TiffFile, main: int) -> list[tuple[int, int]]:
@@ -1240,9 +1258,9 @@ def _read_mpp(tif: tifffile.TiffFile) -> float | None:
         if tif.is_svs:
             m = re.search(r"MPP\s*=\s*([0-9.eE+-]+)", page.description or "")
             if m:
-                return _plausible_mpp(float(m.group(1)))
+                return _plausible_mpp(float(m.group(1)), tif.filehandle.path)
         if tif.is_ome and tif.ome_metadata:
-            return _ome_mpp(tif.ome_metadata)
+            return _ome_mpp(tif.ome_metadata, tif.filehandle.path)
         tags = page.tags
         if "XResolution" in tags and "ResolutionUnit" in tags:
             num, den = tags["XResolution"].value
@@ -1251,26 +1269,37 @@ def _read_mpp(tif: tifffile.TiffFile) -> float | None:
                 per_unit = num / den  # pixels per unit
                 um_per_unit = {2: 25400.0, 3: 10000.0}.get(unit)
                 if um_per_unit is not None and per_unit > 1:
-                    return _plausible_mpp(um_per_unit / per_unit)
+                    return _plausible_mpp(um_per_unit / per_unit, tif.filehandle.path)
     except (ValueError, KeyError, TypeError, ET.ParseError) as exc:
         logger.debug("unreadable resolution metadata in %s: %s", tif.filename, exc)
     return None
 
 
-def _ome_mpp(xml: str) -> float | None:
+def _ome_mpp(xml: str, where: str | os.PathLike[str]) -> float | None:
     root = ET.fromstring(xml)
     for el in root.iter():
         if el.tag.endswith("Pixels") and "PhysicalSizeX" in el.attrib:
             value = float(el.attrib["PhysicalSizeX"])
             unit = el.attrib.get("PhysicalSizeXUnit", "µm")
             scale = {"µm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}
-            return _plausible_mpp(value * scale.get(unit, 1.0))
+            return _plausible_mpp(value * scale.get(unit, 1.0), where)
     return None
 
 
-def _plausible_mpp(mpp: float) -> float | None:
-    # Screen defaults (72 dpi ≈ 353 µm/px) are not microscope resolutions.
-    return mpp if 0 < mpp < 100 else None
+#: Level-0 µm per pixel a microscope slide can have (a 100x objective is ~0.1, a 1.25x scan
+#: ~8); outside, a file's pixel size is a default or an error (72 dpi is 353 µm/px).
+MPP_RANGE = (0.05, 50.0)
+
+
+def _plausible_mpp(mpp: float, where: str | os.PathLike[str]) -> float | None:
+    """``mpp`` where it is in :data:`MPP_RANGE`, else None (logged, naming the file ``where``):
+    the slide's pixel size is unknown and sizes are given in px."""
+    if MPP_RANGE[0] <= mpp <= MPP_RANGE[1]:
+        return mpp
+    if math.isfinite(mpp):
+        logger.warning("%s: pixel size %.4g µm/px in its metadata is outside %g-%g µm/px: ignored (the slide's "
+                       "pixel size is unknown; give sizes in px)", where, mpp, *MPP_RANGE)
+    return None
 
 
 def open_labels(path: str | os.PathLike[str]) -> list[da.Array]:

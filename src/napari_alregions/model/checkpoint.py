@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import warnings
@@ -89,9 +90,34 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, spec: ModelS
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "info": info,
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    try:
+        # through a Python file: a failed write (a full disk) is an OSError with its errno,
+        # not the RuntimeError of torch's own writer ("inline_container.cc ... file write failed")
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            torch.save(payload, fh)
+    except OSError as exc:
+        raise OSError(exc.errno or errno.EIO, exc.strerror or str(exc), str(path)) from exc
+    except RuntimeError as exc:  # torch's writer ("inline_container.cc ..."): not a text for users
+        raise OSError(errno.EIO, "the checkpoint could not be written (a full disk or a failing file system?); the "
+                      "previous checkpoint is kept", str(path)) from exc
     return path
+
+
+#: Spec fields a checkpoint must share with the session that uses it: its weights mean
+#: something else for another network, class list, patch size, level or normalisation.
+_SAME = ("arch", "classes", "patch_size", "level", "width", "mean", "std")
+
+
+def _spec_differences(spec: ModelSpec, expect: ModelSpec) -> list[str]:
+    def same(a: Any, b: Any) -> bool:
+        if isinstance(a, tuple) and isinstance(b, tuple) and len(a) == len(b):
+            return all(same(x, y) for x, y in zip(a, b, strict=True))
+        if isinstance(a, float) or isinstance(b, float):
+            return math.isclose(a, b, rel_tol=1e-6)
+        return a == b
+
+    return [f"{k} {getattr(spec, k)!r} (the session's: {getattr(expect, k)!r})" for k in _SAME
+            if not same(getattr(spec, k), getattr(expect, k))]
 
 
 def load_checkpoint(
@@ -102,7 +128,8 @@ def load_checkpoint(
     Parameters
     ----------
     expect : ModelSpec, optional
-        If given, the checkpoint's architecture and classes must match.
+        If given, the checkpoint's architecture, classes, patch size, level, width and
+        normalisation (mean, std) must match (a checkpoint replaced by another one is refused).
 
     Returns
     -------
@@ -135,11 +162,10 @@ def load_checkpoint(
         spec = ModelSpec.from_dict(payload["spec"])
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: invalid model spec ({exc})") from exc
-    if expect is not None and (spec.arch != expect.arch or spec.classes != expect.classes):
-        raise CheckpointError(
-            f"{path}: checkpoint is {spec.arch} for classes {list(spec.classes)}, "
-            f"expected {expect.arch} for {list(expect.classes)}"
-        )
+    differs = [] if expect is None else _spec_differences(spec, expect)
+    if differs:
+        raise CheckpointError(f"{path}: not the checkpoint of this model: its {'; '.join(differs)} (replaced by "
+                              "another checkpoint? put the original back, or load it as a new model)")
     state = payload.get("state_dict")
     if isinstance(state, dict):
         bad = [k for k, v in state.items()

@@ -137,7 +137,8 @@ def select(
     k : int
         Number of regions.
     tissue : (H, W) bool ndarray, optional
-        Tissue mask at map resolution.
+        Tissue mask at map resolution: priorities outside it count as 0, so an all-False
+        mask proposes no region (random and diversity draw only from regions with tissue).
     annotated : iterable of Region
         Regions already labeled on this slide; never proposed again.
     seed : int or Generator, optional

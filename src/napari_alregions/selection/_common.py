@@ -46,7 +46,8 @@ def prepare(
 ) -> MapInput:
     """Validate the common selector arguments (SPEC §5) and convert to map pixels.
 
-    NaN priorities count as 0; inf or negative priorities are an error. A map whose
+    NaN priorities count as 0, and so do those outside ``tissue``; inf or negative priorities
+    are an error. A map whose
     maximum is above 1e6 or below 1e-3 is divided by that maximum (same picks, finite and
     distinguishable window sums).
     """
@@ -85,6 +86,7 @@ def prepare(
         if mask.shape != p.shape:
             raise ValueError(f"tissue must have the priority map's shape {p.shape}, got {mask.shape}")
         mask = mask.astype(bool)
+        p[~mask] = 0.0  # outside tissue, priority 0 (SPEC §4): an empty mask proposes nothing
     boxes = []
     for r in annotated:
         if not isinstance(r, Region):

@@ -30,6 +30,9 @@ def region_embeddings(cell_features: np.ndarray, *, size: int) -> np.ndarray:
     if size < 1:
         raise ValueError(f"size must be >= 1 map px, got {size}")
     gh, gw = f.shape[0] // size, f.shape[1] // size
+    if not (gh and gw):
+        raise ValueError(f"region size: a region of {size}x{size} map px does not fit the {f.shape[0]}x{f.shape[1]} "
+                         "map; choose a smaller region")
     blocks = f[: gh * size, : gw * size].reshape(gh, size, gw, size, -1)
     valid = np.isfinite(blocks).all(axis=-1, keepdims=True)
     total = np.where(valid, blocks, 0.0).sum(axis=(1, 3))

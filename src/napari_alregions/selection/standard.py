@@ -41,7 +41,7 @@ def standard(
     k : int
         Number of regions.
     tissue : (H, W) bool ndarray, optional
-        Unused (priorities outside tissue are 0 already); accepted for the common signature.
+        Priorities outside it count as 0 (an all-False mask: no region).
     annotated : iterable of Region
         Regions already labeled on this slide (level-0 px); never re-proposed.
     rng : optional
