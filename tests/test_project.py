@@ -520,25 +520,34 @@ def test_opening_repairs_caches_and_unacknowledged_labels_and_notices_a_replaced
     run(p.iter_priority(slide))
     y0, x0, y1, x1 = p.label_box(region)
     labels = p.session.labels(slide)
-    # a save killed after the labels of a new region, before the session file recorded it
-    outside = (y1 + 5, x1 + 5) if y1 + 5 < labels.shape[0] else (0, 0)
-    labels[outside] = 2
-    p.session.mark_labels_changed(slide, (*outside, outside[0] + 1, outside[1] + 1))
+    # a pixel of the user's outside every region (as after a hand edit of regions.geojson) ...
+    free = np.argwhere(labels == 0)
+    mine = tuple(free[len(free) // 2])
+    labels[mine] = 2
+    p.session.mark_labels_changed(slide, (*mine, mine[0] + 1, mine[1] + 1))
+    p.save()
 
+    # ... and a save killed after the labels of a new region, before the session file recorded it
     def killed(*args, **kwargs):
         raise KeyboardInterrupt
 
+    second = p.suggest(slide, "random", region_size=4 * p.stride, k=1, seed=1)[0]
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(session_module, "write_features", killed)
         with pytest.raises(KeyboardInterrupt):
-            p.session.save()
+            second = p.accept(second)  # autosaves
+    b0, a0, b1, a1 = p.label_box(second)
+    assert (labels[b0:b1, a0:a1] == 1).all() and labels[mine] == 2
     p.close()
     (p.folder / "maps" / f"{slide}.npz").write_bytes(b"PK\x03\x04 truncated")
     back = AnnotationProject.open(p.folder)
-    assert back.session.labels(slide)[outside] == 0
+    assert (back.session.labels(slide)[b0:b1, a0:a1] == 0).all()  # the unrecorded region's labels go
+    assert back.session.labels(slide)[mine] == 2  # the user's pixel stays
     assert (back.session.labels(slide)[y0:y1, x0:x1] == 1).all()  # the region's own labels stay
     assert slide not in back.maps
-    assert any("outside every accepted region" in m for m in back.open_messages)
+    assert any(f"{(b1 - b0) * (a1 - a0)} labeled pixel(s) outside every accepted region (from an interrupted save) "
+               "were cleared" in m for m in back.open_messages)
+    assert any("1 labeled pixel(s) lie outside every accepted region" in m for m in back.open_messages)
     assert any("priority map is damaged" in m for m in back.open_messages)
     back.close()
     # the slide file replaced by another slide: refused, nothing rewritten

@@ -215,20 +215,22 @@ class AnnotationProject:
 
     def _drop_orphan_labels(self) -> None:
         """Labels outside every accepted region are cleared only where a save killed before
-        ``session.json`` recorded their region was writing them (its journal lists the
-        chunks, :func:`~napari_alregions.session.interrupted_chunks`); they are cleared in
-        memory, and so on disk at the next save. Any other such label is the user's (an edited
-        or restored ``regions.geojson``): kept, and reported."""
+        ``session.json`` recorded their region wrote them: in the chunks its journal lists,
+        inside the regions accepted then (:func:`~napari_alregions.session.interrupted_save`).
+        They are cleared in memory, and so on disk at the next save. Any other such label is
+        the user's (an edited or restored ``regions.geojson``): kept, and reported."""
         from .labelstore import chunk_box
-        from .session import interrupted_chunks
+        from .session import interrupted_save
 
-        ours = interrupted_chunks(self.session.folder)
+        journal = interrupted_save(self.session.folder)
         for name in self.session.slides:
             chunks = self.session.label_chunks(name)
             if not chunks:
                 continue
             labels = self.session.labels(name)
             boxes = [self.label_box(r) for r in self.session.accepted_on(name)]
+            written, then = journal.get(name, (set(), []))
+            then_boxes = [self.label_box(r) for r in then]
             dropped = kept = 0
             for k in sorted(chunks):
                 rows, cols = chunk_box(k, labels.shape)
@@ -236,12 +238,12 @@ class AnnotationProject:
                 orphan = labels[rows, cols].astype(bool) & ~_covered(box, boxes)
                 if not orphan.any():
                     continue
-                if k not in ours.get(name, ()):
-                    kept += int(orphan.sum())
-                    continue
-                dropped += int(orphan.sum())
-                labels[rows, cols][orphan] = 0
-                self.session.mark_labels_changed(name, box)
+                ours = orphan & _covered(box, then_boxes) if k in written else np.zeros_like(orphan)
+                kept += int(orphan.sum() - ours.sum())
+                if ours.any():
+                    dropped += int(ours.sum())
+                    labels[rows, cols][ours] = 0
+                    self.session.mark_labels_changed(name, box)
             if dropped:
                 self.open_messages.append(f"{name}: {dropped} labeled pixel(s) outside every accepted region "
                                           "(from an interrupted save) were cleared")

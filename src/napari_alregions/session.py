@@ -379,7 +379,7 @@ class Session:
             _check_still_there(self.folder)
             (self.folder / "labels").mkdir(exist_ok=True)  # never the session folder: one moved away stays away
             (self.folder / "checkpoints").mkdir(exist_ok=True)
-            _write_journal(self.folder, {n: self._store.dirty_chunks(n) for n in self.slides})
+            _write_journal(self.folder, {n: self._store.dirty_chunks(n) for n in self.slides}, self.store.accepted())
             self._store.save()
             items = self.store.items()  # one snapshot: a region is in one list only
             accepted = [r for r, st in items if st == ACCEPTED]
@@ -406,24 +406,29 @@ class Session:
             self._store.drop_legacy()
 
 
-#: Written before a save's labels, removed once ``session.json`` is: while it is there, the
-#: label chunks it lists may hold strokes of a save killed before their regions were recorded.
+#: Written before a save's labels, removed once ``session.json`` is: while it is there, a
+#: save was killed before it recorded its regions. It lists the label chunks the save wrote
+#: and the accepted regions (level-0 boxes) whose labels those chunks held.
 JOURNAL_FILE = "labels/saving.json"
 
 
-def _write_journal(folder: Path, chunks: dict[str, set[tuple[int, int]]]) -> None:
+def _write_journal(folder: Path, chunks: dict[str, set[tuple[int, int]]], accepted: list[Region]) -> None:
     chunks = {n: sorted(ks) for n, ks in chunks.items() if ks}
     if chunks:
-        _atomic_write_text(folder / JOURNAL_FILE, json.dumps({"chunks": chunks}), fsync=True)
+        boxes = {n: [[r.x, r.y, r.w, r.h] for r in accepted if r.slide == n] for n in chunks}
+        _atomic_write_text(folder / JOURNAL_FILE, json.dumps({"chunks": chunks, "regions": boxes}), fsync=True)
 
 
-def interrupted_chunks(folder: str | os.PathLike[str]) -> dict[str, set[tuple[int, int]]]:
-    """The label chunks, by slide, that a save killed before it wrote ``session.json`` was
-    writing (empty when the last save completed, or the journal is unreadable: then no label
-    is provably ours to clear)."""
+def interrupted_save(folder: str | os.PathLike[str]) -> dict[str, tuple[set[tuple[int, int]], list[Region]]]:
+    """What a save killed before it wrote ``session.json`` was writing, by slide: the label
+    chunks and the accepted regions then. Labels in those chunks, inside those regions but
+    outside every region on record, are provably that save's. Empty when the last save
+    completed, or the journal is unreadable (then no label is provably ours to clear)."""
     try:
-        listed = json.loads((Path(folder) / JOURNAL_FILE).read_text())["chunks"]
-        return {str(n): {(int(cy), int(cx)) for cy, cx in ks} for n, ks in listed.items()}
+        listed = json.loads((Path(folder) / JOURNAL_FILE).read_text())
+        return {str(n): ({(int(cy), int(cx)) for cy, cx in ks},
+                         [Region(*(int(v) for v in box), slide=str(n)) for box in listed["regions"].get(n, [])])
+                for n, ks in listed["chunks"].items()}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return {}
 
