@@ -767,3 +767,32 @@ def test_probabilities_that_are_none_are_refused(project):
         fn, _ = MEASURES[measure]
         with pytest.raises(ValueError, match="probabilities: the class probabilities of a pixel must sum to 1"):
             fn(scores)
+
+
+def _damaged_zip(path: Path) -> None:
+    path.write_bytes(b"PK\x03\x04 truncated")
+
+
+@pytest.mark.parametrize("load", ["load_npy", "load_npz", "load_prototypes", "project map"])
+def test_a_damaged_archive_is_an_error_and_its_file_is_closed(tmp_path, load):
+    """np.load keeps the file of a zip it cannot read open (a leaked descriptor per call)."""
+    import gc
+    import warnings
+
+    from napari_alregions import _atomic
+    from napari_alregions.project import _load_map
+    from napari_alregions.prototypes import load_prototypes
+
+    path = tmp_path / ("bad.npy" if load == "load_npy" else "bad.npz")
+    _damaged_zip(path)
+    call = {"load_npy": _atomic.load_npy, "load_npz": _atomic.load_npz, "load_prototypes": load_prototypes,
+            "project map": _load_map}[load]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        if load == "project map":
+            assert call(path) is None  # a damaged cache: recomputed on demand
+        else:
+            with pytest.raises(ValueError, match=f"^{path}: "):
+                call(path)
+        gc.collect()
+    assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []

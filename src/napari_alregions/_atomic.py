@@ -2,8 +2,9 @@
 
 Every file the package saves (sessions, labels, maps, embeddings, checkpoints, GeoJSON,
 prototype sets, pool results) goes through :func:`atomic_path`, so a crash mid-write
-leaves the previous file, never half of a new one. :func:`load_npy` reads such an array back
-(or one a user gives) with an error that names the file.
+leaves the previous file, never half of a new one. :func:`load_npy` and :func:`load_npz` read
+such arrays back (or ones a user gives) with an error that names the file, and close it
+whatever happens (``np.load`` leaves a damaged archive's file open).
 """
 
 from __future__ import annotations
@@ -14,13 +15,15 @@ import os
 import re
 import threading
 import time
+import zipfile
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["atomic_path", "load_npy", "remove_stale", "save_npy", "target_of", "write_text"]
+__all__ = ["atomic_path", "load_npy", "load_npz", "remove_stale", "save_npy", "target_of", "write_text"]
 
 logger = logging.getLogger(__name__)
 
@@ -122,15 +125,32 @@ def load_npy(path: str | os.PathLike[str], *, what: str = "array", mmap_mode: st
     """A numeric array from a ``.npy`` file, never a pickle; a truncated or foreign file, an
     ``.npz`` archive or a non-numeric dtype is a ValueError naming the file and ``what``."""
     path = Path(path)
+    with open(path, "rb") as fh:
+        if fh.read(4) == b"PK\x03\x04":  # np.load opens an .npz archive whatever its name
+            raise ValueError(f"{path}: an .npz archive, not the .npy {what} expected")
     try:
         arr = np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
     except OSError:
         raise  # missing, no permission: the OS's message names the file already
     except (ValueError, EOFError) as exc:
         raise ValueError(f"{path}: not a readable .npy {what} ({exc})") from exc
-    if not isinstance(arr, np.ndarray):  # np.load opens an .npz archive whatever its name
-        arr.close()
-        raise ValueError(f"{path}: an .npz archive, not the .npy {what} expected")
     if arr.dtype.kind not in "biuf":
         raise ValueError(f"{path}: a {what} must hold numbers, got dtype {arr.dtype}")
     return arr
+
+
+def load_npz(path: str | os.PathLike[str], *, what: str = "readable .npz archive") -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` archive, read whole, never a pickle; a damaged or foreign
+    file is a ValueError naming it and ``what``."""
+    path = Path(path)
+    with open(path, "rb") as fh:  # ours to close: np.load keeps the file of an archive it cannot read
+        try:
+            z = np.load(fh, allow_pickle=False)
+            if not isinstance(z, np.lib.npyio.NpzFile):
+                raise ValueError("an .npy array, not an .npz archive")
+            with z:
+                return {k: z[k] for k in z.files}
+        except (ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+            # numpy reads any non-archive as a pickle and suggests allow_pickle=True: not advice to pass on
+            why = "not an .npz archive of arrays" if "pickle" in str(exc) else str(exc)
+            raise ValueError(f"{path}: not a {what} ({why})") from exc

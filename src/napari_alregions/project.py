@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 import os
-import zipfile
 from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -30,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ._atomic import atomic_path, load_npy, save_npy
+from ._atomic import atomic_path, load_npy, load_npz, save_npy
 from ._progress import iter_progress, relay
 from .geometry import Box, Region, labeled_boxes
 from .io_qupath import (
@@ -1486,7 +1485,7 @@ def _load_map(path: Path) -> MapRecord | None:
     if not path.is_file():
         return None
     try:
-        with np.load(path, allow_pickle=False) as z:
-            return MapRecord(z["probabilities"], z["priority"], str(z["measure"]), int(z["stride"]), int(z["cycle"]))
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        z = load_npz(path)
+        return MapRecord(z["probabilities"], z["priority"], str(z["measure"]), int(z["stride"]), int(z["cycle"]))
+    except (OSError, KeyError, ValueError):
         return None  # a damaged cache: the map is recomputed on demand

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ._atomic import atomic_path, load_npy
+from ._atomic import atomic_path, load_npy, load_npz
 
 __all__ = [
     "ParquetMissing",
@@ -88,13 +88,11 @@ def load_prototypes(path: str | os.PathLike[str]) -> PrototypeSet:
     """Read a set written by :func:`save_prototypes` (``allow_pickle=False``)."""
     path = Path(path)
     try:
-        with np.load(path, allow_pickle=False) as z:
-            emb = {k[len("class:"):]: z[k] for k in z.files if k.startswith("class:")}
-            prov = json.loads(str(z["provenance"])) if "provenance" in z.files else {}
-    except (OSError, ValueError, json.JSONDecodeError) as exc:
-        # numpy reads any non-archive as a pickle and suggests allow_pickle=True: not advice to pass on
-        why = "not an .npz archive of arrays" if "pickle" in str(exc) else str(exc)
-        raise ValueError(f"{path}: not a prototype set ({why})") from exc
+        z = load_npz(path, what="prototype set")
+        emb = {k[len("class:"):]: v for k, v in z.items() if k.startswith("class:")}
+        prov = json.loads(str(z["provenance"])) if "provenance" in z else {}
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not a prototype set (provenance: {exc})") from exc
     if not emb:
         raise ValueError(f"{path}: empty prototype set")
     return PrototypeSet(emb, prov)

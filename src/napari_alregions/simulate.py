@@ -159,23 +159,28 @@ class Pool:
             raise FileNotFoundError(f"{folder}: no manifest.json (make one with `alregions make-demo-data`)")
         manifest = json.loads(path.read_text())
         slides, truth, tissue, train, test = {}, {}, {}, [], []
-        for entry in manifest["slides"]:
-            name = entry["name"]
-            slide = open_slide(folder / entry["image"])
-            if level >= slide.level_count:
-                raise ValueError(f"{name}: working level {level} does not exist ({slide.level_count} levels)")
-            if entry.get("mask"):
-                # local threads: a distributed Client in this process must not receive file handles
-                gt = np.asarray(open_labels(folder / entry["mask"])[level].compute(scheduler="threads"))
-            elif entry.get("annotations"):
-                gt = truth_from_geojson(slide, folder / entry["annotations"], level=level)
-            else:
-                raise ValueError(f"{path}: slide {name!r} has neither a 'mask' nor 'annotations' (its ground truth)")
-            slides[name], truth[name] = slide, gt
-            tissue[name] = slide.tissue_map(stride)
-            (test if entry.get("split") == "test" else train).append(name)
-        if not train or not test:
-            raise ValueError(f"{folder}: the pool needs training and test slides (split in manifest.json)")
+        try:
+            for entry in manifest["slides"]:
+                name = entry["name"]
+                slides[name] = slide = open_slide(folder / entry["image"])
+                if level >= slide.level_count:
+                    raise ValueError(f"{name}: working level {level} does not exist ({slide.level_count} levels)")
+                if entry.get("mask"):
+                    # local threads: a distributed Client in this process must not receive file handles
+                    gt = np.asarray(open_labels(folder / entry["mask"])[level].compute(scheduler="threads"))
+                elif entry.get("annotations"):
+                    gt = truth_from_geojson(slide, folder / entry["annotations"], level=level)
+                else:
+                    raise ValueError(f"{path}: slide {name!r} has neither a 'mask' nor 'annotations' (its ground truth)")
+                truth[name] = gt
+                tissue[name] = slide.tissue_map(stride)
+                (test if entry.get("split") == "test" else train).append(name)
+            if not train or not test:
+                raise ValueError(f"{folder}: the pool needs training and test slides (split in manifest.json)")
+        except BaseException:
+            for s in slides.values():  # the slides opened so far: a failed load holds no file
+                s.close()
+            raise
         return cls(folder, train, test, slides, truth, tissue, level, stride, patch_size)
 
     def truth_cells(self, name: str) -> np.ndarray:

@@ -13,6 +13,7 @@ import math
 import os
 import re
 import threading
+import weakref
 import xml.etree.ElementTree as ET
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -1306,6 +1307,8 @@ def open_labels(path: str | os.PathLike[str]) -> list[da.Array]:
     """Open a pyramidal label mask (2-D integer TIFF) lazily, level 0 first.
 
     Used for ground-truth masks such as those written by :mod:`napari_alregions.synthetic`.
+    The arrays own the open file: it is closed when the last of them is garbage
+    (``np.asarray(open_labels(path)[1])`` reads level 1 and closes the file).
 
     Raises
     ------
@@ -1313,6 +1316,7 @@ def open_labels(path: str | os.PathLike[str]) -> list[da.Array]:
     """
     path = Path(path)
     tif = _tiff_file(path)
+    weakref.finalize(tif, tif.filehandle.close)  # (not a method of tif: that would keep it alive)
     try:
         main = _main_series(path, tif)
         series = tif.series[main]
