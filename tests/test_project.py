@@ -577,46 +577,53 @@ def _edit_regions_file(folder, edit) -> str:
     return original
 
 
-def test_a_duplicated_region_id_is_refused_and_no_label_is_lost(tmp_path, small_pool):
-    from napari_alregions.session import SessionError
-
+def _one_saved_region(tmp_path, small_pool):
+    """A closed project with one accepted region; its slide, the region and all labels."""
     p, slide, _ = _project(tmp_path, small_pool)
     region = p.accept(p.suggest(slide, "random", region_size=4 * p.stride, k=1, seed=0)[0])
     p.save()
     labels = p.session.labels(slide).copy()
     y0, x0, y1, x1 = p.label_box(region)
-    assert (labels[y0:y1, x0:x1] > 0).all() and labels.sum() > 0
+    assert (labels[y0:y1, x0:x1] > 0).all()
     p.close()
+    return p.folder, slide, region, labels
+
+
+def _backup_restored(folder, original: str, slide, labels) -> None:
+    """Restoring ``regions.geojson`` from a backup gives back every label, with no message."""
+    (folder / "regions.geojson").write_text(original)
+    back = AnnotationProject.open(folder)
+    np.testing.assert_array_equal(back.session.labels(slide), labels)
+    assert back.open_messages == []
+    back.close()
+
+
+def test_a_duplicated_region_id_is_refused_and_no_label_is_lost(tmp_path, small_pool):
+    from napari_alregions.session import SessionError
+
+    folder, slide, _, labels = _one_saved_region(tmp_path, small_pool)
 
     def duplicate(features):  # a copy of the accepted region, elsewhere, with the same id
         copy = json.loads(json.dumps(features[0]))
         copy["geometry"]["coordinates"] = [[[0, 0], [8, 0], [8, 8], [0, 8], [0, 0]]]
         features.append(copy)
 
-    original = _edit_regions_file(p.folder, duplicate)
+    original = _edit_regions_file(folder, duplicate)
     with pytest.raises(SessionError, match=r"regions\.geojson: region id.*more than once"):
-        AnnotationProject.open(p.folder)
-    (p.folder / "regions.geojson").write_text(original)  # the backup restored
-    back = AnnotationProject.open(p.folder)
-    np.testing.assert_array_equal(back.session.labels(slide), labels)
-    assert back.open_messages == []
-    back.close()
+        AnnotationProject.open(folder)
+    _backup_restored(folder, original, slide, labels)
 
 
 def test_labels_outside_the_regions_of_an_edited_regions_file_are_kept(tmp_path, small_pool):
-    p, slide, _ = _project(tmp_path, small_pool)
-    region = p.accept(p.suggest(slide, "random", region_size=4 * p.stride, k=1, seed=0)[0])
-    p.save()
-    labels = p.session.labels(slide).copy()
-    p.close()
+    folder, slide, region, labels = _one_saved_region(tmp_path, small_pool)
 
     def shrink(features):  # the accepted region edited down to a quarter of its box
         (f,) = [f for f in features if f["id"] == region.uid]
         x, y, w, h = region.x, region.y, region.w // 2, region.h // 2
         f["geometry"]["coordinates"] = [[[x, y], [x + w, y], [x + w, y + h], [x, y + h], [x, y]]]
 
-    original = _edit_regions_file(p.folder, shrink)
-    back = AnnotationProject.open(p.folder)
+    original = _edit_regions_file(folder, shrink)
+    back = AnnotationProject.open(folder)
     np.testing.assert_array_equal(back.session.labels(slide), labels)
     outside = int(labels.astype(bool).sum() - (back.region_labels(back.session.accepted[0]) > 0).sum())
     assert outside > 0
@@ -624,11 +631,7 @@ def test_labels_outside_the_regions_of_an_edited_regions_file_are_kept(tmp_path,
                for m in back.open_messages)
     back.save()  # one save with the edited file ...
     back.close()
-    (p.folder / "regions.geojson").write_text(original)  # ... and the backup restored: nothing lost
-    again = AnnotationProject.open(p.folder)
-    np.testing.assert_array_equal(again.session.labels(slide), labels)
-    assert again.open_messages == []
-    again.close()
+    _backup_restored(folder, original, slide, labels)  # ... and the backup restored: nothing lost
 
 
 def test_regions_partly_or_wholly_off_the_slide_are_clipped_or_refused(tmp_path, small_pool):
