@@ -43,4 +43,4 @@ def get_reader(path: str | list[str]) -> Callable | None:
 def read_slides(path: str | list[str]) -> list[tuple]:
     """Open each slide lazily; raises ``SlideError`` with the reason for a bad file."""
     paths = [path] if isinstance(path, (str, Path)) else list(path)
-    return [slide_image_layer(open_slide(p)) for p in paths]
+    return [slide_image_layer(open_slide(p).close_with_levels()) for p in paths]  # napari closes no file

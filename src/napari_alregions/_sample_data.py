@@ -35,5 +35,5 @@ def demo_slide() -> list[tuple]:
     """Generate (once) and open a 4096² synthetic slide: its image and tissue mask layers."""
     folder = cache_dir() / "sample"
     manifest = make_slide_pool(folder, n_slides=1, size=SAMPLE_SIZE, seed=0)
-    slide = open_slide(folder / manifest["slides"][0]["image"])
+    slide = open_slide(folder / manifest["slides"][0]["image"]).close_with_levels()  # napari closes no file
     return [slide_image_layer(slide), tissue_labels_layer(slide)]

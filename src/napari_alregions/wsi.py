@@ -356,6 +356,14 @@ class Slide:
         return float(self.tissue_mask().mean())
 
     # -- lifetime -------------------------------------------------------------------------
+    def close_with_levels(self) -> Slide:
+        """Have the file close when this slide and its level arrays are garbage: for a slide
+        whose arrays are handed on with no one to call :meth:`close` (the napari layers of
+        the reader and of the sample data). Returns the slide."""
+        if self._tif is not None:
+            weakref.finalize(self._tif, self._tif.filehandle.close)  # (a method of the tif would keep it alive)
+        return self
+
     def close(self) -> None:
         if self._tif is not None:
             self._tif.close()
