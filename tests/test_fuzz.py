@@ -780,7 +780,7 @@ def test_a_damaged_archive_is_an_error_and_its_file_is_closed(tmp_path, load):
     import warnings
 
     from napari_alregions import _atomic
-    from napari_alregions.project import _load_map
+    from napari_alregions.maps import _load_record as _load_map
     from napari_alregions.prototypes import load_prototypes
 
     path = tmp_path / ("bad.npy" if load == "load_npy" else "bad.npz")
