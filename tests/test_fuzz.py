@@ -649,6 +649,8 @@ def test_a_session_folder_moved_while_open_is_not_recreated(tmp_path, project):
     stroke = np.full((64, 64), 2, np.uint8)
     with pytest.raises(SessionError, match=f"{old}: the session folder is gone .*nothing was saved. Move it back"):
         project.write_region_labels(region, stroke)  # autosave
+    with pytest.raises(FileNotFoundError):  # nor by a map saved meanwhile
+        project.set_probabilities(name, np.full((*project.slides[name].map_shape(project.stride), 2), 0.5))
     assert not old.exists()  # not re-created half-empty
     np.testing.assert_array_equal(project.region_labels(region), stroke)  # the stroke is still in memory
     moved.rename(old)  # moved back: the next save writes it

@@ -94,7 +94,7 @@ class MapStore:
         if save and kind == "priority":
             _save_record(self._path(slide, kind), value)
         elif save and kind == "embeddings":
-            self._path(slide, kind).parent.mkdir(parents=True, exist_ok=True)
+            self._path(slide, kind).parent.mkdir(exist_ok=True)  # not the session folder: one moved away stays away
             save_npy(self._path(slide, kind), value)
         self._data[_checked(kind)][slide] = value
         self._changed(slide, kind)
@@ -142,7 +142,7 @@ def _checked(kind: str) -> str:
 
 
 def _save_record(path: Path, record: MapRecord) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(exist_ok=True)  # not the session folder: one moved away stays away
     with atomic_path(path) as tmp:
         np.savez_compressed(tmp, probabilities=record.probabilities, priority=record.priority,
                             measure=np.array(record.measure), stride=np.array(record.stride), cycle=np.array(record.cycle))
