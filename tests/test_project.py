@@ -201,6 +201,34 @@ def test_retrain_without_labels_and_cancelled_retrain_change_nothing(tmp_path, s
     p.close()
 
 
+def test_a_full_disk_during_a_retrain_keeps_the_model_and_its_checkpoint(tmp_path, small_pool, monkeypatch):
+    import errno
+    import os
+
+    from napari_alregions.model import checkpoint as checkpoint_module
+
+    p, slide, truth = _labeled(tmp_path, small_pool, k=2, seed=0)
+    run(p.iter_retrain(refresh=False))
+    p.save()
+    saved = {c: (p.folder / c).read_bytes() for c in p.session.checkpoints}
+    models, cycle = list(p.models), p.cycle
+
+    def full_disk(obj, f, *args, **kwargs):
+        f.write(b"\x00" * 100)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", full_disk)
+    with pytest.raises(OSError, match="No space left on device") as caught:
+        run(p.iter_retrain(refresh=False))
+    assert "cycle_002_m0.pt" in str(caught.value.filename)
+    assert p.models == models and p.cycle == cycle and list(p.session.checkpoints) == list(saved)
+    monkeypatch.undo()
+    p.close()
+    back = AnnotationProject.open(p.folder)
+    assert back.cycle == cycle and {c: (p.folder / c).read_bytes() for c in back.session.checkpoints} == saved
+    back.close()
+
+
 def test_checkpoint_for_other_classes_is_refused(tmp_path, small_pool):
     from napari_alregions.model import CheckpointError, ModelSpec, save_checkpoint
 
