@@ -641,6 +641,18 @@ def test_a_duplicated_region_id_is_refused_and_no_label_is_lost(tmp_path, small_
         AnnotationProject.open(folder)
     _backup_restored(folder, original, slide, labels)
 
+    def without_id(features):  # two regions without an id (added by hand): each gets its own
+        for _ in range(2):
+            copy = json.loads(json.dumps(features[0]))
+            del copy["id"]
+            features.append(copy)
+
+    _edit_regions_file(folder, without_id)
+    back = AnnotationProject.open(folder)
+    assert len({r.uid for r, _ in back.session.store.items()}) == 3
+    np.testing.assert_array_equal(back.session.labels(slide), labels)
+    back.close()
+
 
 def test_labels_outside_the_regions_of_an_edited_regions_file_are_kept(tmp_path, small_pool):
     folder, slide, region, labels = _one_saved_region(tmp_path, small_pool)

@@ -559,9 +559,10 @@ def interrupted_save(folder: str | os.PathLike[str]) -> dict[str, tuple[set[tupl
 
 
 def _check_unique_uids(regions: list[Region], path: Path) -> None:
-    """Two regions of one uid would make one of them (and so its labels) vanish: refused."""
-    seen: set[str | None] = set()
-    twice = sorted({r.uid for r in regions if r.uid in seen or seen.add(r.uid)}, key=str)
+    """Two regions of one uid would make one of them (and so its labels) vanish: refused
+    (regions without an id get one of their own)."""
+    seen: set[str] = set()
+    twice = sorted({r.uid for r in regions if r.uid and (r.uid in seen or seen.add(r.uid))})
     if twice:
         raise SessionError(f"{path}: region id(s) {', '.join(map(repr, twice[:3]))} appear more than once (the file "
                            "was edited or merged by hand?); give each region its own 'id' or restore the file from a "
