@@ -220,3 +220,31 @@ def test_cli_info_and_napari_reader_take_the_folder(tmp_path, capsys):
     assert kwargs["scale"] == pytest.approx((0.5, 0.5))
     (tmp_path / "other").mkdir()
     assert get_reader(str(tmp_path / "other")) is None  # not ours: other readers get it
+
+
+def test_imagecodecs_compressed_arrays_open(tmp_path, monkeypatch):
+    """Writers that compress with imagecodecs' codecs (zarr v2): registered on demand."""
+    import numcodecs
+    from imagecodecs.numcodecs import Deflate
+
+    from napari_alregions import wsi_omezarr
+
+    img = smooth_rgb(96, 80)
+    path = write_ome_zarr(tmp_path / "deflate.zarr", [img], version="0.4", chunk=32)
+    meta = json.loads((path / "s0" / ".zarray").read_text())
+    root = zarr.open_group(path, mode="a", zarr_format=2)
+    del root["s0"]
+    arr = root.create_array("s0", shape=meta["shape"], dtype="uint8", chunks=meta["chunks"], compressors=[Deflate()],
+                            chunk_key_encoding={"name": "v2", "separator": "/"})
+    arr[...] = np.moveaxis(img, -1, 0)
+    assert json.loads((path / "s0" / ".zarray").read_text())["compressor"]["id"] == "imagecodecs_deflate"
+    for key in [k for k in numcodecs.registry.codec_registry if k.startswith("imagecodecs_")]:
+        monkeypatch.delitem(numcodecs.registry.codec_registry, key)
+    monkeypatch.setattr(wsi_omezarr, "_IMAGECODECS_REGISTERED", False)
+    with open_slide(path) as s:
+        np.testing.assert_array_equal(s.read_region(0, 0, 80, 96), img)
+    monkeypatch.setattr(wsi_omezarr, "_register_imagecodecs", lambda: False)  # as without imagecodecs
+    for key in [k for k in numcodecs.registry.codec_registry if k.startswith("imagecodecs_")]:
+        monkeypatch.delitem(numcodecs.registry.codec_registry, key)
+    with pytest.raises(SlideError, match="imagecodecs_deflate.*a codec this environment lacks"):
+        open_slide(path)

@@ -204,13 +204,7 @@ def open_ome_zarr(path: str | os.PathLike[str]) -> Slide:
     datasets = ms.get("datasets")
     if not isinstance(datasets, list) or not datasets:
         raise SlideError(f"{path}: multiscales 'datasets' must be a non-empty list")
-    try:
-        group = zarr.open_group(str(folder), mode="r")
-        arrays = [group[_dataset_path(path, ds, i)] for i, ds in enumerate(datasets)]
-    except SlideError:
-        raise
-    except Exception as exc:  # zarr raises many types for missing or foreign arrays and unknown codecs
-        raise SlideError(f"{path}: cannot open the multiscale arrays ({type(exc).__name__}: {exc})") from exc
+    arrays = _open_arrays(path, folder, datasets)
     if not all(isinstance(a, zarr.Array) for a in arrays):
         raise SlideError(f"{path}: a multiscales dataset path names a group, not an array")
 
@@ -250,6 +244,41 @@ def open_ome_zarr(path: str | os.PathLike[str]) -> Slide:
                      shape=shapes_t[0], level_shapes=shapes_t, downsamples=downsamples_t, mpp=mpp,
                      tile_shape=(int(chunks[yx[0]]), int(chunks[yx[1]])), pyramidal=pyramidal)
     return Slide(path, levels, readers, info, None)
+
+
+def _open_arrays(path: Path, folder: Path, datasets: list[Any]) -> list[Any]:
+    """The datasets' zarr arrays. A zarr v2 array compressed with one of imagecodecs' codecs
+    (``imagecodecs_jpeg2k``, ...: imagecodecs is a dependency) gets them registered with
+    numcodecs and is opened again."""
+    import zarr
+
+    try:
+        group = zarr.open_group(str(folder), mode="r")
+        return [group[_dataset_path(path, ds, i)] for i, ds in enumerate(datasets)]
+    except SlideError:
+        raise
+    except Exception as exc:  # zarr raises many types for missing or foreign arrays and unknown codecs
+        if "imagecodecs_" in str(exc) and _register_imagecodecs():
+            return _open_arrays(path, folder, datasets)
+        hint = "; a codec this environment lacks: install the package that provides it" if "codec" in str(exc) else ""
+        raise SlideError(f"{path}: cannot open the multiscale arrays ({type(exc).__name__}: {exc}){hint}") from exc
+
+
+_IMAGECODECS_REGISTERED = False
+
+
+def _register_imagecodecs() -> bool:
+    """Register imagecodecs' numcodecs codecs; False if done before (or impossible)."""
+    global _IMAGECODECS_REGISTERED
+    if _IMAGECODECS_REGISTERED:
+        return False
+    _IMAGECODECS_REGISTERED = True
+    try:
+        from imagecodecs.numcodecs import register_codecs
+    except ImportError:
+        return False
+    register_codecs(verbose=False)
+    return True
 
 
 def _check_level(path: Path, i: int, a: Any, axes: list[tuple[str, str, str | None]], channel: int | None,
