@@ -151,6 +151,7 @@ def _edit(path: Path, change) -> None:
     ("coarse first", lambda ms: ms["datasets"].reverse(), "finest to the coarsest"),
     ("no x", lambda ms: ms["axes"][2].update(name="w"), "include 'y' and 'x'"),
     ("no datasets", lambda ms: ms.update(datasets=[]), "non-empty list"),
+    ("too many", lambda ms: ms.update(datasets=ms["datasets"] * 33), "at most 64 levels"),
 ])
 def test_bad_metadata_is_refused_by_name(tmp_path, what, change, match):
     img = smooth_rgb(128, 128)

@@ -37,6 +37,8 @@ __all__ = ["is_ome_zarr", "open_ome_zarr"]
 
 #: The most bytes of group metadata (``.zattrs``, ``zarr.json``) read: real ones are a few KiB.
 MAX_METADATA_BYTES = 4 * 2**20
+#: The most pyramid levels an image may list (a 2^64 px side halved down to one pixel).
+MAX_LEVELS = 64
 #: Micrometres per unit, for the NGFF (UDUNITS-2) length units a slide may use and their symbols.
 UNIT_UM = {
     "angstrom": 1e-4, "picometer": 1e-6, "nanometer": 1e-3, "micrometer": 1.0, "millimeter": 1e3,
@@ -202,8 +204,8 @@ def open_ome_zarr(path: str | os.PathLike[str]) -> Slide:
         raise SlideError(f"{path}: 'multiscales' must be a non-empty list of objects")
     ms = multiscales[0]  # the spec: the first is the default
     datasets = ms.get("datasets")
-    if not isinstance(datasets, list) or not datasets:
-        raise SlideError(f"{path}: multiscales 'datasets' must be a non-empty list")
+    if not isinstance(datasets, list) or not datasets or len(datasets) > MAX_LEVELS:
+        raise SlideError(f"{path}: multiscales 'datasets' must be a non-empty list of at most {MAX_LEVELS} levels")
     arrays = _open_arrays(path, folder, datasets)
     if not all(isinstance(a, zarr.Array) for a in arrays):
         raise SlideError(f"{path}: a multiscales dataset path names a group, not an array")
