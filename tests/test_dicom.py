@@ -109,3 +109,18 @@ def test_dcm_files_openslide_does_not_know_are_refused(tmp_path):
         open_slide(tmp_path)  # its folder
     with pytest.raises(FileNotFoundError):
         open_slide(tmp_path / "missing.dcm")
+
+
+def test_cli_info_and_napari_reader_take_the_dicom_folder(dicom_folder, capsys):
+    import json
+
+    from napari_alregions._reader import get_reader
+    from napari_alregions.cli import main
+
+    assert main(["info", str(dicom_folder), "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["format"] == "openslide:dicom" and (record["width"], record["height"]) == (2220, 2967)
+    assert record["mpp"] == pytest.approx(0.499)
+    for path in (dicom_folder, next(dicom_folder.glob("*.dcm"))):
+        [(data, kwargs, kind)] = get_reader(str(path))(str(path))
+        assert kind == "image" and kwargs["rgb"] and data[0].shape == (2967, 2220, 3)
