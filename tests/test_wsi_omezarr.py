@@ -249,3 +249,24 @@ def test_imagecodecs_compressed_arrays_open(tmp_path, monkeypatch):
         monkeypatch.delitem(numcodecs.registry.codec_registry, key)
     with pytest.raises(SlideError, match="imagecodecs_deflate.*a codec this environment lacks"):
         open_slide(path)
+
+
+def test_a_session_with_an_ome_zarr_slide_reopens(tmp_path, cmu_levels):
+    """An OME-Zarr slide is a folder: the session adds it, labels it and opens it again."""
+    from napari_alregions.geometry import Region
+    from napari_alregions.project import AnnotationProject
+
+    path = write_ome_zarr(tmp_path / "cmu.ome.zarr", cmu_levels, version="0.5")
+    p = AnnotationProject.create(tmp_path / "s", patch_size=32, level=1)
+    name = p.add_slide(path)
+    a = p.accept(Region(0, 0, 2 * p.stride, 2 * p.stride, slide=name, method="drawn"))
+    lab = p.region_labels(a)
+    lab[:3, :3] = 2
+    p.write_region_labels(a, lab)
+    p.close()
+    q = AnnotationProject.open(tmp_path / "s")
+    try:
+        assert list(q.slides) == [name] and q.slides[name].mpp == pytest.approx(0.499)
+        np.testing.assert_array_equal(q.region_labels(a), lab)
+    finally:
+        q.close()
