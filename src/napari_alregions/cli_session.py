@@ -352,6 +352,19 @@ def _cmd_qupath_script(args: argparse.Namespace) -> int:
 
 # -- parsers --------------------------------------------------------------------------------------------------------
 
+def _verb(verbs: argparse._SubParsersAction, name: str, text: str, func, *, slide: bool = False,
+          read_only: bool = False, lock: bool = True) -> argparse.ArgumentParser:
+    """A ``session`` verb's parser: the session folder, ``--slide`` when it works per slide, the lock options."""
+    s = verbs.add_parser(name, help=text)
+    s.add_argument("session", help="session folder")
+    if slide:
+        s.add_argument("--slide", action="append", help="a slide of the session (repeatable; default: every slide)")
+    if lock:
+        _add_lock_args(s, read_only=read_only)
+    s.set_defaults(func=func)
+    return s
+
+
 def add_session_parsers(sub: argparse._SubParsersAction) -> None:
     from .cli_qupath import add_import_args, run_import
     from .cli_suggest import _parse_option
@@ -362,8 +375,7 @@ def add_session_parsers(sub: argparse._SubParsersAction) -> None:
                                    "command takes the session's lock while it runs and saves as it goes.")
     verbs = p.add_subparsers(dest="verb", required=True, metavar="VERB")
 
-    s = verbs.add_parser("new", help="create a session (an empty or new folder)")
-    s.add_argument("session", help="session folder")
+    s = _verb(verbs, "new", "create a session (an empty or new folder)", _cmd_new, lock=False)
     s.add_argument("--classes", default="background,tumour",
                    help="comma-separated classes, the first the background (default: background,tumour)")
     s.add_argument("--learner", choices=LEARNERS, default="fast",
@@ -374,27 +386,19 @@ def add_session_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--stride", type=positive_int, help="level-0 px per map cell (default: one patch footprint)")
     s.add_argument("--members", type=positive_int, default=1, help="CNN ensemble members")
     s.add_argument("--exist-ok", action="store_true", help="a folder holding a session already is kept as it is (exit 0)")
-    s.set_defaults(func=_cmd_new)
 
-    s = verbs.add_parser("add", help="add slides to the session")
-    s.add_argument("session")
+    s = _verb(verbs, "add", "add slides to the session", _cmd_add)
     s.add_argument("slides", nargs="+", metavar="SLIDE")
     s.add_argument("--name", help="the slide's name in the session (default: its file name)")
     s.add_argument("--group", help="the slides' group (centre, scanner) for per-group selection")
     s.add_argument("--exist-ok", action="store_true", help="skip slides the session holds already (same name, same file)")
-    _add_lock_args(s, read_only=False)
-    s.set_defaults(func=_cmd_add)
 
-    s = verbs.add_parser("predict", help="the current model's priority map of each slide (or --slide)")
-    s.add_argument("session")
-    s.add_argument("--slide", action="append", help="a slide of the session (repeatable; default: every slide)")
+    s = _verb(verbs, "predict", "the current model's priority map of each slide (or --slide)", _cmd_predict, slide=True)
     s.add_argument("--measure", default="least_confidence",
                    help="priority measure: least_confidence, margin, entropy, ensemble_disagreement, mutual_information")
-    _add_lock_args(s, read_only=False)
-    s.set_defaults(func=_cmd_predict)
 
-    s = verbs.add_parser("propose", help="propose k regions per slide (computes the map first when needed)")
-    s.add_argument("session")
+    s = _verb(verbs, "propose", "propose k regions per slide (computes the map first when needed)", _cmd_propose,
+              slide=True)
     s.add_argument("--method", default="adaptive", help="selector (alregions suggest --method lists them; default adaptive)")
     s.add_argument("--untrained-method", metavar="METHOD",
                    help="the selector while the session's model is untrained (no retrain yet), e.g. random")
@@ -402,7 +406,6 @@ def add_session_parsers(sub: argparse._SubParsersAction) -> None:
                    help="region side, level-0 px (a multiple of the session's map stride)")
     s.add_argument("-k", type=positive_int, default=5, help="regions per slide")
     s.add_argument("--seed", type=non_negative_int, default=0)
-    s.add_argument("--slide", action="append", help="a slide of the session (repeatable; default: every slide)")
     s.add_argument("--measure", default="least_confidence", help="priority measure of the map the method reads")
     s.add_argument("--option", action="append", type=_parse_option, metavar="KEY=VALUE",
                    help="method option, e.g. --option max_steps=8 (repeatable)")
@@ -412,47 +415,32 @@ def add_session_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--priority", action="store_true",
                    help="with --qupath: the slide's priority map too, when it has one, as QuPath tiles with a 'priority' "
                         "measurement")
-    _add_lock_args(s, read_only=False)
-    s.set_defaults(func=_cmd_propose)
 
-    for verb, func, text in (("accept", _cmd_accept, "move proposals into the labeled set"),
-                             ("reject", _cmd_reject, "dismiss proposals: their area is not proposed again")):
-        s = verbs.add_parser(verb, help=text)
-        s.add_argument("session")
-        s.add_argument("uids", nargs="+", metavar="UID", help="a proposal's uid, or its first characters (status lists them)")
-        if verb == "accept":
-            s.add_argument("--prefill", choices=("background", "prediction", "none"), default="background",
-                           help="what the region's unlabeled pixels become (default: background, as in the viewer)")
-        _add_lock_args(s, read_only=False)
-        s.set_defaults(func=func)
+    s = _verb(verbs, "accept", "move proposals into the labeled set", _cmd_accept)
+    s.add_argument("uids", nargs="+", metavar="UID", help="a proposal's uid, or its first characters (status lists them)")
+    s.add_argument("--prefill", choices=("background", "prediction", "none"), default="background",
+                   help="what the region's unlabeled pixels become (default: background, as in the viewer)")
+    s = _verb(verbs, "reject", "dismiss proposals: their area is not proposed again", _cmd_reject)
+    s.add_argument("uids", nargs="+", metavar="UID", help="a proposal's uid, or its first characters (status lists them)")
 
     s = verbs.add_parser("import", help="import QuPath GeoJSON annotations (regions and labels), as qupath-import")
     add_import_args(s)
     _add_lock_args(s, read_only=False)
     s.set_defaults(func=run_import)
 
-    s = verbs.add_parser("retrain", help="train on every label, then refresh the maps and proposals")
-    s.add_argument("session")
+    s = _verb(verbs, "retrain", "train on every label, then refresh the maps and proposals", _cmd_retrain)
     g = s.add_mutually_exclusive_group()
     g.add_argument("--fast", action="store_true", help="the fast learner (the default, unless the session's learner is deep)")
     g.add_argument("--deep", action="store_true", help="the patch CNN (replaces the fast model only when it estimates better)")
     s.add_argument("--measure", help="priority measure of the refreshed maps (default: each map's own)")
-    _add_lock_args(s, read_only=False)
-    s.set_defaults(func=_cmd_retrain)
 
-    s = verbs.add_parser("export", help="every slide's regions and labels as QuPath GeoJSON, one file per slide")
-    s.add_argument("session")
+    s = _verb(verbs, "export", "every slide's regions and labels as QuPath GeoJSON, one file per slide", _cmd_export,
+              slide=True, read_only=True)
     s.add_argument("--qupath", required=True, metavar="FOLDER", help="output folder (created): <slide>.geojson per slide")
-    s.add_argument("--slide", action="append", help="a slide of the session (repeatable; default: every slide)")
     s.add_argument("--priority", action="store_true", help="the priority maps too, as QuPath tiles with a 'priority' measurement")
-    _add_lock_args(s, read_only=True)
-    s.set_defaults(func=_cmd_export)
 
-    s = verbs.add_parser("status", help="slides, cycle, annotated share, proposals and model quality")
-    s.add_argument("session")
+    s = _verb(verbs, "status", "slides, cycle, annotated share, proposals and model quality", _cmd_status, read_only=True)
     s.add_argument("--json", action="store_true", help="machine-readable output")
-    _add_lock_args(s, read_only=True)
-    s.set_defaults(func=_cmd_status)
 
     s = sub.add_parser("qupath-script", help="print the QuPath script that runs the loop from QuPath's script editor",
                        description="Print the Groovy script for QuPath's script editor (save it: alregions qupath-script "
