@@ -176,6 +176,7 @@ def test_session_errors_are_one_line_with_exit_2(session_dir, small_pool, tmp_pa
         (["session", "retrain", s], ["no labels to train on"]),
         (["session", "status", str(tmp_path / "nowhere")], ["not a session folder"]),
         (["session", "new", str(tmp_path / "n"), "--classes", "tumour"], ["--classes"]),
+        (["session", "import", s, str(tmp_path / "x.geojson"), "--slide", "nope.tif"], ["--slide: no slide 'nope.tif'"]),
     ]
     for argv, fragments in cases:
         assert main(argv) == 2, argv
@@ -183,6 +184,10 @@ def test_session_errors_are_one_line_with_exit_2(session_dir, small_pool, tmp_pa
     assert main(["session", "add", s, str(folder / name), "--exist-ok"]) == 0  # the same file: skipped
     assert "already in the session" in capsys.readouterr().out
     assert main(["session", "new", s, "--exist-ok"]) == 0
+    assert main(["session", "new", str(tmp_path / "three"), "--classes", "background", "tumour,necrosis"]) == 0
+    three = AnnotationProject.open(tmp_path / "three", read_only=True)
+    assert three.classes == ("background", "tumour", "necrosis")
+    three.close()
     # a usage error is one line too
     with pytest.raises(SystemExit) as stop:
         main(["session", "propose", s])

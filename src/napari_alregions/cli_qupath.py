@@ -34,11 +34,13 @@ def _open(args: argparse.Namespace):
 
     project = AnnotationProject.open(args.session, take_over=getattr(args, "take_over", False))
     slide = args.slide
-    if slide is None:
-        if len(project.slides) != 1:
-            project.close()
-            raise ValueError(f"--slide: the session has {len(project.slides)} slides ({', '.join(project.slides) or 'none'}); name one")
+    if slide is None and len(project.slides) == 1:
         [slide] = project.slides
+    elif slide is None or slide not in project.slides:
+        project.close()
+        listed = ", ".join(project.slides) or "none"
+        raise ValueError(f"--slide: no slide {slide!r} in the session (slides: {listed})" if slide is not None else
+                         f"--slide: the session has {len(project.slides)} slides ({listed}); name one")
     return project, slide
 
 

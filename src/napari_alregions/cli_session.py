@@ -103,9 +103,9 @@ def _cmd_new(args: argparse.Namespace) -> int:
     from .project import AnnotationProject
     from .session import SESSION_FILE
 
-    classes = [c.strip() for c in args.classes.split(",")]
+    classes = [c.strip() for item in args.classes for c in item.split(",")]
     if len(classes) < 2 or not all(classes) or len(set(classes)) != len(classes):
-        raise ValueError(f"--classes: expected two or more distinct comma-separated names, got {args.classes!r}")
+        raise ValueError(f"--classes: expected two or more distinct names, the background first, got {' '.join(args.classes)!r}")
     if args.exist_ok and (Path(args.session) / SESSION_FILE).is_file():
         with _opened(argparse.Namespace(session=args.session, read_only=True)) as project:
             print(f"{args.session}: a session already ({len(project.slides)} slide(s), cycle {project.cycle}); kept as it is")
@@ -376,8 +376,8 @@ def add_session_parsers(sub: argparse._SubParsersAction) -> None:
     verbs = p.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     s = _verb(verbs, "new", "create a session (an empty or new folder)", _cmd_new, lock=False)
-    s.add_argument("--classes", default="background,tumour",
-                   help="comma-separated classes, the first the background (default: background,tumour)")
+    s.add_argument("--classes", nargs="+", default=["background", "tumour"], metavar="CLASS",
+                   help="the classes, the background first, separated by spaces or commas (default: background tumour)")
     s.add_argument("--learner", choices=LEARNERS, default="fast",
                    help="what retrain trains: fast (texture features + a forest/logistic head, seconds) or deep (the patch CNN)")
     s.add_argument("--head", choices=HEADS, default="blend", help="the fast learner's head")
