@@ -370,3 +370,78 @@ def test_the_qupath_scripts_commands_run_a_loop_on_qupath_files(tmp_path, capsys
     # the script run again on the same annotations adds nothing twice
     script_run(qupath + [tumour, other] + case)
     assert "added 0 region(s)" in capsys.readouterr().out
+
+
+def _groovy_env() -> dict[str, str] | None:
+    """The environment to run ``groovy`` in (JAVA_HOME set from the ``java`` found), or None
+    when no ``groovy`` is installed."""
+    import shutil
+    from pathlib import Path
+
+    groovy, java = shutil.which("groovy"), shutil.which("java")
+    if groovy is None or java is None:
+        return None
+    env = dict(os.environ)
+    env.setdefault("JAVA_HOME", str(Path(java).resolve().parent.parent))
+    return env
+
+
+def _with_settings(script: str, **values: str) -> str:
+    """The script with its settings lines (``def NAME = ...``) set to ``values`` (Groovy literals)."""
+    for name, value in values.items():
+        script, n = re.subn(rf"^def {name} = [^/\n]*?(?=\s*(//|$))", f"def {name} = {value}", script, count=1, flags=re.M)
+        assert n == 1, name
+    return script
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_groovy_env() is None, reason="needs a groovy command (scripts/install-sysdeps.sh installs Debian's) and java")
+def test_the_qupath_script_runs_under_groovy_with_qupaths_calls_stood_in_for(tmp_path):
+    """The script itself, run by Groovy (not QuPath: tests/qupath_stub.groovy stands in for the
+    QP calls it makes) with the real alregions command: three runs on the QuPath-shaped case,
+    the hierarchy kept between them as QuPath would keep it."""
+    from pathlib import Path
+
+    from napari_alregions.cli_session import qupath_script
+
+    here = Path(__file__).parent
+    image = here / "data" / "hgsc" / "hgsc_train.tif"
+    wrapper = tmp_path / "alregions"
+    wrapper.write_text(f"#!/bin/sh\nexec '{sys.executable}' -m napari_alregions.cli \"$@\"\n")
+    wrapper.chmod(0o755)
+    session = tmp_path / "session"
+    script = tmp_path / "alregions.groovy"
+    script.write_text(_with_settings(qupath_script(), ALREGIONS=f"'{wrapper}'", SESSION=f"'{session}'", REGION_SIZE="256",
+                                     K="3", CLASS_MAP="'Other='"))
+    env = _groovy_env()
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(here.parent / "src"), env.get("PYTHONPATH")) if p)
+
+    def qupath(objects: list[dict]) -> tuple[list[dict], str]:
+        (tmp_path / "in.geojson").write_text(q.text(objects))
+        done = subprocess.run(["groovy", str(here / "qupath_stub.groovy"), str(script), str(image), str(tmp_path / "in.geojson"),
+                               str(tmp_path / "out.geojson")], env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return json.loads((tmp_path / "out.geojson").read_text())["features"], done.stdout
+
+    def kind(objects, object_type, cls=None):
+        return [f for f in objects if f["properties"]["objectType"] == object_type
+                and (cls is None or (f["properties"].get("classification") or {}).get("name") == cls)]
+
+    objects, log = qupath([])
+    assert "> " + str(wrapper) + " session new " + str(session) in log
+    assert len(kind(objects, "annotation", "Proposal: random")) == 3 and not kind(objects, "tile")
+    region = objects[0]
+    region["properties"]["classification"] = q.path_class("Region*", (0, 0, 180))
+    x0, y0 = region["geometry"]["coordinates"][0][0]
+    case = json.loads(image.with_suffix(".geojson").read_text())["features"]
+    objects += [q.feature(q.rectangle(x0 + 32, y0 + 32, 64, 64), cls="Tumor"),
+                q.feature(q.rectangle(x0, y0, 16, 16), cls="Other")] + case
+    objects, log = qupath(objects)
+    assert "added 2 region(s)" in log and "cycle 1: fast learner" in log
+    proposals, tiles = kind(objects, "annotation", "Proposal: adaptive"), kind(objects, "tile")
+    # the last run's proposals are gone (the one made a Region* is the user's now), the new ones and the map came
+    assert len(proposals) == 3 and not kind(objects, "annotation", "Proposal: random")
+    assert kind(objects, "annotation", "Region*") == [region] and tiles
+    objects, log = qupath(objects)  # again: the tiles and proposals are replaced, not added
+    assert len(kind(objects, "tile")) == len(tiles) and len(kind(objects, "annotation", "Proposal: adaptive")) == 3
+    assert "added 0 region(s)" in log and "cycle 2" in log

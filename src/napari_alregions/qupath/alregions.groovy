@@ -95,7 +95,8 @@ def alregions = { List<String> args ->
     }
     def last = ''
     process.getInputStream().eachLine('UTF-8') { String line ->
-        line = line.split('\r').last()  // a progress bar redraws its line: keep what it last shows
+        def shown = line.split('\r')  // a progress bar redraws its line: keep what it last shows
+        line = shown ? shown[-1] : ''
         println line
         if (line.trim())
             last = line
