@@ -262,6 +262,16 @@ def test_qupath_script_is_printed_and_its_commands_parse(capsys):
         argv = _fill(commands[key] + (commands[extra] if extra else []), values)
         args = build_parser().parse_args(argv)  # every option exists: no SystemExit
         assert args.command == "session" and args.verb == key
+    # the header lists the same command lines as the block
+    extras = {"import": "class_map", "retrain": "deep", "propose": "priority"}
+    header = [line.strip(" *") for line in qupath_script().splitlines() if line.startswith(" *   alregions session ")]
+    want = []
+    for key in ("new", "add", "import", "retrain", "propose"):
+        words = [p[1:-1].upper() if p.startswith("{") else p for p in commands[key]]
+        if key in extras:
+            words.append("[" + " ".join(p[1:-1].upper() if p.startswith("{") else p for p in commands[extras[key]]) + "]")
+        want.append("alregions " + " ".join(words))
+    assert header == want
     # the script fills exactly these values, and reads QuPath through these calls
     text = qupath_script()
     for call in ("exportObjectsToGeoJson(mine, values.annotations, 'FEATURE_COLLECTION')", "importObjectsFromFile(values.proposals)",

@@ -11,6 +11,13 @@
  *      annotations classed "Proposal: <method>" and, once a model is trained, one tile per map
  *      cell with a "priority" measurement (Measure > Show measurement maps > priority).
  *
+ * The command lines it runs (from the COMMANDS block below; [..] when the settings ask):
+ *   alregions session new SESSION --exist-ok
+ *   alregions session add SESSION IMAGE --name SLIDE --exist-ok
+ *   alregions session import SESSION ANNOTATIONS --slide SLIDE [--class-map CLASS_MAP]
+ *   alregions session retrain SESSION [--deep]
+ *   alregions session propose SESSION --slide SLIDE --method METHOD --untrained-method random -l REGION_SIZE -k K --qupath PROPOSALS [--priority]
+ *
  * To annotate a proposal: set its class to Region* (or remove its class), then draw your classes
  * (e.g. Tumor) inside it; what you leave unlabeled in a region is background. Delete proposals you
  * do not want. Run the script again: your regions and labels go into the session, the model is
