@@ -288,7 +288,7 @@ def status(project) -> dict[str, Any]:
     settings = project.session.settings
     last = project.session.history[-1] if project.session.history else None
     if last is None:
-        quality = "untrained"
+        quality = "a loaded model, not retrained here" if project.trained else "untrained"
     elif last.get("quality"):
         quality = last["quality"]
     else:
@@ -306,7 +306,8 @@ def status(project) -> dict[str, Any]:
         })
     return {
         "session": str(project.folder), "classes": list(project.classes), "cycle": project.cycle,
-        "stride": project.stride, "learner": settings.learner, "in_use": settings.in_use, "trained": bool(last),
+        "stride": project.stride, "learner": settings.learner, "in_use": settings.in_use,
+        "trained": bool(last) or project.trained,
         "annotated_pct": round(project.annotated_pct(), 4) if project.slides else 0.0,
         "pending_regions": project.pending_regions,
         "model": {"quality": quality, "messages": list(last.get("messages", [])) if last else [],
