@@ -77,6 +77,9 @@ def test_a_cycle_from_the_command_line_is_the_apis_cycle(tmp_path, small_pool, c
     # -- the command line
     assert main(["session", "new", str(cli), "--patch-size", "32"]) == 0
     assert main(["session", "add", str(cli), *map(str, paths)]) == 0
+    capsys.readouterr()
+    assert main(["session", "propose", str(cli), "-l", str(L), "--qupath", str(tmp_path / "p.geojson")]) == 2
+    _one_line_error(capsys, "one file, 2 slides", "--slide")  # QuPath imports one file per image
     assert main(["session", "propose", str(cli), "--method", "random", "-l", str(L), "-k", "2", "--seed", "3"]) == 0
     st = _status(cli, capsys)
     assert st["cycle"] == 0 and st["model"]["quality"] == "untrained" and [s["name"] for s in st["slides"]] == names
@@ -114,8 +117,7 @@ def test_a_cycle_from_the_command_line_is_the_apis_cycle(tmp_path, small_pool, c
         for n in names:
             run(p.iter_inputs(n, "adaptive"))
             p.suggest(n, "adaptive", region_size=L, k=2)
-        for n in names:
-            p.export_qupath(tmp_path / f"api_{n}.geojson", n, priority=True)
+        api_files = p.export_qupath_all(tmp_path / "api_out", priority=True)
 
         back = AnnotationProject.open(cli, read_only=True)
         try:
@@ -141,11 +143,13 @@ def test_a_cycle_from_the_command_line_is_the_apis_cycle(tmp_path, small_pool, c
         for f in json.loads(files[n].read_text())["features"]:
             (x0, y0), (x1, y1) = f["geometry"]["coordinates"][0][0], f["geometry"]["coordinates"][0][2]
             assert (p.session.labels(n)[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2] == 2).all()
-    for n in names:
-        def geometry(path):
-            return sorted(json.dumps([f["geometry"], f["properties"]["objectType"],
-                                      f["properties"].get("classification")]) for f in json.loads(path.read_text())["features"])
-        assert geometry(tmp_path / "cli_out" / f"{n}.geojson") == geometry(tmp_path / f"api_{n}.geojson")
+    def geometry(path):
+        return sorted(json.dumps([f["geometry"], f["properties"]["objectType"],
+                                  f["properties"].get("classification")]) for f in json.loads(path.read_text())["features"])
+
+    assert sorted(f.name for f in (tmp_path / "cli_out").iterdir()) == sorted(f.name for f in api_files)
+    for f in api_files:
+        assert geometry(tmp_path / "cli_out" / f.name) == geometry(f)
 
 
 @pytest.fixture

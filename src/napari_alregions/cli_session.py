@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -82,11 +81,6 @@ def _drive(gen, desc: str):
             bar.refresh()
 
         return run(gen, show)
-
-
-def _safe_name(slide: str) -> str:
-    """A slide name as a file name (slide names may hold characters no file name can)."""
-    return re.sub(r"[\\/:*?\"<>|\x00-\x1f]", "_", slide) or "_"
 
 
 def _add_lock_args(p: argparse.ArgumentParser, *, read_only: bool) -> None:
@@ -178,7 +172,9 @@ def _cmd_propose(args: argparse.Namespace) -> int:
         if args.region_size % project.stride:
             raise ValueError(f"-l/--region-size ({args.region_size} px) must be a multiple of the session's map stride "
                              f"({project.stride} px)")
-        outputs = _qupath_outputs(args.qupath, slides) if args.qupath else {}
+        if args.qupath and len(slides) > 1:
+            raise ValueError(f"--qupath {args.qupath}: one file, {len(slides)} slides (QuPath imports one file per "
+                             "image): name one --slide, or write every slide with alregions session export")
         for slide in slides:
             _drive(project.iter_inputs(slide, method, measure=args.measure), f"inputs {slide}")
             regions = project.suggest(slide, method, region_size=args.region_size, k=args.k, seed=args.seed, **options)
@@ -186,27 +182,15 @@ def _cmd_propose(args: argparse.Namespace) -> int:
                 print(f"{r.uid[:_UID_PREFIX]}  {slide}  #{r.rank + 1}  x={r.x} y={r.y} w={r.w} h={r.h}  score={r.score:.4g}")
             short = "" if len(regions) == args.k else f" (k={args.k} asked; only {len(regions)} fit)"
             print(f"{slide}: {len(regions)} {method} proposal(s){short}")
-            if slide in outputs:
+            if args.qupath:
                 # the map goes with the proposals when the slide has one (random computes none)
                 priority = args.priority and slide in project.maps
-                out = project.export_qupath(outputs[slide], slide, priority=priority, accepted=False, labels=False,
+                out = project.export_qupath(args.qupath, slide, priority=priority, accepted=False, labels=False,
                                             methods=[method])
                 note = (" and the priority map" if priority else
                         " (no priority map: the method read none; alregions session predict makes one)" if args.priority else "")
                 print(f"{slide}: proposals{note} written to {out}")
     return 0
-
-
-def _qupath_outputs(target: str, slides: list[str]) -> dict[str, Path]:
-    """``--qupath``: a GeoJSON file for one slide, else a folder with one ``<slide>.geojson`` per slide."""
-    path = Path(target)
-    if path.suffix.lower() in (".geojson", ".json"):
-        if len(slides) > 1:
-            raise ValueError(f"--qupath {target}: one file, {len(slides)} slides (QuPath imports per image): "
-                             "give a folder, or one --slide")
-        return {slides[0]: path}
-    path.mkdir(parents=True, exist_ok=True)
-    return {s: path / f"{_safe_name(s)}.geojson" for s in slides}
 
 
 def _find(project, uids: Sequence[str]) -> list:
@@ -259,15 +243,13 @@ def _cmd_retrain(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     folder = Path(args.qupath)
     if folder.suffix.lower() in (".geojson", ".json"):
-        raise ValueError(f"--qupath {args.qupath}: a folder (one <slide>.geojson per slide), not a file")
+        raise ValueError(f"--qupath {args.qupath}: a folder (one GeoJSON file per slide), not a file")
     with _opened(args) as project:
-        slides = _slides(project, args.slide)
+        slides = _slides(project, None)
         missing = [s for s in slides if s not in project.maps] if args.priority else []
         if missing:
             raise ValueError(f"--priority: no priority map yet for {', '.join(missing)}: alregions session predict first")
-        folder.mkdir(parents=True, exist_ok=True)
-        for slide in slides:
-            out = project.export_qupath(folder / f"{_safe_name(slide)}.geojson", slide, priority=args.priority)
+        for slide, out in zip(slides, project.export_qupath_all(folder, priority=args.priority), strict=True):
             print(f"{slide}: regions, labels{' and the priority map' if args.priority else ''} written to {out}")
     return 0
 
@@ -410,9 +392,9 @@ def add_session_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--measure", default="least_confidence", help="priority measure of the map the method reads")
     s.add_argument("--option", action="append", type=_parse_option, metavar="KEY=VALUE",
                    help="method option, e.g. --option max_steps=8 (repeatable)")
-    s.add_argument("--qupath", metavar="OUT",
-                   help="also write these proposals as QuPath GeoJSON: a .geojson file (one slide) or a folder "
-                        "(one <slide>.geojson per slide)")
+    s.add_argument("--qupath", metavar="FILE",
+                   help="also write these proposals as QuPath GeoJSON (one slide: name it with --slide when the "
+                        "session has several)")
     s.add_argument("--priority", action="store_true",
                    help="with --qupath: the slide's priority map too, when it has one, as QuPath tiles with a 'priority' "
                         "measurement")
@@ -436,8 +418,9 @@ def add_session_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--measure", help="priority measure of the refreshed maps (default: each map's own)")
 
     s = _verb(verbs, "export", "every slide's regions and labels as QuPath GeoJSON, one file per slide", _cmd_export,
-              slide=True, read_only=True)
-    s.add_argument("--qupath", required=True, metavar="FOLDER", help="output folder (created): <slide>.geojson per slide")
+              read_only=True)
+    s.add_argument("--qupath", required=True, metavar="FOLDER",
+                   help="output folder (created): one <slide>.geojson per slide, named as the viewer's export names them")
     s.add_argument("--priority", action="store_true", help="the priority maps too, as QuPath tiles with a 'priority' measurement")
 
     s = _verb(verbs, "status", "slides, cycle, annotated share, proposals and model quality", _cmd_status, read_only=True)
