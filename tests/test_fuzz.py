@@ -485,7 +485,7 @@ def test_a_slide_name_typo_on_the_command_line_lists_the_sessions_slides(tmp_pat
     [name] = project.slides
     project.close()  # the command takes the session's lock
     assert main(["qupath-export", str(project.folder), str(tmp_path / "out.geojson"), "--slide", name + "x"]) == 2
-    _one_line_error(capsys.readouterr().err, f"--slide: no slide '{name}x' in the session (its slides: {name})")
+    _one_line_error(capsys.readouterr().err, f"--slide: no slide '{name}x' in the session (slides: {name})")
 
 
 @pytest.mark.parametrize("failure", ["python", "torch"])

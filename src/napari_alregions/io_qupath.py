@@ -649,16 +649,23 @@ class ImportPlan:
         not held already (same box), then the bounding box of each labeled polygon that the
         regions together do not cover (a label polygon may span two touching regions).
         Importing a file twice, or into the session that exported it, gains nothing."""
+        own, boxes = self.added_regions(accepted, slide=slide)
+        return own + boxes
+
+    def added_regions(self, accepted: Sequence[Region], *, slide: str | None = None) -> tuple[list[Region], list[Region]]:
+        """:meth:`new_regions` in its two parts: the file's regions not held already, and
+        the boxes around labeled polygons that no region covers."""
         accepted = list(accepted)
-        new: list[Region] = []
+        own: list[Region] = []
         for r in self.regions:
-            if not any((a.x, a.y, a.w, a.h) == (r.x, r.y, r.w, r.h) for a in accepted + new):
-                new.append(r.with_(slide=slide, method=r.method or "qupath", uid=None))
+            if not any((a.x, a.y, a.w, a.h) == (r.x, r.y, r.w, r.h) for a in accepted + own):
+                own.append(r.with_(slide=slide, method=r.method or "qupath", uid=None))
+        boxes: list[Region] = []
         for a in self.labeled:
             for poly in a.polygons:
-                if not _covered_by(poly, accepted + new):
-                    new.append(_bounding_region(poly[0]).with_(method="qupath", slide=slide))
-        return new
+                if not _covered_by(poly, accepted + own + boxes):
+                    boxes.append(_bounding_region(poly[0]).with_(method="qupath", slide=slide))
+        return own, boxes
 
 
 def _bounding_region(ring: Sequence[tuple[float, float]]) -> Region:

@@ -112,7 +112,7 @@ class AnnotationProject:
 
         session = self.session
         for name, entry in session.slides.items():
-            if not Path(entry.path).is_file():
+            if not Path(entry.path).exists():  # a file, or a folder (OME-Zarr, a DICOM series)
                 raise SessionError(f"slide {name!r}: {entry.path} is missing (moved or deleted?)")
             if entry.size is not None and file_fingerprint(entry.path, like=entry.digest) != (entry.size, entry.digest):
                 raise SessionError(f"slide {name!r}: {entry.path} is not the file added to this session (its size or "
