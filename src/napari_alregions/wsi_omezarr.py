@@ -229,7 +229,7 @@ def open_ome_zarr(path: str | os.PathLike[str]) -> Slide:
     mpp = None
     unit = axes[yx[1]][2]
     if scales[0] is not None and unit is not None and unit.lower() in UNIT_UM:
-        mpp = _plausible_mpp(float(scales[0][yx[1]]) * UNIT_UM[unit.lower()])
+        mpp = _plausible_mpp(float(scales[0][yx[1]]) * UNIT_UM[unit.lower()], path)
 
     levels_src = [_ZarrRGB(a, names, channel) for a in arrays]
     builders: list[Callable[[_Levels], da.Array]] = [lvl.dask for lvl in levels_src]
