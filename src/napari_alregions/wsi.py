@@ -360,7 +360,7 @@ class Slide:
         """Have the file close when this slide and its level arrays are garbage: for a slide
         whose arrays are handed on with no one to call :meth:`close` (the napari layers of
         the reader and of the sample data). Returns the slide."""
-        if self._tif is not None:
+        if isinstance(self._tif, tifffile.TiffFile):  # (OpenSlide's handle is no Python file: it closes itself)
             weakref.finalize(self._tif, self._tif.filehandle.close)  # (a method of the tif would keep it alive)
         return self
 
