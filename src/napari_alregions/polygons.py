@@ -1,0 +1,251 @@
+"""Polygons drawn by people, made usable: repaired, clipped to the slide, tested for cover by
+boxes and rasterised, each in O(n log n) for n polygons (the QuPath import's geometry).
+
+Polygons are ``[ring][(x, y)]`` lists of floats, the outer ring first, then its holes; a
+ring may or may not repeat its first point at its end.
+
+Rules (documented in the QuPath import, :func:`napari_alregions.io_qupath.plan_import`):
+
+* a ring with fewer than 3 points (a line, a point) has no area and is dropped; a polygon
+  whose outer ring is dropped is dropped;
+* an invalid polygon (self-intersecting "bow-tie", a ring traced twice, a hole crossing its
+  outer ring, ...) is replaced by its valid form: GEOS's ``make_valid`` with the
+  ``structure`` method (JTS's ``GeometryFixer``, the library QuPath's geometry is built on):
+  the area enclosed by the outer ring's valid form, less the holes' areas. A ring traced
+  twice is the area it encloses once (its square is the whole square, not an even-odd
+  count of crossings); a bow-tie is its two triangles; a polygon with no area left is
+  dropped;
+* a polygon partly outside the slide ``[0, w] x [0, h]`` is cut to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Sequence
+
+import numpy as np
+
+__all__ = ["clean_polygons", "iter_spans", "iter_uncovered"]
+
+Ring = list[tuple[float, float]]
+Polygon = list[Ring]
+
+#: Polygons rasterised per batch (bounds the crossings held at once; one progress step each).
+SPAN_BATCH = 20_000
+#: Polygons tested for cover between two progress reports.
+COVER_BATCH = 20_000
+
+
+def _points(ring: Sequence[tuple[float, float]]) -> Sequence[tuple[float, float]]:
+    """The ring without its closing point."""
+    return ring[:-1] if len(ring) > 1 and tuple(ring[0]) == tuple(ring[-1]) else ring
+
+
+def _shapely_polygon(poly: Sequence[Sequence[tuple[float, float]]]):
+    import shapely
+
+    return shapely.Polygon(poly[0], poly[1:])
+
+
+def _rings_of(geom) -> list[Polygon]:
+    """The polygons of a Polygon, MultiPolygon or collection (``make_valid`` may return
+    one) as closed ring lists; other parts (lines, points) have no area and are left out."""
+    import shapely
+
+    out = []
+    for part in shapely.get_parts(geom):
+        kind = shapely.get_type_id(part)
+        if kind in (6, 7):
+            out += _rings_of(part)
+        elif kind == 3 and not part.is_empty:
+            out.append([[(float(x), float(y)) for x, y in r.coords] for r in (part.exterior, *part.interiors)])
+    return out
+
+
+def clean_polygons(polygons: Sequence[Sequence[Sequence[tuple[float, float]]]],
+                   extent: tuple[float, float] | None = None) -> tuple[list[Polygon], bool, bool]:
+    """Polygons with area, valid and on the slide (see the module's rules).
+
+    Parameters
+    ----------
+    polygons : sequence of polygons
+        ``[polygon][ring][(x, y)]``, outer ring first.
+    extent : (width, height), optional
+        The slide: parts outside ``[0, width] x [0, height]`` are cut off.
+
+    Returns
+    -------
+    polygons : list
+        The polygons kept, unchanged where they were valid and on the slide (so their
+        pixels are exactly those drawn); ``[]`` when none has area (on the slide).
+    repaired : bool
+        Whether an invalid polygon was replaced by its valid form.
+    clipped : bool
+        Whether a polygon was cut to the slide.
+
+    Examples
+    --------
+    >>> square = [(0, 0), (10, 0), (10, 10), (0, 10)]
+    >>> polys, repaired, clipped = clean_polygons([[square + square]])  # traced twice
+    >>> len(polys), repaired, clipped
+    (1, True, False)
+    >>> clean_polygons([[[(0, 0), (10, 0)]]])  # a line: no area
+    ([], False, False)
+    """
+    import shapely
+
+    kept: list[Polygon] = []
+    for poly in polygons:
+        if len(_points(poly[0])) < 3:
+            continue
+        kept.append([list(poly[0])] + [list(r) for r in poly[1:] if len(_points(r)) >= 3])
+    if not kept:
+        return [], False, False
+    geoms = np.array([_shapely_polygon(p) for p in kept], dtype=object)
+    valid = shapely.is_valid(geoms)
+    repaired = not valid.all()
+    changed = ~valid
+    if repaired:
+        geoms[changed] = shapely.make_valid(geoms[changed], method="structure", keep_collapsed=False)
+    clipped = False
+    if extent is not None:
+        b = shapely.bounds(geoms)
+        out = (b[:, 0] < 0) | (b[:, 1] < 0) | (b[:, 2] > extent[0]) | (b[:, 3] > extent[1])
+        if out.any():
+            geoms[out] = shapely.intersection(geoms[out], shapely.box(0, 0, float(extent[0]), float(extent[1])))
+            clipped, changed = True, changed | out
+    result: list[Polygon] = []
+    for poly, geom, c in zip(kept, geoms, changed, strict=True):
+        result += _rings_of(geom) if c else [poly]
+    return result, repaired, clipped
+
+
+def iter_uncovered(held: np.ndarray, polygons: Sequence[Polygon], boxes: np.ndarray,
+                   ) -> Generator[tuple[int, int], None, np.ndarray]:
+    """Which polygons the boxes do not cover, each polygon adding its own box when not.
+
+    Polygon ``i`` is covered when ``held`` together with ``boxes[j]`` of the polygons
+    ``j < i`` found uncovered cover it (up to 1e-6 of its area): the order of a file, as a
+    labeled set grows one bounding box at a time. An R-tree (``shapely.STRtree``) of all
+    boxes finds the few that can cover each polygon, so n polygons cost O(n log n), not
+    a union of every box for every polygon.
+
+    Parameters
+    ----------
+    held : (m, 4) float array
+        Boxes held already, ``x0, y0, x1, y1``.
+    polygons : sequence of polygons
+        Valid polygons (:func:`clean_polygons`).
+    boxes : (n, 4) float array
+        The box each polygon adds when uncovered (it must contain the polygon).
+
+    Yields
+    ------
+    (done, total)
+        Polygons tested so far, every :data:`COVER_BATCH`.
+
+    Returns
+    -------
+    (n,) bool array
+        True where polygon ``i`` was not covered (and so added ``boxes[i]``).
+    """
+    import shapely
+
+    n = len(polygons)
+    held = np.asarray(held, dtype=np.float64).reshape(-1, 4)
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    if len(boxes) != n:
+        raise ValueError(f"boxes needs one box per polygon ({n}), got {len(boxes)}")
+    uncovered = np.zeros(n, dtype=bool)
+    if not n:
+        return uncovered
+    m = len(held)
+    every = np.concatenate([held, boxes])  # tree index: held first, then polygon i at m + i
+    tree = shapely.STRtree(shapely.box(every[:, 0], every[:, 1], every[:, 2], every[:, 3]))
+    active = np.zeros(len(every), dtype=bool)
+    active[:m] = True
+    outer = np.array([(min(x for x, _ in p[0]), min(y for _, y in p[0]), max(x for x, _ in p[0]), max(y for _, y in p[0]))
+                      for p in polygons], dtype=np.float64)
+    for start in range(0, n, COVER_BATCH):
+        stop = min(n, start + COVER_BATCH)
+        o = outer[start:stop]
+        query, hits = tree.query(shapely.box(o[:, 0], o[:, 1], o[:, 2], o[:, 3]), predicate="intersects")
+        bounds = np.searchsorted(query, np.arange(stop - start + 1))  # query comes sorted
+        for k in range(stop - start):
+            i = start + k
+            cand = hits[bounds[k]:bounds[k + 1]]
+            cand = cand[active[cand]]
+            if not len(cand):
+                uncovered[i] = True
+            else:
+                c = every[cand]
+                x0, y0, x1, y1 = outer[i]
+                inside = (c[:, 0] <= x0) & (c[:, 1] <= y0) & (c[:, 2] >= x1) & (c[:, 3] >= y1)
+                if not inside.any():  # no one box holds it: what the boxes together leave of it
+                    shape = _shapely_polygon(polygons[i])
+                    union = shapely.union_all(shapely.box(c[:, 0], c[:, 1], c[:, 2], c[:, 3]))
+                    uncovered[i] = shape.difference(union).area > 1e-6 * max(shape.area, 1.0)
+            if uncovered[i]:
+                active[m + i] = True
+        yield stop, n
+    return uncovered
+
+
+def iter_spans(polygons: Sequence[Sequence[np.ndarray]], shape: tuple[int, int],
+               ) -> Generator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray], None, None]:
+    """The pixels inside each polygon as row spans, a batch of polygons at a time.
+
+    A pixel ``(r, c)`` is inside when the point ``(c, r)`` is, by the even-odd rule (holes
+    out); a point on an edge going down or right is in (half-open, so polygons that share
+    an edge share no pixel). One scanline pass for all the edges of a batch: the crossings
+    of every edge with every row it spans, sorted by polygon, row and x, then paired.
+
+    Parameters
+    ----------
+    polygons : sequence of polygons
+        Each a sequence of (k, 2) float arrays ``(x, y)`` in pixels, outer ring first.
+    shape : (rows, cols)
+        Spans are cut to ``[0, rows) x [0, cols)``.
+
+    Yields
+    ------
+    (polygon, row, start, stop) : int arrays
+        Spans ``[start, stop)`` of row ``row`` inside polygon ``polygon`` (index into
+        ``polygons``), sorted by polygon, one batch of :data:`SPAN_BATCH` polygons at a time.
+    """
+    rows, cols = shape
+    for first in range(0, len(polygons), SPAN_BATCH):
+        batch = polygons[first:first + SPAN_BATCH]
+        rings = [np.asarray(r, dtype=np.float64).reshape(-1, 2) for poly in batch for r in poly]
+        of_ring = np.repeat(np.arange(first, first + len(batch)), [len(poly) for poly in batch])
+        sizes = np.array([len(r) for r in rings], dtype=np.int64)
+        if not len(rings) or not sizes.sum():
+            continue
+        start = np.concatenate(rings)
+        # each ring's next point, the last closing on the first (as np.roll does per ring)
+        nxt = np.arange(len(start)) + 1
+        ends = np.cumsum(sizes)
+        nxt[ends[sizes > 0] - 1] = (ends - sizes)[sizes > 0]
+        end = start[nxt]
+        pid = np.repeat(of_ring, sizes)
+        x0, y0, x1, y1 = start[:, 0], start[:, 1], end[:, 0], end[:, 1]
+        lo, hi = np.minimum(y0, y1), np.maximum(y0, y1)
+        # the rows r with lo <= r < hi (a vertex on a scanline counts once), inside the mask
+        r_first = np.maximum(np.ceil(lo), 0)
+        r_last = np.minimum(np.ceil(hi) - 1, rows - 1)
+        keep = (hi > lo) & (r_last >= r_first)
+        x0, y0, x1, y1, pid = x0[keep], y0[keep], x1[keep], y1[keep], pid[keep]
+        r_first, r_last = r_first[keep].astype(np.int64), r_last[keep].astype(np.int64)
+        count = r_last - r_first + 1
+        if not count.sum():
+            continue
+        edge = np.repeat(np.arange(len(count)), count)
+        r = r_first[edge] + (np.arange(len(edge)) - np.repeat(np.cumsum(count) - count, count))
+        xs = x0[edge] + (r - y0[edge]) * (x1[edge] - x0[edge]) / (y1[edge] - y0[edge])
+        p = pid[edge]
+        order = np.lexsort((xs, r, p))
+        # a closed ring crosses a row an even number of times: the sorted crossings pair up
+        xs, r, p = xs[order], r[order], p[order]
+        a = np.clip(np.ceil(xs[0::2]), 0, cols).astype(np.int64)
+        b = np.clip(np.ceil(xs[1::2]), 0, cols).astype(np.int64)
+        nonempty = b > a
+        yield p[0::2][nonempty], r[0::2][nonempty], a[nonempty], b[nonempty]
