@@ -34,10 +34,10 @@ from ._atomic import atomic_path, save_npy
 from ._progress import iter_progress, relay
 from .geometry import Box, Region, labeled_boxes
 from .io_qupath import (
+    iter_import,
+    iter_rasterize,
     labels_to_features,
-    plan_import,
     priority_to_features,
-    rasterize_annotations,
     read_geojson,
     region_features,
     write_features,
@@ -1326,7 +1326,8 @@ class AnnotationProject:
         return write_features(path, features)
 
     def import_qupath(self, path: str | os.PathLike[str], slide: str, *, class_map: dict[str, str | None] | None = None,
-                      max_region: float | None = None, dry_run: bool = False) -> dict[str, Any]:
+                      max_region: float | None = None, dry_run: bool = False,
+                      progress: Callable[[dict], None] | None = None) -> dict[str, Any]:
         """Read QuPath annotations: class polygons become labels, other polygons regions.
 
         The file is read as QuPath reads it (:func:`~napari_alregions.io_qupath.plan_import`):
@@ -1334,7 +1335,8 @@ class AnnotationProject:
         classes by their base name, matched case-insensitively, through synonyms
         (Tumor/Tumour) and ``class_map``; our own proposals (``Proposal: <method>``),
         unclassified outlines larger than ``max_region`` (tissue outlines) and annotations
-        wholly outside the slide are skipped.
+        wholly outside the slide are skipped; those partly outside are cut to it; invalid
+        polygons (bow-ties, rings traced twice) are repaired, as the message says.
         Every labeled polygon lies in an accepted region afterwards (its bounding box is
         accepted when no region holds it). When the file has no annotation of the first
         class (background), unlabeled pixels of imported regions become background, as
@@ -1357,6 +1359,9 @@ class AnnotationProject:
             slide's shorter side.
         dry_run : bool
             Only report what the import would do; nothing is written.
+        progress : callable, optional
+            Called with ``{"phase": "read" | "regions" | "labels", "done", "total"}`` as
+            the import goes (100 000 polygons take tens of seconds).
 
         Returns
         -------
@@ -1375,11 +1380,11 @@ class AnnotationProject:
         h, w = self._slide(slide).shape[:2]
         features = read_geojson(path)  # its errors name the file already
         try:
-            plan = plan_import(features, classes=self.classes, class_map=class_map, extent=(w, h),
-                               max_region=self._max_region(slide) if max_region is None else max_region)
+            plan, new = run(iter_import(features, classes=self.classes, class_map=class_map, extent=(w, h),
+                                        max_region=self._max_region(slide) if max_region is None else max_region,
+                                        accepted=self.session.accepted_on(slide), slide=slide), progress)
         except ValueError as exc:
             raise ValueError(f"{path}: {exc}") from exc
-        new = plan.new_regions(self.session.accepted_on(slide), slide=slide)
         summary = {"regions": len(new), "labeled_annotations": len(plan.labeled), "skipped": sum(plan.skipped.values()),
                    "skipped_by": dict(plan.skipped), "annotations": plan.annotations, "message": plan.message}
         if dry_run:
@@ -1391,7 +1396,7 @@ class AnnotationProject:
                 y0, x0, y1, x1 = self.label_box(r)
                 crop = labels[y0:y1, x0:x1]
                 crop[crop == 0] = 1
-        rasterize_annotations(plan.labeled, labels, classes=self.classes, factor=self.label_factor(slide))
+        run(iter_rasterize(plan.labeled, labels, classes=self.classes, factor=self.label_factor(slide)), progress)
         # labels only inside accepted regions (looked for where labels are, not over the slide)
         boxes = [self.label_box(r) for r in self.session.accepted_on(slide)]
         for box in labeled_boxes(labels):
