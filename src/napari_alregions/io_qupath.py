@@ -817,27 +817,44 @@ def _polygons(geometry: dict[str, Any]) -> list:
     return []
 
 
-def _rings(polygons: list, kind: str) -> list[list[list[tuple[float, float]]]]:
-    """Float ``[polygon][ring][(x, y)]``, checked finite and bounded; empty polygons dropped."""
-    try:
-        rings = [[[(float(x), float(y)) for x, y, *_ in ring] for ring in poly] for poly in polygons]
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"malformed {kind} coordinates ({exc})") from exc
-    rings = [[r for r in poly if r] for poly in rings]
-    rings = [poly for poly in rings if poly]
-    values = np.array([v for poly in rings for ring in poly for p in ring for v in p], dtype=np.float64)
+def _rings(polygons: list, kind: str) -> tuple[list[list[list[tuple[float, float]]]], tuple[float, ...]]:
+    """Float ``[polygon][ring][(x, y)]``, checked finite and bounded, empty polygons
+    dropped, and the bounding box ``(x0, y0, x1, y1)`` of the outer rings (``()`` when
+    none is left)."""
+    try:  # numpy's conversion first (10x faster); anything it refuses, point by point
+        arrays = [[a for a in (_xy(ring) for ring in poly) if len(a)] for poly in polygons]
+    except (TypeError, ValueError):
+        try:
+            arrays = [[np.array([(float(x), float(y)) for x, y, *_ in ring], dtype=np.float64).reshape(-1, 2) for ring in poly]
+                      for poly in polygons]
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"malformed {kind} coordinates ({exc})") from exc
+        arrays = [[a for a in poly if len(a)] for poly in arrays]
+    arrays = [poly for poly in arrays if poly]
+    if not arrays:
+        return [], ()
+    values = np.concatenate([a for poly in arrays for a in poly])
     if not np.isfinite(values).all():
         raise ValueError(f"{kind} with non-finite coordinates")
-    if values.size and np.abs(values).max() > MAX_COORDINATE:
+    if np.abs(values).max() > MAX_COORDINATE:
         raise ValueError(f"{kind} coordinates out of range (|value| up to {np.abs(values).max():.4g} px; "
                          f"the limit is {MAX_COORDINATE:.0f})")
-    return rings
+    outer = np.concatenate([poly[0] for poly in arrays])
+    bounds = (*outer.min(axis=0).tolist(), *outer.max(axis=0).tolist())
+    return [[list(map(tuple, a.tolist())) for a in poly] for poly in arrays], bounds
 
 
-def _meets(rings: list, extent: tuple[int, int]) -> bool:
-    """Whether the bounding box of ``rings`` overlaps the slide ``[0, w) x [0, h)``."""
-    xy = np.array([p for poly in rings for p in poly[0]], dtype=np.float64)
-    (x0, y0), (x1, y1) = xy.min(axis=0), xy.max(axis=0)
+def _xy(ring: Any) -> np.ndarray:
+    """A ring's points as an (n, 2) float array (z and more dropped), or an error."""
+    a = np.asarray(ring, dtype=np.float64)
+    if a.ndim != 2 or a.shape[1] < 2:
+        raise ValueError(f"points of shape {a.shape}")
+    return a[:, :2]
+
+
+def _meets(bounds: tuple[float, ...], extent: tuple[int, int]) -> bool:
+    """Whether the bounding box ``(x0, y0, x1, y1)`` overlaps the slide ``[0, w) x [0, h)``."""
+    x0, y0, x1, y1 = bounds
     return x1 > 0 and y1 > 0 and x0 < extent[0] and y0 < extent[1]
 
 
@@ -999,7 +1016,7 @@ def iter_plan(
             if geom.get("isEllipse") is True:
                 skip("ellipse")
                 continue
-            rings = _rings(_polygons(geom), str(geom.get("type")))
+            rings, bounds = _rings(_polygons(geom), str(geom.get("type")))
             if not rings:
                 skip("not polygonal")
                 continue
@@ -1007,7 +1024,7 @@ def iter_plan(
             names = class_names(props.get("classification"))
         except ValueError as exc:
             raise ValueError(f"feature {i}: {exc}") from exc
-        if extent is not None and not _meets(rings, extent):
+        if extent is not None and not _meets(bounds, extent):
             skip("outside the slide")
             continue
         if names and names[0].lower() == PROPOSAL_CLASS.lower():
