@@ -499,14 +499,8 @@ def rasterize_annotations(
     return _drain(iter_rasterize(annotations, labels, classes=classes, factor=factor, origin=origin))
 
 
-def iter_rasterize(
-    annotations: Iterable[ClassAnnotation],
-    labels: np.ndarray,
-    *,
-    classes: Sequence[str],
-    factor: float = 1.0,
-    origin: tuple[int, int] = (0, 0),
-) -> Generator[dict[str, Any], None, list[ClassAnnotation]]:
+def iter_rasterize(annotations: Iterable[ClassAnnotation], labels: np.ndarray, *, classes: Sequence[str], factor: float = 1.0,
+                   origin: tuple[int, int] = (0, 0)) -> Generator[dict[str, Any], None, list[ClassAnnotation]]:
     """:func:`rasterize_annotations`, yielding ``{"phase": "labels", "done", "total"}``
     (polygons painted) as it goes.
 
@@ -961,14 +955,9 @@ def plan_import(
     return _drain(iter_plan(features, classes=classes, class_map=class_map, max_region=max_region, extent=extent))
 
 
-def iter_plan(
-    features: Iterable[Any],
-    *,
-    classes: Sequence[str],
-    class_map: dict[str, str | None] | None = None,
-    max_region: float | None = None,
-    extent: tuple[int, int] | None = None,
-) -> Generator[dict[str, Any], None, ImportPlan]:
+def iter_plan(features: Iterable[Any], *, classes: Sequence[str], class_map: dict[str, str | None] | None = None,
+              max_region: float | None = None, extent: tuple[int, int] | None = None,
+              ) -> Generator[dict[str, Any], None, ImportPlan]:
     """:func:`plan_import`, yielding ``{"phase": "read", "done", "total"}`` (features
     read) as it goes."""
     from .polygons import clean_polygons
