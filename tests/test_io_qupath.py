@@ -325,7 +325,8 @@ def test_later_polygons_paint_over_earlier_ones_across_batches(monkeypatch):
     from napari_alregions import polygons as P
     from napari_alregions.io_qupath import ClassAnnotation, rasterize_annotations
 
-    monkeypatch.setattr(P, "SPAN_BATCH", 7)  # 40 polygons: six batches
+    monkeypatch.setattr(P, "SPAN_BATCH", 7)  # 40 polygons: six batches,
+    monkeypatch.setattr(P, "CROSSINGS", 100)  # each in groups of a few polygons
     rng = np.random.default_rng(5)
     classes = ("background", "tumour", "stroma")
     anns = []

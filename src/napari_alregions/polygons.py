@@ -31,6 +31,8 @@ Polygon = list[Ring]
 
 #: Polygons rasterised per batch (bounds the crossings held at once; one progress step each).
 SPAN_BATCH = 20_000
+#: Row crossings computed at once, at most (unless one polygon has more): ~40 bytes each.
+CROSSINGS = 4_000_000
 #: Polygons tested for cover between two progress reports.
 COVER_BATCH = 20_000
 
@@ -181,7 +183,9 @@ def iter_uncovered(held: np.ndarray, polygons: Sequence[Polygon], boxes: np.ndar
         stop = min(n, start + COVER_BATCH)
         o = outer[start:stop]
         query, hits = tree.query(shapely.box(o[:, 0], o[:, 1], o[:, 2], o[:, 3]), predicate="intersects")
-        bounds = np.searchsorted(query, np.arange(stop - start + 1))  # query comes sorted
+        order = np.argsort(query, kind="stable")  # by polygon (GEOS gives them so already)
+        query, hits = query[order], hits[order]
+        bounds = np.searchsorted(query, np.arange(stop - start + 1))
         for k in range(stop - start):
             i = start + k
             cand = hits[bounds[k]:bounds[k + 1]]
@@ -248,16 +252,27 @@ def iter_spans(polygons: Sequence[Sequence[np.ndarray]], shape: tuple[int, int],
         x0, y0, x1, y1, pid = x0[keep], y0[keep], x1[keep], y1[keep], pid[keep]
         r_first, r_last = r_first[keep].astype(np.int64), r_last[keep].astype(np.int64)
         count = r_last - r_first + 1
-        if not count.sum():
-            continue
-        edge = np.repeat(np.arange(len(count)), count)
-        r = r_first[edge] + (np.arange(len(edge)) - np.repeat(np.cumsum(count) - count, count))
-        xs = x0[edge] + (r - y0[edge]) * (x1[edge] - x0[edge]) / (y1[edge] - y0[edge])
-        p = pid[edge]
-        order = np.lexsort((xs, r, p))
-        # a closed ring crosses a row an even number of times: the sorted crossings pair up
-        xs, r, p = xs[order], r[order], p[order]
-        a = np.clip(np.ceil(xs[0::2]), 0, cols).astype(np.int64)
-        b = np.clip(np.ceil(xs[1::2]), 0, cols).astype(np.int64)
-        nonempty = b > a
-        yield p[0::2][nonempty], r[0::2][nonempty], a[nonempty], b[nonempty]
+        # polygons in groups of at most CROSSINGS crossings (a large polygon alone)
+        per_polygon = np.cumsum(np.bincount(pid - first, weights=count, minlength=len(batch)))
+        group = np.zeros(len(batch), dtype=np.int64)
+        group[1:] = (per_polygon[:-1] // CROSSINGS).astype(np.int64)
+        of_edge = group[pid - first]
+        for g in np.unique(of_edge):
+            e = of_edge == g
+            yield _spans(x0[e], y0[e], x1[e], y1[e], pid[e], r_first[e], count[e], cols)
+
+
+def _spans(x0, y0, x1, y1, pid, r_first, count, cols):
+    """The spans of edges ``(x0, y0) -> (x1, y1)`` of polygons ``pid``, each crossing rows
+    ``r_first`` to ``r_first + count - 1`` (see :func:`iter_spans`)."""
+    edge = np.repeat(np.arange(len(count)), count)
+    r = r_first[edge] + (np.arange(len(edge)) - np.repeat(np.cumsum(count) - count, count))
+    xs = x0[edge] + (r - y0[edge]) * (x1[edge] - x0[edge]) / (y1[edge] - y0[edge])
+    p = pid[edge]
+    order = np.lexsort((xs, r, p))
+    # a closed ring crosses a row an even number of times: the sorted crossings pair up
+    xs, r, p = xs[order], r[order], p[order]
+    a = np.clip(np.ceil(xs[0::2]), 0, cols).astype(np.int64)
+    b = np.clip(np.ceil(xs[1::2]), 0, cols).astype(np.int64)
+    nonempty = b > a
+    return p[0::2][nonempty], r[0::2][nonempty], a[nonempty], b[nonempty]
