@@ -23,7 +23,7 @@ Measured side by side in one run, on the same plan:
 The reference runs only where its estimate (quadratic in the polygons from the largest size
 it ran at) is under ``--reference-limit`` seconds; beyond, the line says "skipped
 (quadratic, est. N s)". Where both ran, their regions are checked equal, and their labels equal up to pixels
-whose centre lies on an edge (float rounding; 2 px of 1.6 M at 10k polygons).
+whose centre lies on an edge (float rounding; a few in a million, counted at the end).
 """
 
 from __future__ import annotations
@@ -222,6 +222,7 @@ def main() -> None:
               f"labels {fmt(reference_paint[1])}")
     print(f"{'polygons':>9} | {'plan':>7} | {'regions: R-tree':>15} {'naive':>32} {'ratio':>6} | "
           f"{'labels: batched':>15} {'per polygon':>12} {'ratio':>6} | {'whole import: wall, CPU':>32} | new regions")
+    differs = []  # labels of the two paintings that differ (pixel centres on an edge)
     for n in sorted(args.sizes):
         features = qupath_features(n)
         t_plan, plan = timed(lambda: plan_import(features, classes=CLASSES, class_map=CLASS_MAP, max_region=4096,
@@ -245,7 +246,8 @@ def main() -> None:
             # a pixel centre on an edge may fall either way by float rounding (the old code
             # shifted each polygon to its box first): a handful of pixels in millions
             differ = int((ref != labels).sum())
-            assert differ <= 1e-5 * max(1, int((labels > 0).sum())), f"labels differ in {differ} px"
+            assert differ <= max(8, 1e-5 * int((labels > 0).sum())), f"labels differ in {differ} px"
+            differs.append(f"{n}: {differ} of {int((labels > 0).sum())} px")
             reference_paint = (n, t_naive_paint)
         t_whole = "-"
         if slide_path is not None:
@@ -256,6 +258,7 @@ def main() -> None:
         print(f"{n:>9} | {fmt(t_plan):>7} | {fmt(t_new):>15} {naive_text:>32} {ratio(t_naive, t_new):>6} | "
               f"{fmt(t_paint):>15} {fmt(t_naive_paint):>12} {ratio(t_naive_paint, t_paint):>6} | {t_whole:>32} | {len(new)}",
               flush=True)
+    print(f"labels differing between the two paintings (centres on an edge): {'; '.join(differs)}")
 
 
 if __name__ == "__main__":
