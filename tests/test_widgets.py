@@ -61,8 +61,8 @@ def _start(make_napari_viewer, tmp_path, small_pool, *, name="sess", learner="de
     _click(w, "New session")
     _idle(w)
     assert w.project is not None, w.message.value
-    w.project.session.settings.training = TrainingBudget(**FAST)
-    w.project.session.settings.learner = w.project.session.settings.in_use = learner
+    w.project.session.update_settings(training=TrainingBudget(**FAST))
+    w.project.session.update_settings(learner=learner, in_use=learner)
     w.live.value = learner == "fast"
     w.slide_file.value = str(folder / manifest["slides"][0]["image"])
     _click(w, "Add slide")
@@ -234,7 +234,7 @@ def test_cancel_and_close_during_retrain_change_nothing(make_napari_viewer, qtbo
     _click(w, "Suggest")
     w.proposal_list.setCurrentRow(0)
     _click(w, "Accept region")
-    w.project.session.settings.training = TrainingBudget(initial_steps=100_000, epochs=1000, patience=1000)
+    w.project.session.update_settings(training=TrainingBudget(initial_steps=100_000, epochs=1000, patience=1000))
     _click(w, "Retrain", wait=False)
     qtbot.wait(300)
     assert w.runner.busy

@@ -110,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("info", help="levels, sizes, mpp and tissue fraction of a slide")
-    s.add_argument("slide", help="pyramidal TIFF, OME-TIFF or SVS file")
+    s.add_argument("slide", help="slide: a pyramidal TIFF, OME-TIFF, SVS, ... file, an OME-Zarr folder, or a DICOM file "
+                   "or folder (DICOM, MRXS, VMS need the openslide extra)")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=_cmd_info)
 

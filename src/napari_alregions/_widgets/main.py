@@ -279,8 +279,7 @@ class ALRegionsWidget(QWidget):
         """New class colours: saved with the session (when there is one) and shown by the labels layers."""
         if self.project is None:
             return True
-        with self.project.session.changing() as session:
-            session.settings.colors = [list(c) for c in colors]
+        self.project.session.update_settings(colors=tuple(tuple(int(v) for v in c) for c in colors))
         if not self._done(self.project.session.save):
             return False
         self.labels.recolour(colors)
