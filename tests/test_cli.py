@@ -31,6 +31,47 @@ def test_make_demo_data(tmp_path, capsys):
     assert "wrote 2 slides" in capsys.readouterr().out
     manifest = json.loads((tmp_path / "d" / "manifest.json").read_text())
     assert [s["name"] for s in manifest["slides"]] == ["slide_000", "slide_001"]
+    # again on the pool: nothing rendered, and it says so
+    before = [(tmp_path / "d" / s["image"]).stat().st_mtime_ns for s in manifest["slides"]]
+    assert main(["make-demo-data", str(tmp_path / "d"), "--n-slides", "2", "--size", "512"]) == 0
+    out = capsys.readouterr().out
+    assert "kept 2 slide(s) already there" in out and "wrote" not in out
+    assert [(tmp_path / "d" / s["image"]).stat().st_mtime_ns for s in manifest["slides"]] == before
+    assert main(["make-demo-data", str(tmp_path / "d"), "--n-slides", "3", "--size", "512"]) == 0
+    assert "kept 2 slide(s) already there with these settings, wrote 1" in capsys.readouterr().out
+
+
+def test_suggest_needs_out_and_says_so_in_its_help(tmp_path, monkeypatch, capsys):
+    """No silent regions.geojson in the working folder: --out is required and shown."""
+    import numpy as np
+
+    monkeypatch.chdir(tmp_path)
+    np.save(tmp_path / "m.npy", np.ones((8, 8), np.float32))
+    with pytest.raises(SystemExit) as stop:
+        main(["suggest", str(tmp_path / "m.npy"), "-l", "512"])
+    assert stop.value.code == 2
+    assert "the following arguments are required: --out" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == [tmp_path / "m.npy"]
+    with pytest.raises(SystemExit):
+        main(["suggest", "-h"])
+    assert "--out OUT" in capsys.readouterr().out
+
+
+def test_suggest_names_both_inputs_when_features_do_not_fit_the_map(tmp_path, capsys):
+    import numpy as np
+
+    np.save(tmp_path / "map.npy", np.ones((8, 8), np.float32))
+    np.save(tmp_path / "cells.npy", np.ones((2, 2, 16), np.float32))  # another slide's (or stride's) grid
+    np.save(tmp_path / "emb.npy", np.ones((1, 1, 16), np.float32))  # region embeddings of another grid
+    base = ["suggest", str(tmp_path / "map.npy"), "--method", "diversity", "-l", "512", "--stride", "256", "-k", "1",
+            "--out", str(tmp_path / "o.geojson")]
+    assert main([*base, "--cell-features", str(tmp_path / "cells.npy")]) == 2
+    err = capsys.readouterr().err
+    assert f"--cell-features {tmp_path / 'cells.npy'}: a grid of (2, 2) cells" in err and f"{tmp_path / 'map.npy'} has (8, 8)" in err
+    assert main([*base, "--embeddings", str(tmp_path / "emb.npy")]) == 2
+    err = capsys.readouterr().err
+    assert f"--embeddings {tmp_path / 'emb.npy'} does not fit the priority map {tmp_path / 'map.npy'} (8 x 8 cells)" in err
+    assert "embeddings must have shape (4, 4, D)" in err and not (tmp_path / "o.geojson").exists()
 
 
 def test_suggest_on_saved_map_writes_qupath_geojson(tmp_path, capsys):

@@ -674,32 +674,38 @@ class ImportPlan:
         """The regions a labeled set holding ``accepted`` gains from this plan: each region
         not held already (same box), then the bounding box of each labeled polygon that the
         regions together do not cover (a label polygon may span two touching regions).
-        Importing a file twice, or into the session that exported it, gains nothing.
-        :meth:`iter_new_regions` does the same and yields its progress."""
-        return _drain(self.iter_new_regions(accepted, slide=slide))
+        Importing a file twice, or into the session that exported it, gains nothing."""
+        own, boxes = self.added_regions(accepted, slide=slide)
+        return own + boxes
 
-    def iter_new_regions(self, accepted: Sequence[Region], *, slide: str | None = None,
-                         ) -> Generator[dict[str, Any], None, list[Region]]:
-        """:meth:`new_regions`, yielding ``{"phase": "regions", "done", "total"}`` (labeled
-        polygons tested) as it goes. The polygons are tested in the file's order, each
-        against the boxes held and those added before it, found through an R-tree
+    def added_regions(self, accepted: Sequence[Region], *, slide: str | None = None) -> tuple[list[Region], list[Region]]:
+        """:meth:`new_regions` in its two parts: the file's regions not held already, and
+        the boxes around labeled polygons that no region covers. :meth:`iter_added_regions`
+        does the same and yields its progress."""
+        return _drain(self.iter_added_regions(accepted, slide=slide))
+
+    def iter_added_regions(self, accepted: Sequence[Region], *, slide: str | None = None,
+                           ) -> Generator[dict[str, Any], None, tuple[list[Region], list[Region]]]:
+        """:meth:`added_regions`, yielding ``{"phase": "regions", "done", "total"}``
+        (labeled polygons tested) as it goes. The polygons are tested in the file's order,
+        each against the boxes held and those added before it, found through an R-tree
         (:func:`~napari_alregions.polygons.iter_uncovered`): O(n log n) for n polygons."""
         from .polygons import iter_uncovered, outer_bounds
 
         held = {(a.x, a.y, a.w, a.h) for a in accepted}
-        new: list[Region] = []
+        own: list[Region] = []
         for r in self.regions:
             if (r.x, r.y, r.w, r.h) not in held:
                 held.add((r.x, r.y, r.w, r.h))
-                new.append(r.with_(slide=slide, method=r.method or "qupath", uid=None))
+                own.append(r.with_(slide=slide, method=r.method or "qupath", uid=None))
         polygons = [poly for a in self.labeled for poly in a.polygons]
         bounds = outer_bounds(polygons)
         boxes = _bounding_boxes(bounds)
         have = np.array([(x, y, x + w, y + h) for x, y, w, h in held], dtype=np.float64).reshape(-1, 4)
         gen = iter_uncovered(have, polygons, boxes.astype(np.float64), bounds=bounds)
         uncovered = yield from relay(gen, lambda dt: {"phase": "regions", "done": dt[0], "total": dt[1]})
-        return new + [Region(x0, y0, x1 - x0, y1 - y0, method="qupath", slide=slide)
-                      for x0, y0, x1, y1 in boxes[uncovered].tolist()]
+        return own, [Region(x0, y0, x1 - x0, y1 - y0, method="qupath", slide=slide)
+                     for x0, y0, x1, y1 in boxes[uncovered].tolist()]
 
 
 #: Features named by index in an import's message, at most.
@@ -1095,11 +1101,11 @@ def iter_import(
     class_map: dict[str, str | None] | None = None,
     max_region: float | None = None,
     extent: tuple[int, int] | None = None,
-) -> Generator[dict[str, Any], None, tuple[ImportPlan, list[Region]]]:
+) -> Generator[dict[str, Any], None, tuple[ImportPlan, list[Region], list[Region]]]:
     """Plan an import (:func:`plan_import`) and find the regions a labeled set holding
-    ``accepted`` gains from it (:meth:`ImportPlan.new_regions`), yielding the progress of
-    both (``phase`` "read", then "regions"). Returns ``(plan, new regions)``; the labels
-    are painted after with :func:`iter_rasterize`."""
+    ``accepted`` gains from it (:meth:`ImportPlan.added_regions`), yielding the progress
+    of both (``phase`` "read", then "regions"). Returns ``(plan, the file's regions, boxes
+    around labels)``; the labels are painted after with :func:`iter_rasterize`."""
     plan = yield from iter_plan(features, classes=classes, class_map=class_map, max_region=max_region, extent=extent)
-    new = yield from plan.iter_new_regions(accepted, slide=slide)
-    return plan, new
+    own, boxes = yield from plan.iter_added_regions(accepted, slide=slide)
+    return plan, own, boxes

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,22 +30,26 @@ class QuPathLink:
     def __init__(self, project: AnnotationProject) -> None:
         self.p = project
 
-    def export_qupath(self, path: str | os.PathLike[str], slide: str, *, priority: bool = False) -> Path:
+    def export_qupath(self, path: str | os.PathLike[str], slide: str, *, priority: bool = False, accepted: bool = True,
+                      labels: bool = True, methods: Sequence[str] | None = None) -> Path:
         """Regions (accepted and proposed) and labels of a slide as QuPath GeoJSON.
 
         With ``priority``, the slide's current priority map too: one QuPath tile per tissue
         cell with a ``priority`` measurement (QuPath's measurement maps colour it); an
-        import skips the tiles.
+        import skips the tiles. ``accepted`` and ``labels`` False leave those out (what a
+        QuPath user has already: the proposals and the map alone); ``methods`` keeps the
+        proposals of those selectors only.
         """
         s = self.p._slide(slide)
         if priority and slide not in self.p.maps:
             raise ValueError(f"{slide} has no priority map yet: compute one first")
-        features = region_features(self.p.session.accepted_on(slide), self.p.suggestion.proposals(slide),
-                                   color_of=method_rgb)
-        labels = self.p.session.labels(slide)
-        features += labels_to_features(labels, classes=[qupath_class_name(c) for c in self.p.classes],
-                                       colors=self.p.colors, factor=self.p.label_factor(slide),
-                                       slide=slide, boxes=labeled_boxes(labels))
+        proposals = [r for r in self.p.suggestion.proposals(slide) if methods is None or r.method in methods]
+        features = region_features(self.p.session.accepted_on(slide) if accepted else (), proposals, color_of=method_rgb)
+        if labels:
+            mask = self.p.session.labels(slide)
+            features += labels_to_features(mask, classes=[qupath_class_name(c) for c in self.p.classes],
+                                           colors=self.p.colors, factor=self.p.label_factor(slide),
+                                           slide=slide, boxes=labeled_boxes(mask))
         if priority:
             record = self.p.maps[slide]
             features += priority_to_features(record.priority, stride=record.stride, mask=s.tissue_map(record.stride),
@@ -90,7 +94,7 @@ class QuPathLink:
         class (background), unlabeled pixels of imported regions become background, as
         with :meth:`accept`. Regions the labeled set already holds (same box) are not added
         again, so a file imported twice, or into the session that exported it, adds
-        nothing twice.
+        nothing twice; a region with the box of a proposal accepts that proposal.
 
         Parameters
         ----------
@@ -114,7 +118,9 @@ class QuPathLink:
         Returns
         -------
         dict
-            ``regions`` (regions added to the labeled set), ``labeled_annotations``,
+            ``regions`` (regions added to the labeled set: ``from_regions`` of the file's
+            region annotations and ``label_boxes``, boxes around labeled annotations that no
+            region holds), ``labeled_annotations``,
             ``skipped`` (total) and ``skipped_by`` (per reason), ``annotations`` and
             ``message`` (e.g. "12 annotations: 5 regions, 7 labels; skipped 1000
             detections").
@@ -130,12 +136,16 @@ class QuPathLink:
         h, w = self.p._slide(slide).shape[:2]
         features = read_geojson(path)  # its errors name the file already
         try:
-            plan, new = run(iter_import(features, classes=self.p.classes, class_map=class_map, extent=(w, h),
-                                        max_region=self._max_region(slide) if max_region is None else max_region,
-                                        accepted=self.p.session.accepted_on(slide), slide=slide), progress)
+            plan, own, boxes = run(iter_import(features, classes=self.p.classes, class_map=class_map, extent=(w, h),
+                                               max_region=self._max_region(slide) if max_region is None else max_region,
+                                               accepted=self.p.session.accepted_on(slide), slide=slide), progress)
         except ValueError as exc:
             raise ValueError(f"{path}: {exc}") from exc
-        summary = {"regions": len(new), "labeled_annotations": len(plan.labeled), "skipped": sum(plan.skipped.values()),
+        proposed = {(r.x, r.y, r.w, r.h): r for r in self.p.suggestion.proposals(slide)}
+        own = [proposed.get((r.x, r.y, r.w, r.h), r) for r in own]  # a proposal made a region in QuPath is accepted
+        new = own + boxes
+        summary = {"regions": len(new), "from_regions": len(own), "label_boxes": len(boxes),
+                   "labeled_annotations": len(plan.labeled), "skipped": sum(plan.skipped.values()),
                    "skipped_by": dict(plan.skipped), "annotations": plan.annotations, "message": plan.message}
         if dry_run:
             return summary
