@@ -258,7 +258,8 @@ def main() -> None:
         print(f"{n:>9} | {fmt(t_plan):>7} | {fmt(t_new):>15} {naive_text:>32} {ratio(t_naive, t_new):>6} | "
               f"{fmt(t_paint):>15} {fmt(t_naive_paint):>12} {ratio(t_naive_paint, t_paint):>6} | {t_whole:>32} | {len(new)}",
               flush=True)
-    print(f"labels differing between the two paintings (centres on an edge): {'; '.join(differs)}")
+    if differs:
+        print(f"labels differing between the two paintings (centres on an edge): {'; '.join(differs)}")
 
 
 if __name__ == "__main__":
