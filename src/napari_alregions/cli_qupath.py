@@ -6,6 +6,7 @@ import argparse
 import json
 
 from ._argtypes import positive_float
+from .cli_common import add_open_options, open_project
 
 __all__ = ["add_qupath_parsers", "parse_class_map"]
 
@@ -30,9 +31,7 @@ def parse_class_map(items: list[str] | None) -> dict[str, str | None]:
 
 
 def _open(args: argparse.Namespace):
-    from .project import AnnotationProject
-
-    project = AnnotationProject.open(args.session)
+    project = open_project(args)
     slide = args.slide
     if slide is None:
         if len(project.slides) != 1:
@@ -80,6 +79,7 @@ def add_qupath_parsers(sub: argparse._SubParsersAction) -> None:
                                                     "region; larger ones are tissue outlines and skipped")
     s.add_argument("--dry-run", action="store_true", help="only say what the import would do")
     s.add_argument("--json", action="store_true", help="machine-readable summary")
+    add_open_options(s, writes=True, unless="dry_run")
     s.set_defaults(func=_cmd_import)
 
     s = sub.add_parser("qupath-export", help="export a slide's regions and labels as QuPath GeoJSON")
@@ -88,4 +88,5 @@ def add_qupath_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--slide", help="the session's slide (default: the only one)")
     s.add_argument("--priority", action="store_true",
                    help="also the priority map: one QuPath tile per tissue cell with a 'priority' measurement")
+    add_open_options(s, writes=False)
     s.set_defaults(func=_cmd_export)
