@@ -308,16 +308,26 @@ def test_a_running_writer_refuses_a_second_until_it_is_taken_over_and_then_canno
         assert _lock_of(s.folder)["pid"] == os.getpid()
         assert taken.lock_note.startswith(f"took over the session lock as asked: process {holder.pid} on this host")
         assert taken.lock_note.endswith("that process can no longer save it")
-        holder.stdin.write("save\n")
-        holder.stdin.flush()
-        said = holder.stdout.readline()
+
+        def holder_saves():
+            holder.stdin.write("save\n")
+            holder.stdin.flush()
+            return holder.stdout.readline()
+
+        said = holder_saves()
         assert said.startswith("SessionLocked:") and f"taken over (process {os.getpid()} on this host" in said
-        holder.stdin.close()
-        assert holder.wait(60) == 0
-        assert _lock_of(s.folder)["pid"] == os.getpid()  # its exit left the lock it lost alone
+        # closed without saving: the other process may save again (it takes the lock back)
+        taken.close()
+        assert holder_saves() == "saved\n" and _lock_of(s.folder)["pid"] == holder.pid
+        # taken over, saved and closed: the other process's save would overwrite that
+        taken = Session.open(s.folder, take_over=True)
         taken.accept(taken.propose([Region(0, 512, 256, 256, slide="a")])[0])
         taken.save()
         taken.close()
+        said = holder_saves()
+        assert said.startswith("SessionLocked:") and "taken over by another process, which saved it and closed" in said
+        holder.stdin.close()
+        assert holder.wait(60) == 0
     finally:
         holder.kill()
         holder.wait()

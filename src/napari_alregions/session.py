@@ -125,7 +125,7 @@ class Session:
         if len(classes) < 2:
             raise ValueError(f"classes needs at least two names, got {classes!r}")
         folder.mkdir(parents=True, exist_ok=True)
-        lock = acquire(folder)
+        lock = acquire(folder, state=SESSION_FILE)
         session = cls(folder=folder, classes=tuple(classes), settings=Settings.from_dict(params), _lock_file=lock)
         try:
             session.save()
@@ -147,9 +147,16 @@ class Session:
         :meth:`save` then refuses.
         """
         folder = Path(folder)
-        session = cls._read(folder)
-        if not read_only:
-            session._lock_file = acquire(folder, take_over=take_over)
+        lock = None  # taken before reading: what is read is what no other process writes now
+        if not read_only and (folder / SESSION_FILE).is_file():  # (else _read says what is wrong)
+            lock = acquire(folder, take_over=take_over, state=SESSION_FILE)
+        try:
+            session = cls._read(folder)
+        except BaseException:
+            if lock is not None:
+                release(lock)
+            raise
+        session._lock_file = lock
         session.read_only = read_only
         return session
 
@@ -442,6 +449,8 @@ class Session:
                 "labels": {n: self._store.n_stored(n, self._saved_chunks.get(n, 0)) for n in self.slides},
             }
             _atomic_write_text(self.folder / SESSION_FILE, json.dumps(meta, indent=1, default=_json_default), fsync=True)
+            if self._lock_file is not None:
+                self._lock_file.saved()
             self._format = FORMAT_VERSION  # the labels are in folders now: format-1 zips can go
             self._store.drop_legacy()
 

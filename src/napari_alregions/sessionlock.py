@@ -75,12 +75,29 @@ class SessionLocked(SessionError):
 @dataclass
 class SessionLock:
     """A lock this process holds. ``note`` says what taking it did, when it took a stale lock
-    or took one over (None otherwise): a caller shows it to the user."""
+    or took one over (None otherwise): a caller shows it to the user. ``state`` is the file
+    a save writes last (``session.json``), ``seen`` its :func:`_stamp` when this process
+    last had it in hand."""
 
     path: Path
     token: str
     pid: int
     note: str | None = None
+    state: Path | None = None
+    seen: tuple[int, int, int] | None = None
+
+    def saved(self) -> None:
+        """After a save: the state file as this process wrote it."""
+        self.seen = _stamp(self.state)
+
+
+def _stamp(path: Path | None) -> tuple[int, int, int] | None:
+    """Which version of a file this is (each atomic save makes a new inode), None when absent."""
+    try:
+        st = os.stat(path) if path is not None else None
+    except FileNotFoundError:
+        return None
+    return None if st is None else (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 _held: dict[Path, list] = {}  # lock path -> [SessionLock, open sessions of this process using it]
@@ -216,14 +233,15 @@ def _remove_if(path: Path, raw: bytes) -> bool:
         aside.unlink(missing_ok=True)
 
 
-def acquire(folder: str | os.PathLike[str], *, take_over: bool = False) -> SessionLock:
+def acquire(folder: str | os.PathLike[str], *, take_over: bool = False, state: str | None = None) -> SessionLock:
     """Take ``folder``'s lock for this process, or raise :class:`SessionLocked`.
 
     A stale lock (see the module's description) is taken without asking; ``take_over``
     takes any lock (a running process's that the user knows is not writing, another
     host's that is closed). The returned lock's ``note`` says what was taken over. A folder
     this process holds already is shared (released when the last user releases it). On
-    taking the lock, the temporary files of killed writers are removed.
+    taking the lock, the temporary files of killed writers are removed. ``state`` names the
+    file a save writes last (see :func:`check_held`).
 
     Raises
     ------
@@ -246,7 +264,9 @@ def acquire(folder: str | os.PathLike[str], *, take_over: bool = False) -> Sessi
                 if _create(path, content):
                     break
                 raw, holder = _read(path)
-            except FileNotFoundError:
+            except FileNotFoundError as exc:
+                if not folder.is_dir():
+                    raise SessionError(f"{folder}: no such folder") from exc
                 continue  # released meanwhile
             except OSError as exc:
                 raise SessionError(f"{folder}: cannot take the session lock ({exc.strerror}): open the session "
@@ -264,7 +284,8 @@ def acquire(folder: str | os.PathLike[str], *, take_over: bool = False) -> Sessi
         else:
             raise SessionError(f"{folder}: could not take the session lock: it keeps changing (several processes "
                                "opening the session at once?); try again")
-        lock = SessionLock(path, token, os.getpid(), note)
+        lock = SessionLock(path, token, os.getpid(), note, state=None if state is None else folder / state)
+        lock.saved()  # as it is now: no other process writes it from here on
         _held[path] = [lock, 1]
     if note is not None:
         logger.info("%s: %s", folder, note)
@@ -296,15 +317,21 @@ def _remove_leftovers(folder: Path, dead: set[int]) -> None:
 
 
 def check_held(lock: SessionLock) -> None:
-    """Before a save: the lock is still this process's. A lock file deleted by hand is made
-    again; one another process took over raises :class:`SessionLocked` (``kind`` "taken-over")."""
+    """Before a save: the lock is still this process's, else :class:`SessionLocked`
+    (``kind`` "taken-over"): another process holds it, or held it and saved since (its
+    changes would be overwritten). A lock file deleted while no other process saved is
+    made again."""
+    folder = lock.path.parent
     for _ in range(3):
         try:
             raw, holder = _read(lock.path)
         except FileNotFoundError:
-            folder = lock.path.parent
             if not folder.is_dir():
                 return  # the folder itself is gone: no other process can hold it
+            if _stamp(lock.state) != lock.seen:
+                raise SessionLocked(f"{folder}: the session was taken over by another process, which saved it and "
+                                    "closed; this session can no longer save (it would overwrite those changes): reopen "
+                                    "it", {}, kind="taken-over", reason="another process saved it since") from None
             if _create(lock.path, json.dumps(_identity(folder, lock.token)).encode()):
                 logger.info("%s: the session lock was deleted: taken again", folder)
                 return
@@ -312,8 +339,8 @@ def check_held(lock: SessionLock) -> None:
         if holder is not None and holder.get("token") == lock.token:
             return
         reason = _who(holder) if holder is not None else "an unreadable lock"
-        raise SessionLocked(f"{lock.path.parent}: the session was taken over ({reason}); this session can no longer "
-                            "save (it would overwrite the other's changes): reopen it", holder or {},
+        raise SessionLocked(f"{folder}: the session was taken over ({reason}); this session can no longer save (it "
+                            "would overwrite the other's changes): reopen it", holder or {},
                             kind="taken-over", reason=reason)
     raise SessionError(f"{lock.path}: the session lock keeps changing; nothing was saved")  # pragma: no cover
 
