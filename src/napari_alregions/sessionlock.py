@@ -61,15 +61,17 @@ class SessionLocked(SessionError):
     reason : str
         The holder in words (``"process 4711 on this host, since ..."``).
     stale : bool
-        Whether the holder is known to be gone. A plain open takes a stale lock by itself
-        (and says so in :attr:`SessionLock.note`), so this is False when an open raises.
+        False: the holder is not known to be gone (an open takes a lock whose holder is gone
+        by itself, and says so in :attr:`SessionLock.note`).
 
     Both kinds raised by an open can be opened read-only, or taken over (``take_over=True``).
     """
 
-    def __init__(self, message: str, holder: dict[str, Any], *, kind: str, reason: str, stale: bool = False) -> None:
+    stale = False
+
+    def __init__(self, message: str, holder: dict[str, Any], *, kind: str, reason: str) -> None:
         super().__init__(message)
-        self.holder, self.kind, self.reason, self.stale = holder, kind, reason, stale
+        self.holder, self.kind, self.reason = holder, kind, reason
 
 
 @dataclass
@@ -216,7 +218,7 @@ def _remove_if(path: Path, raw: bytes) -> bool:
     """Remove the lock file if it still holds ``raw``. It is renamed aside first (atomic: of
     two processes taking over the same stale lock, one gets it); a lock that changed
     meanwhile is put back."""
-    aside = path.with_name(f".{path.name}.{secrets.token_hex(8)}.aside")
+    aside = temp_name(path.with_name(f"{path.stem}-aside{path.suffix}"))  # named for remove_stale, if killed here
     try:
         os.replace(path, aside)
     except FileNotFoundError:
