@@ -433,6 +433,7 @@ def test_another_host_s_unreadable_and_read_only_folders_locks(tmp_path):
     import errno
 
     from napari_alregions.session import SessionLocked
+    from napari_alregions.sessionlock import FolderNotWritable
     from tests.helpers import read_only_filesystem, tree_state
 
     s = _filled(tmp_path)
@@ -465,7 +466,7 @@ def test_another_host_s_unreadable_and_read_only_folders_locks(tmp_path):
     with read_only_filesystem(s.folder):
         ro = Session.open(s.folder, read_only=True)
         np.testing.assert_array_equal(ro.labels("a"), s.labels("a"))
-        with pytest.raises(SessionError, match=r"cannot take the session lock \(Read-only file system\): open the "
+        with pytest.raises(FolderNotWritable, match=r"cannot take the session lock \(Read-only file system\): open the "
                                                 "session read-only") as info:
             Session.open(s.folder)
         assert info.value.__cause__.errno == errno.EROFS

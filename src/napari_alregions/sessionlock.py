@@ -38,7 +38,7 @@ from ._atomic import remove_stale, temp_name
 from ._errors import SessionError
 from ._process import probe, start_of
 
-__all__ = ["LOCK_FILE", "SessionLock", "SessionLocked", "acquire", "check_held", "judge", "release"]
+__all__ = ["LOCK_FILE", "FolderNotWritable", "SessionLock", "SessionLocked", "acquire", "check_held", "judge", "release"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +72,11 @@ class SessionLocked(SessionError):
     def __init__(self, message: str, holder: dict[str, Any], *, kind: str, reason: str) -> None:
         super().__init__(message)
         self.holder, self.kind, self.reason = holder, kind, reason
+
+
+class FolderNotWritable(SessionError):
+    """The session's lock cannot be written (a read-only file system, no permission): the
+    session can be opened read-only only."""
 
 
 @dataclass
@@ -249,7 +254,7 @@ def acquire(folder: str | os.PathLike[str], *, take_over: bool = False, state: s
     ------
     SessionLocked
         Another process holds the lock.
-    SessionError
+    FolderNotWritable
         The lock cannot be written (a read-only folder): open the session read-only.
     """
     folder = Path(os.path.abspath(folder))
@@ -271,8 +276,8 @@ def acquire(folder: str | os.PathLike[str], *, take_over: bool = False, state: s
                     raise SessionError(f"{folder}: no such folder") from exc
                 continue  # released meanwhile
             except OSError as exc:
-                raise SessionError(f"{folder}: cannot take the session lock ({exc.strerror}): open the session "
-                                   "read-only to read it") from exc
+                raise FolderNotWritable(f"{folder}: cannot take the session lock ({exc.strerror}): open the session "
+                                        "read-only to read it") from exc
             verdict, reason = judge(holder, folder)
             if verdict != "stale" and not take_over:
                 raise SessionLocked(_refusal(folder, verdict, reason), holder or {}, kind=verdict, reason=reason)
