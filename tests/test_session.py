@@ -357,6 +357,9 @@ def test_a_killed_writer_s_lock_and_temporary_files_go_at_the_next_plain_open(tm
         assert target_of(left) == ckpt / f"cycle_{trial}.pt" and left.stat().st_size == 1 << 20
         lock = _lock_of(s.folder)
         assert lock["pid"] == killed.pid
+        if trial == 2:  # a reader removes it too (no one writes there), and leaves the lock
+            Session.open(s.folder, read_only=True)
+            assert list(ckpt.iterdir()) == [] and _lock_of(s.folder) == lock
         back = Session.open(s.folder)
         assert back.lock_note == (f"took over the session lock: process {killed.pid} on this host, since {lock['since']}: "
                                   "that process no longer runs")

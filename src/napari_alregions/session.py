@@ -38,7 +38,7 @@ from .io_qupath import read_regions, region_features, write_features
 from .labelstore import LABEL_CHUNK, LabelStore, LabelStoreError  # noqa: F401 (LABEL_CHUNK: re-exported)
 from .maps import MapStore
 from .regionset import ACCEPTED, DISMISSED, PROPOSED, RegionSet
-from .sessionlock import SessionLock, SessionLocked, acquire, check_held, release
+from .sessionlock import SessionLock, SessionLocked, acquire, check_held, release, tidy
 from .settings import Settings
 
 __all__ = ["Session", "SessionError", "SessionEvents", "SessionLocked", "SlideEntry"]
@@ -150,6 +150,8 @@ class Session:
         lock = None  # taken before reading: what is read is what no other process writes now
         if not read_only and (folder / SESSION_FILE).is_file():  # (else _read says what is wrong)
             lock = acquire(folder, take_over=take_over, state=SESSION_FILE)
+        elif (folder / SESSION_FILE).is_file():
+            tidy(folder)  # killed saves' files, if no one writes there (and the disk lets us)
         try:
             session = cls._read(folder)
         except BaseException:

@@ -38,7 +38,8 @@ from ._atomic import remove_stale, temp_name
 from ._errors import SessionError
 from ._process import probe, start_of
 
-__all__ = ["LOCK_FILE", "FolderNotWritable", "SessionLock", "SessionLocked", "acquire", "check_held", "judge", "release"]
+__all__ = ["LOCK_FILE", "FolderNotWritable", "SessionLock", "SessionLocked", "acquire", "check_held", "judge", "release",
+           "tidy"]
 
 logger = logging.getLogger(__name__)
 
@@ -321,6 +322,28 @@ def _remove_leftovers(folder: Path, dead: set[int]) -> None:
                     left.unlink(missing_ok=True)
     except OSError as exc:  # cleaning is a courtesy: the session opens whatever is left
         logger.debug("%s: leftovers not removed: %s", folder, exc)
+
+
+def tidy(folder: str | os.PathLike[str]) -> list[Path]:
+    """For a reader: remove the temporary files of killed saves when no process writes the
+    session (no lock, or a stale one on this host), as far as the folder can be written.
+    Files of live processes stay (a writer may take the lock meanwhile: its pid runs), and so
+    do zarr's partial files, which name no process. Returns the files removed."""
+    folder = Path(os.path.abspath(folder))
+    with _held_lock:
+        if (folder / LOCK_FILE).resolve() in _held:
+            return []  # this process writes it
+    try:
+        raw, holder = _read(folder / LOCK_FILE)
+    except FileNotFoundError:
+        dead = set()
+    except OSError:
+        return []
+    else:
+        if judge(holder, folder)[0] != "stale":
+            return []
+        dead = {holder["pid"]} if holder is not None and holder["pid"] != os.getpid() else set()
+    return remove_stale(folder, min_age_s=0.0, dead=dead)
 
 
 def check_held(lock: SessionLock) -> None:
