@@ -137,6 +137,7 @@ def write_bomb_tiff(path: Path, side: int, *, tile: int = 1024, sparse: bool = F
 # -- a read-only file system, root or not ------------------------------------------------------
 
 _READ_ONLY: list[str] = []  # folders whose writes fail now
+_hooked: list[bool] = []  # an audit hook cannot be removed: added once, idle while _READ_ONLY is empty
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 _WRITE_EVENTS = {"os.remove": 1, "os.rename": 2, "os.link": 2, "os.symlink": 2, "os.mkdir": 1, "os.rmdir": 1,
                  "os.truncate": 1, "os.chmod": 1, "os.utime": 1, "shutil.rmtree": 1}
@@ -160,9 +161,9 @@ def _refuse_writes(event: str, args: tuple) -> None:
 def read_only_filesystem(folder: Path):
     """Every write under ``folder`` in this process fails with EROFS, as on a read-only mount
     (an audit hook: chmod does not stop root, who runs the tests in containers)."""
-    if not _READ_ONLY and not getattr(read_only_filesystem, "hooked", False):
+    if not _hooked:
         sys.addaudithook(_refuse_writes)
-        read_only_filesystem.hooked = True
+        _hooked.append(True)
     _READ_ONLY.append(os.path.abspath(folder))
     try:
         yield
