@@ -328,7 +328,8 @@ def test_make_demo_data_onto_a_full_disk_is_one_line_and_leaves_nothing(tmp_path
 
 def test_temporary_files_of_killed_saves_are_removed_at_the_next_open(tmp_path):
     """A process killed (SIGKILL) inside a checkpoint save leaves its temporary file; the
-    next Session.open removes it, and leaves a live save's file and other files alone."""
+    next Session.open for writing (the only writer now) removes it at once, and leaves a
+    live save's file and other files alone. A reader leaves it while a writer holds the session."""
     import subprocess
     import sys
     import time
@@ -337,7 +338,6 @@ def test_temporary_files_of_killed_saves_are_removed_at_the_next_open(tmp_path):
     from napari_alregions.session import Session
 
     session = Session.create(tmp_path / "s")
-    session.save()
     ckpt = session.folder / "checkpoints"
     ckpt.mkdir(exist_ok=True)
     code = ("import os, signal, sys\n"
@@ -350,14 +350,16 @@ def test_temporary_files_of_killed_saves_are_removed_at_the_next_open(tmp_path):
     assert run.returncode == -9
     [left] = list(ckpt.iterdir())
     assert target_of(left) == ckpt / "cycle-1.pt" and left.stat().st_size == 1 << 20
+    Session.open(session.folder, read_only=True)
+    assert left.exists()
+    session.close()
     old = time.time() - 60
-    os.utime(left, (old, old))
     keep = session.folder / ".notes.part"  # not a name atomic_path makes
     keep.write_text("mine")
     with atomic_path(ckpt / "cycle-2.pt") as live:  # this process, saving now
         live.write_bytes(b"x")
         os.utime(live, (old, old))
-        Session.open(session.folder)
+        Session.open(session.folder).close()
         assert not left.exists() and live.exists() and keep.exists()
     assert (ckpt / "cycle-2.pt").read_bytes() == b"x"
     assert remove_stale(session.folder) == []

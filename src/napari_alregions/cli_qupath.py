@@ -6,6 +6,7 @@ import argparse
 import json
 
 from ._argtypes import positive_float
+from .cli_common import add_open_options, open_project
 
 __all__ = ["add_import_args", "add_qupath_parsers", "parse_class_map", "run_import"]
 
@@ -30,9 +31,7 @@ def parse_class_map(items: list[str] | None) -> dict[str, str | None]:
 
 
 def _open(args: argparse.Namespace):
-    from .project import AnnotationProject
-
-    project = AnnotationProject.open(args.session, take_over=getattr(args, "take_over", False))
+    project = open_project(args)
     slide = args.slide
     if slide is None and len(project.slides) == 1:
         [slide] = project.slides
@@ -101,6 +100,7 @@ def add_import_args(s: argparse.ArgumentParser) -> None:
                                                     "region; larger ones are tissue outlines and skipped")
     s.add_argument("--dry-run", action="store_true", help="only say what the import would do")
     s.add_argument("--json", action="store_true", help="machine-readable summary")
+    add_open_options(s, writes=True, unless="dry_run")
 
 
 def add_qupath_parsers(sub: argparse._SubParsersAction) -> None:
@@ -114,4 +114,5 @@ def add_qupath_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--slide", help="the session's slide (default: the only one)")
     s.add_argument("--priority", action="store_true",
                    help="also the priority map: one QuPath tile per tissue cell with a 'priority' measurement")
+    add_open_options(s, writes=False)
     s.set_defaults(func=_cmd_export)
