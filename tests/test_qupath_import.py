@@ -111,14 +111,15 @@ def test_a_tissue_outline_is_no_region_but_a_drawn_rectangle_is(tmp_path, projec
     assert p.import_qupath(_write(tmp_path, features), slide, max_region=2000, dry_run=True)["regions"] == 1
 
 
-def test_annotations_wholly_outside_the_slide_are_skipped(tmp_path, project):
+def test_annotations_wholly_outside_the_slide_are_skipped_and_those_partly_outside_cut(tmp_path, project):
     p, slide = project
     features = [q.feature(q.rectangle(1024, 0, 256, 256)),  # touches the right edge only
                 q.feature(q.rectangle(-300, -300, 100, 100), cls="Tumor"),
-                q.feature(q.rectangle(1000, 1000, 100, 100))]  # overlaps the corner: kept
+                q.feature(q.rectangle(1000, 1000, 100, 100))]  # overlaps the corner: kept, cut to the slide
     counts = p.import_qupath(_write(tmp_path, features), slide)
     assert counts["skipped_by"] == {"outside the slide": 2}
-    assert _boxes(p) == [(1000, 1000, 100, 100)]
+    assert counts["message"].endswith("; cut 1 annotation to the slide (feature 2)")
+    assert _boxes(p) == [(1000, 1000, 24, 24)]
 
 
 def test_annotations_on_another_plane_warn_and_are_skipped(tmp_path, project):

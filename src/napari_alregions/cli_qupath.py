@@ -6,6 +6,7 @@ import argparse
 import json
 
 from ._argtypes import positive_float
+from .cli_common import add_open_options, open_project
 
 __all__ = ["add_import_args", "add_qupath_parsers", "parse_class_map", "run_import"]
 
@@ -30,9 +31,7 @@ def parse_class_map(items: list[str] | None) -> dict[str, str | None]:
 
 
 def _open(args: argparse.Namespace):
-    from .project import AnnotationProject
-
-    project = AnnotationProject.open(args.session, take_over=getattr(args, "take_over", False))
+    project = open_project(args)
     slide = args.slide
     if slide is None and len(project.slides) == 1:
         [slide] = project.slides
@@ -46,10 +45,24 @@ def _open(args: argparse.Namespace):
 
 def run_import(args: argparse.Namespace) -> int:
     """``qupath-import`` and ``session import``: a QuPath file into a session's slide."""
+    from ._progress import progress_bar
+
     class_map = parse_class_map(args.class_map)
     project, slide = _open(args)
+    phase = None
+
+    def progress(rec: dict) -> None:  # one bar, restarted per phase (read, regions, labels)
+        nonlocal phase
+        if rec["phase"] != phase:
+            phase = rec["phase"]
+            bar.reset(total=rec["total"])
+            bar.set_description(f"qupath-import: {phase}")
+        bar.update(rec["done"] - bar.n)
+
     try:
-        summary = project.import_qupath(args.file, slide, class_map=class_map, max_region=args.max_region, dry_run=args.dry_run)
+        with progress_bar(None, "qupath-import", "object") as bar:
+            summary = project.import_qupath(args.file, slide, class_map=class_map, max_region=args.max_region,
+                                            dry_run=args.dry_run, progress=progress)
     finally:
         project.close()
     if args.json:
@@ -87,6 +100,7 @@ def add_import_args(s: argparse.ArgumentParser) -> None:
                                                     "region; larger ones are tissue outlines and skipped")
     s.add_argument("--dry-run", action="store_true", help="only say what the import would do")
     s.add_argument("--json", action="store_true", help="machine-readable summary")
+    add_open_options(s, writes=True, unless="dry_run")
 
 
 def add_qupath_parsers(sub: argparse._SubParsersAction) -> None:
@@ -100,4 +114,5 @@ def add_qupath_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--slide", help="the session's slide (default: the only one)")
     s.add_argument("--priority", action="store_true",
                    help="also the priority map: one QuPath tile per tissue cell with a 'priority' measurement")
+    add_open_options(s, writes=False)
     s.set_defaults(func=_cmd_export)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ._argtypes import non_negative_int, positive_int
+from .cli_common import add_open_options
 from .settings import HEADS, LEARNERS
 
 __all__ = ["QUPATH_SCRIPT", "add_session_parsers", "qupath_script", "status"]
@@ -39,10 +40,9 @@ def qupath_script() -> str:
 @contextlib.contextmanager
 def _opened(args: argparse.Namespace) -> Iterator[Any]:
     """The session of ``args.session``, opened as the verb's options say, closed afterwards."""
-    from .project import AnnotationProject
+    from .cli_common import open_project
 
-    project = AnnotationProject.open(args.session, read_only=getattr(args, "read_only", False),
-                                     take_over=getattr(args, "take_over", False))
+    project = open_project(args)
     try:
         yield project
     finally:
@@ -83,14 +83,6 @@ def _drive(gen, desc: str):
         return run(gen, show)
 
 
-def _add_lock_args(p: argparse.ArgumentParser, *, read_only: bool) -> None:
-    p.add_argument("--take-over", action="store_true",
-                   help="take over the session's lock when the process holding it is gone (or on another host and closed)")
-    if read_only:
-        p.add_argument("--read-only", action="store_true",
-                       help="open without the lock (while the session is open elsewhere); nothing is saved")
-
-
 # -- verbs ----------------------------------------------------------------------------------------------------------
 
 def _cmd_new(args: argparse.Namespace) -> int:
@@ -101,7 +93,7 @@ def _cmd_new(args: argparse.Namespace) -> int:
     if len(classes) < 2 or not all(classes) or len(set(classes)) != len(classes):
         raise ValueError(f"--classes: expected two or more distinct names, the background first, got {' '.join(args.classes)!r}")
     if args.exist_ok and (Path(args.session) / SESSION_FILE).is_file():
-        with _opened(argparse.Namespace(session=args.session, read_only=True)) as project:
+        with contextlib.closing(AnnotationProject.open(args.session, read_only=True)) as project:
             print(f"{args.session}: a session already ({len(project.slides)} slide(s), cycle {project.cycle}); kept as it is")
         return 0
     project = AnnotationProject.create(args.session, classes=classes, patch_size=args.patch_size, level=args.level,
@@ -343,7 +335,7 @@ def _verb(verbs: argparse._SubParsersAction, name: str, text: str, func, *, slid
     if slide:
         s.add_argument("--slide", action="append", help="a slide of the session (repeatable; default: every slide)")
     if lock:
-        _add_lock_args(s, read_only=read_only)
+        add_open_options(s, writes=not read_only)
     s.set_defaults(func=func)
     return s
 
@@ -408,7 +400,6 @@ def add_session_parsers(sub: argparse._SubParsersAction) -> None:
 
     s = verbs.add_parser("import", help="import QuPath GeoJSON annotations (regions and labels), as qupath-import")
     add_import_args(s)
-    _add_lock_args(s, read_only=False)
     s.set_defaults(func=run_import)
 
     s = _verb(verbs, "retrain", "train on every label, then refresh the maps and proposals", _cmd_retrain)

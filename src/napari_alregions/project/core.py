@@ -100,6 +100,7 @@ class AnnotationProject:
         """
         session = Session.open(folder, read_only=read_only, take_over=take_over)
         project = cls(session)
+        project.open_messages += [session.lock_note] if session.lock_note else []
         try:
             project._load()
         except BaseException:

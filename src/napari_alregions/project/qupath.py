@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..geometry import labeled_boxes
 from ..io_qupath import (
+    iter_import,
+    iter_rasterize,
     labels_to_features,
-    plan_import,
     priority_to_features,
     qupath_class_name,
-    rasterize_annotations,
     read_geojson,
     region_features,
     write_features,
@@ -78,7 +78,8 @@ class QuPathLink:
                 for n in self.p.slides]
 
     def import_qupath(self, path: str | os.PathLike[str], slide: str, *, class_map: dict[str, str | None] | None = None,
-                      max_region: float | None = None, dry_run: bool = False) -> dict[str, Any]:
+                      max_region: float | None = None, dry_run: bool = False,
+                      progress: Callable[[dict], None] | None = None) -> dict[str, Any]:
         """Read QuPath annotations: class polygons become labels, other polygons regions.
 
         The file is read as QuPath reads it (:func:`~napari_alregions.io_qupath.plan_import`):
@@ -86,7 +87,8 @@ class QuPathLink:
         classes by their base name, matched case-insensitively, through synonyms
         (Tumor/Tumour) and ``class_map``; our own proposals (``Proposal: <method>``),
         unclassified outlines larger than ``max_region`` (tissue outlines) and annotations
-        wholly outside the slide are skipped.
+        wholly outside the slide are skipped; those partly outside are cut to it; invalid
+        polygons (bow-ties, rings traced twice) are repaired, as the message says.
         Every labeled polygon lies in an accepted region afterwards (its bounding box is
         accepted when no region holds it). When the file has no annotation of the first
         class (background), unlabeled pixels of imported regions become background, as
@@ -109,6 +111,9 @@ class QuPathLink:
             slide's shorter side.
         dry_run : bool
             Only report what the import would do; nothing is written.
+        progress : callable, optional
+            Called with ``{"phase": "read" | "regions" | "labels", "done", "total"}`` as
+            the import goes (100 000 polygons take tens of seconds).
 
         Returns
         -------
@@ -126,14 +131,16 @@ class QuPathLink:
             For a malformed file or classes that match no session class (all listed);
             nothing is written then.
         """
+        from . import run
+
         h, w = self.p._slide(slide).shape[:2]
         features = read_geojson(path)  # its errors name the file already
         try:
-            plan = plan_import(features, classes=self.p.classes, class_map=class_map, extent=(w, h),
-                               max_region=self._max_region(slide) if max_region is None else max_region)
+            plan, own, boxes = run(iter_import(features, classes=self.p.classes, class_map=class_map, extent=(w, h),
+                                               max_region=self._max_region(slide) if max_region is None else max_region,
+                                               accepted=self.p.session.accepted_on(slide), slide=slide), progress)
         except ValueError as exc:
             raise ValueError(f"{path}: {exc}") from exc
-        own, boxes = plan.added_regions(self.p.session.accepted_on(slide), slide=slide)
         proposed = {(r.x, r.y, r.w, r.h): r for r in self.p.suggestion.proposals(slide)}
         own = [proposed.get((r.x, r.y, r.w, r.h), r) for r in own]  # a proposal made a region in QuPath is accepted
         new = own + boxes
@@ -149,7 +156,7 @@ class QuPathLink:
                 with session.editing_labels(slide, self.p.label_box(r)) as crop:
                     crop[crop == 0] = 1
         labels = session.labels(slide)
-        rasterize_annotations(plan.labeled, labels, classes=self.p.classes, factor=self.p.label_factor(slide))
+        run(iter_rasterize(plan.labeled, labels, classes=self.p.classes, factor=self.p.label_factor(slide)), progress)
         # the session keeps labels inside accepted regions (looked for where labels are, not over the slide)
         for box in labeled_boxes(labels):
             session.labels_written(slide, box)
