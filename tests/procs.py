@@ -67,3 +67,17 @@ def spawn(name: str, *args: str, **popen):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, *sys.path])}
     code = f"import sys; from tests.procs import {name}; {name}(*sys.argv[1:])"
     return subprocess.Popen([sys.executable, "-c", code, *map(str, args)], env=env, cwd=root, text=True, **popen)
+
+
+def finish(proc, timeout: float = 60) -> int:
+    """Close the stdin of a child of :func:`spawn` (its cue to end), wait for it, then close
+    its output pipes (an unclosed pipe is a ResourceWarning, an error in the tests); returns
+    its exit status."""
+    if proc.stdin is not None:
+        proc.stdin.close()
+    try:
+        return proc.wait(timeout)
+    finally:
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()

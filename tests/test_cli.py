@@ -203,7 +203,7 @@ def test_session_verbs_take_over_or_only_read_and_exports_need_no_lock(tmp_path,
     from napari_alregions.project import AnnotationProject
     from tests import qupath_shapes as q
     from tests.helpers import read_only_filesystem, tree_state
-    from tests.procs import spawn
+    from tests.procs import finish, spawn
 
     pool, manifest = small_pool
     p = AnnotationProject.create(tmp_path / "s", patch_size=32, level=1)
@@ -244,8 +244,7 @@ def test_session_verbs_take_over_or_only_read_and_exports_need_no_lock(tmp_path,
         holder.stdin.flush()
         assert holder.stdout.readline().startswith("SessionLocked:")
     finally:
-        holder.stdin.close()
-        holder.wait(60)
+        finish(holder)
     assert not lock.exists()
     # a killed writer's lock and temporary files: a plain run goes on, saying so
     killed = spawn("die_saving_checkpoint", s, "cycle_001_m0.pt", 1 << 20)

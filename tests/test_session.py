@@ -283,7 +283,7 @@ def test_a_running_writer_refuses_a_second_until_it_is_taken_over_and_then_canno
     import subprocess
 
     from napari_alregions.session import SessionLocked
-    from tests.procs import spawn
+    from tests.procs import finish, spawn
 
     s = _filled(tmp_path)
     s.close()
@@ -326,11 +326,10 @@ def test_a_running_writer_refuses_a_second_until_it_is_taken_over_and_then_canno
         taken.close()
         said = holder_saves()
         assert said.startswith("SessionLocked:") and "taken over by another process, which saved it and closed" in said
-        holder.stdin.close()
-        assert holder.wait(60) == 0
+        assert finish(holder) == 0
     finally:
         holder.kill()
-        holder.wait()
+        finish(holder)
     assert not (s.folder / "session.lock").exists()
     assert len(Session.open(s.folder, read_only=True).accepted) == 2
 
@@ -380,7 +379,7 @@ def test_a_lock_naming_a_reused_pid_or_a_copied_folder_is_stale(tmp_path):
 
     from napari_alregions._process import start_of
     from napari_alregions.session import SessionLocked
-    from tests.procs import spawn
+    from tests.procs import finish, spawn
 
     s = _filled(tmp_path)
     s.close()
@@ -428,8 +427,7 @@ def test_a_lock_naming_a_reused_pid_or_a_copied_folder_is_stale(tmp_path):
         assert _lock_of(copy)["pid"] == os.getpid()
         mine.close()
     finally:
-        holder.stdin.close()
-        holder.wait(60)
+        finish(holder)
 
 
 def test_another_host_s_unreadable_and_read_only_folders_locks(tmp_path):
@@ -479,7 +477,7 @@ def test_another_host_s_unreadable_and_read_only_folders_locks(tmp_path):
 def test_of_processes_taking_over_one_stale_lock_at_once_one_gets_it(tmp_path):
     import subprocess
 
-    from tests.procs import spawn
+    from tests.procs import finish, spawn
 
     s = _filled(tmp_path)
     s.close()
@@ -489,7 +487,6 @@ def test_of_processes_taking_over_one_stale_lock_at_once_one_gets_it(tmp_path):
         said = sorted(p.stdout.readline().strip() for p in tries)
     finally:
         for p in tries:
-            p.stdin.close()
-            p.wait(60)
+            finish(p)
     assert said == ["locked", "locked", "locked", "opened"]
     assert not (s.folder / "session.lock").exists()

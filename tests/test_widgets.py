@@ -946,7 +946,7 @@ def test_opening_a_session_another_process_holds_asks_and_a_killed_one_s_lock_is
 
     from qtpy.QtWidgets import QMessageBox
 
-    from tests.procs import spawn
+    from tests.procs import finish, spawn
 
     viewer, w, slide = _start(make_napari_viewer, tmp_path, small_pool)
     folder = w.project.folder
@@ -990,8 +990,7 @@ def test_opening_a_session_another_process_holds_asks_and_a_killed_one_s_lock_is
         _click(w, "Open session")
         assert not w.project.session.read_only and json.loads(lock.read_text())["pid"] == os.getpid()
     finally:
-        holder.stdin.close()
-        holder.wait(60)
+        finish(holder)
 
 
 def test_the_painting_layer_stays_active_when_the_plugin_adds_or_redraws_layers(make_napari_viewer, qtbot, tmp_path, small_pool):
