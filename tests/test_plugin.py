@@ -85,7 +85,8 @@ def test_core_imports_no_gui_and_no_torch():
 
     code = (
         "import sys, napari_alregions.wsi, napari_alregions.wsi_omezarr, napari_alregions.synthetic, napari_alregions.cli, "
-        "napari_alregions.layers, napari_alregions._reader, napari_alregions.project, napari_alregions.session;"
+        "napari_alregions.layers, napari_alregions._reader, napari_alregions.project, napari_alregions.session, "
+        "napari_alregions.maps, napari_alregions.regionfile;"
         "bad=[m for m in ('napari','qtpy','PyQt6','magicgui') if m in sys.modules];"
         "print(bad); sys.exit(1 if bad else 0)"
     )

@@ -38,6 +38,17 @@ class Recorder:
         return [e[1:] for e in self.seen if e[0] == name]
 
 
+def _label_two_regions(project) -> str:
+    """Accept two random regions of the first slide, their top halves tumour; the slide's name."""
+    slide = next(iter(project.slides))
+    for r in project.suggest(slide, "random", region_size=4 * project.stride, k=2, seed=1):
+        a = project.accept(r)
+        lab = project.region_labels(a)
+        lab[: lab.shape[0] // 2] = 2
+        project.write_region_labels(a, lab)
+    return slide
+
+
 def test_settings_are_frozen_and_changed_through_the_session(project):
     rec = Recorder(project.session)
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -109,12 +120,7 @@ def test_maps_fire_when_set_and_when_the_model_changes(project):
 
 def test_retrain_in_a_worker_thread_fires_model_and_maps_there(project):
     """A retrain runs off the GUI thread: its events fire on that thread (views marshal)."""
-    slide = next(iter(project.slides))
-    for r in project.suggest(slide, "random", region_size=4 * project.stride, k=2, seed=1):
-        a = project.accept(r)
-        lab = project.region_labels(a)
-        lab[: lab.shape[0] // 2] = 2
-        project.write_region_labels(a, lab)
+    slide = _label_two_regions(project)
     run(project.iter_priority(slide))
     threads: dict[str, set] = {"model": set(), "maps": set()}
     project.session.events.model.connect(lambda: threads["model"].add(threading.get_ident()))
@@ -200,12 +206,7 @@ def test_export_every_slide_with_qupath_names_and_method_colours(project, tmp_pa
 def test_save_model_writes_a_loadable_checkpoint(project, tmp_path):
     with pytest.raises(ValueError, match="not trained"):
         project.save_model(tmp_path / "m.pt")
-    slide = next(iter(project.slides))
-    for r in project.suggest(slide, "random", region_size=4 * project.stride, k=2, seed=1):
-        a = project.accept(r)
-        lab = project.region_labels(a)
-        lab[: lab.shape[0] // 2] = 2
-        project.write_region_labels(a, lab)
+    _label_two_regions(project)
     run(project.iter_retrain(deep=True, refresh=False))
     [path] = project.save_model(tmp_path / "m.pt")
     from napari_alregions.model import load_checkpoint

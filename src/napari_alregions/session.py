@@ -34,9 +34,9 @@ from . import __version__
 from ._atomic import write_text as _atomic_write_text  # a module name: tests simulate a crash here
 from ._errors import SessionError
 from .geometry import Box, Region
-from .io_qupath import read_regions, region_features, write_features
 from .labelstore import LABEL_CHUNK, LabelStore, LabelStoreError, as_label_values  # noqa: F401 (LABEL_CHUNK: re-exported)
 from .maps import MapStore
+from .regionfile import read_regions, region_features, write_features
 from .regionset import ACCEPTED, DISMISSED, PROPOSED, RegionSet
 from .sessionlock import LOCK_FILE, SessionLock, SessionLocked, acquire, check_held, release, tidy
 from .settings import Settings
