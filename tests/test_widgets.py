@@ -163,14 +163,14 @@ def test_loop_in_viewer_suggest_accept_paint_retrain_reopen(make_napari_viewer, 
     for method, colour in zip(layer.features["method"], layer.edge_color):
         np.testing.assert_allclose(colour, METHOD_COLORS[method])
 
-    # side by side: one row per method in the table, IoU of a method with itself 1
+    # side by side: one row per method in the table (tag and name), the IoU with the others in the tooltip
     w.compare_methods.value = ["random", "standard"]
     _click(w, "Compare methods")
-    table = w.table.to_dict("dict")  # one column per method, short names
-    assert list(table) == ["random", "std"]
-    assert table["random"]["IoU random"] == 1.0 and table["std"]["IoU standard"] == 1.0
-    for col, m in (("random", "random"), ("std", "standard")):  # the sum of the scores; the list has the mean in the box
-        assert table[col]["sum priority"] == pytest.approx(sum(r.score for r in w.project.proposals(slide, m)), abs=0.01)
+    table = w.table.to_dict("dict")  # one column per measure
+    assert list(table["n"]) == ["R random", "S standard"]
+    for row, m in (("R random", "random"), ("S standard", "standard")):  # the sum of the scores; the list has the mean
+        assert table["sum prio"][row] == pytest.approx(sum(r.score for r in w.project.proposals(slide, m)), abs=0.01)
+    assert "IoU with random 1.00" in w.table.native.item(0, 5).toolTip()
     assert "standard" in w.lists.legend.value and "random" in w.lists.legend.value
     assert {"random", "standard"} <= set(viewer.layers[f"{slide} proposals"].features["method"])
     assert f"compared 2 methods on {slide}" in w.message.value
@@ -422,8 +422,8 @@ def test_switching_sessions_saves_and_clears_the_old_ones_layers(make_napari_vie
     _click(w, "New session")
     _wait(qtbot, w)
     assert w.project.folder == tmp_path / "second" and not w.project.slides
-    # the first session's layers are gone (painting in them would reach no session), its image stays
-    assert [lay.name for lay in viewer.layers] == [slide]
+    # the first session's layers are gone, its slide images too (painting in them would reach no session)
+    assert [lay.name for lay in viewer.layers] == []
     assert w.labels.painting is None and w.accepted_list.count() == 0
     # ... and reopening it brings them back with the last stroke
     w.folder.value = str(first)
@@ -505,18 +505,21 @@ def test_qupath_round_trip_through_the_widget(make_napari_viewer, qtbot, tmp_pat
     lab = [lay for lay in viewer.layers if " labels " in lay.name]
     lab[0].paint((20, 20), 2)
     w.flush_labels()
-    # a missing folder, or a folder for the file: said of the path the user gave, not of the save's temporary file
-    w.qupath_file.value = str(tmp_path / "nope" / "export.geojson")
+    # every slide, one GeoJSON each, in the worker; a missing folder is said of the path the user gave
+    slide2_file = _add_slide(w, *small_pool, 1)
+    w.export_folder.value = str(tmp_path / "nope")
     _click(w, "Export to QuPath")
-    assert w.message.value.startswith(f"{tmp_path / 'nope' / 'export.geojson'}: No such file")
-    assert "output folders must exist" in w.message.value and ".part" not in w.message.value
-    w.qupath_file.value = str(tmp_path)
-    _click(w, "Export to QuPath")
-    assert "choose a file name" in w.message.value and ".part" not in w.message.value, w.message.value
-    out = tmp_path / "export.geojson"
-    w.qupath_file.value = str(out)
-    _click(w, "Export to QuPath")
-    assert out.is_file(), w.message.value
+    assert str(tmp_path / "nope") in w.message.value and ".part" not in w.message.value, w.message.value
+    (tmp_path / "qupath").mkdir()
+    w.export_folder.value = str(tmp_path / "qupath")
+    _click(w, "Export to QuPath", wait=False)
+    assert w.runner.busy  # not on the viewer's thread
+    _wait(qtbot, w)
+    files = sorted((tmp_path / "qupath").glob("*.geojson"))
+    assert len(files) == 2 and "exported 2 slide(s)" in w.message.value, w.message.value
+    out = next(f for f in files if slide2_file.rsplit(".", 1)[0] not in f.name)
+    classes = {f["properties"].get("classification", {}).get("name") for f in json.loads(out.read_text())["features"]}
+    assert "Tumor" in classes and "tumour" not in classes, classes  # QuPath's class name
     viewer2, w2, slide2 = _start(make_napari_viewer, tmp_path, small_pool, name="sess2")
     w2.qupath_file.value = str(out)
     # the dry run's summary comes first; "No" writes nothing
