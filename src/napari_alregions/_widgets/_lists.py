@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import numpy as np
 from magicgui import widgets as mw
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QListWidget, QSizePolicy
 
 from ..geometry import Region
@@ -77,9 +78,20 @@ class RegionLists:
         self._syncing = False
         self.proposals.currentRowChanged.connect(lambda i: self._chosen(self.proposal_rows, i, proposal_chosen))
         self.accepted.currentRowChanged.connect(lambda i: self._chosen(self.accepted_rows, i, accepted_chosen))
+        # strokes come in bursts (a save per stroke): their rows' class make-up is redrawn once
+        self._labels_timer = QTimer()
+        self._labels_timer.setSingleShot(True)
+        self._labels_timer.setInterval(0)
+        self._labels_timer.timeout.connect(self.refill)
         hub.events.project.connect(self._project)
-        for signal in (hub.events.regions, hub.events.labels, hub.events.maps, hub.events.current, hub.events.model):
+        hub.events.labels.connect(lambda *_: self._labels_timer.start())
+        for signal in (hub.events.regions, hub.events.maps, hub.events.current, hub.events.model):
             signal.connect(self.refill)
+
+    @property
+    def pending(self) -> bool:
+        """Rows wait to be redrawn."""
+        return self._labels_timer.isActive()
 
     def _project(self, project) -> None:
         self.project = project
@@ -117,6 +129,7 @@ class RegionLists:
 
     def refill(self, *_) -> None:
         """Redraw the rows and the legend of the current slide from the session."""
+        self._labels_timer.stop()
         p, name = self.project, self._current()
         kept_p = getattr(self.selected_proposal(), "uid", None)
         kept_a = getattr(self.selected_accepted(), "uid", None)

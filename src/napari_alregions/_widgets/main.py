@@ -240,7 +240,7 @@ class ALRegionsWidget(QWidget):
     @property
     def busy(self) -> bool:
         """A task runs or its results are still being drawn."""
-        return self.runner.busy or self.steps.running or self.regions.pending
+        return self.runner.busy or self.steps.running or self.regions.pending or self.lists.pending
 
     def slide_or_say(self) -> str | None:
         """The current slide, or None after telling the user what is missing."""
