@@ -44,7 +44,7 @@ def demo_viewer(session: Path, *, patch_size: int = 64, size: int = 4096, traini
     if training:
         from napari_alregions.settings import TrainingBudget
 
-        w.project.session.settings.training = TrainingBudget(**training)
+        w.project.session.update_settings(training=TrainingBudget(**training))
     for entry in manifest["slides"][:n_slides]:
         w.slide_file.value = str(folder / entry["image"])
         click(w, "Add slide")

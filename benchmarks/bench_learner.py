@@ -52,8 +52,8 @@ def bench_loop(deep_seconds: float) -> None:
     for learner in ("fast", "deep"):
         with tempfile.TemporaryDirectory() as tmp:
             p = AnnotationProject.create(Path(tmp) / "s")  # the viewer's defaults: 64-px patches at level 1
-            p.session.settings.learner = learner
-            p.session.settings.training = TrainingBudget(max_seconds=deep_seconds)  # the viewer's budget otherwise
+            p.session.update_settings(learner=learner)
+            p.session.update_settings(training=TrainingBudget(max_seconds=deep_seconds))  # the viewer's budget otherwise
             p.add_slide(pool.slides[name].path, name=name)
             t0 = time.perf_counter()
             if learner == "fast":

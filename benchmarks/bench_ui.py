@@ -236,7 +236,7 @@ def _steps(args) -> int:
         step("New session", lambda: click(w, "New session"), w)
         from napari_alregions.settings import TrainingBudget
 
-        w.project.session.settings.training = TrainingBudget(initial_steps=40, fine_tune_steps=20, patches_per_slide=128)
+        w.project.session.update_settings(training=TrainingBudget(initial_steps=40, fine_tune_steps=20, patches_per_slide=128))
         for i in range(3):
             w.slide_file.value = str(folder / manifest["slides"][i]["image"])
             step(f"Add slide {i + 1}", lambda: click(w, "Add slide"), w)

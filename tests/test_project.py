@@ -20,8 +20,8 @@ def _project(tmp_path, small_pool, *, members=1, name="s", learner="deep"):
     ``learner="fast"`` (the fast learner's loop: tests at the end)."""
     folder, manifest = small_pool
     p = AnnotationProject.create(tmp_path / name, patch_size=32, level=1, members=members)
-    p.session.settings.training = TrainingBudget(**FAST)
-    p.session.settings.learner = p.session.settings.in_use = learner
+    p.session.update_settings(training=TrainingBudget(**FAST))
+    p.session.update_settings(learner=learner, in_use=learner)
     entry = manifest["slides"][0]
     slide = p.add_slide(folder / entry["image"])
     truth = np.asarray(open_labels(folder / entry["mask"])[1])
@@ -439,7 +439,7 @@ def test_retrain_on_more_labels_does_not_lower_validation_auc(tmp_path, small_po
     from napari_alregions.model.train import Validation, validation_split
 
     p, slide, truth = _project(tmp_path, small_pool)
-    p.session.settings.training = TrainingBudget(epochs=8, patience=3, patches_per_slide=32)
+    p.session.update_settings(training=TrainingBudget(epochs=8, patience=3, patches_per_slide=32))
     grid = [Region(x, y, 256, 256, slide=slide) for y in range(0, 1024, 256) for x in range(0, 1024, 256)]
     for r in grid[:8]:  # the top half first
         _paint_truth(p, p.accept(r), truth)
@@ -465,7 +465,7 @@ def test_a_method_that_cannot_rerun_does_not_break_the_retrain(tmp_path, small_p
         _paint_truth(p, p.accept(r), truth)
     run(p.iter_priority(slide))
     p.suggest(slide, "standard", region_size=l_, k=2)
-    p.session.settings.suggest[slide]["prototype"] = SuggestPlan(l_, 2, 0, {})
+    p.session.update_settings(suggest=p.session.settings.with_plan(slide, "prototype", SuggestPlan(l_, 2, 0, {})).suggest)
     summary = run(p.iter_retrain())
     assert any("prototype proposals not refreshed" in m for m in summary["messages"]), summary["messages"]
     assert {r.cycle for r in p.proposals(slide, "standard")} == {1}  # the others refreshed all the same
@@ -653,12 +653,12 @@ def test_training_seed_offsets_the_initial_weights_and_the_schedule(tmp_path, sm
     a, _, _ = _project(tmp_path, small_pool, name="a")
     b, _, _ = _project(tmp_path, small_pool, name="b")
     assert a.train_config().seed == 0
-    b.session.settings.training.seed = 700
+    b.set_training(seed=700)
     b.new_model(patch_size=32, level=1)
     assert b.train_config().seed == 700
     wa, wb = (next(iter(m.models[0].state_dict().values())).numpy() for m in (a, b))
     assert not np.array_equal(wa, wb)
-    a.session.settings.training.seed = 700
+    a.set_training(seed=700)
     a.new_model(patch_size=32, level=1)
     np.testing.assert_array_equal(next(iter(a.models[0].state_dict().values())).numpy(), wb)
     a.close()
@@ -674,7 +674,7 @@ def test_cli_suggest_builds_cell_features_as_the_project(tmp_path, small_pool):
     p, slide, _ = _project(tmp_path, small_pool)
     rec = run(p.iter_priority(slide))
     emb = np.random.default_rng(0).random((*rec.priority.shape, 6)).astype(np.float32)
-    p.embeddings[slide] = emb
+    p.session.maps.set(slide, "embeddings", emb)
     tissue = p.slides[slide].tissue_map(p.stride)
     for name, arr in (("map", rec.priority), ("tissue", tissue), ("emb", emb)):
         np.save(tmp_path / f"{name}.npy", arr)
@@ -764,7 +764,7 @@ def test_a_deep_model_at_chance_is_trained_again_from_new_weights(tmp_path, smal
     p, slide, truth = _labeled(tmp_path, small_pool, k=2, seed=1)
     run(p.iter_retrain(refresh=False))
     p.session.history[-1]["model"] = ["at chance"]  # as if the first training had learned nothing
-    assert p._deep_at_chance() == [True]
+    assert p.training._deep_at_chance() == [True]
     summary = run(p.iter_retrain(refresh=False))
     assert summary["model"] != ["kept previous"]
     assert any("new weights" in m for m in summary["messages"])
@@ -817,11 +817,11 @@ def test_a_reopened_fast_model_is_the_same_and_a_new_model_forgets_it(tmp_path, 
 def test_a_fast_refit_keeps_a_deep_model_that_estimates_better(tmp_path, small_pool):
     p, slide, truth = _labeled(tmp_path, small_pool, k=2, seed=6, learner="fast")
     run(p.iter_retrain(deep=True, refresh=False))
-    p.session.settings.in_use = "deep"
+    p.session.update_settings(in_use="deep")
     p.session.history[-1]["val_auc"] = [0.9999]  # as if the CNN had validated near perfectly
     summary = run(p.iter_retrain(refresh=False))
     assert p.session.settings.in_use == "deep" and any("kept the deep model" in m for m in summary["messages"])
     p.session.history[-2]["val_auc"] = [0.5]
-    p.session.settings.in_use = "deep"
+    p.session.update_settings(in_use="deep")
     summary = run(p.iter_retrain(refresh=False))
     assert p.fast_in_use and any("replaces the deep one" in m for m in summary["messages"])

@@ -24,7 +24,7 @@ FAST = {"initial_steps": 12, "fine_tune_steps": 8, "patches_per_slide": 64}
 def project(tmp_path, small_pool):
     folder, manifest = small_pool
     p = AnnotationProject.create(tmp_path / "s", patch_size=32, level=1)
-    p.session.settings.training = TrainingBudget(**FAST)
+    p.session.update_settings(training=TrainingBudget(**FAST))
     name = p.add_slide(folder / manifest["slides"][0]["image"])
     yield p, name
     p.close()
@@ -278,7 +278,7 @@ def test_cli_import_with_class_map_dry_run_then_export(tmp_path, project, capsys
     back.close()
     assert main(["qupath-export", folder, str(tmp_path / "out.geojson")]) == 0
     names = [f["properties"]["classification"]["name"] for f in json.loads((tmp_path / "out.geojson").read_text())["features"]]
-    assert sorted(names) == ["Region*", "background", "tumour"]
+    assert sorted(names) == ["Region*", "Tumor", "background"]  # QuPath's own class name
     assert main(["qupath-import", folder, str(path), "--class-map", "nonsense"]) == 2
     assert "QUPATH_CLASS=SESSION_CLASS" in capsys.readouterr().err
 
@@ -293,7 +293,7 @@ def test_export_with_the_priority_map_as_qupath_tiles(tmp_path, project):
     h, w = tissue.shape
     prio = (np.arange(h * w).reshape(h, w) % 7 / 7).astype(np.float32)
     prio[~tissue] = 0
-    p.maps[slide] = MapRecord(np.zeros((1, h, w, 2), np.float32), prio, "least_confidence", p.stride, 0)
+    p.session.maps.set(slide, "priority", MapRecord(np.zeros((1, h, w, 2), np.float32), prio, "least_confidence", p.stride, 0))
     features = json.loads(p.export_qupath(tmp_path / "e.geojson", slide, priority=True).read_text())["features"]
     tiles = [f for f in features if f["properties"]["objectType"] == "tile"]
     got = {}

@@ -61,8 +61,8 @@ def _start(make_napari_viewer, tmp_path, small_pool, *, name="sess", learner="de
     _click(w, "New session")
     _idle(w)
     assert w.project is not None, w.message.value
-    w.project.session.settings.training = TrainingBudget(**FAST)
-    w.project.session.settings.learner = w.project.session.settings.in_use = learner
+    w.project.session.update_settings(training=TrainingBudget(**FAST))
+    w.project.session.update_settings(learner=learner, in_use=learner)
     w.live.value = learner == "fast"
     w.slide_file.value = str(folder / manifest["slides"][0]["image"])
     _click(w, "Add slide")
@@ -234,7 +234,7 @@ def test_cancel_and_close_during_retrain_change_nothing(make_napari_viewer, qtbo
     _click(w, "Suggest")
     w.proposal_list.setCurrentRow(0)
     _click(w, "Accept region")
-    w.project.session.settings.training = TrainingBudget(initial_steps=100_000, epochs=1000, patience=1000)
+    w.project.session.update_settings(training=TrainingBudget(initial_steps=100_000, epochs=1000, patience=1000))
     _click(w, "Retrain", wait=False)
     qtbot.wait(300)
     assert w.runner.busy
@@ -422,8 +422,8 @@ def test_switching_sessions_saves_and_clears_the_old_ones_layers(make_napari_vie
     _click(w, "New session")
     _wait(qtbot, w)
     assert w.project.folder == tmp_path / "second" and not w.project.slides
-    # the first session's layers are gone, its slide images too (painting in them would reach no session)
-    assert [lay.name for lay in viewer.layers] == []
+    # the first session's layers are gone (painting in them would reach no session), its image is the user's
+    assert [lay.name for lay in viewer.layers] == [slide] and w.slides.layers == {}
     assert w.labels.painting is None and w.accepted_list.count() == 0
     # ... and reopening it brings them back with the last stroke
     w.folder.value = str(first)
@@ -432,7 +432,7 @@ def test_switching_sessions_saves_and_clears_the_old_ones_layers(make_napari_vie
     y0, x0, y1, x1 = w.project.label_box(region)
     np.testing.assert_array_equal(np.asarray(viewer.layers[f"{slide} labels"].data[0])[y0:y1, x0:x1], painted)
     assert {f"{slide} accepted", f"{slide} proposals"} <= {lay.name for lay in viewer.layers}
-    assert [lay.name for lay in viewer.layers].count(slide) == 1
+    assert [lay.name for lay in viewer.layers].count(slide) == 1  # the layer of its file, taken again
 
 
 def test_overlapping_regions_keep_each_others_strokes(make_napari_viewer, qtbot, tmp_path, small_pool):

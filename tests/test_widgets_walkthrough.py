@@ -45,7 +45,8 @@ def test_a_slide_is_bound_to_its_file_and_a_new_session_removes_the_last_ones_la
     shutil.copy(folder / manifest["slides"][1]["image"], other)
     w.folder.value = str(tmp_path / "second")
     _click(w, "New session")
-    assert [lay.name for lay in viewer.layers] == []  # the last session's slide went with it
+    [old] = viewer.layers  # the last session's slide: no slide's any more
+    assert w.slides.layers == {}
     [opened] = viewer.open(str(folder / manifest["slides"][0]["image"]), plugin="napari-alregions")
     translate = np.array(opened.translate)
     w.slide_file.value = str(other)
@@ -63,13 +64,15 @@ def test_a_slide_is_bound_to_its_file_and_a_new_session_removes_the_last_ones_la
     [own] = viewer.open(str(folder / manifest["slides"][2]["image"]), plugin="napari-alregions")
     third = _add_slide(w, folder, manifest, 2)
     assert w.slides.layers[third] is own
-    # a new session in a used viewer: the session's layers go, the user's stays (hidden: under
-    # Xvfb's software OpenGL, redrawing a multiscale layer after another was removed, with any
-    # dock widget docked, crashes vispy, widget or not)
-    opened.visible = False
+    # a new session in a used viewer: the session's overlays go, its images are let go of
     w.folder.value = str(tmp_path / "third")
     _click(w, "New session")
-    assert list(viewer.layers) == [opened]
+    assert {lay.name for lay in viewer.layers} == {old.name, opened.name, mine.name, own.name}
+    assert w.slides.layers == {}
+    # ... and a slide of another file with the old one's name gets a layer of its own
+    w.slide_file.value = str(other)
+    _click(w, "Add slide")
+    assert w.slides.layers[first] is mine  # the layer of its file, not the old one of its name
 
 
 def test_class_keys_pick_classes_and_never_switch_the_brush_to_the_eraser(make_napari_viewer, qtbot, tmp_path, small_pool):
@@ -217,3 +220,33 @@ def test_region_rows_training_length_and_a_change_from_a_worker_redraws(make_nap
     t.join()
     qtbot.waitUntil(lambda: w.proposal_list.count() == before - 1, timeout=5000)
     qtbot.waitUntil(lambda: other.uid not in list(w.regions.layers[(slide, "proposals")].features["uid"]), timeout=5000)
+
+
+def test_reopen_lands_where_the_user_stopped_and_the_model_saves(make_napari_viewer, qtbot, tmp_path, small_pool):
+    from .test_widgets import _reopen
+
+    folder, manifest = small_pool
+    viewer, w, first = _start(make_napari_viewer, tmp_path, small_pool)
+    second = _add_slide(w, folder, manifest, 1)
+    _click(w, "Compute priority map")
+    _wait(qtbot, w)
+    w.method.value, w.unit.value, w.region_size.value, w.k.value = "random", "px", 256, 3
+    _click(w, "Suggest")
+    w.proposal_list.setCurrentRow(0)
+    _click(w, "Accept region")
+    _click(w, "Retrain")
+    assert w.project.cycle == 1, w.message.value
+    out = tmp_path / "model.pt"
+    w.tab("model").save_file.value = str(out)
+    _click(w, "Save model")
+    assert out.is_file() and "saved the model" in w.message.value, w.message.value
+    w.slide.value = first
+    w.slide.value = second  # where the user stops
+    viewer2, w2 = _reopen(make_napari_viewer, qtbot, w.project.folder)
+    assert w2.current == second
+    assert w2.method.value == "random" and w2.proposal_list.count() == len(w2.project.proposals(second, "random")) > 0
+    assert w2.accepted_list.count() == 1 and w2.accepted_list.item(0).text().startswith("R1 random")
+    assert w2.maps.colorbar.isVisible() and "map" in w2.maps.legend.value
+    cy, cx = viewer2.scene.camera.center[-2:]
+    extent = w2.slides.layers[second].extent.world
+    assert extent[0][1] <= cx <= extent[1][1]  # the camera shows that slide

@@ -15,7 +15,7 @@ import math
 import os
 import uuid
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ __all__ = [
     "match_class",
     "plan_import",
     "priority_to_features",
+    "qupath_class_name",
     "qupath_objects",
     "rasterize_annotations",
     "read_features",
@@ -68,12 +69,16 @@ def regions_to_geojson(
     }
 
 
-def region_features(accepted: Iterable[Region], proposed: Iterable[Region] = ()) -> list[dict[str, Any]]:
+def region_features(accepted: Iterable[Region], proposed: Iterable[Region] = (),
+                    color_of: Callable[[str], Sequence[int]] | None = None) -> list[dict[str, Any]]:
     """The one GeoJSON dialect of regions, for the session file and the QuPath export alike:
     accepted regions as ``Region*`` annotations, proposals as ``Proposal: <method>``
-    (QuPath's derived-class form), so that importing either file adds no proposal."""
-    return ([r.to_feature() for r in accepted]
-            + [r.to_feature(classification=f"{PROPOSAL_CLASS}: {r.method}") for r in proposed])
+    (QuPath's derived-class form), so that importing either file adds no proposal.
+    ``color_of(method)`` gives each method's proposals (and ``"accepted"`` the accepted
+    regions) their RGB colour; QuPath's default region colour otherwise."""
+    color = color_of or (lambda method: DEFAULT_REGION_COLOR)
+    return ([r.to_feature(color=color("accepted")) for r in accepted]
+            + [r.to_feature(classification=f"{PROPOSAL_CLASS}: {r.method}", color=color(r.method)) for r in proposed])
 
 
 def write_regions(path: str | os.PathLike[str], regions: Iterable[Region], **kwargs: Any) -> Path:
@@ -563,6 +568,24 @@ CLASS_SYNONYMS: tuple[frozenset[str], ...] = (
     frozenset({"haemorrhage", "hemorrhage"}),
     frozenset({"oedema", "edema"}),
 )
+
+#: QuPath's built-in class names (its default class list), by our lower-case spelling
+QUPATH_CLASSES = {"tumour": "Tumor", "tumor": "Tumor", "stroma": "Stroma", "immune cells": "Immune cells",
+                  "necrosis": "Necrosis", "other": "Other", "region": "Region*", "ignore": "Ignore*",
+                  "positive": "Positive", "negative": "Negative"}
+
+
+def qupath_class_name(name: str) -> str:
+    """The name QuPath gives the class ``name`` (its built-in spelling, e.g. ``Tumor``), or
+    ``name`` itself for a class QuPath does not have. An import matches both spellings.
+
+    Examples
+    --------
+    >>> qupath_class_name("tumour"), qupath_class_name("background")
+    ('Tumor', 'background')
+    """
+    return QUPATH_CLASSES.get(name.lower(), name)
+
 
 #: Our prefix for proposed (not yet accepted) regions: ``Proposal: <method>``.
 PROPOSAL_CLASS = "Proposal"

@@ -22,6 +22,7 @@ from .wsi import Slide
 
 __all__ = [
     "METHOD_COLORS",
+    "method_rgb",
     "box_means",
     "edge_widths",
     "coarse_layer_kwargs",
@@ -48,8 +49,23 @@ METHOD_COLORS = {
     "diversity": (0.58, 0.4, 0.74, 1.0),
     "prototype": (0.89, 0.47, 0.76, 1.0),
     "focannot": (0.09, 0.75, 0.81, 1.0),
-    "accepted": (0.0, 0.9, 0.3, 1.0),
+    # no method's hue (tab10 above): the labeled set never reads as a method's proposals
+    "accepted": (1.0, 0.92, 0.0, 1.0),
 }
+#: Colour of a method not in the table.
+OTHER_METHOD_COLOR = (0.55, 0.34, 0.29, 1.0)
+
+
+def method_rgb(method: str) -> tuple[int, int, int]:
+    """A method's colour (``"accepted"``: the labeled set's) as 0-255 RGB, as QuPath stores it.
+
+    Examples
+    --------
+    >>> method_rgb("standard"), method_rgb("accepted")
+    ((31, 120, 181), (255, 235, 0))
+    """
+    r, g, b, _ = METHOD_COLORS.get(method, OTHER_METHOD_COLOR)
+    return round(r * 255), round(g * 255), round(b * 255)
 #: Colour of the rank printed at each box's corner.
 TEXT_COLOR = (0.05, 0.05, 0.05, 1.0)
 
@@ -233,7 +249,7 @@ def regions_layer(regions: Sequence[Region], *, name: str, slide: Slide, offset:
     if color is not None:
         colors = np.tile(np.asarray(color, dtype=float), (len(regions), 1))
     else:
-        colors = np.array([METHOD_COLORS.get(r.method, (1.0, 1.0, 0.0, 1.0)) for r in regions], dtype=float).reshape(-1, 4)
+        colors = np.array([METHOD_COLORS.get(r.method, OTHER_METHOD_COLOR) for r in regions], dtype=float).reshape(-1, 4)
     features = {
         "method": [r.method for r in regions],
         "score": [float(r.score) for r in regions],

@@ -4,26 +4,33 @@ A session folder holds ``session.json`` (slides, classes, cycle history, paramet
 versions), ``regions.geojson`` (proposed and accepted regions, QuPath-compatible),
 ``labels/<slide>.zarr.zip`` (one uint8 zarr array per slide at the labeling level: 0
 unlabeled, ``i + 1`` for class i; only the chunks holding labels are stored, listed in
-the array's attributes) and ``checkpoints/``. Every file is written to a
+the array's attributes) and ``checkpoints/``, with the maps (:mod:`napari_alregions.maps`) and
+feature caches beside them. Every file is written to a
 temporary name and renamed into place, and ``session.json`` is written last: a crash in the
 middle of :meth:`Session.save` leaves the previous session readable.
+
+A :class:`Session` is observable: each change of its regions, labels, maps, settings,
+slides or model fires one of its :class:`SessionEvents`, in the call that made the change.
+The napari views (layers, lists, colour bar) redraw on these events only.
 """
 
 from __future__ import annotations
 
 import atexit
 import json
+import math
 import os
 import platform
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from psygnal import Signal, SignalGroup
 
 from . import __version__
 from ._atomic import remove_stale
@@ -31,10 +38,11 @@ from ._atomic import write_text as _atomic_write_text  # a module name: tests si
 from .geometry import Box, Region
 from .io_qupath import read_regions, region_features, write_features
 from .labelstore import LABEL_CHUNK, LabelStore, LabelStoreError  # noqa: F401 (LABEL_CHUNK: re-exported)
+from .maps import MapStore
 from .regionset import ACCEPTED, DISMISSED, PROPOSED, RegionSet
 from .settings import Settings
 
-__all__ = ["Session", "SessionError", "SessionLocked", "SlideEntry"]
+__all__ = ["Session", "SessionError", "SessionEvents", "SessionLocked", "SlideEntry"]
 
 SESSION_FILE = "session.json"
 REGIONS_FILE = "regions.geojson"
@@ -145,9 +153,30 @@ class SlideEntry:
     digest: str | None = None
 
 
+class SessionEvents(SignalGroup):
+    """What changed in a session. Each fires on the thread that made the change (a retrain
+    runs in a worker thread): a view connects so that it redraws on its GUI thread.
+
+    * ``regions(event)``: a :class:`~napari_alregions.regionset.RegionEvent`;
+    * ``labels(slide, box)``: labels written in the label :class:`~napari_alregions.geometry.Box`
+      (None: anywhere on the slide);
+    * ``maps(slide, kind)``: a map of :data:`~napari_alregions.maps.KINDS` set or dropped;
+    * ``settings(settings)``: the new :class:`~napari_alregions.settings.Settings`;
+    * ``slides(name)``: a slide added;
+    * ``model()``: the model in use changed (new, loaded, retrained).
+    """
+
+    regions = Signal(object)
+    labels = Signal(str, object)
+    maps = Signal(str, str)
+    settings = Signal(object)
+    slides = Signal(str)
+    model = Signal()
+
+
 @dataclass
 class Session:
-    """Labeled set, regions, model checkpoints and cycle history of one annotation project."""
+    """Labeled set, regions, maps, model checkpoints and cycle history of one annotation project."""
 
     folder: Path
     classes: tuple[str, ...] = ("background", "tumour")
@@ -163,11 +192,17 @@ class Session:
     _lock_file: Path | None = field(default=None, repr=False, compare=False)
     # a retrain proposes and saves from its worker thread while the viewer accepts and autosaves
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
+    events: SessionEvents = field(default_factory=SessionEvents, repr=False, compare=False)
+    maps: MapStore = field(default=None, repr=False, compare=False)  # type: ignore[assignment]
+    # label px per level-0 px of each slide: what turns a region into its label box
+    _factors: dict[str, float] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.folder = Path(self.folder)
         if self._store is None:
             self._store = LabelStore(self.folder)
+        self.store.changed.append(self.events.regions.emit)
+        self.maps = MapStore(self.folder, changed=self.events.maps.emit)
 
     # -- creation ----------------------------------------------------------------------
     @classmethod
@@ -239,8 +274,8 @@ class Session:
         except ValueError as exc:
             raise SessionError(f"{path}: params: {exc}; the file was edited or damaged (restore it from a backup)") from exc
         if settings.legacy_trained_count is not None:  # format 1 counted the first accepted regions
-            settings.trained_on = list(meta["accepted"][: settings.legacy_trained_count])
-            settings.legacy_trained_count = None
+            settings = replace(settings, trained_on=tuple(meta["accepted"][: settings.legacy_trained_count]),
+                               legacy_trained_count=None)
         labels = LabelStore(folder)
         for name, n_chunks in meta["labels"].items():
             if name not in slides:
@@ -269,17 +304,41 @@ class Session:
 
     # -- slides and labels ---------------------------------------------------------------
     def add_slide(self, name: str, path: str | os.PathLike[str], *, label_shape: tuple[int, int], label_level: int = 1,
-                  truth: str | os.PathLike[str] | None = None, group: str | None = None) -> SlideEntry:
+                  truth: str | os.PathLike[str] | None = None, group: str | None = None,
+                  label_factor: float | None = None) -> SlideEntry:
+        """Add a slide (``label_factor``: level-0 px per label px, see :meth:`set_label_factor`)."""
         if name in self.slides:
             raise ValueError(f"slide {name!r} is already in the session")
         size, digest = file_fingerprint(path) if Path(path).is_file() else (None, None)
         entry = SlideEntry(name, str(path), label_level, tuple(label_shape), None if truth is None else str(truth), group,
                            size, digest)
-        self.slides[name] = entry
+        with self._lock:
+            self.slides[name] = entry
+            if label_factor is not None:
+                self.set_label_factor(name, label_factor)
+        self.events.slides.emit(name)
         return entry
 
+    def set_label_factor(self, name: str, factor: float) -> None:
+        """Level-0 px per label px of slide ``name`` (its pyramid's downsample at the
+        labeling level): how a region's box maps to its labels."""
+        if not factor > 0:
+            raise ValueError(f"factor must be positive, got {factor!r}")
+        self._factors[name] = float(factor)
+
+    def label_box(self, region: Region) -> Box:
+        """The label pixels of a level-0 region (rounded outwards, clipped to the slide)."""
+        if region.slide not in self._factors:
+            raise KeyError(f"no slide {region.slide!r} open in the session (slides: {', '.join(self.slides) or 'none'})")
+        f, shape = self._factors[region.slide], self.slides[region.slide].label_shape
+        y0, x0 = max(0, int(region.y // f)), max(0, int(region.x // f))
+        y1, x1 = min(shape[0], math.ceil(region.y1 / f)), min(shape[1], math.ceil(region.x1 / f))
+        return Box(y0, x0, y1, x1)
+
     def labels(self, name: str) -> np.ndarray:
-        """The slide's label mask (a writable array; call :meth:`mark_labels_changed`)."""
+        """The slide's label mask. Read it; write through :meth:`editing_labels` (or paint a
+        :meth:`label_view` and call :meth:`labels_written`), which keep the rules and fire
+        the ``labels`` event."""
         if name not in self.slides:
             raise KeyError(f"no slide {name!r} in the session")
         with self._lock:
@@ -290,7 +349,7 @@ class Session:
 
     def label_view(self, name: str, box: Box) -> np.ndarray:
         """The writable view of the slide's labels in label box ``(y0, x0, y1, x1)``: what a
-        Labels layer of a region paints into (then :meth:`mark_labels_changed` with the box)."""
+        Labels layer of a region paints into (then :meth:`labels_written` with the box)."""
         self.labels(name)
         return self._store.view(name, box)
 
@@ -303,7 +362,54 @@ class Session:
             self.labels(name)
             return self._store.chunks_with_labels(name)
 
+    def accepted_cover(self, name: str, box: Box) -> np.ndarray:
+        """Which label pixels of ``box`` lie in an accepted region of the slide (a crop of ``box``)."""
+        return covered(box, [self.label_box(r) for r in self.accepted_on(name)])
+
+    @contextmanager
+    def editing_labels(self, name: str, box: Box) -> Iterator[np.ndarray]:
+        """Write labels: yields the writable crop of label box ``box``; on leaving, the
+        session keeps its rules (:meth:`labels_written`) and fires ``labels(name, box)``.
+
+        Examples
+        --------
+        >>> with session.editing_labels("a.tif", Box(0, 0, 8, 8)) as crop:  # doctest: +SKIP
+        ...     crop[crop == 0] = 1
+        """
+        with self._lock:
+            crop = self.label_view(name, box)
+            try:
+                yield crop
+            finally:
+                self.labels_written(name, box)
+
+    def labels_written(self, name: str, box: Box | None = None) -> int:
+        """Keep the session's label rules after a write in ``box`` (None: the whole slide),
+        mark the chunks for the next :meth:`save` and fire ``labels(name, box)``.
+
+        The rules: labels exist inside accepted regions only (pixels outside every accepted
+        region become unlabeled: how removing a region clears its labels), and each value
+        is a class (values above the last class become unlabeled). Returns how many pixels
+        held no class.
+        """
+        with self._lock:
+            labels = self.labels(name)
+            boxes = [Box(*box)] if box is not None else [Box(0, 0, *labels.shape)]
+            n_bad = 0
+            for b in boxes:
+                crop = labels[b.slices]
+                bad = crop > len(self.classes)
+                if bad.any():
+                    n_bad += int(bad.sum())
+                    crop[bad] = 0
+                if self._factors.get(name) is not None and crop.any():
+                    crop[~self.accepted_cover(name, b)] = 0
+            self._store.mark(name, box)
+        self.events.labels.emit(name, None if box is None else Box(*box))
+        return n_bad
+
     def set_labels(self, name: str, labels: np.ndarray) -> None:
+        """Replace the slide's whole label mask (values 0 to the number of classes)."""
         labels = np.asarray(labels)
         expected = self.slides[name].label_shape
         if expected is not None and labels.shape != tuple(expected):
@@ -313,12 +419,31 @@ class Session:
         with self._lock:
             self.labels(name)
             self._store.replace(name, labels.astype(np.uint8))
+        self.events.labels.emit(name, None)
 
     def mark_labels_changed(self, name: str, box: Box | None = None) -> None:
         """Have the next :meth:`save` write the slide's labels in ``box`` ``(y0, x0, y1, x1)``
-        (label px; None: anywhere, the whole mask is scanned)."""
+        (label px; None: anywhere, the whole mask is scanned), and fire ``labels``. Prefer
+        :meth:`editing_labels`, which keeps the label rules too."""
         with self._lock:
             self._store.mark(name, box)
+        self.events.labels.emit(name, None if box is None else Box(*box))
+
+    # -- settings --------------------------------------------------------------------------
+    def update_settings(self, **changes: Any) -> Settings:
+        """Replace the settings with ``changes`` applied (:class:`Settings` fields) and fire
+        ``settings``; saved with the next :meth:`save`.
+
+        Raises
+        ------
+        TypeError
+            For a name that is no field of :class:`Settings`.
+        """
+        with self._lock:
+            self.settings = replace(self.settings, **changes)
+            settings = self.settings
+        self.events.settings.emit(settings)
+        return settings
 
     @contextmanager
     def changing(self) -> Iterator[Session]:
@@ -493,3 +618,19 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, tuple):
         return list(o)
     raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
+
+
+def overlap(box: Box, other: Box) -> tuple[slice, slice]:
+    """The part of ``box`` (y0, x0, y1, x1) that ``other`` covers, as slices of a crop of ``box``."""
+    y0, x0, y1, x1 = box
+    oy0, ox0, oy1, ox1 = other
+    return (slice(max(oy0, y0) - y0, max(0, min(oy1, y1) - y0)), slice(max(ox0, x0) - x0, max(0, min(ox1, x1) - x0)))
+
+
+def covered(box: Box, others: list[Box]) -> np.ndarray:
+    """Which pixels of ``box`` (y0, x0, y1, x1) any of ``others`` covers, as a crop of ``box``."""
+    y0, x0, y1, x1 = box
+    out = np.zeros((y1 - y0, x1 - x0), dtype=bool)
+    for other in others:
+        out[overlap(box, other)] = True
+    return out

@@ -4,11 +4,15 @@ Each field has a type and a default; :meth:`Settings.from_dict` checks what a fi
 (a clear message naming the key, never an ``AttributeError`` later) and migrates what
 older versions wrote; keys this version does not know are kept in ``extra`` and written
 back unchanged.
+
+Settings are frozen: a session changes them with
+:meth:`~napari_alregions.session.Session.update_settings`, which replaces the record and
+fires the session's ``settings`` event, so every view of them hears of it.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 __all__ = ["HEADS", "LEARNERS", "Settings", "SuggestPlan", "TrainingBudget"]
@@ -27,7 +31,7 @@ def _check(value: Any, kinds: tuple[type, ...], key: str) -> Any:
     return value
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainingBudget:
     """Overrides of the cycle schedule (``model.CYCLE_SCHEDULE``) for this session; None:
     the schedule's value. ``initial_steps`` / ``fine_tune_steps`` cap the optimiser steps of
@@ -48,7 +52,7 @@ class TrainingBudget:
         unknown = set(d) - {f.name for f in fields(cls)}
         if unknown:
             raise ValueError(f"'{key}' has unknown keys {sorted(unknown)}")
-        out = cls()
+        out = {}
         for name, value in d.items():
             if name == "no_time_limit":
                 _check(value, (bool,), f"{key}.{name}")
@@ -58,11 +62,11 @@ class TrainingBudget:
                 kinds = (int, float) if name == "max_seconds" else (int,)
                 if _check(value, kinds, f"{key}.{name}") <= 0:
                     raise ValueError(f"'{key}.{name}' must be positive, got {value!r}")
-            setattr(out, name, value)
-        return out
+            out[name] = value
+        return cls(**out)
 
 
-@dataclass
+@dataclass(frozen=True)
 class SuggestPlan:
     """How a selector last ran on a slide, to run it again after a retrain."""
 
@@ -86,7 +90,7 @@ class SuggestPlan:
         return plan
 
 
-@dataclass
+@dataclass(frozen=True)
 class Settings:
     """What a session remembers beside its slides, regions and labels.
 
@@ -102,15 +106,16 @@ class Settings:
     model: dict[str, Any] = field(default_factory=dict)  # ModelSpec.to_dict()
     stride: int | None = None  # level-0 px per map cell; None: one patch footprint
     members: int = 1  # ensemble members
-    colors: list[list[int]] | None = None  # RGB per class
+    colors: tuple[tuple[int, int, int], ...] | None = None  # RGB per class
     encoder: str = "classifier"  # embeddings for diversity and prototypes
     learner: str = "fast"  # what Retrain trains: "fast" (features + head) or "deep" (the CNN)
     head: str = "blend"  # the fast learner's head: "blend" (forest + logistic), "forest" or "logistic"
     features: str = "texture"  # the fast learner's encoder (features.slide_features)
     in_use: str = "fast"  # whose maps are shown: "fast" or "deep" (a deep retrain replaces the fast model when better)
-    trained_on: list[str] = field(default_factory=list)  # uids of the accepted regions the model was trained on
+    trained_on: tuple[str, ...] = ()  # uids of the accepted regions the model was trained on
     training: TrainingBudget = field(default_factory=TrainingBudget)
-    suggest: dict[str, dict[str, SuggestPlan]] = field(default_factory=dict)  # slide -> method -> plan
+    suggest: dict[str, dict[str, SuggestPlan]] = field(default_factory=dict)  # slide -> method -> plan (never changed in place)
+    current: str | None = None  # the slide the user worked on last (reopen shows it)
     extra: dict[str, Any] = field(default_factory=dict)  # keys of other versions, kept as they were
     #: format 1 kept a count of the first accepted regions instead of ``trained_on``
     legacy_trained_count: int | None = field(default=None, repr=False)
@@ -120,59 +125,68 @@ class Settings:
         """Settings from ``session.json``'s ``params`` (checked; see the module docstring)."""
         _check(d, (dict,), "params")
         d = dict(d)
-        s = cls()
+        s: dict[str, Any] = {}
         if "model" in d:
-            s.model = _check(d.pop("model"), (dict,), "model")
+            s["model"] = _check(d.pop("model"), (dict,), "model")
         if d.get("stride") is not None:
-            s.stride = _check(d["stride"], (int,), "stride")
-            if s.stride <= 0:
-                raise ValueError(f"'stride' must be positive, got {s.stride}")
+            s["stride"] = _check(d["stride"], (int,), "stride")
+            if s["stride"] <= 0:
+                raise ValueError(f"'stride' must be positive, got {s['stride']}")
         d.pop("stride", None)
         if "members" in d:
-            s.members = _check(d.pop("members"), (int,), "members")
-            if s.members < 1:
-                raise ValueError(f"'members' must be >= 1, got {s.members}")
+            s["members"] = _check(d.pop("members"), (int,), "members")
+            if s["members"] < 1:
+                raise ValueError(f"'members' must be >= 1, got {s['members']}")
         if d.get("colors") is not None:
-            colors = _check(d["colors"], (list,), "colors")
-            if not all(isinstance(c, list) and len(c) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in c)
+            colors = _check(d["colors"], (list, tuple), "colors")
+            if not all(isinstance(c, (list, tuple)) and len(c) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in c)
                        for c in colors):
                 raise ValueError("'colors' must list RGB triples of 0..255")
-            s.colors = [list(c) for c in colors]
+            s["colors"] = tuple(tuple(c) for c in colors)
         d.pop("colors", None)
         if "encoder" in d:
-            s.encoder = _check(d.pop("encoder"), (str,), "encoder")
+            s["encoder"] = _check(d.pop("encoder"), (str,), "encoder")
         had_in_use = "in_use" in d
         for key, allowed in (("learner", LEARNERS), ("head", HEADS), ("in_use", LEARNERS)):
             if key in d:
                 value = _check(d.pop(key), (str,), key)
                 if value not in allowed:
                     raise ValueError(f"'{key}' must be one of {', '.join(allowed)}, got {value!r}")
-                setattr(s, key, value)
+                s[key] = value
         if "features" in d:
-            s.features = _check(d.pop("features"), (str,), "features")
+            s["features"] = _check(d.pop("features"), (str,), "features")
+        if d.get("current") is not None:
+            s["current"] = _check(d["current"], (str,), "current")
+        d.pop("current", None)
         if d.get("trained_on") is not None:
-            s.trained_on = list(_check(d["trained_on"], (list,), "trained_on"))
-            if not all(isinstance(u, str) for u in s.trained_on):
+            s["trained_on"] = tuple(_check(d["trained_on"], (list, tuple), "trained_on"))
+            if not all(isinstance(u, str) for u in s["trained_on"]):
                 raise ValueError("'trained_on' must list region uids")
         d.pop("trained_on", None)
         if "trained_on_regions" in d:
             count = _check(d.pop("trained_on_regions"), (int,), "trained_on_regions")
-            if not s.trained_on:
-                s.legacy_trained_count = count
-        if not had_in_use and (s.trained_on or s.legacy_trained_count):
-            s.in_use = "deep"  # a session of an earlier version: its trained model is the CNN
+            if not s.get("trained_on"):
+                s["legacy_trained_count"] = count
+        if not had_in_use and (s.get("trained_on") or s.get("legacy_trained_count")):
+            s["in_use"] = "deep"  # a session of an earlier version: its trained model is the CNN
         if "training" in d:
-            s.training = TrainingBudget.from_dict(d.pop("training"))
+            s["training"] = TrainingBudget.from_dict(d.pop("training"))
         if "suggest" in d:
             plans = _check(d.pop("suggest"), (dict,), "suggest")
-            s.suggest = {slide: {m: SuggestPlan.from_dict(p, f"suggest.{slide}.{m}")
+            s["suggest"] = {slide: {m: SuggestPlan.from_dict(p, f"suggest.{slide}.{m}")
                                  for m, p in _check(by_method, (dict,), f"suggest.{slide}").items()}
                          for slide, by_method in plans.items()}
-        s.extra = d
-        return s
+        return cls(**s, extra=d)
+
+    def with_plan(self, slide: str, method: str, plan: SuggestPlan) -> Settings:
+        """These settings with ``plan`` as how ``method`` last ran on ``slide``."""
+        return replace(self, suggest={**self.suggest, slide: {**self.suggest.get(slide, {}), method: plan}})
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in asdict(self).items() if k not in ("extra", "legacy_trained_count")}
+        out["trained_on"] = list(self.trained_on)
+        if self.colors is not None:
+            out["colors"] = [list(c) for c in self.colors]
         defaults = asdict(TrainingBudget())
         out["training"] = {k: v for k, v in out["training"].items() if v != defaults[k]}
         return {**self.extra, **out}

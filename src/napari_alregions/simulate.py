@@ -318,9 +318,8 @@ class _Oracle:
         project.autosave = False  # saved once per cycle: the simulation has no viewer to lose work for
         project.estimate_quality = False  # the fast model is installed whatever its estimate: none is made
         if seed is not None:
-            project.session.settings.training = self.config.training(seed)
-            project.session.settings.learner = project.session.settings.in_use = self.config.learner
-            project.session.settings.head = self.config.head
+            project.session.update_settings(training=self.config.training(seed), learner=self.config.learner,
+                                            in_use=self.config.learner, head=self.config.head)
             spec = project.spec
             project.new_model(arch=spec.arch, patch_size=spec.patch_size, level=spec.level, stride=self.config.stride)
         return project

@@ -24,14 +24,6 @@ def _parse_class_map(text: str) -> dict[str, str | None]:
     return out
 
 
-def _export_all(p, folder: Path) -> list[Path]:
-    if hasattr(p, "export_qupath_all"):
-        return p.export_qupath_all(folder)
-    if not folder.is_dir():  # until the core exports every slide itself
-        raise FileNotFoundError(f"{folder}: no such folder")
-    return [p.export_qupath(folder / f"{Path(name).stem}.geojson", name) for name in p.slides]
-
-
 class AnnotateTab:
     """The accepted regions of the current slide (select one to paint in it), retraining, QuPath."""
 
@@ -86,8 +78,6 @@ class AnnotateTab:
 
     def _accepted(self, regions: list[Region], accepted: list[Region], pct: float) -> None:
         region, last = regions[-1], accepted[-1]
-        for slide in {r.slide for r in accepted}:
-            self.w.hub.changed("labels", slide, None)
         self.w.steps.run([lambda: self._paint_accepted(region, last, pct, len(regions) - 1)])
 
     def _paint_accepted(self, region: Region, accepted: Region, pct: float, more: int) -> None:
@@ -137,7 +127,6 @@ class AnnotateTab:
         if self.w.guard(p.remove_accepted, region) is None:
             return
         self.w.labels.removed(region)
-        self.w.hub.changed("labels", region.slide, None)
         self.w.show_status()
         self.w.message_user(f"removed the {where} and its labels")
 
@@ -155,10 +144,6 @@ class AnnotateTab:
         t0 = time.perf_counter()
 
         def done(summary: dict) -> None:
-            if not self.w.hub.native:
-                for name in p.maps:
-                    self.w.hub.post("maps", name, "priority")
-                self.w.hub.post("model")
             what = "sub-cells" if summary.get("learner") == "fast" else "patches"
             done_msg = (f"cycle {summary['cycle']}: trained on {summary['n_candidates']} {what}, maps and "
                         f"proposals refreshed in {time.perf_counter() - t0:.1f} s")
@@ -185,7 +170,7 @@ class AnnotateTab:
             return
         self.w.flush_labels(everything=True)
         folder = Path(text).expanduser()
-        self.w.call("exporting to QuPath", _export_all, p, folder,
+        self.w.call("exporting to QuPath", p.export_qupath_all, folder,
                     on_done=lambda paths: self.w.message_user(
                         f"exported {len(paths)} slide(s) to {folder}: " + ", ".join(Path(q).name for q in paths)))
 
@@ -209,7 +194,6 @@ class AnnotateTab:
         counts = self.w.guard(p.import_qupath, path, name, class_map=class_map or None)
         if counts is None:
             return
-        self.w.hub.changed("labels", name, None)
         self.w.show_status()
         self.w.message_user(f"imported {counts['regions']} region(s) and {counts['labeled_annotations']} labeled annotation(s)")
 

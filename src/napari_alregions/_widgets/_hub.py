@@ -3,8 +3,8 @@
 The views (layers, lists, the colour bar) connect to :class:`Hub`'s signals only; the hub
 follows the current project's ``session.events`` (a psygnal group whose signals fire in the
 thread that made the change: a retrain fires them in its worker) and re-emits each one on
-the Qt main thread. Where the session has no ``events`` group yet, its region callbacks are
-followed and the widget posts the other changes itself (:meth:`Hub.post`).
+the Qt main thread, in the order they were fired. Besides the session's signals, the hub
+says which project (``project``) and which slide (``current``) the viewer shows.
 """
 
 from __future__ import annotations
@@ -48,29 +48,18 @@ class Hub(QObject):
 
     def follow(self, project) -> None:
         """Relay ``project``'s events from now on (the last project's no more), then say so."""
-        for p, on in ((self.project, False), (project, True)):
-            session = getattr(p, "session", None)
-            if session is None:
-                continue
-            group = getattr(session, "events", None)
-            if group is not None:
-                for name in SIGNALS:
-                    sig = getattr(group, name, None)
-                    if sig is not None:
-                        (sig.connect if on else sig.disconnect)(self._forward[name])
-                continue
-            callbacks = session.regions_changed
-            if on:
-                callbacks.append(self._forward["regions"])
-            elif self._forward["regions"] in callbacks:
-                callbacks.remove(self._forward["regions"])
+        self.unfollow()
+        if project is not None:
+            for name in SIGNALS:
+                getattr(project.session.events, name).connect(self._forward[name])
         self.project = project
         self.events.project.emit(project)
 
-    @property
-    def native(self) -> bool:
-        """Whether the session fires its own events (no :meth:`post` needed after a change)."""
-        return getattr(getattr(self.project, "session", None), "events", None) is not None
+    def unfollow(self) -> None:
+        """Relay the current project's events no more (the widget is closing)."""
+        if self.project is not None:
+            for name in SIGNALS:
+                getattr(self.project.session.events, name).disconnect(self._forward[name])
 
     def post(self, name: str, *args: Any) -> None:
         """Emit ``name`` on the main thread (now when called there, else queued)."""
@@ -78,11 +67,6 @@ class Hub(QObject):
             self._deliver(name, args)
         else:
             self._queued.emit(name, args)
-
-    def changed(self, name: str, *args: Any) -> None:
-        """A change the widget made that the session does not announce (yet): posted unless it does."""
-        if not self.native:
-            self.post(name, *args)
 
     def _deliver(self, name: str, args: tuple) -> None:
         getattr(self.events, name).emit(*args)

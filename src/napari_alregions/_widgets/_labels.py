@@ -51,6 +51,7 @@ class LabelLayers:
         viewer.layers.events.removed.connect(self._layer_removed)
         hub.events.project.connect(self.set_project)
         hub.events.labels.connect(self._labels_changed)
+        hub.events.settings.connect(lambda _: self.recolour(self.project.colors) if self.project is not None else None)
 
     @property
     def unsaved(self) -> bool:
@@ -81,6 +82,10 @@ class LabelLayers:
             if y0 <= box[0] and x0 <= box[1] and box[2] <= y1 and box[3] <= x1:
                 return
         self.refresh(slide)
+
+    def owned(self) -> list[Any]:
+        """The labels layers of the current session."""
+        return [*self._overviews.values(), *([self.painting] if self.painting is not None else [])]
 
     def drop(self) -> None:
         """Remove every labels layer of the current session (painting in them would reach none)."""
@@ -130,6 +135,11 @@ class LabelLayers:
             self.painting.refresh()
 
     def recolour(self, colors) -> None:
+        """The class colours (RGB 0-255) of every labels layer (a settings change may keep them)."""
+        colors = [tuple(int(v) for v in c[:3]) for c in colors]
+        if colors == getattr(self, "_colors", None):
+            return
+        self._colors = colors
         for layer in [*self._overviews.values(), *([self.painting] if self.painting is not None else [])]:
             layer.colormap = label_colormap(colors)
 
@@ -255,7 +265,7 @@ class LabelLayers:
             if region.uid not in accepted:  # removed since: its labels went with it
                 continue
             try:
-                bad = self.project.labels_changed(region, save=False)
+                bad = self.project.labels_painted(region, save=False)
             except (ValueError, KeyError, OSError) as exc:
                 self._message(describe(exc), True)
                 continue

@@ -25,34 +25,17 @@ def _hex(rgba) -> str:
     return "#" + "".join(f"{round(255 * c):02x}" for c in rgba[:3])
 
 
-def _area(um2: float | None, px: int) -> str:
-    if um2 is None:
-        return f"{px:,} px²"
-    return f"{um2 / 1e6:.3g} mm² ({um2:,.0f} µm²)"
+def _area(summary) -> str:
+    if summary.area_um2 is None:  # no pixel size
+        return f"{summary.area_px:,} px²"
+    return f"{summary.area_mm2:.3g} mm² ({summary.area_um2:,.0f} µm²)"
 
 
 def accepted_row(region: Region, summary) -> str:
-    """An accepted region's row: tag, area in mm² and µm², class make-up and cycle."""
-    classes = ", ".join(f"{name} {share:.0%}" for name, share in summary.classes.items() if share > 0) or "unpainted"
-    return (f"{tag(region)} {region.method or 'manual'} · {_area(summary.area_um2, summary.area_px)} · {classes}"
-            f" · cycle {summary.cycle}")
-
-
-def _summary(project, region: Region):
-    """``project.region_summary(region)``; until the core has it, the same from its labels."""
-    if hasattr(project, "region_summary"):
-        return project.region_summary(region)
-    from types import SimpleNamespace
-
-    labels = np.asarray(project.region_labels(region))
-    counts = np.bincount(labels.ravel(), minlength=len(project.classes) + 1)[1:]
-    total = counts.sum()
-    mpp = project.slides[region.slide].mpp
-    area_px = region.w * region.h
-    um2 = area_px * mpp**2 if mpp else None
-    return SimpleNamespace(area_px=area_px, area_um2=um2, area_mm2=None if um2 is None else um2 / 1e6,
-                           classes={c: float(n / total) if total else 0.0 for c, n in zip(project.classes, counts)},
-                           cycle=region.cycle if region.cycle is not None else project.cycle)
+    """An accepted region's row: tag, area in mm² and µm², class make-up and cycle (a
+    :class:`~napari_alregions.project.labeling.RegionSummary`)."""
+    classes = ", ".join(f"{name} {share:.0%}" for name, share in summary.classes.items() if share > 0) or "unlabeled"
+    return f"{tag(region)} {region.method or 'manual'} · {_area(summary)} · {classes} · cycle {summary.cycle}"
 
 
 class RegionLists:
@@ -85,7 +68,8 @@ class RegionLists:
         self._labels_timer.timeout.connect(self.refill)
         hub.events.project.connect(self._project)
         hub.events.labels.connect(lambda *_: self._labels_timer.start())
-        for signal in (hub.events.regions, hub.events.maps, hub.events.current, hub.events.model):
+        hub.events.maps.connect(lambda _slide, kind: self.refill() if kind == "priority" else None)  # the means
+        for signal in (hub.events.regions, hub.events.current, hub.events.model):
             signal.connect(self.refill)
 
     @property
@@ -149,7 +133,7 @@ class RegionLists:
                 self.proposals.addItem(f"{tag(r)}  {r.method} #{r.rank + 1}{score}  ({r.w}×{r.h} px)")
             self.accepted_rows = list(p.session.accepted_on(name))
             for r in self.accepted_rows:
-                self.accepted.addItem(accepted_row(r, _summary(p, r)))
+                self.accepted.addItem(accepted_row(r, p.region_summary(r)))
             methods = sorted({r.method for r in p.proposals(name)})
             self.legend.value = " ".join(f'<span style="white-space:nowrap"><span style="color:'
                                          f'{_hex(METHOD_COLORS.get(m, (1, 1, 0, 1)))}">■</span>&nbsp;'

@@ -70,7 +70,7 @@ class MapView:
             if self.layer(slide, "prediction") is not None:  # the probabilities changed with it
                 self.show_prediction(slide)
         elif kind == "similarity":
-            sim = p.similarity.get(slide)
+            sim = p.similarity[slide] if slide in p.similarity else None
             if sim is None:
                 self._remove(slide, kind)
             else:

@@ -77,22 +77,13 @@ class ModelTab:
         p = self.w.project
         if self._filling or p is None:
             return
-        budget = dict(epochs=self.epochs.value or None, max_seconds=self.max_seconds.value or None)
-        if hasattr(p, "set_training"):
-            self.w.done(p.set_training, **budget)
-        else:  # until the core has set_training
-            import dataclasses
-
-            with p.session.changing() as session:
-                session.settings.training = dataclasses.replace(session.settings.training, **budget)
-            self.w.done(p.session.save)
+        self.w.done(p.set_training, epochs=self.epochs.value or None, max_seconds=self.max_seconds.value or None)
 
     def new_model(self) -> None:
         p = self.w.project
         # new_model returns nothing: only a call that went through may say so
         if self.w.done(p.new_model if p else None, arch=self.arch.value, patch_size=self.patch_size.value,
                        level=self.level.value, members=self.members.value):
-            self.w.hub.changed("model")
             self.w.message_user(f"new untrained {self.arch.value} model ({self.members.value} member(s))")
 
     def load_checkpoint(self) -> None:
@@ -107,7 +98,6 @@ class ModelTab:
         except (CheckpointError, FileNotFoundError) as exc:
             self.w.message_user(describe(exc), True)
             return
-        self.w.hub.changed("model")
         self.w.message_user(f"loaded {Path(self.checkpoint.value).name}")
 
     def save_model(self) -> None:
@@ -117,7 +107,7 @@ class ModelTab:
             return
         path = Path(text).expanduser()
         self.w.call("saving the model", p.save_model, path,
-                    on_done=lambda out: self.w.message_user(f"saved the model to {out or path}"))
+                    on_done=lambda paths: self.w.message_user("saved the model to " + ", ".join(str(q) for q in paths)))
 
     def compute_priority(self) -> None:
         p, name = self.w.project, self.w.slide_or_say()
@@ -125,11 +115,8 @@ class ModelTab:
             return
         measure = self.measure.value
 
-        def done(_) -> None:
-            self.w.hub.changed("maps", name, "priority")
-            self.w.message_user(f"priority map ({measure}) for {name}")
-
-        self.w.task(lambda cancel: p.iter_priority(name, measure=measure, cancel=cancel), desc="priority map", on_done=done)
+        self.w.task(lambda cancel: p.iter_priority(name, measure=measure, cancel=cancel), desc="priority map",
+                    on_done=lambda _: self.w.message_user(f"priority map ({measure}) for {name}"))
 
     def _apply_encoder(self) -> bool:
         source = self.encoder_src.value.strip() or "classifier"
@@ -158,9 +145,6 @@ class ModelTab:
         if not self._apply_encoder():
             return
 
-        def done(sim: np.ndarray) -> None:
-            self.w.hub.changed("maps", name, "similarity")
-            self.w.message_user(f"prototype similarity for {name} (max {float(sim.max()):.3f}); "
-                                "suggest with 'Prototype similarity'")
-
-        self.w.task(lambda cancel: p.iter_similarity(name, cancel=cancel), desc="similarity", on_done=done)
+        self.w.task(lambda cancel: p.iter_similarity(name, cancel=cancel), desc="similarity",
+                    on_done=lambda sim: self.w.message_user(f"prototype similarity for {name} (max {float(sim.max()):.3f}); "
+                                                            "suggest with 'Prototype similarity'"))

@@ -68,12 +68,9 @@ class SessionTab:
         p = self.w.project
         if p is None:
             return True
-        with p.session.changing() as session:
-            session.settings.colors = [list(c) for c in colors]
-        if not self.w.done(p.session.save):
-            return False
-        self.w.labels.recolour(colors)
-        return True
+        # the labels layers follow the session's settings event
+        return self.w.done(p.session.update_settings, colors=tuple(tuple(int(v) for v in c[:3]) for c in colors)) \
+            and self.w.done(p.session.save)
 
     # ------------------------------------------------------------------ session
     def _session_folder(self) -> Path | None:
@@ -177,7 +174,6 @@ class SessionTab:
         def done(added: str) -> None:
             if layer is not None:
                 self.w.slides.adopt(added, layer)  # this layer, not one found by its name
-            self.w.hub.changed("slides", added)
             self.w.slide_chosen(added)
             renamed = "" if added == path.name else f" (a slide named {path.name} is in the session already)"
             self.w.message_user(f"added {path.name} as {added}{renamed}" if renamed else f"added {added}")

@@ -3,7 +3,10 @@
 A layer is the slide's when this view added it, or when it was opened from the same file
 (the reader's, ``metadata["slide_path"]``) and no slide has it yet: never by its name (a
 sample opened as ``slide_000.tif`` is not the session's ``slide_000.tif`` from another
-folder). A new or reopened session removes the layers of the last one.
+folder). A new or reopened session lets go of the last one's slide images: they stay
+as the user's layers, no slide's any more, until a slide of the same file takes one
+again. (Removing or hiding a multiscale image once its session had labels layers crashed
+vispy's next draw under software OpenGL, Xvfb with llvmpipe: they are left as they are.)
 """
 
 from __future__ import annotations
@@ -63,7 +66,7 @@ class SlideView:
             self._setting = False
 
     def _project(self, project) -> None:
-        self.drop()
+        self.release()
         self.project = project
         self._setting = True
         try:
@@ -81,12 +84,9 @@ class SlideView:
             self._setting = False
         self.layer(name)
 
-    def drop(self) -> None:
-        """Remove the session's slide layers."""
-        layers, self.layers = list(self.layers.values()), {}
-        for layer in layers:
-            if layer in self.viewer.layers:
-                self.viewer.layers.remove(layer)
+    def release(self) -> None:
+        """The session's slide images are no slide's any more: left to the user."""
+        self.layers = {}
 
     def adopt(self, name: str, layer: Any) -> None:
         """``layer`` (opened from the slide's file) shows slide ``name`` from now on."""

@@ -44,12 +44,6 @@ def _option_widget(name: str, default: Any, help_: str) -> mw.Widget:
     return mw.LineEdit(name=name, value=text, tooltip=f"{help_} (empty: default)")
 
 
-def _why_empty(p, slide: str, method: str, region_size: int) -> str:
-    if hasattr(p, "empty_reason"):
-        return p.empty_reason(slide, method, region_size=region_size)
-    return "it found no region that fits"  # until the core says why
-
-
 class SuggestTab:
     """Method, its options, region size, k; proposals list; compare table; drawing regions."""
 
@@ -97,7 +91,18 @@ class SuggestTab:
         self.box.native.layout().insertWidget(len(self.box) - 3, self.proposal_list)
         self._draw_layers: dict[str, Any] = {}
         w.hub.events.project.connect(lambda _: self._drop_drawn())
+        w.hub.events.current.connect(self._show_a_method_with_proposals)
         self._rebuild_options()
+
+    def _show_a_method_with_proposals(self, slide: str | None) -> None:
+        """On a slide with no proposals of the chosen method, the list shows the latest method's
+        (a reopened session lands on the method the user worked with)."""
+        p = self.w.project
+        if p is None or slide is None or p.proposals(slide, self.method.value):
+            return
+        proposals = p.proposals(slide)
+        if proposals:
+            self.method.value = proposals[-1].method
 
     def _rebuild_options(self, *_: Any) -> None:
         self.options.clear()
@@ -133,7 +138,7 @@ class SuggestTab:
 
         def done(regions: list[Region]) -> None:
             if not regions:
-                self.w.message_user(f"{METHODS[method].title} proposed nothing: {_why_empty(p, name, method, l_)}", True)
+                self.w.message_user(f"{METHODS[method].title} proposed nothing: {p.empty_reason(name, method, region_size=l_)}", True)
                 return
             short = "" if len(regions) == k else f" (only {len(regions)} fit)"
             self.w.message_user(f"{METHODS[method].title}: {len(regions)} region(s) of {_sizes(regions) or f'{l_} px'}{short}")
@@ -180,7 +185,7 @@ class SuggestTab:
         native.setMaximumHeight(height)
         empty = [s.method for s in summaries if not out[s.method]]
         got = len(summaries) - len(empty)
-        why = "".join(f"; {m} proposed nothing: {_why_empty(p, name, m, l_)}" for m in empty)
+        why = "".join(f"; {m} proposed nothing: {p.empty_reason(name, m, region_size=l_)}" for m in empty)
         self.w.message_user(f"compared {got} method{'s' if got != 1 else ''} on {name}{why}", bool(empty))
 
     def pool_diversity(self) -> None:
@@ -220,6 +225,10 @@ class SuggestTab:
         self.w.message_user(f"dismissed {region.method} #{region.rank + 1}")
 
     # ------------------------------------------------------------------ drawn regions
+    def owned(self) -> list[Any]:
+        """The draw layers of the current session."""
+        return list(self._draw_layers.values())
+
     def _drop_drawn(self) -> None:
         layers, self._draw_layers = list(self._draw_layers.values()), {}
         for layer in layers:

@@ -21,6 +21,7 @@ from qtpy.QtWidgets import QScrollArea, QSizePolicy, QTabWidget, QVBoxLayout, QW
 
 from .._errors import describe
 from ..project import AnnotationProject
+from ._active import remove_top_down
 from ._annotate_tab import AnnotateTab, confirm
 from ._correct_tab import CorrectTab
 from ._hub import Hub
@@ -103,7 +104,8 @@ class ALRegionsWidget(QWidget):
             self.pick_class)
         for signal in (self.hub.events.model, self.hub.events.slides):
             signal.connect(lambda *_: self.show_status())
-        runner, labels, keys = self.runner, self.labels, self.keys
+        runner, labels, keys, hub = self.runner, self.labels, self.keys, self.hub
+        self.destroyed.connect(lambda *_: hub.unfollow())
         self.destroyed.connect(lambda *_: runner.wait())  # closing the viewer stops the worker first
         self.destroyed.connect(lambda *_: labels.close())
         self.destroyed.connect(lambda *_: keys.close())
@@ -126,12 +128,14 @@ class ALRegionsWidget(QWidget):
         the views draw the new one's, on the slide where the user stopped."""
         old, self.project = self.project, project
         self.labels.flush(everything=True)  # the closing session keeps its last strokes
-        self.hub.follow(project)
+        remove_top_down(self.viewer, [*self.maps.layers.values(),
+                                      *self.regions.layers.values(), *self.labels.owned(), *self._tabs["suggest"].owned()])
+        self.slides.release()
+        self.hub.follow(project)  # the views forget the last session's layers and draw this one's
         if old is not None:
             old.close()
         self.shortcuts.value = Shortcuts.text(project.classes)
-        current = getattr(project, "current_slide", None)
-        current = current if current in project.slides else next(iter(project.slides), None)
+        current = project.current_slide if project.current_slide in project.slides else next(iter(project.slides), None)
         self.slides.show(current)
         self.hub.post("current", current)
         self.steps.run([lambda: self.slides.go_to_slide(self.slides.current), self.show_status])
@@ -142,8 +146,7 @@ class ALRegionsWidget(QWidget):
         if p is None or name not in p.slides:
             return
         self.slides.show(name)
-        if hasattr(p, "set_current_slide"):
-            self.guard(p.set_current_slide, name)
+        self.guard(p.set_current_slide, name)
         self.hub.post("current", name)
         self.slides.go_to_slide(name)  # the current slide is the one on screen
         self.message.value = (f"showing {name}: {len(p.proposals(name))} proposed, "
