@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from .test_widgets import _add_slide, _click, _drag, _start, _wait, _world
+from .test_widgets import _accept_random, _add_slide, _click, _drag, _start, _wait, _world
 
 pytestmark = pytest.mark.gui
 
@@ -80,10 +80,7 @@ def test_class_keys_pick_classes_and_never_switch_the_brush_to_the_eraser(make_n
     from qtpy.QtCore import Qt
 
     viewer, w, slide = _start(make_napari_viewer, tmp_path, small_pool)
-    w.method.value, w.unit.value, w.region_size.value, w.k.value = "random", "px", 256, 1
-    _click(w, "Suggest")
-    w.proposal_list.setCurrentRow(0)
-    _click(w, "Accept region")
+    _accept_random(w, 1)
     layer = w.labels.painting
     assert viewer.layers.selection.active is layer and layer.mode == "paint"
     canvas = viewer.window._qt_viewer.canvas.native
@@ -113,7 +110,7 @@ def test_shortcuts_work_with_the_dock_in_focus(make_napari_viewer, qtbot, tmp_pa
     _click(w, "Suggest")
     _activate(qtbot, viewer)
     w.tabs.setCurrentIndex(2)
-    rows = w.lists.proposal_rows
+    rows = sorted(w.project.proposals(slide, "random"), key=lambda r: r.rank)  # the list's rows
     item = w.proposal_list.item(1)
     qtbot.mouseClick(w.proposal_list.viewport(), Qt.MouseButton.LeftButton,
                      pos=w.proposal_list.visualItemRect(item).center())  # a row clicked: the list has focus
@@ -199,11 +196,7 @@ def test_region_rows_training_length_and_a_change_from_a_worker_redraws(make_nap
     import threading
 
     viewer, w, slide = _start(make_napari_viewer, tmp_path, small_pool)
-    w.method.value, w.unit.value, w.region_size.value, w.k.value = "random", "px", 256, 2
-    _click(w, "Suggest")
-    w.proposal_list.setCurrentRow(0)
-    _click(w, "Accept region")
-    region = w.project.session.accepted[-1]
+    [region] = _accept_random(w, 1, k=2)
     row = w.accepted_list.item(0).text()
     um2 = region.w * region.h * 0.25  # 0.5 µm/px
     assert f"{um2:,.0f} µm²" in row and f"{um2 / 1e6:.3g} mm²" in row, row
