@@ -53,6 +53,8 @@ class RegionLists:
         self._current = current
         self.proposals = QListWidget()
         self.accepted = QListWidget()
+        for widget in (self.proposals, self.accepted):  # a long row wraps: the dock keeps its width
+            widget.setWordWrap(True)
         self.proposal_rows: list[Region] = []
         self.accepted_rows: list[Region] = []
         self.legend = mw.Label(value="")  # the colour and tag of each method's boxes

@@ -18,6 +18,9 @@ from ._tags import METHOD_TAGS
 __all__ = ["SuggestTab"]
 
 _UNIT = ("µm", "px")
+#: Short names in the compare table's rows (the tag says which method too).
+_SHORT = {"standard_nonsquare": "non-square", "standard": "standard", "adaptive": "adaptive", "top_patches": "top patches",
+          "diversity": "diversity", "prototype": "prototype", "focannot": "FocAnnot", "random": "random"}
 
 
 def _sizes(regions) -> str:
@@ -158,23 +161,21 @@ class SuggestTab:
         out, summaries, overlap = result
         p = self.w.project
         mpp = p.slides[name].mpp
-        area = "area (mm²)" if mpp else "area (px²)"
+        area = "mm²" if mpp else "px²"
         rows = []
         for j, s in enumerate(summaries):
             others = [float(v) for i, v in enumerate(overlap[j]) if i != j]
             rows.append([s.count, round(s.area * mpp**2 / 1e6, 3) if mpp else s.area, round(s.tissue_pct, 1),
                          round(s.mean_priority, 3), round(sum(r.score for r in out[s.method]), 2),
                          round(max(others), 2) if others else 0.0])
-        self.table.value = {"data": rows, "index": [f"{METHOD_TAGS.get(s.method, '?')} {s.method}" for s in summaries],
-                            "columns": ["n", area, "tissue %", "mean prio", "sum prio", "max IoU"]}
+        self.table.value = {"data": rows, "index": [f"{METHOD_TAGS.get(s.method, '?')} {_SHORT.get(s.method, s.method)}"
+                                                    for s in summaries],
+                            "columns": ["n", area, "tissue %", "mean p.", "sum p.", "max IoU"]}
         native = self.table.native
         for j, s in enumerate(summaries):
             item = native.verticalHeaderItem(j)
             if item is not None:
-                r, g, b, _ = METHOD_COLORS.get(s.method, (1, 1, 0, 1))
-                from qtpy.QtGui import QColor
-
-                item.setForeground(QColor.fromRgbF(r, g, b))
+                item.setToolTip(s.method)
             cell = native.item(j, 5)
             if cell is not None:
                 cell.setToolTip("IoU with " + ", ".join(f"{t.method} {float(v):.2f}" for t, v in zip(summaries, overlap[j])))
