@@ -126,7 +126,6 @@ class AnnotateTab:
             return
         if self.w.guard(p.remove_accepted, region) is None:
             return
-        self.w.labels.removed(region)
         self.w.show_status()
         self.w.message_user(f"removed the {where} and its labels")
 

@@ -51,6 +51,7 @@ class LabelLayers:
         viewer.layers.events.removed.connect(self._layer_removed)
         hub.events.project.connect(self.set_project)
         hub.events.labels.connect(self._labels_changed)
+        hub.events.regions.connect(lambda event: [self.removed(r) for r in event.regions] if event.kind == "removed" else None)
         hub.events.settings.connect(lambda _: self.recolour(self.project.colors) if self.project is not None else None)
 
     @property

@@ -135,11 +135,11 @@ class RegionLayers(QObject):
         s = slide_scale(p.slides[name])
         layout = slide_layout(p.slides)
         oy, ox = layout[name]
-        # a character is ~7 screen px wide: tags apart when every slide is in view (closer in, farther apart)
+        # a character is ~11 screen px wide (napari text size 10): tags apart when every slide is in view
         world_h = max(y + p.slides[n].shape[0] * slide_scale(p.slides[n]) for n, (y, _) in layout.items())
         world_w = max(x + p.slides[n].shape[1] * slide_scale(p.slides[n]) for n, (_, x) in layout.items())
         canvas_h, canvas_w = tuple(getattr(self.viewer.canvas, "size", None) or (600, 800))
-        char_px = 7 * max(world_h / max(canvas_h, 1), world_w / max(canvas_w, 1)) / s
+        char_px = 11 * max(world_h / max(canvas_h, 1), world_w / max(canvas_w, 1)) / s
         pos = place_tags(regions, char_px=char_px) * s + (oy, ox)
         texts = [tag(r) for r in regions]
         text = {"string": "{tag}", "anchor": "center", "size": 10, "color": "black"}
