@@ -68,7 +68,7 @@ class LabelLayers:
         """Show ``project``'s labels from now on; the layers of the last one go (its strokes saved)."""
         if self.project is not None:
             self.flush(everything=True)
-        self.drop()
+        self.forget()
         self.project = project
         if project is not None:
             self.steps.run([lambda name=name: self.show_slide(name) for name in project.slides
@@ -88,16 +88,12 @@ class LabelLayers:
         """The labels layers of the current session."""
         return [*self._overviews.values(), *([self.painting] if self.painting is not None else [])]
 
-    def drop(self) -> None:
-        """Remove every labels layer of the current session (painting in them would reach none)."""
-        layers = [*self._overviews.values(), *([self.painting] if self.painting is not None else [])]
+    def forget(self) -> None:
+        """Forget the current session's labels layers (the widget removes them)."""
         self._overviews.clear()
         self._pyramids.clear()
         self.painting = None
         self._unsaved.clear()
-        for layer in layers:
-            if layer in self.viewer.layers:
-                self.viewer.layers.remove(layer)
 
     def close(self) -> None:
         self.viewer.layers.events.removed.disconnect(self._layer_removed)

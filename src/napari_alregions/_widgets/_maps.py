@@ -44,17 +44,11 @@ class MapView:
         hub.events.current.connect(lambda _: self.show_colorbar())
 
     def _project(self, project) -> None:
-        self.drop()
+        self.layers = {}  # the widget removes the last session's layers
         self.project = project
         self.show_colorbar()
         if project is not None:
             self.steps.run([lambda name=name: self.show(name, "priority") for name in project.maps if name in project.slides])
-
-    def drop(self) -> None:
-        layers, self.layers = list(self.layers.values()), {}
-        for layer in layers:
-            if layer in self.viewer.layers:
-                self.viewer.layers.remove(layer)
 
     def layer(self, slide: str, kind: str) -> Any:
         layer = self.layers.get((slide, kind))

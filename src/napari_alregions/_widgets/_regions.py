@@ -68,11 +68,8 @@ class RegionLayers(QObject):
         hub.events.maps.connect(lambda slide, kind: self.later(slide) if kind == "priority" else None)  # the boxes' means
 
     def set_project(self, project) -> None:
-        """Show ``project``'s regions from now on (the last project's layers go)."""
-        layers, self.layers = list(self.layers.values()), {}
-        for layer in layers:
-            if layer in self.viewer.layers:
-                self.viewer.layers.remove(layer)
+        """Show ``project``'s regions from now on (the widget removes the last project's layers)."""
+        self.layers = {}
         self.project = project
         self._pending.clear()
         if project is not None:

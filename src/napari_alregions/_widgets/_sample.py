@@ -39,10 +39,18 @@ def demo_slide() -> list[tuple]:
 
 
 def _replace(viewer: Any, layers: list[tuple]) -> None:
+    """The placeholder goes and the layers come, one per event-loop turn (the slide's image
+    and its tissue mask in one turn held the viewer ~1.4 s)."""
+    from qtpy.QtCore import QTimer
+
+    if not layers:
+        return
+    (data, kwargs, kind), rest = layers[0], layers[1:]
     try:
         if PLACEHOLDER in viewer.layers:
             viewer.layers.remove(PLACEHOLDER)
-        for data, kwargs, kind in layers:
-            getattr(viewer, f"add_{kind}")(data, **kwargs)
+        getattr(viewer, f"add_{kind}")(data, **kwargs)
     except RuntimeError:  # the viewer was closed meanwhile
-        pass
+        return
+    if rest:
+        QTimer.singleShot(1, lambda: _replace(viewer, rest))

@@ -231,10 +231,7 @@ class SuggestTab:
         return list(self._draw_layers.values())
 
     def _drop_drawn(self) -> None:
-        layers, self._draw_layers = list(self._draw_layers.values()), {}
-        for layer in layers:
-            if layer in self.w.viewer.layers:
-                self.w.viewer.layers.remove(layer)
+        self._draw_layers = {}  # the widget removes the last session's layers
 
     def _draw_layer(self, name: str):
         layer = self._draw_layers.get(name)
