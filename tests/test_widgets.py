@@ -367,7 +367,7 @@ def test_undo_redo_close_and_unsignalled_edits_reach_the_session(make_napari_vie
     np.testing.assert_array_equal(saved(), stroke)
     # pixels changed without any event (a script, a plugin) are saved before they are read
     lab.data[:4, :4] = 2
-    w.qupath_file.value = str(tmp_path / "out.geojson")
+    w.export_folder.value = str(tmp_path)
     _click(w, "Export to QuPath")
     np.testing.assert_array_equal(saved(), lab.data)
     np.testing.assert_array_equal(w.project.region_labels(region), lab.data)
@@ -556,8 +556,9 @@ def test_correct_uncertain_patches_prefills_prediction(make_napari_viewer, qtbot
     _click(w, "Find uncertain patches")
     assert f"{slide} prediction" in viewer.layers and w.uncertain_list.count() >= 1
     patches = viewer.layers[f"{slide} proposals"]
-    # one-cell patches sit side by side: their labels are the rank alone, the list has the scores
-    assert list(patches.text.values) == [str(r) for r in patches.features["rank"]]
+    # one-cell patches sit side by side: their tags are the method's letter and the rank, placed apart
+    tags = viewer.layers[f"{slide} tags"]
+    assert sorted(tags.features["tag"]) == sorted(f"T{r}" for r in patches.features["rank"])
     assert sorted(patches.features["rank"]) == list(range(1, w.uncertain_list.count() + 1))
     w.uncertain_list.setCurrentRow(0)
     _click(w, "Correct selected patch")
@@ -698,10 +699,10 @@ def test_slides_sit_side_by_side_with_their_overlays_and_the_camera_follows(make
         assert w.message.value == f"showing {name}: 0 proposed, {n_accepted} accepted regions", w.message.value
         # the colour bar and its legend are the current slide's: none on a slide without a map
         assert w.maps.colorbar.isVisible() == (name == second) and bool(w.maps.legend.value) == (name == second)
-    # after reopening, the dropdown's slide is the one on screen
+    # after reopening, the slide the user stopped on is the current one, on screen
     viewer2, w2 = _reopen(make_napari_viewer, qtbot, w.project.folder)
-    assert w2.current == first
-    np.testing.assert_allclose(viewer2.scene.camera.center[-2:], _world(w2, first, 512, 512), atol=1e-6)
+    assert w2.current == second
+    np.testing.assert_allclose(viewer2.scene.camera.center[-2:], _world(w2, second, 512, 512), atol=1e-6)
     # a slide gets Shapes layers once it has regions, not empty ones at each open and retrain
     names = {lay.name for lay in viewer2.layers}
     assert f"{second} accepted" in names

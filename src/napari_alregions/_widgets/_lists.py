@@ -64,7 +64,7 @@ class RegionLists:
         self.proposals.currentRowChanged.connect(lambda i: self._chosen(self.proposal_rows, i, proposal_chosen))
         self.accepted.currentRowChanged.connect(lambda i: self._chosen(self.accepted_rows, i, accepted_chosen))
         # strokes come in bursts (a save per stroke): their rows' class make-up is redrawn once
-        self._labels_timer = QTimer()
+        self._labels_timer = QTimer(self.proposals)  # goes with the widget
         self._labels_timer.setSingleShot(True)
         self._labels_timer.setInterval(0)
         self._labels_timer.timeout.connect(self.refill)
