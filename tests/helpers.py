@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -128,3 +132,46 @@ def write_bomb_tiff(path: Path, side: int, *, tile: int = 1024, sparse: bool = F
         fh.write(np.full(n, 0 if sparse else tile_at, "<u4").tobytes())
         fh.write(np.full(n, 0 if sparse else 16, "<u4").tobytes())
         fh.write(bytes(16))
+
+
+# -- a read-only file system, root or not ------------------------------------------------------
+
+_READ_ONLY: list[str] = []  # folders whose writes fail now
+_hooked: list[bool] = []  # an audit hook cannot be removed: added once, idle while _READ_ONLY is empty
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+_WRITE_EVENTS = {"os.remove": 1, "os.rename": 2, "os.link": 2, "os.symlink": 2, "os.mkdir": 1, "os.rmdir": 1,
+                 "os.truncate": 1, "os.chmod": 1, "os.utime": 1, "shutil.rmtree": 1}
+
+
+def _refuse_writes(event: str, args: tuple) -> None:
+    if not _READ_ONLY:
+        return
+    if event == "open":
+        paths = args[:1] if args[2] & _WRITE_FLAGS else ()
+    else:
+        paths = args[: _WRITE_EVENTS.get(event, 0)]
+    for p in paths:
+        if isinstance(p, (str, bytes, os.PathLike)):
+            name = os.path.abspath(os.fsdecode(p))
+            if any(name == f or name.startswith(f + os.sep) for f in _READ_ONLY):
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS), name)
+
+
+@contextmanager
+def read_only_filesystem(folder: Path):
+    """Every write under ``folder`` in this process fails with EROFS, as on a read-only mount
+    (an audit hook: chmod does not stop root, who runs the tests in containers)."""
+    if not _hooked:
+        sys.addaudithook(_refuse_writes)
+        _hooked.append(True)
+    _READ_ONLY.append(os.path.abspath(folder))
+    try:
+        yield
+    finally:
+        _READ_ONLY.pop()
+
+
+def tree_state(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every file under ``folder`` with its size and modification time: equal before and
+    after means nothing was written there."""
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))}

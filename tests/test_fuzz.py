@@ -328,7 +328,8 @@ def test_make_demo_data_onto_a_full_disk_is_one_line_and_leaves_nothing(tmp_path
 
 def test_temporary_files_of_killed_saves_are_removed_at_the_next_open(tmp_path):
     """A process killed (SIGKILL) inside a checkpoint save leaves its temporary file; the
-    next Session.open removes it, and leaves a live save's file and other files alone."""
+    next Session.open for writing (the only writer now) removes it at once, and leaves a
+    live save's file and other files alone. A reader leaves it while a writer holds the session."""
     import subprocess
     import sys
     import time
@@ -337,7 +338,6 @@ def test_temporary_files_of_killed_saves_are_removed_at_the_next_open(tmp_path):
     from napari_alregions.session import Session
 
     session = Session.create(tmp_path / "s")
-    session.save()
     ckpt = session.folder / "checkpoints"
     ckpt.mkdir(exist_ok=True)
     code = ("import os, signal, sys\n"
@@ -350,14 +350,16 @@ def test_temporary_files_of_killed_saves_are_removed_at_the_next_open(tmp_path):
     assert run.returncode == -9
     [left] = list(ckpt.iterdir())
     assert target_of(left) == ckpt / "cycle-1.pt" and left.stat().st_size == 1 << 20
+    Session.open(session.folder, read_only=True)
+    assert left.exists()
+    session.close()
     old = time.time() - 60
-    os.utime(left, (old, old))
     keep = session.folder / ".notes.part"  # not a name atomic_path makes
     keep.write_text("mine")
     with atomic_path(ckpt / "cycle-2.pt") as live:  # this process, saving now
         live.write_bytes(b"x")
         os.utime(live, (old, old))
-        Session.open(session.folder)
+        Session.open(session.folder).close()
         assert not left.exists() and live.exists() and keep.exists()
     assert (ckpt / "cycle-2.pt").read_bytes() == b"x"
     assert remove_stale(session.folder) == []
@@ -461,3 +463,110 @@ def test_qupath_reading_is_bounded(tmp_path):
     path.write_text("[" * 100_000 + "]" * 100_000)  # nesting that exhausts the parser's recursion
     with pytest.raises(ValueError, match="nested too deeply"):
         io_qupath.read_geojson(path)
+
+
+# -- QuPath polygons as people draw them (issue 33): a defined result, never GEOS's error ----
+# A 1024² slide labeled at level 1: label pixel (r, c) has its centre at level-0 (2c + 1, 2r + 1).
+@pytest.fixture
+def qupath_session(tmp_path, small_pool):
+    from napari_alregions.project import AnnotationProject
+
+    folder, manifest = small_pool
+    p = AnnotationProject.create(tmp_path / "s", patch_size=32, level=1)
+    name = p.add_slide(folder / manifest["slides"][0]["image"])
+    yield p, name
+    p.close()
+
+
+def _import_twice(tmp_path, p, slide, *features):
+    """Import ``features`` (Tumor annotations unless they have properties), then the same
+    file again: the second import must add nothing and change no label."""
+    import json
+
+    path = tmp_path / "drawn.geojson"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        f if "properties" in f else {"type": "Feature", "geometry": f,
+                                     "properties": {"objectType": "annotation", "classification": {"name": "Tumor", "color": [200, 0, 0]}}}
+        for f in features]}))
+    counts = p.import_qupath(path, slide)
+    accepted, labels = sorted((r.x, r.y, r.w, r.h) for r in p.session.accepted), p.session.labels(slide).copy()
+    again = p.import_qupath(path, slide)
+    assert again["regions"] == 0 and again["message"] == counts["message"]
+    assert sorted((r.x, r.y, r.w, r.h) for r in p.session.accepted) == accepted
+    np.testing.assert_array_equal(p.session.labels(slide), labels)
+    return counts, accepted, labels
+
+
+def _centres(shape):
+    r, c = np.mgrid[: shape[0], : shape[1]]
+    return 2 * c + 1.0, 2 * r + 1.0  # level-0 x, y of each label pixel's centre
+
+
+def test_a_bow_tie_polygon_is_its_two_triangles_and_imports_once(tmp_path, qupath_session):
+    p, slide = qupath_session
+    # crossing at (100, 50); no pixel centre lies on an edge (centres are odd, the edges' y = x / 2 or 100 - x / 2)
+    bow_tie = {"type": "Polygon", "coordinates": [[[0, 0], [200, 100], [200, 0], [0, 100], [0, 0]]]}
+    counts, accepted, labels = _import_twice(tmp_path, p, slide, bow_tie)
+    assert counts["message"] == "1 annotation: 0 regions, 1 label; repaired 1 invalid polygon annotation (feature 0)"
+    assert accepted == [(0, 0, 100, 100), (100, 0, 100, 100)]  # each triangle's box
+    x, y = _centres(labels.shape)
+    inside = ((y - x / 2) * (y - (100 - x / 2)) < 0) & (x < 200) & (y < 100)  # between the diagonals, left or right
+    want = np.where(inside, 2, np.where((x < 200) & (y < 100), 1, 0))  # the new regions' rest is background
+    np.testing.assert_array_equal(labels, want)
+
+
+def test_a_ring_traced_twice_paints_its_whole_square(tmp_path, qupath_session):
+    p, slide = qupath_session
+    square = [[0, 0], [200, 0], [200, 200], [0, 200]]
+    region = {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [256, 0], [256, 256], [0, 256], [0, 0]]]},
+              "properties": {"objectType": "annotation"}}
+    twice = {"type": "Polygon", "coordinates": [square + square + square[:1]]}
+    counts, accepted, labels = _import_twice(tmp_path, p, slide, region, twice)
+    assert "repaired 1 invalid polygon annotation (feature 1)" in counts["message"]
+    assert accepted == [(0, 0, 256, 256)]
+    want = np.zeros_like(labels)
+    want[:128, :128] = 1
+    want[:100, :100] = 2
+    np.testing.assert_array_equal(labels, want)
+
+
+def test_a_hole_crossing_its_outer_ring_is_cut_out_of_it(tmp_path, qupath_session):
+    p, slide = qupath_session
+    outer, hole = [[0, 0], [200, 0], [200, 200], [0, 200], [0, 0]], [[100, 50], [300, 50], [300, 150], [100, 150], [100, 50]]
+    counts, accepted, labels = _import_twice(tmp_path, p, slide, {"type": "Polygon", "coordinates": [outer, hole]})
+    assert counts["message"].endswith("repaired 1 invalid polygon annotation (feature 0)")
+    assert accepted == [(0, 0, 200, 200)]
+    want = np.zeros_like(labels)
+    want[:100, :100] = 2
+    want[25:75, 50:100] = 1  # the hole's part inside the square: background, as the rest of the new region
+    np.testing.assert_array_equal(labels, want)
+
+
+def test_rings_of_two_points_have_no_area(tmp_path, qupath_session):
+    p, slide = qupath_session
+    line = {"type": "Polygon", "coordinates": [[[10, 10], [300, 300], [10, 10]]]}
+    with_line_hole = {"type": "Polygon", "coordinates": [[[400, 0], [600, 0], [600, 200], [400, 200], [400, 0]],
+                                                         [[450, 50], [550, 150]]]}
+    counts, accepted, labels = _import_twice(tmp_path, p, slide, line, with_line_hole)
+    assert counts["message"] == "2 annotations: 0 regions, 1 label; skipped 1 annotation without area"
+    assert accepted == [(400, 0, 200, 200)]
+    want = np.zeros_like(labels)
+    want[:100, 200:300] = 2  # the whole square: the hole has no area
+    np.testing.assert_array_equal(labels, want)
+
+
+def test_annotations_partly_outside_the_slide_are_cut_to_it(tmp_path, qupath_session):
+    p, slide = qupath_session
+    region = {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [[[900, 0], [3000, 0], [3000, 64], [900, 64], [900, 0]]]},
+              "properties": {"objectType": "annotation", "classification": {"name": "Region*", "color": [0, 0, 180]}}}
+    tumour = {"type": "Polygon", "coordinates": [[[1000, 500], [1500, 500], [1500, 600], [1000, 600], [1000, 500]]]}
+    # its bounding box meets the slide, the triangle does not (x + y >= 2050 > 1024 + 1024)
+    corner = {"type": "Polygon", "coordinates": [[[1010, 1040], [1040, 1010], [1040, 1040], [1010, 1040]]]}
+    counts, accepted, labels = _import_twice(tmp_path, p, slide, region, tumour, corner)
+    assert counts["message"] == ("3 annotations: 1 region, 1 label; skipped 1 annotation outside the slide; "
+                                 "cut 2 annotations to the slide (features 0, 1)")
+    assert accepted == [(900, 0, 124, 64), (1000, 500, 24, 100)]
+    want = np.zeros_like(labels)
+    want[:32, 450:] = 1
+    want[250:300, 500:] = 2
+    np.testing.assert_array_equal(labels, want)

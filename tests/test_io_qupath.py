@@ -316,3 +316,74 @@ def test_an_import_plan_gains_only_what_the_labeled_set_lacks():
         (300, 300, 50, 50, "qupath", "s"), (180, 90, 80, 41, "qupath", "s")]
     # the same plan again, now that those are in the labeled set: nothing
     assert plan.new_regions([a, b, *new], slide="s") == []
+
+
+def test_later_polygons_paint_over_earlier_ones_across_batches(monkeypatch):
+    import numpy as np
+    import shapely
+
+    from napari_alregions import polygons as P
+    from napari_alregions.io_qupath import ClassAnnotation, rasterize_annotations
+
+    monkeypatch.setattr(P, "SPAN_BATCH", 7)  # 40 polygons: six batches,
+    monkeypatch.setattr(P, "CROSSINGS", 100)  # each in groups of a few polygons
+    rng = np.random.default_rng(5)
+    classes = ("background", "tumour", "stroma")
+    anns = []
+    for i in range(40):  # overlapping stars of three classes, some past the mask's edges
+        cx, cy = rng.uniform(-10, 130), rng.uniform(-10, 90)
+        angles = np.sort(rng.uniform(0, 2 * np.pi, 7))
+        ring = np.column_stack([cx + rng.uniform(5, 30, 7) * np.cos(angles), cy + rng.uniform(5, 30, 7) * np.sin(angles)])
+        anns.append(ClassAnnotation(classes[i % 3], [[ring.tolist()]], {}))
+    labels = np.zeros((80, 120), np.uint8)
+    rasterize_annotations(anns, labels, classes=classes)
+    rows, cols = np.mgrid[0:80, 0:120]
+    want = np.zeros_like(labels)
+    for a in anns:  # one at a time, in order: a pixel takes the last polygon holding its centre
+        want[shapely.contains_xy(shapely.Polygon(a.polygons[0][0]), cols + 0.5, rows + 0.5)] = classes.index(a.classification) + 1
+    assert len(np.unique(want)) == 4 and np.array_equal(labels, want)
+
+
+def _covered_naively(polygon, boxes) -> bool:
+    """The union of every box against the polygon: the import's rule, by brute force."""
+    import shapely
+
+    if not boxes:
+        return False
+    shape = shapely.Polygon(polygon[0], polygon[1:])
+    union = shapely.union_all([shapely.box(*b) for b in boxes])
+    return shape.difference(union).area <= 1e-6 * max(shape.area, 1.0)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_new_regions_equal_the_union_of_every_box_in_file_order(seed, monkeypatch):
+    import math
+
+    import numpy as np
+
+    from napari_alregions import polygons as P
+    from napari_alregions.geometry import Region
+    from napari_alregions.io_qupath import ClassAnnotation, ImportPlan
+
+    monkeypatch.setattr(P, "COVER_BATCH", 16)  # several batches of the R-tree's queries
+    rng = np.random.default_rng(seed)
+    grid = [Region(100 * i, 100 * j, 100, 100, slide="s") for i in range(3) for j in range(3) if rng.random() < 0.6]
+    anns = []
+    for _ in range(60):  # polygons on box edges, spanning touching boxes, outside all, nested in earlier ones
+        x, y = rng.uniform(-20, 300, 2)
+        w, h = rng.uniform(2, 60, 2)
+        ring = [(x, y), (x + w, y + rng.uniform(-5, 5)), (x + w, y + h), (x + rng.uniform(0, w), y + h + 3), (x, y + h)]
+        anns.append(ClassAnnotation("tumour", [[ring], [[(b + 3, c + 3) for b, c in ring[:3]]]], {}))
+    plan = ImportPlan(regions=[], labeled=anns, skipped={}, annotations=len(anns))
+    new = plan.new_regions(grid, slide="s")
+    boxes, want = [(r.x, r.y, r.x1, r.y1) for r in grid], []
+    for a in anns:
+        for poly in a.polygons:
+            if not _covered_naively(poly, boxes):
+                xs, ys = [x for x, _ in poly[0]], [y for _, y in poly[0]]
+                x0, y0, x1, y1 = math.floor(min(xs)), math.floor(min(ys)), math.ceil(max(xs)), math.ceil(max(ys))
+                want.append((x0, y0, x1 - x0, y1 - y0))
+                boxes.append((x0, y0, x1, y1))
+    got = [(r.x, r.y, r.w, r.h) for r in new]
+    assert got == want and 10 < len(want) < 100
+    assert plan.new_regions(grid + new, slide="s") == []

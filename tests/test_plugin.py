@@ -84,7 +84,7 @@ def test_core_imports_no_gui_and_no_torch():
     import subprocess
 
     code = (
-        "import sys, napari_alregions.wsi, napari_alregions.synthetic, napari_alregions.cli, "
+        "import sys, napari_alregions.wsi, napari_alregions.wsi_omezarr, napari_alregions.synthetic, napari_alregions.cli, "
         "napari_alregions.layers, napari_alregions._reader, napari_alregions.project, napari_alregions.session;"
         "bad=[m for m in ('napari','qtpy','PyQt6','magicgui') if m in sys.modules];"
         "print(bad); sys.exit(1 if bad else 0)"
@@ -92,7 +92,7 @@ def test_core_imports_no_gui_and_no_torch():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
     code = (
-        "import sys, napari_alregions.wsi, napari_alregions.synthetic, napari_alregions.geometry, "
+        "import sys, napari_alregions.wsi, napari_alregions.wsi_omezarr, napari_alregions.synthetic, napari_alregions.geometry, "
         "napari_alregions.priority, napari_alregions.selection, napari_alregions.io_qupath, napari_alregions.project;"
         "sys.exit('torch' in sys.modules)"
     )

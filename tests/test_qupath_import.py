@@ -111,14 +111,15 @@ def test_a_tissue_outline_is_no_region_but_a_drawn_rectangle_is(tmp_path, projec
     assert p.import_qupath(_write(tmp_path, features), slide, max_region=2000, dry_run=True)["regions"] == 1
 
 
-def test_annotations_wholly_outside_the_slide_are_skipped(tmp_path, project):
+def test_annotations_wholly_outside_the_slide_are_skipped_and_those_partly_outside_cut(tmp_path, project):
     p, slide = project
     features = [q.feature(q.rectangle(1024, 0, 256, 256)),  # touches the right edge only
                 q.feature(q.rectangle(-300, -300, 100, 100), cls="Tumor"),
-                q.feature(q.rectangle(1000, 1000, 100, 100))]  # overlaps the corner: kept
+                q.feature(q.rectangle(1000, 1000, 100, 100))]  # overlaps the corner: kept, cut to the slide
     counts = p.import_qupath(_write(tmp_path, features), slide)
     assert counts["skipped_by"] == {"outside the slide": 2}
-    assert _boxes(p) == [(1000, 1000, 100, 100)]
+    assert counts["message"].endswith("; cut 1 annotation to the slide (feature 2)")
+    assert _boxes(p) == [(1000, 1000, 24, 24)]
 
 
 def test_annotations_on_another_plane_warn_and_are_skipped(tmp_path, project):
@@ -266,7 +267,7 @@ def test_cli_import_with_class_map_dry_run_then_export(tmp_path, project, capsys
     assert main([*args, "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "4 annotations: 1 region, 2 labels; skipped 1 detection, 1 annotation of an ignored class" in out
-    assert "would add 1 region(s)" in out
+    assert "would add 1 region(s) to the labeled set of" in out and ": 1 region annotation(s) (a dry run" in out
     reopened = AnnotationProject.open(folder)
     assert not reopened.session.accepted  # a dry run writes nothing
     reopened.close()
@@ -281,6 +282,42 @@ def test_cli_import_with_class_map_dry_run_then_export(tmp_path, project, capsys
     assert sorted(names) == ["Region*", "Tumor", "background"]  # QuPath's own class name
     assert main(["qupath-import", folder, str(path), "--class-map", "nonsense"]) == 2
     assert "QUPATH_CLASS=SESSION_CLASS" in capsys.readouterr().err
+
+
+def test_cli_import_says_where_each_added_region_comes_from(tmp_path, project, capsys):
+    """One region annotation and a label outside it: the file has "1 region", the import adds
+    2 regions (the second a box around that label), and every output says both."""
+    from napari_alregions.cli import main
+
+    p, slide = project
+    path = _write(tmp_path, [q.feature(q.rectangle(0, 0, 256, 256), cls="Region*"),
+                             q.feature(q.rectangle(512, 512, 64, 64), cls="Tumor")])
+    folder = str(p.folder)
+    assert main(["qupath-import", folder, str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"{path}: 2 annotations: 1 region, 1 label"
+    assert out[1] == (f"would add 2 region(s) to the labeled set of {slide}: 1 region annotation(s); "
+                      "1 box(es) around labels outside every region (a dry run: nothing written)")
+    assert main(["qupath-import", folder, str(path), "--dry-run", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["regions"], summary["from_regions"], summary["label_boxes"]) == (2, 1, 1)
+    assert main(["qupath-import", folder, str(path)]) == 0
+    assert "added 2 region(s)" in capsys.readouterr().out
+    back = AnnotationProject.open(folder)
+    assert _boxes(back) == [(0, 0, 256, 256), (512, 512, 64, 64)]
+    back.close()
+
+
+def test_a_region_on_a_proposal_accepts_that_proposal(tmp_path, project):
+    """A proposal the user made a Region* in QuPath (same box) is accepted as that proposal:
+    its selector, score and uid are kept, and it is no longer proposed."""
+    p, slide = project
+    proposal = p.suggest(slide, "random", region_size=4 * p.stride, k=1, seed=0)[0]
+    feature = q.feature(q.rectangle(proposal.x, proposal.y, proposal.w, proposal.h), cls="Region*")
+    assert p.import_qupath(_write(tmp_path, [feature]), slide)["from_regions"] == 1
+    [accepted] = p.session.accepted
+    assert (accepted.uid, accepted.method, accepted.score) == (proposal.uid, "random", proposal.score)
+    assert not p.proposals(slide)
 
 
 def test_export_with_the_priority_map_as_qupath_tiles(tmp_path, project):

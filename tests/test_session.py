@@ -147,9 +147,15 @@ def test_labels_are_stored_by_chunk_and_a_save_writes_the_marked_chunks_only(tmp
     back.mark_labels_changed("a", (10, C - 5, 20, C))
     back.save()
     assert _chunk_files(path) == ["0/1", "3/2"]
-    np.testing.assert_array_equal(Session.open(s.folder).labels("a"), back.labels("a"))
-    # a chunk write killed before its rename leaves a partial file: ignored, then removed
-    (path / "c" / "0" / "1.deadbeef.partial").write_bytes(b"half")
+    np.testing.assert_array_equal(Session.open(s.folder, read_only=True).labels("a"), back.labels("a"))
+    # a chunk write killed before its rename leaves a partial file: a reader ignores it (a
+    # live writer's may be in the middle of its rename); the next writer removes it
+    partial = path / "c" / "0" / "1.deadbeef.partial"
+    partial.write_bytes(b"half")
+    np.testing.assert_array_equal(Session.open(s.folder, read_only=True).labels("a"), back.labels("a"))
+    assert partial.exists()
+    s.close()
+    back.close()
     np.testing.assert_array_equal(Session.open(s.folder).labels("a"), back.labels("a"))
     assert not list(path.rglob("*.partial"))
 
@@ -268,38 +274,222 @@ def test_files_missing_or_replaced_beside_session_json_are_reported(tmp_path):
     np.testing.assert_array_equal(Session.open(s.folder).labels("a"), s.labels("a"))
 
 
-def test_a_second_writer_is_refused_and_a_stale_lock_can_be_taken_over(tmp_path):
+def _lock_of(folder):
+    return json.loads((folder / "session.lock").read_text())
+
+
+def test_a_running_writer_refuses_a_second_until_it_is_taken_over_and_then_cannot_save(tmp_path):
+    import os
     import subprocess
-    import sys
 
     from napari_alregions.session import SessionLocked
+    from tests.procs import spawn
 
     s = _filled(tmp_path)
-    lock = s.folder / "session.lock"
-    assert json.loads(lock.read_text())["pid"] == __import__("os").getpid()
-    # another live process holds the session: a writer is refused, a reader is not
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    s.close()
+    holder = spawn("hold_session", s.folder, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
-        s.close()
-        assert not lock.exists()
-        lock.write_text(json.dumps({"host": __import__("platform").node(), "pid": holder.pid, "since": "then"}))
-        with pytest.raises(SessionLocked, match=f"process {holder.pid}.*read-only") as info:
+        assert holder.stdout.readline() == "ready\n"
+        lock = _lock_of(s.folder)
+        assert lock["pid"] == holder.pid and lock["folder"] == str(s.folder.resolve())
+        # another process writes the session: a writer is refused, saying who and what to do
+        with pytest.raises(SessionLocked, match=f"process {holder.pid} on this host.*still runs.*read-only.*take the "
+                                                "lock over") as info:
             Session.open(s.folder)
-        assert not info.value.stale
-        with pytest.raises(SessionLocked):
-            Session.open(s.folder, take_over=True)  # never a live process's lock on this host
+        assert info.value.kind == "running" and not info.value.stale and info.value.holder["pid"] == holder.pid
+        # a reader needs no lock, and cannot save
         ro = Session.open(s.folder, read_only=True)
         np.testing.assert_array_equal(ro.labels("a"), s.labels("a"))
         with pytest.raises(SessionError, match="read-only"):
             ro.save()
+        assert _lock_of(s.folder)["pid"] == holder.pid
+        # taking over: this process holds it; the other one's saves are refused from now on
+        taken = Session.open(s.folder, take_over=True)
+        assert _lock_of(s.folder)["pid"] == os.getpid()
+        assert taken.lock_note.startswith(f"took over the session lock as asked: process {holder.pid} on this host")
+        assert taken.lock_note.endswith("that process can no longer save it")
+
+        def holder_saves():
+            holder.stdin.write("save\n")
+            holder.stdin.flush()
+            return holder.stdout.readline()
+
+        said = holder_saves()
+        assert said.startswith("SessionLocked:") and f"taken over (process {os.getpid()} on this host" in said
+        # closed without saving: the other process may save again (it takes the lock back)
+        taken.close()
+        assert holder_saves() == "saved\n" and _lock_of(s.folder)["pid"] == holder.pid
+        # taken over, saved and closed: the other process's save would overwrite that
+        taken = Session.open(s.folder, take_over=True)
+        taken.accept(taken.propose([Region(0, 512, 256, 256, slide="a")])[0])
+        taken.save()
+        taken.close()
+        said = holder_saves()
+        assert said.startswith("SessionLocked:") and "taken over by another process, which saved it and closed" in said
+        holder.stdin.close()
+        assert holder.wait(60) == 0
     finally:
         holder.kill()
         holder.wait()
-    # the holder is gone: the lock is stale; taking it over is the user's choice
-    with pytest.raises(SessionLocked, match="no longer running") as info:
+    assert not (s.folder / "session.lock").exists()
+    assert len(Session.open(s.folder, read_only=True).accepted) == 2
+
+
+def test_a_killed_writer_s_lock_and_temporary_files_go_at_the_next_plain_open(tmp_path):
+    """The kill -9 dead end: after a writer is killed (here while saving a checkpoint), a
+    plain open takes its lock without asking and removes its temporary file at once."""
+    import os
+
+    from napari_alregions._atomic import target_of
+    from tests.procs import spawn
+
+    s = _filled(tmp_path)
+    s.close()
+    ckpt = s.folder / "checkpoints"
+    for trial in range(3):
+        killed = spawn("die_saving_checkpoint", s.folder, f"cycle_{trial}.pt", 1 << 20)
+        if trial == 0:  # not reaped yet: a zombie, dead all the same
+            os.waitid(os.P_PID, killed.pid, os.WEXITED | os.WNOWAIT)
+            os.kill(killed.pid, 0)  # a signal still reaches it: only its state says it is dead
+        else:
+            assert killed.wait(60) == -9
+        [left] = list(ckpt.iterdir())
+        assert target_of(left) == ckpt / f"cycle_{trial}.pt" and left.stat().st_size == 1 << 20
+        lock = _lock_of(s.folder)
+        assert lock["pid"] == killed.pid
+        if trial == 2:  # a reader removes it too (no one writes there), and leaves the lock
+            Session.open(s.folder, read_only=True)
+            assert list(ckpt.iterdir()) == [] and _lock_of(s.folder) == lock
+        back = Session.open(s.folder)
+        assert back.lock_note == (f"took over the session lock: process {killed.pid} on this host, since {lock['since']}: "
+                                  "that process no longer runs")
+        assert _lock_of(s.folder)["pid"] == os.getpid()
+        assert list(ckpt.iterdir()) == []  # at once: no waiting for the file to age
+        np.testing.assert_array_equal(back.labels("a"), s.labels("a"))
+        back.close()
+        assert killed.wait(60) == -9
+    assert not (s.folder / "session.lock").exists() and not list(s.folder.glob(".*"))
+
+
+def test_a_lock_naming_a_reused_pid_or_a_copied_folder_is_stale(tmp_path):
+    import os
+    import platform
+    import shutil
+    import subprocess
+    import sys
+
+    from napari_alregions._process import start_of
+    from napari_alregions.session import SessionLocked
+    from tests.procs import spawn
+
+    s = _filled(tmp_path)
+    s.close()
+    lock = s.folder / "session.lock"
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # unrelated, running
+    try:
+        held = {"host": platform.node(), "pid": other.pid, "folder": str(s.folder.resolve()), "token": "t", "since": "then"}
+        # the pid runs, but started at another time than the lock's process: reused; the
+        # temporary file of that dead process's save goes too, though a process has its pid
+        lock.write_text(json.dumps({**held, "started": "another-boot:12"}))
+        left = s.folder / "checkpoints" / f".cycle_009.{other.pid}-1.part.pt"
+        left.write_bytes(b"half")
+        back = Session.open(s.folder)
+        assert back.lock_note.endswith(f"that process no longer runs (pid {other.pid} now belongs to another process)")
+        assert not left.exists()
+        back.close()
+        # the same pid and start: that process holds it
+        lock.write_text(json.dumps({**held, "started": start_of(other.pid)}))
+        with pytest.raises(SessionLocked, match="still runs"):
+            Session.open(s.folder)
+        # a lock of an older version (host, pid, since) is judged by its pid alone
+        lock.write_text(json.dumps({k: held[k] for k in ("host", "pid", "since")}))
+        with pytest.raises(SessionLocked, match="still runs"):
+            Session.open(s.folder)
+        Session.open(s.folder, take_over=True).close()
+    finally:
+        other.kill()
+        other.wait()
+    # a folder copied while a running process had it open: the copy's lock names the original
+    holder = spawn("hold_session", s.folder, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline() == "ready\n"
+        copy = tmp_path / "copy"
+        shutil.copytree(s.folder, copy)
+        assert _lock_of(copy)["pid"] == holder.pid
+        c = Session.open(copy)
+        assert f"the lock is the one of {s.folder.resolve()}: this folder is a copy of it" in c.lock_note
+        c.save()
+        c.close()
+        assert not (copy / "session.lock").exists() and _lock_of(s.folder)["pid"] == holder.pid  # the original's stays
+        # a folder copied while this process had it open, too
+        mine = Session.open(copy)
+        shutil.copytree(copy, tmp_path / "copy2")
+        Session.open(tmp_path / "copy2").close()
+        assert _lock_of(copy)["pid"] == os.getpid()
+        mine.close()
+    finally:
+        holder.stdin.close()
+        holder.wait(60)
+
+
+def test_another_host_s_unreadable_and_read_only_folders_locks(tmp_path):
+    import errno
+
+    from napari_alregions.session import SessionLocked
+    from napari_alregions.sessionlock import FolderNotWritable
+    from tests.helpers import read_only_filesystem, tree_state
+
+    s = _filled(tmp_path)
+    s.close()
+    lock = s.folder / "session.lock"
+    # another host's lock cannot be checked: refused, unless taken over
+    lock.write_text(json.dumps({"host": "elsewhere.example", "pid": 4711, "since": "then"}))
+    with pytest.raises(SessionLocked, match="may be open on another host .process 4711 on host elsewhere.example, since "
+                                            "then; whether it still runs cannot be checked from here.*read-only.*take "
+                                            "the lock over once it is closed there") as info:
         Session.open(s.folder)
-    assert info.value.stale
+    assert info.value.kind == "other-host"
     back = Session.open(s.folder, take_over=True)
-    assert json.loads(lock.read_text())["pid"] == __import__("os").getpid()
+    assert back.lock_note.startswith("took over the session lock as asked: process 4711 on host elsewhere.example")
     back.close()
-    assert not lock.exists()
+    # half a lock (a process killed while writing one), or not a lock at all
+    for text in ("", '{"host": "x", "pi', "[1, 2]", '{"pid": true}', '{"pid": -1}', "x" * 100_000):
+        lock.write_text(text)
+        back = Session.open(s.folder)
+        assert back.lock_note.startswith("took over the session lock: the lock file is unreadable"), text
+        back.close()
+    # a lock deleted by hand while open is made again at the next save
+    back = Session.open(s.folder)
+    lock.unlink()
+    back.save()
+    assert _lock_of(s.folder)["token"] == back._lock_file.token
+    back.close()
+    # a read-only folder: readers open it and write nothing; a writer is told to read
+    before = tree_state(s.folder)
+    with read_only_filesystem(s.folder):
+        ro = Session.open(s.folder, read_only=True)
+        np.testing.assert_array_equal(ro.labels("a"), s.labels("a"))
+        with pytest.raises(FolderNotWritable, match=r"cannot take the session lock \(Read-only file system\): open the "
+                                                "session read-only") as info:
+            Session.open(s.folder)
+        assert info.value.__cause__.errno == errno.EROFS
+    assert tree_state(s.folder) == before
+
+
+def test_of_processes_taking_over_one_stale_lock_at_once_one_gets_it(tmp_path):
+    import subprocess
+
+    from tests.procs import spawn
+
+    s = _filled(tmp_path)
+    s.close()
+    (s.folder / "session.lock").write_text("")  # stale
+    tries = [spawn("try_to_open", s.folder, stdin=subprocess.PIPE, stdout=subprocess.PIPE) for _ in range(4)]
+    try:
+        said = sorted(p.stdout.readline().strip() for p in tries)
+    finally:
+        for p in tries:
+            p.stdin.close()
+            p.wait(60)
+    assert said == ["locked", "locked", "locked", "opened"]
+    assert not (s.folder / "session.lock").exists()

@@ -32,8 +32,10 @@ def test_simulation_is_reproducible_and_writes_outputs(sim_pool, tmp_path):
     assert (tmp_path / "a" / "results.csv").read_bytes() == (tmp_path / "b" / "results.csv").read_bytes()
     assert a["regions"] == b["regions"]
     assert len(a["rows"]) == 2 * 2
-    for name in ("results.csv", "timings.csv", "table.md", "area_vs_miou.png", "regions_adaptive_l256_k2.geojson"):
+    for name in ("results.csv", "timings.csv", "table.md", "area_vs_miou.png"):
         assert (tmp_path / "a" / name).exists()
+    slides = sorted({r.slide for r in a["regions"]["adaptive_l256_k2"]})
+    assert sorted(f.stem for f in (tmp_path / "a" / "regions" / "adaptive_l256_k2" / "repeat0").glob("*.geojson")) == slides
     assert "| adaptive |" in (tmp_path / "a" / "table.md").read_text()
     row = a["rows"][0]
     assert row["n_test_slides"] == 1 and 0 <= row["auc_tumour"] <= 1 and row["model"] in ("new", "kept previous", "at chance")
@@ -344,6 +346,52 @@ def test_the_simulation_is_the_viewers_loop(sim_pool, tmp_path):
     assert got == want
     regions = [r.with_(uid=None) for n in pool.train for r in p.session.accepted_on(n)]
     assert regions == res["regions"]["adaptive_l256_k1"]
+
+
+def _result(*, n_test: int, baseline: bool) -> dict:
+    """A simulation's result as run_simulation returns it, made by hand: two repeats of one
+    method with regions on two slides."""
+    from napari_alregions.geometry import Region
+
+    rows = [{"repeat": rep, "method": "random", "region_size": 256, "k": 1, "cycle": c, "annotated_area_pct": 5.0 * (c + 1),
+             "miou_tumour": 0.5 + 0.1 * c, "n_test_slides": n_test} for rep in (0, 1) for c in (0, 1)]
+    full = ({"miou": 0.62, "miou_min": 0.6, "miou_max": 0.64, "dice": 0.7, "auc": 0.9, "n_test_slides": n_test,
+             "repeats": [{"miou": 0.6}, {"miou": 0.64}]} if baseline else
+            {"miou": float("nan"), "miou_min": float("nan"), "miou_max": float("nan"), "dice": float("nan"),
+             "auc": float("nan"), "n_test_slides": 0, "repeats": []})
+    regions = [[Region(256 * i + rep, 0, 256, 256, method="random", slide=s, cycle=i) for i, s in enumerate(("a", "b", "a"))]
+               for rep in (0, 1)]
+    return {"rows": rows, "full": full, "regions": {"random_l256_k1": regions[0]},
+            "regions_by_repeat": {"random_l256_k1": regions}, "timings": [],
+            "config": {"target": 0.95, "settings": [[256, 1]], "cycles": 2, "methods": ["random"]}}
+
+
+def test_outputs_hold_one_regions_file_per_slide_and_repeat(tmp_path):
+    """QuPath imports GeoJSON per image: the final regions are written per method and
+    setting, repeat and slide, each file holding that slide's regions of that repeat only."""
+    from napari_alregions.io_qupath import read_regions
+    from napari_alregions.simulate import write_outputs
+
+    result = _result(n_test=2, baseline=False)
+    write_outputs(result, tmp_path)
+    assert not list(tmp_path.glob("regions_*"))
+    for rep, regions in enumerate(result["regions_by_repeat"]["random_l256_k1"]):
+        folder = tmp_path / "regions" / "random_l256_k1" / f"repeat{rep}"
+        assert sorted(f.name for f in folder.iterdir()) == ["a.geojson", "b.geojson"]
+        for slide in ("a", "b"):
+            got = [(r.x, r.y, r.w, r.h, r.slide) for r in read_regions(folder / f"{slide}.geojson")]
+            assert got == [(r.x, r.y, r.w, r.h, r.slide) for r in regions if r.slide == slide]
+
+
+@pytest.mark.parametrize(("n_test", "baseline", "says"), [
+    (2, False, "over 2 test slides with tumour"), (1, True, "over 1 test slide with tumour"),
+    (0, False, "over no test slide with tumour (mIoU undefined)"),
+])
+def test_table_counts_the_test_slides_with_or_without_the_baseline(n_test, baseline, says):
+    from napari_alregions.simulate import results_table
+
+    table = results_table(_result(n_test=n_test, baseline=baseline))
+    assert says in table and "?" not in table
 
 
 def test_table_warns_when_the_full_annotation_baseline_is_below_cycle_0():

@@ -943,22 +943,30 @@ def test_class_list_names_colours_and_painting_value(make_napari_viewer, qtbot, 
     back.close()
 
 
-def test_opening_a_session_another_process_holds_asks_and_a_stale_lock_can_be_taken_over(
+def test_opening_a_session_another_process_holds_asks_and_a_killed_one_s_lock_is_taken(
         make_napari_viewer, qtbot, tmp_path, small_pool, monkeypatch):
     import os
-    import platform
     import subprocess
-    import sys
 
     from qtpy.QtWidgets import QMessageBox
+
+    from tests.procs import spawn
 
     viewer, w, slide = _start(make_napari_viewer, tmp_path, small_pool)
     folder = w.project.folder
     w.project.close()
     w.project = None
     lock = folder / "session.lock"
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    lock.write_text(json.dumps({"host": platform.node(), "pid": int(gone.stdout), "since": "earlier"}))
+    # a killed process's lock: taken without asking, and said
+    killed = spawn("die_saving_checkpoint", folder, "cycle_001_m0.pt", 1024)
+    assert killed.wait(60) == -9
+    monkeypatch.setattr(QMessageBox, "exec", lambda box: pytest.fail("asked about a killed process's lock"))
+    w.folder.value = str(folder)
+    _click(w, "Open session")
+    assert f"took over the session lock: process {killed.pid} on this host" in w.message.value
+    assert json.loads(lock.read_text())["pid"] == os.getpid() and not list(folder.rglob(".*.part*"))
+    w.project.close()
+    w.project = None
     pressed = []
 
     def press(text):
@@ -968,21 +976,26 @@ def test_opening_a_session_another_process_holds_asks_and_a_stale_lock_can_be_ta
             return 0
         return exec_
 
-    # cancel: nothing opens, the other process's lock stays
-    monkeypatch.setattr(QMessageBox, "exec", press("Cancel"))
-    w.folder.value = str(folder)
-    _click(w, "Open session")
-    assert w.project is None and "open in another process" in w.message.value
-    assert "Take over" in [t.replace("&", "") for t in pressed[-1]]  # the holder is gone: taking over is offered
-    # read-only: opens, paints nothing to disk
-    monkeypatch.setattr(QMessageBox, "exec", press("Open read-only"))
-    _click(w, "Open session")
-    assert w.project is not None and w.project.session.read_only and "read-only" in w.message.value
-    assert json.loads(lock.read_text())["pid"] == int(gone.stdout)
-    # take over: this process holds the lock now
-    monkeypatch.setattr(QMessageBox, "exec", press("Take over"))
-    _click(w, "Open session")
-    assert not w.project.session.read_only and json.loads(lock.read_text())["pid"] == os.getpid()
+    holder = spawn("hold_session", folder, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline() == "ready\n"
+        # cancel: nothing opens, the other process's lock stays
+        monkeypatch.setattr(QMessageBox, "exec", press("Cancel"))
+        _click(w, "Open session")
+        assert w.project is None and "open in another process" in w.message.value
+        assert "Take over" in [t.replace("&", "") for t in pressed[-1]]
+        # read-only: opens, paints nothing to disk
+        monkeypatch.setattr(QMessageBox, "exec", press("Open read-only"))
+        _click(w, "Open session")
+        assert w.project is not None and w.project.session.read_only and "read-only" in w.message.value
+        assert json.loads(lock.read_text())["pid"] == holder.pid
+        # take over: this process holds the lock now
+        monkeypatch.setattr(QMessageBox, "exec", press("Take over"))
+        _click(w, "Open session")
+        assert not w.project.session.read_only and json.loads(lock.read_text())["pid"] == os.getpid()
+    finally:
+        holder.stdin.close()
+        holder.wait(60)
 
 
 def test_the_painting_layer_stays_active_when_the_plugin_adds_or_redraws_layers(make_napari_viewer, qtbot, tmp_path, small_pool):

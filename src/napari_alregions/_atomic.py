@@ -7,19 +7,20 @@ leaves the previous file, never half of a new one.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["atomic_path", "remove_stale", "save_npy", "target_of", "write_text"]
+from ._process import running
+
+__all__ = ["atomic_path", "remove_stale", "save_npy", "target_of", "temp_name", "write_text"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,13 +38,18 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     temporary file is removed and ``path`` is untouched.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}-{threading.get_ident()}.part{path.suffix}")
+    tmp = temp_name(path)
     try:
         yield tmp
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def temp_name(path: Path) -> Path:
+    """This thread's temporary name for ``path`` (see :func:`atomic_path`)."""
+    return path.with_name(f".{path.stem}.{os.getpid()}-{threading.get_ident()}.part{path.suffix}")
 
 
 def target_of(path: str | os.PathLike[str]) -> Path | None:
@@ -54,25 +60,16 @@ def target_of(path: str | os.PathLike[str]) -> Path | None:
     return None if m is None else path.with_name(m["stem"] + m["suffix"])
 
 
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True  # another thread of ours may be writing it
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError as exc:  # EPERM: someone else's live process
-        return exc.errno == errno.EPERM
-    return True
-
-
-def remove_stale(folder: str | os.PathLike[str], *, min_age_s: float = 5.0, max_age_s: float = 86400.0) -> list[Path]:
+def remove_stale(folder: str | os.PathLike[str], *, min_age_s: float = 5.0, max_age_s: float = 86400.0,
+                 dead: Collection[int] = ()) -> list[Path]:
     """Remove the temporary files that killed saves left under ``folder`` (recursively).
 
     A temporary file of :func:`atomic_path` is stale when it is older than ``min_age_s`` and
-    the process named in it is gone, or older than ``max_age_s`` whatever its name says (a
-    pid on another machine, or reused). A live save is never touched: its process runs
-    and its file is young. Returns the files removed.
+    the process named in it is gone or listed in ``dead`` (pids known to have died, though
+    the system may have given them to other processes since), or older than ``max_age_s``
+    whatever its name says (a pid on another machine, or reused). A live save is never
+    touched: its process runs and its file is young. The holder of a session's lock knows
+    no other process saves there, and passes ``min_age_s=0``. Returns the files removed.
 
     Examples
     --------
@@ -90,7 +87,9 @@ def remove_stale(folder: str | os.PathLike[str], *, min_age_s: float = 5.0, max_
             continue
         try:
             age = now - path.stat().st_mtime
-            if age > max_age_s or (age > min_age_s and not _alive(int(m["pid"]))):
+            pid = int(m["pid"])
+            gone = pid != os.getpid() and (pid in dead or not running(pid))  # ours: another thread's save
+            if age > max_age_s or (age >= min_age_s and gone):
                 path.unlink()
                 removed.append(path)
         except OSError as exc:  # gone meanwhile, or not ours to remove: leave it

@@ -1,4 +1,5 @@
-"""One line for an expected failure, said the same way by the CLI and the viewer."""
+"""Expected failures: the session's error, and one line for any of them, said the same way
+by the CLI and the viewer."""
 
 from __future__ import annotations
 
@@ -7,7 +8,12 @@ import os
 
 from ._atomic import target_of
 
-__all__ = ["describe"]
+__all__ = ["SessionError", "describe"]
+
+
+class SessionError(ValueError):
+    """A session folder that cannot be used; the message says why."""
+
 
 #: What to do about the OS errors a user can fix.
 _OS_HINTS = {

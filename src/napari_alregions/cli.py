@@ -55,14 +55,22 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def _cmd_make_demo_data(args: argparse.Namespace) -> int:
     from .synthetic import make_slide_pool
 
+    kept: list[str] = []
     with progress_bar(args.n_slides, "rendering slides", "slide") as bar:
         manifest = make_slide_pool(
             args.folder, n_slides=args.n_slides, size=args.size, seed=args.seed, n_test=args.n_test,
             test_size=args.test_size, lesions=args.lesions, overwrite=args.overwrite,
             progress=lambda done, total: bar.update(1),
+            report=lambda name, rendered: None if rendered else kept.append(name),
         )
     n_tumour = sum(s["has_tumour"] for s in manifest["slides"])
-    print(f"wrote {len(manifest['slides'])} slides ({n_tumour} with tumour) to {args.folder}")
+    n = len(manifest["slides"])
+    if not kept:
+        print(f"wrote {n} slides ({n_tumour} with tumour) to {args.folder}")
+    else:
+        print(f"{args.folder}: kept {len(kept)} slide(s) already there with these settings"
+              + (f", wrote {n - len(kept)}" if n > len(kept) else "")
+              + f" ({n} slides, {n_tumour} with tumour; --overwrite renders them again)")
     return 0
 
 
@@ -110,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("info", help="levels, sizes, mpp and tissue fraction of a slide")
-    s.add_argument("slide", help="pyramidal TIFF, OME-TIFF or SVS file")
+    s.add_argument("slide", help="slide: a pyramidal TIFF, OME-TIFF, SVS, ... file, an OME-Zarr folder, or a DICOM file "
+                   "or folder (DICOM, MRXS, VMS need the openslide extra)")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=_cmd_info)
 
@@ -172,12 +181,14 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_embed import add_embed_parsers
     from .cli_pool import add_pool_parser
     from .cli_qupath import add_qupath_parsers
+    from .cli_session import add_session_parsers
     from .cli_suggest import add_suggest_parser
 
     add_suggest_parser(sub)
     add_embed_parsers(sub)
     add_pool_parser(sub)
     add_qupath_parsers(sub)
+    add_session_parsers(sub)
     return p
 
 

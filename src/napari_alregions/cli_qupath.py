@@ -6,8 +6,9 @@ import argparse
 import json
 
 from ._argtypes import positive_float
+from .cli_common import add_open_options, open_project
 
-__all__ = ["add_qupath_parsers", "parse_class_map"]
+__all__ = ["add_import_args", "add_qupath_parsers", "parse_class_map", "run_import"]
 
 
 def parse_class_map(items: list[str] | None) -> dict[str, str | None]:
@@ -30,31 +31,50 @@ def parse_class_map(items: list[str] | None) -> dict[str, str | None]:
 
 
 def _open(args: argparse.Namespace):
-    from .project import AnnotationProject
-
-    project = AnnotationProject.open(args.session)
+    project = open_project(args)
     slide = args.slide
-    if slide is None:
-        if len(project.slides) != 1:
-            project.close()
-            raise ValueError(f"--slide: the session has {len(project.slides)} slides ({', '.join(project.slides) or 'none'}); name one")
+    if slide is None and len(project.slides) == 1:
         [slide] = project.slides
+    elif slide is None or slide not in project.slides:
+        project.close()
+        listed = ", ".join(project.slides) or "none"
+        raise ValueError(f"--slide: no slide {slide!r} in the session (slides: {listed})" if slide is not None else
+                         f"--slide: the session has {len(project.slides)} slides ({listed}); name one")
     return project, slide
 
 
-def _cmd_import(args: argparse.Namespace) -> int:
+def run_import(args: argparse.Namespace) -> int:
+    """``qupath-import`` and ``session import``: a QuPath file into a session's slide."""
+    from ._progress import progress_bar
+
     class_map = parse_class_map(args.class_map)
     project, slide = _open(args)
+    phase = None
+
+    def progress(rec: dict) -> None:  # one bar, restarted per phase (read, regions, labels)
+        nonlocal phase
+        if rec["phase"] != phase:
+            phase = rec["phase"]
+            bar.reset(total=rec["total"])
+            bar.set_description(f"qupath-import: {phase}")
+        bar.update(rec["done"] - bar.n)
+
     try:
-        summary = project.import_qupath(args.file, slide, class_map=class_map, max_region=args.max_region, dry_run=args.dry_run)
+        with progress_bar(None, "qupath-import", "object") as bar:
+            summary = project.import_qupath(args.file, slide, class_map=class_map, max_region=args.max_region,
+                                            dry_run=args.dry_run, progress=progress)
     finally:
         project.close()
     if args.json:
         print(json.dumps(summary, indent=2))
-    else:
-        print(summary["message"])
-        verb = "would add" if args.dry_run else "added"
-        print(f"{verb} {summary['regions']} region(s) to the labeled set of {slide}")
+        return 0
+    print(f"{args.file}: {summary['message']}")
+    # the file's region annotations, and a box around each label no region holds, become regions
+    parts = [f"{summary['from_regions']} region annotation(s)" if summary["from_regions"] else "",
+             f"{summary['label_boxes']} box(es) around labels outside every region" if summary["label_boxes"] else ""]
+    why = "; ".join(p for p in parts if p)
+    print(f"{'would add' if args.dry_run else 'added'} {summary['regions']} region(s) to the labeled set of {slide}"
+          + (f": {why}" if why else "") + (" (a dry run: nothing written)" if args.dry_run else ""))
     return 0
 
 
@@ -68,8 +88,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_qupath_parsers(sub: argparse._SubParsersAction) -> None:
-    s = sub.add_parser("qupath-import", help="import QuPath GeoJSON annotations (regions and labels) into a session")
+def add_import_args(s: argparse.ArgumentParser) -> None:
+    """The arguments of ``qupath-import`` and ``session import``."""
     s.add_argument("session", help="session folder")
     s.add_argument("file", help="GeoJSON exported by QuPath (or by qupath-export)")
     s.add_argument("--slide", help="the session's slide the file annotates (default: the only one)")
@@ -80,7 +100,13 @@ def add_qupath_parsers(sub: argparse._SubParsersAction) -> None:
                                                     "region; larger ones are tissue outlines and skipped")
     s.add_argument("--dry-run", action="store_true", help="only say what the import would do")
     s.add_argument("--json", action="store_true", help="machine-readable summary")
-    s.set_defaults(func=_cmd_import)
+    add_open_options(s, writes=True, unless="dry_run")
+
+
+def add_qupath_parsers(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser("qupath-import", help="import QuPath GeoJSON annotations (regions and labels) into a session")
+    add_import_args(s)
+    s.set_defaults(func=run_import)
 
     s = sub.add_parser("qupath-export", help="export a slide's regions and labels as QuPath GeoJSON")
     s.add_argument("session", help="session folder")
@@ -88,4 +114,5 @@ def add_qupath_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--slide", help="the session's slide (default: the only one)")
     s.add_argument("--priority", action="store_true",
                    help="also the priority map: one QuPath tile per tissue cell with a 'priority' measurement")
+    add_open_options(s, writes=False)
     s.set_defaults(func=_cmd_export)

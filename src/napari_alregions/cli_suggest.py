@@ -133,16 +133,28 @@ def _cmd_suggest(args: argparse.Namespace) -> int:
         from .selection import needed_array
 
         cells = load_map_nd(args.cell_features)
+        if cells.ndim != 3 or cells.shape[:2] != priority.shape:
+            raise ValueError(f"--cell-features {args.cell_features}: a grid of {cells.shape[:-1] if cells.ndim > 1 else cells.shape} "
+                             f"cells, but the priority map {args.map} has {priority.shape}: compute both on the same "
+                             "slide with the same stride (an (H, W, D) array from alregions embed)")
         for need in METHODS[args.method].needs:
             if need not in options:
                 options[need] = needed_array(need, cells, region_size=args.region_size, stride=args.stride,
                                              options=options)
     annotated = read_labeled_regions(args.annotated) if args.annotated else []
-    regions = select(
-        args.method, priority, stride=args.stride, region_size=args.region_size, k=args.k,
-        tissue=tissue, annotated=annotated, seed=args.seed, slide=args.slide or Path(args.map).stem,
-        cycle=args.cycle, **options,
-    )
+    try:
+        regions = select(
+            args.method, priority, stride=args.stride, region_size=args.region_size, k=args.k,
+            tissue=tissue, annotated=annotated, seed=args.seed, slide=args.slide or Path(args.map).stem,
+            cycle=args.cycle, **options,
+        )
+    except ValueError as exc:  # an array that does not fit the map: name both inputs
+        need = next((n for n in ("embeddings", "descriptors") if str(exc).startswith(n) and n in options), None)
+        if need is None:
+            raise
+        flag, path = (f"--{need}", getattr(args, need)) if getattr(args, need) else ("--cell-features", args.cell_features)
+        raise ValueError(f"{flag} {path} does not fit the priority map {args.map} ({priority.shape[0]} x {priority.shape[1]} "
+                         f"cells) with -l {args.region_size} and --stride {args.stride}: {exc}") from exc
     out = write_regions(args.out, regions)
     for r in regions:
         print(f"#{r.rank + 1}  x={r.x} y={r.y} w={r.w} h={r.h}  score={r.score:.4g}")
@@ -186,5 +198,5 @@ def add_suggest_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--cycle", type=non_negative_int, help="active-learning cycle recorded on the regions")
     s.add_argument("--option", action="append", type=_parse_option, metavar="KEY=VALUE",
                    help="method option, e.g. --option max_steps=8 (repeatable)")
-    s.add_argument("--out", default="regions.geojson", help="output GeoJSON")
+    s.add_argument("--out", required=True, help="output GeoJSON (an existing file is replaced)")
     s.set_defaults(func=_cmd_suggest)

@@ -53,6 +53,6 @@ def run_demo(out: Path, *, quick: bool = False, learner: str = "fast") -> int:
     res = out / "results"
     print(f"Per-cycle results: {res / 'results.csv'} (wall times: {res / 'timings.csv'})")
     print(f"Plot (annotated area vs mIoU, mean and min-max over repeats): {res / 'area_vs_miou.png'}")
-    print(f"Selected regions (QuPath GeoJSON): {res}/regions_*.geojson")
+    print(f"Selected regions (QuPath GeoJSON, one file per slide and repeat): {res / 'regions'}/<method>_l<l>_k<k>/repeat<r>/<slide>.geojson")
     print(f"Done in {time.perf_counter() - t0:.0f} s.")
     return 0

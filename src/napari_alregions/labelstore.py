@@ -234,8 +234,7 @@ def _read_label_dir(path: Path) -> tuple[np.ndarray, set[Chunk]]:
                     box = chunk_box(k, z.shape)
                     labels[box] = z[box]
                     stored.add(k)
-                elif col.name.endswith(".partial"):
-                    col.unlink(missing_ok=True)  # a write killed before its rename
+                # other names: zarr's partial writes (killed ones go when a writer opens: sessionlock)
         return labels, stored
     except LabelStoreError:
         raise

@@ -16,13 +16,11 @@ The napari views (layers, lists, colour bar) redraw on these events only.
 
 from __future__ import annotations
 
-import atexit
 import json
 import math
 import os
 import platform
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
@@ -33,13 +31,14 @@ import numpy as np
 from psygnal import Signal, SignalGroup
 
 from . import __version__
-from ._atomic import remove_stale
 from ._atomic import write_text as _atomic_write_text  # a module name: tests simulate a crash here
+from ._errors import SessionError
 from .geometry import Box, Region
 from .io_qupath import read_regions, region_features, write_features
 from .labelstore import LABEL_CHUNK, LabelStore, LabelStoreError  # noqa: F401 (LABEL_CHUNK: re-exported)
 from .maps import MapStore
 from .regionset import ACCEPTED, DISMISSED, PROPOSED, RegionSet
+from .sessionlock import SessionLock, SessionLocked, acquire, check_held, release, tidy
 from .settings import Settings
 
 __all__ = ["Session", "SessionError", "SessionEvents", "SessionLocked", "SlideEntry"]
@@ -49,94 +48,6 @@ REGIONS_FILE = "regions.geojson"
 FORMAT = "napari-alregions session"
 #: The session file's format: 2 stores labels as zarr folders (1: zip files, still read).
 FORMAT_VERSION = 2
-
-
-class SessionError(ValueError):
-    """A session folder that cannot be used; the message says why."""
-
-
-class SessionLocked(SessionError):
-    """Another process has the session open for writing. ``holder`` says who (host, pid,
-    since); ``stale`` is True when that process is known to be gone (same host, no such pid):
-    open with ``take_over=True`` then, or ``read_only=True`` in any case."""
-
-    def __init__(self, message: str, holder: dict[str, Any], stale: bool) -> None:
-        super().__init__(message)
-        self.holder, self.stale = holder, stale
-
-
-LOCK_FILE = "session.lock"
-_held: dict[Path, int] = {}  # lock files this process holds, with how many open sessions use each
-_held_lock = threading.Lock()
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
-
-
-def _acquire(folder: Path, *, take_over: bool) -> Path:
-    """Take the session's lock file (host, pid, time), or raise :class:`SessionLocked`."""
-    path = (folder / LOCK_FILE).resolve()
-    me = {"host": platform.node(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    with _held_lock:
-        if path in _held:  # this process has it already (a second view of the same folder)
-            _held[path] += 1
-            return path
-        for _ in range(2):
-            try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                try:
-                    holder = json.loads(path.read_text())
-                    holder = holder if isinstance(holder, dict) else {}
-                except (OSError, ValueError):
-                    holder = {}  # half-written by a process killed while taking it
-                same_host = holder.get("host") == me["host"]
-                pid = holder.get("pid")
-                if same_host and pid == me["pid"]:  # ours (a folder copied while open): no other process
-                    path.unlink(missing_ok=True)
-                    continue
-                stale = not holder or (same_host and isinstance(pid, int) and not _pid_alive(pid))
-                if take_over and (stale or not same_host):  # never a live process's on this host
-                    path.unlink(missing_ok=True)
-                    continue
-                who = (f"process {pid} on {holder.get('host')}, since {holder.get('since')}" if holder
-                       else "an unreadable lock")
-                raise SessionLocked(
-                    f"{folder}: the session is open in another process ({who}){' which is no longer running' if stale else ''}. "
-                    + ("Take over the stale lock, or open the session read-only." if stale else
-                       "Close it there first, or open the session read-only (changes cannot be saved)."),
-                    holder, stale) from None
-            with os.fdopen(fd, "w") as fh:
-                json.dump(me, fh)
-            _held[path] = 1
-            return path
-    raise SessionError(f"{folder}: could not take the session lock")  # pragma: no cover (raced twice)
-
-
-@atexit.register
-def _release_all() -> None:
-    """An interpreter that exits without closing its sessions leaves no lock behind."""
-    with _held_lock:
-        for path in list(_held):
-            path.unlink(missing_ok=True)
-        _held.clear()
-
-
-def _release(path: Path) -> None:
-    with _held_lock:
-        n = _held.get(path, 0) - 1
-        if n > 0:
-            _held[path] = n
-            return
-        _held.pop(path, None)
-        path.unlink(missing_ok=True)
 
 
 @dataclass
@@ -189,7 +100,7 @@ class Session:
     _format: int = field(default=FORMAT_VERSION, repr=False, compare=False)  # as read: 1 keeps labels in zips
     _saved_chunks: dict[str, int] = field(default_factory=dict, repr=False, compare=False)  # as read, per slide
     read_only: bool = field(default=False, compare=False)
-    _lock_file: Path | None = field(default=None, repr=False, compare=False)
+    _lock_file: SessionLock | None = field(default=None, repr=False, compare=False)
     # a retrain proposes and saves from its worker thread while the viewer accepts and autosaves
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
     events: SessionEvents = field(default_factory=SessionEvents, repr=False, compare=False)
@@ -214,7 +125,7 @@ class Session:
         if len(classes) < 2:
             raise ValueError(f"classes needs at least two names, got {classes!r}")
         folder.mkdir(parents=True, exist_ok=True)
-        lock = _acquire(folder, take_over=False)
+        lock = acquire(folder, state=SESSION_FILE)
         session = cls(folder=folder, classes=tuple(classes), settings=Settings.from_dict(params), _lock_file=lock)
         try:
             session.save()
@@ -227,30 +138,46 @@ class Session:
     def open(cls, folder: str | os.PathLike[str], *, read_only: bool = False, take_over: bool = False) -> Session:
         """Reopen a saved session exactly as it was last saved.
 
-        Opening for writing takes the session's lock (``session.lock``: host, pid, time)
-        until :meth:`close`; while another process holds it, :class:`SessionLocked` is
-        raised, unless ``take_over`` (for a lock whose process is gone, or another host's that
-        the user knows is closed). ``read_only`` takes no lock; :meth:`save` then refuses.
+        Opening for writing takes the session's lock (``session.lock``, see
+        :mod:`~napari_alregions.sessionlock`) until :meth:`close`. A stale lock (its process
+        was killed, its pid reused, or the folder is a copy) is taken without asking
+        (:attr:`lock_note` says so). While another process holds it, :class:`SessionLocked`
+        is raised, unless ``take_over`` (a running process the user knows is not writing it,
+        or another host's that is closed). ``read_only`` takes no lock and writes nothing;
+        :meth:`save` then refuses.
         """
         folder = Path(folder)
-        session = cls._read(folder)
-        if not read_only:
-            session._lock_file = _acquire(folder, take_over=take_over)
+        lock = None  # taken before reading: what is read is what no other process writes now
+        if not read_only and (folder / SESSION_FILE).is_file():  # (else _read says what is wrong)
+            lock = acquire(folder, take_over=take_over, state=SESSION_FILE)
+        elif (folder / SESSION_FILE).is_file():
+            tidy(folder)  # killed saves' files, if no one writes there (and the disk lets us)
+        try:
+            session = cls._read(folder)
+        except BaseException:
+            if lock is not None:
+                release(lock)
+            raise
+        session._lock_file = lock
         session.read_only = read_only
         return session
 
     def close(self) -> None:
         """Release the session's lock (nothing is saved: call :meth:`save` first)."""
         if self._lock_file is not None:
-            _release(self._lock_file)
+            release(self._lock_file)
             self._lock_file = None
+
+    @property
+    def lock_note(self) -> str | None:
+        """What opening did about another process's lock (took a stale one over...), or None."""
+        return None if self._lock_file is None else self._lock_file.note
 
     @classmethod
     def _read(cls, folder: Path) -> Session:
         path = folder / SESSION_FILE
         if not path.is_file():
             raise SessionError(f"{folder}: no {SESSION_FILE}; not a session folder")
-        remove_stale(folder)  # temporary files of saves killed mid-write (issue 22)
         try:
             meta = json.loads(path.read_text())
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -499,6 +426,8 @@ class Session:
         if self.read_only:
             raise SessionError(f"{self.folder}: the session was opened read-only; nothing was saved")
         with self._lock:
+            if self._lock_file is not None:
+                check_held(self._lock_file)  # not taken over by another process since
             (self.folder / "labels").mkdir(parents=True, exist_ok=True)
             (self.folder / "checkpoints").mkdir(exist_ok=True)
             self._store.save()
@@ -522,6 +451,8 @@ class Session:
                 "labels": {n: self._store.n_stored(n, self._saved_chunks.get(n, 0)) for n in self.slides},
             }
             _atomic_write_text(self.folder / SESSION_FILE, json.dumps(meta, indent=1, default=_json_default), fsync=True)
+            if self._lock_file is not None:
+                self._lock_file.saved()
             self._format = FORMAT_VERSION  # the labels are in folders now: format-1 zips can go
             self._store.drop_legacy()
 

@@ -493,9 +493,11 @@ def run_simulation(
     Returns a dict with ``rows`` (one per repeat, method, setting and cycle), ``full`` (the
     full-annotation baseline: mean, min and max mIoU over repeats, Dice, AUC), ``timings``
     (wall seconds per cycle, kept out of ``rows`` so that those are the same from run to
-    run) and ``regions`` (final regions per method and setting, of the first repeat).
-    With ``out``, also writes ``results.csv``, ``timings.csv``, ``table.md``,
-    ``area_vs_miou.png`` and one GeoJSON of regions per method and setting.
+    run), ``regions`` (final regions per method and setting, of the first repeat) and
+    ``regions_by_repeat`` (those of each repeat). With ``out``, also writes ``results.csv``,
+    ``timings.csv``, ``table.md``, ``area_vs_miou.png`` and the final regions as QuPath
+    GeoJSON, one file per method and setting, repeat and slide (QuPath imports per image):
+    ``regions/<method>_l<l>_k<k>/repeat<r>/<slide>.geojson``.
     ``progress(message)`` is called once per cycle and baseline (a step), ``detail(message)``
     within one (the epoch being trained, the slide being predicted).
     """
@@ -510,6 +512,7 @@ def run_simulation(
     rows: list[dict[str, Any]] = []
     timings: list[dict[str, Any]] = []
     final_regions: dict[str, list[Region]] = {}
+    regions_by_repeat: dict[str, list[list[Region]]] = {}
     full_runs: list[dict[str, float]] = []
     try:
         with _deterministic(), tempfile.TemporaryDirectory(prefix="alregions-sim-") as tmp:
@@ -537,16 +540,17 @@ def run_simulation(
                                                              rep, seed, timings, say, shared_s)
                                 shared_s = 0.0  # cycle 0's work is timed with the first method
                                 rows += rows_
+                                key = f"{label.replace(' ', '_').replace('(', '').replace(')', '')}_l{l_}_k{k_}"
+                                regions_by_repeat.setdefault(key, []).append(regions)
                                 if rep == 0:
-                                    key = f"{label.replace(' ', '_').replace('(', '').replace(')', '')}_l{l_}_k{k_}"
                                     final_regions[key] = regions
                         finally:
                             oracle.discard(base)
     finally:
         pool.close()
         close(client)
-    result = {"rows": rows, "full": _full_summary(full_runs), "regions": final_regions, "timings": timings,
-              "config": config.to_dict()}
+    result = {"rows": rows, "full": _full_summary(full_runs), "regions": final_regions,
+              "regions_by_repeat": regions_by_repeat, "timings": timings, "config": config.to_dict()}
     if out is not None:
         write_outputs(result, Path(out))
     return result
@@ -662,8 +666,8 @@ def results_table(result: dict[str, Any]) -> str:
                 cell += f", {len(got)}/{n}"
             cells.append(cell)
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    lines += ["", f"mIoU(tumour) at the last cycle (annotated area %), over {result['full'].get('n_test_slides') or '?'} "
-              "test slides with tumour" + (f"; mean (min–max) over {n} repeats" if n > 1 else "") + ":", "", head, rule]
+    lines += ["", f"mIoU(tumour) at the last cycle (annotated area %), over {_test_slides(result)}"
+              + (f"; mean (min–max) over {n} repeats" if n > 1 else "") + ":", "", head, rule]
     for m in _labels(result):
         cells = []
         for l_, k_ in settings:
@@ -675,6 +679,13 @@ def results_table(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _test_slides(result: dict[str, Any]) -> str:
+    """How many test slides with tumour the mIoU averages over: counted by the baseline, or
+    by the cycles when it did not run (``--no-baseline``)."""
+    n = result["full"].get("n_test_slides") or max((int(r.get("n_test_slides", 0)) for r in result["rows"]), default=0)
+    return f"{n} test slide{'' if n == 1 else 's'} with tumour" if n else "no test slide with tumour (mIoU undefined)"
+
+
 def _write_csv(path: Path, rows: Sequence[dict]) -> Path:
     with open(path, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]), lineterminator="\n")
@@ -684,7 +695,8 @@ def _write_csv(path: Path, rows: Sequence[dict]) -> Path:
 
 
 def write_outputs(result: dict[str, Any], out: Path) -> dict[str, Path]:
-    """results.csv, timings.csv, table.md, area_vs_miou.png and regions_<method>_l<l>_k<k>.geojson."""
+    """results.csv, timings.csv, table.md, area_vs_miou.png and the final regions,
+    regions/<method>_l<l>_k<k>/repeat<r>/<slide>.geojson."""
     out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
     if result["rows"]:
@@ -696,9 +708,14 @@ def write_outputs(result: dict[str, Any], out: Path) -> dict[str, Path]:
     full = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in result["full"].items()}
     (out / "full_annotation.json").write_text(json.dumps(full, indent=1))
     paths["plot"] = _plot(result, out / "area_vs_miou.png")
-    for key, regions in result["regions"].items():
-        write_regions(out / f"regions_{key}.geojson", regions)
-    paths["regions"] = out
+    by_repeat = result.get("regions_by_repeat") or {key: [regions] for key, regions in result["regions"].items()}
+    for key, repeats in by_repeat.items():
+        for rep, regions in enumerate(repeats):
+            folder = out / "regions" / key / f"repeat{rep}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for slide in dict.fromkeys(r.slide for r in regions):
+                write_regions(folder / f"{slide}.geojson", [r for r in regions if r.slide == slide])
+    paths["regions"] = out / "regions"
     return paths
 
 
@@ -739,7 +756,7 @@ def _plot(result: dict[str, Any], path: Path) -> Path:
             ax.axhline(cfg["target"] * full["miou"], ls=":", c="0.35", lw=1, label=f"{cfg['target']:.0%} of it (the table's goal)")
         ax.set_title(f"l = {l_} px, k = {k_}" + (f": mean and min–max of {n} repeats" if n > 1 else ""), fontsize=10)
         ax.set_xlabel("annotated tissue area (%)")
-        ax.set_ylabel(f"mIoU (tumour), {full.get('n_test_slides') or '?'} test slides")
+        ax.set_ylabel(f"mIoU (tumour), {_test_slides(result)}")
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8, loc="lower right")

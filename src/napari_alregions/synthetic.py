@@ -549,6 +549,7 @@ def make_slide_pool(
     lesions: str = "mixed",
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    report: Callable[[str, bool], None] | None = None,
 ) -> dict:
     """Write a pool of synthetic slides, their label masks and a ``manifest.json``.
 
@@ -577,6 +578,9 @@ def make_slide_pool(
         interrupted run resumes.
     progress : callable, optional
         Called as ``progress(done, total)`` after each slide.
+    report : callable, optional
+        Called as ``report(name, rendered)`` for each slide: ``rendered`` False when its
+        files were up to date and kept.
 
     Returns
     -------
@@ -618,8 +622,12 @@ def make_slide_pool(
         if (prev and image.exists() and mask.exists() and tuple(prev.get("shape", ())) == spec.shape
                 and prev.get("seed") == spec.seed and prev.get("lesions", "mixed") == lesions):
             stats = {k: prev[k] for k in ("tissue_fraction", "tumour_fraction_of_tissue")}
+            rendered = False
         else:
             stats = write_slide(spec, image, mask)
+            rendered = True
+        if report is not None:
+            report(spec.name, rendered)
         entries.append({
             "name": spec.name,
             "image": image.name,

@@ -500,17 +500,19 @@ def open_slide(path: str | os.PathLike[str], *, backend: str = "auto") -> Slide:
 
     Supports tiled pyramidal TIFF and OME-TIFF (levels as SubIFDs or as series), Aperio
     SVS, NDPI, SCN, BIF and generic TIFF through tifffile; a non-pyramidal image gets a
-    lazily coarsened pyramid. Files that are no TIFF (MRXS, VMS, VSI, DICOM, ...) open
-    through OpenSlide when it is installed (``pip install 'napari-alregions[openslide]'``).
-    Only metadata are read here.
+    lazily coarsened pyramid. OME-Zarr (NGFF 0.4/0.5 multiscales; a folder) opens through
+    zarr (:mod:`napari_alregions.wsi_omezarr`). Files that are no TIFF (DICOM, MRXS, VMS,
+    ...) open through OpenSlide when it is installed (``pip install
+    'napari-alregions[openslide]'``); a DICOM slide by any of its ``.dcm`` files or by
+    their folder (one series per folder). Only metadata are read here.
 
     Parameters
     ----------
     path : str or PathLike
-        The slide file.
-    backend : {"auto", "tifffile", "openslide"}
+        The slide file, or an OME-Zarr's or a DICOM series' folder.
+    backend : {"auto", "tifffile", "openslide", "zarr"}
         ``"auto"`` probes the file: tifffile for a TIFF (its first bytes), OpenSlide for
-        anything else it recognises.
+        anything else it recognises; a folder: zarr for an OME-Zarr, OpenSlide for DICOM.
 
     Returns
     -------
@@ -528,9 +530,13 @@ def open_slide(path: str | os.PathLike[str], *, backend: str = "auto") -> Slide:
     >>> with open_slide("slide.svs") as slide:  # doctest: +SKIP
     ...     print(slide.shape, slide.downsamples, slide.mpp)
     """
-    if backend not in ("auto", "tifffile", "openslide"):
-        raise ValueError(f"backend must be 'auto', 'tifffile' or 'openslide', got {backend!r}")
+    if backend not in ("auto", "tifffile", "openslide", "zarr"):
+        raise ValueError(f"backend must be 'auto', 'tifffile', 'openslide' or 'zarr', got {backend!r}")
     path = Path(path)
+    if backend == "zarr" or path.is_dir():
+        return _open_folder(path, backend)
+    if path.suffix.lower() == ".dcm" and backend == "auto":
+        return _open_openslide(path)  # not found or no OpenSlide: the message names the extra
     if backend == "openslide" or (backend == "auto" and _is_file(path) and not _is_tiff(path)
                                   and _openslide_format(path) is not None):
         return _open_openslide(path)
@@ -669,6 +675,23 @@ def _open_openslide(path: Path) -> Slide:
     info = SlideInfo(path=str(path), format=f"openslide:{fmt}", shape=shapes[0], level_shapes=shapes,
                      downsamples=downsamples, mpp=mpp, tile_shape=tile_shape, pyramidal=pyramidal)
     return Slide(path, levels, readers, info, osr)
+
+
+def _open_folder(path: Path, backend: str) -> Slide:
+    """A slide stored as a folder: an OME-Zarr image (zarr) or a DICOM series (OpenSlide)."""
+    from .wsi_omezarr import describe_zarr_folder, is_ome_zarr, open_ome_zarr
+
+    if backend == "tifffile":
+        raise SlideError(f"{path}: a folder, not a TIFF file")
+    if backend == "zarr" or (backend == "auto" and is_ome_zarr(path)):
+        return open_ome_zarr(path)
+    dicom = sorted(p for p in path.iterdir() if p.suffix.lower() == ".dcm" and p.is_file())
+    if dicom:  # OpenSlide gathers the series' other files from the folder of any one of them
+        return _open_openslide(dicom[0])
+    if backend == "openslide":
+        raise SlideError(f"{path}: a folder without .dcm files; OpenSlide opens a folder only as a DICOM series")
+    raise SlideError(describe_zarr_folder(path) or f"{path}: a folder that is neither an OME-Zarr image (no "
+                     "'multiscales' in .zattrs or zarr.json) nor a DICOM series (no .dcm files)")
 
 
 def _open_tiff(path: Path, tif: tifffile.TiffFile) -> Slide:

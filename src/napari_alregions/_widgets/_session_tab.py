@@ -125,10 +125,10 @@ class SessionTab:
         self.w.task(make, desc="open session", on_done=lambda got: self._opened(folder, got))
 
     def _ask_locked(self, exc: SessionLocked) -> dict[str, bool] | None:
-        """Another process holds the session: open read-only, take over a stale lock, or cancel."""
+        """Another process holds the session: open read-only, take the lock over, or cancel."""
         box = QMessageBox(QMessageBox.Icon.Warning, "AL Regions", str(exc), parent=self.w)
         read_only = box.addButton("Open read-only", QMessageBox.ButtonRole.AcceptRole)
-        take = box.addButton("Take over", QMessageBox.ButtonRole.DestructiveRole) if exc.stale else None
+        take = box.addButton("Take over", QMessageBox.ButtonRole.DestructiveRole)  # that process can no longer save
         box.addButton(QMessageBox.StandardButton.Cancel)
         box.exec()
         if box.clickedButton() not in (read_only, take):

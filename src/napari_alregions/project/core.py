@@ -100,6 +100,7 @@ class AnnotationProject:
         """
         session = Session.open(folder, read_only=read_only, take_over=take_over)
         project = cls(session)
+        project.open_messages += [session.lock_note] if session.lock_note else []
         try:
             project._load()
         except BaseException:
@@ -112,7 +113,7 @@ class AnnotationProject:
 
         session = self.session
         for name, entry in session.slides.items():
-            if not Path(entry.path).is_file():
+            if not Path(entry.path).exists():  # a file, or a folder (OME-Zarr, a DICOM series)
                 raise SessionError(f"slide {name!r}: {entry.path} is missing (moved or deleted?)")
             if entry.size is not None and file_fingerprint(entry.path) != (entry.size, entry.digest):
                 raise SessionError(f"slide {name!r}: {entry.path} is not the file added to this session (its size or "

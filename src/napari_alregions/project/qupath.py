@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..geometry import labeled_boxes
 from ..io_qupath import (
+    iter_import,
+    iter_rasterize,
     labels_to_features,
-    plan_import,
     priority_to_features,
     qupath_class_name,
-    rasterize_annotations,
     read_geojson,
     region_features,
     write_features,
@@ -29,22 +30,26 @@ class QuPathLink:
     def __init__(self, project: AnnotationProject) -> None:
         self.p = project
 
-    def export_qupath(self, path: str | os.PathLike[str], slide: str, *, priority: bool = False) -> Path:
+    def export_qupath(self, path: str | os.PathLike[str], slide: str, *, priority: bool = False, accepted: bool = True,
+                      labels: bool = True, methods: Sequence[str] | None = None) -> Path:
         """Regions (accepted and proposed) and labels of a slide as QuPath GeoJSON.
 
         With ``priority``, the slide's current priority map too: one QuPath tile per tissue
         cell with a ``priority`` measurement (QuPath's measurement maps colour it); an
-        import skips the tiles.
+        import skips the tiles. ``accepted`` and ``labels`` False leave those out (what a
+        QuPath user has already: the proposals and the map alone); ``methods`` keeps the
+        proposals of those selectors only.
         """
         s = self.p._slide(slide)
         if priority and slide not in self.p.maps:
             raise ValueError(f"{slide} has no priority map yet: compute one first")
-        features = region_features(self.p.session.accepted_on(slide), self.p.suggestion.proposals(slide),
-                                   color_of=method_rgb)
-        labels = self.p.session.labels(slide)
-        features += labels_to_features(labels, classes=[qupath_class_name(c) for c in self.p.classes],
-                                       colors=self.p.colors, factor=self.p.label_factor(slide),
-                                       slide=slide, boxes=labeled_boxes(labels))
+        proposals = [r for r in self.p.suggestion.proposals(slide) if methods is None or r.method in methods]
+        features = region_features(self.p.session.accepted_on(slide) if accepted else (), proposals, color_of=method_rgb)
+        if labels:
+            mask = self.p.session.labels(slide)
+            features += labels_to_features(mask, classes=[qupath_class_name(c) for c in self.p.classes],
+                                           colors=self.p.colors, factor=self.p.label_factor(slide),
+                                           slide=slide, boxes=labeled_boxes(mask))
         if priority:
             record = self.p.maps[slide]
             features += priority_to_features(record.priority, stride=record.stride, mask=s.tissue_map(record.stride),
@@ -73,7 +78,8 @@ class QuPathLink:
                 for n in self.p.slides]
 
     def import_qupath(self, path: str | os.PathLike[str], slide: str, *, class_map: dict[str, str | None] | None = None,
-                      max_region: float | None = None, dry_run: bool = False) -> dict[str, Any]:
+                      max_region: float | None = None, dry_run: bool = False,
+                      progress: Callable[[dict], None] | None = None) -> dict[str, Any]:
         """Read QuPath annotations: class polygons become labels, other polygons regions.
 
         The file is read as QuPath reads it (:func:`~napari_alregions.io_qupath.plan_import`):
@@ -81,13 +87,14 @@ class QuPathLink:
         classes by their base name, matched case-insensitively, through synonyms
         (Tumor/Tumour) and ``class_map``; our own proposals (``Proposal: <method>``),
         unclassified outlines larger than ``max_region`` (tissue outlines) and annotations
-        wholly outside the slide are skipped.
+        wholly outside the slide are skipped; those partly outside are cut to it; invalid
+        polygons (bow-ties, rings traced twice) are repaired, as the message says.
         Every labeled polygon lies in an accepted region afterwards (its bounding box is
         accepted when no region holds it). When the file has no annotation of the first
         class (background), unlabeled pixels of imported regions become background, as
         with :meth:`accept`. Regions the labeled set already holds (same box) are not added
         again, so a file imported twice, or into the session that exported it, adds
-        nothing twice.
+        nothing twice; a region with the box of a proposal accepts that proposal.
 
         Parameters
         ----------
@@ -104,11 +111,16 @@ class QuPathLink:
             slide's shorter side.
         dry_run : bool
             Only report what the import would do; nothing is written.
+        progress : callable, optional
+            Called with ``{"phase": "read" | "regions" | "labels", "done", "total"}`` as
+            the import goes (100 000 polygons take tens of seconds).
 
         Returns
         -------
         dict
-            ``regions`` (regions added to the labeled set), ``labeled_annotations``,
+            ``regions`` (regions added to the labeled set: ``from_regions`` of the file's
+            region annotations and ``label_boxes``, boxes around labeled annotations that no
+            region holds), ``labeled_annotations``,
             ``skipped`` (total) and ``skipped_by`` (per reason), ``annotations`` and
             ``message`` (e.g. "12 annotations: 5 regions, 7 labels; skipped 1000
             detections").
@@ -119,15 +131,21 @@ class QuPathLink:
             For a malformed file or classes that match no session class (all listed);
             nothing is written then.
         """
+        from . import run
+
         h, w = self.p._slide(slide).shape[:2]
         features = read_geojson(path)  # its errors name the file already
         try:
-            plan = plan_import(features, classes=self.p.classes, class_map=class_map, extent=(w, h),
-                               max_region=self._max_region(slide) if max_region is None else max_region)
+            plan, own, boxes = run(iter_import(features, classes=self.p.classes, class_map=class_map, extent=(w, h),
+                                               max_region=self._max_region(slide) if max_region is None else max_region,
+                                               accepted=self.p.session.accepted_on(slide), slide=slide), progress)
         except ValueError as exc:
             raise ValueError(f"{path}: {exc}") from exc
-        new = plan.new_regions(self.p.session.accepted_on(slide), slide=slide)
-        summary = {"regions": len(new), "labeled_annotations": len(plan.labeled), "skipped": sum(plan.skipped.values()),
+        proposed = {(r.x, r.y, r.w, r.h): r for r in self.p.suggestion.proposals(slide)}
+        own = [proposed.get((r.x, r.y, r.w, r.h), r) for r in own]  # a proposal made a region in QuPath is accepted
+        new = own + boxes
+        summary = {"regions": len(new), "from_regions": len(own), "label_boxes": len(boxes),
+                   "labeled_annotations": len(plan.labeled), "skipped": sum(plan.skipped.values()),
                    "skipped_by": dict(plan.skipped), "annotations": plan.annotations, "message": plan.message}
         if dry_run:
             return summary
@@ -138,7 +156,7 @@ class QuPathLink:
                 with session.editing_labels(slide, self.p.label_box(r)) as crop:
                     crop[crop == 0] = 1
         labels = session.labels(slide)
-        rasterize_annotations(plan.labeled, labels, classes=self.p.classes, factor=self.p.label_factor(slide))
+        run(iter_rasterize(plan.labeled, labels, classes=self.p.classes, factor=self.p.label_factor(slide)), progress)
         # the session keeps labels inside accepted regions (looked for where labels are, not over the slide)
         for box in labeled_boxes(labels):
             session.labels_written(slide, box)
