@@ -57,6 +57,7 @@ class ModelTab:
                                          self.save_file, save, self.epochs, self.max_seconds, self.device, self.measure,
                                          self.compute_btn, self.encoder_src, embed, self.prototypes_file, sim])
         w.hub.events.project.connect(self._project)
+        w.hub.events.model.connect(lambda: setattr(self.device, "value", w.project.device) if w.project else None)
 
     def _project(self, p) -> None:
         if p is None:
@@ -84,6 +85,7 @@ class ModelTab:
         # new_model returns nothing: only a call that went through may say so
         if self.w.done(p.new_model if p else None, arch=self.arch.value, patch_size=self.patch_size.value,
                        level=self.level.value, members=self.members.value):
+            self.w.show_status()
             self.w.message_user(f"new untrained {self.arch.value} model ({self.members.value} member(s))")
 
     def load_checkpoint(self) -> None:
@@ -98,6 +100,7 @@ class ModelTab:
         except (CheckpointError, FileNotFoundError) as exc:
             self.w.message_user(describe(exc), True)
             return
+        self.w.show_status()
         self.w.message_user(f"loaded {Path(self.checkpoint.value).name}")
 
     def save_model(self) -> None:

@@ -175,6 +175,7 @@ class SessionTab:
             if layer is not None:
                 self.w.slides.adopt(added, layer)  # this layer, not one found by its name
             self.w.slide_chosen(added)
+            self.w.show_status()  # the new slide's tissue was measured in the worker
             renamed = "" if added == path.name else f" (a slide named {path.name} is in the session already)"
             self.w.message_user(f"added {path.name} as {added}{renamed}" if renamed else f"added {added}")
 

@@ -102,8 +102,6 @@ class ALRegionsWidget(QWidget):
             "accept": suggest.accept_selected, "reject": suggest.reject_selected, "next": lambda: suggest.step(1),
             "previous": lambda: suggest.step(-1), "draw": suggest.draw_region, "retrain": lambda: annotate.retrain()},
             self.pick_class)
-        for signal in (self.hub.events.model, self.hub.events.slides):
-            signal.connect(lambda *_: self.show_status())
         runner, labels, keys, hub = self.runner, self.labels, self.keys, self.hub
         self.destroyed.connect(lambda *_: hub.unfollow())
         self.destroyed.connect(lambda *_: runner.wait())  # closing the viewer stops the worker first
