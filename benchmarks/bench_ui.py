@@ -11,8 +11,9 @@ then "Retrain" is clicked. Measured:
 
 ``--steps``: every step of the walkthrough (dock, new session, three slides, switch, priority,
 suggest, compare, reject, accept, find/correct uncertain, retrain, reopen) with its largest
-event-loop gap, and a 16-move stroke's latency with 1 region and 1 method vs 40 accepted
-regions and the proposals of several methods, side by side in one run (issue 20).
+event-loop gap (Open Sample, export and New session in a used viewer among them), and a
+16-move stroke's latency through napari's mouse callbacks with 1 region and 1 method vs 40
+accepted regions and the proposals of 7 methods, side by side in one run (issues 20, 32).
 
 Run: ``python benchmarks/bench_ui.py [--steps]`` (starts Xvfb when there is no display).
 """
@@ -153,15 +154,23 @@ class GapProbe:
 
 
 def _stroke(layer, value: int, moves: int = 16) -> float:
-    """Seconds for a 16-move brush stroke across a labels layer, each move drawn (alternate
-    ``value``: painting pixels with the label they hold is skipped by napari)."""
+    """Seconds for a 16-move brush stroke across a labels layer through napari's own mouse
+    callbacks (press, drag, release: what the canvas runs on real mouse events), each move
+    drawn (alternate ``value``: painting pixels with the label they hold is skipped by napari)."""
+    from napari.utils._test_utils import read_only_mouse_event
+    from napari.utils.interactions import mouse_move_callbacks, mouse_press_callbacks, mouse_release_callbacks
     from qtpy.QtWidgets import QApplication
 
+    layer.selected_label, layer.mode = value, "paint"
     h, w = layer.data.shape
+    world = [layer.data_to_world((h // 4 + i * h // (2 * moves), w // 2)) for i in range(moves)]
     t0 = time.perf_counter()
-    for i in range(moves):
-        layer.paint((h // 4 + i * h // (2 * moves), w // 2), value)
+    mouse_press_callbacks(layer, read_only_mouse_event(type="mouse_press", is_dragging=True, position=tuple(world[0])))
+    for pos in world:
+        mouse_move_callbacks(layer, read_only_mouse_event(type="mouse_move", is_dragging=True, position=tuple(pos)))
         QApplication.processEvents()
+    mouse_release_callbacks(layer, read_only_mouse_event(type="mouse_release", is_dragging=True, position=tuple(world[-1])))
+    QApplication.processEvents()
     return time.perf_counter() - t0
 
 
@@ -209,6 +218,17 @@ def _steps(args) -> int:
             box["w"] = ALRegionsWidget(viewer)
             viewer.window.add_dock_widget(box["w"], name="AL Regions", area="right")
 
+        def open_sample() -> None:  # File > Open Sample: its layers replace the placeholder in a worker
+            from napari_alregions._widgets._sample import PLACEHOLDER
+
+            viewer.open_sample("napari-alregions", "demo_slide")
+            while PLACEHOLDER in viewer.layers:
+                QApplication.processEvents()
+                time.sleep(0.002)
+
+        from qtpy.QtWidgets import QApplication
+
+        step("Open Sample", open_sample)
         step("dock the widget (first import)", dock)
         w = box["w"]
         w.folder.value = str(Path(tmp) / "session")
@@ -226,6 +246,12 @@ def _steps(args) -> int:
         step("Compute priority map", lambda: click(w, "Compute priority map"), w)
         w.method.value, w.unit.value, w.region_size.value, w.k.value = "adaptive", "px", 512, 5
         step("Suggest (adaptive, 5)", lambda: click(w, "Suggest"), w)
+        w.proposal_list.setCurrentRow(0)
+        step("Accept region", lambda: click(w, "Accept region"), w)
+        first = viewer.layers.selection.active
+        n_one = (len(w.project.session.accepted), len({r.method for r in w.project.proposals(w.current)}))
+        assert n_one == (1, 1), n_one  # the "1 region, 1 method" case
+        one = min(_stroke(first, 2 - i % 2) for i in range(2 * args.repeats))
         w.compare_methods.value = ["random", "standard", "standard_nonsquare", "adaptive"]
         step("Compare (4 methods)", lambda: click(w, "Compare methods"), w)
         w.method.value = "adaptive"
@@ -236,18 +262,12 @@ def _steps(args) -> int:
         def delete_on_canvas() -> None:  # what napari's Delete key runs on the selected box
             from napari.layers.shapes._shapes_key_bindings import delete_selected_shapes
 
-            layer = viewer.layers[f"{w.current} proposals"]
-            delete_selected_shapes(layer)
+            delete_selected_shapes(w.regions.layers[(w.current, "proposals")])
 
         step("delete a proposal on the canvas", delete_on_canvas, w)
         step("Draw region", lambda: click(w, "Draw region"), w)
-        viewer.layers[f"{w.current} draw"].add_rectangles(np.array([[100.0, 100.0], [600.0, 500.0]]))
+        w.tab("suggest")._draw_layer(w.current).add_rectangles(np.array([[100.0, 100.0], [600.0, 500.0]]))
         step("Accept drawn", lambda: click(w, "Accept drawn"), w)
-        w.method.value = "adaptive"
-        w.proposal_list.setCurrentRow(0)
-        step("Accept region", lambda: click(w, "Accept region"), w)
-        first = viewer.layers.selection.active
-        one = min(_stroke(first, 2 - i % 2) for i in range(2 * args.repeats))
         # 40 accepted regions and the proposals of 8 methods
         w.method.value, w.region_size.value, w.k.value = "random", 128, 39
         click(w, "Suggest")
@@ -273,6 +293,10 @@ def _steps(args) -> int:
         step("Correct selected patch", lambda: click(w, "Correct selected patch"), w)
         step("Retrain", lambda: click(w, "Retrain"), w)
         session = w.project.folder
+        step("Export to QuPath (3 slides)", lambda: (setattr(w.export_folder, "value", tmp),
+                                                     click(w, "Export to QuPath")), w)
+        w.folder.value = str(Path(tmp) / "session-new")
+        step("New session in a used viewer", lambda: click(w, "New session"), w)
         viewer2 = napari.Viewer(show=True)
         viewer2.window._qt_window.resize(1500, 950)
 

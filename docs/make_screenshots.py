@@ -66,7 +66,7 @@ def main() -> int:
             click(w, "Find uncertain patches")
             for name in (first, second):
                 viewer.layers[f"{name} priority"].visible = False
-            w._go_to_slide(first)
+            w.slides.go_to_slide(first)
             shot(viewer, "correct")
             viewer.close()
     finally:

@@ -158,11 +158,13 @@ def test_sample_data_opens_slide_and_tissue(make_napari_viewer, qtbot, artifacts
     viewer.window._qt_window.resize(900, 700)
     viewer.reset_view()
     _save_png(artifacts_dir / "sample_data.png", viewer.screenshot(canvas_only=True, flash=False))
-    # once generated, it opens at once
+    # once generated, it opens in a worker too (reading it froze the viewer 3-6 s): the placeholder first
     assert sample_ready()
     viewer.layers.clear()
     viewer.open_sample("napari-alregions", "demo_slide")
-    assert len(viewer.layers) == 2 and viewer.layers[0].multiscale
+    assert [layer.name for layer in viewer.layers] == [PLACEHOLDER]
+    qtbot.waitUntil(lambda: len(viewer.layers) == 2, timeout=60_000)
+    assert viewer.layers[0].multiscale and PLACEHOLDER not in viewer.layers
 
 
 def _save_png(path: Path, rgba: np.ndarray) -> None:

@@ -116,30 +116,30 @@ def test_loop_in_viewer_suggest_accept_paint_retrain_reopen(make_napari_viewer, 
     rec = w.project.maps[slide]
     saved = rec.priority.copy()
     rec.priority[...] = np.linspace(0, 1, saved.size, dtype=saved.dtype).reshape(saved.shape)
-    w._show_priority(slide)
+    w.maps.show(slide, "priority")
     lo, hi = prio.contrast_limits
     assert hi - lo > 0.3
-    assert w.map_legend.value == (f"least confidence map: clear up to {lo:.3g} (the tissue's median), "
+    assert w.maps.legend.value == (f"least confidence map: clear up to {lo:.3g} (the tissue's median), "
                                   f"full colour from {hi:.3g} (its top 0.5 %)")
     # the colour bar sits in the dock (napari's canvas bar cost ~0.3 s of the viewer's thread per map)
-    assert not prio.colorbar.visible and w.colorbar.isVisible()
-    assert w.colorbar.ticks() == [(0.0, f"{lo:.3g}"), (0.5, f"{(lo + hi) / 2:.3g}"), (1.0, f"{hi:.3g}")]
-    bar = w.colorbar.grab().toImage()
+    assert not prio.colorbar.visible and w.maps.colorbar.isVisible()
+    assert w.maps.colorbar.ticks() == [(0.0, f"{lo:.3g}"), (0.5, f"{(lo + hi) / 2:.3g}"), (1.0, f"{hi:.3g}")]
+    bar = w.maps.colorbar.grab().toImage()
     y = ColorBar.BAR_HEIGHT // 2 + 1
     left, right = bar.pixelColor(4, y), bar.pixelColor(bar.width() - 5, y)
     # clear at the low end (the tissue shows through), the ramp's yellow at the high end
     np.testing.assert_allclose([left.red(), left.green(), left.blue()], [TISSUE.red(), TISSUE.green(), TISSUE.blue()], atol=8)
     assert right.red() > 240 and right.green() > 140 and right.blue() < 200, right.getRgb()
     prio.visible = False  # hiding the map hides its bar and legend
-    assert not w.colorbar.isVisible() and not w.map_legend.value and not w.map_legend.native.isVisible()
+    assert not w.maps.colorbar.isVisible() and not w.maps.legend.value and not w.maps.legend.native.isVisible()
     prio.visible = True
-    assert w.colorbar.isVisible() and w.map_legend.value and w.map_legend.native.isVisible()
+    assert w.maps.colorbar.isVisible() and w.maps.legend.value and w.maps.legend.native.isVisible()
     rec.priority[...] = 0.98
-    w._show_priority(slide)
-    assert w.map_legend.value == ("least confidence map: clear up to 0.98 (the tissue's median), "
+    w.maps.show(slide, "priority")
+    assert w.maps.legend.value == ("least confidence map: clear up to 0.98 (the tissue's median), "
                                   "faint above: the map is nearly flat over the tissue, no area stands out")
     rec.priority[...] = saved
-    w._show_priority(slide)
+    w.maps.show(slide, "priority")
 
     w.region_size.value, w.unit.value, w.k.value = 4 * stride, "px", 3
     for method in METHODS:
@@ -163,21 +163,21 @@ def test_loop_in_viewer_suggest_accept_paint_retrain_reopen(make_napari_viewer, 
     for method, colour in zip(layer.features["method"], layer.edge_color):
         np.testing.assert_allclose(colour, METHOD_COLORS[method])
 
-    # side by side: one row per method in the table, IoU of a method with itself 1
+    # side by side: one row per method in the table (tag and name), the IoU with the others in the tooltip
     w.compare_methods.value = ["random", "standard"]
     _click(w, "Compare methods")
-    table = w.table.to_dict("dict")  # one column per method, short names
-    assert list(table) == ["random", "std"]
-    assert table["random"]["IoU random"] == 1.0 and table["std"]["IoU standard"] == 1.0
-    for col, m in (("random", "random"), ("std", "standard")):  # the sum of the scores; the list has the mean in the box
-        assert table[col]["sum priority"] == pytest.approx(sum(r.score for r in w.project.proposals(slide, m)), abs=0.01)
-    assert "standard" in w.legend.value and "random" in w.legend.value
+    table = w.table.to_dict("dict")  # one column per measure
+    assert list(table["n"]) == ["R random", "S standard"]
+    for row, m in (("R random", "random"), ("S standard", "standard")):  # the sum of the scores; the list has the mean
+        assert table["sum p."][row] == pytest.approx(sum(r.score for r in w.project.proposals(slide, m)), abs=0.01)
+    assert "IoU with random 1.00" in w.table.native.item(0, 5).toolTip()
+    assert "standard" in w.lists.legend.value and "random" in w.lists.legend.value
     assert {"random", "standard"} <= set(viewer.layers[f"{slide} proposals"].features["method"])
     assert f"compared 2 methods on {slide}" in w.message.value
 
     w.method.value = "adaptive"
     w.proposal_list.setCurrentRow(0)
-    region = w._proposal_rows()[0]
+    region = w.lists.proposal_rows[0]
     # the list jumps the camera to the region
     np.testing.assert_allclose(viewer.scene.camera.center[-2:], [(region.y + region.h / 2) * 0.5, (region.x + region.w / 2) * 0.5])
     _click(w, "Accept region")
@@ -367,7 +367,7 @@ def test_undo_redo_close_and_unsignalled_edits_reach_the_session(make_napari_vie
     np.testing.assert_array_equal(saved(), stroke)
     # pixels changed without any event (a script, a plugin) are saved before they are read
     lab.data[:4, :4] = 2
-    w.qupath_file.value = str(tmp_path / "out.geojson")
+    w.export_folder.value = str(tmp_path)
     _click(w, "Export to QuPath")
     np.testing.assert_array_equal(saved(), lab.data)
     np.testing.assert_array_equal(w.project.region_labels(region), lab.data)
@@ -422,8 +422,8 @@ def test_switching_sessions_saves_and_clears_the_old_ones_layers(make_napari_vie
     _click(w, "New session")
     _wait(qtbot, w)
     assert w.project.folder == tmp_path / "second" and not w.project.slides
-    # the first session's layers are gone (painting in them would reach no session), its image stays
-    assert [lay.name for lay in viewer.layers] == [slide]
+    # the first session's layers are gone (painting in them would reach no session), its image is the user's
+    assert [lay.name for lay in viewer.layers] == [slide] and w.slides.layers == {}
     assert w.labels.painting is None and w.accepted_list.count() == 0
     # ... and reopening it brings them back with the last stroke
     w.folder.value = str(first)
@@ -432,7 +432,7 @@ def test_switching_sessions_saves_and_clears_the_old_ones_layers(make_napari_vie
     y0, x0, y1, x1 = w.project.label_box(region)
     np.testing.assert_array_equal(np.asarray(viewer.layers[f"{slide} labels"].data[0])[y0:y1, x0:x1], painted)
     assert {f"{slide} accepted", f"{slide} proposals"} <= {lay.name for lay in viewer.layers}
-    assert [lay.name for lay in viewer.layers].count(slide) == 1
+    assert [lay.name for lay in viewer.layers].count(slide) == 1  # the layer of its file, taken again
 
 
 def test_overlapping_regions_keep_each_others_strokes(make_napari_viewer, qtbot, tmp_path, small_pool):
@@ -440,9 +440,9 @@ def test_overlapping_regions_keep_each_others_strokes(make_napari_viewer, qtbot,
 
     viewer, w, slide = _start(make_napari_viewer, tmp_path, small_pool)
     # methods side by side propose overlapping windows: accept one of each
-    w._accept(Region(0, 0, 256, 256, slide=slide, method="standard"), "background")
+    w.tab("annotate").accept([Region(0, 0, 256, 256, slide=slide, method="standard")], "background")
     _wait(qtbot, w)
-    w._accept(Region(128, 128, 256, 256, slide=slide, method="adaptive"), "background")
+    w.tab("annotate").accept([Region(128, 128, 256, 256, slide=slide, method="adaptive")], "background")
     _wait(qtbot, w)
     first, second = w.project.session.accepted
     w.tabs.setCurrentIndex(3)
@@ -505,18 +505,21 @@ def test_qupath_round_trip_through_the_widget(make_napari_viewer, qtbot, tmp_pat
     lab = [lay for lay in viewer.layers if " labels " in lay.name]
     lab[0].paint((20, 20), 2)
     w.flush_labels()
-    # a missing folder, or a folder for the file: said of the path the user gave, not of the save's temporary file
-    w.qupath_file.value = str(tmp_path / "nope" / "export.geojson")
+    # every slide, one GeoJSON each, in the worker; a missing folder is said of the path the user gave
+    slide2_file = _add_slide(w, *small_pool, 1)
+    w.export_folder.value = str(tmp_path / "nope")
     _click(w, "Export to QuPath")
-    assert w.message.value.startswith(f"{tmp_path / 'nope' / 'export.geojson'}: No such file")
-    assert "output folders must exist" in w.message.value and ".part" not in w.message.value
-    w.qupath_file.value = str(tmp_path)
-    _click(w, "Export to QuPath")
-    assert "choose a file name" in w.message.value and ".part" not in w.message.value, w.message.value
-    out = tmp_path / "export.geojson"
-    w.qupath_file.value = str(out)
-    _click(w, "Export to QuPath")
-    assert out.is_file(), w.message.value
+    assert str(tmp_path / "nope") in w.message.value and ".part" not in w.message.value, w.message.value
+    (tmp_path / "qupath").mkdir()
+    w.export_folder.value = str(tmp_path / "qupath")
+    _click(w, "Export to QuPath", wait=False)
+    assert w.runner.busy  # not on the viewer's thread
+    _wait(qtbot, w)
+    files = sorted((tmp_path / "qupath").glob("*.geojson"))
+    assert len(files) == 2 and "exported 2 slide(s)" in w.message.value, w.message.value
+    out = next(f for f in files if slide2_file.rsplit(".", 1)[0] not in f.name)
+    classes = {f["properties"].get("classification", {}).get("name") for f in json.loads(out.read_text())["features"]}
+    assert "Tumor" in classes and "tumour" not in classes, classes  # QuPath's class name
     viewer2, w2, slide2 = _start(make_napari_viewer, tmp_path, small_pool, name="sess2")
     w2.qupath_file.value = str(out)
     # the dry run's summary comes first; "No" writes nothing
@@ -553,8 +556,9 @@ def test_correct_uncertain_patches_prefills_prediction(make_napari_viewer, qtbot
     _click(w, "Find uncertain patches")
     assert f"{slide} prediction" in viewer.layers and w.uncertain_list.count() >= 1
     patches = viewer.layers[f"{slide} proposals"]
-    # one-cell patches sit side by side: their labels are the rank alone, the list has the scores
-    assert list(patches.text.values) == [str(r) for r in patches.features["rank"]]
+    # one-cell patches sit side by side: their tags are the method's letter and the rank, placed apart
+    tags = viewer.layers[f"{slide} tags"]
+    assert sorted(tags.features["tag"]) == sorted(f"T{r}" for r in patches.features["rank"])
     assert sorted(patches.features["rank"]) == list(range(1, w.uncertain_list.count() + 1))
     w.uncertain_list.setCurrentRow(0)
     _click(w, "Correct selected patch")
@@ -694,11 +698,11 @@ def test_slides_sit_side_by_side_with_their_overlays_and_the_camera_follows(make
         n_accepted = 1 if name == second else 0  # the message is the slide's, not the last one's
         assert w.message.value == f"showing {name}: 0 proposed, {n_accepted} accepted regions", w.message.value
         # the colour bar and its legend are the current slide's: none on a slide without a map
-        assert w.colorbar.isVisible() == (name == second) and bool(w.map_legend.value) == (name == second)
-    # after reopening, the dropdown's slide is the one on screen
+        assert w.maps.colorbar.isVisible() == (name == second) and bool(w.maps.legend.value) == (name == second)
+    # after reopening, the slide the user stopped on is the current one, on screen
     viewer2, w2 = _reopen(make_napari_viewer, qtbot, w.project.folder)
-    assert w2.current == first
-    np.testing.assert_allclose(viewer2.scene.camera.center[-2:], _world(w2, first, 512, 512), atol=1e-6)
+    assert w2.current == second
+    np.testing.assert_allclose(viewer2.scene.camera.center[-2:], _world(w2, second, 512, 512), atol=1e-6)
     # a slide gets Shapes layers once it has regions, not empty ones at each open and retrain
     names = {lay.name for lay in viewer2.layers}
     assert f"{second} accepted" in names
@@ -722,7 +726,7 @@ def test_proposals_edited_on_the_canvas_reach_the_session(make_napari_viewer, qt
     w.method.value, w.unit.value, w.region_size.value, w.k.value = "random", "px", 256, 3
     _click(w, "Suggest")
     layer = viewer.layers[f"{slide} proposals"]
-    rows = w._proposal_rows()
+    rows = w.lists.proposal_rows
     assert layer.nshapes == w.proposal_list.count() == 3
     uids = list(layer.features["uid"])
 
@@ -753,7 +757,7 @@ def test_proposals_edited_on_the_canvas_reach_the_session(make_napari_viewer, qt
     layer.selected_data = {list(layer.features["uid"]).index(deleted.uid)}
     delete_selected_shapes(layer)
     qtbot.waitUntil(lambda: w.project.session.store.status(deleted.uid) == "dismissed", timeout=5000)
-    assert deleted.uid not in [r.uid for r in w._proposal_rows()] and w.proposal_list.count() == 2
+    assert deleted.uid not in [r.uid for r in w.lists.proposal_rows] and w.proposal_list.count() == 2
     while w.proposal_list.count():
         w.proposal_list.setCurrentRow(0)
         _click(w, "Accept region")
@@ -769,7 +773,7 @@ def test_reject_button_and_a_drawn_region(make_napari_viewer, qtbot, tmp_path, s
     slide = _add_slide(w, folder, manifest, 1)
     w.method.value, w.unit.value, w.region_size.value, w.k.value = "random", "px", 256, 2
     _click(w, "Suggest")
-    first = w._proposal_rows()[0]
+    first = w.lists.proposal_rows[0]
     w.proposal_list.setCurrentRow(0)
     _click(w, "Reject")
     assert w.project.session.store.status(first.uid) == "dismissed" and w.proposal_list.count() == 1
@@ -788,7 +792,7 @@ def test_reject_button_and_a_drawn_region(make_napari_viewer, qtbot, tmp_path, s
     from qtpy.QtCore import Qt
 
     canvas = viewer.window._qt_viewer.canvas.native
-    second = w._proposal_rows()[0]
+    second = w.lists.proposal_rows[0]
     w.proposal_list.setCurrentRow(0)
     qtbot.keyClick(canvas, Qt.Key.Key_X, Qt.KeyboardModifier.AltModifier)
     assert w.project.session.store.status(second.uid) == "dismissed"
@@ -881,7 +885,7 @@ def test_small_things_of_issue_20(make_napari_viewer, qtbot, tmp_path, small_poo
         w.runner.cancel()  # the user presses Cancel now; the task has nothing left to stop
         return 42
 
-    w._task(finishing, desc="retrain", on_done=results.append)
+    w.task(finishing, desc="retrain", on_done=results.append)
     _wait(qtbot, w)
     assert results == [42] and "had finished before Cancel took effect" in w.message.value
     # a long status line wraps: the dock keeps its width

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["kept_active"]
+__all__ = ["kept_active", "remove_top_down"]
 
 _VIEWING_MODES = {"pan_zoom", "transform"}  # the modes in which a layer is only looked at
 
@@ -35,3 +35,12 @@ def kept_active(viewer: Any) -> Iterator[None]:
                 layers.selection.active = active
             if mode is not None and active.mode != mode:
                 active.mode = mode
+
+
+def remove_top_down(viewer: Any, layers: Iterable[Any]) -> None:
+    """Remove ``layers`` from the viewer, the topmost first, so the layers left keep their
+    places: a multiscale image moved down the list by a removal under it crashed vispy's
+    next draw under software OpenGL (Xvfb, llvmpipe) when a dock widget was docked."""
+    present = {id(layer): layer for layer in layers if layer in viewer.layers}
+    for layer in sorted(present.values(), key=viewer.layers.index, reverse=True):
+        viewer.layers.remove(layer)

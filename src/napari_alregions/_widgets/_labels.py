@@ -34,11 +34,11 @@ class LabelLayers:
     (the status line); ``painted()`` after each stroke (the widget watches its window).
     """
 
-    def __init__(self, viewer, parent: QObject, *, message: Callable[[str, bool], None], saved: Callable[[], None],
-                 painted: Callable[[], None]) -> None:
-        self.viewer = viewer
+    def __init__(self, viewer, parent: QObject, hub, steps, *, message: Callable[[str, bool], None],
+                 saved: Callable[[], None], painted: Callable[[], None], new_layer: Callable[[Any], None]) -> None:
+        self.viewer, self.steps = viewer, steps
         self.project = None
-        self._message, self._saved, self._on_painted = message, saved, painted
+        self._message, self._saved, self._on_painted, self._new_layer = message, saved, painted, new_layer
         self._pyramids: dict[str, LabelPyramid] = {}
         self._overviews: dict[str, Any] = {}
         #: The editable layer over the region being painted (None before the first one).
@@ -49,6 +49,10 @@ class LabelLayers:
         self._autosave.setInterval(250)
         self._autosave.timeout.connect(self.flush)
         viewer.layers.events.removed.connect(self._layer_removed)
+        hub.events.project.connect(self.set_project)
+        hub.events.labels.connect(self._labels_changed)
+        hub.events.regions.connect(lambda event: [self.removed(r) for r in event.regions] if event.kind == "removed" else None)
+        hub.events.settings.connect(lambda _: self.recolour(self.project.colors) if self.project is not None else None)
 
     @property
     def unsaved(self) -> bool:
@@ -64,19 +68,32 @@ class LabelLayers:
         """Show ``project``'s labels from now on; the layers of the last one go (its strokes saved)."""
         if self.project is not None:
             self.flush(everything=True)
-        self.drop()
+        self.forget()
         self.project = project
+        if project is not None:
+            self.steps.run([lambda name=name: self.show_slide(name) for name in project.slides
+                            if project.session.accepted_on(name)])  # one labels layer per slide, however many regions
 
-    def drop(self) -> None:
-        """Remove every labels layer of the current session (painting in them would reach none)."""
-        layers = [*self._overviews.values(), *([self.painting] if self.painting is not None else [])]
+    def _labels_changed(self, slide: str, box) -> None:
+        """The session's labels changed in ``box`` of ``slide`` (None: anywhere): redraw them,
+        unless the change is the painting layer's own strokes (it shows them already)."""
+        region = self.region
+        if box is not None and region is not None and region.slide == slide and self.project is not None:
+            y0, x0, y1, x1 = self.project.label_box(region)
+            if y0 <= box[0] and x0 <= box[1] and box[2] <= y1 and box[3] <= x1:
+                return
+        self.refresh(slide)
+
+    def owned(self) -> list[Any]:
+        """The labels layers of the current session."""
+        return [*self._overviews.values(), *([self.painting] if self.painting is not None else [])]
+
+    def forget(self) -> None:
+        """Forget the current session's labels layers (the widget removes them)."""
         self._overviews.clear()
         self._pyramids.clear()
         self.painting = None
         self._unsaved.clear()
-        for layer in layers:
-            if layer in self.viewer.layers:
-                self.viewer.layers.remove(layer)
 
     def close(self) -> None:
         self.viewer.layers.events.removed.disconnect(self._layer_removed)
@@ -115,6 +132,11 @@ class LabelLayers:
             self.painting.refresh()
 
     def recolour(self, colors) -> None:
+        """The class colours (RGB 0-255) of every labels layer (a settings change may keep them)."""
+        colors = [tuple(int(v) for v in c[:3]) for c in colors]
+        if colors == getattr(self, "_colors", None):
+            return
+        self._colors = colors
         for layer in [*self._overviews.values(), *([self.painting] if self.painting is not None else [])]:
             layer.colormap = label_colormap(colors)
 
@@ -151,6 +173,7 @@ class LabelLayers:
         layer.selected_label = len(self.project.classes)  # the last class (tumour) is what gets painted most
         layer.events.paint.connect(lambda event: self._painted())
         layer.events.selected_label.connect(lambda event: self._keep_to_classes(layer))
+        self._new_layer(layer)
         # napari's undo and redo (Ctrl+Z, Ctrl+Shift+Z) change the pixels without a paint event
         for name in ("undo", "redo"):
             def replay(step=getattr(layer, name)) -> None:
@@ -203,6 +226,7 @@ class LabelLayers:
             return
         self.viewer.layers.selection.active = self.painting
         self.painting.selected_label = value
+        self.painting.mode = "paint"  # a class key picks the brush's class, never another tool
         self._message(f"painting {self.project.classes[value - 1]}", False)
 
     # ------------------------------------------------------------------ saving
@@ -238,7 +262,7 @@ class LabelLayers:
             if region.uid not in accepted:  # removed since: its labels went with it
                 continue
             try:
-                bad = self.project.labels_changed(region, save=False)
+                bad = self.project.labels_painted(region, save=False)
             except (ValueError, KeyError, OSError) as exc:
                 self._message(describe(exc), True)
                 continue
