@@ -522,8 +522,10 @@ def test_qupath_round_trip_through_the_widget(make_napari_viewer, qtbot, tmp_pat
     assert "Tumor" in classes and "tumour" not in classes, classes  # QuPath's class name
     viewer2, w2, slide2 = _start(make_napari_viewer, tmp_path, small_pool, name="sess2")
     w2.qupath_file.value = str(out)
-    # the dry run's summary comes first; "No" writes nothing
-    _click(w2, "Import from QuPath")
+    # the dry run's summary comes first (read in the worker: a large file never freezes the viewer); "No" writes nothing
+    _click(w2, "Import from QuPath", wait=False)
+    assert w2.runner.busy
+    _wait(qtbot, w2)
     assert "Adds 2 region(s)" in asked[-1] and "Classes: by name" in asked[-1]
     assert not w2.project.session.accepted and "nothing was written" in w2.message.value
     answer["now"] = QMessageBox.StandardButton.Yes

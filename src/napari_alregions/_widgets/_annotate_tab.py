@@ -179,23 +179,30 @@ class AnnotateTab:
         if class_map is None:
             return
         p, path = self.w.project, Path(self.qupath_file.value)
-        # what the import would do, shown before anything is written
-        plan = self.w.guard(p.import_qupath, path, name, class_map=class_map or None, dry_run=True)
-        if plan is None:
+        if p is None:
+            self.w.message_user("create or open a session first", True)
             return
-        mapping = ", ".join(f"{k} → {v or 'skipped'}" for k, v in class_map.items()) or "by name"
-        if not self.w.confirm(f"Import {path.name} into {name}?\n\n{plan['message']}\n"
-                              f"Adds {plan['regions']} region(s) and paints {plan['labeled_annotations']} labeled "
-                              f"annotation(s).\nClasses: {mapping}."):
-            self.w.message_user("import cancelled: nothing was written")
-            return
-        self.w.flush_labels(everything=True)  # the import redraws every region layer from the session
-        counts = self.w.guard(p.import_qupath, path, name, class_map=class_map or None)
-        if counts is None:
-            return
-        self.w.show_status()
-        self.w.message_user(f"imported {counts['regions']} region(s) and {counts['labeled_annotations']} labeled annotation(s)")
+        options = {"class_map": class_map or None}
 
+        def ask(plan: dict) -> None:  # what the import would do, shown before anything is written
+            mapping = ", ".join(f"{k} → {v or 'skipped'}" for k, v in class_map.items()) or "by name"
+            if not self.w.confirm(f"Import {path.name} into {name}?\n\n{plan['message']}\n"
+                                  f"Adds {plan['regions']} region(s) and paints {plan['labeled_annotations']} labeled "
+                                  f"annotation(s).\nClasses: {mapping}."):
+                self.w.message_user("import cancelled: nothing was written")
+                return
+            self.w.flush_labels(everything=True)  # the import redraws every region layer from the session
+            # the import starts once the reading task's worker has ended
+            self.w.after_task(lambda: self.w.call("importing from QuPath", p.import_qupath, path, name, **options,
+                                                  on_done=imported))
+
+        def imported(counts: dict) -> None:
+            self.w.show_status()
+            self.w.message_user(f"imported {counts['regions']} region(s) and {counts['labeled_annotations']} "
+                                "labeled annotation(s)")
+
+        # a QuPath export of tens of thousands of objects takes seconds: read and plan in the worker
+        self.w.call("reading the QuPath file", p.import_qupath, path, name, **options, dry_run=True, on_done=ask)
 
 def confirm(parent, text: str) -> bool:
     answer = QMessageBox.question(parent, "AL Regions", text)

@@ -46,7 +46,7 @@ class SessionTab:
         new, open_ = w.button("New session"), w.button("Open session")
         new.changed.connect(self.new_session)
         open_.changed.connect(self.open_session)
-        self.slide_file = mw.FileEdit(label="Slide file", mode="r", filter="*.tif *.tiff *.svs")
+        self.slide_file = mw.FileEdit(label="Slide file", mode="r", filter="Slides (*.tif *.tiff *.svs *.ndpi *.scn *.mrxs *.dcm *.zarr);;All files (*)")
         add = w.button("Add slide", "open a slide file and add it to the session")
         add.changed.connect(self.add_slide_file)
         add_layer = w.button("Add selected image layer", "add the slide behind the selected image layer")
