@@ -165,9 +165,10 @@ class SuggestTab:
         rows = []
         for j, s in enumerate(summaries):
             others = [float(v) for i, v in enumerate(overlap[j]) if i != j]
-            rows.append([s.count, round(s.area * mpp**2 / 1e6, 3) if mpp else s.area, round(s.tissue_pct, 1),
-                         round(s.mean_priority, 3), round(sum(r.score for r in out[s.method]), 2),
-                         round(max(others), 2) if others else 0.0])
+            # text, not floats: Qt would print 0.049 as "4.900e-02"
+            rows.append([s.count, f"{s.area * mpp**2 / 1e6:.3f}" if mpp else f"{s.area:.0f}", f"{s.tissue_pct:.1f}",
+                         f"{s.mean_priority:.3f}", f"{sum(r.score for r in out[s.method]):.2f}",
+                         f"{max(others):.2f}" if others else "0.00"])
         self.table.value = {"data": rows, "index": [f"{METHOD_TAGS.get(s.method, '?')} {_SHORT.get(s.method, s.method)}"
                                                     for s in summaries],
                             "columns": ["n", area, "tissue %", "mean p.", "sum p.", "max IoU"]}
