@@ -169,7 +169,7 @@ def test_loop_in_viewer_suggest_accept_paint_retrain_reopen(make_napari_viewer, 
     table = w.table.to_dict("dict")  # one column per measure
     assert list(table["n"]) == ["R random", "S standard"]
     for row, m in (("R random", "random"), ("S standard", "standard")):  # the sum of the scores; the list has the mean
-        assert table["sum p."][row] == pytest.approx(sum(r.score for r in w.project.proposals(slide, m)), abs=0.01)
+        assert float(table["sum p."][row]) == pytest.approx(sum(r.score for r in w.project.proposals(slide, m)), abs=0.01)
     assert "IoU with random 1.00" in w.table.native.item(0, 5).toolTip()
     assert "standard" in w.lists.legend.value and "random" in w.lists.legend.value
     assert {"random", "standard"} <= set(viewer.layers[f"{slide} proposals"].features["method"])
