@@ -324,16 +324,14 @@ class Session:
         """
         with self._lock:
             labels = self.labels(name)
-            boxes = [Box(*box)] if box is not None else [Box(0, 0, *labels.shape)]
-            n_bad = 0
-            for b in boxes:
-                crop = labels[b.slices]
-                bad = crop > len(self.classes)
-                if bad.any():
-                    n_bad += int(bad.sum())
-                    crop[bad] = 0
-                if self._factors.get(name) is not None and crop.any():
-                    crop[~self.accepted_cover(name, b)] = 0
+            b = Box(*box) if box is not None else Box(0, 0, *labels.shape)
+            crop = labels[b.slices]
+            bad = crop > len(self.classes)
+            n_bad = int(bad.sum())
+            if n_bad:
+                crop[bad] = 0
+            if name in self._factors and crop.any():
+                crop[~self.accepted_cover(name, b)] = 0
             self._store.mark(name, box)
         self.events.labels.emit(name, None if box is None else Box(*box))
         return n_bad

@@ -269,8 +269,7 @@ class AnnotationProject:
 
     def label_box(self, region):
         """The label pixels of a level-0 region (rounded outwards), as a :class:`~napari_alregions.geometry.Box`."""
-        self._slide(region.slide)
-        return self.session.label_box(region)
+        return self.session.label_box(region)  # (a KeyError naming the slides for a slide not open)
 
     # -- the parts' actions, under one name ---------------------------------------------------
     clipped = _Via("labeling")
