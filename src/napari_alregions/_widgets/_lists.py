@@ -1,6 +1,7 @@
 """The region lists (proposals of the chosen method, accepted regions) and the method legend.
 
-Rows are drawn from the session when it says something changed (regions, labels, maps) or
+Rows are drawn from the session when it says something changed (regions, maps; a stroke
+redraws only the rows of the regions it touched) or
 the slide or method shown changes: no one else fills them. A row keeps its selection
 across a refill when its region is still there.
 """
@@ -8,6 +9,7 @@ across a refill when its region is still there.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from magicgui import widgets as mw
@@ -67,9 +69,10 @@ class RegionLists:
         self._labels_timer = QTimer(self.proposals)  # goes with the widget
         self._labels_timer.setSingleShot(True)
         self._labels_timer.setInterval(0)
-        self._labels_timer.timeout.connect(self.refill)
+        self._labels_timer.timeout.connect(self._relabel)
+        self._painted: list[tuple[str, Any]] = []  # (slide, label box or None) since the last redraw
         hub.events.project.connect(self._project)
-        hub.events.labels.connect(lambda *_: self._labels_timer.start())
+        hub.events.labels.connect(self._labels_changed)
         hub.events.maps.connect(lambda _slide, kind: self.refill() if kind == "priority" else None)  # the means
         for signal in (hub.events.regions, hub.events.current, hub.events.model):
             signal.connect(self.refill)
@@ -78,6 +81,21 @@ class RegionLists:
     def pending(self) -> bool:
         """Rows wait to be redrawn."""
         return self._labels_timer.isActive()
+
+    def _labels_changed(self, slide: str, box) -> None:
+        self._painted.append((slide, box))
+        self._labels_timer.start()
+
+    def _relabel(self) -> None:
+        """Redraw the accepted rows whose labels changed (a stroke: its region's row only)."""
+        painted, self._painted = self._painted, []
+        p, name = self.project, self._current()
+        if p is None or name is None:
+            return
+        boxes = [box for slide, box in painted if slide == name]
+        for i, r in enumerate(self.accepted_rows):
+            if any(box is None or p.label_box(r).intersection(box).area for box in boxes):
+                self.accepted.item(i).setText(accepted_row(r, p.region_summary(r)))
 
     def _project(self, project) -> None:
         self.project = project
@@ -116,6 +134,7 @@ class RegionLists:
     def refill(self, *_) -> None:
         """Redraw the rows and the legend of the current slide from the session."""
         self._labels_timer.stop()
+        self._painted = []
         p, name = self.project, self._current()
         kept_p = getattr(self.selected_proposal(), "uid", None)
         kept_a = getattr(self.selected_accepted(), "uid", None)
