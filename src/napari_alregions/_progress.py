@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable, Generator
 from typing import Any, TypeVar
 
-__all__ = ["iter_progress", "progress_bar", "relay", "steps_with_message", "within_step"]
+__all__ = ["iter_progress", "progress_bar", "relay", "run", "steps_with_message", "within_step"]
 
 T = TypeVar("T")
 _DONE = object()
@@ -55,6 +55,18 @@ def iter_progress(fn: Callable[..., T], *args: Any, cancel: Callable[[], bool] |
     if "error" in outcome:
         raise outcome["error"]
     return outcome["value"]
+
+
+def run(gen: Generator[Any, None, T], progress: Callable[[Any], None] | None = None) -> T:
+    """Drive a generator of progress reports to its end; return its value (``progress``
+    gets each report, or they are dropped)."""
+    while True:
+        try:
+            item = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if progress is not None:
+            progress(item)
 
 
 def relay(gen: Generator[Any, None, T], transform: Callable[[Any], Any]) -> Generator[Any, None, T]:

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ._progress import relay
+from ._progress import relay, run
 from .geometry import MAX_COORDINATE, REGION_CLASS, Box, Region, _measurements
 from .regionfile import (  # the regions file's codec, shared with the session (re-exported)
     MAX_GEOJSON_BYTES,
@@ -355,7 +355,7 @@ def rasterize_annotations(
     are not painted and are returned (e.g. region rectangles). :func:`iter_rasterize`
     does the same and yields its progress.
     """
-    return _drain(iter_rasterize(annotations, labels, classes=classes, factor=factor, origin=origin))
+    return run(iter_rasterize(annotations, labels, classes=classes, factor=factor, origin=origin))
 
 
 def iter_rasterize(annotations: Iterable[ClassAnnotation], labels: np.ndarray, *, classes: Sequence[str], factor: float = 1.0,
@@ -394,15 +394,6 @@ def iter_rasterize(annotations: Iterable[ClassAnnotation], labels: np.ndarray, *
         yield {"phase": "labels", "done": done, "total": len(polygons)}
     yield {"phase": "labels", "done": len(polygons), "total": len(polygons)}
     return skipped
-
-
-def _drain(gen: Generator[Any, None, Any]) -> Any:
-    """Run a generator to its end and return its value (progress reports dropped)."""
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
 
 
 # ---------------------------------------------------------------------------------------
@@ -534,7 +525,7 @@ class ImportPlan:
         """:meth:`new_regions` in its two parts: the file's regions not held already, and
         the boxes around labeled polygons that no region covers. :meth:`iter_added_regions`
         does the same and yields its progress."""
-        return _drain(self.iter_added_regions(accepted, slide=slide))
+        return run(self.iter_added_regions(accepted, slide=slide))
 
     def iter_added_regions(self, accepted: Sequence[Region], *, slide: str | None = None,
                            ) -> Generator[dict[str, Any], None, tuple[list[Region], list[Region]]]:
@@ -833,7 +824,7 @@ def plan_import(
         For malformed features (the message gives the feature's index), and for classes
         that match no session class: all of them are listed, nothing is imported.
     """
-    return _drain(iter_plan(features, classes=classes, class_map=class_map, max_region=max_region, extent=extent))
+    return run(iter_plan(features, classes=classes, class_map=class_map, max_region=max_region, extent=extent))
 
 
 def iter_plan(features: Iterable[Any], *, classes: Sequence[str], class_map: dict[str, str | None] | None = None,

@@ -23,23 +23,10 @@ worker, in a CLI loop with tqdm, or plainly via :func:`run`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
-from typing import Any
-
+from .._progress import run
 from ..maps import MapRecord
 from .core import DEFAULT_COLORS, AnnotationProject
 from .labeling import RegionSummary
 from .suggestion import region_size_px
 
 __all__ = ["DEFAULT_COLORS", "AnnotationProject", "MapRecord", "RegionSummary", "region_size_px", "run"]
-
-
-def run(gen: Generator[Any, None, Any], progress: Callable[[Any], None] | None = None) -> Any:
-    """Drive one of the project's generators to the end; return its result."""
-    while True:
-        try:
-            item = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if progress is not None:
-            progress(item)
