@@ -1313,11 +1313,16 @@ def _ome_mpp(xml: str, where: str | os.PathLike[str]) -> float | None:
         if el.tag.endswith("Pixels") and "PhysicalSizeX" in el.attrib:
             value = float(el.attrib["PhysicalSizeX"])
             unit = el.attrib.get("PhysicalSizeXUnit", "µm")
-            scale = {"µm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}
-            return _plausible_mpp(value * scale.get(unit, 1.0), where)
+            return _plausible_mpp(value * UNIT_UM.get(unit.lower(), 1.0), where)
     return None
 
 
+#: Micrometres per unit, for the length units a slide may use: NGFF's (UDUNITS-2) names and OME-XML's symbols.
+UNIT_UM = {
+    "angstrom": 1e-4, "picometer": 1e-6, "nanometer": 1e-3, "micrometer": 1.0, "millimeter": 1e3,
+    "centimeter": 1e4, "decimeter": 1e5, "meter": 1e6, "inch": 25400.0, "foot": 304800.0,
+    "pm": 1e-6, "nm": 1e-3, "µm": 1.0, "μm": 1.0, "um": 1.0, "mm": 1e3, "cm": 1e4, "m": 1e6,
+}
 #: Level-0 µm per pixel a microscope slide can have (a 100x objective is ~0.1, a 1.25x scan
 #: ~8); outside, a file's pixel size is a default or an error (72 dpi is 353 µm/px).
 MPP_RANGE = (0.05, 50.0)

@@ -23,6 +23,7 @@ import numpy as np
 
 from .wsi import (
     MAX_COMPRESSION,
+    UNIT_UM,
     Slide,
     SlideError,
     SlideInfo,
@@ -39,12 +40,6 @@ __all__ = ["is_ome_zarr", "open_ome_zarr"]
 MAX_METADATA_BYTES = 4 * 2**20
 #: The most pyramid levels an image may list (a 2^64 px side halved down to one pixel).
 MAX_LEVELS = 64
-#: Micrometres per unit, for the NGFF (UDUNITS-2) length units a slide may use and their symbols.
-UNIT_UM = {
-    "angstrom": 1e-4, "picometer": 1e-6, "nanometer": 1e-3, "micrometer": 1.0, "millimeter": 1e3,
-    "centimeter": 1e4, "decimeter": 1e5, "meter": 1e6, "inch": 25400.0, "foot": 304800.0,
-    "pm": 1e-6, "nm": 1e-3, "µm": 1.0, "μm": 1.0, "um": 1.0, "mm": 1e3, "cm": 1e4, "m": 1e6,
-}
 #: A level's size may differ by this many pixels from level 0's divided by its downsample
 #: (writers round up or down).
 _SHAPE_SLACK_PX = 1
