@@ -2,8 +2,9 @@
 ``--read-only``, and one way to open with them.
 
 A verb that only reads (an export, a dry run) opens the session read-only: it takes no
-lock, writes nothing into the folder, works while the session is open elsewhere and on a
-read-only file system. A verb that writes takes the lock; a stale one (a killed process's,
+lock and writes no session data (it only removes temporary files of killed saves, when no
+process writes the session), works while the session is open elsewhere and on a read-only
+file system. A verb that writes takes the lock; a stale one (a killed process's,
 a copied folder's) without asking, a running process's or another host's with
 ``--take-over``.
 """
