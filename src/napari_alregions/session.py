@@ -145,9 +145,9 @@ class Session:
         was killed, its pid reused, or the folder is a copy) is taken without asking
         (:attr:`lock_note` says so). While another process holds it, :class:`SessionLocked`
         is raised, unless ``take_over`` (a running process the user knows is not writing it,
-        or another host's that is closed). ``read_only`` takes no lock and writes no session data (it removes the temporary
-        files of killed saves when no process writes the session: :func:`~napari_alregions.sessionlock.tidy`);
-        :meth:`save` then refuses.
+        or another host's that is closed). ``read_only`` takes no lock and writes no session
+        data (it removes the temporary files of killed saves when no process writes the
+        session: :func:`~napari_alregions.sessionlock.tidy`); :meth:`save` then refuses.
         """
         folder = Path(folder)
         lock = None  # taken before reading: what is read is what no other process writes now
