@@ -41,6 +41,7 @@ class LabelLayers:
         self._message, self._saved, self._on_painted, self._new_layer = message, saved, painted, new_layer
         self._pyramids: dict[str, LabelPyramid] = {}
         self._overviews: dict[str, Any] = {}
+        self._colors: list[tuple[int, int, int]] | None = None  # the class colours last set
         #: The editable layer over the region being painted (None before the first one).
         self.painting = None
         self._unsaved: dict[str, Region] = {}  # regions painted since the last save, by uid
@@ -134,10 +135,10 @@ class LabelLayers:
     def recolour(self, colors) -> None:
         """The class colours (RGB 0-255) of every labels layer (a settings change may keep them)."""
         colors = [tuple(int(v) for v in c[:3]) for c in colors]
-        if colors == getattr(self, "_colors", None):
+        if colors == self._colors:
             return
         self._colors = colors
-        for layer in [*self._overviews.values(), *([self.painting] if self.painting is not None else [])]:
+        for layer in self.owned():
             layer.colormap = label_colormap(colors)
 
     # ------------------------------------------------------------------ the region being painted
