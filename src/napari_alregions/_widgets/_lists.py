@@ -14,11 +14,12 @@ from typing import Any
 import numpy as np
 from magicgui import widgets as mw
 from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import QListWidget, QSizePolicy
+from qtpy.QtWidgets import QListWidget
 
 from ..geometry import Region
 from ..layers import METHOD_COLORS, box_means
 from ._tags import METHOD_TAGS, tag
+from ._text import wrapped
 
 __all__ = ["RegionLists", "accepted_row"]
 
@@ -59,9 +60,7 @@ class RegionLists:
             widget.setWordWrap(True)
         self.proposal_rows: list[Region] = []
         self.accepted_rows: list[Region] = []
-        self.legend = mw.Label(value="")  # the colour and tag of each method's boxes
-        self.legend.native.setWordWrap(True)
-        self.legend.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.legend = wrapped(mw.Label(value=""))  # the colour and tag of each method's boxes
         self._syncing = False
         self.proposals.currentRowChanged.connect(lambda i: self._chosen(self.proposal_rows, i, proposal_chosen))
         self.accepted.currentRowChanged.connect(lambda i: self._chosen(self.accepted_rows, i, accepted_chosen))

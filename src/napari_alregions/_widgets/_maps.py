@@ -12,12 +12,12 @@ from typing import Any
 import numpy as np
 from magicgui import widgets as mw
 from napari.utils.colormaps import Colormap
-from qtpy.QtWidgets import QSizePolicy
 
 from ..layers import MIN_PRIORITY_SPAN, priority_colors, priority_limits
 from ._active import kept_active
 from ._colorbar import ColorBar
 from ._runner import _alive
+from ._text import wrapped
 
 __all__ = ["MapView"]
 
@@ -35,9 +35,7 @@ class MapView:
         self.project = None
         self.layers: dict[tuple[str, str], Any] = {}
         self.colorbar = ColorBar()
-        self.legend = mw.Label(value="")
-        self.legend.native.setWordWrap(True)
-        self.legend.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.legend = wrapped(mw.Label(value=""))
         self.legend.native.hide()
         hub.events.project.connect(self._project)
         hub.events.maps.connect(self.show)

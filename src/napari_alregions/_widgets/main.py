@@ -17,7 +17,7 @@ from typing import Any
 from magicgui import widgets as mw
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QEvent
-from qtpy.QtWidgets import QScrollArea, QSizePolicy, QTabWidget, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QScrollArea, QTabWidget, QVBoxLayout, QWidget
 
 from .._errors import describe
 from ..project import AnnotationProject
@@ -36,18 +36,12 @@ from ._shortcuts import Shortcuts, _top
 from ._slides import SlideView
 from ._steps import Steps
 from ._suggest_tab import SuggestTab
+from ._text import wrapped
 
 __all__ = ["ALRegionsWidget"]
 
 _TABS = (("session", "Session", SessionTab), ("model", "Model", ModelTab), ("suggest", "Suggest", SuggestTab),
          ("annotate", "Annotate", AnnotateTab), ("correct", "Correct", CorrectTab))
-
-
-def _wrapped(label: mw.Label) -> mw.Label:
-    # wrapped, and no width of its own: a long line widened the dock by ~84 px and cut the slide off
-    label.native.setWordWrap(True)
-    label.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
-    return label
 
 
 class ALRegionsWidget(QWidget):
@@ -78,9 +72,9 @@ class ALRegionsWidget(QWidget):
                                   new_layer=lambda layer: self.keys.bind_layer(layer, len(self.project.classes)))
         self.lists = RegionLists(self.hub, current=lambda: self.slides.current, proposal_chosen=self._proposal_chosen,
                                  accepted_chosen=self._accepted_chosen)
-        self.message = _wrapped(mw.Label(value="Create or open a session to start."))
-        self.status = _wrapped(mw.Label(value=""))
-        self.shortcuts = _wrapped(mw.Label(value=Shortcuts.text(())))
+        self.message = wrapped(mw.Label(value="Create or open a session to start."))
+        self.status = wrapped(mw.Label(value=""))
+        self.shortcuts = wrapped(mw.Label(value=Shortcuts.text(())))
         self._tabs: dict[str, Any] = {}
         self.tabs = QTabWidget()
         for key, title, cls in _TABS:
