@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable, Generator
 from typing import Any, TypeVar
 
-__all__ = ["iter_progress", "progress_bar", "relay", "run", "steps_with_message", "within_step"]
+__all__ = ["counts_per_step", "iter_progress", "progress_bar", "relay", "run", "steps_with_message", "within_step"]
 
 T = TypeVar("T")
 _DONE = object()
@@ -87,6 +87,29 @@ def progress_bar(total: int | None, desc: str, unit: str):
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=False, mininterval=1.0)
+
+
+def counts_per_step(bar) -> Callable[[Any], None]:
+    """A ``progress(record)`` callback for the records of the project's generators
+    (``{"phase", "slide", "member", "done" or "step", "total"}``): ``bar`` counts each step,
+    restarted (with the step named after it) when phase, slide or member change."""
+    step = None
+
+    def progress(record: Any) -> None:
+        nonlocal step
+        if not isinstance(record, dict):
+            return
+        what = (record.get("phase"), record.get("slide"), record.get("member"))
+        if what != step:  # a new step: a new count
+            step = what
+            bar.reset(total=record.get("total"))
+            bar.set_postfix_str(" ".join(str(v) for v in what if v is not None), refresh=False)
+        done = record.get("done", record.get("step"))
+        if isinstance(done, int) and not isinstance(done, bool):
+            bar.n = done
+        bar.refresh()
+
+    return progress
 
 
 def steps_with_message(bar) -> Callable[[str], None]:

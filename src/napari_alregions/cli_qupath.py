@@ -45,24 +45,14 @@ def _open(args: argparse.Namespace):
 
 def run_import(args: argparse.Namespace) -> int:
     """``qupath-import`` and ``session import``: a QuPath file into a session's slide."""
-    from ._progress import progress_bar
+    from ._progress import counts_per_step, progress_bar
 
     class_map = parse_class_map(args.class_map)
     project, slide = _open(args)
-    phase = None
-
-    def progress(rec: dict) -> None:  # one bar, restarted per phase (read, regions, labels)
-        nonlocal phase
-        if rec["phase"] != phase:
-            phase = rec["phase"]
-            bar.reset(total=rec["total"])
-            bar.set_description(f"qupath-import: {phase}")
-        bar.update(rec["done"] - bar.n)
-
-    try:
+    try:  # one bar, restarted per phase (read, regions, labels)
         with progress_bar(None, "qupath-import", "object") as bar:
             summary = project.import_qupath(args.file, slide, class_map=class_map, max_region=args.max_region,
-                                            dry_run=args.dry_run, progress=progress)
+                                            dry_run=args.dry_run, progress=counts_per_step(bar))
     finally:
         project.close()
     if args.json:

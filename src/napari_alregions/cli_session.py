@@ -61,26 +61,10 @@ def _slides(project, names: Sequence[str] | None) -> list[str]:
 
 def _drive(gen, desc: str):
     """Run one of the project's generators to its end with a progress bar on stderr; return its result."""
-    from ._progress import progress_bar
-    from .project import run
+    from ._progress import counts_per_step, progress_bar, run
 
     with progress_bar(None, desc, "step") as bar:
-        state = {"what": None}
-
-        def show(record: Any) -> None:
-            if not isinstance(record, dict):
-                return
-            what = (record.get("phase"), record.get("slide"), record.get("member"))
-            if what != state["what"]:  # a new step: a new count
-                state["what"] = what
-                bar.reset(total=record.get("total"))
-                bar.set_postfix_str(" ".join(str(v) for v in what if v is not None), refresh=False)
-            done = record.get("done", record.get("step"))
-            if isinstance(done, int) and not isinstance(done, bool):
-                bar.n = done
-            bar.refresh()
-
-        return run(gen, show)
+        return run(gen, counts_per_step(bar))
 
 
 # -- verbs ----------------------------------------------------------------------------------------------------------
